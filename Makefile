@@ -1,0 +1,53 @@
+# SAGE — two commands on a fresh machine:
+#   make run    install everything into .venv, build the built-in zoo (once) and print its metrics
+#   make test   install what is missing, then lint and run every test (slow ones included)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SAGE_HOME ?= ./sage-data
+# torch: the CPU build where there is no CUDA (never a multi-GB CUDA download by accident). Override TORCH_SPEC /
+# TORCH_INDEX for another build, e.g. TORCH_INDEX=https://download.pytorch.org/whl/cpu on a machine without a local wheel.
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+PIP := $(PY) -m pip --disable-pip-version-check
+QUIET_PIP := 2>&1 | grep -v "is neither a file nor a directory" || true
+STAMP := $(VENV)/.sage-installed
+
+.PHONY: run test install lint bench clean-data ui
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	@set -o pipefail; \
+	if ! $(PY) -c "import torch" 2>/dev/null; then \
+	  if command -v nvidia-smi >/dev/null 2>&1; then echo "CUDA found: installing torch from PyPI"; $(PIP) install -q torch $(QUIET_PIP); \
+	  else echo "no CUDA: installing $(TORCH_SPEC) (CPU build)"; \
+	    $(PIP) install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) $(QUIET_PIP); fi; \
+	fi
+	@$(PY) -c "import torch" || { echo "torch failed to install; set TORCH_SPEC/TORCH_INDEX (see README)"; exit 1; }
+	@echo "installing SAGE and its dependencies into $(VENV) ..."
+	@$(PIP) install -q -e '.[dev]' $(QUIET_PIP)
+	@$(PY) -c "import sage_core, transformer_lens, sae_lens, prefect, zarr" || { echo "install incomplete"; exit 1; }
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	SAGE_HOME=$(SAGE_HOME) $(VENV)/bin/sage zoo build
+
+lint: install
+	$(VENV)/bin/ruff check sage_core storage tasks flows tests benchmarks
+
+test: install lint
+	$(PY) -m pytest -q tests
+
+bench: install
+	$(PY) benchmarks/zoo.py
+
+ui: install
+	$(VENV)/bin/prefect server start --host 127.0.0.1
+
+clean-data:
+	rm -rf $(SAGE_HOME)

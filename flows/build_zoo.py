@@ -1,0 +1,67 @@
+"""Flow `build-zoo`: tokenizer -> prompt datasets -> corpus -> model -> SAE activations -> SAEs (mapped) -> metrics.
+
+Every step is a cached Prefect task keyed on its inputs' content hashes, its config and the code version, so a rerun
+recomputes nothing, and a crash resumes at the first step whose output is not complete on disk.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, unmapped
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from sage_core.config import ZooConfig
+from sage_core.zoo_plan import plan_zoo
+from flows.settings import results_in
+from storage.home import SageHome
+from tasks import zoo as zt
+
+ZOO_TASKS = (zt.make_tokenizer, zt.make_dataset, zt.make_corpus, zt.train_model, zt.evaluate_model,
+             zt.capture_sae_activations, zt.train_sae, zt.evaluate_saes)
+
+
+@flow(name="build-zoo", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=True)
+def build_zoo(cfg: ZooConfig = ZooConfig(), home: str | None = None, refresh: bool = False) -> dict[str, Any]:
+    """Build (or reuse) the built-in model and its SAE zoo under SAGE_HOME; returns the manifests."""
+    h = SageHome(home)
+    plan = plan_zoo(cfg)  # bad input fails here, before any training
+    t = {task.name: task for task in ZOO_TASKS}
+    if refresh:
+        t = {k: v.with_options(refresh_cache=True) for k, v in t.items()}
+    root = str(h.root)
+
+    tok = t["make-tokenizer"](cfg, root)
+    datasets = t["make-dataset"].map(list(cfg.tasks), unmapped(cfg), unmapped(tok), unmapped(root))
+    corpus = t["make-corpus"](cfg, tok, root)
+    model = t["train-model"](cfg, tok, corpus, root)
+    model_eval = t["evaluate-model"](model, [d.result() for d in datasets], root)
+    acts = t["capture-sae-activations"](cfg, model, corpus, plan.hooks, root)
+    saes = t["train-sae"].map(plan.specs, unmapped(cfg), unmapped(model), unmapped(acts), unmapped(root))
+    sae_eval = t["evaluate-saes"](cfg, model, [s.result() for s in saes], acts, corpus, root)
+
+    _publish(model_eval, sae_eval)
+    return {"home": root, "model": model, "datasets": [d.result() for d in datasets], "corpus": corpus,
+            "model_eval": model_eval, "saes": [s.result() for s in saes], "sae_eval": sae_eval}
+
+
+def run_build_zoo(cfg: ZooConfig = ZooConfig(), home: str | None = None, refresh: bool = False) -> dict[str, Any]:
+    """Run the flow with Prefect's result store inside SAGE_HOME, so the cache lives (and dies) with the data."""
+    with results_in(SageHome(home)):
+        return build_zoo(cfg=cfg, home=home, refresh=refresh)
+
+
+def _publish(model_eval: dict, sae_eval: dict) -> None:
+    import polars as pl
+
+    create_table_artifact(key="zoo-task-metrics", table=model_eval["rows"],
+                          description="Built-in model: held-out accuracy and logit difference per task")
+    saes = pl.read_parquet(sae_eval["path"]).select(
+        "sae", "explained_variance", "l0", "dead_share", "ce_loss_recovered").to_dicts()
+    create_table_artifact(key="zoo-sae-metrics", table=saes, description="SAE zoo metrics on held-out text")
+    best = max(saes, key=lambda r: r["explained_variance"]) if saes else None
+    if best:
+        create_markdown_artifact(key="zoo-summary", markdown=(
+            f"# SAE zoo\n\n{len(saes)} SAEs. Best explained variance: **{best['sae']}** "
+            f"({best['explained_variance']:.3f}, L0 {best['l0']:.1f}).\n"))

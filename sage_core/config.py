@@ -1,0 +1,53 @@
+"""Typed configuration of a zoo build (the built-in model, its data and its SAEs)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sage_core.corpus import CorpusConfig
+from sage_core.model import ModelConfig, TrainConfig
+from sage_core.sae_zoo import SAESpec
+
+
+class PromptsConfig(BaseModel):
+    """Per-task prompt datasets (clean prompts; each gets one counterfactual per attribute)."""
+
+    model_config = ConfigDict(frozen=True)
+    n_train: int = Field(512, ge=1)
+    n_test: int = Field(256, ge=1)
+    seed: int = 0
+
+
+class SAEZooConfig(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    widths: tuple[int, ...] = Field((2, 4), description="dictionary sizes as multiples of d_model")
+    n_tokens: int = Field(200_000, ge=1024, description="activations per hook the SAEs train on")
+    n_eval_tokens: int = Field(20_000, ge=256)
+    epochs: float = 4.0
+    include_sublayer: bool = True
+    extra: tuple[SAESpec, ...] = Field((), description="more SAEs to train beside the default zoo")
+
+
+class ZooConfig(BaseModel):
+    """Everything `build_zoo` needs; its hash addresses the results."""
+
+    model_config = ConfigDict(frozen=True)
+    tasks: tuple[str, ...] = ("ioi", "greater_than", "gendered_pronoun", "sva")
+    prompts: PromptsConfig = PromptsConfig()
+    corpus: CorpusConfig = CorpusConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    saes: SAEZooConfig = SAEZooConfig()
+    heldout_fraction: float = Field(0.05, gt=0, lt=0.5, description="corpus share held out for SAE evaluation")
+
+    @classmethod
+    def tiny(cls) -> ZooConfig:
+        """A seconds-long build for tests: same pipeline, toy sizes."""
+        return cls(
+            tasks=("ioi", "sva"),
+            prompts=PromptsConfig(n_train=16, n_test=16),
+            corpus=CorpusConfig(n_task_sentences=200, n_background=200),
+            model=ModelConfig(name="sage-test", d_model=32, n_layers=1, n_heads=2, d_head=16, d_mlp=64),
+            train=TrainConfig(steps=20, batch_size=32),
+            saes=SAEZooConfig(widths=(2,), n_tokens=2048, n_eval_tokens=256, epochs=1.0),
+        )

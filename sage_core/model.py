@@ -1,0 +1,136 @@
+"""The built-in task model: a small GPT-style `HookedTransformer`, its training loop and its task metrics."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Int
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+
+class ModelConfig(BaseModel):
+    """Architecture of the built-in model (becomes a `HookedTransformerConfig`)."""
+
+    model_config = ConfigDict(frozen=True)
+    name: str = "sage-tiny"
+    d_model: int = 128
+    n_layers: int = 3
+    n_heads: int = 4
+    d_head: int = 32
+    d_mlp: int = 512
+    n_ctx: int = 32
+    act_fn: str = "gelu"
+    seed: int = 0
+
+    def hooked_config(self, d_vocab: int) -> HookedTransformerConfig:
+        return HookedTransformerConfig(
+            model_name=self.name, d_model=self.d_model, n_layers=self.n_layers, n_heads=self.n_heads,
+            d_head=self.d_head, d_mlp=self.d_mlp, n_ctx=self.n_ctx, d_vocab=d_vocab, act_fn=self.act_fn,
+            normalization_type="LN", positional_embedding_type="standard", seed=self.seed,
+            default_prepend_bos=True, device="cpu",
+        )
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    steps: int = Field(1000, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = 2e-3
+    warmup: int = 100
+    weight_decay: float = 0.01
+    seed: int = 0
+
+
+def build_model(cfg: ModelConfig, d_vocab: int, tokenizer=None) -> HookedTransformer:
+    torch.manual_seed(cfg.seed)
+    return HookedTransformer(cfg.hooked_config(d_vocab), tokenizer=tokenizer, move_to_device=False)
+
+
+def pad_sequences(seqs: Sequence[Sequence[int]], pad_id: int, length: int | None = None) -> Int[Tensor, "n pos"]:
+    """Right-pad token lists into one tensor (causal attention: padding never affects the real positions)."""
+    length = length or max(len(s) for s in seqs)
+    out = torch.full((len(seqs), length), pad_id, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = torch.as_tensor(s[:length])
+    return out
+
+
+def lm_loss(model: HookedTransformer, tokens: Int[Tensor, "b pos"], pad_id: int) -> Tensor:
+    """Next-token cross-entropy, ignoring targets that are padding."""
+    logits = model(tokens, return_type="logits")
+    targets = tokens[:, 1:].clone()
+    targets[targets == pad_id] = -100
+    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+
+
+def train_model(
+    model: HookedTransformer,
+    tokens: Int[Tensor, "n pos"],
+    pad_id: int,
+    cfg: TrainConfig,
+    on_step: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """AdamW with linear warmup and cosine decay; deterministic under `cfg.seed`. Returns the loss per step."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+
+    def lr_at(step: int) -> float:
+        if step < cfg.warmup:
+            return (step + 1) / cfg.warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    model.train()
+    losses = []
+    perm = torch.randperm(len(tokens), generator=gen)
+    cursor = 0
+    for step in range(cfg.steps):
+        if cursor + cfg.batch_size > len(perm):
+            perm, cursor = torch.randperm(len(tokens), generator=gen), 0
+        batch = tokens[perm[cursor : cursor + cfg.batch_size]]
+        cursor += cfg.batch_size
+        # trim trailing all-pad columns: shorter sequences, same loss
+        batch = batch[:, : int((batch != pad_id).sum(1).max())]
+        loss = lm_loss(model, batch, pad_id)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if on_step:
+            on_step(step, losses[-1])
+    model.eval()
+    return losses
+
+
+@torch.no_grad()
+def final_logits(model: HookedTransformer, seqs: Sequence[Sequence[int]], pad_id: int, batch_size: int = 256) -> Tensor:
+    """Logits at each sequence's last real position, shape (n, d_vocab)."""
+    out = []
+    for i in range(0, len(seqs), batch_size):
+        chunk = seqs[i : i + batch_size]
+        toks = pad_sequences(chunk, pad_id)
+        logits = model(toks, return_type="logits")
+        last = torch.as_tensor([len(s) - 1 for s in chunk])
+        out.append(logits[torch.arange(len(chunk)), last])
+    return torch.cat(out)
+
+
+def answer_metrics(logits: Tensor, answer: Tensor, competing: Tensor) -> dict[str, float]:
+    """accuracy = share where the answer outranks the competing answer; logit_diff = mean of their difference."""
+    ld = logits.gather(1, answer[:, None]).squeeze(1) - logits.gather(1, competing[:, None]).squeeze(1)
+    top1 = (logits.argmax(-1) == answer).float().mean().item()
+    return {"accuracy": (ld > 0).float().mean().item(), "logit_diff": ld.mean().item(), "top1": top1, "n": len(ld)}
+
+
+def timed(fn, *args, **kwargs):
+    t = time.perf_counter()
+    r = fn(*args, **kwargs)
+    return r, time.perf_counter() - t

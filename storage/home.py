@@ -1,0 +1,60 @@
+"""`SAGE_HOME` and every path under it (DESIGN.md §4). Nothing else in the project builds a path by hand."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DEFAULT_HOME = "./sage-data"
+
+
+class SageHome:
+    """The root of everything SAGE writes.
+
+    zoo/<model>/model/{config.json, model.safetensors, tokenizer/}
+    zoo/<model>/saes/<sae>/{cfg.json, sae_weights.safetensors}
+    datasets/<task>/<hash>/prompts.parquet
+    """
+
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(root or os.environ.get("SAGE_HOME") or DEFAULT_HOME).resolve()
+
+    def __repr__(self) -> str:
+        return f"SageHome({str(self.root)!r})"
+
+    # zoo
+    def zoo_dir(self, model: str) -> Path:
+        return self.root / "zoo" / model
+
+    def model_dir(self, model: str) -> Path:
+        return self.zoo_dir(model) / "model"
+
+    def tokenizer_dir(self, model: str) -> Path:
+        return self.model_dir(model) / "tokenizer"
+
+    def sae_dir(self, model: str, sae: str) -> Path:
+        return self.zoo_dir(model) / "saes" / sae
+
+    def saes_root(self, model: str) -> Path:
+        return self.zoo_dir(model) / "saes"
+
+    def sae_training_acts(self, model: str, key: str) -> Path:
+        """Activation cache for SAE training: one safetensors file per hook."""
+        return self.zoo_dir(model) / "sae-training-acts" / key
+
+    def zoo_report(self, model: str) -> Path:
+        return self.zoo_dir(model) / "report"
+
+    # datasets
+    def dataset_dir(self, task: str, key: str) -> Path:
+        return self.root / "datasets" / task / key
+
+    def prompts_path(self, task: str, key: str) -> Path:
+        return self.dataset_dir(task, key) / "prompts.parquet"
+
+    def corpus_dir(self, key: str) -> Path:
+        return self.root / "datasets" / "corpus" / key
+
+    # prefect
+    def prefect_results(self) -> Path:
+        return self.root / ".prefect-results"

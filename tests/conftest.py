@@ -1,0 +1,34 @@
+"""Shared fixtures. Prefect gets a throwaway PREFECT_HOME before anything imports it."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="sage-prefect-home-"))
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("TQDM_DISABLE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from sage_core.corpus import background_vocabulary
+    from sage_core.task_library import TASKS, get_task
+    from sage_core.tokenizer import build_tokenizer
+
+    words = background_vocabulary()
+    for name in TASKS:
+        words |= get_task(name).vocabulary()
+    return build_tokenizer(words)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
