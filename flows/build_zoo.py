@@ -12,9 +12,9 @@ from prefect import flow, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.settings import results_in
 from sage_core.config import ZooConfig
 from sage_core.zoo_plan import plan_zoo
-from flows.settings import results_in
 from storage.home import SageHome
 from tasks import zoo as zt
 
@@ -47,7 +47,9 @@ def build_zoo(cfg: ZooConfig = ZooConfig(), home: str | None = None, refresh: bo
 
 
 def run_build_zoo(cfg: ZooConfig = ZooConfig(), home: str | None = None, refresh: bool = False) -> dict[str, Any]:
-    """Run the flow with Prefect's result store inside SAGE_HOME, so the cache lives (and dies) with the data."""
+    """Check the config (bad input fails here, before Prefect starts), then run the flow with Prefect's result store
+    inside SAGE_HOME, so the cache lives (and dies) with the data."""
+    plan_zoo(cfg)
     with results_in(SageHome(home)):
         return build_zoo(cfg=cfg, home=home, refresh=refresh)
 

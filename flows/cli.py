@@ -27,11 +27,14 @@ def short_hook(hook: str) -> str:
 
 
 def _fail(exc: Exception) -> None:
-    console.print(f"[bold red]error:[/] {exc}")
+    console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
     raise typer.Exit(2)
 
 
 def _quiet_prefect(verbose: bool) -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore", message="HookedTransformer is deprecated")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("TQDM_DISABLE", "1")  # SAELens' per-SAE bars interleave badly across parallel tasks
@@ -76,15 +79,25 @@ def print_zoo(home_dir: str | None, model: str | None = None) -> None:
 def zoo_build(
     home: str = typer.Option(None, envvar="SAGE_HOME", help="data root (default ./sage-data)"),
     tiny: bool = typer.Option(False, help="toy sizes, for a smoke test in seconds"),
+    config: Path = typer.Option(None, exists=True, dir_okay=False, help="ZooConfig as JSON (see `sage zoo schema`)"),
+    tasks: str = typer.Option(None, help="comma-separated task names (default: all built-in tasks)"),
     refresh: bool = typer.Option(False, help="ignore Prefect's cache (outputs complete on disk are still reused)"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="show Prefect's task-run logs"),
 ) -> None:
     """Build (once) the built-in model and SAE zoo, then print their metrics."""
     _quiet_prefect(verbose)
+    from pydantic import ValidationError
+
     from flows.build_zoo import run_build_zoo
     from sage_core.config import ZooConfig
 
-    cfg = ZooConfig.tiny() if tiny else ZooConfig()
+    try:
+        cfg = ZooConfig.model_validate_json(config.read_text()) if config else ZooConfig.tiny() if tiny else ZooConfig()
+        if tasks:
+            cfg = cfg.model_copy(update={"tasks": tuple(t.strip() for t in tasks.split(",") if t.strip())})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        _fail(ValueError(f"invalid config {config}: {'.'.join(map(str, err['loc']))}: {err['msg']}"))
     console.print(f"building zoo [bold]{cfg.model.name}[/] under {Path(home or './sage-data').resolve()} ...")
     t0 = time.perf_counter()
     try:
@@ -95,6 +108,16 @@ def zoo_build(
     print_zoo(out["home"], cfg.model.name)
 
 
+@zoo_app.command("schema")
+def zoo_schema() -> None:
+    """Print the JSON schema of the zoo config (for --config)."""
+    import json
+
+    from sage_core.config import ZooConfig
+
+    print(json.dumps(ZooConfig.model_json_schema(), indent=1))
+
+
 @zoo_app.command("info")
 def zoo_info(
     home: str = typer.Option(None, envvar="SAGE_HOME", help="data root (default ./sage-data)"),
@@ -102,6 +125,118 @@ def zoo_info(
 ) -> None:
     """Print the zoo's task performance and SAE metrics."""
     print_zoo(home, model)
+
+
+def _watch_progress(root: Path, since: float, done_event, label: str) -> None:
+    """Poll the stores being written (their _progress records) and draw one bar; Prefect runs the work."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from storage.activations import ActivationStore
+
+    def counts() -> tuple[int, int]:
+        done = total = 0
+        for z in (root / "activations").glob("*/*.zarr"):
+            meta = z / "zarr.json"
+            recs = list((z / "_progress").glob("*.json")) if (z / "_progress").is_dir() else []
+            if not meta.exists() or (meta.stat().st_mtime < since and not any(r.stat().st_mtime >= since
+                                                                                for r in recs)):
+                continue
+            try:
+                s = ActivationStore(z)
+                total += s.n_chunks
+                done += len(recs)
+            except Exception:
+                continue
+        return done, total
+
+    with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("chunks"), TimeElapsedColumn(),
+                  console=console, transient=False) as bar:
+        t = bar.add_task(label, total=None)
+        while not done_event.wait(0.5):
+            d, n = counts()
+            bar.update(t, completed=d, total=n or None)
+        d, n = counts()
+        bar.update(t, completed=d, total=n or d or 1)
+
+
+@app.command("capture")
+def capture_cmd(
+    info: Path = typer.Option(None, "--info", help="print the contents of a store and exit"),
+    home: str = typer.Option(None, envvar="SAGE_HOME", help="data root (default ./sage-data)"),
+    tasks: str = typer.Option(None, help="comma-separated task names (default: all built-in tasks)"),
+    hooks: str = typer.Option(None, help="comma-separated hook names (default: resid, attn_out, mlp_out, hook_z)"),
+    positions: str = typer.Option("all", help="'all' positions or only the task's 'roles'"),
+    dtype: str = typer.Option("float32", help="float32, float16 or bfloat16"),
+    shards: int = typer.Option(2, min=1, help="parallel capture shards per store"),
+    tiny: bool = typer.Option(False, help="use the --tiny zoo"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Capture activations of the zoo model on every task's prompts into chunked zarr stores."""
+    _quiet_prefect(verbose)
+    import json
+    import threading
+
+    from pydantic import ValidationError
+
+    from sage_core.capture import CaptureRequest
+    from sage_core.config import ZooConfig
+    from storage.activations import ActivationStore
+    from storage.atomic import StoreError
+
+    if info:
+        try:
+            s = ActivationStore(info)
+            if s.is_complete():
+                ActivationStore.open(info)  # verifies every chunk
+            console.print_json(json.dumps(s.describe()))
+        except (StoreError, FileNotFoundError) as exc:
+            _fail(exc)
+        except Exception as exc:
+            _fail(ValueError(f"{info} is not a readable activation store ({exc})"))
+        return
+    from flows.capture import capture, default_hooks
+    from flows.settings import results_in
+    from storage.home import SageHome
+
+    cfg = ZooConfig.tiny() if tiny else ZooConfig()
+    if tasks:
+        cfg = cfg.model_copy(update={"tasks": tuple(t.strip() for t in tasks.split(","))})
+    try:
+        from sage_core.task_library import get_task
+
+        for t in cfg.tasks:
+            get_task(t)
+        hook_list = tuple(h.strip() for h in hooks.split(",")) if hooks else default_hooks(cfg.model.n_layers)
+        request = CaptureRequest(hooks=hook_list, positions=positions, dtype=dtype)
+        h = SageHome(home)
+        from sage_core.capture import check_hooks
+        from storage.zoo import load_model
+
+        check_hooks(load_model(h.model_dir(cfg.model.name)), hook_list)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        _fail(ValueError(f"{'.'.join(map(str, err['loc']))}: {err['msg']}"))
+    except (ValueError, StoreError) as exc:
+        _fail(exc)
+    done = threading.Event()
+    since = time.time() - 1
+    watcher = threading.Thread(target=_watch_progress, args=(h.root, since, done, "capturing"), daemon=True)
+    watcher.start()
+    try:
+        with results_in(h):
+            out = capture(request=request, cfg=cfg, home=str(h.root), n_shards=shards)
+    except (ValueError, RuntimeError, FileNotFoundError) as exc:
+        done.set()
+        watcher.join()
+        _fail(exc)
+    done.set()
+    watcher.join()
+    t = Table(title="activation stores")
+    for col in ("task", "chunks", "path"):
+        t.add_column(col)
+    for r in out:
+        t.add_row(r["task"], str(r["n_chunks"]), r["path"])
+    console.print(t)
 
 
 def main() -> None:  # pragma: no cover

@@ -21,9 +21,10 @@ class PromptsConfig(BaseModel):
 class SAEZooConfig(BaseModel):
     model_config = ConfigDict(frozen=True)
     widths: tuple[int, ...] = Field((2, 4), description="dictionary sizes as multiples of d_model")
-    n_tokens: int = Field(200_000, ge=1024, description="activations per hook the SAEs train on")
-    n_eval_tokens: int = Field(20_000, ge=256)
-    epochs: float = 4.0
+    n_tokens: int = Field(150_000, ge=1024, description="activations per hook the SAEs train on")
+    n_eval_tokens: int = Field(20_000, ge=256, description="held-out activations for explained variance, L0, dead")
+    n_ce_sequences: int = Field(1024, ge=1, description="held-out sentences for CE loss recovered")
+    epochs: float = 2.0
     include_sublayer: bool = True
     extra: tuple[SAESpec, ...] = Field((), description="more SAEs to train beside the default zoo")
 

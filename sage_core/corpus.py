@@ -20,8 +20,8 @@ VERBS_PAST = ["saw", "liked", "found", "visited", "painted", "cleaned"]
 
 class CorpusConfig(BaseModel):
     model_config = ConfigDict(frozen=True)
-    n_task_sentences: int = Field(24_000, ge=1, description="per task")
-    n_background: int = Field(24_000, ge=0)
+    n_task_sentences: int = Field(12_000, ge=1, description="per task")
+    n_background: int = Field(12_000, ge=0)
     seed: int = 0
 
 

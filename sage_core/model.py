@@ -39,7 +39,7 @@ class ModelConfig(BaseModel):
 
 class TrainConfig(BaseModel):
     model_config = ConfigDict(frozen=True)
-    steps: int = Field(1000, ge=1)
+    steps: int = Field(1200, ge=1)
     batch_size: int = Field(128, ge=1)
     lr: float = 2e-3
     warmup: int = 100

@@ -49,11 +49,12 @@ class SAESpec(BaseModel):
     architecture: Architecture = "topk"
     d_sae: int = Field(512, ge=1)
     k: int = Field(16, ge=1, description="TopK: active latents per token")
-    l1_coefficient: float = Field(3.0, description="standard: L1 penalty")
-    l0_coefficient: float = Field(0.5, description="JumpReLU: L0 penalty")
-    jumprelu_init_threshold: float = 0.05
-    lr: float = 1e-3
-    epochs: float = Field(3.0, gt=0)
+    # defaults tuned on the built-in model's activations (normalised to E||x|| = sqrt(d_in))
+    l1_coefficient: float = Field(2.0, description="standard: L1 penalty")
+    l0_coefficient: float = Field(1.0, description="JumpReLU: L0 penalty")
+    jumprelu_init_threshold: float = 0.3
+    lr: float | None = Field(None, description="default: 3e-3 for JumpReLU (its threshold moves ~lr per step), else 1e-3")
+    epochs: float = Field(2.0, gt=0)
     batch_size: int = 1024
     seed: int = 0
 
@@ -89,7 +90,7 @@ def default_zoo(model: HookedTransformer, widths: tuple[int, ...] = (2, 4), subl
     ]
     for layer in range(c.n_layers if sublayer else 0):
         for h in (f"blocks.{layer}.hook_attn_out", f"blocks.{layer}.hook_mlp_out", f"blocks.{layer}.attn.hook_z"):
-            specs.append(SAESpec(hook=h, architecture="topk", d_sae=4 * c.d_model))
+            specs.append(SAESpec(hook=h, architecture="topk", d_sae=2 * c.d_model))
     return specs
 
 
@@ -111,7 +112,9 @@ def build_training_sae(spec: SAESpec, d_in: int, model_name: str) -> TrainingSAE
         dtype="float32",
         device="cpu",
         apply_b_dec_to_input=True,
-        normalize_activations="none",
+        # activation norms differ ~50x across hooks; SAELens rescales to E||x|| = sqrt(d_in) while training and folds
+        # the factor back into the weights, so one set of sparsity coefficients serves every hook
+        normalize_activations="expected_average_only_in",
         reshape_activations="hook_z" if spec.hook.endswith("hook_z") else "none",
         metadata=SAEMetadata(hook_name=spec.hook, model_name=model_name, hook_head_index=None, prepend_bos=True),
     )
@@ -142,12 +145,13 @@ def train_sae(spec: SAESpec, acts: Float[Tensor, "n d_in"], model_name: str) -> 
     if len(acts) < spec.batch_size:
         raise ZooError(f"only {len(acts)} activations for {spec.name}; need at least batch_size={spec.batch_size}")
     sae = build_training_sae(spec, acts.shape[1], model_name)
+    lr = spec.lr or (3e-3 if spec.architecture == "jumprelu" else 1e-3)
     steps = max(1, math.ceil(spec.epochs * len(acts) / spec.batch_size))
     cfg = SAETrainerConfig(
         total_training_samples=steps * spec.batch_size,
         train_batch_size_samples=spec.batch_size,
-        lr=spec.lr,
-        lr_end=spec.lr / 10,
+        lr=lr,
+        lr_end=lr / 10,
         lr_scheduler_name="cosineannealing",
         lr_warm_up_steps=min(50, steps // 10),
         lr_decay_steps=0,
@@ -158,6 +162,7 @@ def train_sae(spec: SAESpec, acts: Float[Tensor, "n d_in"], model_name: str) -> 
         checkpoint_path=None,
         save_final_checkpoint=False,
         logger=LoggingConfig(log_to_wandb=False),
+        n_batches_for_norm_estimate=min(20, steps),
     )
     trainer = SAETrainer(cfg=cfg, sae=sae, data_provider=_batches(acts, spec.batch_size, spec.seed))
     return trainer.fit()
@@ -235,28 +240,39 @@ def _keep_bos(orig: Tensor, new: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def ce_loss_recovered(
-    model: HookedTransformer, sae: SAE, tokens: Int[Tensor, "b pos"], pad_id: int, batch_size: int = 256
-) -> dict[str, float]:
-    """CE with the SAE's reconstruction spliced in, against clean and zero-ablation: (zero - sae) / (zero - clean)."""
+def mean_ce(
+    model: HookedTransformer, tokens: Int[Tensor, "b pos"], pad_id: int, hook: str | None = None, fn=None,
+    batch_size: int = 256,
+) -> float:
+    """Mean next-token CE over `tokens`, optionally with `fn(activation)` replacing the activation at `hook`
+    (at every position but BOS)."""
     from sage_core.model import lm_loss
 
+    hooks = [(hook, lambda a, hook: _keep_bos(a, fn(a)))] if hook else []
+    total, n = 0.0, 0
+    with model.hooks(fwd_hooks=hooks):
+        for i in range(0, len(tokens), batch_size):
+            t = tokens[i : i + batch_size]
+            t = t[:, : int((t != pad_id).sum(1).max())]
+            total += len(t) * lm_loss(model, t, pad_id).item()
+            n += len(t)
+    return total / n
+
+
+def ce_recovered(clean: float, zero: float, with_sae: float) -> float:
+    """(zero - sae) / (zero - clean): 1 = the SAE loses nothing, 0 = as bad as zero-ablating the hook."""
+    return (zero - with_sae) / (zero - clean) if abs(zero - clean) > 1e-9 else float("nan")
+
+
+def ce_loss_recovered(
+    model: HookedTransformer, sae: SAE, tokens: Int[Tensor, "b pos"], pad_id: int,
+    clean: float | None = None, zero: float | None = None,
+) -> dict[str, float]:
+    """CE with the SAE's reconstruction spliced in, against clean and zero-ablation. Pass `clean` / `zero` to reuse
+    them across SAEs (clean is shared by all, zero by every SAE at one hook)."""
     hook = sae.cfg.metadata.hook_name
-    totals = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
-    for i in range(0, len(tokens), batch_size):
-        t = tokens[i : i + batch_size]
-        t = t[:, : int((t != pad_id).sum(1).max())]
-        w = len(t)
-        totals["clean"] += w * lm_loss(model, t, pad_id).item()
-        with model.hooks(fwd_hooks=[(hook, lambda a, hook: _keep_bos(a, sae.decode(sae.encode(a))))]):
-            totals["sae"] += w * lm_loss(model, t, pad_id).item()
-        with model.hooks(fwd_hooks=[(hook, lambda a, hook: _keep_bos(a, torch.zeros_like(a)))]):
-            totals["zero"] += w * lm_loss(model, t, pad_id).item()
-    n = len(tokens)
-    clean, with_sae, zero = (totals[k] / n for k in ("clean", "sae", "zero"))
-    return {
-        "ce_clean": clean,
-        "ce_with_sae": with_sae,
-        "ce_zero_ablation": zero,
-        "ce_loss_recovered": (zero - with_sae) / (zero - clean) if abs(zero - clean) > 1e-9 else float("nan"),
-    }
+    clean = mean_ce(model, tokens, pad_id) if clean is None else clean
+    zero = mean_ce(model, tokens, pad_id, hook, torch.zeros_like) if zero is None else zero
+    with_sae = mean_ce(model, tokens, pad_id, hook, lambda a: sae.decode(sae.encode(a)))
+    return {"ce_clean": clean, "ce_with_sae": with_sae, "ce_zero_ablation": zero,
+            "ce_loss_recovered": ce_recovered(clean, zero, with_sae)}

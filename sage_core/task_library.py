@@ -11,7 +11,7 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from sage_core.task import AttributeSpec, Assignment, Task, TaskError, stable_digest
+from sage_core.task import Assignment, AttributeSpec, Task, TaskError, stable_digest
 
 MALE_NAMES = ["John", "James", "Robert", "Michael", "David", "Thomas", "Daniel", "Paul", "Mark", "George",
               "Kevin", "Brian", "Edward", "Jacob", "Peter", "Henry"]

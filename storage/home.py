@@ -55,6 +55,10 @@ class SageHome:
     def corpus_dir(self, key: str) -> Path:
         return self.root / "datasets" / "corpus" / key
 
+    # activations
+    def activations_path(self, model_hash: str, dataset_hash: str, request_hash: str) -> Path:
+        return self.root / "activations" / model_hash / f"{dataset_hash}-{request_hash}.zarr"
+
     # prefect
     def prefect_results(self) -> Path:
         return self.root / ".prefect-results"

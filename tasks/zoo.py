@@ -162,17 +162,21 @@ def evaluate_saes(cfg: ZooConfig, model: Manifest, saes: list[Manifest], acts: M
     """Explained variance, L0, dead share on held-out activations; CE loss recovered on held-out text."""
     m = zoo_store.load_model(model["path"])
     pad = m.tokenizer.pad_token_id
-    tokens = _corpus_tokens(corpus, "heldout", pad)
+    tokens = _corpus_tokens(corpus, "heldout", pad)[: cfg.saes.n_ce_sequences]
+    clean = sae_zoo.mean_ce(m, tokens, pad)
+    zero: dict[str, float] = {}  # zero-ablation CE, once per hook
     rows = []
     for s in saes:
         sae = zoo_store.load_sae(s["path"])
         meta = zoo_store.sae_meta(s["path"])
         hook = sae.cfg.metadata.hook_name
         held = zoo_store.load_tensor(acts["path"], f"heldout.{hook}")
+        if hook not in zero:
+            zero[hook] = sae_zoo.mean_ce(m, tokens, pad, hook, torch.zeros_like)
         rows.append({
             "sae": s["name"], "hook": hook, "architecture": meta["spec"]["architecture"], "d_sae": sae.cfg.d_sae,
             **sae_zoo.reconstruction_metrics(sae, held),
-            **sae_zoo.ce_loss_recovered(m, sae, tokens, pad),
+            **sae_zoo.ce_loss_recovered(m, sae, tokens, pad, clean=clean, zero=zero[hook]),
             "train_seconds": meta.get("train_seconds"),
         })
     table = pl.DataFrame(rows)

@@ -32,3 +32,19 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=180):
         yield
+
+
+@pytest.fixture(scope="session")
+def tiny_zoo(prefect_harness, tmp_path_factory):
+    """The --tiny zoo built twice by the flow (the second run should be all cache hits)."""
+    from flows.build_zoo import build_zoo
+    from flows.settings import results_in
+    from sage_core.config import ZooConfig
+    from storage.home import SageHome
+
+    home = tmp_path_factory.mktemp("sage-home")
+    cfg = ZooConfig.tiny()
+    with results_in(SageHome(home)):
+        first = build_zoo(cfg=cfg, home=str(home), return_state=True)
+        second = build_zoo(cfg=cfg, home=str(home), return_state=True)
+    return home, cfg, first, second

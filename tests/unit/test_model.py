@@ -2,7 +2,16 @@ from __future__ import annotations
 
 import torch
 
-from sage_core.model import ModelConfig, TrainConfig, answer_metrics, build_model, final_logits, lm_loss, pad_sequences, train_model
+from sage_core.model import (
+    ModelConfig,
+    TrainConfig,
+    answer_metrics,
+    build_model,
+    final_logits,
+    lm_loss,
+    pad_sequences,
+    train_model,
+)
 
 
 def test_pad_sequences_right_pads():

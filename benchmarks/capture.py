@@ -1,0 +1,133 @@
+"""Benchmark of the capture stage, all figures measured in this run:
+
+1. capture + store (zstd, every default hook) against the bare forward pass over the same tokens (target <= 1.25);
+2. bytes on disk against raw float32 bytes;
+3. read throughput of a full scan (every hook, chunk by chunk);
+4. peak memory of a capture of 10x more prompts against the small one, each in a fresh process (target <= 1.2).
+
+    python benchmarks/capture.py [--prompts 1024] [--dtype float32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+warnings.filterwarnings("ignore")
+
+import torch  # noqa: E402
+
+from flows.capture import default_hooks  # noqa: E402
+from sage_core.capture import CaptureRequest  # noqa: E402
+from sage_core.corpus import background_vocabulary  # noqa: E402
+from sage_core.model import ModelConfig, build_model  # noqa: E402
+from sage_core.task import DatasetConfig, generate_prompts  # noqa: E402
+from sage_core.task_library import TASKS, get_task  # noqa: E402
+from sage_core.tokenizer import build_tokenizer  # noqa: E402
+from storage.activations import ActivationStore  # noqa: E402
+from tasks.capture import capture_chunks, open_or_create_store  # noqa: E402
+
+IDENT = {"model_hash": "bench", "dataset_hash": "bench", "request_hash": "bench"}
+
+
+def setup(n_prompts: int):
+    words = background_vocabulary()
+    for t in TASKS:
+        words |= get_task(t).vocabulary()
+    tok = build_tokenizer(words)
+    with tempfile.TemporaryDirectory() as d:
+        tok.save_pretrained(d)
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(d)
+    model = build_model(ModelConfig(), len(tok), tokenizer=tok)
+    df = generate_prompts(get_task("ioi"), DatasetConfig(task="ioi", n_train=n_prompts // 2, n_test=n_prompts // 2,
+                                                         counterfactuals=False), tok)
+    return model, df
+
+
+def capture_once(model, df, request, path) -> float:
+    t = time.perf_counter()
+    store = open_or_create_store(path, model, df, request, IDENT)
+    capture_chunks(store, model, request.batch_size)
+    store.finalize()
+    return time.perf_counter() - t
+
+
+@torch.no_grad()
+def bare_forward(model, df, batch_size) -> float:
+    from sage_core.model import pad_sequences
+
+    tokens = pad_sequences(df["tokens"].to_list(), model.tokenizer.pad_token_id)
+    t = time.perf_counter()
+    for i in range(0, len(tokens), batch_size):
+        model(tokens[i : i + batch_size], return_type=None)
+    return time.perf_counter() - t
+
+
+def memory_child(n_prompts: int, dtype: str) -> None:
+    model, df = setup(n_prompts)
+    request = CaptureRequest(hooks=default_hooks(model.cfg.n_layers), dtype=dtype)
+    with tempfile.TemporaryDirectory() as d:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        capture_once(model, df, request, Path(d) / "s.zarr")
+        print(json.dumps({"peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "base_kb": base}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--prompts", type=int, default=1024)
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--memory-child", type=int, default=0, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.memory_child:
+        return memory_child(args.memory_child, args.dtype)
+
+    model, df = setup(args.prompts)
+    hooks = default_hooks(model.cfg.n_layers)
+    request = CaptureRequest(hooks=hooks, dtype=args.dtype)
+    cap, bare = [], []
+    with tempfile.TemporaryDirectory() as d:
+        for r in range(args.repeats):  # interleaved against drift in machine load
+            bare.append(bare_forward(model, df, request.batch_size))
+            cap.append(capture_once(model, df, request, Path(d) / f"s{r}.zarr"))
+        store = ActivationStore.open(Path(d) / "s0.zarr")
+        n_tok = int(store.group["length"][:].sum())
+        raw = sum(4 * n_tok * (store.group[h].size // (store.n_prompts * store.group[h].shape[1])) for h in hooks)
+        padded_raw = sum(store.group[h].size * 4 for h in hooks)
+        disk = store.nbytes_on_disk()
+        t = time.perf_counter()
+        scanned = 0
+        for h in hooks:
+            for _, _, a in store.iter_chunks(h):
+                scanned += a.nbytes
+        scan = time.perf_counter() - t
+    c, b = min(cap), min(bare)
+    print(f"{len(df)} prompts, {n_tok} real tokens, {len(hooks)} hooks, dtype {args.dtype}, zstd, "
+          f"chunk {store.chunk_prompts} prompts")
+    print(f"bare forward pass     : {b:7.2f} s")
+    print(f"capture + store       : {c:7.2f} s")
+    print(f"ratio (capture / bare): {c / b:.3f}   (target <= 1.25)")
+    print(f"bytes on disk         : {disk / 2**20:.1f} MiB vs raw float32 {raw / 2**20:.1f} MiB of real tokens "
+          f"({padded_raw / 2**20:.1f} MiB padded): {disk / raw:.3f}x raw")
+    print(f"full scan             : {scanned / 2**20 / scan:,.0f} MiB/s decoded float32 ({scan:.2f} s)")
+
+    peaks = []
+    for n in (args.prompts, 10 * args.prompts):
+        out = subprocess.run([sys.executable, __file__, "--memory-child", str(n), "--dtype", args.dtype],
+                             capture_output=True, text=True, check=True)
+        peaks.append(json.loads(out.stdout.strip().splitlines()[-1])["peak_kb"])
+    print(f"peak RSS              : {peaks[0] / 1024:.0f} MiB ({args.prompts} prompts) vs {peaks[1] / 1024:.0f} MiB "
+          f"({10 * args.prompts} prompts): {peaks[1] / peaks[0]:.3f}x   (target <= 1.2)")
+
+
+if __name__ == "__main__":
+    main()

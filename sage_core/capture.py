@@ -1,0 +1,110 @@
+"""Activation capture, the pure part: which hooks, which positions, what shapes; one forward pass per batch.
+
+The store (storage/activations.py) decides where the numbers go; this module only computes them.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Literal
+
+import numpy as np
+import torch
+from jaxtyping import Int
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor
+from transformer_lens import HookedTransformer
+
+Dtype = Literal["float32", "float16", "bfloat16"]
+
+
+class CaptureError(ValueError):
+    """A capture request does not fit the model or the prompts; the message says what to fix."""
+
+
+class CaptureRequest(BaseModel):
+    """What to record. Its hash (with the model's and the dataset's) addresses the store."""
+
+    model_config = ConfigDict(frozen=True)
+    hooks: tuple[str, ...]
+    positions: Literal["all", "roles"] = Field("all", description="every position, or only the task's role positions")
+    dtype: Dtype = "float32"
+    chunk_mb: float = Field(4.0, gt=0, description="target size of one uncompressed chunk (along prompt)")
+    compression: Literal["zstd", "none"] = "zstd"
+    batch_size: int = Field(64, ge=1, description="prompts per forward pass")
+
+
+def check_hooks(model: HookedTransformer, hooks: tuple[str, ...] | list[str]) -> None:
+    """Unknown hook names fail with the closest valid ones."""
+    if not hooks:
+        raise CaptureError("no hooks asked for; name at least one, e.g. blocks.0.hook_resid_post")
+    for h in hooks:
+        if h not in model.hook_dict:
+            close = difflib.get_close_matches(h, list(model.hook_dict), n=3, cutoff=0.5)
+            raise CaptureError(f"model has no hook {h!r}; closest valid names: {', '.join(close) or 'none'}")
+        if h.endswith(("hook_pattern", "hook_attn_scores")):
+            raise CaptureError(f"{h} is an attention pattern (batch, head, query, key), not a per-position "
+                               f"activation; capture attn.hook_z or hook_attn_out instead")
+
+
+def hook_trailing_shape(model: HookedTransformer, hook: str) -> tuple[int, ...]:
+    """Shape after (batch, position) of the activation at `hook`, found by a one-token forward pass."""
+    out: dict[str, tuple[int, ...]] = {}
+
+    def grab(act, hook):
+        out[hook.name] = tuple(act.shape[2:])
+
+    with torch.no_grad():
+        model.run_with_hooks(torch.zeros(1, 1, dtype=torch.long), fwd_hooks=[(hook, grab)], return_type=None,
+                             stop_at_layer=_stop_layer(model, [hook]))
+    if hook not in out:
+        raise CaptureError(f"hook {hook!r} did not fire on a forward pass; it cannot be captured")
+    return out[hook]
+
+
+def dim_names(trailing: tuple[int, ...]) -> tuple[str, ...]:
+    """(d,) for residual and sub-layer outputs; (head, d_head) for per-head hooks like attn.hook_z."""
+    return ("d",) if len(trailing) == 1 else ("head", "d_head") if len(trailing) == 2 else tuple(
+        f"dim{i}" for i in range(len(trailing)))
+
+
+def _stop_layer(model: HookedTransformer, hooks: list[str]) -> int | None:
+    layers = []
+    for h in hooks:
+        parts = h.split(".")
+        if parts[0] != "blocks":
+            return None  # ln_final / unembed hooks need the full pass
+        layers.append(int(parts[1]))
+    stop = max(layers) + 1
+    return None if stop >= model.cfg.n_layers else stop
+
+
+@torch.no_grad()
+def capture_batch(
+    model: HookedTransformer,
+    tokens: Int[Tensor, "b pos"],
+    hooks: list[str],
+    positions: Int[Tensor, "b k"] | None = None,
+) -> dict[str, np.ndarray]:
+    """Activations at `hooks` for one batch, as float32 numpy arrays of shape (b, pos or k, *trailing).
+
+    With `positions`, only those token positions are kept per prompt (role positions); otherwise every position.
+    The forward pass stops after the last layer any hook needs.
+    """
+    got: dict[str, Tensor] = {}
+
+    def keep(act, hook):
+        a = act
+        if positions is not None:
+            idx = positions.view(*positions.shape, *([1] * (act.ndim - 2))).expand(-1, -1, *act.shape[2:])
+            a = act.gather(1, idx)
+        got[hook.name] = a.detach().to(torch.float32)
+
+    model.run_with_hooks(tokens, fwd_hooks=[(h, keep) for h in hooks], return_type=None,
+                         stop_at_layer=_stop_layer(model, hooks))
+    return {h: got[h].numpy() for h in hooks}
+
+
+def chunk_prompts(bytes_per_prompt: int, chunk_mb: float) -> int:
+    """Prompts per chunk so that one uncompressed chunk is about `chunk_mb` MB."""
+    return max(1, int(chunk_mb * 2**20 // max(1, bytes_per_prompt)))

@@ -1,0 +1,147 @@
+"""Capture tasks: create (or resume) an activation store, fill its chunks in shards, seal it.
+
+`capture_chunks` is the loop every path shares (the Prefect tasks, the CLI, the benchmark): read prompts, run
+`sage_core.capture.capture_batch`, write through `storage.activations`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+from prefect import task
+from transformer_lens import HookedTransformer
+
+from sage_core.capture import CaptureRequest, capture_batch, check_hooks, chunk_prompts, dim_names, hook_trailing_shape
+from sage_core.model import pad_sequences
+from storage.activations import ActivationStore
+from storage.datasets import read_prompts
+from storage.hashing import file_hash, stable_hash
+from storage.home import SageHome
+from storage.zoo import load_model, model_hash
+from tasks.common import TASK_DEFAULTS
+
+Manifest = dict[str, Any]
+
+
+def prompt_arrays(df: pl.DataFrame, pad_id: int) -> dict[str, Any]:
+    """Padded tokens, lengths, ids and (if the table has roles) role names and positions of a prompt table."""
+    tokens = pad_sequences(df["tokens"].to_list(), pad_id).numpy().astype(np.int32)
+    roles = [c.removeprefix("pos_") for c in df.columns if c.startswith("pos_")]
+    return {
+        "tokens": tokens,
+        "lengths": df["tokens"].list.len().to_numpy().astype(np.int32),
+        "prompt_ids": df["prompt_id"].to_list(),
+        "roles": roles,
+        "role_pos": df.select([f"pos_{r}" for r in roles]).to_numpy().astype(np.int32) if roles else None,
+    }
+
+
+def open_or_create_store(
+    path, model: HookedTransformer, df: pl.DataFrame, request: CaptureRequest, identity: dict[str, str]
+) -> ActivationStore:
+    """Validate the request against the model and prompts, then create the store or reopen its unfinished copy."""
+    check_hooks(model, request.hooks)
+    pa = prompt_arrays(df, model.tokenizer.pad_token_id if model.tokenizer else 0)
+    if request.positions == "roles" and not pa["roles"]:
+        raise ValueError("positions='roles' needs a prompt table with pos_<role> columns; use positions='all'")
+    if pa["tokens"].shape[1] > model.cfg.n_ctx:
+        raise ValueError(f"prompts of {pa['tokens'].shape[1]} tokens exceed the model's n_ctx={model.cfg.n_ctx}")
+    shapes = {h: hook_trailing_shape(model, h) for h in request.hooks}
+    n_pos = len(pa["roles"]) if request.positions == "roles" else pa["tokens"].shape[1]
+    itemsize = 4 if request.dtype == "float32" else 2
+    per_prompt = max(n_pos * int(np.prod(s)) * itemsize for s in shapes.values())
+    return ActivationStore.create_or_resume(
+        path,
+        attrs={**identity, "model_name": model.cfg.model_name, "request": request.model_dump(mode="json")},
+        hook_shapes={h: (s, dim_names(s)) for h, s in shapes.items()},
+        tokens=pa["tokens"], lengths=pa["lengths"], prompt_ids=pa["prompt_ids"],
+        chunk_prompts=chunk_prompts(per_prompt, request.chunk_mb), dtype=request.dtype,
+        compression=request.compression,
+        roles=pa["roles"] if request.positions == "roles" else None,
+        role_pos=pa["role_pos"] if request.positions == "roles" else None,
+    )
+
+
+def capture_chunks(
+    store: ActivationStore,
+    model: HookedTransformer,
+    batch_size: int,
+    chunks: list[int] | None = None,
+    on_chunk: Callable[[int], None] | None = None,
+) -> int:
+    """Fill the given (default: all) chunks not yet done; returns how many were written."""
+    done = store.done_chunks()
+    todo = [i for i in (range(store.n_chunks) if chunks is None else chunks) if i not in done]
+    g = store.group
+    roles = "role_pos" in g
+    hooks = store.hooks
+    for i in todo:
+        start, stop = store.chunk_range(i)
+        tokens = torch.as_tensor(g["tokens"][start:stop], dtype=torch.long)
+        lengths = g["length"][start:stop]
+        role_pos = torch.as_tensor(g["role_pos"][start:stop], dtype=torch.long) if roles else None
+        parts: dict[str, list[np.ndarray]] = {h: [] for h in hooks}
+        for b in range(0, stop - start, batch_size):
+            sl = slice(b, b + batch_size)
+            out = capture_batch(model, tokens[sl], hooks, role_pos[sl] if roles else None)
+            for h in hooks:
+                parts[h].append(out[h])
+        arrays = {h: np.concatenate(v) for h, v in parts.items()}
+        if not roles:  # zero the padding: deterministic, and it compresses to nothing
+            pad = np.arange(tokens.shape[1])[None, :] >= lengths[:, None]
+            for a in arrays.values():
+                a[pad] = 0
+        store.write_chunk(i, arrays)
+        if on_chunk:
+            on_chunk(i)
+    return len(todo)
+
+
+def store_path(home: SageHome, model_hash_: str, dataset_hash: str, request: CaptureRequest):
+    return home.activations_path(model_hash_, dataset_hash, stable_hash(request))
+
+
+# -- Prefect tasks -------------------------------------------------------------------------------------------------
+@task(name="prepare-capture", **TASK_DEFAULTS)
+def prepare_capture(model: Manifest, dataset: Manifest, request: CaptureRequest, home: str) -> Manifest:
+    """Create the store (or find it finished, or unfinished to resume). Returns its path and chunk count."""
+    path = store_path(SageHome(home), model["hash"], dataset["hash"], request)
+    identity = {"model_hash": model["hash"], "dataset_hash": dataset["hash"], "request_hash": stable_hash(request)}
+    if (path / "_COMPLETE.json").is_file():
+        store = ActivationStore.open(path, verify=False, expect=identity)
+    else:
+        m = load_model(model["path"])
+        store = open_or_create_store(path, m, read_prompts(dataset["path"]), request, identity)
+    return {"path": str(path), "n_chunks": store.n_chunks, **identity}
+
+
+@task(name="capture-shard", **{**TASK_DEFAULTS, "cache_key_fn": None, "persist_result": False})
+def capture_shard(store: Manifest, model: Manifest, request: CaptureRequest, shard: int, n_shards: int) -> Manifest:
+    """Fill chunks shard, shard + n_shards, ... of the store; resumable, so never cached."""
+    s = ActivationStore(store["path"])
+    if s.is_complete():
+        return {"shard": shard, "written": 0}
+    m = load_model(model["path"])
+    n = capture_chunks(s, m, request.batch_size, list(range(shard, s.n_chunks, n_shards)))
+    return {"shard": shard, "written": n}
+
+
+@task(name="finalize-capture", **TASK_DEFAULTS)
+def finalize_capture(store: Manifest, shards: list[Manifest]) -> Manifest:
+    s = ActivationStore(store["path"])
+    content = s.finalize() if not s.is_complete() else ActivationStore.open(s.path, verify=False).content_hash()
+    return {"path": store["path"], "hash": content, "n_chunks": s.n_chunks,
+            "model_hash": store["model_hash"], "dataset_hash": store["dataset_hash"]}
+
+
+def model_manifest(home: SageHome, name: str) -> Manifest:
+    path = home.model_dir(name)
+    return {"path": str(path), "hash": model_hash(path)}
+
+
+def dataset_manifest(path) -> Manifest:
+    return {"path": str(path), "hash": file_hash(path)}

@@ -1,0 +1,82 @@
+"""The build-zoo flow on a toy config: outputs in the documented layout, a rerun that is all cache hits, and a zoo that
+plain transformer_lens and SAELens load."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import polars as pl
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _task_run_states(flow_state) -> list[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id]))
+        )
+    return [r.state.name for r in runs]
+
+
+@pytest.fixture(scope="module")
+def built(tiny_zoo):
+    return tiny_zoo
+
+
+def test_layout_matches_design(built):
+    home, cfg, first, _ = built
+    assert first.is_completed()
+    out = first.result()
+    model_dir = home / "zoo" / cfg.model.name / "model"
+    assert (model_dir / "config.json").is_file() and (model_dir / "model.safetensors").is_file()
+    assert (model_dir / "tokenizer" / "tokenizer.json").is_file()
+    for ds in out["datasets"]:
+        p = home / "datasets" / ds["task"]
+        assert ds["path"].startswith(str(p)) and ds["path"].endswith("prompts.parquet")
+        df = pl.read_parquet(ds["path"])
+        assert {"prompt_id", "task", "split", "text", "tokens", "answer_token", "cf_answer_token", "pair_of",
+                "pair_attr"} <= set(df.columns)
+    for s in out["saes"]:
+        cfg_json = json.loads((home / "zoo" / cfg.model.name / "saes" / s["name"] / "cfg.json").read_text())
+        assert cfg_json["metadata"]["hook_name"] == s["name"].split("--")[0]
+    sae_table = pl.read_parquet(out["sae_eval"]["path"])
+    assert len(sae_table) == len(out["saes"]) and sae_table["explained_variance"].is_finite().all()
+
+
+def test_rerun_is_all_cache_hits(built):
+    *_, first, second = built
+    first_states, second_states = _task_run_states(first), _task_run_states(second)
+    assert "Completed" in first_states
+    assert second_states and set(second_states) == {"Cached"}, second_states
+    assert first.result()["model"]["hash"] == second.result()["model"]["hash"]
+
+
+def test_zoo_loads_with_plain_transformer_lens_and_saelens(built):
+    home, cfg, first, _ = built
+    sae_dir = first.result()["saes"][0]["path"]
+    script = f"""
+import json, sys, torch
+from safetensors.torch import load_file
+from transformers import AutoTokenizer
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+from sae_lens import SAE
+d = {str(home / "zoo" / cfg.model.name / "model")!r}
+cfg = json.load(open(d + "/config.json")); cfg["dtype"] = getattr(torch, cfg["dtype"])
+model = HookedTransformer(HookedTransformerConfig(**cfg), tokenizer=AutoTokenizer.from_pretrained(d + "/tokenizer"))
+model.load_state_dict(load_file(d + "/model.safetensors"))
+sae = SAE.load_from_disk({sae_dir!r})
+_, cache = model.run_with_cache("When Mary and John went to the store , John gave a drink to")
+f = sae.encode(cache[sae.cfg.metadata.hook_name])
+assert f.shape[-1] == sae.cfg.d_sae and torch.isfinite(sae.decode(f)).all()
+assert not [m for m in sys.modules if m.split(".")[0] in ("sage_core", "storage", "tasks", "flows")]
+print("OK", tuple(f.shape))
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.startswith("OK")

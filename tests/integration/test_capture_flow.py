@@ -1,0 +1,44 @@
+"""The capture flow on the tiny zoo: one store per task, sharded, cached on a rerun, readable through xarray."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sage_core.capture import CaptureRequest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def test_capture_flow_sharded_and_cached(tiny_zoo):
+    from flows.capture import capture, default_hooks
+    from flows.settings import results_in
+    from storage.activations import ActivationStore
+    from storage.datasets import read_prompts
+    from storage.home import SageHome
+    from storage.zoo import load_model
+
+    home, cfg, first, _ = tiny_zoo
+    req = CaptureRequest(hooks=default_hooks(cfg.model.n_layers), chunk_mb=0.05, positions="all")
+    with results_in(SageHome(home)):
+        out = capture(request=req, cfg=cfg, home=str(home), n_shards=3)
+        again = capture(request=req, cfg=cfg, home=str(home), n_shards=3)
+    assert [o["task"] for o in out] == list(cfg.tasks)
+    assert [o["hash"] for o in out] == [o["hash"] for o in again]
+    model = load_model(home / "zoo" / cfg.model.name / "model")
+    for o, ds in zip(out, first.result()["datasets"], strict=True):
+        assert o["path"].startswith(str(home / "activations"))
+        store = ActivationStore.open(o["path"], expect={"dataset_hash": o["dataset_hash"]})
+        assert store.n_chunks >= 3, "shards must have had work"
+        df = read_prompts(ds["path"])
+        xr = store.to_xarray()
+        assert list(xr["prompt_id"].values) == df["prompt_id"].to_list()
+        toks = df["tokens"].to_list()[-1]
+        _, cache = model.run_with_cache(torch.tensor([toks]))
+        got = xr["blocks.0.hook_resid_post"].isel(prompt=-1).values[: len(toks)]
+        np.testing.assert_allclose(got, cache["blocks.0.hook_resid_post"][0].numpy(), rtol=1e-5, atol=1e-5)
+    changed = CaptureRequest(hooks=("blocks.0.hook_resid_post",), chunk_mb=0.05)
+    with results_in(SageHome(home)):
+        other = capture(request=changed, cfg=cfg, home=str(home), n_shards=1)
+    assert {o["path"] for o in other}.isdisjoint({o["path"] for o in out}), "a changed request gets a new store"

@@ -1,0 +1,189 @@
+"""Activation stores: values, layout, xarray view, content addressing, resume, tamper detection, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from sage_core.capture import CaptureError, CaptureRequest, check_hooks
+from sage_core.model import ModelConfig, build_model
+from sage_core.task import DatasetConfig, generate_prompts
+from sage_core.task_library import get_task
+from storage.activations import ActivationStore, from_storage, to_storage
+from storage.atomic import StoreError
+from tasks.capture import capture_chunks, open_or_create_store
+
+HOOKS = ("blocks.0.hook_resid_post", "blocks.1.attn.hook_z", "blocks.0.hook_mlp_out")
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer, tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    d = tmp_path_factory.mktemp("tok")
+    tokenizer.save_pretrained(d)
+    return build_model(ModelConfig(d_model=32, n_layers=2, n_heads=2, d_head=16, d_mlp=64), len(tokenizer),
+                       tokenizer=AutoTokenizer.from_pretrained(d))
+
+
+@pytest.fixture(scope="module")
+def prompts(tokenizer):
+    return generate_prompts(get_task("ioi"), DatasetConfig(task="ioi", n_train=30, n_test=10), tokenizer)
+
+
+IDENT = {"model_hash": "m1", "dataset_hash": "d1", "request_hash": "r1"}
+
+
+def make(path, model, prompts, **kw):
+    req = CaptureRequest(hooks=HOOKS, chunk_mb=0.02, batch_size=16, **kw)
+    store = open_or_create_store(path, model, prompts, req, IDENT)
+    capture_chunks(store, model, req.batch_size)
+    store.finalize()
+    return ActivationStore.open(path)
+
+
+def test_values_equal_run_with_cache(tmp_path, model, prompts):
+    store = make(tmp_path / "s.zarr", model, prompts)
+    assert store.n_chunks > 2, "the test must span several chunks"
+    toks = prompts["tokens"].to_list()
+    for i in (0, 37, len(toks) - 1):
+        _, cache = model.run_with_cache(torch.tensor([toks[i]]))
+        for h in HOOKS:
+            got = store.read(h, slice(i, i + 1))[0, : len(toks[i])]
+            np.testing.assert_allclose(got, cache[h][0].numpy(), rtol=1e-5, atol=1e-5)
+            assert not store.read(h, slice(i, i + 1))[0, len(toks[i]) :].any(), "padding must be zero"
+
+
+@pytest.mark.parametrize("dtype, tol", [("float16", 2e-3), ("bfloat16", 1e-2)])
+def test_reduced_precision_within_tolerance(tmp_path, model, prompts, dtype, tol):
+    store = make(tmp_path / "s.zarr", model, prompts, dtype=dtype)
+    full = make(tmp_path / "f.zarr", model, prompts)
+    a, b = store.read(HOOKS[0]), full.read(HOOKS[0])
+    assert np.abs(a - b).max() <= tol * np.abs(b).max()
+
+
+def test_bfloat16_round_trip_matches_torch():
+    x = np.random.default_rng(0).standard_normal(1000).astype(np.float32) * 7
+    ours = from_storage(to_storage(x, "bfloat16"), "bfloat16")
+    ref = torch.tensor(x).to(torch.bfloat16).to(torch.float32).numpy()
+    np.testing.assert_array_equal(ours, ref)
+
+
+def test_role_positions_only(tmp_path, model, prompts):
+    store = make(tmp_path / "r.zarr", model, prompts, positions="roles")
+    ds = store.to_xarray()
+    assert list(ds["role"].values) == ["IO", "S1", "S2", "END"]
+    row = prompts.row(5, named=True)
+    _, cache = model.run_with_cache(torch.tensor([row["tokens"]]))
+    for j, role in enumerate(["IO", "S1", "S2", "END"]):
+        np.testing.assert_allclose(store.read(HOOKS[0], slice(5, 6))[0, j], cache[HOOKS[0]][0, row[f"pos_{role}"]],
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_xarray_view_has_named_dims_and_coordinates(tmp_path, model, prompts):
+    ds = make(tmp_path / "s.zarr", model, prompts).to_xarray()
+    assert ds[HOOKS[0]].dims == ("prompt", "position", "d")
+    assert ds[HOOKS[1]].dims == ("prompt", "position", "head", "d_head")
+    assert list(ds["prompt_id"].values) == prompts["prompt_id"].to_list()
+    assert "prompt_id" in ds.coords
+    sel = ds[HOOKS[0]].isel(prompt=3).values
+    assert sel.shape == (ds.sizes["position"], 32)
+    assert ds.attrs["model_hash"] == "m1"
+
+
+def test_streams_chunk_by_chunk(tmp_path, model, prompts):
+    store = make(tmp_path / "s.zarr", model, prompts)
+    seen = 0
+    for start, stop, arr in store.iter_chunks(HOOKS[0]):
+        assert arr.shape[0] == stop - start <= store.chunk_prompts
+        seen += stop - start
+    assert seen == len(prompts)
+
+
+def test_resume_is_bitwise_identical(tmp_path, model, prompts):
+    full = make(tmp_path / "full.zarr", model, prompts)
+    req = CaptureRequest(hooks=HOOKS, chunk_mb=0.02, batch_size=16)
+    part = open_or_create_store(tmp_path / "part.zarr", model, prompts, req, IDENT)
+    capture_chunks(part, model, 16, chunks=[0, 2])
+    with pytest.raises(StoreError, match="not a complete"):
+        ActivationStore.open(tmp_path / "part.zarr")
+    again = open_or_create_store(tmp_path / "part.zarr", model, prompts, req, IDENT)
+    assert again.done_chunks() == {0, 2}
+    assert capture_chunks(again, model, 16) == again.n_chunks - 2
+    again.finalize()
+    assert ActivationStore.open(tmp_path / "part.zarr").content_hash() == full.content_hash()
+    for h in HOOKS:
+        assert np.array_equal(again.read(h), full.read(h))
+
+
+def test_tampered_or_truncated_store_is_detected(tmp_path, model, prompts):
+    store = make(tmp_path / "s.zarr", model, prompts)
+    chunk = tmp_path / "s.zarr" / HOOKS[0] / "c" / "1" / "0" / "0"
+    data = chunk.read_bytes()
+    chunk.write_bytes(data[: len(data) // 2])
+    with pytest.raises(StoreError, match="chunk 1 of blocks.0.hook_resid_post was truncated or modified"):
+        ActivationStore.open(store.path)
+    shutil.copy(tmp_path / "s.zarr" / "_progress" / "000000.json", tmp_path / "x.json")
+
+
+def test_store_from_another_model_or_dataset_is_refused(tmp_path, model, prompts):
+    make(tmp_path / "s.zarr", model, prompts)
+    with pytest.raises(StoreError, match="captured with model_hash='m1', not 'other'"):
+        ActivationStore.open(tmp_path / "s.zarr", expect={"model_hash": "other"})
+    req = CaptureRequest(hooks=HOOKS, chunk_mb=0.02)
+    with pytest.raises(StoreError, match="another request"):
+        open_or_create_store(tmp_path / "s.zarr", model, prompts, req, {**IDENT, "dataset_hash": "d2"})
+
+
+def test_unknown_hook_names_closest(model):
+    with pytest.raises(CaptureError, match="no hook 'blocks.0.hook_resid_pots'.*blocks.0.hook_resid_post"):
+        check_hooks(model, ["blocks.0.hook_resid_pots"])
+
+
+def test_attention_patterns_are_refused(model):
+    with pytest.raises(CaptureError, match="attention pattern"):
+        check_hooks(model, ["blocks.0.attn.hook_pattern"])
+
+
+def test_write_error_is_clear_and_store_stays_resumable(tmp_path, model, prompts, monkeypatch):
+    req = CaptureRequest(hooks=HOOKS, chunk_mb=0.02, batch_size=16)
+    store = open_or_create_store(tmp_path / "s.zarr", model, prompts, req, IDENT)
+    capture_chunks(store, model, 16, chunks=[0])
+    real = ActivationStore._record
+
+    def disk_full(self, i):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ActivationStore, "_record", disk_full)
+    with pytest.raises(StoreError, match="No space left on device.*rerun the same command"):
+        capture_chunks(store, model, 16)
+    monkeypatch.setattr(ActivationStore, "_record", real)
+    store = open_or_create_store(tmp_path / "s.zarr", model, prompts, req, IDENT)
+    assert store.done_chunks() == {0}
+    capture_chunks(store, model, 16)
+    store.finalize()
+    ActivationStore.open(store.path)
+
+
+def test_works_for_any_hooked_transformer(tmp_path, prompts):
+    """A model built straight from a HookedTransformerConfig, with another width and no project tokenizer."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(n_layers=1, d_model=24, n_ctx=64, d_head=8, n_heads=3, d_vocab=400, act_fn="relu",
+                                  normalization_type="LNPre")
+    m = HookedTransformer(cfg)
+    df = prompts.head(12)
+    req = CaptureRequest(hooks=("blocks.0.hook_resid_pre", "blocks.0.attn.hook_v"), chunk_mb=0.01)
+    store = open_or_create_store(tmp_path / "any.zarr", m, df, req, IDENT)
+    capture_chunks(store, m, 4)
+    store.finalize()
+    s = ActivationStore.open(tmp_path / "any.zarr")
+    assert s.group["blocks.0.attn.hook_v"].shape == (12, 20, 3, 8)
+    info = s.describe()
+    assert json.dumps(info) and info["n_prompts"] == 12
+    assert pl.Series(s.to_xarray()["prompt_id"].values).to_list() == df["prompt_id"].to_list()

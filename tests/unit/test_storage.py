@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import pytest
+
+from storage.atomic import StoreError, is_complete, read_marker, write_once
+from storage.hashing import dir_hash, stable_hash
+from storage.home import SageHome
+
+
+def test_write_once_is_atomic_and_marked_last(tmp_path):
+    final = tmp_path / "thing"
+    with pytest.raises(RuntimeError):
+        with write_once(final) as tmp:
+            (tmp / "a.txt").write_text("half")
+            raise RuntimeError("crash mid-write")
+    assert not final.exists() and not list(tmp_path.glob("thing.partial-*"))
+    with write_once(final, {"k": 1}) as tmp:
+        (tmp / "a.txt").write_text("whole")
+    assert is_complete(final) and read_marker(final)["k"] == 1 and (final / "a.txt").read_text() == "whole"
+    with write_once(final) as tmp:  # already complete: left untouched
+        (tmp / "a.txt").write_text("other")
+    assert (final / "a.txt").read_text() == "whole"
+
+
+def test_incomplete_directory_is_never_read_as_whole(tmp_path):
+    (tmp_path / "x").mkdir()
+    with pytest.raises(StoreError, match="incomplete or missing"):
+        read_marker(tmp_path / "x")
+
+
+def test_stable_hash_is_order_independent_and_sensitive():
+    from sage_core.config import ZooConfig
+
+    assert stable_hash({"a": 1, "b": 2}) == stable_hash({"b": 2, "a": 1})
+    assert stable_hash(ZooConfig()) == stable_hash(ZooConfig())
+    assert stable_hash(ZooConfig()) != stable_hash(ZooConfig.tiny())
+
+
+def test_dir_hash_tracks_content(tmp_path):
+    (tmp_path / "f").write_text("1")
+    h1 = dir_hash(tmp_path)
+    (tmp_path / "f").write_text("2")
+    assert dir_hash(tmp_path) != h1
+
+
+def test_home_layout(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAGE_HOME", str(tmp_path))
+    h = SageHome()
+    assert h.root == tmp_path.resolve()
+    assert h.model_dir("m") == tmp_path / "zoo" / "m" / "model"
+    assert h.sae_dir("m", "s") == tmp_path / "zoo" / "m" / "saes" / "s"
+    assert h.prompts_path("ioi", "abc") == tmp_path / "datasets" / "ioi" / "abc" / "prompts.parquet"
