@@ -20,12 +20,40 @@ def run(args, home, timeout=600):
     return subprocess.run(SAGE + args, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
 
 
-def test_zoo_build_tiny_then_info(tmp_path):
-    r = run(["zoo", "build", "--tiny"], tmp_path)
+@pytest.fixture(scope="module")
+def tiny_home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("cli-home")
+    r = run(["zoo", "build", "--tiny"], home)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "task performance" in r.stdout and "SAE zoo" in r.stdout and "expl. var" in r.stdout
-    r = run(["zoo", "info"], tmp_path)
-    assert r.returncode == 0 and "sage-test" in r.stdout
+    return home
+
+
+def test_zoo_info(tiny_home):
+    r = run(["zoo", "info"], tiny_home)
+    assert r.returncode == 0 and "sage-test" in r.stdout and "expl. var" in r.stdout
+
+
+def test_capture_then_info(tiny_home):
+    r = run(["capture", "--tiny", "--tasks", "ioi", "--hooks", "blocks.0.hook_resid_post,blocks.0.attn.hook_z",
+             "--dtype", "float16", "--positions", "roles"], tiny_home)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "activation stores" in r.stdout and "capturing" in r.stdout
+    path = next((tiny_home / "activations").glob("*/*.zarr"))
+    r = run(["capture", "--info", str(path)], tiny_home)
+    assert r.returncode == 0, r.stderr[-2000:]
+    info = json.loads(r.stdout)
+    assert info["complete"] and info["dtype"] == "float16" and info["positions"] == "roles"
+    assert info["arrays"]["blocks.0.attn.hook_z"]["dims"] == ["prompt", "position", "head", "d_head"]
+
+
+def test_capture_bad_hook_and_corrupt_store(tiny_home, tmp_path):
+    r = run(["capture", "--tiny", "--hooks", "blocks.0.hook_resid_pots"], tiny_home, timeout=120)
+    assert r.returncode == 2 and "no hook 'blocks.0.hook_resid_pots'" in r.stdout
+    assert "blocks.0.hook_resid_post" in r.stdout
+    (tmp_path / "junk.zarr").mkdir()
+    r = run(["capture", "--info", str(tmp_path / "junk.zarr")], tiny_home, timeout=120)
+    assert r.returncode == 2 and r.stdout.startswith("error:")
 
 
 @pytest.mark.parametrize(

@@ -14,14 +14,20 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def _task_run_states(flow_state) -> list[str]:
+    """Final state names of the flow run's task runs (task states reach the server asynchronously: wait for them)."""
+    import time
+
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
+    flt = FlowRunFilter(id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id]))
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id]))
-        )
-    return [r.state.name for r in runs]
+        for _ in range(120):
+            names = [r.state.name for r in client.read_task_runs(flow_run_filter=flt)]
+            if names and not {"Running", "Pending", "Scheduled"} & set(names):
+                break
+            time.sleep(0.5)
+    return names
 
 
 @pytest.fixture(scope="module")

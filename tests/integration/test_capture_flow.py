@@ -20,7 +20,7 @@ def test_capture_flow_sharded_and_cached(tiny_zoo):
     from storage.zoo import load_model
 
     home, cfg, first, _ = tiny_zoo
-    req = CaptureRequest(hooks=default_hooks(cfg.model.n_layers), chunk_mb=0.05, positions="all")
+    req = CaptureRequest(hooks=default_hooks(cfg.model.n_layers), chunk_mb=0.01, positions="all")
     with results_in(SageHome(home)):
         out = capture(request=req, cfg=cfg, home=str(home), n_shards=3)
         again = capture(request=req, cfg=cfg, home=str(home), n_shards=3)

@@ -1,0 +1,272 @@
+"""Location search: attribution patching (AtP) of every component at every role position, its selection, and its
+validation by real activation patching.
+
+AtP_i(c, p) = mean over pairs (x, x') of <a_c,p(x') - a_c,p(x), dLD(x)/da_c,p>, LD(x) = logit(answer(x)) -
+logit(target), target = `pair_target_token`. All components come from one sweep per batch: a forward pass on x'
+(no grad), a forward pass on x that keeps the activations, and one backward pass.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from jaxtyping import Float, Int
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor
+from transformer_lens import HookedTransformer
+
+SUBLAYER_KINDS = ("head", "attn_out", "mlp_out")
+RESID_KINDS = ("resid_pre", "resid_post")
+
+
+class LocateError(ValueError):
+    """The location search cannot run as asked; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class Component:
+    """One place in the model: a hook, optionally one head of it."""
+
+    kind: str  # head | attn_out | mlp_out | resid_pre | resid_post
+    layer: int
+    head: int | None = None
+
+    @property
+    def hook(self) -> str:
+        return {
+            "head": f"blocks.{self.layer}.attn.hook_z",
+            "attn_out": f"blocks.{self.layer}.hook_attn_out",
+            "mlp_out": f"blocks.{self.layer}.hook_mlp_out",
+            "resid_pre": f"blocks.{self.layer}.hook_resid_pre",
+            "resid_post": f"blocks.{self.layer}.hook_resid_post",
+        }[self.kind]
+
+    @property
+    def group(self) -> str:
+        return "residual" if self.kind in RESID_KINDS else "sublayer"
+
+    @property
+    def label(self) -> str:
+        return f"L{self.layer}H{self.head}" if self.kind == "head" else f"L{self.layer}.{self.kind}"
+
+
+def all_components(model: HookedTransformer, kinds: Sequence[str] | None = None) -> list[Component]:
+    """Every head, attn_out, mlp_out, resid_pre and resid_post of every layer (optionally only some kinds)."""
+    kinds = tuple(kinds or (*SUBLAYER_KINDS, *RESID_KINDS))
+    unknown = set(kinds) - set(SUBLAYER_KINDS + RESID_KINDS)
+    if unknown:
+        raise LocateError(f"unknown component kinds {sorted(unknown)}; use {SUBLAYER_KINDS + RESID_KINDS}")
+    out = []
+    for layer in range(model.cfg.n_layers):
+        for kind in kinds:
+            if kind == "head":
+                out += [Component("head", layer, h) for h in range(model.cfg.n_heads)]
+            else:
+                out.append(Component(kind, layer))
+    if not out:
+        raise LocateError("the component filter matches nothing; widen it")
+    return out
+
+
+class PairBatch(BaseModel):
+    """Aligned clean/counterfactual prompts of one attribute (same token length per pair)."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+    clean: list[list[int]]
+    cf: list[list[int]]
+    answer: list[int]
+    target: list[int]
+    positions: list[list[int]] = Field(description="per pair, the token position of each role (of the clean prompt)")
+
+
+def _pad(seqs: list[list[int]], pad_id: int) -> Int[Tensor, "b pos"]:
+    width = max(len(s) for s in seqs)
+    out = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = torch.as_tensor(s)
+    return out
+
+
+def logit_diff(logits: Tensor, last: Tensor, answer: Tensor, target: Tensor) -> Float[Tensor, " b"]:
+    final = logits[torch.arange(len(last)), last]
+    return final.gather(1, answer[:, None]).squeeze(1) - final.gather(1, target[:, None]).squeeze(1)
+
+
+def atp_sweep(
+    model: HookedTransformer,
+    pairs: PairBatch,
+    components: list[Component],
+    pad_id: int,
+    batch_size: int = 64,
+    ig_steps: int = 1,
+) -> tuple[Float[Tensor, "comp role"], dict[str, float]]:
+    """AtP of every component at every role position, averaged over pairs.
+
+    `ig_steps` > 1 averages the gradient over that many points on the straight line between the embeddings of x and
+    x' (AtP with integrated gradients, as in EAP-IG): more faithful where a swap of tokens is far from linear, at
+    `ig_steps` backward passes per batch instead of one.
+
+    Returns (scores[component, role], {"ld_clean", "ld_cf"}: mean LD on x and on x' — their difference is the full
+    counterfactual effect).
+    """
+    hooks = sorted({c.hook for c in components})
+    n_roles = len(pairs.positions[0])
+    totals = torch.zeros(len(components), n_roles, dtype=torch.float64)
+    ld_clean = ld_cf = 0.0
+    n = len(pairs.clean)
+    for i in range(0, n, batch_size):
+        sl = slice(i, i + batch_size)
+        x, xc = _pad(pairs.clean[sl], pad_id), _pad(pairs.cf[sl], pad_id)
+        last = torch.as_tensor([len(s) - 1 for s in pairs.clean[sl]])
+        ans, tgt = torch.as_tensor(pairs.answer[sl]), torch.as_tensor(pairs.target[sl])
+        pos = torch.as_tensor(pairs.positions[sl])  # (b, roles)
+        emb = "blocks.0.hook_resid_pre"
+        with torch.no_grad():
+            logits_cf, cache_cf = model.run_with_cache(xc, names_filter=[*hooks, emb])
+        ld_cf += logit_diff(logits_cf, last, ans, tgt).sum().item()
+        grads: dict[str, Tensor] = {}
+        clean_acts: dict[str, Tensor] = {}
+        for step in range(ig_steps):
+            alpha = step / ig_steps
+            acts: dict[str, Tensor] = {}
+
+            def keep(a, hook, acts=acts):
+                a.retain_grad()
+                acts[hook.name] = a
+                return a
+
+            def mix(a, hook, alpha=alpha, target=cache_cf[emb]):
+                return a if alpha == 0 else (1 - alpha) * a + alpha * target
+
+            with torch.enable_grad():
+                logits = model.run_with_hooks(x, fwd_hooks=[(emb, mix)] + [(h, keep) for h in hooks])
+                ld = logit_diff(logits, last, ans, tgt)
+                ld.sum().backward()
+            if step == 0:
+                ld_clean += ld.sum().item()
+                clean_acts = {h: a.detach() for h, a in acts.items()}
+            for h, a in acts.items():
+                grads[h] = grads.get(h, 0) + a.grad / ig_steps
+            model.zero_grad(set_to_none=True)
+        b_idx = torch.arange(len(pos))[:, None]
+        for j, c in enumerate(components):
+            a, g, a_cf = clean_acts[c.hook], grads[c.hook], cache_cf[c.hook]
+            if c.head is not None:
+                a, g, a_cf = a[:, :, c.head], g[:, :, c.head], a_cf[:, :, c.head]
+            contrib = ((a_cf - a) * g).sum(-1)  # (b, pos)
+            totals[j] += contrib[b_idx, pos].sum(0).double()
+    return (totals / n).float(), {"ld_clean": ld_clean / n, "ld_cf": ld_cf / n}
+
+
+def select(scores: np.ndarray, share: float, cap: int) -> np.ndarray:
+    """Indices of the smallest set, by descending |score|, whose |score| covers `share` of the total, at most `cap`."""
+    if not 0 < share <= 1:
+        raise LocateError(f"share must be in (0, 1], got {share}")
+    mag = np.abs(scores)
+    order = np.argsort(-mag, kind="stable")
+    total = mag.sum()
+    if total == 0:
+        return order[:0]
+    covered = np.cumsum(mag[order]) / total
+    k = int(np.searchsorted(covered, share - 1e-12) + 1)
+    return order[: min(k, cap)]
+
+
+@torch.no_grad()
+def patch_effect(
+    model: HookedTransformer,
+    pairs: PairBatch,
+    patches: list[tuple[Component, int]],
+    pad_id: int,
+    batch_size: int = 64,
+) -> float:
+    """Real activation patching: mean LD(x with the listed (component, role) activations taken from x') - LD(x)."""
+    hooks = sorted({c.hook for c, _ in patches})
+    delta = 0.0
+    n = len(pairs.clean)
+    for i in range(0, n, batch_size):
+        sl = slice(i, i + batch_size)
+        x, xc = _pad(pairs.clean[sl], pad_id), _pad(pairs.cf[sl], pad_id)
+        last = torch.as_tensor([len(s) - 1 for s in pairs.clean[sl]])
+        ans, tgt = torch.as_tensor(pairs.answer[sl]), torch.as_tensor(pairs.target[sl])
+        pos = torch.as_tensor(pairs.positions[sl])
+        _, cache_cf = model.run_with_cache(xc, names_filter=hooks)
+        rows = torch.arange(len(pos))
+
+        def patch(a, hook, pos=pos, rows=rows, cache_cf=cache_cf):
+            a = a.clone()
+            for c, r in patches:
+                if c.hook != hook.name:
+                    continue
+                p = pos[:, r]
+                if c.head is None:
+                    a[rows, p] = cache_cf[hook.name][rows, p]
+                else:
+                    a[rows, p, c.head] = cache_cf[hook.name][rows, p, c.head]
+            return a
+
+        base = logit_diff(model(x), last, ans, tgt)
+        patched = logit_diff(model.run_with_hooks(x, fwd_hooks=[(h, patch) for h in hooks]), last, ans, tgt)
+        delta += (patched - base).sum().item()
+    return delta / n
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    from scipy.stats import spearmanr
+
+    if len(a) < 3:
+        return float("nan")
+    r = spearmanr(a, b).statistic
+    return float(r) if r == r else float("nan")
+
+
+def top_k_agreement(atp: Sequence[float], real: Sequence[float], k: int) -> float:
+    """Share of the top-k components by |real effect| that are also in the top-k by |AtP|."""
+    k = min(k, len(atp))
+    if k == 0:
+        return float("nan")
+    ta = set(np.argsort(-np.abs(np.asarray(atp)), kind="stable")[:k])
+    tr = set(np.argsort(-np.abs(np.asarray(real)), kind="stable")[:k])
+    return len(ta & tr) / k
+
+
+def validation_sample(n_total: int, top: list[int], n_random: int, seed: int) -> list[int]:
+    """The top-N indices plus a random sample of the rest (deterministic under `seed`)."""
+    rest = [i for i in range(n_total) if i not in set(top)]
+    rng = random.Random(seed)
+    return list(top) + sorted(rng.sample(rest, min(n_random, len(rest))))
+
+
+def pairs_for(df, attribute: str, split: str | None = None, limit: int | None = None) -> tuple[PairBatch, list[str]]:
+    """Clean/counterfactual pairs of one attribute from a prompt table (see sage_core.task). Returns the pairs and
+    the role names (the order of `positions`)."""
+    import polars as pl
+
+    from sage_core.task import pair_target_token
+
+    roles = [c.removeprefix("pos_") for c in df.columns if c.startswith("pos_")]
+    cfs = df.filter(pl.col("pair_attr") == attribute)
+    if split:
+        cfs = cfs.filter(pl.col("split") == split)
+    if cfs.is_empty():
+        attrs = sorted(a for a in df["pair_attr"].unique().to_list() if a)
+        raise LocateError(f"no counterfactual pairs for attribute {attribute!r}; the table has {attrs or 'none'}")
+    if limit:
+        cfs = cfs.head(limit)
+    clean = df.filter(pl.col("pair_of").is_null()).select("prompt_id", "tokens", "answer_token", "cf_answer_token",
+                                                          *[f"pos_{r}" for r in roles])
+    joined = cfs.select("pair_of", pl.col("tokens").alias("cf_tokens"), pl.col("answer_token").alias("cf_answer")) \
+        .join(clean, left_on="pair_of", right_on="prompt_id", how="inner")
+    rows = joined.iter_rows(named=True)
+    batch = PairBatch(clean=[], cf=[], answer=[], target=[], positions=[])
+    for r in rows:
+        batch.clean.append(r["tokens"])
+        batch.cf.append(r["cf_tokens"])
+        batch.answer.append(r["answer_token"])
+        batch.target.append(pair_target_token(r["answer_token"], r["cf_answer_token"], r["cf_answer"]))
+        batch.positions.append([r[f"pos_{x}"] for x in roles])
+    return batch, roles
