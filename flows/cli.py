@@ -239,6 +239,84 @@ def capture_cmd(
     console.print(t)
 
 
+@app.command("locate")
+def locate_cmd(
+    home: str = typer.Option(None, envvar="SAGE_HOME", help="data root (default ./sage-data)"),
+    tasks: str = typer.Option(None, help="comma-separated task names (default: all built-in tasks)"),
+    attributes: str = typer.Option(None, help="comma-separated attribute names (default: all)"),
+    kinds: str = typer.Option(None, help="component kinds: head,attn_out,mlp_out,resid_pre,resid_post"),
+    share: float = typer.Option(0.8, help="keep the smallest set covering this share of |AtP|"),
+    cap: int = typer.Option(8, help="at most this many kept components per group"),
+    ig_steps: int = typer.Option(4, help="1 = plain AtP; more = integrated-gradient AtP"),
+    top: int = typer.Option(5, help="components to print per attribute and group"),
+    tiny: bool = typer.Option(False, help="use the --tiny zoo"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Find where each task attribute lives (attribution patching), validated by real activation patching."""
+    _quiet_prefect(verbose)
+    import polars as pl
+    from pydantic import ValidationError
+
+    from sage_core.attribution import LocateConfig, LocateError
+    from sage_core.config import ZooConfig
+    from sage_core.task_library import get_task
+
+    cfg = ZooConfig.tiny() if tiny else ZooConfig()
+    try:
+        if tasks:
+            cfg = cfg.model_copy(update={"tasks": tuple(t.strip() for t in tasks.split(","))})
+        for t in cfg.tasks:
+            get_task(t)
+        lcfg = LocateConfig(share=share, cap=cap, ig_steps=ig_steps,
+                            **({"kinds": tuple(k.strip() for k in kinds.split(","))} if kinds else {}))
+        from sage_core.attribution import RESID_KINDS, SUBLAYER_KINDS
+
+        bad = set(lcfg.kinds) - set(SUBLAYER_KINDS + RESID_KINDS)
+        if bad:
+            raise LocateError(f"component filter {sorted(bad)} matches nothing; use {SUBLAYER_KINDS + RESID_KINDS}")
+        attrs = [a.strip() for a in attributes.split(",")] if attributes else None
+        known = {a for t in cfg.tasks for a in get_task(t).attribute_names()}
+        if attrs and not set(attrs) & known:
+            raise LocateError(f"no attribute {attrs} in tasks {list(cfg.tasks)}; they have {sorted(known)}")
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        _fail(ValueError(f"{'.'.join(map(str, err['loc']))}: {err['msg']}"))
+    except ValueError as exc:
+        _fail(exc)
+    from flows.locate import locate
+    from flows.settings import results_in
+    from storage.home import SageHome
+
+    h = SageHome(home)
+    try:
+        with console.status("attribution patching and validation ..."), results_in(h):
+            out = locate(cfg=cfg, locate_cfg=lcfg, home=str(h.root), attributes=attrs)
+    except (ValueError, RuntimeError, FileNotFoundError) as exc:
+        _fail(exc)
+    ranking = pl.read_parquet(out["ranking"])
+    val = pl.read_parquet(out["validation"])
+    for v in val.iter_rows(named=True):
+        t = Table(title=f"{v['task']} / {v['attribute']}  ({v['n_pairs']} pairs, LD clean {v['ld_clean']:.2f}, "
+                        f"counterfactual {v['ld_cf']:.2f})")
+        for col in ("group", "rank", "component", "role", "AtP", "patched", "kept"):
+            t.add_column(col, justify="right" if col in ("rank", "AtP", "patched") else "left")
+        for group in ("sublayer", "residual"):
+            sub = ranking.filter((pl.col("task") == v["task"]) & (pl.col("attribute") == v["attribute"])
+                                 & (pl.col("group") == group)).sort("rank").head(top)
+            for r in sub.iter_rows(named=True):
+                comp = f"L{r['layer']}H{r['head']}" if r["kind"] == "head" else f"L{r['layer']}.{r['kind']}"
+                pe = "" if r["patch_effect"] is None else f"{r['patch_effect']:.2f}"
+                t.add_row(group, str(r["rank"]), comp, r["role"], f"{r['atp']:.2f}", pe, "yes" if r["selected"] else "")
+        console.print(t)
+        console.print(f"  sub-layer: Spearman(AtP, patching) {v['sublayer_spearman']:.2f}, top-5 agreement "
+                      f"{v['sublayer_top5_agreement']:.2f}, {v['sublayer_n_selected']} kept covering "
+                      f"{v['sublayer_covered_share']:.0%} of |AtP|, recovering {v['sublayer_recovered']:.2f} of the "
+                      f"full effect ({v['full_effect']:.2f})")
+        console.print(f"  residual : Spearman {v['residual_spearman']:.2f}, top-5 agreement "
+                      f"{v['residual_top5_agreement']:.2f}, {v['residual_n_selected']} kept")
+    console.print(f"ranking: {out['ranking']}\nheatmaps: {out['path']}/heatmaps/")
+
+
 def main() -> None:  # pragma: no cover
     app(prog_name="sage")
 

@@ -56,7 +56,7 @@ class Component:
 
 def all_components(model: HookedTransformer, kinds: Sequence[str] | None = None) -> list[Component]:
     """Every head, attn_out, mlp_out, resid_pre and resid_post of every layer (optionally only some kinds)."""
-    kinds = tuple(kinds or (*SUBLAYER_KINDS, *RESID_KINDS))
+    kinds = tuple(kinds) if kinds is not None else (*SUBLAYER_KINDS, *RESID_KINDS)
     unknown = set(kinds) - set(SUBLAYER_KINDS + RESID_KINDS)
     if unknown:
         raise LocateError(f"unknown component kinds {sorted(unknown)}; use {SUBLAYER_KINDS + RESID_KINDS}")
@@ -270,3 +270,67 @@ def pairs_for(df, attribute: str, split: str | None = None, limit: int | None = 
         batch.target.append(pair_target_token(r["answer_token"], r["cf_answer_token"], r["cf_answer"]))
         batch.positions.append([r[f"pos_{x}"] for x in roles])
     return batch, roles
+
+
+class LocateConfig(BaseModel):
+    """How to search for an attribute's cross-sections."""
+
+    model_config = ConfigDict(frozen=True)
+    split: str = Field("train", description="prompts the search uses (ground truth is judged on test prompts later)")
+    n_pairs: int = Field(128, ge=2, description="counterfactual pairs per attribute")
+    share: float = Field(0.8, gt=0, le=1, description="keep the smallest set covering this share of total |AtP|")
+    cap: int = Field(8, ge=1, description="at most this many kept components per group (residual / sub-layer)")
+    ig_steps: int = Field(4, ge=1, description="1 = plain AtP (2 forward + 1 backward per batch); more = AtP-IG")
+    kinds: tuple[str, ...] = (*SUBLAYER_KINDS, *RESID_KINDS)
+    n_validate_top: int = Field(12, ge=0, description="real patching of the top-N by |AtP| per group")
+    n_validate_random: int = Field(12, ge=0, description="... and of this many random others per group")
+    batch_size: int = 64
+    seed: int = 0
+
+
+def locate_attribute(
+    model: HookedTransformer, df, task: str, attribute: str, cfg: LocateConfig, pad_id: int
+) -> tuple[list[dict], dict]:
+    """Rank every (component, role) of one attribute by |AtP|, select per group, validate by real patching.
+
+    Returns (ranking rows, validation summary). Row fields: task, attribute, hook, kind, layer, head, role, group,
+    atp, rank (within its group, 1 = largest |AtP|), selected, patch_effect (None where not validated).
+    """
+    pairs, roles = pairs_for(df, attribute, split=cfg.split, limit=cfg.n_pairs)
+    comps = all_components(model, cfg.kinds)
+    scores, ld = atp_sweep(model, pairs, comps, pad_id, batch_size=cfg.batch_size, ig_steps=cfg.ig_steps)
+    flat = [(c, r) for c in comps for r in range(len(roles))]
+    atp = scores.flatten().numpy().astype(float)
+    rows = [{"task": task, "attribute": attribute, "hook": c.hook, "kind": c.kind, "layer": c.layer, "head": c.head,
+             "role": roles[r], "group": c.group, "atp": float(atp[i]), "rank": 0, "selected": False,
+             "patch_effect": None} for i, (c, r) in enumerate(flat)]
+    summary: dict = {"task": task, "attribute": attribute, "n_pairs": len(pairs.clean), "ld_clean": ld["ld_clean"],
+                     "ld_cf": ld["ld_cf"], "full_effect": ld["ld_cf"] - ld["ld_clean"], "ig_steps": cfg.ig_steps}
+    for group in ("sublayer", "residual"):
+        idx = np.array([i for i, (c, _) in enumerate(flat) if c.group == group])
+        if len(idx) == 0:
+            continue
+        order = idx[np.argsort(-np.abs(atp[idx]), kind="stable")]
+        for rank, i in enumerate(order, 1):
+            rows[i]["rank"] = rank
+        kept = idx[select(atp[idx], cfg.share, cfg.cap)]
+        for i in kept:
+            rows[i]["selected"] = True
+        mag = np.abs(atp[idx])
+        summary[f"{group}_covered_share"] = float(np.abs(atp[kept]).sum() / mag.sum()) if mag.sum() else 0.0
+        summary[f"{group}_n_selected"] = len(kept)
+        top = list(order[: cfg.n_validate_top])
+        sample = validation_sample(len(order), list(range(len(top))), cfg.n_validate_random, cfg.seed)
+        checked = [int(order[j]) for j in sample]
+        for i in checked:
+            c, r = flat[i]
+            rows[i]["patch_effect"] = patch_effect(model, pairs, [(c, r)], pad_id, cfg.batch_size)
+        real = [rows[i]["patch_effect"] for i in checked]
+        summary[f"{group}_spearman"] = spearman([atp[i] for i in checked], real)
+        summary[f"{group}_top5_agreement"] = top_k_agreement([atp[i] for i in checked], real, 5)
+        summary[f"{group}_n_validated"] = len(checked)
+        together = patch_effect(model, pairs, [flat[i] for i in kept], pad_id, cfg.batch_size) if len(kept) else 0.0
+        full = summary["full_effect"]
+        summary[f"{group}_selected_effect"] = together
+        summary[f"{group}_recovered"] = together / full if abs(full) > 1e-6 else float("nan")
+    return rows, summary

@@ -59,6 +59,13 @@ class SageHome:
     def activations_path(self, model_hash: str, dataset_hash: str, request_hash: str) -> Path:
         return self.root / "activations" / model_hash / f"{dataset_hash}-{request_hash}.zarr"
 
+    # locations
+    def locations_dir(self, key: str) -> Path:
+        return self.root / "locations" / key
+
+    def location_part(self, key: str) -> Path:
+        return self.root / "locations" / "parts" / key
+
     # prefect
     def prefect_results(self) -> Path:
         return self.root / ".prefect-results"

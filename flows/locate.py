@@ -1,0 +1,50 @@
+"""Flow `locate`: for every task and attribute of the zoo model, rank every component by attribution patching,
+select the cross-sections, and validate the ranking by real activation patching."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, unmapped
+from prefect.artifacts import create_table_artifact
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from sage_core.attribution import LocateConfig
+from sage_core.config import ZooConfig
+from sage_core.task_library import get_task
+from storage.hashing import dir_hash
+from storage.home import SageHome
+from storage.zoo import model_is_complete
+from tasks.capture import model_manifest
+from tasks.locate import combine_locations, locate_one
+from tasks.zoo import make_dataset
+
+
+@flow(name="locate", task_runner=ThreadPoolTaskRunner(max_workers=2))
+def locate(cfg: ZooConfig = ZooConfig(), locate_cfg: LocateConfig = LocateConfig(), home: str | None = None,
+           attributes: list[str] | None = None) -> dict[str, Any]:
+    h = SageHome(home)
+    name = cfg.model.name
+    if not model_is_complete(h.model_dir(name)):
+        raise FileNotFoundError(f"no built model {name!r} under {h.root}; run `sage zoo build` first")
+    root = str(h.root)
+    model = model_manifest(h, name)
+    tok = {"path": str(h.tokenizer_dir(name)), "hash": dir_hash(h.tokenizer_dir(name))}
+    datasets = make_dataset.map(list(cfg.tasks), unmapped(cfg), unmapped(tok), unmapped(root))
+    jobs = []
+    for t, ds in zip(cfg.tasks, datasets, strict=True):
+        for attr in get_task(t).attribute_names():
+            if attributes is None or attr in attributes:
+                jobs.append((t, attr, ds))
+    if not jobs:
+        raise ValueError(f"no attribute matches {attributes}; the tasks have "
+                         f"{sorted({a for t in cfg.tasks for a in get_task(t).attribute_names()})}")
+    parts = locate_one.map([unmapped(model)] * len(jobs), [j[2] for j in jobs], [j[0] for j in jobs],
+                           [j[1] for j in jobs], unmapped(locate_cfg), unmapped(root))
+    out = combine_locations([p.result() for p in parts], root)
+    import polars as pl
+
+    val = pl.read_parquet(out["validation"])
+    create_table_artifact(key="locate-validation", table=val.to_dicts(),
+                          description="AtP against real activation patching, per task and attribute")
+    return out

@@ -1,0 +1,158 @@
+"""Attribution patching: the sweep against hand-computed gradients, selection rules, real patching, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sage_core.attribution import (
+    Component,
+    LocateError,
+    all_components,
+    atp_sweep,
+    logit_diff,
+    pairs_for,
+    patch_effect,
+    select,
+    spearman,
+    top_k_agreement,
+)
+from sage_core.model import ModelConfig, build_model
+from sage_core.task import DatasetConfig, generate_prompts
+from sage_core.task_library import get_task
+
+
+@pytest.fixture(scope="module")
+def setup(tokenizer):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(d_model=32, n_layers=2, n_heads=2, d_head=16, d_mlp=64, seed=3), len(tokenizer))
+    df = generate_prompts(get_task("ioi"), DatasetConfig(task="ioi", n_train=12, n_test=4), tokenizer)
+    pairs, roles = pairs_for(df, "IO", split="train")
+    return model, df, pairs, roles, tokenizer.pad_token_id
+
+
+def _hand_atp(model, pairs, comp: Component, role: int) -> float:
+    """Per pair: autograd gradient of LD(x) w.r.t. the activation, inner product with a(x') - a(x), then mean."""
+    vals = []
+    for x, xc, ans, tgt, pos in zip(pairs.clean, pairs.cf, pairs.answer, pairs.target, pairs.positions, strict=True):
+        x, xc = torch.tensor([x]), torch.tensor([xc])
+        _, cache_cf = model.run_with_cache(xc)
+        store = {}
+
+        def grab(a, hook, store=store):
+            store["a"] = a
+            return a
+
+        logits = model.run_with_hooks(x, fwd_hooks=[(comp.hook, grab)])
+        ld = logit_diff(logits, torch.tensor([x.shape[1] - 1]), torch.tensor([ans]), torch.tensor([tgt]))
+        (g,) = torch.autograd.grad(ld.sum(), store["a"])
+        a, a_cf, g = store["a"].detach()[0, pos[role]], cache_cf[comp.hook][0, pos[role]], g[0, pos[role]]
+        if comp.head is not None:
+            a, a_cf, g = a[comp.head], a_cf[comp.head], g[comp.head]
+        vals.append(float(((a_cf - a) * g).sum()))
+    return float(np.mean(vals))
+
+
+def test_sweep_equals_hand_computed_gradient_inner_product(setup):
+    model, _, pairs, roles, pad = setup
+    comps = [Component("head", 1, 1), Component("mlp_out", 0), Component("resid_post", 1), Component("resid_pre", 0)]
+    scores, _ = atp_sweep(model, pairs, comps, pad, batch_size=5)  # batching and padding must not matter
+    for j, c in enumerate(comps):
+        for r in range(len(roles)):
+            assert scores[j, r].item() == pytest.approx(_hand_atp(model, pairs, c, r), rel=1e-4, abs=1e-5)
+
+
+def test_atp_is_the_first_order_term_of_the_real_effect(setup):
+    """LD(a + eps * (a' - a)) - LD(a) ~= eps * AtP for small eps (finite differences)."""
+    model, _, pairs, roles, pad = setup
+    comp, role, eps = Component("attn_out", 1), roles.index("END"), 1e-3
+    one = pairs.model_copy(update={k: getattr(pairs, k)[:1] for k in ("clean", "cf", "answer", "target",
+                                                                      "positions")})
+    scores, _ = atp_sweep(model, one, [comp], pad)
+    x, xc = torch.tensor([one.clean[0]]), torch.tensor([one.cf[0]])
+    _, cache_cf = model.run_with_cache(xc)
+    p = one.positions[0][role]
+
+    def nudge(a, hook):
+        a = a.clone()
+        a[0, p] += eps * (cache_cf[hook.name][0, p] - a[0, p])
+        return a
+
+    args = (torch.tensor([x.shape[1] - 1]), torch.tensor(one.answer), torch.tensor(one.target))
+    base = logit_diff(model(x), *args).item()
+    moved = logit_diff(model.run_with_hooks(x, fwd_hooks=[(comp.hook, nudge)]), *args).item()
+    assert (moved - base) / eps == pytest.approx(scores[0, role].item(), rel=1e-2, abs=1e-3)
+
+
+def test_integrated_gradients_end_points(setup):
+    """With many IG steps the sum of AtP-IG over all positions of resid_pre 0 approaches the full effect."""
+    model, _, pairs, _, pad = setup
+    same = [i for i, c in enumerate(pairs.clean) if len(c) == len(pairs.clean[0])][:4]
+    small = pairs.model_copy(update={k: [getattr(pairs, k)[i] for i in same] for k in ("clean", "cf", "answer",
+                                                                                       "target")}
+                             | {"positions": [list(range(len(pairs.clean[0])))] * len(same)})
+    scores, ld = atp_sweep(model, small, [Component("resid_pre", 0)], pad, ig_steps=32)
+    assert scores.sum().item() == pytest.approx(ld["ld_cf"] - ld["ld_clean"], rel=0.05)
+
+
+def test_patch_effect_matches_manual_patching(setup):
+    model, _, pairs, roles, pad = setup
+    comp, role = Component("head", 0, 1), roles.index("S2")
+    got = patch_effect(model, pairs, [(comp, role)], pad, batch_size=3)
+    deltas = []
+    for x, xc, ans, tgt, pos in zip(pairs.clean, pairs.cf, pairs.answer, pairs.target, pairs.positions, strict=True):
+        x, xc = torch.tensor([x]), torch.tensor([xc])
+        _, cache_cf = model.run_with_cache(xc)
+
+        def put(a, hook, p=pos[role], cache_cf=cache_cf):
+            a = a.clone()
+            a[0, p, 1] = cache_cf[hook.name][0, p, 1]
+            return a
+
+        args = (torch.tensor([x.shape[1] - 1]), torch.tensor([ans]), torch.tensor([tgt]))
+        deltas.append((logit_diff(model.run_with_hooks(x, fwd_hooks=[(comp.hook, put)]), *args)
+                       - logit_diff(model(x), *args)).item())
+    assert got == pytest.approx(np.mean(deltas), rel=1e-4, abs=1e-5)
+
+
+def _brute_select(scores, share, cap):
+    mag = np.abs(scores)
+    order = np.argsort(-mag, kind="stable")
+    for k in range(len(order) + 1):
+        if mag[order[:k]].sum() >= share * mag.sum() - 1e-9:
+            return order[: min(k, cap)]
+    return order[:cap]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_selection_obeys_share_and_cap(seed):
+    rng = np.random.default_rng(seed)
+    scores = rng.standard_normal(30) * rng.exponential(1, 30)
+    share, cap = rng.uniform(0.1, 1.0), int(rng.integers(1, 15))
+    got = select(scores, share, cap)
+    assert list(got) == list(_brute_select(scores, share, cap))
+    assert len(got) <= cap
+    if len(got) < cap:
+        assert np.abs(scores[got]).sum() >= share * np.abs(scores).sum() - 1e-9
+
+
+def test_rank_metrics_by_hand():
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1)
+    assert top_k_agreement([5, -4, 1, 0], [-6, 3, 0.1, 2], k=2) == 1.0
+    assert top_k_agreement([5, -4, 1, 0], [0, 0.1, 3, 2], k=2) == 0.0
+
+
+def test_bad_input(setup, tokenizer):
+    model, df, *_ = setup
+    import polars as pl
+
+    with pytest.raises(LocateError, match="no counterfactual pairs for attribute 'colour'"):
+        pairs_for(df, "colour")
+    with pytest.raises(LocateError, match="no counterfactual pairs for attribute 'IO'"):
+        pairs_for(df.filter(pl.col("pair_attr") != "IO"), "IO")
+    with pytest.raises(LocateError, match="unknown component kinds"):
+        all_components(model, ["heads"])
+    with pytest.raises(LocateError, match="matches nothing"):
+        all_components(model, [])
