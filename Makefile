@@ -46,6 +46,7 @@ test: install lint
 bench: install
 	$(PY) benchmarks/zoo.py
 	$(PY) benchmarks/capture.py
+	$(PY) benchmarks/locate.py
 
 ui: install
 	$(VENV)/bin/prefect server start --host 127.0.0.1

@@ -30,15 +30,14 @@ def locate(cfg: ZooConfig = ZooConfig(), locate_cfg: LocateConfig = LocateConfig
     root = str(h.root)
     model = model_manifest(h, name)
     tok = {"path": str(h.tokenizer_dir(name)), "hash": dir_hash(h.tokenizer_dir(name))}
-    datasets = make_dataset.map(list(cfg.tasks), unmapped(cfg), unmapped(tok), unmapped(root))
-    jobs = []
-    for t, ds in zip(cfg.tasks, datasets, strict=True):
-        for attr in get_task(t).attribute_names():
-            if attributes is None or attr in attributes:
-                jobs.append((t, attr, ds))
-    if not jobs:
+    wanted = [(t, a) for t in cfg.tasks for a in get_task(t).attribute_names()
+              if attributes is None or a in attributes]
+    if not wanted:
         raise ValueError(f"no attribute matches {attributes}; the tasks have "
                          f"{sorted({a for t in cfg.tasks for a in get_task(t).attribute_names()})}")
+    datasets = dict(zip(cfg.tasks, make_dataset.map(list(cfg.tasks), unmapped(cfg), unmapped(tok), unmapped(root)),
+                        strict=True))
+    jobs = [(t, a, datasets[t]) for t, a in wanted]
     parts = locate_one.map([unmapped(model)] * len(jobs), [j[2] for j in jobs], [j[0] for j in jobs],
                            [j[1] for j in jobs], unmapped(locate_cfg), unmapped(root))
     out = combine_locations([p.result() for p in parts], root)

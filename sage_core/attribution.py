@@ -177,16 +177,18 @@ def select(scores: np.ndarray, share: float, cap: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def patch_effect(
+def patch_effects(
     model: HookedTransformer,
     pairs: PairBatch,
-    patches: list[tuple[Component, int]],
+    patch_sets: list[list[tuple[Component, int]]],
     pad_id: int,
     batch_size: int = 64,
-) -> float:
-    """Real activation patching: mean LD(x with the listed (component, role) activations taken from x') - LD(x)."""
-    hooks = sorted({c.hook for c, _ in patches})
-    delta = 0.0
+) -> list[float]:
+    """Real activation patching. For each set of (component, role) patches: mean over pairs of
+    LD(x with those activations taken from x') - LD(x). The clean LD and x''s activations are computed once per batch,
+    then one forward pass per set."""
+    hooks = sorted({c.hook for ps in patch_sets for c, _ in ps})
+    deltas = np.zeros(len(patch_sets))
     n = len(pairs.clean)
     for i in range(0, n, batch_size):
         sl = slice(i, i + batch_size)
@@ -195,24 +197,32 @@ def patch_effect(
         ans, tgt = torch.as_tensor(pairs.answer[sl]), torch.as_tensor(pairs.target[sl])
         pos = torch.as_tensor(pairs.positions[sl])
         _, cache_cf = model.run_with_cache(xc, names_filter=hooks)
-        rows = torch.arange(len(pos))
-
-        def patch(a, hook, pos=pos, rows=rows, cache_cf=cache_cf):
-            a = a.clone()
-            for c, r in patches:
-                if c.hook != hook.name:
-                    continue
-                p = pos[:, r]
-                if c.head is None:
-                    a[rows, p] = cache_cf[hook.name][rows, p]
-                else:
-                    a[rows, p, c.head] = cache_cf[hook.name][rows, p, c.head]
-            return a
-
         base = logit_diff(model(x), last, ans, tgt)
-        patched = logit_diff(model.run_with_hooks(x, fwd_hooks=[(h, patch) for h in hooks]), last, ans, tgt)
-        delta += (patched - base).sum().item()
-    return delta / n
+        rows = torch.arange(len(pos))
+        for k, patches in enumerate(patch_sets):
+
+            def patch(a, hook, patches=patches, pos=pos, rows=rows, cache_cf=cache_cf):
+                a = a.clone()
+                for c, r in patches:
+                    if c.hook != hook.name:
+                        continue
+                    p = pos[:, r]
+                    if c.head is None:
+                        a[rows, p] = cache_cf[hook.name][rows, p]
+                    else:
+                        a[rows, p, c.head] = cache_cf[hook.name][rows, p, c.head]
+                return a
+
+            used = sorted({c.hook for c, _ in patches})
+            patched = logit_diff(model.run_with_hooks(x, fwd_hooks=[(h, patch) for h in used]), last, ans, tgt)
+            deltas[k] += (patched - base).sum().item()
+    return list(deltas / n)
+
+
+def patch_effect(model: HookedTransformer, pairs: PairBatch, patches: list[tuple[Component, int]], pad_id: int,
+                 batch_size: int = 64) -> float:
+    """Real patching of one set of (component, role) activations together; see `patch_effects`."""
+    return patch_effects(model, pairs, [patches], pad_id, batch_size)[0]
 
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> float:
@@ -322,10 +332,9 @@ def locate_attribute(
         top = list(order[: cfg.n_validate_top])
         sample = validation_sample(len(order), list(range(len(top))), cfg.n_validate_random, cfg.seed)
         checked = [int(order[j]) for j in sample]
-        for i in checked:
-            c, r = flat[i]
-            rows[i]["patch_effect"] = patch_effect(model, pairs, [(c, r)], pad_id, cfg.batch_size)
-        real = [rows[i]["patch_effect"] for i in checked]
+        real = patch_effects(model, pairs, [[flat[i]] for i in checked], pad_id, cfg.batch_size)
+        for i, e in zip(checked, real, strict=True):
+            rows[i]["patch_effect"] = e
         summary[f"{group}_spearman"] = spearman([atp[i] for i in checked], real)
         summary[f"{group}_top5_agreement"] = top_k_agreement([atp[i] for i in checked], real, 5)
         summary[f"{group}_n_validated"] = len(checked)

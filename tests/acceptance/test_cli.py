@@ -79,3 +79,18 @@ def test_bad_input_fails_before_training_with_one_line(tmp_path, args, message):
     lines = [ln for ln in r.stdout.splitlines() if ln.strip()]
     assert message in r.stdout and lines[-1].startswith("error:"), r.stdout + r.stderr[-2000:]
     assert not (tmp_path / "home" / "zoo").exists(), "nothing may be trained or written for bad input"
+
+
+def test_locate_prints_top_components(tiny_home):
+    r = run(["locate", "--tiny", "--tasks", "ioi", "--attributes", "IO", "--top", "3"], tiny_home)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "ioi / IO" in r.stdout and "Spearman" in r.stdout and "ranking:" in r.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--attributes", "colour"], "no attribute ['colour']"),
+    (["--kinds", "heads"], "matches nothing"),
+])
+def test_locate_bad_input(tiny_home, args, message):
+    r = run(["locate", "--tiny", "--tasks", "ioi", *args], tiny_home, timeout=120)
+    assert r.returncode == 2 and message in r.stdout, r.stdout + r.stderr[-2000:]
