@@ -23,7 +23,7 @@ class ModelConfig(BaseModel):
     n_layers: int = 3
     n_heads: int = 4
     d_head: int = 32
-    d_mlp: int = 512
+    d_mlp: int = 256
     n_ctx: int = 32
     act_fn: str = "gelu"
     seed: int = 0
