@@ -36,6 +36,8 @@ def _quiet_prefect(verbose: bool) -> None:
 
     warnings.filterwarnings("ignore", message="HookedTransformer is deprecated")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
+    # the temporary server logs its own shutdown races (events still in flight) as errors; they are not ours
+    os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "INFO" if verbose else "CRITICAL")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("TQDM_DISABLE", "1")  # SAELens' per-SAE bars interleave badly across parallel tasks
     # the temporary local server can take >20 s to start on a busy 2-core machine
