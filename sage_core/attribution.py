@@ -14,10 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 from transformer_lens import HookedTransformer
+
+from sage_core.model import pad_sequences
 
 SUBLAYER_KINDS = ("head", "attn_out", "mlp_out")
 RESID_KINDS = ("resid_pre", "resid_post")
@@ -82,13 +84,13 @@ class PairBatch(BaseModel):
     target: list[int]
     positions: list[list[int]] = Field(description="per pair, the token position of each role (of the clean prompt)")
 
-
-def _pad(seqs: list[list[int]], pad_id: int) -> Int[Tensor, "b pos"]:
-    width = max(len(s) for s in seqs)
-    out = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        out[i, : len(s)] = torch.as_tensor(s)
-    return out
+    def batches(self, batch_size: int, pad_id: int):
+        """Padded tensors per batch: clean tokens, cf tokens, last position, answer, target, role positions."""
+        for i in range(0, len(self.clean), batch_size):
+            sl = slice(i, i + batch_size)
+            yield (pad_sequences(self.clean[sl], pad_id), pad_sequences(self.cf[sl], pad_id),
+                   torch.as_tensor([len(s) - 1 for s in self.clean[sl]]), torch.as_tensor(self.answer[sl]),
+                   torch.as_tensor(self.target[sl]), torch.as_tensor(self.positions[sl]))
 
 
 def logit_diff(logits: Tensor, last: Tensor, answer: Tensor, target: Tensor) -> Float[Tensor, " b"]:
@@ -118,12 +120,7 @@ def atp_sweep(
     totals = torch.zeros(len(components), n_roles, dtype=torch.float64)
     ld_clean = ld_cf = 0.0
     n = len(pairs.clean)
-    for i in range(0, n, batch_size):
-        sl = slice(i, i + batch_size)
-        x, xc = _pad(pairs.clean[sl], pad_id), _pad(pairs.cf[sl], pad_id)
-        last = torch.as_tensor([len(s) - 1 for s in pairs.clean[sl]])
-        ans, tgt = torch.as_tensor(pairs.answer[sl]), torch.as_tensor(pairs.target[sl])
-        pos = torch.as_tensor(pairs.positions[sl])  # (b, roles)
+    for x, xc, last, ans, tgt, pos in pairs.batches(batch_size, pad_id):
         emb = "blocks.0.hook_resid_pre"
         with torch.no_grad():
             logits_cf, cache_cf = model.run_with_cache(xc, names_filter=[*hooks, emb])
@@ -190,12 +187,7 @@ def patch_effects(
     hooks = sorted({c.hook for ps in patch_sets for c, _ in ps})
     deltas = np.zeros(len(patch_sets))
     n = len(pairs.clean)
-    for i in range(0, n, batch_size):
-        sl = slice(i, i + batch_size)
-        x, xc = _pad(pairs.clean[sl], pad_id), _pad(pairs.cf[sl], pad_id)
-        last = torch.as_tensor([len(s) - 1 for s in pairs.clean[sl]])
-        ans, tgt = torch.as_tensor(pairs.answer[sl]), torch.as_tensor(pairs.target[sl])
-        pos = torch.as_tensor(pairs.positions[sl])
+    for x, xc, last, ans, tgt, pos in pairs.batches(batch_size, pad_id):
         _, cache_cf = model.run_with_cache(xc, names_filter=hooks)
         base = logit_diff(model(x), last, ans, tgt)
         rows = torch.arange(len(pos))
