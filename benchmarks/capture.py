@@ -34,6 +34,7 @@ from sage_core.tokenizer import build_tokenizer  # noqa: E402
 from storage.activations import ActivationStore  # noqa: E402
 from tasks.capture import capture_chunks, open_or_create_store  # noqa: E402
 
+_TOKENIZER_DIR = tempfile.TemporaryDirectory()
 IDENT = {"model_hash": "bench", "dataset_hash": "bench", "request_hash": "bench"}
 
 
@@ -42,11 +43,10 @@ def setup(n_prompts: int):
     for t in TASKS:
         words |= get_task(t).vocabulary()
     tok = build_tokenizer(words)
-    with tempfile.TemporaryDirectory() as d:
-        tok.save_pretrained(d)
-        from transformers import AutoTokenizer
+    from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(d)
+    tok.save_pretrained(_TOKENIZER_DIR.name)  # transformer_lens reloads it from this path: keep it alive
+    tok = AutoTokenizer.from_pretrained(_TOKENIZER_DIR.name)
     model = build_model(ModelConfig(), len(tok), tokenizer=tok)
     df = generate_prompts(get_task("ioi"), DatasetConfig(task="ioi", n_train=n_prompts // 2, n_test=n_prompts // 2,
                                                          counterfactuals=False), tok)
