@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml | $(PY)
 	  else echo "no CUDA: installing $(TORCH_SPEC) (CPU build)"; \
 	    $(PIP) install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) $(QUIET_PIP); fi; \
 	fi
-	@$(PY) -c "import torch" || { echo "torch failed to install; set TORCH_SPEC/TORCH_INDEX (see README)"; exit 1; }
+	@$(PY) -W ignore -c "import torch" || { echo "torch failed to install; set TORCH_SPEC/TORCH_INDEX (see README)"; exit 1; }
 	@echo "installing SAGE and its dependencies into $(VENV) ..."
 	@$(PIP) install -q -e '.[dev]' $(QUIET_PIP)
 	@$(PY) -c "import sage_core, transformer_lens, sae_lens, prefect, zarr" || { echo "install incomplete"; exit 1; }
@@ -47,6 +47,7 @@ bench: install
 	$(PY) benchmarks/zoo.py
 	$(PY) benchmarks/capture.py
 	$(PY) benchmarks/locate.py
+	$(PY) benchmarks/fit.py
 
 ui: install
 	$(VENV)/bin/prefect server start --host 127.0.0.1

@@ -310,13 +310,67 @@ def locate_cmd(
                 pe = "" if r["patch_effect"] is None else f"{r['patch_effect']:.2f}"
                 t.add_row(group, str(r["rank"]), comp, r["role"], f"{r['atp']:.2f}", pe, "yes" if r["selected"] else "")
         console.print(t)
+        rec = v["sublayer_recovered"]
+        recovered = (f"recovering {rec:.2f} of the full effect ({v['full_effect']:.2f})" if rec == rec else
+                     f"full counterfactual effect negligible ({v['full_effect']:.2f})")
         console.print(f"  sub-layer: Spearman(AtP, patching) {v['sublayer_spearman']:.2f}, top-5 agreement "
                       f"{v['sublayer_top5_agreement']:.2f}, {v['sublayer_n_selected']} kept covering "
-                      f"{v['sublayer_covered_share']:.0%} of |AtP|, recovering {v['sublayer_recovered']:.2f} of the "
-                      f"full effect ({v['full_effect']:.2f})")
+                      f"{v['sublayer_covered_share']:.0%} of |AtP|, {recovered}")
         console.print(f"  residual : Spearman {v['residual_spearman']:.2f}, top-5 agreement "
                       f"{v['residual_top5_agreement']:.2f}, {v['residual_n_selected']} kept")
     console.print(f"ranking: {out['ranking']}\nheatmaps: {out['path']}/heatmaps/")
+
+
+@app.command("fit")
+def fit_cmd(
+    home: str = typer.Option(None, envvar="SAGE_HOME", help="data root (default ./sage-data)"),
+    tasks: str = typer.Option(None, help="comma-separated task names (default: all built-in tasks)"),
+    per_group: int = typer.Option(3, help="kept cross-sections per attribute and group (residual / sub-layer)"),
+    methods: str = typer.Option("mean,mse,weighted", help="dictionary methods"),
+    tiny: bool = typer.Option(False, help="use the --tiny zoo"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Fit supervised dictionaries (the ground truth) at the located cross-sections and print their quality."""
+    _quiet_prefect(verbose)
+    import polars as pl
+
+    from sage_core.config import ZooConfig
+    from sage_core.dictionaries import METHODS
+    from sage_core.task_library import get_task
+
+    cfg = ZooConfig.tiny() if tiny else ZooConfig()
+    try:
+        if tasks:
+            cfg = cfg.model_copy(update={"tasks": tuple(t.strip() for t in tasks.split(","))})
+        for t in cfg.tasks:
+            get_task(t)
+        method_list = tuple(m.strip() for m in methods.split(","))
+        bad = set(method_list) - set(METHODS)
+        if bad:
+            raise ValueError(f"unknown dictionary methods {sorted(bad)}; use {', '.join(METHODS)}")
+    except ValueError as exc:
+        _fail(exc)
+    from flows.fit import fit_ground_truth
+    from flows.settings import results_in
+    from storage.home import SageHome
+
+    h = SageHome(home)
+    try:
+        with console.status("locating, capturing and fitting dictionaries ..."), results_in(h):
+            out = fit_ground_truth(cfg=cfg, home=str(h.root), per_group=per_group, methods=method_list)
+    except (ValueError, RuntimeError, FileNotFoundError) as exc:
+        _fail(exc)
+    q = pl.read_parquet(out["quality"]).sort("task", "attribute", "method", "hook", "role")
+    t = Table(title="ground truth: supervised dictionaries on held-out test prompts")
+    for col in ("task", "attribute", "cross-section", "method", "suff.", "nec.", "edit acc.", "no interv.", "n"):
+        t.add_column(col, justify="right" if col in ("suff.", "nec.", "edit acc.", "no interv.", "n") else "left")
+    for r in q.iter_rows(named=True):
+        head = f".H{r['head']}" if r["head"] is not None else ""
+        t.add_row(r["task"], r["attribute"], f"{short_hook(r['hook'])}{head}@{r['role']}", r["method"],
+                  f"{r['sufficiency']:.2f}", f"{r['necessity']:.2f}", f"{r['edit_accuracy']:.2f}",
+                  f"{r['no_intervention']:.2f}", str(r["n_test"]))
+    console.print(t)
+    console.print(f"quality table: {out['quality']}")
 
 
 def main() -> None:  # pragma: no cover

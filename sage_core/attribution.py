@@ -333,5 +333,7 @@ def locate_attribute(
         together = patch_effect(model, pairs, [flat[i] for i in kept], pad_id, cfg.batch_size) if len(kept) else 0.0
         full = summary["full_effect"]
         summary[f"{group}_selected_effect"] = together
-        summary[f"{group}_recovered"] = together / full if abs(full) > 1e-6 else float("nan")
+        # a share of a negligible effect (an attribute the answer barely depends on) is noise: report NaN
+        negligible = abs(full) < max(0.1, 0.02 * abs(summary["ld_clean"]))
+        summary[f"{group}_recovered"] = float("nan") if negligible else together / full
     return rows, summary

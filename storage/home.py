@@ -66,6 +66,13 @@ class SageHome:
     def location_part(self, key: str) -> Path:
         return self.root / "locations" / "parts" / key
 
+    # ground truth
+    def ground_truth_dir(self, key: str) -> Path:
+        return self.root / "ground_truth" / key
+
+    def ground_truth_part(self, key: str) -> Path:
+        return self.root / "ground_truth" / "parts" / key
+
     # prefect
     def prefect_results(self) -> Path:
         return self.root / ".prefect-results"

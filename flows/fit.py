@@ -1,0 +1,53 @@
+"""Flow `fit`: locate (cached) -> capture the kept cross-sections at role positions -> fit and judge dictionaries at
+each cross-section (mapped) -> ground_truth/<hash>/quality.parquet."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, unmapped
+from prefect.artifacts import create_table_artifact
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows.locate import locate
+from sage_core.attribution import LocateConfig
+from sage_core.capture import CaptureRequest
+from sage_core.config import ZooConfig
+from sage_core.dictionaries import METHODS
+from sage_core.task_library import get_task
+from storage.hashing import dir_hash
+from storage.home import SageHome
+from tasks import capture as ct
+from tasks.fit import combine_ground_truth, fit_section, selected_sections
+from tasks.zoo import make_dataset
+
+
+@flow(name="fit", task_runner=ThreadPoolTaskRunner(max_workers=2))
+def fit_ground_truth(cfg: ZooConfig = ZooConfig(), locate_cfg: LocateConfig = LocateConfig(), home: str | None = None,
+                     per_group: int = 3, methods: tuple[str, ...] = METHODS) -> dict[str, Any]:
+    h = SageHome(home)
+    root, name = str(h.root), cfg.model.name
+    locations = locate(cfg=cfg, locate_cfg=locate_cfg, home=root)
+    model = ct.model_manifest(h, name)
+    tok = {"path": str(h.tokenizer_dir(name)), "hash": dir_hash(h.tokenizer_dir(name))}
+    datasets = make_dataset.map(list(cfg.tasks), unmapped(cfg), unmapped(tok), unmapped(root))
+    jobs = []
+    for t, ds in zip(cfg.tasks, datasets, strict=True):
+        ds = ds.result()
+        sections = selected_sections(locations["ranking"], t, per_group)
+        request = CaptureRequest(hooks=tuple(sorted({s.hook for s in sections})), positions="roles")
+        prep = ct.prepare_capture(model, ds, request, root)
+        shard = ct.capture_shard(prep, model, request, 0, 1)
+        store = ct.finalize_capture(prep, [shard])
+        attrs = get_task(t).attribute_names()
+        jobs += [(ds, store, t, s, attrs) for s in sections]
+    parts = fit_section.map([unmapped(model)] * len(jobs), [j[0] for j in jobs], [j[1] for j in jobs],
+                            [j[2] for j in jobs], [j[3] for j in jobs], [j[4] for j in jobs],
+                            unmapped(list(methods)), unmapped(root))
+    out = combine_ground_truth([p.result() for p in parts], root)
+    import polars as pl
+
+    q = pl.read_parquet(out["quality"])
+    create_table_artifact(key="ground-truth-quality", table=q.to_dicts(),
+                          description="Supervised dictionaries: sufficiency, necessity, edit accuracy per cross-section")
+    return out

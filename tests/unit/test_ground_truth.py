@@ -1,0 +1,102 @@
+"""Ground-truth quality: formulas by hand, an exact dictionary scores perfectly, data assembly, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from sage_core.capture import capture_batch
+from sage_core.dictionaries import Dictionary, DictionaryError, fit
+from sage_core.ground_truth import (
+    CleanSet,
+    CrossSection,
+    PairSet,
+    argmax_agreement,
+    build_sets,
+    necessity,
+    quality,
+    sufficiency,
+)
+from sage_core.model import ModelConfig, build_model, pad_sequences
+from sage_core.task import DatasetConfig, generate_prompts
+from sage_core.task_library import get_task
+
+
+def test_formulas_by_hand():
+    assert sufficiency(ld_recon=3.0, ld_clean=4.0) == 0.75
+    # mean-ablation 1, clean 5, intervention 2: |1-2| / |1-5| = 0.25 of the way lost -> 0.75
+    assert necessity(ld_meanabl=1.0, ld_int=2.0, ld_clean=5.0) == 0.75
+    assert necessity(ld_meanabl=1.0, ld_int=1.0, ld_clean=5.0) == 1.0
+    a = torch.tensor([[0.0, 1.0], [2.0, 1.0], [0.0, 3.0]])
+    b = torch.tensor([[0.0, 2.0], [0.0, 1.0], [1.0, 0.0]])
+    assert argmax_agreement(a, b) == pytest.approx(1 / 3)
+
+
+@pytest.fixture(scope="module")
+def tiny(tokenizer):
+    model = build_model(ModelConfig(d_model=32, n_layers=2, n_heads=2, d_head=16, d_mlp=64, seed=5), len(tokenizer))
+    df = generate_prompts(get_task("ioi"), DatasetConfig(task="ioi", n_train=24, n_test=12), tokenizer)
+    roles = ["IO", "S1", "S2", "END"]
+    pos = torch.as_tensor(df.select([f"pos_{r}" for r in roles]).to_numpy())
+    hooks = ["blocks.0.hook_mlp_out", "blocks.1.attn.hook_z"]
+    acts = capture_batch(model, pad_sequences(df["tokens"].to_list(), tokenizer.pad_token_id), hooks, pos)
+    return model, df, acts, tokenizer.pad_token_id
+
+
+def test_exact_dictionary_scores_perfectly(tiny):
+    """A dictionary that reproduces every activation exactly: sufficiency = necessity = edit accuracy = 1."""
+    model, df, acts, pad = tiny
+    section = CrossSection(hook="blocks.1.attn.hook_z", head=1, role="END")
+    _, _, clean, pairs = build_sets(df, acts[section.hook], section, ["IO"], "test")
+    ps = pairs[0]
+    ids = [f"c{i}" for i in range(len(clean.tokens))]
+    a_all = torch.cat([clean.acts, ps.cf_acts])
+    mean = a_all.mean(0)
+    vectors = {"id": {f"c{i}": clean.acts[i] - mean for i in range(len(ids))}
+               | {f"x{i}": ps.cf_acts[i] - mean for i in range(len(ps.cf_acts))}}
+    dic = Dictionary(method="exact", mean=mean, vectors=vectors, weights={"id": 1.0})
+    clean = clean.model_copy(update={"labels": {"id": ids}})
+    clean_index = {tuple(t): i for i, t in enumerate(clean.tokens)}
+    old = [f"c{clean_index[tuple(t)]}" for t in ps.tokens]
+    exact_pairs = [PairSet(attribute="id", tokens=ps.tokens, positions=ps.positions, acts=ps.acts,
+                           cf_acts=ps.cf_acts, old=old, new=[f"x{i}" for i in range(len(old))])]
+    (row,) = quality(model, dic, section, clean, exact_pairs, pad)
+    assert row["sufficiency"] == pytest.approx(1, abs=1e-4)
+    assert row["necessity"] == pytest.approx(1, abs=1e-4)
+    assert row["edit_accuracy"] == 1.0 and row["n_edit"] == len(old)
+
+
+def test_build_sets_keeps_test_prompts_out_of_the_fit_and_aligns_roles(tiny):
+    _, df, acts, _ = tiny
+    section = CrossSection(hook="blocks.0.hook_mlp_out", role="IO")
+    fit_acts, labels, clean, pairs = build_sets(df, acts[section.hook], section, ["IO", "S", "Pos"], "test")
+    n_train = len(df.filter(pl.col("split") != "test"))
+    assert len(fit_acts) == n_train == len(labels["IO"])
+    assert len(clean.tokens) == len(df.filter((pl.col("split") == "test") & pl.col("pair_of").is_null()))
+    pos_pairs = next(p for p in pairs if p.attribute == "Pos")
+    # Pos moves the IO role to the other name's index: the patch takes x''s activation at x''s IO position
+    cf = df.filter((pl.col("pair_attr") == "Pos") & (pl.col("split") == "test")).with_row_index()
+    cf_row = df.with_row_index("r").filter(pl.col("prompt_id") == cf["prompt_id"][0])["r"][0]
+    np.testing.assert_array_equal(pos_pairs.cf_acts[0].numpy(), acts[section.hook][cf_row, 0])
+    assert set(pos_pairs.old) | set(pos_pairs.new) <= {"ABB", "BAB"}
+
+
+def test_fitted_dictionary_beats_mean_ablation(tiny):
+    model, df, acts, pad = tiny
+    section = CrossSection(hook="blocks.0.hook_mlp_out", role="IO")
+    fit_acts, labels, clean, pairs = build_sets(df, acts[section.hook], section, ["IO", "S", "Pos"], "test")
+    rows = quality(model, fit(fit_acts, labels, "mse"), section, clean, pairs, pad)
+    assert {r["attribute"] for r in rows} == {"IO", "S", "Pos"}
+    assert all(np.isfinite(r["sufficiency"]) for r in rows)
+
+
+def test_bad_input(tiny):
+    _, df, acts, _ = tiny
+    with pytest.raises(ValueError, match="role 'NAME' is not a role of this task"):
+        build_sets(df, acts["blocks.0.hook_mlp_out"], CrossSection(hook="blocks.0.hook_mlp_out", role="NAME"),
+                   ["IO"], "test")
+    with pytest.raises(DictionaryError, match="single value"):
+        fit(torch.randn(8, 4), {"Pos": ["ABB"] * 8}, "mse")
+    _ = CleanSet  # the public data classes are importable
