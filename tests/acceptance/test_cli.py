@@ -94,3 +94,14 @@ def test_locate_prints_top_components(tiny_home):
 def test_locate_bad_input(tiny_home, args, message):
     r = run(["locate", "--tiny", "--tasks", "ioi", *args], tiny_home, timeout=120)
     assert r.returncode == 2 and message in r.stdout, r.stdout + r.stderr[-2000:]
+
+
+def test_fit_prints_quality_table(tiny_home):
+    r = run(["fit", "--tiny", "--tasks", "ioi", "--per-group", "1", "--methods", "mse"], tiny_home)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "ground truth" in r.stdout and "suff." in r.stdout and "quality table:" in r.stdout
+
+
+def test_fit_unknown_method(tiny_home):
+    r = run(["fit", "--tiny", "--methods", "median"], tiny_home, timeout=120)
+    assert r.returncode == 2 and "unknown dictionary methods ['median']" in r.stdout
