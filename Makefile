@@ -44,10 +44,10 @@ test: install lint
 	$(PY) -m pytest -q tests
 
 bench: install
-	$(PY) benchmarks/zoo.py
-	$(PY) benchmarks/capture.py
-	$(PY) benchmarks/locate.py
-	$(PY) benchmarks/fit.py
+	$(PY) -m benchmarks.zoo
+	$(PY) -m benchmarks.capture
+	$(PY) -m benchmarks.locate
+	$(PY) -m benchmarks.fit
 
 ui: install
 	$(VENV)/bin/prefect server start --host 127.0.0.1

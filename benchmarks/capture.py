@@ -5,7 +5,7 @@
 3. read throughput of a full scan (every hook, chunk by chunk);
 4. peak memory of a capture of 10x more prompts against the small one, each in a fresh process (target <= 1.2).
 
-    python benchmarks/capture.py [--prompts 1024] [--dtype float32]
+    python -m benchmarks.capture [--prompts 1024] [--dtype float32]
 """
 
 from __future__ import annotations
@@ -85,6 +85,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--prompts", type=int, default=1024)
     ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--compression", default="lz4", choices=["lz4", "zstd", "none"])
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--memory-child", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -93,7 +94,7 @@ def main() -> None:
 
     model, df = setup(args.prompts)
     hooks = default_hooks(model.cfg.n_layers)
-    request = CaptureRequest(hooks=hooks, dtype=args.dtype)
+    request = CaptureRequest(hooks=hooks, dtype=args.dtype, compression=args.compression)
     cap, bare = [], []
     with tempfile.TemporaryDirectory() as d:
         for r in range(args.repeats):  # interleaved against drift in machine load
@@ -111,7 +112,7 @@ def main() -> None:
                 scanned += a.nbytes
         scan = time.perf_counter() - t
     c, b = min(cap), min(bare)
-    print(f"{len(df)} prompts, {n_tok} real tokens, {len(hooks)} hooks, dtype {args.dtype}, zstd, "
+    print(f"{len(df)} prompts, {n_tok} real tokens, {len(hooks)} hooks, dtype {args.dtype}, Blosc-{request.compression}, "
           f"chunk {store.chunk_prompts} prompts")
     print(f"bare forward pass     : {b:7.2f} s")
     print(f"capture + store       : {c:7.2f} s")

@@ -1,7 +1,7 @@
 """Benchmark of ground-truth fitting: fit (three methods) + quality per cross-section, against the capture time of
 that cross-section, measured in the same run.
 
-    python benchmarks/fit.py [--prompts 256]
+    python -m benchmarks.fit [--prompts 256]
 """
 
 from __future__ import annotations

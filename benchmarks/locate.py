@@ -1,7 +1,7 @@
 """Benchmark of the location search: the AtP sweep (plain, and with integrated gradients) against exhaustive real
 activation patching of the same components at the same positions, measured in the same run.
 
-    python benchmarks/locate.py [--pairs 128] [--positions roles|all]
+    python -m benchmarks.locate [--pairs 128] [--positions roles|all]
 
 Expectation: the plain sweep is >= 20x cheaper than exhaustive patching.
 """

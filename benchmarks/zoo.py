@@ -1,7 +1,7 @@
 """Benchmark of the zoo stage: our model-training loop against a bare forward+backward+step loop of the same model
 on the same batches, measured in the same process (the machine is noisy; only the ratio means something).
 
-    python benchmarks/zoo.py [--steps 60] [--repeats 3]
+    python -m benchmarks.zoo [--steps 60] [--repeats 3]
 
 Target: ratio <= 1.2.
 """

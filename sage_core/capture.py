@@ -30,7 +30,8 @@ class CaptureRequest(BaseModel):
     positions: Literal["all", "roles"] = Field("all", description="every position, or only the task's role positions")
     dtype: Dtype = "float32"
     chunk_mb: float = Field(4.0, gt=0, description="target size of one uncompressed chunk (along prompt)")
-    compression: Literal["zstd", "none"] = "zstd"
+    compression: Literal["lz4", "zstd", "none"] = Field(
+        "lz4", description="Blosc codec: lz4 (fast; default), zstd (smaller, ~2x slower to write here) or none")
     batch_size: int = Field(64, ge=1, description="prompts per forward pass")
 
 

@@ -38,7 +38,9 @@ _META_ARRAYS = ("tokens", "length", "prompt_id", "role", "role_pos")
 
 
 def _compressors(compression: str):
-    return [BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")] if compression == "zstd" else None
+    if compression == "none":
+        return None
+    return [BloscCodec(cname=compression, clevel=3 if compression == "zstd" else 5, shuffle="shuffle")]
 
 
 def to_storage(x: np.ndarray, dtype: str) -> np.ndarray:

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -19,10 +20,10 @@ from sage_core.capture import CaptureRequest, capture_batch, check_hooks, chunk_
 from sage_core.model import pad_sequences
 from storage.activations import ActivationStore
 from storage.datasets import read_prompts
-from storage.hashing import file_hash, stable_hash
+from storage.hashing import code_version, file_hash, stable_hash
 from storage.home import SageHome
 from storage.zoo import load_model, model_hash
-from tasks.common import TASK_DEFAULTS
+from tasks.common import CODE_PACKAGES, TASK_DEFAULTS
 
 Manifest = dict[str, Any]
 
@@ -56,7 +57,8 @@ def open_or_create_store(
     per_prompt = max(n_pos * int(np.prod(s)) * itemsize for s in shapes.values())
     return ActivationStore.create_or_resume(
         path,
-        attrs={**identity, "model_name": model.cfg.model_name, "request": request.model_dump(mode="json")},
+        attrs={**identity, "model_name": model.cfg.model_name, "request": request.model_dump(mode="json"),
+               "code_version": code_version(*CODE_PACKAGES)},
         hook_shapes={h: (s, dim_names(s)) for h, s in shapes.items()},
         tokens=pa["tokens"], lengths=pa["lengths"], prompt_ids=pa["prompt_ids"],
         chunk_prompts=chunk_prompts(per_prompt, request.chunk_mb), dtype=request.dtype,
@@ -79,25 +81,33 @@ def capture_chunks(
     g = store.group
     roles = "role_pos" in g
     hooks = store.hooks
-    for i in todo:
-        start, stop = store.chunk_range(i)
-        tokens = torch.as_tensor(g["tokens"][start:stop], dtype=torch.long)
-        lengths = g["length"][start:stop]
-        role_pos = torch.as_tensor(g["role_pos"][start:stop], dtype=torch.long) if roles else None
-        parts: dict[str, list[np.ndarray]] = {h: [] for h in hooks}
-        for b in range(0, stop - start, batch_size):
-            sl = slice(b, b + batch_size)
-            out = capture_batch(model, tokens[sl], hooks, role_pos[sl] if roles else None)
-            for h in hooks:
-                parts[h].append(out[h])
-        arrays = {h: np.concatenate(v) for h, v in parts.items()}
-        if not roles:  # zero the padding: deterministic, and it compresses to nothing
-            pad = np.arange(tokens.shape[1])[None, :] >= lengths[:, None]
-            for a in arrays.values():
-                a[pad] = 0
-        store.write_chunk(i, arrays)
-        if on_chunk:
-            on_chunk(i)
+    # compress + write chunk i on a worker thread while chunk i+1 is computed (Blosc releases the GIL);
+    # at most one write in flight, so memory stays at two chunks
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        pending = None
+        for i in todo:
+            start, stop = store.chunk_range(i)
+            tokens = torch.as_tensor(g["tokens"][start:stop], dtype=torch.long)
+            lengths = g["length"][start:stop]
+            role_pos = torch.as_tensor(g["role_pos"][start:stop], dtype=torch.long) if roles else None
+            parts: dict[str, list[np.ndarray]] = {h: [] for h in hooks}
+            for b in range(0, stop - start, batch_size):
+                sl = slice(b, b + batch_size)
+                out = capture_batch(model, tokens[sl], hooks, role_pos[sl] if roles else None)
+                for h in hooks:
+                    parts[h].append(out[h])
+            arrays = {h: np.concatenate(v) for h, v in parts.items()}
+            if not roles:  # zero the padding: deterministic, and it compresses to nothing
+                pad = np.arange(tokens.shape[1])[None, :] >= lengths[:, None]
+                for a in arrays.values():
+                    a[pad] = 0
+            if pending is not None:
+                pending.result()  # re-raises a write error before more work is done
+            pending = writer.submit(store.write_chunk, i, arrays)
+            if on_chunk:
+                pending.add_done_callback(lambda f, i=i: f.exception() is None and on_chunk(i))
+        if pending is not None:
+            pending.result()
     return len(todo)
 
 

@@ -93,7 +93,8 @@ def test_xarray_view_has_named_dims_and_coordinates(tmp_path, model, prompts):
     assert "prompt_id" in ds.coords
     sel = ds[HOOKS[0]].isel(prompt=3).values
     assert sel.shape == (ds.sizes["position"], 32)
-    assert ds.attrs["model_hash"] == "m1"
+    assert ds.attrs["model_hash"] == "m1" and ds.attrs["code_version"] and ds.attrs["dtype"] == "float32"
+    assert set(ds.attrs["hooks"]) == set(HOOKS)
 
 
 def test_streams_chunk_by_chunk(tmp_path, model, prompts):
