@@ -23,7 +23,7 @@ def _task_run_states(flow_state) -> list[str]:
     flt = FlowRunFilter(id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id]))
     with get_client(sync_client=True) as client:
         for _ in range(120):
-            names = [r.state.name for r in client.read_task_runs(flow_run_filter=flt)]
+            names = [r.state.name if r.state else "Pending" for r in client.read_task_runs(flow_run_filter=flt)]
             if names and not {"Running", "Pending", "Scheduled"} & set(names):
                 break
             time.sleep(0.5)
