@@ -31,6 +31,19 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(2)
 
 
+def _zoo_config(tiny: bool, tasks: str | None):
+    """The built-in (or --tiny) zoo config, restricted to `tasks`; unknown task names raise a one-line error."""
+    from sage_core.config import ZooConfig
+    from sage_core.task_library import get_task
+
+    cfg = ZooConfig.tiny() if tiny else ZooConfig()
+    if tasks:
+        cfg = cfg.model_copy(update={"tasks": tuple(t.strip() for t in tasks.split(",") if t.strip())})
+    for t in cfg.tasks:
+        get_task(t)
+    return cfg
+
+
 def _quiet_prefect(verbose: bool) -> None:
     import warnings
 
@@ -260,15 +273,10 @@ def locate_cmd(
     from pydantic import ValidationError
 
     from sage_core.attribution import LocateConfig, LocateError
-    from sage_core.config import ZooConfig
     from sage_core.task_library import get_task
 
-    cfg = ZooConfig.tiny() if tiny else ZooConfig()
     try:
-        if tasks:
-            cfg = cfg.model_copy(update={"tasks": tuple(t.strip() for t in tasks.split(","))})
-        for t in cfg.tasks:
-            get_task(t)
+        cfg = _zoo_config(tiny, tasks)
         lcfg = LocateConfig(share=share, cap=cap, ig_steps=ig_steps,
                             **({"kinds": tuple(k.strip() for k in kinds.split(","))} if kinds else {}))
         from sage_core.attribution import RESID_KINDS, SUBLAYER_KINDS
@@ -334,16 +342,10 @@ def fit_cmd(
     _quiet_prefect(verbose)
     import polars as pl
 
-    from sage_core.config import ZooConfig
     from sage_core.dictionaries import METHODS
-    from sage_core.task_library import get_task
 
-    cfg = ZooConfig.tiny() if tiny else ZooConfig()
     try:
-        if tasks:
-            cfg = cfg.model_copy(update={"tasks": tuple(t.strip() for t in tasks.split(","))})
-        for t in cfg.tasks:
-            get_task(t)
+        cfg = _zoo_config(tiny, tasks)
         method_list = tuple(m.strip() for m in methods.split(","))
         bad = set(method_list) - set(METHODS)
         if bad:

@@ -1,8 +1,8 @@
 """The built-in word-level tokenizer (HF `tokenizers`), wrapped as a `PreTrainedTokenizerFast`.
 
 Words are split on whitespace and punctuation, and digit runs in pairs, so "1732" is the two tokens "17", "32" (as in
-GPT-2, the century and the year are separate tokens). The tokenizer is built in memory here; `storage.zoo` saves it
-with `save_pretrained`, and everything downstream (transformer_lens included) uses the reloaded copy.
+GPT-2, the century and the year are separate tokens). The tokenizer is built in memory here; `storage.zoo` writes it
+to disk, and everything downstream (transformer_lens included) uses the copy reloaded from there.
 """
 
 from __future__ import annotations
