@@ -159,10 +159,6 @@ def quality(
     return rows
 
 
-def gather(acts_by_prompt: np.ndarray, idx: Sequence[int]) -> Tensor:
-    return torch.as_tensor(np.asarray(acts_by_prompt)[list(idx)], dtype=torch.float32)
-
-
 def section_slice(acts: np.ndarray, role_index: int, head: int | None) -> np.ndarray:
     """(prompt, role, d) or (prompt, role, head, d_head) activations -> (prompt, d) at one role (and head)."""
     a = acts[:, role_index]
@@ -170,8 +166,8 @@ def section_slice(acts: np.ndarray, role_index: int, head: int | None) -> np.nda
 
 
 def build_sets(df, acts: np.ndarray, section: CrossSection, attributes: list[str], split: str):
-    """From a prompt table and its role-position activations (rows aligned with the table), the fitting data
-    (all rows of the other split... see below), the clean test set and one pair set per attribute.
+    """From a prompt table and its role-position activations (rows aligned with the table): the fitting data, the
+    clean test set and one pair set per attribute.
 
     Returns (fit_acts, fit_labels, clean, pairs). Fitting uses every row (clean and counterfactual) NOT in `split`,
     so the dictionary never sees the prompts it is judged on.

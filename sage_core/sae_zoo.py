@@ -177,17 +177,18 @@ def capture_activations(
 
     hook_z is flattened over heads to (n, n_heads * d_head), as SAELens trains on it.
     """
+    from sage_core.capture import capture_batch  # the one forward-pass-with-hooks of the project
+
     out: dict[str, list[Tensor]] = {h: [] for h in hooks}
     got = 0
-    last_layer = max(_hook_layer(h) for h in hooks) + 1
     for i in range(0, len(tokens), batch_size):
         t = tokens[i : i + batch_size]
         t = t[:, : int((t != pad_id).sum(1).max())]
-        keep = t != pad_id
+        keep = (t != pad_id).numpy()
         keep[:, 0] = False
-        _, cache = model.run_with_cache(t, names_filter=hooks, stop_at_layer=min(last_layer, model.cfg.n_layers))
+        acts = capture_batch(model, t, hooks)
         for h in hooks:
-            a = cache[h][keep]
+            a = torch.from_numpy(acts[h][keep])
             out[h].append(a.reshape(len(a), -1))
         got += int(keep.sum())
         if got >= n_tokens:
@@ -196,10 +197,6 @@ def capture_activations(
         raise ZooError(f"corpus has only {got} tokens, {n_tokens} asked for; lower n_tokens or grow the corpus")
     return {h: torch.cat(v)[:n_tokens].contiguous() for h, v in out.items()}
 
-
-def _hook_layer(hook: str) -> int:
-    parts = hook.split(".")
-    return int(parts[1]) if parts[0] == "blocks" else 0
 
 
 # -- metrics ------------------------------------------------------------------------------------------------------

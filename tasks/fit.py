@@ -7,7 +7,7 @@ from typing import Any
 import polars as pl
 from prefect import task
 
-from sage_core.dictionaries import METHODS, fit
+from sage_core.dictionaries import fit
 from sage_core.ground_truth import CrossSection, build_sets, quality
 from storage import ground_truth as gt_store
 from storage.activations import ActivationStore
@@ -65,5 +65,3 @@ def combine_ground_truth(parts: list[Manifest], home: str) -> Manifest:
     gt_store.combine(d, [p["path"] for p in parts])
     return {"path": str(d), "quality": str(d / "quality.parquet"), "hash": dir_hash(d)}
 
-
-__all__ = ["METHODS", "combine_ground_truth", "fit_section", "selected_sections"]

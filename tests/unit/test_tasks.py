@@ -123,8 +123,6 @@ def test_prompt_longer_than_n_ctx_is_refused(tokenizer):
 
 def test_tokenizer_that_splits_a_name_is_refused(tokenizer):
     task = get_task("ioi", names=["Mary", "John", "Zebedee"])  # Zebedee is not in the vocabulary -> <unk>, 1 token
-    from transformers import AutoTokenizer  # noqa: F401
-
     class Splitting:
         """A tokenizer that splits one name into two tokens, like a BPE would."""
 
