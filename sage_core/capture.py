@@ -48,19 +48,20 @@ def check_hooks(model: HookedTransformer, hooks: tuple[str, ...] | list[str]) ->
                                f"activation; capture attn.hook_z or hook_attn_out instead")
 
 
-def hook_trailing_shape(model: HookedTransformer, hook: str) -> tuple[int, ...]:
-    """Shape after (batch, position) of the activation at `hook`, found by a one-token forward pass."""
+def hook_trailing_shapes(model: HookedTransformer, hooks: list[str] | tuple[str, ...]) -> dict[str, tuple[int, ...]]:
+    """Shape after (batch, position) of the activation at each hook, from one one-token forward pass."""
     out: dict[str, tuple[int, ...]] = {}
 
     def grab(act, hook):
         out[hook.name] = tuple(act.shape[2:])
 
     with torch.no_grad():
-        model.run_with_hooks(torch.zeros(1, 1, dtype=torch.long), fwd_hooks=[(hook, grab)], return_type=None,
-                             stop_at_layer=_stop_layer(model, [hook]))
-    if hook not in out:
-        raise CaptureError(f"hook {hook!r} did not fire on a forward pass; it cannot be captured")
-    return out[hook]
+        model.run_with_hooks(torch.zeros(1, 1, dtype=torch.long), fwd_hooks=[(h, grab) for h in hooks],
+                             return_type=None, stop_at_layer=_stop_layer(model, list(hooks)))
+    missing = [h for h in hooks if h not in out]
+    if missing:
+        raise CaptureError(f"hooks {missing} did not fire on a forward pass; they cannot be captured")
+    return {h: out[h] for h in hooks}
 
 
 def dim_names(trailing: tuple[int, ...]) -> tuple[str, ...]:

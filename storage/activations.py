@@ -17,6 +17,7 @@ not recorded, and the result is bitwise identical to an uninterrupted run.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
+from zarr.core.sync import sync
 
 from storage.atomic import MARKER, StoreError
 from storage.hashing import stable_hash
@@ -71,6 +73,7 @@ class ActivationStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._group: zarr.Group | None = None
+        self._arrays: dict[str, zarr.Array] = {}
 
     # -- layout ----------------------------------------------------------------------------------------------------
     @property
@@ -78,6 +81,11 @@ class ActivationStore:
         if self._group is None:
             self._group = zarr.open_group(str(self.path), mode="r+", zarr_format=3)
         return self._group
+
+    def _array(self, name: str) -> zarr.Array:
+        if name not in self._arrays:
+            self._arrays[name] = self.group[name]
+        return self._arrays[name]
 
     @property
     def attrs(self) -> dict[str, Any]:
@@ -174,12 +182,17 @@ class ActivationStore:
         """Write chunk `i` of every hook (float32 in, stored dtype on disk), then record it as done."""
         start, stop = self.chunk_range(i)
         dtype = self.attrs["dtype"]
+        for hook in self.hooks:
+            if arrays[hook].shape[0] != stop - start:
+                raise StoreError(f"chunk {i} of {hook}: got {arrays[hook].shape[0]} prompts, expected {stop - start}")
+
+        jobs = [(self._array(h).async_array, to_storage(arrays[h], dtype)) for h in self.hooks]
+
+        async def write_all() -> None:  # every hook's chunk at once: encoding and file writes overlap in zarr's loop
+            await asyncio.gather(*[arr.setitem(slice(start, stop), data) for arr, data in jobs])
+
         try:
-            for hook in self.hooks:
-                a = arrays[hook]
-                if a.shape[0] != stop - start:
-                    raise StoreError(f"chunk {i} of {hook}: got {a.shape[0]} prompts, expected {stop - start}")
-                self.group[hook][start:stop] = to_storage(a, dtype)
+            sync(write_all())
             self._record(i)
         except OSError as exc:
             raise StoreError(

@@ -16,7 +16,7 @@ import torch
 from prefect import task
 from transformer_lens import HookedTransformer
 
-from sage_core.capture import CaptureRequest, capture_batch, check_hooks, chunk_prompts, dim_names, hook_trailing_shape
+from sage_core.capture import CaptureRequest, capture_batch, check_hooks, chunk_prompts, dim_names, hook_trailing_shapes
 from sage_core.model import pad_sequences
 from storage.activations import ActivationStore
 from storage.datasets import read_prompts
@@ -51,7 +51,7 @@ def open_or_create_store(
         raise ValueError("positions='roles' needs a prompt table with pos_<role> columns; use positions='all'")
     if pa["tokens"].shape[1] > model.cfg.n_ctx:
         raise ValueError(f"prompts of {pa['tokens'].shape[1]} tokens exceed the model's n_ctx={model.cfg.n_ctx}")
-    shapes = {h: hook_trailing_shape(model, h) for h in request.hooks}
+    shapes = hook_trailing_shapes(model, request.hooks)
     n_pos = len(pa["roles"]) if request.positions == "roles" else pa["tokens"].shape[1]
     itemsize = 4 if request.dtype == "float32" else 2
     per_prompt = max(n_pos * int(np.prod(s)) * itemsize for s in shapes.values())
@@ -81,22 +81,26 @@ def capture_chunks(
     g = store.group
     roles = "role_pos" in g
     hooks = store.hooks
-    # compress + write chunk i on a worker thread while chunk i+1 is computed (Blosc releases the GIL);
-    # at most one write in flight, so memory stays at two chunks
+    # compress + write chunk i on a worker thread while chunk i+1 is computed (Blosc releases the GIL); at most one
+    # write in flight, so two chunk buffers, allocated once and reused (fresh pages per chunk cost more than the copy):
+    # chunk k fills buffer k % 2, whose previous write (chunk k - 2) finished before chunk k - 1 was submitted
+    buffers: list[dict[str, np.ndarray]] = []
     with ThreadPoolExecutor(max_workers=1) as writer:
         pending = None
-        for i in todo:
+        for k, i in enumerate(todo):
             start, stop = store.chunk_range(i)
             tokens = torch.as_tensor(g["tokens"][start:stop], dtype=torch.long)
             lengths = g["length"][start:stop]
             role_pos = torch.as_tensor(g["role_pos"][start:stop], dtype=torch.long) if roles else None
-            parts: dict[str, list[np.ndarray]] = {h: [] for h in hooks}
+            arrays: dict[str, np.ndarray] = {}
             for b in range(0, stop - start, batch_size):
                 sl = slice(b, b + batch_size)
                 out = capture_batch(model, tokens[sl], hooks, role_pos[sl] if roles else None)
+                if len(buffers) <= k % 2:
+                    buffers.append({h: np.empty((store.chunk_prompts, *v.shape[1:]), np.float32) for h, v in out.items()})
                 for h in hooks:
-                    parts[h].append(out[h])
-            arrays = {h: np.concatenate(v) for h, v in parts.items()}
+                    arrays[h] = buffers[k % 2][h][: stop - start]
+                    arrays[h][sl] = out[h]
             if not roles:  # zero the padding: deterministic, and it compresses to nothing
                 pad = np.arange(tokens.shape[1])[None, :] >= lengths[:, None]
                 for a in arrays.values():
