@@ -375,6 +375,150 @@ def fit_cmd(
     console.print(f"quality table: {out['quality']}")
 
 
+def print_leaderboard(board, tasks: list[str] | None = None, top: int | None = None) -> None:
+    """One rich table per task, best summary first, controls marked; then the controls verdict."""
+    import polars as pl
+
+    from sage_core.report_plots import controls_verdict
+
+    cols = [("summary", "summary"), ("explained_variance", "EV"), ("sufficiency", "suff."), ("necessity", "nec."),
+            ("edit_accuracy_k4", "edit@4"), ("f1_mean", "F1"), ("mcc", "MCC"), ("ce_loss_recovered", "CE rec."),
+            ("l0", "L0")]
+    for task in tasks or sorted(board["task"].unique().to_list()):
+        b = board.filter(pl.col("task") == task).sort("summary", descending=True, nulls_last=True)
+        if top:
+            b = pl.concat([b.filter(pl.col("kind") != "trained"), b.filter(pl.col("kind") == "trained").head(top)]) \
+                .sort("summary", descending=True, nulls_last=True)
+        t = Table(title=f"{task}: SAEs against the ground truth (means over the cross-sections each reaches)")
+        t.add_column("#", justify="right")
+        t.add_column("SAE")
+        t.add_column("mapping")
+        t.add_column("n", justify="right")
+        for _, label in cols:
+            t.add_column(label, justify="right")
+        for i, r in enumerate(b.iter_rows(named=True), 1):
+            style = "green" if r["kind"] == "oracle" else "red" if r["kind"] == "random" else None
+            if r["status"] != "ok":
+                t.add_row(str(i), r["sae"], r["mapping"], "-", f"[red]{r['status'][:60]}[/]", style=style)
+                continue
+            vals = [r[c] for c, _ in cols]
+            t.add_row(str(i), r["sae"], r["mapping"], str(r["n_sections"]),
+                      *["–" if v is None or v != v else f"{v:.3f}" for v in vals], style=style)
+        console.print(t)
+        ok, text = controls_verdict(board, task)
+        console.print(f"controls on {task}: {'[green]' if ok else '[red]'}{text}[/]")
+
+
+def _latest_report(h) -> Path:
+    from storage.atomic import is_complete
+
+    runs = [d for d in h.reports_root().glob("*") if d.is_dir() and is_complete(d)] if h.reports_root().is_dir() else []
+    if not runs:
+        raise FileNotFoundError(f"no report under {h.reports_root()}; run `sage evaluate` first")
+    return max(runs, key=lambda d: (d / "_COMPLETE.json").stat().st_mtime)
+
+
+def _watch_scoring(root: Path, since: float, done_event) -> None:
+    """A bar of scoring units finished (their parts written) while Prefect runs the flow."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    parts = root / "scores" / "parts"
+
+    def count() -> int:
+        if not parts.is_dir():
+            return 0
+        return sum(1 for m in parts.glob("*/_COMPLETE.json") if m.stat().st_mtime >= since)
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
+        t = bar.add_task("zoo, location search, ground truth, then scoring ...")
+        while not done_event.wait(0.5):
+            n = count()
+            if n:
+                bar.update(t, description=f"scoring: {n} SAE x task units done")
+        bar.update(t, description=f"scoring: {count()} SAE x task units computed (the rest were cached)")
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    home: str = typer.Option(None, envvar="SAGE_HOME", help="data root (default ./sage-data)"),
+    model: str = typer.Option("sage-tiny", help="the zoo model to evaluate on (built if missing)"),
+    saes: str = typer.Option(None, help="comma-separated SAE specs: zoo:<name>, a SAELens directory, "
+                                        "<release>/<sae_id>, py:<module>:<attr> (default: every zoo SAE)"),
+    tasks: str = typer.Option(None, help="comma-separated task names (default: all the zoo's tasks)"),
+    run: str = typer.Option(None, help="run name (default: a hash of what was scored)"),
+    per_group: int = typer.Option(2, help="kept cross-sections per attribute and group (residual / sub-layer)"),
+    projections: bool = typer.Option(True, help="also score residual SAE families projected onto sub-layers"),
+    top: int = typer.Option(None, help="print only the best N trained SAEs per task (the report has all)"),
+    tiny: bool = typer.Option(False, help="use the --tiny zoo (toy sizes)"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Score SAEs against the ground truth on every task: leaderboard, report, Prefect artifacts."""
+    _quiet_prefect(verbose)
+    import threading
+
+    from sage_core.config import EvaluateConfig, ZooConfig
+    from sage_core.task_library import get_task
+
+    try:
+        zoo = ZooConfig.tiny() if tiny else ZooConfig()
+        if model != zoo.model.name:
+            raise ValueError(f"unknown model {model!r}: this SAGE evaluates its zoo model {zoo.model.name!r} "
+                             f"({'drop --tiny' if tiny else 'or sage-test with --tiny'}); see `sage zoo info`")
+        task_list = tuple(t.strip() for t in tasks.split(",") if t.strip()) if tasks else None
+        for t in task_list or ():
+            get_task(t)
+            if t not in zoo.tasks:
+                raise ValueError(f"task {t!r} is not one of the zoo's tasks {list(zoo.tasks)}")
+        spec_list = tuple(x.strip() for x in saes.split(",") if x.strip()) if saes else ()
+        cfg = EvaluateConfig(zoo=zoo, saes=spec_list, tasks=task_list, per_group=per_group, projections=projections)
+    except ValueError as exc:
+        _fail(exc)
+    from flows.evaluate import run_evaluate
+    from storage.home import SageHome
+
+    h = SageHome(home)
+    done = threading.Event()
+    watcher = threading.Thread(target=_watch_scoring, args=(h.root, time.time(), done), daemon=True)
+    t0 = time.perf_counter()
+    watcher.start()
+    try:
+        out = run_evaluate(cfg=cfg, home=str(h.root), run=run)
+    except (ValueError, RuntimeError, FileNotFoundError) as exc:
+        done.set()
+        watcher.join()
+        _fail(exc)
+    done.set()
+    watcher.join()
+    import polars as pl
+
+    board = pl.read_parquet(out["leaderboard"])
+    print_leaderboard(board, list(cfg.tasks or cfg.zoo.tasks), top)
+    if out["n_failed"]:
+        console.print(f"[yellow]{out['n_failed']} SAE(s) or stage(s) failed; see the report's 'Failed SAEs'[/]")
+    console.print(f"evaluated in {time.perf_counter() - t0:.1f}s; report: {out['report']}/README.md")
+
+
+@app.command("report")
+def report_cmd(
+    run: str = typer.Argument(None, help="run name (default: the latest report)"),
+    home: str = typer.Option(None, envvar="SAGE_HOME", help="data root (default ./sage-data)"),
+    top: int = typer.Option(None, help="print only the best N trained SAEs per task"),
+) -> None:
+    """Print an evaluation's leaderboard and where its report (markdown, parquet, plots) is."""
+    from storage.atomic import StoreError
+    from storage.home import SageHome
+    from storage.reports import read_report
+
+    h = SageHome(home)
+    try:
+        d = h.report_dir(run) if run else _latest_report(h)
+        _, board = read_report(d)
+    except (StoreError, FileNotFoundError) as exc:
+        _fail(exc)
+    print_leaderboard(board, None, top)
+    console.print(f"report: {d}/README.md")
+
+
 def main() -> None:  # pragma: no cover
     app(prog_name="sage")
 

@@ -24,15 +24,18 @@ from tasks.zoo import make_dataset
 
 @flow(name="fit", task_runner=ThreadPoolTaskRunner(max_workers=2))
 def fit_ground_truth(cfg: ZooConfig = ZooConfig(), locate_cfg: LocateConfig = LocateConfig(), home: str | None = None,
-                     per_group: int = 3, methods: tuple[str, ...] = METHODS) -> dict[str, Any]:
+                     per_group: int = 3, methods: tuple[str, ...] = METHODS,
+                     tasks: list[str] | None = None) -> dict[str, Any]:
+    """`tasks`: a subset of the zoo's tasks (default all); the zoo config itself stays as built."""
     h = SageHome(home)
     root, name = str(h.root), cfg.model.name
-    locations = locate(cfg=cfg, locate_cfg=locate_cfg, home=root)
+    task_names = list(tasks or cfg.tasks)
+    locations = locate(cfg=cfg, locate_cfg=locate_cfg, home=root, tasks=task_names)
     model = ct.model_manifest(h, name)
     tok = {"path": str(h.tokenizer_dir(name)), "hash": dir_hash(h.tokenizer_dir(name))}
-    datasets = make_dataset.map(list(cfg.tasks), unmapped(cfg), unmapped(tok), unmapped(root))
+    datasets = make_dataset.map(task_names, unmapped(cfg), unmapped(tok), unmapped(root))
     jobs = []
-    for t, ds in zip(cfg.tasks, datasets, strict=True):
+    for t, ds in zip(task_names, datasets, strict=True):
         ds = ds.result()
         sections = selected_sections(locations["ranking"], t, per_group)
         request = CaptureRequest(hooks=tuple(sorted({s.hook for s in sections})), positions="roles")

@@ -22,7 +22,7 @@ from tasks.zoo import make_dataset
 
 @flow(name="locate", task_runner=ThreadPoolTaskRunner(max_workers=2))
 def locate(cfg: ZooConfig = ZooConfig(), locate_cfg: LocateConfig = LocateConfig(), home: str | None = None,
-           attributes: list[str] | None = None) -> dict[str, Any]:
+           attributes: list[str] | None = None, tasks: list[str] | None = None) -> dict[str, Any]:
     h = SageHome(home)
     name = cfg.model.name
     if not model_is_complete(h.model_dir(name)):
@@ -30,12 +30,16 @@ def locate(cfg: ZooConfig = ZooConfig(), locate_cfg: LocateConfig = LocateConfig
     root = str(h.root)
     model = model_manifest(h, name)
     tok = {"path": str(h.tokenizer_dir(name)), "hash": dir_hash(h.tokenizer_dir(name))}
-    wanted = [(t, a) for t in cfg.tasks for a in get_task(t).attribute_names()
+    task_names = list(tasks or cfg.tasks)
+    unknown = sorted(set(task_names) - set(cfg.tasks))
+    if unknown:
+        raise ValueError(f"tasks {unknown} are not in the zoo's tasks {list(cfg.tasks)}")
+    wanted = [(t, a) for t in task_names for a in get_task(t).attribute_names()
               if attributes is None or a in attributes]
     if not wanted:
         raise ValueError(f"no attribute matches {attributes}; the tasks have "
-                         f"{sorted({a for t in cfg.tasks for a in get_task(t).attribute_names()})}")
-    datasets = dict(zip(cfg.tasks, make_dataset.map(list(cfg.tasks), unmapped(cfg), unmapped(tok), unmapped(root)),
+                         f"{sorted({a for t in task_names for a in get_task(t).attribute_names()})}")
+    datasets = dict(zip(task_names, make_dataset.map(task_names, unmapped(cfg), unmapped(tok), unmapped(root)),
                         strict=True))
     jobs = [(t, a, datasets[t]) for t, a in wanted]
     parts = locate_one.map([unmapped(model)] * len(jobs), [j[2] for j in jobs], [j[0] for j in jobs],

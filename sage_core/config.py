@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from sage_core.attribution import LocateConfig
 from sage_core.corpus import CorpusConfig
 from sage_core.model import ModelConfig, TrainConfig
 from sage_core.sae_zoo import SAESpec
+from sage_core.scoring import ScoreConfig
 
 
 class PromptsConfig(BaseModel):
@@ -52,3 +54,19 @@ class ZooConfig(BaseModel):
             train=TrainConfig(steps=20, batch_size=32),
             saes=SAEZooConfig(widths=(2,), n_tokens=2048, n_eval_tokens=256, epochs=1.0),
         )
+
+
+class EvaluateConfig(BaseModel):
+    """Everything `evaluate` needs beyond the SAEs' own files: which zoo (model), tasks, how to locate, fit, score."""
+
+    model_config = ConfigDict(frozen=True)
+    zoo: ZooConfig = ZooConfig()
+    saes: tuple[str, ...] = Field((), description="SAE specs (zoo:<name>, a directory, release/sae_id, "
+                                                  "py:module:attr); empty = every SAE of the built-in zoo")
+    tasks: tuple[str, ...] | None = Field(None, description="a subset of the zoo's tasks (default: all)")
+    locate: LocateConfig = LocateConfig()
+    per_group: int = Field(2, ge=1, description="kept cross-sections per attribute and group (residual/sub-layer)")
+    score: ScoreConfig = ScoreConfig()
+    core_sequences: int = Field(256, ge=1, description="held-out background sentences for the core metrics")
+    projections: bool = Field(True, description="also score residual SAE families projected onto sub-layer places")
+    controls: bool = Field(True, description="oracle and random-decoder reference rows")

@@ -165,39 +165,69 @@ def section_slice(acts: np.ndarray, role_index: int, head: int | None) -> np.nda
     return a[:, head] if head is not None else a
 
 
-def build_sets(df, acts: np.ndarray, section: CrossSection, attributes: list[str], split: str):
-    """From a prompt table and its role-position activations (rows aligned with the table): the fitting data, the
-    clean test set and one pair set per attribute.
+class PairRows(BaseModel):
+    """Rows (of the prompt table and its activations) of one attribute's test pairs: x and its counterfactual x'."""
 
-    Returns (fit_acts, fit_labels, clean, pairs). Fitting uses every row (clean and counterfactual) NOT in `split`,
-    so the dictionary never sees the prompts it is judged on.
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+    attribute: str
+    x: np.ndarray
+    xp: np.ndarray
+    old: list[str]
+    new: list[str]
+
+
+class SplitRows(BaseModel):
+    """Which rows fit a dictionary, which are clean test prompts, and which form the test pairs of each attribute.
+
+    Rows index the prompt table and every activation array captured from it, so any hook can be gathered alike.
     """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+    roles: list[str]
+    fit: np.ndarray
+    clean: np.ndarray
+    pairs: list[PairRows]
+
+
+def split_rows(df, attributes: list[str], split: str) -> SplitRows:
+    """Fitting uses every row (clean and counterfactual) NOT in `split`, so a dictionary never sees the prompts it is
+    judged on; the clean set is `split`'s original prompts; pairs join each counterfactual to its original."""
     import polars as pl
 
     roles = [c.removeprefix("pos_") for c in df.columns if c.startswith("pos_")]
-    if section.role not in roles:
-        raise ValueError(f"cross-section role {section.role!r} is not a role of this task ({roles})")
-    a = section_slice(acts, roles.index(section.role), section.head)
     df = df.with_row_index("_row")
-    fit_rows = df.filter(pl.col("split") != split)
-    fit_acts = torch.as_tensor(a[fit_rows["_row"].to_numpy()], dtype=torch.float32)
-    fit_labels = {attr: fit_rows[f"attr_{attr}"].to_list() for attr in attributes}
     clean_df = df.filter((pl.col("split") == split) & pl.col("pair_of").is_null())
-    idx = clean_df["_row"].to_numpy()
-    clean = CleanSet(tokens=clean_df["tokens"].to_list(), positions=clean_df[f"pos_{section.role}"].to_list(),
-                     acts=torch.as_tensor(a[idx], dtype=torch.float32),
-                     labels={attr: clean_df[f"attr_{attr}"].to_list() for attr in attributes},
-                     answer=torch.tensor(clean_df["answer_token"].to_list()),
-                     competing=torch.tensor(clean_df["cf_answer_token"].to_list()))
     pairs = []
     for attr in attributes:
         cf = df.filter((pl.col("split") == split) & (pl.col("pair_attr") == attr)).select(
             "pair_of", pl.col("_row").alias("_cf_row"), pl.col(f"attr_{attr}").alias("_new"))
         j = cf.join(clean_df, left_on="pair_of", right_on="prompt_id", how="inner")
-        if j.is_empty():
-            continue
-        pairs.append(PairSet(attribute=attr, tokens=j["tokens"].to_list(), positions=j[f"pos_{section.role}"].to_list(),
-                             acts=torch.as_tensor(a[j["_row"].to_numpy()], dtype=torch.float32),
-                             cf_acts=torch.as_tensor(a[j["_cf_row"].to_numpy()], dtype=torch.float32),
-                             old=j[f"attr_{attr}"].to_list(), new=j["_new"].to_list()))
-    return fit_acts, fit_labels, clean, pairs
+        if not j.is_empty():
+            pairs.append(PairRows(attribute=attr, x=j["_row"].to_numpy(), xp=j["_cf_row"].to_numpy(),
+                                  old=j[f"attr_{attr}"].to_list(), new=j["_new"].to_list()))
+    return SplitRows(roles=roles, fit=df.filter(pl.col("split") != split)["_row"].to_numpy(),
+                     clean=clean_df["_row"].to_numpy(), pairs=pairs)
+
+
+def build_sets(df, acts: np.ndarray, section: CrossSection, attributes: list[str], split: str):
+    """From a prompt table and its role-position activations (rows aligned with the table): the fitting data, the
+    clean test set and one pair set per attribute. Returns (fit_acts, fit_labels, clean, pairs)."""
+    rows = split_rows(df, attributes, split)
+    if section.role not in rows.roles:
+        raise ValueError(f"cross-section role {section.role!r} is not a role of this task ({rows.roles})")
+    a = section_slice(acts, rows.roles.index(section.role), section.head)
+
+    def col(name: str, idx: np.ndarray) -> list:
+        return df[name].gather(idx).to_list()
+
+    def t(idx: np.ndarray) -> Tensor:
+        return torch.as_tensor(a[idx], dtype=torch.float32)
+
+    fit_labels = {attr: col(f"attr_{attr}", rows.fit) for attr in attributes}
+    clean = CleanSet(tokens=col("tokens", rows.clean), positions=col(f"pos_{section.role}", rows.clean),
+                     acts=t(rows.clean), labels={attr: col(f"attr_{attr}", rows.clean) for attr in attributes},
+                     answer=torch.tensor(col("answer_token", rows.clean)),
+                     competing=torch.tensor(col("cf_answer_token", rows.clean)))
+    pairs = [PairSet(attribute=p.attribute, tokens=col("tokens", p.x), positions=col(f"pos_{section.role}", p.x),
+                     acts=t(p.x), cf_acts=t(p.xp), old=p.old, new=p.new) for p in rows.pairs]
+    return t(rows.fit), fit_labels, clean, pairs

@@ -79,7 +79,8 @@ def hook_d_in(model: HookedTransformer, hook: str) -> int:
 
 
 def default_zoo(model: HookedTransformer, widths: tuple[int, ...] = (2, 4), sublayer: bool = True) -> list[SAESpec]:
-    """Residual SAEs (3 architectures x len(widths)) at resid_pre 0 and every resid_post; TopK sub-layer SAEs."""
+    """Residual SAEs (3 architectures x len(widths)) at resid_pre 0 and every resid_post; TopK sub-layer SAEs and TopK
+    resid_mid SAEs (width 2 x d_model)."""
     c = model.cfg
     resid = ["blocks.0.hook_resid_pre"] + [f"blocks.{layer}.hook_resid_post" for layer in range(c.n_layers)]
     specs = [
@@ -89,7 +90,9 @@ def default_zoo(model: HookedTransformer, widths: tuple[int, ...] = (2, 4), subl
         for w in widths
     ]
     for layer in range(c.n_layers if sublayer else 0):
-        for h in (f"blocks.{layer}.hook_attn_out", f"blocks.{layer}.hook_mlp_out", f"blocks.{layer}.attn.hook_z"):
+        # resid_mid completes the TopK family's residual brackets, so it maps by projection onto every sub-layer place
+        for h in (f"blocks.{layer}.hook_attn_out", f"blocks.{layer}.hook_mlp_out", f"blocks.{layer}.attn.hook_z",
+                  f"blocks.{layer}.hook_resid_mid"):
             specs.append(SAESpec(hook=h, architecture="topk", d_sae=2 * c.d_model))
     return specs
 

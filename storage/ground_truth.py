@@ -32,6 +32,11 @@ def write_section(d: Path, dictionaries: dict, rows: list[dict], provenance: dic
     return d
 
 
+def dictionary_path(part: str | Path, method: str) -> Path:
+    """Where `write_section` put one method's dictionary."""
+    return Path(part) / f"{method}.safetensors"
+
+
 def load_dictionary(path: Path):
     """Back to a `sage_core.dictionaries.Dictionary`."""
     from safetensors import safe_open

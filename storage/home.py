@@ -14,6 +14,8 @@ class SageHome:
     zoo/<model>/model/{config.json, model.safetensors, tokenizer/}
     zoo/<model>/saes/<sae>/{cfg.json, sae_weights.safetensors}
     datasets/<task>/<hash>/prompts.parquet
+    activations/<model-hash>/<dataset-hash>-<request-hash>.zarr
+    locations/<hash>/, ground_truth/<hash>/, scores/<run>/, reports/<run>/
     """
 
     def __init__(self, root: str | Path | None = None):
@@ -72,6 +74,27 @@ class SageHome:
 
     def ground_truth_part(self, key: str) -> Path:
         return self.root / "ground_truth" / "parts" / key
+
+    # scores and reports
+    def score_part(self, key: str) -> Path:
+        """One scoring unit (an SAE, or a projected pair) on one task."""
+        return self.root / "scores" / "parts" / key
+
+    def section_reference(self, key: str) -> Path:
+        """What every SAE at one task's cross-sections is judged against (shared by all of them)."""
+        return self.root / "scores" / "references" / key
+
+    def core_metrics(self, key: str) -> Path:
+        return self.root / "scores" / "core" / key
+
+    def scores_dir(self, run: str) -> Path:
+        return self.root / "scores" / run
+
+    def reports_root(self) -> Path:
+        return self.root / "reports"
+
+    def report_dir(self, run: str) -> Path:
+        return self.reports_root() / run
 
     # prefect
     def prefect_results(self) -> Path:

@@ -56,12 +56,13 @@ def fit_section(model: Manifest, dataset: Manifest, store: Manifest, task_name: 
                              "method": method, **r})
         gt_store.write_section(d, dics, rows, {"model": model["hash"], "dataset": dataset["hash"],
                                                "cross_section": section.label, "task": task_name})
-    return {"path": str(d), "hash": dir_hash(d), "section": section.label}
+    return {"path": str(d), "hash": dir_hash(d), "section": section.label, "section_obj": section.model_dump(),
+            "task": task_name}
 
 
 @task(name="combine-ground-truth", **TASK_DEFAULTS)
 def combine_ground_truth(parts: list[Manifest], home: str) -> Manifest:
     d = SageHome(home).ground_truth_dir(stable_hash([p["hash"] for p in parts]))
     gt_store.combine(d, [p["path"] for p in parts])
-    return {"path": str(d), "quality": str(d / "quality.parquet"), "hash": dir_hash(d)}
+    return {"path": str(d), "quality": str(d / "quality.parquet"), "hash": dir_hash(d), "parts": parts}
 

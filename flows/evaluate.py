@@ -1,0 +1,170 @@
+"""Flow `evaluate`: model x tasks x SAEs -> scores/<run>/ and reports/<run>/.
+
+zoo (built if missing) -> locate + fit the ground truth (subflow `fit`) -> resolve and check every SAE -> per task: one
+role-position capture of every hook any cross-section or SAE needs, and the cross-sections' references -> one mapped
+`score-unit` per (SAE or projected pair or control) x task, and `core-metrics` per SAE -> leaderboard, report,
+Prefect artifacts.
+
+Every task is cached on the content hashes of its inputs, so adding one SAE to an evaluated set runs only that SAE's
+scoring (and its core metrics): no capture, location search or fit is repeated. A failing SAE is reported as failed
+and the rest of the run completes.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import polars as pl
+from prefect import flow, unmapped
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows.build_zoo import build_zoo
+from flows.fit import fit_ground_truth
+from flows.settings import results_in
+from sage_core import mapping as mp
+from sage_core.capture import CaptureRequest
+from sage_core.config import EvaluateConfig
+from sage_core.ground_truth import CrossSection
+from sage_core.report_plots import summary_markdown
+from sage_core.results import leaderboard, score_frame
+from sage_core.task_library import get_task
+from storage import scores as sc_store
+from storage.hashing import stable_hash
+from storage.home import SageHome
+from storage.reports import write_report
+from storage.sae_sources import list_zoo_saes
+from tasks import capture as ct
+from tasks.score import ScoringUnit, resolve_sae, sae_core_metrics, sae_family, score_unit, section_references
+
+
+def one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:400] or type(exc).__name__
+
+
+def plan_units(saes: list[dict], sections: list[CrossSection], cfg: EvaluateConfig) -> list[ScoringUnit]:
+    """Native units, projection / difference units for every residual family bracketing a sub-layer cross-section,
+    and the two controls."""
+    units = [ScoringUnit(name=s["name"], kind="trained", mapping="native", saes=(s,)) for s in saes]
+    if cfg.projections:
+        by_family: dict[str, dict[str, dict]] = {}
+        for s in saes:
+            hook = mp.canonical_hook(s["hook"])
+            if "resid" in hook:
+                by_family.setdefault(sae_family(s), {})[hook] = s
+        brackets = sorted({mp.bracket(c.hook) for c in sections if mp.is_sublayer(c.hook)})
+        for fam, members in sorted(by_family.items()):
+            for before, after in brackets:
+                if before in members and after in members:
+                    for mapping in ("projection", "difference"):
+                        name = f"{fam}:{mapping}[{_short(before)}->{_short(after)}]"
+                        units.append(ScoringUnit(name=name, kind="trained", mapping=mapping,
+                                                 saes=(members[before], members[after]), bracket=(before, after)))
+    if cfg.controls:
+        units += [ScoringUnit(name="control:oracle", kind="oracle", mapping="control"),
+                  ScoringUnit(name="control:random", kind="random", mapping="control")]
+    return units
+
+
+def _short(hook: str) -> str:
+    layer, site = mp.parse_hook(hook)
+    return f"L{layer}.{site.removeprefix('hook_')}"
+
+
+@flow(name="evaluate", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=True)
+def evaluate(cfg: EvaluateConfig = EvaluateConfig(), home: str | None = None, run: str | None = None) -> dict[str, Any]:
+    h = SageHome(home)
+    root, name = str(h.root), cfg.zoo.model.name
+    tasks = list(cfg.tasks or cfg.zoo.tasks)
+    zoo = build_zoo(cfg=cfg.zoo, home=root)
+    gt = fit_ground_truth(cfg=cfg.zoo, locate_cfg=cfg.locate, home=root, per_group=cfg.per_group, tasks=tasks)
+    model = ct.model_manifest(h, name)
+
+    specs = list(cfg.saes) or [f"zoo:{n}" for n in list_zoo_saes(h, name)]
+    resolved = resolve_sae.map(specs, unmapped(model), unmapped(name), unmapped(root), return_state=True)
+    saes, failures = [], []
+    for spec, state in zip(specs, resolved, strict=True):
+        if state.is_completed():
+            saes.append(state.result())
+        else:
+            failures.append({"sae": spec, "stage": "load", "error": one_line(state.result(raise_on_failure=False))})
+
+    datasets = {d["task"]: d for d in zoo["datasets"]}
+    parts_by_task = {t: [p for p in gt["parts"] if p["task"] == t] for t in tasks}
+    sections = [CrossSection(**p["section_obj"]) for ps in parts_by_task.values() for p in ps]
+    units = plan_units(saes, sections, cfg)
+    jobs = []
+    for t in tasks:
+        ds, parts = datasets[t], parts_by_task[t]
+        if not parts:
+            failures.append({"sae": "*", "stage": "fit", "error": f"task {t}: no cross-section was kept"})
+            continue
+        task_sections = [CrossSection(**p["section_obj"]) for p in parts]
+        hooks = {c.hook for c in task_sections}
+        hooks |= {s["hook"] for u in units for s in u.saes if any(u.reaches(c) for c in task_sections)}
+        request = CaptureRequest(hooks=tuple(sorted(hooks)), positions="roles")
+        prep = ct.prepare_capture(model, ds, request, root)
+        store = ct.finalize_capture(prep, [ct.capture_shard(prep, model, request, 0, 1)])
+        attrs = get_task(t).attribute_names()
+        refs = section_references(model, ds, store, parts, t, attrs, root)
+        for u in units:
+            if any(u.reaches(c) for c in task_sections):
+                jobs.append((u, t, ds, store, refs, attrs))
+    futures = score_unit.map([j[0] for j in jobs], unmapped(model), [j[2] for j in jobs], [j[3] for j in jobs],
+                             [j[4] for j in jobs], [j[1] for j in jobs], [j[5] for j in jobs], unmapped(name),
+                             unmapped(cfg.score), unmapped(root), return_state=True)
+    core_states = sae_core_metrics.map(saes, unmapped(model), unmapped(zoo["corpus"]), unmapped(cfg.core_sequences),
+                                       unmapped(name), unmapped(root), return_state=True)
+
+    frames, unit_rows, part_hashes = [], [], []
+    for (u, t, *_), state in zip(jobs, futures, strict=True):
+        row = {"sae": u.name, "task": t, "kind": u.kind, "mapping": u.mapping, "status": "ok"}
+        if state.is_completed():
+            m = state.result()
+            frames.append(sc_store.read_part(m["path"]))
+            part_hashes.append(m["hash"])
+        else:
+            err = one_line(state.result(raise_on_failure=False))
+            row["status"] = f"failed: {err}"
+            failures.append({"sae": u.name, "stage": f"score {t}", "error": err})
+        unit_rows.append(row)
+    for f in failures:
+        if f["stage"] == "load":
+            unit_rows += [{"sae": f["sae"], "task": t, "kind": "trained", "mapping": "native",
+                           "status": f"failed: {f['error']}"} for t in tasks]
+    core = [s.result() for s in core_states if s.is_completed()]
+    for sae, s in zip(saes, core_states, strict=True):
+        if not s.is_completed():
+            failures.append({"sae": sae["name"], "stage": "core", "error": one_line(s.result(raise_on_failure=False))})
+
+    scores = pl.concat(frames) if frames else score_frame([])
+    units_df = pl.DataFrame(unit_rows, schema={"sae": pl.String, "task": pl.String, "kind": pl.String,
+                                               "mapping": pl.String, "status": pl.String})
+    core_df = pl.DataFrame(core).drop([c for c in ("ce_clean", "ce_with_sae", "ce_zero_ablation")
+                                       if core and c in core[0]]) if core else pl.DataFrame()
+    board = leaderboard(scores, units_df, core_df)
+    fail_df = pl.DataFrame(failures, schema={"sae": pl.String, "stage": pl.String, "error": pl.String})
+    run = run or f"run-{stable_hash(model['hash'], gt['hash'], sorted(part_hashes), failures, core)[:12]}"
+    meta = {"run": run, "model": name, "model_hash": model["hash"], "tasks": tasks, "n_saes": len(specs),
+            "created": time.strftime("%Y-%m-%d %H:%M:%S"), "ground_truth": gt["path"]}
+    out_dir = sc_store.write_run(h.scores_dir(run), scores, board, fail_df, meta)
+    report = write_report(h.report_dir(run), scores, board, fail_df, meta)
+    _publish(board, fail_df, meta)
+    return {"run": run, "scores": str(out_dir / "scores.parquet"), "leaderboard": str(out_dir / "leaderboard.parquet"),
+            "report": str(report), "n_failed": len(failures), "ground_truth": gt["path"]}
+
+
+def _publish(board: pl.DataFrame, failures: pl.DataFrame, meta: dict) -> None:
+    show = ["sae", "task", "kind", "mapping", "status", "summary", "explained_variance", "sufficiency", "necessity",
+            "edit_accuracy_k4", "f1_mean", "mcc", "ce_loss_recovered"]
+    create_table_artifact(key="sae-leaderboard", table=board.select(show).to_dicts(),
+                          description=f"SAGE leaderboard, run {meta['run']}")
+    create_markdown_artifact(key="sae-evaluation-summary", markdown=summary_markdown(board, failures, meta),
+                             description=f"SAGE evaluation report, run {meta['run']}")
+
+
+def run_evaluate(cfg: EvaluateConfig = EvaluateConfig(), home: str | None = None, run: str | None = None) -> dict:
+    """Run the flow with Prefect's result store inside SAGE_HOME (the cache lives and dies with the data)."""
+    with results_in(SageHome(home)):
+        return evaluate(cfg=cfg, home=home, run=run)

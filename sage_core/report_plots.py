@@ -1,0 +1,316 @@
+"""Report figures and text (built in memory; storage/reports.py writes them).
+
+Inputs are the evaluation's polars tables:
+- `scores`: long form, one row per (sae, task, hook, head, role, mapping, metric) with a `value`;
+- `leaderboard`: one row per (sae, task) with `kind` ("trained", "oracle", "random"), `summary` and metric means;
+- `failures`: (sae, error), possibly empty.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import polars as pl  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+
+KIND_COLOURS = {"trained": "#4c72b0", "oracle": "#55a868", "random": "#c44e52"}
+OTHER_COLOUR = "#8c8c8c"
+MISSING = "–"
+
+# (leaderboard column, table header) in table order.
+TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("summary", "summary"),
+    ("explained_variance", "EV"),
+    ("sufficiency", "suff."),
+    ("necessity", "nec."),
+    ("edit_accuracy_k4", "edit@4"),
+    ("f1_mean", "F1"),
+    ("mcc", "MCC"),
+    ("ce_loss_recovered", "CE rec."),
+    ("l0", "L0"),
+)
+HEADERS = ("rank", "SAE", "kind", "mapping") + tuple(h for _, h in TABLE_COLUMNS)
+F1_PREFIX = "f1:"
+ANNOTATE_MAX_CELLS = 200
+
+
+# ----------------------------------------------------------------------------------------------------------- helpers
+def _num(v: Any) -> float:
+    """A float, NaN for null / non-numeric."""
+    if v is None:
+        return math.nan
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _fmt(v: Any) -> str:
+    x = _num(v)
+    return MISSING if math.isnan(x) else f"{x:.3f}"
+
+
+def _tasks(leaderboard: pl.DataFrame) -> list[str]:
+    if leaderboard.height == 0 or "task" not in leaderboard.columns:
+        return []
+    return leaderboard.get_column("task").unique(maintain_order=True).to_list()
+
+
+def _task_rows(leaderboard: pl.DataFrame, task: str) -> list[dict[str, Any]]:
+    """The task's rows, sorted by summary descending (missing summaries last, then by name)."""
+    def key(r: dict[str, Any]) -> tuple[bool, float, str]:
+        v = _num(r.get("summary"))
+        return math.isnan(v), 0.0 if math.isnan(v) else -v, str(r.get("sae"))
+
+    return sorted(leaderboard.filter(pl.col("task") == task).to_dicts(), key=key)
+
+
+def ranked_saes(leaderboard: pl.DataFrame, task: str) -> list[str]:
+    """The task's SAEs, best summary first (the order of the report's tables and heatmap rows)."""
+    return [str(r["sae"]) for r in _task_rows(leaderboard, task)]
+
+
+def _table_cells(leaderboard: pl.DataFrame, task: str) -> list[list[str]]:
+    out = []
+    for i, r in enumerate(_task_rows(leaderboard, task), start=1):
+        cells = [str(i), str(r.get("sae")), str(r.get("kind") or MISSING), str(r.get("mapping") or MISSING)]
+        cells += [_fmt(r.get(col)) for col, _ in TABLE_COLUMNS]
+        out.append(cells)
+    return out
+
+
+def _md_escape(s: str) -> str:
+    return s.replace("|", "\\|").replace("\n", " ")
+
+
+def _first_line(s: Any) -> str:
+    text = str(s).strip()
+    return text.splitlines()[0] if text else ""
+
+
+# --------------------------------------------------------------------------------------------------------- figures
+def metric_bars(leaderboard: pl.DataFrame, metric: str, task: str) -> Figure:
+    """Horizontal bars of one leaderboard metric per SAE for one task, best at the top; controls coloured apart."""
+    rows = leaderboard.filter(pl.col("task") == task).to_dicts() if "task" in leaderboard.columns else []
+    items = [(str(r["sae"]), str(r.get("kind") or ""), _num(r.get(metric))) for r in rows]
+    present = sorted((it for it in items if not math.isnan(it[2])), key=lambda it: (it[2], it[0]))
+    missing = sorted((it for it in items if math.isnan(it[2])), key=lambda it: it[0], reverse=True)
+    ordered = missing + present  # barh draws index 0 at the bottom: missing at the bottom, best at the top
+    n = max(len(ordered), 1)
+    fig, ax = plt.subplots(figsize=(8, 0.28 * n + 1.6), constrained_layout=True)
+    ys = np.arange(len(ordered))
+    vals = np.array([0.0 if math.isnan(v) else v for _, _, v in ordered])
+    colours = [KIND_COLOURS.get(k, OTHER_COLOUR) for _, k, _ in ordered]
+    if len(ordered):
+        ax.barh(ys, vals, color=colours, height=0.75)
+        for y, (_, _, v) in zip(ys, ordered, strict=True):
+            if math.isnan(v):
+                ax.text(0, y, " n/a", va="center", ha="left", fontsize=8, color=OTHER_COLOUR, style="italic")
+            else:
+                ax.text(v, y, f" {v:.3f}" if v >= 0 else f"{v:.3f} ", va="center", ha="left" if v >= 0 else "right",
+                        fontsize=7)
+        ax.set_yticks(ys, [s for s, _, _ in ordered], fontsize=8 if n <= 30 else 7)
+        finite = vals[[not math.isnan(v) for _, _, v in ordered]]
+        lo = min(0.0, float(finite.min())) if finite.size else 0.0
+        hi = max(0.0, float(finite.max())) if finite.size else 1.0
+        span = (hi - lo) or 1.0
+        ax.set_xlim(lo - (0.12 * span if lo < 0 else 0.0), hi + 0.12 * span)
+        ax.set_ylim(-0.6, len(ordered) - 0.4)
+    else:
+        ax.text(0.5, 0.5, "no SAEs for this task", ha="center", va="center", transform=ax.transAxes)
+        ax.set_yticks([])
+    ax.axvline(0, color="black", linewidth=0.6)
+    ax.set_xlabel(metric)
+    ax.grid(axis="x", alpha=0.3)
+    kinds = [k for k in KIND_COLOURS if any(kk == k for _, kk, _ in ordered)]
+    if kinds:
+        ax.legend(handles=[Patch(color=KIND_COLOURS[k], label=k) for k in kinds], loc="lower right", fontsize=8)
+    ax.set_title(f"{task}: {metric}")
+    return fig
+
+
+def _parse_f1(metric: str) -> tuple[str, str]:
+    body = metric[len(F1_PREFIX):]
+    attr, _, value = body.partition("=")
+    return attr, value
+
+
+def f1_matrix(scores: pl.DataFrame, task: str, saes: list[str] | None = None
+              ) -> tuple[list[str], list[tuple[str, str]], np.ndarray]:
+    """Best per-value F1 of each SAE over its cross-sections: (saes, [(attribute, value)], matrix [sae, column]).
+
+    Columns are grouped by attribute (attributes in order of first appearance, values sorted within); missing or
+    NaN-only cells are NaN. `saes` fixes the row order (and subset); by default, order of first appearance.
+    """
+    f1 = scores.filter((pl.col("task") == task) & pl.col("metric").str.starts_with(F1_PREFIX))
+    f1 = f1.with_columns(pl.col("value").cast(pl.Float64).fill_nan(None))
+    best = f1.group_by("sae", "metric", maintain_order=True).agg(pl.col("value").max())
+    rows = saes if saes is not None else f1.get_column("sae").unique(maintain_order=True).to_list()
+    attrs: dict[str, list[str]] = {}
+    for m in f1.get_column("metric").unique(maintain_order=True).to_list():
+        a, v = _parse_f1(m)
+        attrs.setdefault(a, [])
+        if v not in attrs[a]:
+            attrs[a].append(v)
+    columns = [(a, v) for a, vs in attrs.items() for v in sorted(vs)]
+    col_index = {f"{F1_PREFIX}{a}={v}": j for j, (a, v) in enumerate(columns)}
+    row_index = {s: i for i, s in enumerate(rows)}
+    mat = np.full((len(rows), len(columns)), np.nan)
+    for sae, metric, value in best.iter_rows():
+        i, j = row_index.get(sae), col_index.get(metric)
+        if i is not None and j is not None and value is not None:
+            mat[i, j] = value
+    return list(rows), columns, mat
+
+
+def f1_heatmap(scores: pl.DataFrame, task: str, saes: list[str] | None = None) -> Figure:
+    """Rows = SAEs, columns = attribute values; cell = the SAE's best F1 for that value over its cross-sections."""
+    rows, columns, mat = f1_matrix(scores, task, saes)
+    nr, nc = max(len(rows), 1), max(len(columns), 1)
+    fig, ax = plt.subplots(figsize=(min(0.42 * nc + 3.5, 40), 0.3 * nr + 2.4), constrained_layout=True)
+    if not rows or not columns:
+        ax.text(0.5, 0.5, "no per-value F1 scores", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(f"{task}: best F1 per attribute value")
+        return fig
+    cmap = plt.get_cmap("viridis").with_extremes(bad="#dddddd")
+    im = ax.imshow(np.ma.masked_invalid(mat), cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
+    ax.set_xticks(range(len(columns)), [v for _, v in columns], rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(rows)), rows, fontsize=8 if len(rows) <= 30 else 7)
+    # Attribute groups: separators and a label above each group.
+    start = 0
+    for j in range(1, len(columns) + 1):
+        if j == len(columns) or columns[j][0] != columns[start][0]:
+            if j < len(columns):
+                ax.axvline(j - 0.5, color="white", linewidth=2)
+            ax.text((start + j - 1) / 2, -0.7, columns[start][0], ha="center", va="bottom", fontsize=8,
+                    fontweight="bold", clip_on=False)
+            start = j
+    if mat.size < ANNOTATE_MAX_CELLS:
+        for (i, j), v in np.ndenumerate(mat):
+            text = "–" if np.isnan(v) else f"{v:.2f}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=7,
+                    color="black" if np.isnan(v) or v > 0.6 else "white")
+    fig.colorbar(im, ax=ax, shrink=0.8, label="best F1 (max over cross-sections)")
+    ax.set_title(f"{task}: best F1 per attribute value", pad=18)
+    return fig
+
+
+# ------------------------------------------------------------------------------------------------------------ text
+def controls_verdict(leaderboard: pl.DataFrame, task: str) -> tuple[bool | None, str]:
+    """Whether oracle > every trained SAE > random holds on `summary` for a task: (holds, one-line explanation).
+
+    `holds` is None when it cannot be checked (no oracle, no random or no trained SAE with a summary).
+    """
+    rows = leaderboard.filter(pl.col("task") == task).to_dicts()
+    by_kind: dict[str, list[tuple[str, float]]] = {}
+    for r in rows:
+        by_kind.setdefault(str(r.get("kind")), []).append((str(r["sae"]), _num(r.get("summary"))))
+    oracles = [(s, v) for s, v in by_kind.get("oracle", []) if not math.isnan(v)]
+    randoms = [(s, v) for s, v in by_kind.get("random", []) if not math.isnan(v)]
+    trained = [(s, v) for s, v in by_kind.get("trained", []) if not math.isnan(v)]
+    missing = [k for k, lst in (("oracle", oracles), ("random", randoms), ("trained", trained)) if not lst]
+    if missing:
+        return None, f"not checked: no {', '.join(missing)} SAE with a summary score"
+    o_min = min(oracles, key=lambda t: t[1])
+    r_max = max(randoms, key=lambda t: t[1])
+    problems: list[str] = []
+    above = [f"{s} ({v:.3f})" for s, v in sorted(trained, key=lambda t: -t[1]) if v >= o_min[1]]
+    below = [f"{s} ({v:.3f})" for s, v in sorted(trained, key=lambda t: t[1]) if v <= r_max[1]]
+    if above:
+        problems.append(f"trained at or above oracle {o_min[0]} ({o_min[1]:.3f}): {', '.join(above)}")
+    if below:
+        problems.append(f"trained at or below random {r_max[0]} ({r_max[1]:.3f}): {', '.join(below)}")
+    if o_min[1] <= r_max[1]:
+        problems.append(f"oracle {o_min[0]} ({o_min[1]:.3f}) not above random {r_max[0]} ({r_max[1]:.3f})")
+    n_unscored = sum(math.isnan(v) for lst in by_kind.values() for _, v in lst)
+    note = f" ({n_unscored} SAE(s) without a summary not counted)" if n_unscored else ""
+    if problems:
+        return False, "oracle > every trained SAE > random does NOT hold; " + "; ".join(problems) + note
+    return True, (f"oracle > every trained SAE > random holds (oracle {o_min[1]:.3f} > trained "
+                  f"{min(v for _, v in trained):.3f}–{max(v for _, v in trained):.3f} > random {r_max[1]:.3f})" + note)
+
+
+def _failed_entries(leaderboard: pl.DataFrame, failures: pl.DataFrame) -> list[str]:
+    entries: list[str] = []
+    seen: set[tuple[str, str]] = set()
+    if failures is not None and failures.height and "sae" in failures.columns:
+        for r in failures.to_dicts():
+            key = (str(r["sae"]), _first_line(r.get("error", "")))
+            if key not in seen:
+                seen.add(key)
+                entries.append(f"`{key[0]}`: {key[1] or 'unknown error'}")
+    if "status" in leaderboard.columns:
+        for r in leaderboard.filter(pl.col("status").is_not_null() & (pl.col("status") != "ok")).to_dicts():
+            reason = _first_line(r["status"]).removeprefix("failed:").strip()
+            key = (str(r["sae"]), reason)
+            if key not in seen:
+                seen.add(key)
+                entries.append(f"`{key[0]}` on {r.get('task')}: {reason or 'failed'}")
+    return entries
+
+
+def summary_markdown(leaderboard: pl.DataFrame, failures: pl.DataFrame, meta: dict,
+                     plots: dict[str, list[str]] | None = None) -> str:
+    """The run's markdown report: meta paragraph, per-task leaderboard + controls verdict, failed SAEs.
+
+    `plots` maps a task to relative image paths to embed under its table (the writer knows where they are).
+    """
+    tasks = _tasks(leaderboard)
+    lines = [f"# SAGE report: {meta.get('run', 'run')}", ""]
+    n_saes = meta.get("n_saes", leaderboard.get_column("sae").n_unique() if "sae" in leaderboard.columns else 0)
+    meta_tasks = meta.get("tasks", tasks)
+    if isinstance(meta_tasks, list | tuple):
+        meta_tasks = ", ".join(str(t) for t in meta_tasks)
+    parts = [f"**Model:** {meta.get('model', MISSING)}", f"**Tasks:** {meta_tasks or MISSING}",
+             f"**SAEs:** {n_saes}", f"**Created:** {meta.get('created', MISSING)}"]
+    lines += [". ".join(parts) + ".", ""]
+    lines += ["Columns are means over each SAE's cross-sections (CE rec. and L0 on background text); "
+              f"`{MISSING}` = not measured. Sorted by summary score.", ""]
+    for task in tasks:
+        lines += [f"## {task}", ""]
+        lines.append("| " + " | ".join(HEADERS) + " |")
+        lines.append("|" + "|".join("---:" if i == 0 or i >= 4 else "---" for i in range(len(HEADERS))) + "|")
+        for cells in _table_cells(leaderboard, task):
+            lines.append("| " + " | ".join(_md_escape(c) for c in cells) + " |")
+        holds, text = controls_verdict(leaderboard, task)
+        mark = {True: "✅", False: "❌", None: "⚠️"}[holds]
+        lines += ["", f"**Controls:** {mark} {text}", ""]
+        for p in (plots or {}).get(task, []):
+            name = p.rsplit("/", 1)[-1].removesuffix(".png")
+            lines.append(f"![{name}]({p})")
+        if (plots or {}).get(task):
+            lines.append("")
+    if not tasks:
+        lines += ["No leaderboard rows.", ""]
+    lines += ["## Failed SAEs", ""]
+    entries = _failed_entries(leaderboard, failures)
+    lines += [f"- {_md_escape(e)}" for e in entries] if entries else ["none"]
+    return "\n".join(lines) + "\n"
+
+
+def _text_row(values: list[str] | tuple[str, ...], widths: list[int]) -> str:
+    """Names (SAE, kind, mapping) left-aligned, numbers right-aligned."""
+    return "  ".join(v.ljust(w) if i in (1, 2, 3) else v.rjust(w)
+                     for i, (v, w) in enumerate(zip(values, widths, strict=True))).rstrip()
+
+
+def leaderboard_text(leaderboard: pl.DataFrame, task: str | None = None) -> str:
+    """The leaderboard table(s) as plain aligned text for a terminal; all tasks when `task` is None."""
+    blocks = []
+    for t in ([task] if task is not None else _tasks(leaderboard)):
+        cells = _table_cells(leaderboard, t)
+        widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(HEADERS)]
+
+        body = [_text_row(HEADERS, widths), "  ".join("-" * w for w in widths)] + [_text_row(c, widths) for c in cells]
+        blocks.append(f"{t}\n" + "\n".join(body) + f"\ncontrols: {controls_verdict(leaderboard, t)[1]}")
+    return "\n\n".join(blocks) + ("\n" if blocks else "")

@@ -1,0 +1,93 @@
+"""Typed results of an evaluation (pydantic, exported as JSON schema) and the leaderboard built from them.
+
+scores.parquet is long form: one `ScoreRow` per (SAE, task, cross-section, mapping, metric). leaderboard.parquet has
+one `LeaderboardRow` per (SAE, task): each metric's mean over the cross-sections the SAE reaches, plus its core
+metrics on background text.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import polars as pl
+from pydantic import BaseModel, Field
+
+Kind = Literal["trained", "oracle", "random"]
+MappingName = Literal["native", "projection", "difference", "control"]
+
+LEADERBOARD_METRICS = ("summary", "explained_variance", "l0", "sufficiency", "necessity", "edit_accuracy_k1",
+                       "edit_accuracy_k4", "edit_gain_k4", "edit_magnitude_k4", "f1_mean", "coverage", "mcc")
+CORE_METRICS = ("ce_loss_recovered", "kl", "core_explained_variance", "core_l0", "dead_share")
+
+
+class ScoreRow(BaseModel):
+    """One measurement: metric `metric` of SAE `sae` on `task` at cross-section (hook, head, role) under `mapping`."""
+
+    sae: str
+    task: str
+    hook: str
+    head: int | None = None
+    role: str
+    mapping: MappingName
+    metric: str = Field(description="e.g. explained_variance, sufficiency, edit_accuracy_k4, f1:io=Mary, summary")
+    value: float | None
+
+
+class LeaderboardRow(BaseModel):
+    sae: str
+    task: str
+    kind: Kind
+    mapping: MappingName
+    status: str = Field(description="'ok', or 'failed: <reason>'")
+    n_sections: int = Field(description="cross-sections of the task this SAE reaches (its hook, or by projection)")
+    summary: float | None = Field(description="mean of the normalised parts; see sage_core.scoring")
+    explained_variance: float | None = None
+    l0: float | None = None
+    sufficiency: float | None = None
+    necessity: float | None = None
+    edit_accuracy_k1: float | None = None
+    edit_accuracy_k4: float | None = None
+    edit_gain_k4: float | None = None
+    edit_magnitude_k4: float | None = None
+    f1_mean: float | None = None
+    coverage: float | None = None
+    mcc: float | None = None
+    ce_loss_recovered: float | None = Field(None, description="core metrics on background text (native SAEs only)")
+    kl: float | None = None
+    core_explained_variance: float | None = None
+    core_l0: float | None = None
+    dead_share: float | None = None
+
+
+def json_schemas() -> dict[str, dict]:
+    return {"ScoreRow": ScoreRow.model_json_schema(), "LeaderboardRow": LeaderboardRow.model_json_schema()}
+
+
+SCORE_SCHEMA = {"sae": pl.String, "task": pl.String, "hook": pl.String, "head": pl.Int64, "role": pl.String,
+                "mapping": pl.String, "metric": pl.String, "value": pl.Float64}
+
+
+def score_frame(rows: list[dict]) -> pl.DataFrame:
+    return pl.DataFrame(rows, schema=SCORE_SCHEMA) if rows else pl.DataFrame(schema=SCORE_SCHEMA)
+
+
+def leaderboard(scores: pl.DataFrame, units: pl.DataFrame, core: pl.DataFrame) -> pl.DataFrame:
+    """`units`: sae, task, kind, mapping, status (one row per scored or failed unit); `core`: sae + CORE_METRICS.
+
+    Each metric is averaged over the unit's cross-sections (NaN values are left out of the mean).
+    """
+    wide = (scores.filter(pl.col("metric").is_in(LEADERBOARD_METRICS))
+            .with_columns(pl.col("value").fill_nan(None))
+            .group_by("sae", "task", "metric").agg(pl.col("value").mean())
+            .pivot(on="metric", index=["sae", "task"], values="value"))
+    n = scores.group_by("sae", "task").agg(pl.struct("hook", "head", "role").n_unique().alias("n_sections"))
+    out = units.join(n, on=["sae", "task"], how="left").join(wide, on=["sae", "task"], how="left")
+    if not core.is_empty():
+        out = out.join(core, on="sae", how="left")
+    for m in (*LEADERBOARD_METRICS, *CORE_METRICS):
+        if m not in out.columns:
+            out = out.with_columns(pl.lit(None, dtype=pl.Float64).alias(m))
+    out = out.with_columns(pl.col("n_sections").fill_null(0))
+    cols = list(LeaderboardRow.model_fields)
+    return out.select(cols).sort("task", "summary", descending=[False, True], nulls_last=True)
+

@@ -1,0 +1,95 @@
+"""Evaluation reports: <out_dir>/{README.md, scores.parquet, leaderboard.parquet, failures.parquet?, plots/*.png}.
+
+Written once (storage.atomic.write_once): a reader sees either no report or a whole one.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import polars as pl
+
+from sage_core.report_plots import f1_heatmap, metric_bars, ranked_saes, summary_markdown
+from storage.atomic import StoreError, is_complete, write_once
+
+PLOT_METRICS = ("summary", "explained_variance", "sufficiency", "necessity", "edit_accuracy_k4", "f1_mean", "mcc")
+PLOT_DPI = 110
+
+
+def _slug(name: str) -> str:
+    """A file-name-safe version of a task or metric name."""
+    return re.sub(r"[^A-Za-z0-9._=-]+", "_", str(name)).strip("_") or "_"
+
+
+def plot_paths(task: str) -> dict[str, str]:
+    """Relative paths (inside the report) of a task's plots: {metric or 'f1-heatmap': 'plots/<task>-<...>.png'}."""
+    out = {m: f"plots/{_slug(task)}-{m}.png" for m in PLOT_METRICS}
+    out["f1-heatmap"] = f"plots/{_slug(task)}-f1-heatmap.png"
+    return out
+
+
+def _save(fig, path: Path) -> None:
+    try:
+        fig.savefig(path, dpi=PLOT_DPI)
+    finally:
+        plt.close(fig)
+
+
+def _tasks(scores: pl.DataFrame, leaderboard: pl.DataFrame) -> list[str]:
+    seen: list[str] = []
+    for df in (leaderboard, scores):
+        if df.height and "task" in df.columns:
+            seen += [t for t in df.get_column("task").unique(maintain_order=True).to_list() if t not in seen]
+    return seen
+
+
+def write_report(out_dir: Path, scores: pl.DataFrame, leaderboard: pl.DataFrame, failures: pl.DataFrame,
+                 meta: dict) -> Path:
+    """Write the report directory once; if `out_dir` is already complete it is left as it is."""
+    out_dir = Path(out_dir)
+    if is_complete(out_dir):
+        return out_dir
+    tasks = _tasks(scores, leaderboard)
+    with write_once(out_dir, {"kind": "report", **meta}) as tmp:
+        (tmp / "plots").mkdir()
+        embedded: dict[str, list[str]] = {}
+        for task in tasks:
+            paths = plot_paths(task)
+            embedded[task] = []
+            in_board = leaderboard.height > 0 and task in leaderboard.get_column("task").to_list()
+            for metric in PLOT_METRICS:
+                if in_board and metric in leaderboard.columns:
+                    _save(metric_bars(leaderboard, metric, task), tmp / paths[metric])
+                    embedded[task].append(paths[metric])
+            order = None
+            if in_board:  # heatmap rows: best summary first, then any SAE only in `scores`
+                order = ranked_saes(leaderboard, task)
+                extra = scores.filter(pl.col("task") == task).get_column("sae").unique(maintain_order=True)
+                order += [s for s in extra.to_list() if s not in order]
+            _save(f1_heatmap(scores, task, order), tmp / paths["f1-heatmap"])
+            embedded[task].append(paths["f1-heatmap"])
+        scores.write_parquet(tmp / "scores.parquet")
+        leaderboard.write_parquet(tmp / "leaderboard.parquet")
+        if failures is not None and failures.height:
+            failures.write_parquet(tmp / "failures.parquet")
+        (tmp / "README.md").write_text(summary_markdown(leaderboard, failures, meta, plots=embedded))
+    return out_dir
+
+
+def read_report(out_dir: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(scores, leaderboard) of a complete report."""
+    out_dir = Path(out_dir)
+    if not is_complete(out_dir):
+        raise StoreError(f"no complete report at {out_dir}; run `sage evaluate` first")
+    return pl.read_parquet(out_dir / "scores.parquet"), pl.read_parquet(out_dir / "leaderboard.parquet")
+
+
+def read_failures(out_dir: Path) -> pl.DataFrame:
+    """The failures table of a complete report (empty when nothing failed)."""
+    out_dir = Path(out_dir)
+    if not is_complete(out_dir):
+        raise StoreError(f"no complete report at {out_dir}; run `sage evaluate` first")
+    p = out_dir / "failures.parquet"
+    return pl.read_parquet(p) if p.is_file() else pl.DataFrame(schema={"sae": pl.String, "error": pl.String})

@@ -1,0 +1,311 @@
+"""Every way a user names an SAE, resolved into one `LoadedSAE`:
+
+    zoo:<sae>  (with model_name)  or  zoo:<model>/<sae>    an SAE of the built-in zoo under SAGE_HOME
+    <directory>                                            SAELens' layout: cfg.json + sae_weights.safetensors
+    <release>/<sae_id>  or  <release>:<sae_id>             the SAELens registry (SAE.from_pretrained)
+    py:<module>:<attr>                                     an SAELike object, or a zero-argument factory of one
+
+Registry names are checked against the directory that ships with sae_lens before any network access, and a hub
+that cannot be reached gives one line, fast, instead of a minute of retries.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import hashlib
+import importlib
+import importlib.util
+import os
+import re
+import threading
+import urllib.request
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import yaml
+
+from sage_core.sae_source import LoadedSAE, SAECheckError, SAELike, sae_hook_name, wrap_sae
+from storage.atomic import is_complete
+from storage.hashing import HASH_LEN, file_hash
+from storage.home import SageHome
+
+SAE_CFG = "cfg.json"
+SAE_WEIGHTS = "sae_weights.safetensors"
+FORMS = ("zoo:<sae> (with a model) or zoo:<model>/<sae>; a directory with cfg.json + sae_weights.safetensors; "
+         "<release>/<sae_id> or <release>:<sae_id> from the SAELens registry; py:<module>:<attr>")
+REGISTRY_HINT = "`sae_lens.loading.pretrained_saes_directory.get_pretrained_saes_directory()`"
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+class SAESpecError(SAECheckError):
+    """An SAE spec names nothing that can be loaded; the message says which forms are accepted or what is missing."""
+
+
+def _close(word: str, options: list[str], n: int = 3) -> str:
+    close = difflib.get_close_matches(word, options, n=n, cutoff=0.4)
+    return ", ".join(close) if close else "none"
+
+
+# -- zoo ----------------------------------------------------------------------------------------------------------
+def list_zoo_saes(home: SageHome, model_name: str) -> list[str]:
+    """Names of the complete SAEs of `model_name`'s zoo, sorted (half-written ones are skipped)."""
+    root = home.saes_root(model_name)
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and ".partial-" not in p.name and is_complete(p))
+
+
+def _zoo_models(home: SageHome) -> list[str]:
+    zoo = home.root / "zoo"
+    return sorted(p.name for p in zoo.iterdir() if (p / "saes").is_dir()) if zoo.is_dir() else []
+
+
+def _load_zoo(rest: str, home: SageHome, model_name: str | None) -> LoadedSAE:
+    from storage.zoo import load_sae
+
+    if "/" in rest:
+        model_name, name = rest.split("/", 1)
+    else:
+        name = rest
+    if not name:
+        raise SAESpecError(f"zoo spec 'zoo:{rest}' names no SAE; write zoo:<model>/<sae>")
+    if not model_name:
+        raise SAESpecError(f"zoo:{name} needs a model: write zoo:<model>/{name} or pass model_name "
+                           f"(models under {home.root / 'zoo'}: {_zoo_models(home) or 'none'})")
+    path = home.sae_dir(model_name, name)
+    if not is_complete(path):
+        have = list_zoo_saes(home, model_name)
+        if not have:
+            raise SAESpecError(f"no zoo SAEs for model {model_name!r} under {home.saes_root(model_name)} "
+                               f"(models there: {_zoo_models(home) or 'none'}); run `sage zoo build` or fix SAGE_HOME")
+        state = "is incomplete" if path.is_dir() else "does not exist"
+        raise SAESpecError(f"zoo SAE {model_name}/{name} {state}; closest: {_close(name, have)} "
+                           f"({len(have)} in the zoo; rerun `sage zoo build` if it should be there)")
+    sae = load_sae(path)
+    return wrap_sae(sae, name=name, source="zoo", content_hash=_dir_weights_hash(path))
+
+
+# -- directories --------------------------------------------------------------------------------------------------
+def _dir_weights_hash(path: Path) -> str:
+    """Hash of the SAE's files: the weights and the cfg (normalisation, hook and reshaping live there)."""
+    h = hashlib.sha256()
+    for f in (SAE_CFG, SAE_WEIGHTS):
+        h.update(f.encode())
+        h.update(file_hash(path / f).encode())
+    return h.hexdigest()[:HASH_LEN]
+
+
+def _load_dir(path: Path) -> LoadedSAE:
+    from sae_lens import SAE
+
+    missing = [f for f in (SAE_CFG, SAE_WEIGHTS) if not (path / f).is_file()]
+    if missing:
+        raise SAESpecError(f"{path} is not an SAE directory in SAELens' layout (missing {', '.join(missing)}); "
+                           "save one with sae.save_model(dir)")
+    try:
+        sae = SAE.load_from_disk(str(path), device="cpu")
+    except Exception as e:
+        msg = " ".join(str(e).split())[:300]
+        raise SAESpecError(f"SAELens could not load the SAE in {path} ({type(e).__name__}: {msg}); "
+                           "re-save it with sae.save_model(dir) from sae_lens>=6") from None
+    if not sae_hook_name(sae):
+        raise SAESpecError(f"the SAE in {path} names no hook (cfg.json metadata.hook_name); add it to cfg.json")
+    return wrap_sae(sae, name=path.resolve().name, source="dir", content_hash=_dir_weights_hash(path))
+
+
+# -- SAELens registry ---------------------------------------------------------------------------------------------
+def _registry() -> dict[str, Any]:
+    """The full registry as sae_lens parses it (a 1.5 MB YAML: seconds; only needed once an SAE will be loaded)."""
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    return get_pretrained_saes_directory()
+
+
+@functools.cache
+def _registry_text() -> str:
+    spec = importlib.util.find_spec("sae_lens")  # locate the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise SAESpecError("sae_lens is not installed; install sae-lens>=6 to load SAEs from its registry")
+    return (Path(next(iter(spec.submodule_search_locations))) / "pretrained_saes.yaml").read_text()
+
+
+@functools.cache
+def registry_releases() -> tuple[str, ...]:
+    """Release names of the SAELens registry shipped with sae_lens (top-level keys of pretrained_saes.yaml),
+    read without parsing the whole file, so a wrong name fails in milliseconds."""
+    try:
+        names = tuple(re.findall(r"^([^\s#'\"-][^:\n]*):[ \t]*$", _registry_text(), flags=re.M))
+    except OSError:
+        names = ()
+    return names or tuple(_registry())
+
+
+@functools.cache
+def registry_sae_ids(release: str) -> tuple[str, ...]:
+    """The sae_ids of one release, parsing only that release's block of the registry."""
+    text = _registry_text()
+    start = re.search(rf"^{re.escape(release)}:[ \t]*$", text, flags=re.M)
+    if start is not None:
+        nxt = re.search(r"^[^\s#'\"-][^:\n]*:[ \t]*$", text[start.end():], flags=re.M)
+        block = text[start.start(): start.end() + nxt.start() if nxt else len(text)]
+        try:
+            entry = yaml.safe_load(block)[release]
+            return tuple(str(s["id"]) for s in entry["saes"])
+        except (yaml.YAMLError, KeyError, TypeError):
+            pass
+    directory = _registry()
+    return tuple(directory[release].saes_map) if release in directory else ()
+
+
+def _split_registry(spec: str, releases: tuple[str, ...]) -> tuple[str, str] | None:
+    """(release, sae_id) for `release:sae_id` or `release/sae_id`; sae_ids may hold '/', so try each split point."""
+    if ":" in spec:
+        release, sae_id = spec.split(":", 1)
+        return release, sae_id
+    parts = spec.split("/")
+    for i in range(1, len(parts)):
+        release = "/".join(parts[:i])
+        if release in releases:
+            return release, "/".join(parts[i:])
+    return None
+
+
+def _hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """Does the hub's front page answer 2xx/3xx within `timeout` seconds (DNS included)? A sandbox that intercepts
+    every connection and answers 404 counts as unreachable."""
+    from huggingface_hub import constants
+
+    if constants.is_offline_mode():
+        return False
+    endpoint = (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+    if urlparse(endpoint).scheme not in ("http", "https"):
+        return False
+    ok: list[bool] = []
+
+    def probe() -> None:
+        try:
+            req = urllib.request.Request(endpoint + "/", method="HEAD", headers={"User-Agent": "sage-eval"})
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                ok.append(200 <= r.status < 400)
+        except Exception:
+            pass
+
+    t = threading.Thread(target=probe, daemon=True)  # getaddrinfo has no timeout of its own
+    t.start()
+    t.join(timeout + 0.5)
+    return bool(ok and ok[0])
+
+
+_OFFLINE_LOCK = threading.Lock()
+
+
+def _from_pretrained(release: str, sae_id: str, online: bool):
+    """SAE.from_pretrained; offline, huggingface_hub's offline mode makes it read the local cache without retries."""
+    from huggingface_hub import constants
+    from sae_lens import SAE
+
+    if online:
+        return SAE.from_pretrained(release, sae_id, device="cpu")
+    with _OFFLINE_LOCK:
+        before = constants.HF_HUB_OFFLINE
+        constants.HF_HUB_OFFLINE = True
+        try:
+            return SAE.from_pretrained(release, sae_id, device="cpu")
+        finally:
+            constants.HF_HUB_OFFLINE = before
+
+
+def _load_registry(release: str, sae_id: str) -> LoadedSAE:
+    releases = registry_releases()
+    if release not in releases:
+        raise SAESpecError(f"unknown SAELens release {release!r} (closest: {_close(release, list(releases))}); "
+                           f"see {REGISTRY_HINT} for the list, or pass a local SAE directory")
+    ids = list(registry_sae_ids(release))
+    if sae_id not in ids:
+        close = difflib.get_close_matches(sae_id, ids, n=3, cutoff=0.4)
+        some = close + [i for i in ids if i not in close][: max(0, 5 - len(close))]
+        raise SAESpecError(f"SAELens release {release!r} has no SAE {sae_id!r}; valid ids include {some} "
+                           f"({len(ids)} in all; see {REGISTRY_HINT}[{release!r}].saes_map)")
+    online = _hub_reachable()
+    try:
+        got = _from_pretrained(release, sae_id, online)
+    except Exception as e:
+        from huggingface_hub import constants
+
+        endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
+        if not online:
+            raise SAESpecError(f"SAELens SAE {release}/{sae_id} is not in the local Hugging Face cache and the hub "
+                               f"({endpoint}) is unreachable; download it where the hub is reachable and pass its "
+                               "directory (sae.save_model(dir)), or set HF_ENDPOINT to a reachable mirror") from None
+        msg = " ".join(str(e).split())[:300]
+        raise SAESpecError(f"SAELens could not load {release}/{sae_id} from the hub ({type(e).__name__}: {msg}); "
+                           "retry, or download it and pass its directory instead") from None
+    sae = got[0] if isinstance(got, tuple) else got  # sae_lens>=6 returns the SAE; <=5 returned (sae, cfg, sparsity)
+    return wrap_sae(sae, name=f"{release}/{sae_id}", source="registry")
+
+
+# -- python objects -----------------------------------------------------------------------------------------------
+def _load_py(rest: str) -> LoadedSAE:
+    if rest.count(":") != 1 or not all(rest.split(":")):
+        raise SAESpecError(f"'py:{rest}' is not of the form py:<module>:<attr> (e.g. py:my_pkg.saes:make_sae)")
+    mod_name, attr = rest.split(":")
+    try:
+        mod = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise SAESpecError(f"py:{rest}: cannot import module {mod_name!r} ({e}); check it is on PYTHONPATH") from None
+    if not hasattr(mod, attr):
+        public = [n for n in dir(mod) if not n.startswith("_")]
+        raise SAESpecError(f"py:{rest}: module {mod_name!r} has no attribute {attr!r}; closest: {_close(attr, public)}")
+    obj = getattr(mod, attr)
+    if not isinstance(obj, SAELike) or isinstance(obj, type):
+        if not callable(obj):
+            raise SAESpecError(f"py:{rest} is a {type(obj).__name__}, neither an SAE (encode, decode, W_dec) nor a "
+                               "zero-argument factory of one")
+        try:
+            obj = obj()
+        except TypeError as e:
+            raise SAESpecError(f"py:{rest} could not be called with no arguments ({e}); point it at an SAE object "
+                               "or a zero-argument factory") from None
+    if not isinstance(obj, SAELike):
+        missing = [m for m in ("encode", "decode", "W_dec") if not hasattr(obj, m)]
+        raise SAESpecError(f"py:{rest} gave a {type(obj).__name__} lacking {missing}: an SAE needs encode(x), "
+                           "decode(f) and W_dec (d_sae, d_in)")
+    if not sae_hook_name(obj):
+        raise SAESpecError(f"py:{rest} gave a {type(obj).__name__} with no hook_name: set obj.hook_name to the "
+                           "TransformerLens hook it reads (e.g. 'blocks.0.hook_resid_post')")
+    return wrap_sae(obj, name=attr, source="object")
+
+
+# -- the one entry point ------------------------------------------------------------------------------------------
+def load_sae_spec(spec: str, home: SageHome | None = None, model_name: str | None = None) -> LoadedSAE:
+    """Resolve any SAE spec (see the module docstring) into a `LoadedSAE`; errors are one line saying what to do.
+
+    Run `sage_core.sae_source.check_sae(loaded, model)` before computing with it.
+    """
+    spec = spec.strip()
+    if not spec:
+        raise SAESpecError(f"empty SAE spec; accepted forms: {FORMS}")
+    if spec.startswith("zoo:"):
+        return _load_zoo(spec[len("zoo:"):], home or SageHome(), model_name)
+    if spec.startswith("py:"):
+        return _load_py(spec[len("py:"):])
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return _load_dir(path)
+    if path.exists():
+        raise SAESpecError(f"{spec} is a file; pass the directory holding {SAE_CFG} and {SAE_WEIGHTS}")
+    releases = registry_releases()
+    split = _split_registry(spec, releases)
+    if split is not None and all(split):
+        return _load_registry(*split)
+    looks_like_path = spec.startswith((".", "/", "~")) or (os.sep in spec and Path(spec.split(os.sep)[0]).is_dir())
+    if looks_like_path:
+        raise SAESpecError(f"no SAE directory at {spec}; accepted forms: {FORMS}")
+    if "/" in spec:
+        release = spec.split("/", 1)[0]
+        raise SAESpecError(f"{spec!r} is neither a directory nor a known SAELens release/sae_id: unknown SAELens "
+                           f"release {release!r} (closest: {_close(release, list(releases))}); see {REGISTRY_HINT} "
+                           "for the list")
+    raise SAESpecError(f"cannot read SAE spec {spec!r}; accepted forms: {FORMS}")
