@@ -1,11 +1,13 @@
 # SAGE — two commands on a fresh machine:
-#   make run    install everything into .venv, build the built-in zoo (once) and print its metrics
+#   make run    install everything into .venv, build the built-in zoo (once), evaluate every zoo SAE on every task,
+#               print the leaderboard (best TOP trained SAEs per task + controls) and where the full report is
 #   make test   install what is missing, then lint and run every test (slow ones included)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SAGE_HOME ?= ./sage-data
+TOP ?= 12
 # torch: the CPU build where there is no CUDA (never a multi-GB CUDA download by accident). Override TORCH_SPEC /
 # TORCH_INDEX for another build, e.g. TORCH_INDEX=https://download.pytorch.org/whl/cpu on a machine without a local wheel.
 TORCH_SPEC ?= torch==2.13.0
@@ -28,14 +30,16 @@ $(STAMP): pyproject.toml | $(PY)
 	fi
 	@$(PY) -W ignore -c "import torch" || { echo "torch failed to install; set TORCH_SPEC/TORCH_INDEX (see README)"; exit 1; }
 	@echo "installing SAGE and its dependencies into $(VENV) ..."
-	@$(PIP) install -q -e '.[dev]' $(QUIET_PIP)
+	@# uv resolves and installs in seconds (pip takes minutes); it keeps the torch build installed above
+	@if $(PIP) install -q uv $(QUIET_PIP) && $(VENV)/bin/uv pip install --python $(PY) -q -e '.[dev]'; then :; \
+	else echo "uv unavailable: installing with pip (slower)"; $(PIP) install -q -e '.[dev]' $(QUIET_PIP); fi
 	@$(PY) -c "import sage_core, transformer_lens, sae_lens, prefect, zarr" || { echo "install incomplete"; exit 1; }
 	@touch $(STAMP)
 
 install: $(STAMP)
 
 run: install
-	SAGE_HOME=$(SAGE_HOME) $(VENV)/bin/sage zoo build
+	SAGE_HOME=$(SAGE_HOME) $(VENV)/bin/sage evaluate --top $(TOP)
 
 lint: install
 	$(VENV)/bin/ruff check sage_core storage tasks flows tests benchmarks
@@ -48,6 +52,7 @@ bench: install
 	$(PY) -m benchmarks.capture
 	$(PY) -m benchmarks.locate
 	$(PY) -m benchmarks.fit
+	$(PY) -m benchmarks.score
 
 ui: install
 	$(VENV)/bin/prefect server start --host 127.0.0.1

@@ -498,6 +498,17 @@ def evaluate_cmd(
     console.print(f"evaluated in {time.perf_counter() - t0:.1f}s; report: {out['report']}/README.md")
 
 
+@app.command("schema")
+def schema_cmd() -> None:
+    """Print the JSON schemas of evaluation results (ScoreRow, LeaderboardRow) and of EvaluateConfig."""
+    import json
+
+    from sage_core.config import EvaluateConfig
+    from sage_core.results import json_schemas
+
+    print(json.dumps({**json_schemas(), "EvaluateConfig": EvaluateConfig.model_json_schema()}, indent=1))
+
+
 @app.command("report")
 def report_cmd(
     run: str = typer.Argument(None, help="run name (default: the latest report)"),

@@ -1,0 +1,129 @@
+"""Mapping SAEs onto cross-sections and scoring them: projection by hand, controls behave as stated."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sage_core import mapping as mp
+from sage_core.dictionaries import fit
+from sage_core.ground_truth import CrossSection, build_sets, split_rows
+from sage_core.model import ModelConfig, build_model, pad_sequences
+from sage_core.scoring import ScoreConfig, oracle_codes, random_codes, reference, score_section, summary
+from sage_core.task import DatasetConfig, generate_prompts
+from sage_core.task_library import get_task
+
+
+def test_hooks_brackets_and_aliases():
+    assert mp.canonical_hook("blocks.2.hook_resid_pre") == "blocks.1.hook_resid_post"
+    assert mp.canonical_hook("blocks.0.hook_resid_pre") == "blocks.0.hook_resid_pre"
+    assert mp.canonical_hook("hook_embed") == "hook_embed"
+    assert mp.bracket("blocks.1.hook_attn_out") == ("blocks.0.hook_resid_post", "blocks.1.hook_resid_mid")
+    assert mp.bracket("blocks.0.attn.hook_z") == ("blocks.0.hook_resid_pre", "blocks.0.hook_resid_mid")
+    assert mp.bracket("blocks.1.hook_mlp_out") == ("blocks.1.hook_resid_mid", "blocks.1.hook_resid_post")
+    with pytest.raises(mp.MappingError, match="residual-stream place"):
+        mp.bracket("blocks.1.hook_resid_post")
+
+
+def test_projection_formula_by_hand():
+    """Two 1-feature SAEs in a 3-d residual stream, a write subspace spanned by e0: P(SAE(after) - SAE(before))."""
+    q = torch.diag(torch.tensor([1.0, 0.0, 0.0]))  # projector onto e0
+    f_after, d_after, b_after = torch.tensor([[2.0]]), torch.tensor([[1.0, 1.0, 0.0]]), torch.tensor([0.5, 0.0, 1.0])
+    f_before, d_before, b_before = torch.tensor([[3.0]]), torch.tensor([[0.0, 1.0, 1.0]]), torch.tensor([0.1, 0, 0])
+    sc = mp.projected((f_after, d_after, b_after), (f_before, d_before, b_before), q)
+    after = f_after @ d_after + b_after  # [2.5, 2, 1]
+    before = f_before @ d_before + b_before  # [0.1, 3, 3]
+    expected = (after - before) @ q  # [2.4, 0, 0]
+    assert torch.allclose(sc.reconstruction(), expected)
+    assert torch.allclose(sc.reconstruction(), torch.tensor([[2.4, 0.0, 0.0]]))
+    assert torch.equal(sc.codes, torch.tensor([[2.0, 3.0]]))
+    assert torch.allclose(sc.decoder, torch.tensor([[1.0, 0, 0], [0.0, 0, 0]]))
+
+
+@pytest.fixture(scope="module")
+def tiny(tokenizer):
+    from sage_core.capture import capture_batch
+
+    model = build_model(ModelConfig(d_model=32, n_layers=2, n_heads=2, d_head=16, d_mlp=64, seed=3), len(tokenizer))
+    df = generate_prompts(get_task("ioi"), DatasetConfig(task="ioi", n_train=48, n_test=16), tokenizer)
+    roles = ["IO", "S1", "S2", "END"]
+    pos = torch.as_tensor(df.select([f"pos_{r}" for r in roles]).to_numpy())
+    hooks = ["blocks.0.hook_resid_pre", "blocks.0.hook_resid_mid", "blocks.0.hook_resid_post",
+             "blocks.0.hook_attn_out", "blocks.0.attn.hook_z", "blocks.0.hook_mlp_out"]
+    acts = capture_batch(model, pad_sequences(df["tokens"].to_list(), tokenizer.pad_token_id), hooks, pos)
+    return model, df, acts, tokenizer.pad_token_id
+
+
+def test_write_maps_match_the_model(tiny):
+    model, df, acts, _ = tiny
+    # attn_out = sum_h z_h W_O[h] + b_O: the projector onto W_O's row space leaves attn_out - b_O unchanged
+    q = mp.write_map(model, CrossSection(hook="blocks.0.hook_attn_out", role="END"), "projection")
+    a = torch.as_tensor(acts["blocks.0.hook_attn_out"][:, 3]) - model.blocks[0].attn.b_O.detach()
+    assert torch.allclose(a @ q, a, atol=1e-4)
+    # a head's z is recovered exactly from its own write z_h W_O[h] by the pinv coordinates
+    z = torch.as_tensor(acts["blocks.0.attn.hook_z"][:, 3, 1])
+    qz = mp.write_map(model, CrossSection(hook="blocks.0.attn.hook_z", head=1, role="END"), "projection")
+    assert torch.allclose((z @ model.blocks[0].attn.W_O[1].detach()) @ qz, z, atol=1e-4)
+    with pytest.raises(mp.MappingError, match="projection"):
+        mp.write_map(model, CrossSection(hook="blocks.0.attn.hook_z", head=1, role="END"), "difference")
+
+
+def test_native_head_slice():
+    codes, dec, bias = torch.rand(5, 3), torch.arange(24.0).reshape(3, 8), torch.arange(8.0)
+    sc = mp.native(codes, dec, bias, CrossSection(hook="blocks.0.attn.hook_z", head=1, role="END"), d_head=4)
+    assert torch.equal(sc.decoder, dec[:, 4:8]) and torch.equal(sc.bias, bias[4:8])
+
+
+def _section_inputs(tiny, section):
+    model, df, acts, pad = tiny
+    attrs = ["IO", "S", "Pos"]
+    fit_acts, labels, clean, pairs = build_sets(df, acts[section.hook], section, attrs, "test")
+    dic = fit(fit_acts, labels, "mean")
+    rows = split_rows(df, attrs, "test")
+    pair_labels = {p.attribute: {a: df[f"attr_{a}"].gather(p.x).to_list() for a in attrs} for p in rows.pairs}
+    ref = reference(model, section, dic, clean, pairs, pair_labels, pad)
+    all_labels = {a: df[f"attr_{a}"].to_list() for a in attrs}
+    return model, pad, dic, clean, pairs, rows, ref, all_labels
+
+
+def test_oracle_and_random_controls(tiny):
+    """The oracle reconstructs â exactly, so its sufficiency/necessity equal the dictionary's and F1 = MCC = 1; the
+    random control's decoder matches nothing."""
+    _, df, acts, _ = tiny
+    section = CrossSection(hook="blocks.0.hook_resid_post", role="END")
+    model, pad, dic, clean, pairs, rows, ref, labels = _section_inputs(tiny, section)
+    cfg = ScoreConfig(ks=(1, 4))
+    oracle = oracle_codes(dic, labels)
+    assert torch.allclose(oracle.rows(rows.clean).reconstruction(), dic.reconstruct(clean.labels), atol=1e-5)
+    sc_pairs = {p.attribute: (oracle.rows(p.x), oracle.rows(p.xp)) for p in rows.pairs}
+    o = score_section(model, ref, clean, pairs, oracle.rows(rows.clean), sc_pairs, pad, cfg)
+    seen = [k for k in o if k.startswith("f1:") and dic.has(*k[3:].split("=", 1))]
+    assert seen and all(o[k] == pytest.approx(1.0) for k in seen)  # values unseen in fitting have no oracle feature
+    assert o["mcc"] == pytest.approx(1.0)
+    n_seen = sum(dic.has(a, v) for a in clean.labels for v in clean.labels[a]) / len(clean.tokens)
+    assert o["l0"] == pytest.approx(n_seen)  # one active feature per attribute whose value the dictionary has
+    a_all = torch.as_tensor(acts[section.hook][:, 3])
+    rnd = random_codes(a_all, dic.mean, cfg)
+    sc_pairs = {p.attribute: (rnd.rows(p.x), rnd.rows(p.xp)) for p in rows.pairs}
+    r = score_section(model, ref, clean, pairs, rnd.rows(rows.clean), sc_pairs, pad, cfg)
+    assert r["mcc"] < 0.9 < o["mcc"]
+    assert r["f1_mean"] < o["f1_mean"]
+    assert np.isfinite(r["summary"]) and r["summary"] < o["summary"]
+    # a perfect SAE (codes = the activations themselves, signed identity decoder) reconstructs exactly
+    eye = mp.SectionCodes(codes=torch.relu(a_all), decoder=torch.eye(a_all.shape[1]), bias=torch.zeros(a_all.shape[1]))
+    neg = mp.SectionCodes(codes=torch.relu(-a_all), decoder=-torch.eye(a_all.shape[1]), bias=torch.zeros(a_all.shape[1]))
+    both = mp.SectionCodes(codes=torch.cat([eye.codes, neg.codes], 1), decoder=torch.cat([eye.decoder, neg.decoder]),
+                           bias=eye.bias)
+    sc_pairs = {p.attribute: (both.rows(p.x), both.rows(p.xp)) for p in rows.pairs}
+    p_ = score_section(model, ref, clean, pairs, both.rows(rows.clean), sc_pairs, pad, ScoreConfig(ks=(64,)))
+    assert p_["explained_variance"] == pytest.approx(1.0, abs=1e-5)
+    assert p_["sufficiency"] == pytest.approx(1.0, abs=1e-4) and p_["necessity"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_summary_leaves_out_missing_parts():
+    m = {"explained_variance": 0.5, "sufficiency": 1.5, "necessity": 1.2, "edit_gain_k4": float("nan"),
+         "f1_mean": 0.2, "mcc": 0.4}
+    # parts: 0.5, 1 - |1 - 1.5| = 0.5, clip(1.2) = 1, (nan left out), 0.2, 0.4
+    assert summary(m) == pytest.approx(np.mean([0.5, 0.5, 1.0, 0.2, 0.4]))
+    assert np.isnan(summary({}))
