@@ -399,7 +399,7 @@ def print_leaderboard(board, tasks: list[str] | None = None, top: int | None = N
         for i, r in enumerate(b.iter_rows(named=True), 1):
             style = "green" if r["kind"] == "oracle" else "red" if r["kind"] == "random" else None
             if r["status"] != "ok":
-                t.add_row(str(i), r["sae"], r["mapping"], "-", f"[red]{r['status'][:60]}[/]", style=style)
+                t.add_row(str(i), r["sae"], r["mapping"], "-", f"[red]{r['status'][:200]}[/]", style=style)
                 continue
             vals = [r[c] for c, _ in cols]
             t.add_row(str(i), r["sae"], r["mapping"], str(r["n_sections"]),
@@ -441,7 +441,8 @@ def _watch_scoring(root: Path, since: float, done_event) -> None:
 @app.command("evaluate")
 def evaluate_cmd(
     home: str = typer.Option(None, envvar="SAGE_HOME", help="data root (default ./sage-data)"),
-    model: str = typer.Option("sage-tiny", help="the zoo model to evaluate on (built if missing)"),
+    model: str = typer.Option(None, help="the zoo model to evaluate on, built if missing (default: sage-tiny, or "
+                                         "sage-test with --tiny)"),
     saes: str = typer.Option(None, help="comma-separated SAE specs: zoo:<name>, a SAELens directory, "
                                         "<release>/<sae_id>, py:<module>:<attr> (default: every zoo SAE)"),
     tasks: str = typer.Option(None, help="comma-separated task names (default: all the zoo's tasks)"),
@@ -461,7 +462,7 @@ def evaluate_cmd(
 
     try:
         zoo = ZooConfig.tiny() if tiny else ZooConfig()
-        if model != zoo.model.name:
+        if model is not None and model != zoo.model.name:
             raise ValueError(f"unknown model {model!r}: this SAGE evaluates its zoo model {zoo.model.name!r} "
                              f"({'drop --tiny' if tiny else 'or sage-test with --tiny'}); see `sage zoo info`")
         task_list = tuple(t.strip() for t in tasks.split(",") if t.strip()) if tasks else None

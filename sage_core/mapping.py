@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
+import numpy as np
 import torch
 from jaxtyping import Float
 from pydantic import BaseModel, ConfigDict
@@ -47,7 +48,8 @@ class SectionCodes(BaseModel):
         return self.codes @ self.decoder + self.bias
 
     def rows(self, idx) -> SectionCodes:
-        return self.model_copy(update={"codes": self.codes[idx]})
+        """The same SAE on a subset of prompts (idx: row indices, e.g. a read-only numpy array from polars)."""
+        return self.model_copy(update={"codes": self.codes[torch.as_tensor(np.array(idx), dtype=torch.long)]})
 
 
 def parse_hook(hook: str) -> tuple[int, str]:

@@ -63,9 +63,11 @@ def sae_family(m: Manifest) -> str:
 
 
 # -- resolving SAEs ------------------------------------------------------------------------------------------------
-@task(name="resolve-sae", **{**TASK_DEFAULTS, "retries": 0})
+@task(name="resolve-sae", **{**TASK_DEFAULTS, "retries": 0, "cache_key_fn": None, "persist_result": False})
 def resolve_sae(spec: str, model: Manifest, model_name: str, home: str) -> Manifest:
-    """Load and check one SAE against the model before any compute; raises a one-line error if it cannot be scored."""
+    """Load and check one SAE against the model before any compute; raises a one-line error if it cannot be scored.
+
+    Never cached: a spec names files (or code) that can change; the content hash it returns keys everything after."""
     loaded = load_sae_spec(spec, SageHome(home), model_name)
     check_sae(loaded, load_model(model["path"]))
     return {"spec": spec, "name": loaded.name, "hook": loaded.hook, "hash": loaded.content_hash,
@@ -125,7 +127,7 @@ def _linear_decoder(sae: LoadedSAE) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _codes_at(sae: LoadedSAE, acts: np.ndarray, role: int) -> torch.Tensor:
-    x = torch.as_tensor(acts[:, role], dtype=torch.float32)
+    x = torch.tensor(acts[:, role], dtype=torch.float32)
     return sae.encode(x.reshape(len(x), -1))
 
 
@@ -177,7 +179,7 @@ def score_unit(unit: ScoringUnit, model: Manifest, dataset: Manifest, store: Man
                 continue
             role = rows.roles.index(section.role)
             sec_acts = s.read(section.hook)[:, role]
-            sec_acts = torch.as_tensor(sec_acts[:, section.head] if section.head is not None else sec_acts)
+            sec_acts = torch.tensor(sec_acts[:, section.head] if section.head is not None else sec_acts)
             _, _, clean, pairs = build_sets(df, s.read(section.hook), section, attributes, "test")
             codes = unit_codes(unit, section, role, s, saes, decoders, m, ref.dictionary, labels, sec_acts, cfg)
             sc_pairs = {p.attribute: (codes.rows(p.x), codes.rows(p.xp)) for p in rows.pairs}

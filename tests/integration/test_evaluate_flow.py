@@ -63,11 +63,12 @@ def _zoo_manifest(name: str) -> dict:
 
 
 def _reached_units(names: list[str], sections) -> set[str]:
+    """Names of the trained units `evaluate` plans for zoo SAEs `names` that reach one of `sections`."""
     from flows.evaluate import plan_units
     from sage_core.config import EvaluateConfig
 
     units = plan_units([_zoo_manifest(n) for n in names], sections, EvaluateConfig())
-    return {u.name for u in units if any(u.reaches(c) for c in sections)}
+    return {u.name for u in units if u.kind == "trained" and any(u.reaches(c) for c in sections)}
 
 
 def _dictionary_keys(home: Path, task: str) -> set[tuple[str, str]]:
