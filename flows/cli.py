@@ -381,7 +381,8 @@ def print_leaderboard(board, tasks: list[str] | None = None, top: int | None = N
 
     from sage_core.report_plots import controls_verdict
 
-    cols = [("summary", "summary"), ("explained_variance", "EV"), ("sufficiency", "suff."), ("necessity", "nec."),
+    cols = [("summary", "summary"), ("explained_variance", "EV"), ("sufficiency", "suff."), ("faithfulness", "faith."),
+            ("necessity", "nec."),
             ("edit_accuracy_k4", "edit@4"), ("f1_mean", "F1"), ("mcc", "MCC"), ("ce_loss_recovered", "CE rec."),
             ("l0", "L0")]
     for task in tasks or sorted(board["task"].unique().to_list()):

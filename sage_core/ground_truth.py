@@ -189,9 +189,10 @@ class SplitRows(BaseModel):
     pairs: list[PairRows]
 
 
-def split_rows(df, attributes: list[str], split: str) -> SplitRows:
+def split_rows(df, attributes: list[str], split: str, max_test: int | None = None) -> SplitRows:
     """Fitting uses every row (clean and counterfactual) NOT in `split`, so a dictionary never sees the prompts it is
-    judged on; the clean set is `split`'s original prompts; pairs join each counterfactual to its original."""
+    judged on; the clean set is `split`'s original prompts; pairs join each counterfactual to its original. With
+    `max_test`, the first that many clean prompts (and pairs per attribute) are kept."""
     import polars as pl
 
     roles = [c.removeprefix("pos_") for c in df.columns if c.startswith("pos_")]
@@ -202,17 +203,20 @@ def split_rows(df, attributes: list[str], split: str) -> SplitRows:
         cf = df.filter((pl.col("split") == split) & (pl.col("pair_attr") == attr)).select(
             "pair_of", pl.col("_row").alias("_cf_row"), pl.col(f"attr_{attr}").alias("_new"))
         j = cf.join(clean_df, left_on="pair_of", right_on="prompt_id", how="inner")
+        j = j.head(max_test) if max_test else j
         if not j.is_empty():
             pairs.append(PairRows(attribute=attr, x=j["_row"].to_numpy(), xp=j["_cf_row"].to_numpy(),
                                   old=j[f"attr_{attr}"].to_list(), new=j["_new"].to_list()))
+    clean = clean_df["_row"].to_numpy()
     return SplitRows(roles=roles, fit=df.filter(pl.col("split") != split)["_row"].to_numpy(),
-                     clean=clean_df["_row"].to_numpy(), pairs=pairs)
+                     clean=clean[:max_test] if max_test else clean, pairs=pairs)
 
 
-def build_sets(df, acts: np.ndarray, section: CrossSection, attributes: list[str], split: str):
+def build_sets(df, acts: np.ndarray, section: CrossSection, attributes: list[str], split: str,
+               max_test: int | None = None):
     """From a prompt table and its role-position activations (rows aligned with the table): the fitting data, the
     clean test set and one pair set per attribute. Returns (fit_acts, fit_labels, clean, pairs)."""
-    rows = split_rows(df, attributes, split)
+    rows = split_rows(df, attributes, split, max_test)
     if section.role not in rows.roles:
         raise ValueError(f"cross-section role {section.role!r} is not a role of this task ({rows.roles})")
     a = section_slice(acts, rows.roles.index(section.role), section.head)

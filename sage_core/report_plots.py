@@ -99,7 +99,10 @@ def _first_line(s: Any) -> str:
 # --------------------------------------------------------------------------------------------------------- figures
 def metric_bars(leaderboard: pl.DataFrame, metric: str, task: str) -> Figure:
     """Horizontal bars of one leaderboard metric per SAE for one task, best at the top; controls coloured apart."""
-    rows = leaderboard.filter(pl.col("task") == task).to_dicts() if "task" in leaderboard.columns else []
+    rows = leaderboard.filter(pl.col("task") == task).to_dicts()
+    if rows and "oracle_same" in rows[0] and any(r.get("kind") == "trained" and r.get("oracle_same") is not None
+                                                 for r in rows):
+        return _matched_verdict(rows) if "task" in leaderboard.columns else []
     items = [(str(r["sae"]), str(r.get("kind") or ""), _num(r.get(metric))) for r in rows]
     present = sorted((it for it in items if not math.isnan(it[2])), key=lambda it: (it[2], it[0]))
     missing = sorted((it for it in items if math.isnan(it[2])), key=lambda it: it[0], reverse=True)
@@ -206,12 +209,37 @@ def f1_heatmap(scores: pl.DataFrame, task: str, saes: list[str] | None = None) -
 
 
 # ------------------------------------------------------------------------------------------------------------ text
+def _matched_verdict(rows: list[dict[str, Any]]) -> tuple[bool | None, str]:
+    """oracle > SAE > random, each SAE against the controls' summaries over the same cross-sections."""
+    trained = [r for r in rows if r.get("kind") == "trained" and not math.isnan(_num(r.get("summary")))
+               and not math.isnan(_num(r.get("oracle_same"))) and not math.isnan(_num(r.get("random_same")))]
+    if not trained:
+        return None, "not checked: no trained SAE with a summary and matched controls"
+    above = [f"{r['sae']} ({_num(r['summary']):.3f} vs oracle {_num(r['oracle_same']):.3f})" for r in trained
+             if _num(r["summary"]) >= _num(r["oracle_same"])]
+    below = [f"{r['sae']} ({_num(r['summary']):.3f} vs random {_num(r['random_same']):.3f})" for r in trained
+             if _num(r["summary"]) <= _num(r["random_same"])]
+    n_ok = len(trained) - len({s.split(" (")[0] for s in above + below})
+    if above or below:
+        parts = ([f"at or above the oracle: {', '.join(above)}"] if above else []) + \
+                ([f"at or below random: {', '.join(below)}"] if below else [])
+        return False, (f"oracle > SAE > random (same cross-sections) holds for {n_ok} of {len(trained)} trained SAEs; "
+                       + "; ".join(parts))
+    margin_o = min(_num(r["oracle_same"]) - _num(r["summary"]) for r in trained)
+    margin_r = min(_num(r["summary"]) - _num(r["random_same"]) for r in trained)
+    return True, (f"oracle > SAE > random (same cross-sections) holds for all {len(trained)} trained SAEs "
+                  f"(smallest margins: {margin_o:.3f} below the oracle, {margin_r:.3f} above random)")
+
+
 def controls_verdict(leaderboard: pl.DataFrame, task: str) -> tuple[bool | None, str]:
     """Whether oracle > every trained SAE > random holds on `summary` for a task: (holds, one-line explanation).
 
     `holds` is None when it cannot be checked (no oracle, no random or no trained SAE with a summary).
     """
     rows = leaderboard.filter(pl.col("task") == task).to_dicts()
+    if rows and "oracle_same" in rows[0] and any(r.get("kind") == "trained" and r.get("oracle_same") is not None
+                                                 for r in rows):
+        return _matched_verdict(rows)
     by_kind: dict[str, list[tuple[str, float]]] = {}
     for r in rows:
         by_kind.setdefault(str(r.get("kind")), []).append((str(r["sae"]), _num(r.get("summary"))))

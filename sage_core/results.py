@@ -15,7 +15,8 @@ from pydantic import BaseModel, Field
 Kind = Literal["trained", "oracle", "random"]
 MappingName = Literal["native", "projection", "difference", "control"]
 
-LEADERBOARD_METRICS = ("summary", "explained_variance", "l0", "sufficiency", "necessity", "edit_accuracy_k1",
+LEADERBOARD_METRICS = ("summary", "explained_variance", "l0", "sufficiency", "faithfulness", "necessity",
+                       "edit_accuracy_k1",
                        "edit_accuracy_k4", "edit_gain_k4", "edit_magnitude_k4", "f1_mean", "coverage", "mcc")
 CORE_METRICS = ("ce_loss_recovered", "kl", "core_explained_variance", "core_l0", "dead_share")
 
@@ -44,6 +45,7 @@ class LeaderboardRow(BaseModel):
     explained_variance: float | None = None
     l0: float | None = None
     sufficiency: float | None = None
+    faithfulness: float | None = Field(None, description="(LD_recon - LD_meanabl) / (LD_clean - LD_meanabl)")
     necessity: float | None = None
     edit_accuracy_k1: float | None = None
     edit_accuracy_k4: float | None = None
@@ -57,6 +59,8 @@ class LeaderboardRow(BaseModel):
     core_explained_variance: float | None = None
     core_l0: float | None = None
     dead_share: float | None = None
+    oracle_same: float | None = Field(None, description="the oracle's summary over the same cross-sections")
+    random_same: float | None = Field(None, description="the random control's summary over the same cross-sections")
 
 
 def json_schemas() -> dict[str, dict]:
@@ -87,7 +91,22 @@ def leaderboard(scores: pl.DataFrame, units: pl.DataFrame, core: pl.DataFrame) -
     for m in (*LEADERBOARD_METRICS, *CORE_METRICS):
         if m not in out.columns:
             out = out.with_columns(pl.lit(None, dtype=pl.Float64).alias(m))
-    out = out.with_columns(pl.col("n_sections").fill_null(0))
+    out = out.with_columns(pl.col("n_sections").fill_null(0)).join(matched_controls(scores), on=["sae", "task"],
+                                                                     how="left")
     cols = list(LeaderboardRow.model_fields)
     return out.select(cols).sort("task", "summary", descending=[False, True], nulls_last=True)
 
+
+
+def matched_controls(scores: pl.DataFrame) -> pl.DataFrame:
+    """Per (sae, task): the oracle's and the random control's mean summary over exactly the cross-sections that SAE
+    reaches — an SAE is compared with the controls where it is scored, not where it is not."""
+    key = ["task", "hook", "head", "role"]
+    summ = scores.filter(pl.col("metric") == "summary").with_columns(pl.col("value").fill_nan(None))
+    ctrl = {name: summ.filter(pl.col("sae") == f"control:{name}").select(*key, pl.col("value").alias(name))
+            for name in ("oracle", "random")}
+    out = summ.select("sae", *key)
+    for c in ctrl.values():
+        out = out.join(c, on=key, how="left", nulls_equal=True)
+    return out.group_by("sae", "task").agg(pl.col("oracle").mean().alias("oracle_same"),
+                                           pl.col("random").mean().alias("random_same"))

@@ -10,10 +10,15 @@ Everything happens in the cross-section's space through a `SectionCodes` (codes 
 - interpretability: best F1 per attribute value of "feature active" against [attr = value]; mean and coverage >= 0.6;
 - alignment: best |cos| of each ground-truth vector with a mapped direction, and the Hungarian-matched mean (MCC).
 
-Summary (one number per SAE, task and cross-section; the parts are always reported beside it): the mean of
-EV (clipped to [0, 1]), 1 - |1 - sufficiency| (clipped), necessity (clipped), the edit gain at k = 4 over the
-no-intervention floor, (acc - floor) / (1 - floor) clipped, over attributes whose floor leaves room (< 0.9), the mean
-best F1 and the MCC.
+Summary (one number per SAE, task and cross-section; the parts are always reported beside it): the mean of the
+parts that say how well the SAE matches, reconstructs and controls the ground truth —
+- faithfulness (LD_recon - LD_meanabl) / (LD_clean - LD_meanabl) and necessity, both clipped to [0, 1] and both only
+  where mean ablation moves the logit difference by at least 10% (elsewhere they are noise);
+- the edit gain at k = 4 over the no-intervention floor, (acc - floor) / (1 - floor) clipped, over attributes whose
+  floor leaves room (< 0.9);
+- the mean best F1 and the MCC.
+Explained variance is reported but not in the summary: it is the proxy peers already report, and the ground truth
+does not try to explain all of the variance (the oracle's EV is low by design).
 """
 
 from __future__ import annotations
@@ -48,14 +53,18 @@ from sage_core.metrics import (
 )
 
 FLOOR_ROOM = 0.9  # an attribute whose patch changes < 10% of predictions says nothing about editing
+ABLATION_ROOM = 0.1  # a cross-section whose mean ablation moves LD by < 10% says nothing about faithfulness
 
 
 class ScoreConfig(BaseModel):
     model_config = ConfigDict(frozen=True)
     ks: tuple[int, ...] = Field((1, 2, 4, 8), description="sparse-control budgets (moves per edit)")
     summary_k: int = Field(4, description="the budget whose edit gain enters the summary")
-    random_width: int = Field(4, ge=1, description="random-decoder control: d_sae as a multiple of d")
+    random_width: int = Field(2, ge=1, description="random-decoder control: d_sae as a multiple of d (the zoo's "
+                                                    "smallest width: more random directions would align better)")
     random_k: int = Field(16, ge=1, description="random-decoder control: active features per prompt (TopK)")
+    max_test: int = Field(128, ge=1, description="clean test prompts (and pairs per attribute) scored per "
+                                                 "cross-section")
     seed: int = 0
 
 
@@ -158,6 +167,9 @@ def score_section(
     ld_int = mean_ld(logits[n:], clean.answer, clean.competing)
     out["sufficiency"] = sufficiency(ld_recon, ref.ld_clean)
     out["necessity"] = necessity(ref.ld_meanabl, ld_int, ref.ld_clean)
+    room = abs(ref.ld_clean - ref.ld_meanabl) >= ABLATION_ROOM * abs(ref.ld_clean)
+    out["faithfulness"] = (ld_recon - ref.ld_meanabl) / (ref.ld_clean - ref.ld_meanabl) if room else float("nan")
+    out["necessity_in_summary"] = out["necessity"] if room else float("nan")
 
     # sparse control: every k of one attribute in one batched pass
     acc: dict[int, list[float]] = {k: [] for k in cfg.ks}
@@ -204,9 +216,8 @@ def score_section(
 def summary(m: dict[str, float], k: int = 4) -> float:
     """The mean of the available parts (see the module docstring); NaN parts are left out, never counted as 0."""
     parts = [
-        np.clip(m.get("explained_variance", np.nan), 0, 1),
-        np.clip(1 - abs(1 - m.get("sufficiency", np.nan)), 0, 1),
-        np.clip(m.get("necessity", np.nan), 0, 1),
+        np.clip(m.get("faithfulness", np.nan), 0, 1),
+        np.clip(m.get("necessity_in_summary", np.nan), 0, 1),
         m.get(f"edit_gain_k{k}", np.nan),
         m.get("f1_mean", np.nan),
         m.get("mcc", np.nan),

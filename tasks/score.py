@@ -92,24 +92,24 @@ def _best_method(quality: pl.DataFrame) -> str:
 
 @task(name="section-references", **TASK_DEFAULTS)
 def section_references(model: Manifest, dataset: Manifest, store: Manifest, gt_parts: list[Manifest], task_name: str,
-                       attributes: list[str], home: str) -> Manifest:
+                       attributes: list[str], max_test: int, home: str) -> Manifest:
     """Per cross-section of one task: its ground-truth dictionary and what editing and patching it does."""
     h = SageHome(home)
     key = stable_hash(model["hash"], dataset["hash"], store["hash"], [p["hash"] for p in gt_parts], task_name,
-                      attributes)
+                      attributes, max_test)
     d = h.section_reference(key)
     if not (d / "_COMPLETE.json").is_file():
         m = load_model(model["path"])
         df = read_prompts(dataset["path"])
         s = ActivationStore.open(store["path"], expect={"dataset_hash": dataset["hash"]})
         pad = m.tokenizer.pad_token_id
-        rows = split_rows(df, attributes, "test")
+        rows = split_rows(df, attributes, "test", max_test)
         refs, gt_paths = [], {}
         for part in gt_parts:
             section = CrossSection(**part["section_obj"])
             quality = pl.read_parquet(f"{part['path']}/quality.parquet")
             dic = gt_store.load_dictionary(gt_store.dictionary_path(part["path"], _best_method(quality)))
-            _, _, clean, pairs = build_sets(df, s.read(section.hook), section, attributes, "test")
+            _, _, clean, pairs = build_sets(df, s.read(section.hook), section, attributes, "test", max_test)
             pair_labels = {p.attribute: {a: df[f"attr_{a}"].gather(p.x).to_list() for a in attributes}
                            for p in rows.pairs}
             refs.append(reference(m, section, dic, clean, pairs, pair_labels, pad))
@@ -166,7 +166,7 @@ def score_unit(unit: ScoringUnit, model: Manifest, dataset: Manifest, store: Man
         df = read_prompts(dataset["path"])
         s = ActivationStore.open(store["path"], expect={"dataset_hash": dataset["hash"]}, verify=False)
         references: list[SectionReference] = sc_store.load_references(refs["path"])
-        rows = split_rows(df, attributes, "test")
+        rows = split_rows(df, attributes, "test", cfg.max_test)
         labels = {a: df[f"attr_{a}"].to_list() for a in attributes}
         saes = [_load(sm, home, model_name) for sm in unit.saes]
         for sae in saes:
@@ -180,7 +180,7 @@ def score_unit(unit: ScoringUnit, model: Manifest, dataset: Manifest, store: Man
             role = rows.roles.index(section.role)
             sec_acts = s.read(section.hook)[:, role]
             sec_acts = torch.tensor(sec_acts[:, section.head] if section.head is not None else sec_acts)
-            _, _, clean, pairs = build_sets(df, s.read(section.hook), section, attributes, "test")
+            _, _, clean, pairs = build_sets(df, s.read(section.hook), section, attributes, "test", cfg.max_test)
             codes = unit_codes(unit, section, role, s, saes, decoders, m, ref.dictionary, labels, sec_acts, cfg)
             sc_pairs = {p.attribute: (codes.rows(p.x), codes.rows(p.xp)) for p in rows.pairs}
             metrics = score_section(m, ref, clean, pairs, codes.rows(rows.clean), sc_pairs, pad, cfg)

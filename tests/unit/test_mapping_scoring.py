@@ -122,8 +122,8 @@ def test_oracle_and_random_controls(tiny):
 
 
 def test_summary_leaves_out_missing_parts():
-    m = {"explained_variance": 0.5, "sufficiency": 1.5, "necessity": 1.2, "edit_gain_k4": float("nan"),
+    m = {"explained_variance": 0.5, "faithfulness": 1.5, "necessity_in_summary": 0.7, "edit_gain_k4": float("nan"),
          "f1_mean": 0.2, "mcc": 0.4}
-    # parts: 0.5, 1 - |1 - 1.5| = 0.5, clip(1.2) = 1, (nan left out), 0.2, 0.4
-    assert summary(m) == pytest.approx(np.mean([0.5, 0.5, 1.0, 0.2, 0.4]))
+    # parts: clip(1.5) = 1, 0.7, (nan left out), 0.2, 0.4; EV is reported, not summarised
+    assert summary(m) == pytest.approx(np.mean([1.0, 0.7, 0.2, 0.4]))
     assert np.isnan(summary({}))
