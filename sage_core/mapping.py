@@ -119,3 +119,12 @@ def projected(after: tuple[Tensor, Tensor, Tensor], before: tuple[Tensor, Tensor
     fa, da, ba = after
     fb, db, bb = before
     return SectionCodes(codes=torch.cat([fa, fb], 1), decoder=torch.cat([da @ q, -(db @ q)]), bias=(ba - bb) @ q)
+
+
+@torch.no_grad()
+def affine_decoder(sae) -> tuple[Float[Tensor, "m d_in"], Float[Tensor, " d_in"]]:
+    """(directions, bias) with decode(f) = f @ directions + bias, read off any SAE with an affine decoder (SAELens'
+    decoders are; scaling factors and normalisation folded in) by decoding the zero code and the unit codes."""
+    bias = sae.decode(torch.zeros(1, sae.d_sae))[0]
+    rows = [sae.decode(torch.eye(sae.d_sae)[i : i + 4096]) - bias for i in range(0, sae.d_sae, 4096)]
+    return torch.cat(rows), bias

@@ -119,13 +119,6 @@ def section_references(model: Manifest, dataset: Manifest, store: Manifest, gt_p
 
 
 # -- scoring -------------------------------------------------------------------------------------------------------
-def _linear_decoder(sae: LoadedSAE) -> tuple[torch.Tensor, torch.Tensor]:
-    """(directions (m, d_in), bias (d_in,)) such that decode(f) = f @ directions + bias (SAE decoders are affine)."""
-    bias = sae.decode(torch.zeros(1, sae.d_sae))[0]
-    rows = [sae.decode(torch.eye(sae.d_sae)[i : i + 4096]) - bias for i in range(0, sae.d_sae, 4096)]
-    return torch.cat(rows), bias
-
-
 def _codes_at(sae: LoadedSAE, acts: np.ndarray, role: int) -> torch.Tensor:
     x = torch.tensor(acts[:, role], dtype=torch.float32)
     return sae.encode(x.reshape(len(x), -1))
@@ -171,7 +164,7 @@ def score_unit(unit: ScoringUnit, model: Manifest, dataset: Manifest, store: Man
         saes = [_load(sm, home, model_name) for sm in unit.saes]
         for sae in saes:
             check_sae(sae, m)
-        decoders = {sae.name: _linear_decoder(sae) for sae in saes}
+        decoders = {sae.name: mp.affine_decoder(sae) for sae in saes}
         out = []
         for ref in references:
             section = ref.section

@@ -127,3 +127,21 @@ def test_summary_leaves_out_missing_parts():
     # parts: clip(1.5) = 1, 0.7, (nan left out), 0.2, 0.4; EV is reported, not summarised
     assert summary(m) == pytest.approx(np.mean([1.0, 0.7, 0.2, 0.4]))
     assert np.isnan(summary({}))
+
+
+def test_affine_decoder_reproduces_decode():
+    """The mapped directions and bias read off an SAE's decoder give back decode(f) for any codes."""
+    from sae_lens import StandardSAE, StandardSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    from sage_core.sae_source import wrap_sae
+
+    torch.manual_seed(0)
+    sae = StandardSAE(StandardSAEConfig(d_in=8, d_sae=12, metadata=SAEMetadata(hook_name="blocks.0.hook_resid_post")))
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.normal_()
+    loaded = wrap_sae(sae, "s", "object")
+    dirs, bias = mp.affine_decoder(loaded)
+    f = torch.relu(torch.randn(5, 12))
+    assert torch.allclose(f @ dirs + bias, loaded.decode(f), atol=1e-5)
