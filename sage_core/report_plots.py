@@ -100,9 +100,6 @@ def _first_line(s: Any) -> str:
 def metric_bars(leaderboard: pl.DataFrame, metric: str, task: str) -> Figure:
     """Horizontal bars of one leaderboard metric per SAE for one task, best at the top; controls coloured apart."""
     rows = leaderboard.filter(pl.col("task") == task).to_dicts()
-    if rows and "oracle_same" in rows[0] and any(r.get("kind") == "trained" and r.get("oracle_same") is not None
-                                                 for r in rows):
-        return _matched_verdict(rows) if "task" in leaderboard.columns else []
     items = [(str(r["sae"]), str(r.get("kind") or ""), _num(r.get(metric))) for r in rows]
     present = sorted((it for it in items if not math.isnan(it[2])), key=lambda it: (it[2], it[0]))
     missing = sorted((it for it in items if math.isnan(it[2])), key=lambda it: it[0], reverse=True)

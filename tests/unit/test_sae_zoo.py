@@ -97,10 +97,14 @@ def test_capture_shapes_and_hook_z_flattening(model):
 
 def test_default_zoo_covers_every_site(model):
     specs = default_zoo(model, widths=(2, 4))
-    resid = {s.hook for s in specs if "resid" in s.hook}
+    resid = {s.hook for s in specs if "resid" in s.hook and "resid_mid" not in s.hook}
     assert resid == {"blocks.0.hook_resid_pre", "blocks.0.hook_resid_post", "blocks.1.hook_resid_post"}
-    assert {s.architecture for s in specs if "resid" in s.hook} == {"standard", "topk", "jumprelu"}
-    assert {s.d_sae for s in specs if "resid" in s.hook} == {32, 64}
+    assert {s.architecture for s in specs if s.hook in resid} == {"standard", "topk", "jumprelu"}
+    assert {s.d_sae for s in specs if s.hook in resid} == {32, 64}
+    # TopK resid_mid SAEs complete the TopK family's brackets around every sub-layer (for projection)
+    mid = [s for s in specs if "resid_mid" in s.hook]
+    assert {s.hook for s in mid} == {"blocks.0.hook_resid_mid", "blocks.1.hook_resid_mid"}
+    assert {(s.architecture, s.d_sae) for s in mid} == {("topk", 32)}
     for layer in range(2):
         for site in ("hook_attn_out", "hook_mlp_out", "attn.hook_z"):
             assert f"blocks.{layer}.{site}" in {s.hook for s in specs}
