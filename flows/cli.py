@@ -496,7 +496,10 @@ def evaluate_cmd(
     board = pl.read_parquet(out["leaderboard"])
     print_leaderboard(board, list(cfg.tasks or cfg.zoo.tasks), top)
     if out["n_failed"]:
-        console.print(f"[yellow]{out['n_failed']} SAE(s) or stage(s) failed; see the report's 'Failed SAEs'[/]")
+        failures = pl.read_parquet(Path(out["leaderboard"]).with_name("failures.parquet"))
+        console.print(f"[yellow]{out['n_failed']} SAE(s) or stage(s) failed (the rest completed):[/]")
+        for f in failures.iter_rows(named=True):
+            console.print(f"  failed: {f['sae']} ({f['stage']}): {f['error']}", soft_wrap=True, highlight=False)
     console.print(f"evaluated in {time.perf_counter() - t0:.1f}s; report: {out['report']}/README.md")
 
 
