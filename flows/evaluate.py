@@ -31,7 +31,7 @@ from sage_core.report_plots import summary_markdown
 from sage_core.results import leaderboard, score_frame
 from sage_core.task_library import get_task
 from storage import scores as sc_store
-from storage.hashing import stable_hash
+from storage.hashing import code_version, stable_hash
 from storage.home import SageHome
 from storage.reports import write_report
 from storage.sae_sources import list_zoo_saes
@@ -145,7 +145,9 @@ def evaluate(cfg: EvaluateConfig = EvaluateConfig(), home: str | None = None, ru
                                        if core and c in core[0]]) if core else pl.DataFrame()
     board = leaderboard(scores, units_df, core_df)
     fail_df = pl.DataFrame(failures, schema={"sae": pl.String, "stage": pl.String, "error": pl.String})
-    run = run or f"run-{stable_hash(model['hash'], gt['hash'], sorted(part_hashes), failures, core)[:12]}"
+    run_key = stable_hash(model["hash"], gt["hash"], sorted(part_hashes), failures, core,
+                          code_version("sage_core", "storage", "tasks", "flows"))
+    run = run or f"run-{run_key[:12]}"
     meta = {"run": run, "model": name, "model_hash": model["hash"], "tasks": tasks, "n_saes": len(specs),
             "created": time.strftime("%Y-%m-%d %H:%M:%S"), "ground_truth": gt["path"]}
     out_dir = sc_store.write_run(h.scores_dir(run), scores, board, fail_df, meta)

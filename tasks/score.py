@@ -25,11 +25,11 @@ from storage import ground_truth as gt_store
 from storage import scores as sc_store
 from storage.activations import ActivationStore
 from storage.datasets import read_corpus, read_prompts
-from storage.hashing import dir_hash, stable_hash
+from storage.hashing import code_version, dir_hash, stable_hash
 from storage.home import SageHome
 from storage.sae_sources import load_sae_spec
 from storage.zoo import load_model
-from tasks.common import TASK_DEFAULTS
+from tasks.common import CODE_PACKAGES, TASK_DEFAULTS
 
 Manifest = dict[str, Any]
 
@@ -96,7 +96,7 @@ def section_references(model: Manifest, dataset: Manifest, store: Manifest, gt_p
     """Per cross-section of one task: its ground-truth dictionary and what editing and patching it does."""
     h = SageHome(home)
     key = stable_hash(model["hash"], dataset["hash"], store["hash"], [p["hash"] for p in gt_parts], task_name,
-                      attributes, max_test)
+                      attributes, max_test, code_version(*CODE_PACKAGES))
     d = h.section_reference(key)
     if not (d / "_COMPLETE.json").is_file():
         m = load_model(model["path"])
@@ -151,7 +151,9 @@ def score_unit(unit: ScoringUnit, model: Manifest, dataset: Manifest, store: Man
                task_name: str, attributes: list[str], model_name: str, cfg: ScoreConfig, home: str) -> Manifest:
     """Every metric of one unit at every cross-section of one task it reaches -> scores/parts/<key>/."""
     h = SageHome(home)
-    key = stable_hash(unit, model["hash"], dataset["hash"], store["hash"], refs["hash"], task_name, attributes, cfg)
+    # the code version is part of the key: a scoring change must never be answered from an older scoring's files
+    key = stable_hash(unit, model["hash"], dataset["hash"], store["hash"], refs["hash"], task_name, attributes, cfg,
+                      code_version(*CODE_PACKAGES))
     d = h.score_part(key)
     if not (d / "_COMPLETE.json").is_file():
         m = load_model(model["path"])
@@ -189,7 +191,8 @@ def sae_core_metrics(sae_m: Manifest, model: Manifest, corpus: Manifest, n_seque
                      home: str) -> Manifest:
     """One SAE spliced into the model on held-out background text: CE loss recovered, KL, EV, L0, dead share."""
     h = SageHome(home)
-    key = stable_hash(sae_m["hash"], sae_m["hook"], model["hash"], corpus["hash"], n_sequences)
+    key = stable_hash(sae_m["hash"], sae_m["hook"], model["hash"], corpus["hash"], n_sequences,
+                      code_version(*CODE_PACKAGES))
     d = h.core_metrics(key)
     if not (d / "_COMPLETE.json").is_file():
         from sage_core.model import pad_sequences
