@@ -6,6 +6,7 @@ family around a sub-layer (projection / difference), or a control (oracle / rand
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -69,9 +70,16 @@ def resolve_sae(spec: str, model: Manifest, model_name: str, home: str) -> Manif
 
     Never cached: a spec names files (or code) that can change; the content hash it returns keys everything after."""
     loaded = load_sae_spec(spec, SageHome(home), model_name)
-    check_sae(loaded, load_model(model["path"]))
+    check_sae(loaded, _model_for_checks(model["path"], model["hash"]))
     return {"spec": spec, "name": loaded.name, "hook": loaded.hook, "hash": loaded.content_hash,
             "arch": loaded.arch, "d_sae": loaded.d_sae, "d_in": loaded.d_in, "source": loaded.source}
+
+
+@functools.lru_cache(maxsize=2)
+def _model_for_checks(path: str, content_hash: str):
+    """One model per process for `check_sae`, which only reads its hooks and config (no forward pass, so threads can
+    share it); keyed on the content hash, so a rebuilt model is reloaded."""
+    return load_model(path)
 
 
 def _load(m: Manifest, home: str, model_name: str) -> LoadedSAE:
