@@ -26,6 +26,14 @@ def short_hook(hook: str) -> str:
     return f"L{parts[1]}." + ".".join(p.removeprefix("hook_") for p in parts[2:])
 
 
+def short_sae(name: str) -> str:
+    """blocks.0.hook_resid_pre--topk-512 -> L0.resid_pre topk-512 (zoo names); other names unchanged."""
+    if "--" in name:
+        hook, rest = name.split("--", 1)
+        return f"{short_hook(hook)} {rest}"
+    return name
+
+
 def _fail(exc: Exception) -> None:
     console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
     raise typer.Exit(2)
@@ -403,7 +411,7 @@ def print_leaderboard(board, tasks: list[str] | None = None, top: int | None = N
                 t.add_row(str(i), r["sae"], r["mapping"], "-", f"[red]{r['status'][:200]}[/]", style=style)
                 continue
             vals = [r[c] for c, _ in cols]
-            t.add_row(str(i), r["sae"], r["mapping"], str(r["n_sections"]),
+            t.add_row(str(i), short_sae(r["sae"]), r["mapping"], str(r["n_sections"]),
                       *["–" if v is None or v != v else f"{v:.3f}" for v in vals], style=style)
         console.print(t)
         ok, text = controls_verdict(board, task)
