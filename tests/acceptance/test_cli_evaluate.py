@@ -3,21 +3,13 @@ the first evaluation)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.acceptance.cli import run
+
 pytestmark = [pytest.mark.acceptance, pytest.mark.slow]
-SAGE = [sys.executable, "-m", "flows.cli"]
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def run(args, home, timeout=900):
-    env = {**os.environ, "SAGE_HOME": str(home)}
-    return subprocess.run(SAGE + args, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
 
 
 def leaderboard_text(stdout: str, task: str) -> str:

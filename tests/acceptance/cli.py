@@ -1,0 +1,16 @@
+"""Running the real `sage` CLI in a subprocess, as a user does (shared by the acceptance tests)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+SAGE = [sys.executable, "-m", "flows.cli"]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(args, home, timeout=900):
+    env = {**os.environ, "SAGE_HOME": str(home)}
+    return subprocess.run(SAGE + args, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
