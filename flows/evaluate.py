@@ -20,7 +20,7 @@ from prefect import flow, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.build_zoo import build_zoo
+from flows.build_zoo import build_zoo, zoo_if_whole
 from flows.fit import fit_ground_truth
 from flows.settings import results_in
 from sage_core import mapping as mp
@@ -77,7 +77,7 @@ def evaluate(cfg: EvaluateConfig = EvaluateConfig(), home: str | None = None, ru
     h = SageHome(home)
     root, name = str(h.root), cfg.zoo.model.name
     tasks = list(cfg.tasks or cfg.zoo.tasks)
-    zoo = build_zoo(cfg=cfg.zoo, home=root)
+    zoo = zoo_if_whole(cfg.zoo, h) or build_zoo(cfg=cfg.zoo, home=root)
     gt = fit_ground_truth(cfg=cfg.zoo, locate_cfg=cfg.locate, home=root, per_group=cfg.per_group, tasks=tasks)
     model = ct.model_manifest(h, name)
 

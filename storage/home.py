@@ -44,6 +44,10 @@ class SageHome:
         """Activation cache for SAE training: one safetensors file per hook."""
         return self.zoo_dir(model) / "sae-training-acts" / key
 
+    def zoo_record(self, model: str) -> Path:
+        """What the last finished zoo build produced (its manifests), for a fast check that the zoo is whole."""
+        return self.zoo_dir(model) / "zoo-record.json"
+
     def zoo_report(self, model: str) -> Path:
         return self.zoo_dir(model) / "report"
 

@@ -50,3 +50,25 @@ def test_home_layout(tmp_path, monkeypatch):
     assert h.model_dir("m") == tmp_path / "zoo" / "m" / "model"
     assert h.sae_dir("m", "s") == tmp_path / "zoo" / "m" / "saes" / "s"
     assert h.prompts_path("ioi", "abc") == tmp_path / "datasets" / "ioi" / "abc" / "prompts.parquet"
+
+
+def test_zoo_record_is_trusted_only_while_everything_it_names_is_whole(tmp_path):
+    from storage.atomic import MARKER
+    from storage.hashing import file_hash
+    from storage.home import SageHome
+    from storage.zoo import read_zoo_record, write_zoo_record
+
+    h = SageHome(tmp_path)
+    h.model_dir("m").mkdir(parents=True)
+    (h.model_dir("m") / "_MODEL_COMPLETE.json").write_text("{}")
+    ds = tmp_path / "prompts.parquet"
+    ds.write_bytes(b"data")
+    h.sae_dir("m", "s1").mkdir(parents=True)
+    (h.sae_dir("m", "s1") / MARKER).write_text("{}")
+    m = {"path": str(ds), "hash": file_hash(ds)}
+    write_zoo_record(h, "m", "k1", {"datasets": [m], "corpus": m})
+    assert read_zoo_record(h, "m", "k1", ["s1"]) is not None
+    assert read_zoo_record(h, "m", "k2", ["s1"]) is None  # another config or code
+    assert read_zoo_record(h, "m", "k1", ["s1", "s2"]) is None  # a planned SAE is missing
+    ds.write_bytes(b"changed")
+    assert read_zoo_record(h, "m", "k1", ["s1"]) is None  # a dataset changed on disk
