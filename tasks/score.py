@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 from sage_core import mapping as mp
 from sage_core.core_eval import core_metrics
 from sage_core.dictionaries import Dictionary
-from sage_core.ground_truth import CrossSection, build_sets, split_rows
+from sage_core.ground_truth import CrossSection, build_sets, section_slice, split_rows
 from sage_core.results import Kind, MappingName
 from sage_core.sae_source import LoadedSAE, check_sae
 from sage_core.scoring import ScoreConfig, SectionReference, oracle_codes, random_codes, reference, score_section
@@ -181,9 +181,9 @@ def score_unit(unit: ScoringUnit, model: Manifest, dataset: Manifest, store: Man
             if not unit.reaches(section):
                 continue
             role = rows.roles.index(section.role)
-            sec_acts = s.read(section.hook)[:, role]
-            sec_acts = torch.tensor(sec_acts[:, section.head] if section.head is not None else sec_acts)
-            _, _, clean, pairs = build_sets(df, s.read(section.hook), section, attributes, "test", cfg.max_test)
+            hook_acts = s.read(section.hook)  # read once: the section's slice and its test sets both come from it
+            sec_acts = torch.tensor(section_slice(hook_acts, role, section.head))
+            _, _, clean, pairs = build_sets(df, hook_acts, section, attributes, "test", cfg.max_test)
             codes = unit_codes(unit, section, role, s, saes, decoders, m, ref.dictionary, labels, sec_acts, cfg)
             sc_pairs = {p.attribute: (codes.rows(p.x), codes.rows(p.xp)) for p in rows.pairs}
             metrics = score_section(m, ref, clean, pairs, codes.rows(rows.clean), sc_pairs, pad, cfg)
