@@ -97,43 +97,48 @@ def _first_line(s: Any) -> str:
 
 
 # --------------------------------------------------------------------------------------------------------- figures
-def metric_bars(leaderboard: pl.DataFrame, metric: str, task: str) -> Figure:
-    """Horizontal bars of one leaderboard metric per SAE for one task, best at the top; controls coloured apart."""
-    rows = leaderboard.filter(pl.col("task") == task).to_dicts()
-    items = [(str(r["sae"]), str(r.get("kind") or ""), _num(r.get(metric))) for r in rows]
-    present = sorted((it for it in items if not math.isnan(it[2])), key=lambda it: (it[2], it[0]))
-    missing = sorted((it for it in items if math.isnan(it[2])), key=lambda it: it[0], reverse=True)
-    ordered = missing + present  # barh draws index 0 at the bottom: missing at the bottom, best at the top
-    n = max(len(ordered), 1)
-    fig, ax = plt.subplots(figsize=(8, 0.28 * n + 1.6), constrained_layout=True)
-    ys = np.arange(len(ordered))
-    vals = np.array([0.0 if math.isnan(v) else v for _, _, v in ordered])
-    colours = [KIND_COLOURS.get(k, OTHER_COLOUR) for _, k, _ in ordered]
-    if len(ordered):
-        ax.barh(ys, vals, color=colours, height=0.75)
-        for y, (_, _, v) in zip(ys, ordered, strict=True):
-            if math.isnan(v):
-                ax.text(0, y, " n/a", va="center", ha="left", fontsize=8, color=OTHER_COLOUR, style="italic")
-            else:
-                ax.text(v, y, f" {v:.3f}" if v >= 0 else f"{v:.3f} ", va="center", ha="left" if v >= 0 else "right",
-                        fontsize=7)
-        ax.set_yticks(ys, [s for s, _, _ in ordered], fontsize=8 if n <= 30 else 7)
-        finite = vals[[not math.isnan(v) for _, _, v in ordered]]
+def metric_panels(leaderboard: pl.DataFrame, task: str, metrics: tuple[str, ...] | list[str]) -> Figure:
+    """One task's leaderboard metrics as side-by-side bar panels sharing one SAE axis (best summary at the top).
+
+    One figure instead of one per metric: the SAE names are laid out once, and a reader compares an SAE across
+    metrics along one row. Controls are coloured apart; a missing value is marked "n/a" at zero.
+    """
+    rows = _task_rows(leaderboard, task)[::-1]  # barh draws index 0 at the bottom
+    metrics = [m for m in metrics if m in leaderboard.columns] or ["summary"]
+    names = [str(r["sae"]) for r in rows]
+    n = max(len(rows), 1)
+    # Fixed margins from the longest name: constrained layout measured every text and cost ~0.25 s per figure.
+    left_in = 0.5 + 0.062 * max((len(s) for s in names), default=4)
+    panel_in, height = 1.9, 0.24 * n + 1.3
+    width = left_in + panel_in * len(metrics) + 0.3
+    fig, axes = plt.subplots(1, len(metrics), sharey=True, figsize=(width, height), squeeze=False)
+    fig.subplots_adjust(left=left_in / width, right=1 - 0.3 / width, bottom=0.75 / height,
+                        top=1 - 0.55 / height, wspace=0.12)
+    ys = np.arange(len(rows))
+    colours = [KIND_COLOURS.get(str(r.get("kind") or ""), OTHER_COLOUR) for r in rows]
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        vals = np.array([_num(r.get(metric)) for r in rows], dtype=float)
+        finite = vals[~np.isnan(vals)]
+        ax.barh(ys, np.nan_to_num(vals, nan=0.0), color=colours, height=0.75)
+        for y in ys[np.isnan(vals)]:
+            ax.text(0, y, " n/a", va="center", ha="left", fontsize=6, color=OTHER_COLOUR, style="italic")
         lo = min(0.0, float(finite.min())) if finite.size else 0.0
-        hi = max(0.0, float(finite.max())) if finite.size else 1.0
+        hi = max(1.0 if finite.size and finite.max() > 0.5 else 0.0, float(finite.max()) if finite.size else 1.0)
         span = (hi - lo) or 1.0
-        ax.set_xlim(lo - (0.12 * span if lo < 0 else 0.0), hi + 0.12 * span)
-        ax.set_ylim(-0.6, len(ordered) - 0.4)
-    else:
-        ax.text(0.5, 0.5, "no SAEs for this task", ha="center", va="center", transform=ax.transAxes)
-        ax.set_yticks([])
-    ax.axvline(0, color="black", linewidth=0.6)
-    ax.set_xlabel(metric)
-    ax.grid(axis="x", alpha=0.3)
-    kinds = [k for k in KIND_COLOURS if any(kk == k for _, kk, _ in ordered)]
+        ax.set_xlim(lo - 0.05 * span, hi + 0.05 * span)
+        ax.axvline(0, color="black", linewidth=0.6)
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_title(metric, fontsize=9)
+        ax.tick_params(axis="x", labelsize=7)
+    axes[0][0].set_yticks(ys, names, fontsize=7)
+    axes[0][0].set_ylim(-0.6, len(rows) - 0.4)
+    kinds = [k for k in KIND_COLOURS if any(r.get("kind") == k for r in rows)]
     if kinds:
-        ax.legend(handles=[Patch(color=KIND_COLOURS[k], label=k) for k in kinds], loc="lower right", fontsize=8)
-    ax.set_title(f"{task}: {metric}")
+        fig.legend(handles=[Patch(color=KIND_COLOURS[k], label=k) for k in kinds], loc="lower center",
+                   ncol=len(kinds), fontsize=8, frameon=False)
+    if not rows:
+        axes[0][0].text(0.5, 0.5, "no SAEs for this task", ha="center", va="center", transform=axes[0][0].transAxes)
+    fig.suptitle(f"{task}: leaderboard metrics (means over each SAE's cross-sections)", fontsize=10)
     return fig
 
 
@@ -175,7 +180,14 @@ def f1_heatmap(scores: pl.DataFrame, task: str, saes: list[str] | None = None) -
     """Rows = SAEs, columns = attribute values; cell = the SAE's best F1 for that value over its cross-sections."""
     rows, columns, mat = f1_matrix(scores, task, saes)
     nr, nc = max(len(rows), 1), max(len(columns), 1)
-    fig, ax = plt.subplots(figsize=(min(0.42 * nc + 3.5, 40), 0.3 * nr + 2.4), constrained_layout=True)
+    # Fixed margins sized from the longest labels (constrained layout cost ~1 s per heatmap).
+    left_in = 0.4 + 0.062 * max((len(s) for s in rows), default=4)
+    bottom_in = 0.4 + 0.055 * max((len(v) for _, v in columns), default=4)
+    width = min(left_in + 0.36 * nc + 1.4, 40)
+    height = bottom_in + 0.24 * nr + 0.9
+    fig = plt.figure(figsize=(width, height))
+    ax = fig.add_axes((left_in / width, bottom_in / height, 1 - (left_in + 1.3) / width,
+                       1 - (bottom_in + 0.8) / height))
     if not rows or not columns:
         ax.text(0.5, 0.5, "no per-value F1 scores", ha="center", va="center", transform=ax.transAxes)
         ax.set_xticks([])
@@ -200,7 +212,8 @@ def f1_heatmap(scores: pl.DataFrame, task: str, saes: list[str] | None = None) -
             text = "–" if np.isnan(v) else f"{v:.2f}"
             ax.text(j, i, text, ha="center", va="center", fontsize=7,
                     color="black" if np.isnan(v) or v > 0.6 else "white")
-    fig.colorbar(im, ax=ax, shrink=0.8, label="best F1 (max over cross-sections)")
+    cax = fig.add_axes((1 - 1.1 / width, bottom_in / height, 0.15 / width, 1 - (bottom_in + 0.8) / height))
+    fig.colorbar(im, cax=cax, label="best F1 (max over cross-sections)")
     ax.set_title(f"{task}: best F1 per attribute value", pad=18)
     return fig
 

@@ -1,5 +1,7 @@
 """Evaluation reports: <out_dir>/{README.md, scores.parquet, leaderboard.parquet, failures.parquet?, plots/*.png}.
 
+Plots per task: `<task>-metrics.png` (one bar panel per metric) and `<task>-f1-heatmap.png`.
+
 Written once (storage.atomic.write_once): a reader sees either no report or a whole one.
 """
 
@@ -11,7 +13,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import polars as pl
 
-from sage_core.report_plots import f1_heatmap, metric_bars, ranked_saes, summary_markdown
+from sage_core.report_plots import f1_heatmap, metric_panels, ranked_saes, summary_markdown
 from storage.atomic import StoreError, is_complete, write_once
 
 PLOT_METRICS = ("summary", "explained_variance", "sufficiency", "necessity", "edit_accuracy_k4", "f1_mean", "mcc")
@@ -24,10 +26,8 @@ def _slug(name: str) -> str:
 
 
 def plot_paths(task: str) -> dict[str, str]:
-    """Relative paths (inside the report) of a task's plots: {metric or 'f1-heatmap': 'plots/<task>-<...>.png'}."""
-    out = {m: f"plots/{_slug(task)}-{m}.png" for m in PLOT_METRICS}
-    out["f1-heatmap"] = f"plots/{_slug(task)}-f1-heatmap.png"
-    return out
+    """Relative paths (inside the report) of a task's plots: per-metric bars and the F1 heatmap."""
+    return {"metrics": f"plots/{_slug(task)}-metrics.png", "f1-heatmap": f"plots/{_slug(task)}-f1-heatmap.png"}
 
 
 def _save(fig, path: Path) -> None:
@@ -59,10 +59,9 @@ def write_report(out_dir: Path, scores: pl.DataFrame, leaderboard: pl.DataFrame,
             paths = plot_paths(task)
             embedded[task] = []
             in_board = leaderboard.height > 0 and task in leaderboard.get_column("task").to_list()
-            for metric in PLOT_METRICS:
-                if in_board and metric in leaderboard.columns:
-                    _save(metric_bars(leaderboard, metric, task), tmp / paths[metric])
-                    embedded[task].append(paths[metric])
+            if in_board:
+                _save(metric_panels(leaderboard, task, PLOT_METRICS), tmp / paths["metrics"])
+                embedded[task].append(paths["metrics"])
             order = None
             if in_board:  # heatmap rows: best summary first, then any SAE only in `scores`
                 order = ranked_saes(leaderboard, task)

@@ -14,7 +14,7 @@ from sage_core.report_plots import (
     f1_heatmap,
     f1_matrix,
     leaderboard_text,
-    metric_bars,
+    metric_panels,
     summary_markdown,
 )
 from storage.atomic import MARKER, StoreError, is_complete
@@ -101,17 +101,21 @@ def test_f1_heatmap_shows_the_matrix():
     assert not empty.axes[0].images
 
 
-def test_metric_bars_sorts_colours_controls_and_shows_missing():
-    fig = metric_bars(_leaderboard(), "edit_accuracy_k4", "ioi")
-    ax = fig.axes[0]
-    assert ax.get_title() == "ioi: edit_accuracy_k4"
-    labels = [t.get_text() for t in ax.get_yticklabels()]
-    assert labels == ["sae-b", "random-sae", "sae-a", "oracle-sae"]  # NaN at the bottom, best at the top
-    colours = {lab: bar.get_facecolor() for lab, bar in zip(labels, ax.patches, strict=False)}
-    assert colours["sae-a"] != colours["oracle-sae"] != colours["random-sae"]
-    assert any("n/a" in t.get_text() for t in ax.texts)
+def test_metric_panels_one_panel_per_metric_sorted_by_summary_with_controls_apart():
+    fig = metric_panels(_leaderboard(), "ioi", PLOT_METRICS)
+    axes = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in axes] == [m for m in PLOT_METRICS if m in _leaderboard().columns]
+    labels = [t.get_text() for t in axes[0].get_yticklabels()]
+    assert labels == ["random-sae", "sae-b", "sae-a", "oracle-sae"]  # best summary at the top (drawn last)
+    edit = axes[[ax.get_title() for ax in axes].index("edit_accuracy_k4")]
+    widths = [bar.get_width() for bar in edit.patches]
+    assert widths == [0.1, 0.0, 0.6, 0.9]  # sae-b's NaN drawn as zero and marked
+    assert any("n/a" in t.get_text() for t in edit.texts)
+    colours = {lab: bar.get_facecolor() for lab, bar in zip(labels, axes[0].patches, strict=True)}
+    assert colours["sae-a"] == colours["sae-b"] != colours["oracle-sae"] != colours["random-sae"]
     big = pl.concat([_leaderboard().with_columns(pl.col("sae") + f"-{i}") for i in range(10)])
-    assert metric_bars(big, "summary", "ioi").get_size_inches()[1] > fig.get_size_inches()[1]
+    assert metric_panels(big, "ioi", PLOT_METRICS).get_size_inches()[1] > fig.get_size_inches()[1]
+    plt.close("all")
 
 
 def test_controls_verdict_holds_and_names_violators():
@@ -158,7 +162,7 @@ def test_write_report_writes_everything_once(tmp_path):
     expected = {"README.md", "scores.parquet", "leaderboard.parquet", "failures.parquet", MARKER}
     assert expected <= {p.name for p in out.iterdir()}
     pngs = {p.name for p in (out / "plots").iterdir()}
-    want = {f"{t}-{m}.png" for t in TASKS for m in PLOT_METRICS} | {f"{t}-f1-heatmap.png" for t in TASKS}
+    want = {f"{t}-metrics.png" for t in TASKS} | {f"{t}-f1-heatmap.png" for t in TASKS}
     assert pngs == want
     for name in want:
         assert (out / "plots" / name).read_bytes().startswith(PNG)
