@@ -21,7 +21,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.build_zoo import build_zoo, zoo_if_whole
-from flows.fit import fit_ground_truth
+from flows.fit import fit_ground_truth, ground_truth_if_whole
 from flows.settings import results_in
 from sage_core import mapping as mp
 from sage_core.capture import CaptureRequest
@@ -78,7 +78,8 @@ def evaluate(cfg: EvaluateConfig = EvaluateConfig(), home: str | None = None, ru
     root, name = str(h.root), cfg.zoo.model.name
     tasks = list(cfg.tasks or cfg.zoo.tasks)
     zoo = zoo_if_whole(cfg.zoo, h) or build_zoo(cfg=cfg.zoo, home=root)
-    gt = fit_ground_truth(cfg=cfg.zoo, locate_cfg=cfg.locate, home=root, per_group=cfg.per_group, tasks=tasks)
+    gt = (ground_truth_if_whole(cfg.zoo, cfg.locate, h, cfg.per_group, tasks=tasks)
+          or fit_ground_truth(cfg=cfg.zoo, locate_cfg=cfg.locate, home=root, per_group=cfg.per_group, tasks=tasks))
     model = ct.model_manifest(h, name)
 
     specs = list(cfg.saes) or [f"zoo:{n}" for n in list_zoo_saes(h, name)]

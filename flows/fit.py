@@ -15,8 +15,9 @@ from sage_core.capture import CaptureRequest
 from sage_core.config import ZooConfig
 from sage_core.dictionaries import METHODS
 from sage_core.task_library import get_task
-from storage.hashing import dir_hash
+from storage.hashing import code_version, dir_hash, stable_hash
 from storage.home import SageHome
+from storage.records import read_record, write_record
 from tasks import capture as ct
 from tasks.fit import combine_ground_truth, fit_section, selected_sections
 from tasks.zoo import make_dataset
@@ -48,9 +49,31 @@ def fit_ground_truth(cfg: ZooConfig = ZooConfig(), locate_cfg: LocateConfig = Lo
                             [j[2] for j in jobs], [j[3] for j in jobs], [j[4] for j in jobs],
                             unmapped(list(methods)), unmapped(root))
     out = combine_ground_truth([p.result() for p in parts], root)
+    key = fit_key(model, tok, cfg, locate_cfg, per_group, methods, task_names)
+    write_record(h.ground_truth_record(key), key, out)
     import polars as pl
 
     q = pl.read_parquet(out["quality"])
     create_table_artifact(key="ground-truth-quality", table=q.to_dicts(),
                           description="Supervised dictionaries: sufficiency, necessity, edit accuracy per cross-section")
     return out
+
+
+def fit_key(model: dict, tok: dict, cfg: ZooConfig, locate_cfg: LocateConfig, per_group: int,
+            methods: tuple[str, ...] | list[str], tasks: list[str]) -> str:
+    """Everything that decides the fit flow's output: model and tokenizer content, dataset and search settings, code."""
+    return stable_hash(model["hash"], tok["hash"], cfg, locate_cfg, per_group, list(methods), list(tasks),
+                       code_version("sage_core", "storage", "tasks", "flows"))
+
+
+def ground_truth_if_whole(cfg: ZooConfig, locate_cfg: LocateConfig, home: SageHome, per_group: int,
+                          methods: tuple[str, ...] = METHODS, tasks: list[str] | None = None) -> dict[str, Any] | None:
+    """The fit flow's last output for exactly these inputs when all of it is still on disk: a cheap check that saves
+    the subflow's cached lookups (location search, datasets, captures, one per cross-section) on a re-evaluation."""
+    name = cfg.model.name
+    if not home.model_dir(name).is_dir() or not home.tokenizer_dir(name).is_dir():
+        return None
+    model = ct.model_manifest(home, name)
+    tok = {"path": str(home.tokenizer_dir(name)), "hash": dir_hash(home.tokenizer_dir(name))}
+    key = fit_key(model, tok, cfg, locate_cfg, per_group, methods, list(tasks or cfg.tasks))
+    return read_record(home.ground_truth_record(key), key, lambda m: [m["path"], *(p["path"] for p in m["parts"])])

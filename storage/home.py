@@ -79,6 +79,10 @@ class SageHome:
     def ground_truth_part(self, key: str) -> Path:
         return self.root / "ground_truth" / "parts" / key
 
+    def ground_truth_record(self, key: str) -> Path:
+        """What the fit flow produced for one (model, datasets, location and fit settings, code) key."""
+        return self.root / "ground_truth" / "records" / f"{key}.json"
+
     # scores and reports
     def score_part(self, key: str) -> Path:
         """One scoring unit (an SAE, or a projected pair) on one task."""

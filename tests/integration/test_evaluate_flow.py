@@ -180,6 +180,12 @@ def test_adding_one_sae_scores_only_that_sae(full_run, subset):
     out2 = _evaluate(home, cfg, [f"zoo:{n}" for n in [*first, extra]], core_sequences=16)
     after = _stores(home)
     assert out1["n_failed"] == out2["n_failed"] == 0 and out1["run"] != out2["run"]
+    # re-evaluations read the fit flow's record instead of walking its cached tasks
+    from flows.fit import ground_truth_if_whole
+    from storage.home import SageHome
+
+    record = ground_truth_if_whole(cfg, LCFG, SageHome(home), per_group=1)
+    assert record is not None and record["path"] == out2["ground_truth"] == full["ground_truth"]
 
     new = {label: sorted(set(after[label]) - set(before[label])) for label in STORES}
     gone = {label: sorted(set(before[label]) - set(after[label])) for label in STORES}

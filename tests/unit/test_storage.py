@@ -72,3 +72,25 @@ def test_zoo_record_is_trusted_only_while_everything_it_names_is_whole(tmp_path)
     assert read_zoo_record(h, "m", "k1", ["s1", "s2"]) is None  # a planned SAE is missing
     ds.write_bytes(b"changed")
     assert read_zoo_record(h, "m", "k1", ["s1"]) is None  # a dataset changed on disk
+
+
+def test_flow_record_is_trusted_only_for_its_key_while_its_dirs_are_complete(tmp_path):
+    from storage.atomic import MARKER
+    from storage.records import read_record, write_record
+
+    part = tmp_path / "parts" / "p1"
+    part.mkdir(parents=True)
+    (part / MARKER).write_text("{}")
+    rec = tmp_path / "records" / "k1.json"
+    manifest = {"path": str(part), "parts": [{"path": str(part), "hash": "h"}]}
+    dirs = lambda m: [m["path"], *(p["path"] for p in m["parts"])]  # noqa: E731
+    assert read_record(rec, "k1", dirs) is None  # nothing recorded yet
+    write_record(rec, "k1", manifest)
+    assert read_record(rec, "k1", dirs) == manifest
+    assert not list(rec.parent.glob("*.partial"))
+    assert read_record(rec, "k2", dirs) is None  # another key: other inputs or code
+    (part / MARKER).unlink()
+    assert read_record(rec, "k1", dirs) is None  # a part it names is no longer whole
+    (part / MARKER).write_text("{}")
+    rec.write_text('{"key": "k1", "manif')
+    assert read_record(rec, "k1", dirs) is None  # a torn or edited record is ignored, not trusted
