@@ -108,7 +108,8 @@ def evaluate(cfg: EvaluateConfig = EvaluateConfig(), home: str | None = None, ru
         prep = ct.prepare_capture(model, ds, request, root)
         store = ct.finalize_capture(prep, [ct.capture_shard(prep, model, request, 0, 1)])
         attrs = get_task(t).attribute_names()
-        refs = section_references(model, ds, store, parts, t, attrs, cfg.score.max_test, root)
+        refs = section_references(model, ds, store, parts, t, attrs, cfg.score.max_test, zoo["corpus"],
+                                  cfg.core_sequences, root)
         for u in units:
             if any(u.reaches(c) for c in task_sections):
                 jobs.append((u, t, ds, store, refs, attrs))

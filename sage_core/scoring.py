@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from sage_core.capture import capture_batch
 from sage_core.dictionaries import Dictionary
 from sage_core.ground_truth import (
     CleanSet,
@@ -51,6 +52,7 @@ from sage_core.metrics import (
     interpretability,
     mean_l0,
 )
+from sage_core.model import pad_sequences
 
 FLOOR_ROOM = 0.9  # an attribute whose patch changes < 10% of predictions says nothing about editing
 ABLATION_ROOM = 0.1  # a cross-section whose mean ablation moves LD by < 10% says nothing about faithfulness
@@ -79,6 +81,7 @@ class SectionReference(BaseModel):
     patched_argmax: dict[str, Tensor]  # attribute -> (p,) argmax of the ground-truth patch a <- a(x')
     floor: dict[str, float]  # attribute -> no-intervention agreement with the patch
     supervised_share: dict[str, Tensor]  # attribute -> (p,) the supervised edit's share of â's weight
+    background_mean: Tensor  # (d,) mean activation here over background text: the random control's bias
 
 
 def _logits(model, tokens, positions, section, values, pad_id) -> Tensor:
@@ -87,8 +90,10 @@ def _logits(model, tokens, positions, section, values, pad_id) -> Tensor:
 
 
 def reference(model: HookedTransformer, section: CrossSection, dic: Dictionary, clean: CleanSet,
-              pairs: list[PairSet], pair_labels: dict[str, dict[str, list[str]]], pad_id: int) -> SectionReference:
-    """`pair_labels[attr]` holds every attribute's value on the x side of `attr`'s pairs (for the edit magnitude)."""
+              pairs: list[PairSet], pair_labels: dict[str, dict[str, list[str]]], pad_id: int,
+              background_mean: Float[Tensor, " d"]) -> SectionReference:
+    """`pair_labels[attr]` holds every attribute's value on the x side of `attr`'s pairs (for the edit magnitude);
+    `background_mean` comes from `background_means`."""
     mean = dic.mean.expand_as(clean.acts)
     ld_clean = mean_ld(_logits(model, clean.tokens, clean.positions, section, None, pad_id), clean.answer,
                        clean.competing)
@@ -101,7 +106,33 @@ def reference(model: HookedTransformer, section: CrossSection, dic: Dictionary, 
         patched[ps.attribute], floor[ps.attribute] = p, (base == p).float().mean().item()
         share[ps.attribute] = supervised_share(dic, ps.attribute, pair_labels[ps.attribute])
     return SectionReference(section=section, dictionary=dic, ld_clean=ld_clean, ld_meanabl=ld_meanabl,
-                            patched_argmax=patched, floor=floor, supervised_share=share)
+                            patched_argmax=patched, floor=floor, supervised_share=share,
+                            background_mean=background_mean.detach().to(torch.float32))
+
+
+@torch.no_grad()
+def background_means(model: HookedTransformer, tokens: list[list[int]], pad_id: int, sections: list[CrossSection],
+                     batch_size: int = 64) -> dict[str, Float[Tensor, " d"]]:
+    """Per cross-section label: the mean activation over every real token of background text (BOS and padding left
+    out), sliced to the section's head. What any SAE trained on the model's text can know without the task."""
+    hooks = sorted({s.hook for s in sections})
+    sums: dict[str, np.ndarray] = {}
+    n = 0
+    for i in range(0, len(tokens), batch_size):
+        t = pad_sequences(tokens[i : i + batch_size], pad_id)
+        keep = (t != pad_id).numpy()
+        keep[:, 0] = False
+        acts = capture_batch(model, t, hooks)
+        for h in hooks:
+            sums[h] = sums.get(h, 0) + acts[h][keep].sum(0, dtype=np.float64)
+        n += int(keep.sum())
+    if n == 0:
+        raise ValueError("no background tokens to average over; the corpus's held-out split is empty")
+    out = {}
+    for s in sections:
+        m = sums[s.hook] / n
+        out[s.label] = torch.as_tensor(m[s.head] if s.head is not None else m, dtype=torch.float32)
+    return out
 
 
 def supervised_share(dic: Dictionary, attribute: str, labels: dict[str, list[str]]) -> Tensor:
@@ -131,7 +162,8 @@ def oracle_codes(dic: Dictionary, labels: dict[str, list[str]]) -> SectionCodes:
 
 def random_codes(acts: Float[Tensor, "n d"], mean: Float[Tensor, " d"], cfg: ScoreConfig) -> SectionCodes:
     """The random control: an SAE whose decoder is random unit directions (seeded), with a tied TopK encoder
-    f = TopK(ReLU((a - ā) D^T)) and bias ā."""
+    f = TopK(ReLU((a - m) D^T)) and bias m. Pass the background mean (`SectionReference.background_mean`): like a
+    trained SAE's b_dec it knows the model's text but nothing of the task (the task mean ā is ground truth)."""
     d = acts.shape[1]
     g = torch.Generator().manual_seed(cfg.seed)
     dec = torch.randn(cfg.random_width * d, d, generator=g)

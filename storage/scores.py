@@ -23,7 +23,7 @@ from storage.atomic import StoreError, is_complete, write_once
 
 
 def write_references(d: Path, refs: list[SectionReference], gt_paths: dict[str, str], meta: dict[str, Any]) -> Path:
-    """Tensors (patch argmax, supervised shares) as safetensors, scalars and the dictionary's origin as JSON; the
+    """Tensors (patch argmax, supervised shares, background means) as safetensors, scalars and the dictionary's origin as JSON; the
     dictionary itself stays where the ground-truth stage wrote it (`gt_paths[label]`)."""
     if not is_complete(d):
         with write_once(d, meta) as tmp:
@@ -34,6 +34,7 @@ def write_references(d: Path, refs: list[SectionReference], gt_paths: dict[str, 
                     tensors[f"{label}|patched|{attr}"] = t.contiguous()
                 for attr, t in r.supervised_share.items():
                     tensors[f"{label}|share|{attr}"] = t.contiguous()
+                tensors[f"{label}|bgmean"] = r.background_mean.contiguous()
                 info.append({"section": r.section.model_dump(), "method": r.dictionary.method, "ld_clean": r.ld_clean,
                              "ld_meanabl": r.ld_meanabl, "floor": r.floor, "ground_truth": gt_paths[label]})
             save_file(tensors, str(tmp / "refs.safetensors"))
@@ -54,7 +55,8 @@ def load_references(d: Path) -> list[SectionReference]:
                 for kind in ("patched", "share")}
         out.append(SectionReference(section=section, dictionary=dic, ld_clean=item["ld_clean"],
                                     ld_meanabl=item["ld_meanabl"], patched_argmax=pick["patched"],
-                                    floor=item["floor"], supervised_share=pick["share"]))
+                                    floor=item["floor"], supervised_share=pick["share"],
+                                    background_mean=tensors[f"{label}|bgmean"]))
     return out
 
 

@@ -17,11 +17,18 @@ from pydantic import BaseModel, ConfigDict
 
 from sage_core import mapping as mp
 from sage_core.core_eval import core_metrics
-from sage_core.dictionaries import Dictionary
 from sage_core.ground_truth import CrossSection, build_sets, section_slice, split_rows
 from sage_core.results import Kind, MappingName
 from sage_core.sae_source import LoadedSAE, check_sae
-from sage_core.scoring import ScoreConfig, SectionReference, oracle_codes, random_codes, reference, score_section
+from sage_core.scoring import (
+    ScoreConfig,
+    SectionReference,
+    background_means,
+    oracle_codes,
+    random_codes,
+    reference,
+    score_section,
+)
 from storage import ground_truth as gt_store
 from storage import scores as sc_store
 from storage.activations import ActivationStore
@@ -100,11 +107,13 @@ def _best_method(quality: pl.DataFrame) -> str:
 
 @task(name="section-references", **TASK_DEFAULTS)
 def section_references(model: Manifest, dataset: Manifest, store: Manifest, gt_parts: list[Manifest], task_name: str,
-                       attributes: list[str], max_test: int, home: str) -> Manifest:
-    """Per cross-section of one task: its ground-truth dictionary and what editing and patching it does."""
+                       attributes: list[str], max_test: int, corpus: Manifest, n_background: int,
+                       home: str) -> Manifest:
+    """Per cross-section of one task: its ground-truth dictionary, what editing and patching it does, and the mean
+    activation there over `n_background` held-out background sequences (the random control's bias)."""
     h = SageHome(home)
     key = stable_hash(model["hash"], dataset["hash"], store["hash"], [p["hash"] for p in gt_parts], task_name,
-                      attributes, max_test, code_version(*CODE_PACKAGES))
+                      attributes, max_test, corpus["hash"], n_background, code_version(*CODE_PACKAGES))
     d = h.section_reference(key)
     if not (d / "_COMPLETE.json").is_file():
         m = load_model(model["path"])
@@ -112,6 +121,8 @@ def section_references(model: Manifest, dataset: Manifest, store: Manifest, gt_p
         s = ActivationStore.open(store["path"], expect={"dataset_hash": dataset["hash"]})
         pad = m.tokenizer.pad_token_id
         rows = split_rows(df, attributes, "test", max_test)
+        held = read_corpus(corpus["path"]).filter(pl.col("split") == "heldout")["tokens"].to_list()[:n_background]
+        bg = background_means(m, held, pad, [CrossSection(**p["section_obj"]) for p in gt_parts])
         refs, gt_paths = [], {}
         for part in gt_parts:
             section = CrossSection(**part["section_obj"])
@@ -120,7 +131,7 @@ def section_references(model: Manifest, dataset: Manifest, store: Manifest, gt_p
             _, _, clean, pairs = build_sets(df, s.read(section.hook), section, attributes, "test", max_test)
             pair_labels = {p.attribute: {a: df[f"attr_{a}"].gather(p.x).to_list() for a in attributes}
                            for p in rows.pairs}
-            refs.append(reference(m, section, dic, clean, pairs, pair_labels, pad))
+            refs.append(reference(m, section, dic, clean, pairs, pair_labels, pad, bg[section.label]))
             gt_paths[section.label] = part["path"]
         sc_store.write_references(d, refs, gt_paths, {"task": task_name, "model": model["hash"]})
     return {"path": str(d), "hash": dir_hash(d), "task": task_name}
@@ -133,13 +144,13 @@ def _codes_at(sae: LoadedSAE, acts: np.ndarray, role: int) -> torch.Tensor:
 
 
 def unit_codes(unit: ScoringUnit, section: CrossSection, role: int, store: ActivationStore, saes: list[LoadedSAE],
-               decoders: dict, model, dic: Dictionary, labels: dict[str, list[str]], section_acts: torch.Tensor,
+               decoders: dict, model, ref: SectionReference, labels: dict[str, list[str]], section_acts: torch.Tensor,
                cfg: ScoreConfig) -> mp.SectionCodes:
     """The unit's codes at `section` for every row of the prompt table."""
     if unit.kind == "oracle":
-        return oracle_codes(dic, labels)
+        return oracle_codes(ref.dictionary, labels)
     if unit.kind == "random":
-        return random_codes(section_acts, dic.mean, cfg)
+        return random_codes(section_acts, ref.background_mean, cfg)
     if unit.mapping == "native":
         sae = saes[0]
         codes = _codes_at(sae, store.read(sae.hook), role)
@@ -184,7 +195,7 @@ def score_unit(unit: ScoringUnit, model: Manifest, dataset: Manifest, store: Man
             hook_acts = s.read(section.hook)  # read once: the section's slice and its test sets both come from it
             sec_acts = torch.tensor(section_slice(hook_acts, role, section.head))
             _, _, clean, pairs = build_sets(df, hook_acts, section, attributes, "test", cfg.max_test)
-            codes = unit_codes(unit, section, role, s, saes, decoders, m, ref.dictionary, labels, sec_acts, cfg)
+            codes = unit_codes(unit, section, role, s, saes, decoders, m, ref, labels, sec_acts, cfg)
             sc_pairs = {p.attribute: (codes.rows(p.x), codes.rows(p.xp)) for p in rows.pairs}
             metrics = score_section(m, ref, clean, pairs, codes.rows(rows.clean), sc_pairs, pad, cfg)
             base = {"sae": unit.name, "task": task_name, "hook": section.hook, "head": section.head,

@@ -10,7 +10,15 @@ from sage_core import mapping as mp
 from sage_core.dictionaries import fit
 from sage_core.ground_truth import CrossSection, build_sets, split_rows
 from sage_core.model import ModelConfig, build_model, pad_sequences
-from sage_core.scoring import ScoreConfig, oracle_codes, random_codes, reference, score_section, summary
+from sage_core.scoring import (
+    ScoreConfig,
+    background_means,
+    oracle_codes,
+    random_codes,
+    reference,
+    score_section,
+    summary,
+)
 from sage_core.task import DatasetConfig, generate_prompts
 from sage_core.task_library import get_task
 
@@ -82,9 +90,29 @@ def _section_inputs(tiny, section):
     dic = fit(fit_acts, labels, "mean")
     rows = split_rows(df, attrs, "test")
     pair_labels = {p.attribute: {a: df[f"attr_{a}"].gather(p.x).to_list() for a in attrs} for p in rows.pairs}
-    ref = reference(model, section, dic, clean, pairs, pair_labels, pad)
+    bg = background_means(model, df["tokens"].to_list()[:32], pad, [section])[section.label]
+    ref = reference(model, section, dic, clean, pairs, pair_labels, pad, bg)
     all_labels = {a: df[f"attr_{a}"].to_list() for a in attrs}
     return model, pad, dic, clean, pairs, rows, ref, all_labels
+
+
+def test_background_means_match_run_with_cache(tiny):
+    """Mean over every real token but BOS, batched and padded, equals the per-sequence brute force."""
+    model, df, _, pad = tiny
+    seqs = df["tokens"].to_list()[:10]
+    seqs = [seqs[0][:5], *seqs[1:]]  # lengths differ: padding must not enter the mean
+    secs = [CrossSection(hook="blocks.0.hook_resid_post", role="END"),
+            CrossSection(hook="blocks.0.attn.hook_z", head=1, role="END")]
+    got = background_means(model, seqs, pad, secs, batch_size=3)
+    for sec in secs:
+        rows = []
+        for s in seqs:
+            _, cache = model.run_with_cache(torch.tensor([s]))
+            a = cache[sec.hook][0, 1:]
+            rows.append(a[:, sec.head] if sec.head is not None else a)
+        assert torch.allclose(got[sec.label], torch.cat(rows).mean(0), atol=1e-5), sec.label
+    with pytest.raises(ValueError, match="held-out"):
+        background_means(model, [s[:1] for s in seqs], pad, secs)
 
 
 def test_oracle_and_random_controls(tiny):
@@ -104,7 +132,7 @@ def test_oracle_and_random_controls(tiny):
     n_seen = sum(dic.has(a, v) for a in clean.labels for v in clean.labels[a]) / len(clean.tokens)
     assert o["l0"] == pytest.approx(n_seen)  # one active feature per attribute whose value the dictionary has
     a_all = torch.as_tensor(acts[section.hook][:, 3])
-    rnd = random_codes(a_all, dic.mean, cfg)
+    rnd = random_codes(a_all, ref.background_mean, cfg)
     sc_pairs = {p.attribute: (rnd.rows(p.x), rnd.rows(p.xp)) for p in rows.pairs}
     r = score_section(model, ref, clean, pairs, rnd.rows(rows.clean), sc_pairs, pad, cfg)
     assert r["mcc"] < 0.9 < o["mcc"]
