@@ -16,6 +16,7 @@ from jaxtyping import Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from sage_core.model import real_mask, trim_padding
 from sage_core.sae_zoo import ce_recovered
 
 
@@ -39,8 +40,8 @@ def core_metrics(
     fired = torch.zeros(d_sae, dtype=torch.bool)
     for i in range(0, len(tokens), batch_size):
         t = tokens[i : i + batch_size]
-        t = t[:, : int((t != pad_id).sum(1).max())]
-        real = t != pad_id  # (b, pos)
+        t = trim_padding(t, pad_id)
+        real = real_mask(t, pad_id)  # (b, pos)
         keep = real.clone()
         keep[:, 0] = False  # BOS is neither replaced nor judged
         stats: dict[str, Tensor] = {}

@@ -52,6 +52,19 @@ def build_model(cfg: ModelConfig, d_vocab: int, tokenizer=None) -> HookedTransfo
     return HookedTransformer(cfg.hooked_config(d_vocab), tokenizer=tokenizer, move_to_device=False)
 
 
+def real_mask(tokens: Int[Tensor, "b pos"], pad_id: int) -> Tensor:
+    """(b, pos) bool: True up to each row's last non-pad token. Counting `tokens != pad` would drop BOS wherever the
+    pad token is BOS (GPT-2 pads with <|endoftext|>, which is also its BOS)."""
+    pos = torch.arange(tokens.shape[1])
+    last = torch.where(tokens != pad_id, pos, 0).max(1).values  # position 0 is BOS in every SAGE sequence
+    return pos[None, :] <= last[:, None]
+
+
+def trim_padding(tokens: Int[Tensor, "b pos"], pad_id: int) -> Int[Tensor, "b pos2"]:
+    """Drop trailing columns that are padding in every row (shorter sequences, same results: attention is causal)."""
+    return tokens[:, : int(real_mask(tokens, pad_id).sum(1).max())]
+
+
 def pad_sequences(seqs: Sequence[Sequence[int]], pad_id: int, length: int | None = None) -> Int[Tensor, "n pos"]:
     """Right-pad token lists into one tensor (causal attention: padding never affects the real positions)."""
     length = length or max(len(s) for s in seqs)
@@ -96,7 +109,7 @@ def train_model(
         batch = tokens[perm[cursor : cursor + cfg.batch_size]]
         cursor += cfg.batch_size
         # trim trailing all-pad columns: shorter sequences, same loss
-        batch = batch[:, : int((batch != pad_id).sum(1).max())]
+        batch = trim_padding(batch, pad_id)
         loss = lm_loss(model, batch, pad_id)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -34,6 +34,8 @@ from sae_lens import (  # noqa: E402
 from sae_lens.config import SAETrainerConfig  # noqa: E402
 from sae_lens.saes.sae import SAEMetadata  # noqa: E402
 
+from sage_core.model import real_mask, trim_padding  # noqa: E402
+
 Architecture = Literal["standard", "topk", "jumprelu"]
 
 
@@ -186,8 +188,8 @@ def capture_activations(
     got = 0
     for i in range(0, len(tokens), batch_size):
         t = tokens[i : i + batch_size]
-        t = t[:, : int((t != pad_id).sum(1).max())]
-        keep = (t != pad_id).numpy()
+        t = trim_padding(t, pad_id)
+        keep = real_mask(t, pad_id).numpy()
         keep[:, 0] = False
         acts = capture_batch(model, t, hooks)
         for h in hooks:
@@ -253,7 +255,7 @@ def mean_ce(
     with model.hooks(fwd_hooks=hooks):
         for i in range(0, len(tokens), batch_size):
             t = tokens[i : i + batch_size]
-            t = t[:, : int((t != pad_id).sum(1).max())]
+            t = trim_padding(t, pad_id)
             total += len(t) * lm_loss(model, t, pad_id).item()
             n += len(t)
     return total / n

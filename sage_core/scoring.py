@@ -52,7 +52,7 @@ from sage_core.metrics import (
     interpretability,
     mean_l0,
 )
-from sage_core.model import pad_sequences
+from sage_core.model import pad_sequences, real_mask
 
 FLOOR_ROOM = 0.9  # an attribute whose patch changes < 10% of predictions says nothing about editing
 ABLATION_ROOM = 0.1  # a cross-section whose mean ablation moves LD by < 10% says nothing about faithfulness
@@ -120,7 +120,7 @@ def background_means(model: HookedTransformer, tokens: list[list[int]], pad_id: 
     n = 0
     for i in range(0, len(tokens), batch_size):
         t = pad_sequences(tokens[i : i + batch_size], pad_id)
-        keep = (t != pad_id).numpy()
+        keep = real_mask(t, pad_id).numpy()
         keep[:, 0] = False
         acts = capture_batch(model, t, hooks)
         for h in hooks:

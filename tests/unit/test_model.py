@@ -54,3 +54,15 @@ def test_answer_metrics_by_hand():
     logits = torch.tensor([[0.0, 2.0, 1.0], [0.0, 1.0, 3.0]])
     m = answer_metrics(logits, answer=torch.tensor([1, 1]), competing=torch.tensor([2, 2]))
     assert m["accuracy"] == 0.5 and abs(m["logit_diff"] - (-0.5)) < 1e-6 and m["top1"] == 0.5
+
+
+def test_real_mask_keeps_bos_when_the_pad_token_is_bos():
+    """GPT-2 pads with <|endoftext|>, its BOS: counting non-pad tokens would drop BOS and cut the last real token."""
+    from sage_core.model import pad_sequences, real_mask, trim_padding
+
+    seqs = [[7, 1, 2], [7, 3], [7]]
+    t = pad_sequences(seqs, pad_id=7, length=5)  # pad == BOS == 7
+    want = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 0, 0, 0, 0]], dtype=torch.bool)
+    assert torch.equal(real_mask(t, 7), want)
+    assert trim_padding(t, 7).shape == (3, 3)
+    assert torch.equal(real_mask(pad_sequences(seqs, pad_id=0, length=4), 0)[:, :3], want[:, :3])
