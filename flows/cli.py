@@ -447,11 +447,25 @@ def _watch_scoring(root: Path, since: float, done_event) -> None:
         bar.update(t, description=f"scoring: {count()} SAE x task units computed (the rest were cached)")
 
 
+def _check_pretrained_name(name: str) -> None:
+    """Fail in a line, before Prefect starts, on a name TransformerLens cannot load (with the closest names)."""
+    import difflib
+
+    from transformer_lens.loading_from_pretrained import OFFICIAL_MODEL_NAMES, make_model_alias_map
+
+    aliases = make_model_alias_map()
+    if name.lower() not in aliases:
+        close = difflib.get_close_matches(name, list(OFFICIAL_MODEL_NAMES) + list(aliases), n=3)
+        raise ValueError(f"unknown model {name!r}: not the built-in zoo model and not a TransformerLens model name"
+                         + (f"; closest: {', '.join(close)}" if close else "; see `sage zoo info` for the zoo model"))
+
+
 @app.command("evaluate")
 def evaluate_cmd(
     home: str = typer.Option(None, envvar="SAGE_HOME", help="data root (default ./sage-data)"),
-    model: str = typer.Option(None, help="the zoo model to evaluate on, built if missing (default: sage-tiny, or "
-                                         "sage-test with --tiny)"),
+    model: str = typer.Option(None, help="the built-in zoo model (default: sage-tiny, or sage-test with --tiny; built "
+                                         "if missing) or a TransformerLens model name for from_pretrained, e.g. "
+                                         "gpt2 (then --saes is required)"),
     saes: str = typer.Option(None, help="comma-separated SAE specs: zoo:<name>, a SAELens directory, "
                                         "<release>/<sae_id>, py:<module>:<attr> (default: every zoo SAE)"),
     tasks: str = typer.Option(None, help="comma-separated task names (default: all the zoo's tasks)"),
@@ -471,16 +485,20 @@ def evaluate_cmd(
 
     try:
         zoo = ZooConfig.tiny() if tiny else ZooConfig()
-        if model is not None and model != zoo.model.name:
-            raise ValueError(f"unknown model {model!r}: this SAGE evaluates its zoo model {zoo.model.name!r} "
-                             f"({'drop --tiny' if tiny else 'or sage-test with --tiny'}); see `sage zoo info`")
+        pretrained = model if model is not None and model != zoo.model.name else None
+        if pretrained is not None:
+            _check_pretrained_name(pretrained)
+            if not saes:
+                raise ValueError(f"--model {pretrained} needs --saes (a SAELens release/sae_id or directory): the "
+                                 "zoo's SAEs belong to the built-in model")
         task_list = tuple(t.strip() for t in tasks.split(",") if t.strip()) if tasks else None
         for t in task_list or ():
             get_task(t)
             if t not in zoo.tasks:
                 raise ValueError(f"task {t!r} is not one of the zoo's tasks {list(zoo.tasks)}")
         spec_list = tuple(x.strip() for x in saes.split(",") if x.strip()) if saes else ()
-        cfg = EvaluateConfig(zoo=zoo, saes=spec_list, tasks=task_list, per_group=per_group, projections=projections)
+        cfg = EvaluateConfig(zoo=zoo, pretrained=pretrained, saes=spec_list, tasks=task_list, per_group=per_group,
+                             projections=projections)
     except ValueError as exc:
         _fail(exc)
     from flows.evaluate import run_evaluate
@@ -508,7 +526,25 @@ def evaluate_cmd(
         console.print(f"[yellow]{out['n_failed']} SAE(s) or stage(s) failed (the rest completed):[/]")
         for f in failures.iter_rows(named=True):
             console.print(f"  failed: {f['sae']} ({f['stage']}): {f['error']}", soft_wrap=True, highlight=False)
+    _print_unreached(out, listed=bool(spec_list))
     console.print(f"evaluated in {time.perf_counter() - t0:.1f}s; report: {out['report']}/README.md")
+
+
+def _print_unreached(out: dict, listed: bool) -> None:
+    """SAEs a task could not score: their hook holds none of its kept cross-sections (named when the user chose the
+    SAEs, counted for the whole zoo)."""
+    by_task: dict[str, list[dict]] = {}
+    for u in out.get("unreached", []):
+        by_task.setdefault(u["task"], []).append(u)
+    for task, items in by_task.items():
+        kept = ", ".join(out.get("sections", {}).get(task, [])) or "none"
+        if listed:
+            for u in items:
+                console.print(f"not scored on {task}: {u['sae']} (no kept cross-section at {u['hook']}; kept hooks: "
+                              f"{kept})", soft_wrap=True, highlight=False)
+        else:
+            console.print(f"{task}: {len(items)} SAE(s) sit at hooks without a kept cross-section (kept hooks: {kept})",
+                          soft_wrap=True, highlight=False)
 
 
 @app.command("schema")

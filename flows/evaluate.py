@@ -22,6 +22,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.build_zoo import build_zoo, zoo_if_whole
 from flows.fit import fit_ground_truth, ground_truth_if_whole
+from flows.pretrained import prepare_pretrained
 from flows.settings import results_in
 from sage_core import mapping as mp
 from sage_core.capture import CaptureRequest
@@ -75,11 +76,18 @@ def _short(hook: str) -> str:
 @flow(name="evaluate", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=True)
 def evaluate(cfg: EvaluateConfig = EvaluateConfig(), home: str | None = None, run: str | None = None) -> dict[str, Any]:
     h = SageHome(home)
-    root, name = str(h.root), cfg.zoo.model.name
-    tasks = list(cfg.tasks or cfg.zoo.tasks)
-    zoo = zoo_if_whole(cfg.zoo, h) or build_zoo(cfg=cfg.zoo, home=root)
-    gt = (ground_truth_if_whole(cfg.zoo, cfg.locate, h, cfg.per_group, tasks=tasks)
-          or fit_ground_truth(cfg=cfg.zoo, locate_cfg=cfg.locate, home=root, per_group=cfg.per_group, tasks=tasks))
+    zcfg = cfg.model_zoo()
+    root, name = str(h.root), zcfg.model.name
+    tasks = list(cfg.tasks or zcfg.tasks)
+    if cfg.pretrained and not cfg.saes:
+        raise ValueError(f"no SAEs given for {cfg.pretrained}: pass --saes (a SAELens release/sae_id or directory); "
+                         "the zoo's SAEs belong to the built-in model")
+    if cfg.pretrained:
+        zoo = prepare_pretrained(pretrained=cfg.pretrained, cfg=zcfg, home=root)
+    else:
+        zoo = zoo_if_whole(zcfg, h) or build_zoo(cfg=zcfg, home=root)
+    gt = (ground_truth_if_whole(zcfg, cfg.locate, h, cfg.per_group, tasks=tasks)
+          or fit_ground_truth(cfg=zcfg, locate_cfg=cfg.locate, home=root, per_group=cfg.per_group, tasks=tasks))
     model = ct.model_manifest(h, name)
 
     specs = list(cfg.saes) or [f"zoo:{n}" for n in list_zoo_saes(h, name)]
@@ -95,7 +103,7 @@ def evaluate(cfg: EvaluateConfig = EvaluateConfig(), home: str | None = None, ru
     parts_by_task = {t: [p for p in gt["parts"] if p["task"] == t] for t in tasks}
     sections = [CrossSection(**p["section_obj"]) for ps in parts_by_task.values() for p in ps]
     units = plan_units(saes, sections, cfg)
-    jobs = []
+    jobs, unreached = [], []  # unreached: SAEs whose hook holds none of a task's kept cross-sections
     for t in tasks:
         ds, parts = datasets[t], parts_by_task[t]
         if not parts:
@@ -113,6 +121,8 @@ def evaluate(cfg: EvaluateConfig = EvaluateConfig(), home: str | None = None, ru
         for u in units:
             if any(u.reaches(c) for c in task_sections):
                 jobs.append((u, t, ds, store, refs, attrs))
+            elif u.kind == "trained" and u.mapping == "native":
+                unreached.append({"sae": u.name, "task": t, "hook": u.saes[0]["hook"]})
     futures = score_unit.map([j[0] for j in jobs], unmapped(model), [j[2] for j in jobs], [j[3] for j in jobs],
                              [j[4] for j in jobs], [j[1] for j in jobs], [j[5] for j in jobs], unmapped(name),
                              unmapped(cfg.score), unmapped(root), return_state=True)
@@ -150,13 +160,14 @@ def evaluate(cfg: EvaluateConfig = EvaluateConfig(), home: str | None = None, ru
     run_key = stable_hash(model["hash"], gt["hash"], sorted(part_hashes), failures, core,
                           code_version("sage_core", "storage", "tasks", "flows"))
     run = run or f"run-{run_key[:12]}"
-    meta = {"run": run, "model": name, "model_hash": model["hash"], "tasks": tasks, "n_saes": len(specs),
+    meta = {"run": run, "model": cfg.pretrained or name, "model_hash": model["hash"], "tasks": tasks, "n_saes": len(specs),
             "created": time.strftime("%Y-%m-%d %H:%M:%S"), "ground_truth": gt["path"]}
     out_dir = sc_store.write_run(h.scores_dir(run), scores, board, fail_df, meta)
     report = write_report(h.report_dir(run), scores, board, fail_df, meta)
     _publish(board, fail_df, meta)
     return {"run": run, "scores": str(out_dir / "scores.parquet"), "leaderboard": str(out_dir / "leaderboard.parquet"),
-            "report": str(report), "n_failed": len(failures), "ground_truth": gt["path"]}
+            "report": str(report), "n_failed": len(failures), "ground_truth": gt["path"], "unreached": unreached,
+            "sections": {t: sorted({p["section_obj"]["hook"] for p in parts_by_task[t]}) for t in tasks}}
 
 
 def _publish(board: pl.DataFrame, failures: pl.DataFrame, meta: dict) -> None:

@@ -61,6 +61,8 @@ class EvaluateConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True)
     zoo: ZooConfig = ZooConfig()
+    pretrained: str | None = Field(None, description="a TransformerLens model name (HookedTransformer.from_pretrained) "
+                                                     "to evaluate instead of the built-in model; needs `saes`")
     saes: tuple[str, ...] = Field((), description="SAE specs (zoo:<name>, a directory, release/sae_id, "
                                                   "py:module:attr); empty = every SAE of the built-in zoo")
     tasks: tuple[str, ...] | None = Field(None, description="a subset of the zoo's tasks (default: all)")
@@ -70,3 +72,16 @@ class EvaluateConfig(BaseModel):
     core_sequences: int = Field(256, ge=1, description="held-out background sentences for the core metrics")
     projections: bool = Field(True, description="also score residual SAE families projected onto sub-layer places")
     controls: bool = Field(True, description="oracle and random-decoder reference rows")
+
+    def model_zoo(self) -> ZooConfig:
+        """The zoo config every stage runs under: the built-in zoo, or for a pretrained model the same tasks, prompt
+        and corpus settings with the model's own zoo directory name (no model or SAEs are trained for it)."""
+        if self.pretrained is None:
+            return self.zoo
+        return self.zoo.model_copy(update={"model": self.zoo.model.model_copy(
+            update={"name": pretrained_dir_name(self.pretrained)})})
+
+
+def pretrained_dir_name(name: str) -> str:
+    """A pretrained model's directory under zoo/ ("EleutherAI/pythia-70m" -> "EleutherAI__pythia-70m")."""
+    return name.replace("/", "__")

@@ -5,6 +5,7 @@ and returns a small manifest (paths + content hashes), never tensors.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -110,6 +111,31 @@ def train_model(cfg: ZooConfig, tokenizer: Manifest, corpus: Manifest, home: str
     return {"path": str(path), "hash": zoo_store.model_hash(path), "build_key": build_key}
 
 
+@task(name="import-model", **{**TASK_DEFAULTS, "cache_key_fn": None, "persist_result": False})
+def import_model(pretrained: str, zoo_name: str, home: str) -> Manifest:
+    """`HookedTransformer.from_pretrained(pretrained)` saved once under zoo/<zoo_name>/model (config, processed weights,
+    tokenizer), so every later stage loads it like the built-in model and keys its results on its content hash.
+
+    Not cached by Prefect: the on-disk check is as cheap, and it notices a deleted directory."""
+    h = SageHome(home)
+    path = h.model_dir(zoo_name)
+    if zoo_store.model_is_complete(path):
+        source = zoo_store.read_train_meta(path).get("pretrained")
+        if source != pretrained:
+            raise zoo_store.StoreError(f"{path} holds {source or 'a model SAGE trained'}, not {pretrained!r}; "
+                                       "delete that directory or use another SAGE_HOME")
+    else:
+        from transformer_lens import HookedTransformer
+
+        m = HookedTransformer.from_pretrained(pretrained, device="cpu")
+        if m.tokenizer is None or m.tokenizer.bos_token_id is None:
+            raise ValueError(f"{pretrained}: its tokenizer has no BOS token; SAGE prompts start with BOS")
+        zoo_store.save_tokenizer(h.tokenizer_dir(zoo_name), m.tokenizer)
+        zoo_store.save_model(h, zoo_name, m, {"pretrained": pretrained,
+                                              "loader": "transformer_lens.HookedTransformer.from_pretrained"})
+    return {"path": str(path), "hash": zoo_store.model_hash(path)}
+
+
 @task(name="evaluate-model", **TASK_DEFAULTS)
 def evaluate_model(model: Manifest, datasets: list[Manifest], home: str) -> Manifest:
     """Per task, on held-out test prompts: accuracy (answer outranks the competing answer) and mean logit diff."""
@@ -122,7 +148,8 @@ def evaluate_model(model: Manifest, datasets: list[Manifest], home: str) -> Mani
                                        torch.as_tensor(df["cf_answer_token"].to_list()))
         rows.append({"task": ds["task"], **met})
     table = pl.DataFrame(rows)
-    path = zoo_store.write_table(SageHome(home).zoo_report(m.cfg.model_name) / "task_metrics.parquet", table)
+    name = Path(model["path"]).parent.name  # the zoo directory (an imported model's cfg.model_name may differ)
+    path = zoo_store.write_table(SageHome(home).zoo_report(name) / "task_metrics.parquet", table)
     return {"path": str(path), "rows": rows}
 
 

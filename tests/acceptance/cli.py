@@ -11,6 +11,6 @@ SAGE = [sys.executable, "-m", "flows.cli"]
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run(args, home, timeout=900):
-    env = {**os.environ, "SAGE_HOME": str(home)}
+def run(args, home, timeout=900, env=None):
+    env = {**os.environ, **(env or {}), "SAGE_HOME": str(home)}
     return subprocess.run(SAGE + args, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)

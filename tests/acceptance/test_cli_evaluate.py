@@ -62,8 +62,9 @@ def test_unknown_release_is_reported_and_the_run_completes(evaluated):
 
 
 def test_evaluate_unknown_model_fails_with_one_line(tmp_path):
-    r = run(["evaluate", "--model", "gpt2"], tmp_path / "home", timeout=300)
-    assert r.returncode == 2 and one_line_error(r) and "gpt2" in r.stdout, r.stdout + r.stderr[-2000:]
+    r = run(["evaluate", "--model", "no-such-model", "--saes", "a/b"], tmp_path / "home", timeout=300)
+    assert r.returncode == 2 and one_line_error(r) and "unknown model 'no-such-model'" in r.stdout, \
+        r.stdout + r.stderr[-2000:]
     assert not (tmp_path / "home" / "zoo").exists()
 
 

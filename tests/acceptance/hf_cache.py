@@ -1,0 +1,35 @@
+"""A Hugging Face hub cache holding a tiny random-weight "gpt2", so the real `HookedTransformer.from_pretrained("gpt2")`
+path runs offline (HF_HOME=<root>, HF_HUB_OFFLINE=1). Like GPT-2, its tokenizer pads with its BOS token."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+REVISION = "0" * 40
+
+
+def write_fake_gpt2(root: Path, tasks: tuple[str, ...], d_model: int = 64, n_layers: int = 2) -> dict[str, str]:
+    """Write models--gpt2 under `root`/hub; returns the environment that makes `from_pretrained("gpt2")` read it."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from sage_core.corpus import background_vocabulary
+    from sage_core.task_library import get_task
+    from sage_core.tokenizer import build_tokenizer
+
+    repo = root / "hub" / "models--gpt2"
+    snap = repo / "snapshots" / REVISION
+    snap.mkdir(parents=True, exist_ok=True)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(REVISION)
+    words = background_vocabulary()
+    for t in tasks:
+        words |= get_task(t).vocabulary()
+    tok = build_tokenizer(words)
+    tok.pad_token = tok.bos_token  # as GPT-2 (TransformerLens pads with <|endoftext|>, its BOS)
+    tok.save_pretrained(str(snap))
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(n_layer=n_layers, n_embd=d_model, n_head=4, n_positions=64, n_ctx=64,
+                               vocab_size=len(tok), bos_token_id=tok.bos_token_id,
+                               eos_token_id=tok.bos_token_id)).save_pretrained(str(snap))
+    return {"HF_HOME": str(root), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}

@@ -1,0 +1,85 @@
+"""`sage evaluate --model gpt2` through the real `HookedTransformer.from_pretrained` path, offline: a tiny random-weight
+"gpt2" in a local Hugging Face cache, and a SAELens-layout SAE directory at one of its hooks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from tests.acceptance.cli import run
+from tests.acceptance.hf_cache import write_fake_gpt2
+
+pytestmark = [pytest.mark.acceptance, pytest.mark.slow]
+
+HOOKS = ("blocks.0.hook_resid_pre", "blocks.0.hook_resid_post", "blocks.1.hook_resid_post")
+
+
+def one_line_error(r) -> bool:
+    lines = [ln for ln in r.stdout.splitlines() if ln.strip()]
+    return len(lines) == 1 and lines[0].startswith("error:")
+
+
+@pytest.fixture(scope="module")
+def pretrained_run(tmp_path_factory):
+    from sae_lens import StandardSAE, StandardSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    root = tmp_path_factory.mktemp("pretrained")
+    env = write_fake_gpt2(root / "hf", tasks=("ioi", "sva"))
+    dirs = []
+    for hook in HOOKS:  # every residual point: the search keeps a residual cross-section per attribute
+        sae = StandardSAE(StandardSAEConfig(d_in=64, d_sae=128,
+                                            metadata=SAEMetadata(hook_name=hook, model_name="gpt2")))
+        dirs.append(root / f"sae-{hook}")
+        sae.save_model(dirs[-1])
+    home = root / "home"
+    r = run(["evaluate", "--tiny", "--model", "gpt2", "--saes", ",".join(map(str, dirs)), "--tasks", "ioi",
+             "--per-group", "1"], home, env=env)
+    return home, root, env, r
+
+
+def test_evaluate_a_from_pretrained_model(pretrained_run):
+    home, root, _, r = pretrained_run
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    model_dir = home / "zoo" / "gpt2" / "model"
+    meta = json.loads((model_dir / "train_meta.json").read_text())
+    assert meta["pretrained"] == "gpt2" and (model_dir / "_MODEL_COMPLETE.json").is_file()
+    assert not (home / "zoo" / "sage-test").exists()  # the built-in zoo is neither built nor touched
+    report = Path(r.stdout.split("report:")[-1].split()[0])
+    board = pl.read_parquet(report.parent / "leaderboard.parquet")
+    assert set(board["sae"]) >= {"control:oracle", "control:random"}
+    assert "gpt2" in (report.parent / "README.md").read_text()
+    # the prompts were tokenised by the imported model's own tokenizer (pad == BOS there, as in GPT-2)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir / "tokenizer"))
+    assert tok.pad_token_id == tok.bos_token_id
+    prompts = pl.read_parquet(next((home / "datasets" / "ioi").glob("*/prompts.parquet")))
+    first = prompts.row(0, named=True)
+    assert tok.decode(first["tokens"][1:]).split()[:2] == first["text"].split()[:2]
+
+
+def test_saes_at_the_kept_residual_cross_sections_are_scored(pretrained_run):
+    home, root, _, r = pretrained_run
+    report = Path(r.stdout.split("report:")[-1].split()[0])
+    scores = pl.read_parquet(report.parent / "scores.parquet")
+    failures = report.parent / "failures.parquet"
+    assert not failures.exists() or pl.read_parquet(failures).height == 0, pl.read_parquet(failures)
+    trained = scores.filter(pl.col("mapping") == "native")
+    assert trained.height and set(trained["sae"]) <= {f"sae-{h}" for h in HOOKS}
+    assert trained.filter(pl.col("metric") == "summary")["value"].is_not_nan().any()
+    for h in HOOKS:  # an SAE the task could not score is named, with the hooks it could have sat at
+        if f"sae-{h}" not in set(trained["sae"]):
+            assert f"not scored on ioi: sae-{h} (no kept cross-section at {h}" in r.stdout, r.stdout
+
+
+def test_pretrained_model_without_saes_or_with_a_typo_fails_in_one_line(pretrained_run, tmp_path):
+    _, _, env, _ = pretrained_run
+    r = run(["evaluate", "--model", "gpt2"], tmp_path / "h1", timeout=300, env=env)
+    assert r.returncode == 2 and one_line_error(r) and "--saes" in r.stdout, r.stdout + r.stderr[-2000:]
+    r = run(["evaluate", "--model", "gtp2", "--saes", "x/y"], tmp_path / "h2", timeout=300, env=env)
+    assert r.returncode == 2 and one_line_error(r) and "gpt2" in r.stdout, r.stdout + r.stderr[-2000:]
+    assert not (tmp_path / "h1" / "zoo").exists() and not (tmp_path / "h2" / "zoo").exists()
