@@ -87,7 +87,11 @@ def f1_scores(active: Bool[Tensor, "n m"], labels: dict[str, list[str]]) -> list
 def interpretability(active: Bool[Tensor, "n m"], labels: dict[str, list[str]]) -> dict[str, float]:
     """f1_<attr> = mean over the attribute's values of the best F1; f1_mean = mean of those over attributes;
     coverage = share of all (attribute, value) whose best F1 >= 0.6."""
-    rows = f1_scores(active, labels)
+    return summarise_f1(f1_scores(active, labels))
+
+
+def summarise_f1(rows: list[dict]) -> dict[str, float]:
+    """`interpretability` from already computed `f1_scores` rows."""
     per_attr: dict[str, list[float]] = {}
     for r in rows:
         per_attr.setdefault(r["attribute"], []).append(r["f1"])

@@ -49,8 +49,8 @@ from sage_core.metrics import (
     explained_variance,
     f1_scores,
     greedy_edit,
-    interpretability,
     mean_l0,
+    summarise_f1,
 )
 from sage_core.model import pad_sequences, real_mask
 
@@ -234,9 +234,9 @@ def score_section(
         out[f"edit_magnitude_k{k}"] = float(np.nanmean(mag[k])) if mag[k] and not np.all(np.isnan(mag[k])) \
             else float("nan")
 
-    inter = interpretability(sc_clean.codes > 0, clean.labels)
-    out.update(inter)
-    for r in f1_scores(sc_clean.codes > 0, clean.labels):
+    f1_rows = f1_scores(sc_clean.codes > 0, clean.labels)
+    out.update(summarise_f1(f1_rows))
+    for r in f1_rows:
         out[f"f1:{r['attribute']}={r['value']}"] = r["f1"]
     gt, _ = dic.matrix()
     al = best_alignment(gt, sc_clean.decoder)
