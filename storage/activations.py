@@ -21,15 +21,19 @@ import asyncio
 import hashlib
 import json
 import os
+import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
+from numcodecs import Blosc
+from zarr.codecs import BloscCodec, BytesCodec
+from zarr.codecs.bytes import Endian
 from zarr.core.sync import sync
 
 from storage.atomic import MARKER, StoreError
@@ -185,15 +189,26 @@ class ActivationStore:
         for hook in self.hooks:
             if arrays[hook].shape[0] != stop - start:
                 raise StoreError(f"chunk {i} of {hook}: got {arrays[hook].shape[0]} prompts, expected {stop - start}")
-
-        jobs = [(self._array(h).async_array, to_storage(arrays[h], dtype)) for h in self.hooks]
-
-        async def write_all() -> None:  # every hook's chunk at once: encoding and file writes overlap in zarr's loop
-            await asyncio.gather(*[arr.setitem(slice(start, stop), data) for arr, data in jobs])
-
+        files = self._chunk_files(i)
         try:
-            sync(write_all())
-            self._record(i)
+            encoders = {h: _chunk_encoder(self._array(h)) for h in self.hooks}
+            if all(encoders.values()):
+                def write_one(h: str) -> tuple[str, str]:
+                    data = _pad_chunk(to_storage(arrays[h], dtype), self._array(h).chunks)
+                    return h, _write_file(self.path / files[h], encoders[h](data))
+
+                # every hook's chunk at once: Blosc and file writes release the GIL
+                with ThreadPoolExecutor(max_workers=min(4, len(self.hooks))) as pool:
+                    hashes = dict(pool.map(write_one, self.hooks))
+            else:  # a codec chain we do not encode ourselves: zarr's own pipeline
+                jobs = [(self._array(h).async_array, to_storage(arrays[h], dtype)) for h in self.hooks]
+
+                async def write_all() -> None:
+                    await asyncio.gather(*[arr.setitem(slice(start, stop), data) for arr, data in jobs])
+
+                sync(write_all())
+                hashes = {}
+            self._record(i, hashes)
         except OSError as exc:
             raise StoreError(
                 f"could not write chunk {i} of {self.path}: {exc.strerror or exc}; fix the disk (space, permissions) "
@@ -208,8 +223,11 @@ class ActivationStore:
             out[name] = "/".join([name, "c", str(i), *["0"] * (ndim - 1)])
         return out
 
-    def _record(self, i: int) -> None:
-        hashes = {name: _file_sha(self.path / rel) for name, rel in self._chunk_files(i).items()}
+    def _record(self, i: int, known: dict[str, str] | None = None) -> None:
+        """Record chunk `i` as done with the content hash of each of its files (`known`: hashes of bytes just written,
+        so they are not read back)."""
+        known = known or {}
+        hashes = {name: known.get(name) or _file_sha(self.path / rel) for name, rel in self._chunk_files(i).items()}
         d = self.path / "_progress"
         d.mkdir(exist_ok=True)
         tmp = d / f".{i:06d}.json.tmp-{os.getpid()}"
@@ -309,6 +327,42 @@ def _quiet_zarr() -> Iterator[None]:
         warnings.filterwarnings("ignore", message=".*is not recognized as a component of a Zarr hierarchy")
         warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
         yield
+
+
+def _chunk_encoder(arr: zarr.Array) -> Callable[[np.ndarray], bytes] | None:
+    """The bytes zarr would write for one whole chunk, without its async pipeline (which ran at 190–310 MiB/s here
+    against ~800 MiB/s for Blosc itself): for the codec chains SAGE creates, little-endian bytes then optionally Blosc.
+    None for any other chain (the caller falls back to zarr)."""
+    codecs = tuple(arr.metadata.codecs)
+    if not codecs or not isinstance(codecs[0], BytesCodec) or codecs[0].endian not in (None, Endian.little):
+        return None
+    if len(codecs) == 1:
+        return lambda a: np.ascontiguousarray(a).astype(a.dtype.newbyteorder("<"), copy=False).tobytes()
+    if len(codecs) == 2 and isinstance(codecs[1], BloscCodec):
+        c = codecs[1]
+        shuffle = {"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE, "bitshuffle": Blosc.BITSHUFFLE}[c.shuffle.value]
+        blosc = Blosc(cname=c.cname.value, clevel=c.clevel, shuffle=shuffle, blocksize=c.blocksize, typesize=c.typesize)
+        return lambda a: bytes(blosc.encode(np.ascontiguousarray(a)))
+    return None
+
+
+def _pad_chunk(a: np.ndarray, chunks: tuple[int, ...]) -> np.ndarray:
+    """zarr stores an edge chunk at full chunk shape, padded with the fill value (0 here)."""
+    if a.shape == tuple(chunks):
+        return a
+    out = np.zeros(chunks, dtype=a.dtype)
+    out[tuple(slice(0, n) for n in a.shape)] = a
+    return out
+
+
+def _write_file(path: Path, payload: bytes) -> str:
+    """Write `payload` at `path` (via a temporary name, so a crash never leaves half a chunk under the real name);
+    returns its content hash as `_file_sha` computes it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    tmp.write_bytes(payload)
+    os.replace(tmp, path)
+    return hashlib.sha256(payload).hexdigest()[:32]
 
 
 def _file_sha(path: Path) -> str | None:

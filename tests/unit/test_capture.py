@@ -153,15 +153,17 @@ def test_write_error_is_clear_and_store_stays_resumable(tmp_path, model, prompts
     req = CaptureRequest(hooks=HOOKS, chunk_mb=0.02, batch_size=16)
     store = open_or_create_store(tmp_path / "s.zarr", model, prompts, req, IDENT)
     capture_chunks(store, model, 16, chunks=[0])
-    real = ActivationStore._record
+    import storage.activations as acts_mod
 
-    def disk_full(self, i):
+    real = acts_mod._write_file
+
+    def disk_full(path, payload):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(ActivationStore, "_record", disk_full)
+    monkeypatch.setattr(acts_mod, "_write_file", disk_full)
     with pytest.raises(StoreError, match="No space left on device.*rerun the same command"):
         capture_chunks(store, model, 16)
-    monkeypatch.setattr(ActivationStore, "_record", real)
+    monkeypatch.setattr(acts_mod, "_write_file", real)
     store = open_or_create_store(tmp_path / "s.zarr", model, prompts, req, IDENT)
     assert store.done_chunks() == {0}
     capture_chunks(store, model, 16)
@@ -186,3 +188,39 @@ def test_works_for_any_hooked_transformer(tmp_path, prompts):
     info = s.describe()
     assert json.dumps(info) and info["n_prompts"] == 12
     assert pl.Series(s.to_xarray()["prompt_id"].values).to_list() == df["prompt_id"].to_list()
+
+
+@pytest.mark.parametrize("dtype,compression", [("float32", "lz4"), ("float16", "zstd"), ("bfloat16", "lz4"),
+                                               ("float32", "none")])
+def test_direct_chunk_writes_equal_zarrs_own_bytes(tmp_path, monkeypatch, dtype, compression):
+    """write_chunk encodes chunks itself (faster than zarr's async pipeline); the files must be the very bytes zarr
+    writes, edge chunk (padded) included, and read back through zarr and xarray."""
+    import storage.activations as acts_mod
+
+    rng = np.random.default_rng(0)
+    n, width, chunk = 10, 6, 4  # chunks of 4, 4, 2 prompts
+    shapes = {"blocks.0.hook_resid_post": ((8,), ("d_model",)), "blocks.0.attn.hook_z": ((2, 3), ("head", "d_head"))}
+    data = {h: rng.standard_normal((n, width, *t)).astype(np.float32) for h, (t, _) in shapes.items()}
+
+    def build(path):
+        store = ActivationStore.create_or_resume(
+            path, attrs={**IDENT}, hook_shapes=shapes, tokens=np.zeros((n, width), np.int32),
+            lengths=np.full(n, width, np.int32), prompt_ids=[f"p{i}" for i in range(n)], chunk_prompts=chunk,
+            dtype=dtype, compression=compression)
+        for i in range(store.n_chunks):
+            lo, hi = store.chunk_range(i)
+            store.write_chunk(i, {h: a[lo:hi] for h, a in data.items()})
+        store.finalize()
+        return store
+
+    fast = build(tmp_path / "fast.zarr")
+    monkeypatch.setattr(acts_mod, "_chunk_encoder", lambda arr: None)  # zarr's own pipeline
+    slow = build(tmp_path / "zarr.zarr")
+    for i in range(fast.n_chunks):
+        for rel in fast._chunk_files(i).values():
+            assert (fast.path / rel).read_bytes() == (slow.path / rel).read_bytes(), rel
+    assert fast.content_hash() == slow.content_hash()
+    reopened = ActivationStore.open(fast.path)
+    for h, a in data.items():
+        np.testing.assert_array_equal(reopened.read(h), from_storage(to_storage(a, dtype), dtype))
+    assert not list(fast.path.rglob(".*.tmp-*"))
