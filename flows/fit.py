@@ -17,7 +17,7 @@ from sage_core.dictionaries import METHODS
 from sage_core.task_library import get_task
 from storage.hashing import code_version, dir_hash, stable_hash
 from storage.home import SageHome
-from storage.records import read_record, write_record
+from storage.records import all_complete, read_record, write_record
 from tasks import capture as ct
 from tasks.fit import combine_ground_truth, fit_section, selected_sections
 from tasks.zoo import make_dataset
@@ -76,4 +76,5 @@ def ground_truth_if_whole(cfg: ZooConfig, locate_cfg: LocateConfig, home: SageHo
     model = ct.model_manifest(home, name)
     tok = {"path": str(home.tokenizer_dir(name)), "hash": dir_hash(home.tokenizer_dir(name))}
     key = fit_key(model, tok, cfg, locate_cfg, per_group, methods, list(tasks or cfg.tasks))
-    return read_record(home.ground_truth_record(key), key, lambda m: [m["path"], *(p["path"] for p in m["parts"])])
+    return read_record(home.ground_truth_record(key), key,
+                       lambda m: all_complete([m["path"], *(p["path"] for p in m["parts"])]))

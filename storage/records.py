@@ -24,10 +24,9 @@ def write_record(path: Path, key: str, manifest: dict[str, Any]) -> Path:
     return path
 
 
-def read_record(path: Path, key: str, dirs: Callable[[dict[str, Any]], Iterable[str | Path]]
-                ) -> dict[str, Any] | None:
-    """The recorded manifest if `path` holds a record for `key` and every directory `dirs(manifest)` names is
-    complete; None otherwise (missing, unreadable, another key, something gone)."""
+def read_record(path: Path, key: str, whole: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
+    """The recorded manifest if `path` holds a record for `key` and `whole(manifest)` says everything it names is
+    still on disk; None otherwise (missing, unreadable, another key, something gone)."""
     path = Path(path)
     if not path.is_file():
         return None
@@ -37,4 +36,9 @@ def read_record(path: Path, key: str, dirs: Callable[[dict[str, Any]], Iterable[
         return None
     if not isinstance(rec, dict) or rec.get("key") != key or not isinstance(rec.get("manifest"), dict):
         return None
-    return rec["manifest"] if all(is_complete(Path(d)) for d in dirs(rec["manifest"])) else None
+    return rec["manifest"] if whole(rec["manifest"]) else None
+
+
+def all_complete(dirs: Iterable[str | Path]) -> bool:
+    """Every directory is complete (its write-once marker is there)."""
+    return all(is_complete(Path(d)) for d in dirs)

@@ -16,6 +16,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from storage.atomic import StoreError, is_complete, read_marker, write_once
 from storage.hashing import dir_hash
 from storage.home import SageHome
+from storage.records import read_record, write_record
 
 
 def save_tokenizer(path: Path, tokenizer: Any) -> None:
@@ -139,11 +140,7 @@ def load_tensor(path: Path, key: str) -> torch.Tensor:
 
 def write_zoo_record(home: SageHome, name: str, key: str, manifests: dict[str, Any]) -> Path:
     """Record a finished zoo build: the key of its config and code, and the manifests of what it produced."""
-    path = home.zoo_record(name)
-    tmp = path.with_suffix(".json.partial")
-    tmp.write_text(json.dumps({"key": key, **manifests}, indent=1, default=str))
-    tmp.replace(path)
-    return path
+    return write_record(home.zoo_record(name), key, manifests)
 
 
 def read_zoo_record(home: SageHome, name: str, key: str, sae_names: list[str]) -> dict[str, Any] | None:
@@ -151,19 +148,13 @@ def read_zoo_record(home: SageHome, name: str, key: str, sae_names: list[str]) -
     dataset and the corpus by content hash, the model by its marker, every planned SAE by its marker); else None."""
     from storage.hashing import file_hash
 
-    path = home.zoo_record(name)
-    if not path.is_file():
-        return None
-    try:
-        rec = json.loads(path.read_text())
-    except ValueError:
-        return None
-    if rec.get("key") != key or not model_is_complete(home.model_dir(name)):
-        return None
-    for m in [*rec.get("datasets", []), rec.get("corpus") or {}]:
-        p = Path(m.get("path", ""))
-        if not p.is_file() or file_hash(p) != m.get("hash"):
-            return None
-    if not all(is_complete(home.sae_dir(name, s)) for s in sae_names):
-        return None
-    return rec
+    def whole(rec: dict[str, Any]) -> bool:
+        if not model_is_complete(home.model_dir(name)):
+            return False
+        for m in [*rec.get("datasets", []), rec.get("corpus") or {}]:
+            p = Path(m.get("path", ""))
+            if not p.is_file() or file_hash(p) != m.get("hash"):
+                return False
+        return all(is_complete(home.sae_dir(name, s)) for s in sae_names)
+
+    return read_record(home.zoo_record(name), key, whole)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.acceptance.cli import run
+from tests.acceptance.cli import one_line_error, run
 
 pytestmark = [pytest.mark.acceptance, pytest.mark.slow]
 
@@ -18,11 +18,6 @@ def leaderboard_text(stdout: str, task: str) -> str:
     start = next(i for i, ln in enumerate(lines) if f"{task}: SAEs against the ground truth" in ln)
     end = next(i for i, ln in enumerate(lines) if ln.startswith(f"controls on {task}:"))
     return "\n".join(lines[start:end + 1])
-
-
-def one_line_error(r) -> bool:
-    lines = [ln for ln in r.stdout.splitlines() if ln.strip()]
-    return len(lines) == 1 and lines[0].startswith("error:")
 
 
 @pytest.fixture(scope="module")

@@ -9,17 +9,12 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from tests.acceptance.cli import run
+from tests.acceptance.cli import one_line_error, run
 from tests.acceptance.hf_cache import write_fake_gpt2
 
 pytestmark = [pytest.mark.acceptance, pytest.mark.slow]
 
 HOOKS = ("blocks.0.hook_resid_pre", "blocks.0.hook_resid_post", "blocks.1.hook_resid_post")
-
-
-def one_line_error(r) -> bool:
-    lines = [ln for ln in r.stdout.splitlines() if ln.strip()]
-    return len(lines) == 1 and lines[0].startswith("error:")
 
 
 @pytest.fixture(scope="module")

@@ -83,7 +83,9 @@ def test_flow_record_is_trusted_only_for_its_key_while_its_dirs_are_complete(tmp
     (part / MARKER).write_text("{}")
     rec = tmp_path / "records" / "k1.json"
     manifest = {"path": str(part), "parts": [{"path": str(part), "hash": "h"}]}
-    dirs = lambda m: [m["path"], *(p["path"] for p in m["parts"])]  # noqa: E731
+    from storage.records import all_complete
+
+    dirs = lambda m: all_complete([m["path"], *(p["path"] for p in m["parts"])])  # noqa: E731
     assert read_record(rec, "k1", dirs) is None  # nothing recorded yet
     write_record(rec, "k1", manifest)
     assert read_record(rec, "k1", dirs) == manifest
