@@ -3,7 +3,11 @@
 Everything happens in the cross-section's space through a `SectionCodes` (codes f, directions D, bias b; see
 `sage_core.mapping`), so native, projected and control SAEs are scored by the same code:
 - reconstruction: explained variance and L0 on the clean test prompts;
-- sufficiency / necessity with the SAE's reconstruction in place of â (`a <- â`, `a <- ā + (a - â)`);
+- sufficiency / necessity with the SAE's reconstruction in place of â: `a <- recon`, and `a <- ā + (e - E[e])` with
+  the SAE's error e = a - recon centred over the test prompts. For the ground truth E[e] ≈ 0 and this is DESIGN's
+  `ā + (a - â)`; for an SAE whose reconstruction is not centred on the task mean (a bias fit on other text), the
+  literal `ā + e` would also shift the activation by the constant E[e], and credit any SAE, even one whose codes are
+  all zero, with the damage that shift alone does;
 - sparse control: for each test pair (x, x') of each attribute, up to k greedy moves (remove a feature active on x,
   add one active on x') that bring a(x) closest to a(x'); edit accuracy against the ground-truth patch a <- a(x'), and
   edit magnitude (share of the reconstruction's weight removed, 0 = the supervised edit's share, 1 = all of it);
@@ -191,9 +195,10 @@ def score_section(
     out["explained_variance"] = explained_variance(clean.acts, recon)
     out["l0"] = mean_l0(sc_clean.codes)
 
-    # sufficiency and necessity in one batched pass: [a <- recon ; a <- ā + (a - recon)]
+    # sufficiency and necessity in one batched pass: [a <- recon ; a <- ā + (e - E[e])] (module docstring)
     n = len(clean.tokens)
-    both = torch.cat([recon, dic.mean + (clean.acts - recon)])
+    err = clean.acts - recon
+    both = torch.cat([recon, dic.mean + (err - err.mean(0))])
     logits = _logits(model, clean.tokens * 2, clean.positions * 2, section, both, pad_id)
     ld_recon = mean_ld(logits[:n], clean.answer, clean.competing)
     ld_int = mean_ld(logits[n:], clean.answer, clean.competing)

@@ -147,6 +147,18 @@ def test_oracle_and_random_controls(tiny):
     p_ = score_section(model, ref, clean, pairs, both.rows(rows.clean), sc_pairs, pad, ScoreConfig(ks=(64,)))
     assert p_["explained_variance"] == pytest.approx(1.0, abs=1e-5)
     assert p_["sufficiency"] == pytest.approx(1.0, abs=1e-4) and p_["necessity"] == pytest.approx(1.0, abs=1e-4)
+    # an SAE whose features explain nothing (zero codes) is not necessary, whatever its bias: its centred error is the
+    # centred activation, so the intervention only swaps the test prompts' mean for ā (the literal ā + (a - recon)
+    # would shift the activation by ā - b)
+    d = a_all.shape[1]
+    null = mp.SectionCodes(codes=torch.zeros(len(a_all), 3), decoder=torch.randn(3, d),
+                           bias=ref.dictionary.mean + 5 * torch.randn(d))
+    sc_pairs = {p.attribute: (null.rows(p.x), null.rows(p.xp)) for p in rows.pairs}
+    n_ = score_section(model, ref, clean, pairs, null.rows(rows.clean), sc_pairs, pad, ScoreConfig(ks=(1,)))
+    shift = mp.SectionCodes(codes=torch.zeros(len(a_all), 3), decoder=null.decoder, bias=ref.dictionary.mean)
+    sc_pairs = {p.attribute: (shift.rows(p.x), shift.rows(p.xp)) for p in rows.pairs}
+    s_ = score_section(model, ref, clean, pairs, shift.rows(rows.clean), sc_pairs, pad, ScoreConfig(ks=(1,)))
+    assert n_["necessity"] == pytest.approx(s_["necessity"], abs=1e-5)  # the bias does not matter
 
 
 def test_summary_leaves_out_missing_parts():
