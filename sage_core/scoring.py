@@ -66,9 +66,10 @@ class ScoreConfig(BaseModel):
     model_config = ConfigDict(frozen=True)
     ks: tuple[int, ...] = Field((1, 2, 4, 8), description="sparse-control budgets (moves per edit)")
     summary_k: int = Field(4, description="the budget whose edit gain enters the summary")
-    random_width: int = Field(2, ge=1, description="random-decoder control: d_sae as a multiple of d (the zoo's "
-                                                    "smallest width: more random directions would align better)")
-    random_k: int = Field(16, ge=1, description="random-decoder control: active features per prompt (TopK)")
+    random_width: int = Field(2, ge=1, description="random-decoder control: d_sae as a multiple of d, ± random "
+                                                    "directions (the zoo's smallest width: more would align better)")
+    random_k: int = Field(16, ge=1, description="random-decoder control: active features per prompt (the zoo's "
+                                                "TopK k)")
     max_test: int = Field(128, ge=1, description="clean test prompts (and pairs per attribute) scored per "
                                                  "cross-section")
     seed: int = 0
@@ -165,17 +166,30 @@ def oracle_codes(dic: Dictionary, labels: dict[str, list[str]]) -> SectionCodes:
 
 
 def random_codes(acts: Float[Tensor, "n d"], mean: Float[Tensor, " d"], cfg: ScoreConfig) -> SectionCodes:
-    """The random control: an SAE whose decoder is random unit directions (seeded), with a tied TopK encoder
-    f = TopK(ReLU((a - m) D^T)) and bias m. Pass the background mean (`SectionReference.background_mean`): like a
-    trained SAE's b_dec it knows the model's text but nothing of the task (the task mean ā is ground truth)."""
-    d = acts.shape[1]
+    """The random control: an SAE whose decoder is random, with the best codes such a decoder allows.
+
+    Directions: w = random_width·d/2 seeded random unit vectors and their negatives (d_sae = random_width·d, codes
+    non-negative). Codes: per prompt, the random_k directions with the largest |projection| of a - m, and their
+    least-squares coefficients (the sign picks d or -d). Fitting the codes, instead of a tied encoder's raw
+    projections (which overshoot and add noise that removing the reconstruction then "needs"), makes the control
+    measure the decoder alone. Bias m: pass the background mean (`SectionReference.background_mean`): like a trained
+    SAE's b_dec it knows the model's text but nothing of the task (the task mean ā is ground truth)."""
+    n, d = acts.shape
     g = torch.Generator().manual_seed(cfg.seed)
-    dec = torch.randn(cfg.random_width * d, d, generator=g)
-    dec = dec / dec.norm(dim=1, keepdim=True)
-    pre = torch.relu((acts - mean) @ dec.T)
-    top = pre.topk(min(cfg.random_k, pre.shape[1]), dim=1)
-    codes = torch.zeros_like(pre).scatter_(1, top.indices, top.values)
-    return SectionCodes(codes=codes, decoder=dec, bias=mean)
+    w = max(1, cfg.random_width * d // 2)
+    dirs = torch.randn(w, d, generator=g)
+    dirs = dirs / dirs.norm(dim=1, keepdim=True)
+    x = (acts - mean).to(torch.float64)
+    k = min(cfg.random_k, w, d)
+    support = (x @ dirs.T.to(torch.float64)).abs().topk(k, dim=1).indices  # (n, k)
+    ds = dirs.to(torch.float64)[support]  # (n, k, d)
+    gram = ds @ ds.transpose(1, 2) + 1e-9 * torch.eye(k, dtype=torch.float64)
+    coef = torch.linalg.solve(gram, ds @ x[:, :, None]).squeeze(-1).to(torch.float32)  # (n, k)
+    codes = torch.zeros(n, 2 * w)
+    rows = torch.arange(n)[:, None]
+    codes[rows, support] = coef.clamp_min(0)
+    codes[rows, support + w] = (-coef).clamp_min(0)
+    return SectionCodes(codes=codes, decoder=torch.cat([dirs, -dirs]), bias=mean)
 
 
 def score_section(

@@ -185,3 +185,23 @@ def test_affine_decoder_reproduces_decode():
     dirs, bias = mp.affine_decoder(loaded)
     f = torch.relu(torch.randn(5, 12))
     assert torch.allclose(f @ dirs + bias, loaded.decode(f), atol=1e-5)
+
+
+def test_random_control_codes_are_the_least_squares_fit_on_random_directions():
+    torch.manual_seed(0)
+    acts, mean = torch.randn(20, 12), torch.randn(12)
+    cfg = ScoreConfig(random_width=2, random_k=4, seed=3)
+    sc = random_codes(acts, mean, cfg)
+    w = 12  # random_width * d / 2 directions, each with its negative
+    assert sc.decoder.shape == (2 * w, 12) and torch.allclose(sc.decoder[:w], -sc.decoder[w:])
+    assert torch.allclose(sc.decoder.norm(dim=1), torch.ones(2 * w))
+    assert (sc.codes >= 0).all() and ((sc.codes > 0).sum(1) <= 4).all()
+    assert torch.equal(sc.bias, mean)
+    assert torch.equal(random_codes(acts, mean, cfg).codes, sc.codes)  # seeded
+    # the residual is orthogonal to every direction the prompt uses (normal equations of the least-squares fit)
+    resid = acts - sc.reconstruction()
+    for i in range(len(acts)):
+        used = sc.decoder[sc.codes[i] > 0]
+        assert torch.allclose(used @ resid[i], torch.zeros(len(used)), atol=1e-4)
+    # and it never explains more than the activation itself
+    assert ((acts - mean).norm(dim=1) + 1e-5 >= (sc.reconstruction() - mean).norm(dim=1)).all()
