@@ -527,6 +527,11 @@ def evaluate_cmd(
         for f in failures.iter_rows(named=True):
             console.print(f"  failed: {f['sae']} ({f['stage']}): {f['error']}", soft_wrap=True, highlight=False)
     _print_unreached(out, listed=bool(spec_list))
+    for row in out.get("model_eval", []):  # a pretrained model: can it do the task at all?
+        weak = row["accuracy"] < 0.6
+        console.print(f"{cfg.pretrained} on {row['task']}: accuracy {row['accuracy']:.2f}, logit difference "
+                      f"{row['logit_diff']:.2f} on held-out prompts"
+                      + (" [yellow](too weak for its ground truth to mean much)[/]" if weak else ""), highlight=False)
     console.print(f"evaluated in {time.perf_counter() - t0:.1f}s; report: {out['report']}/README.md")
 
 

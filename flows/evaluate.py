@@ -167,7 +167,8 @@ def evaluate(cfg: EvaluateConfig = EvaluateConfig(), home: str | None = None, ru
     _publish(board, fail_df, meta)
     return {"run": run, "scores": str(out_dir / "scores.parquet"), "leaderboard": str(out_dir / "leaderboard.parquet"),
             "report": str(report), "n_failed": len(failures), "ground_truth": gt["path"], "unreached": unreached,
-            "sections": {t: sorted({p["section_obj"]["hook"] for p in parts_by_task[t]}) for t in tasks}}
+            "sections": {t: sorted({p["section_obj"]["hook"] for p in parts_by_task[t]}) for t in tasks},
+            "model_eval": zoo["model_eval"]["rows"] if cfg.pretrained else []}
 
 
 def _publish(board: pl.DataFrame, failures: pl.DataFrame, meta: dict) -> None:

@@ -47,6 +47,7 @@ def test_evaluate_a_from_pretrained_model(pretrained_run):
     board = pl.read_parquet(report.parent / "leaderboard.parquet")
     assert set(board["sae"]) >= {"control:oracle", "control:random"}
     assert "gpt2" in (report.parent / "README.md").read_text()
+    assert "gpt2 on ioi: accuracy " in r.stdout  # whether the model can do the task at all
     # the prompts were tokenised by the imported model's own tokenizer (pad == BOS there, as in GPT-2)
     from transformers import AutoTokenizer
 
