@@ -427,24 +427,24 @@ def _latest_report(h) -> Path:
     return max(runs, key=lambda d: (d / "_COMPLETE.json").stat().st_mtime)
 
 
+def _units_scored(root: Path, since: float) -> int:
+    """Scoring units whose parts were written since `since` (cached ones write nothing)."""
+    parts = root / "scores" / "parts"
+    return sum(1 for m in parts.glob("*/_COMPLETE.json") if m.stat().st_mtime >= since) if parts.is_dir() else 0
+
+
 def _watch_scoring(root: Path, since: float, done_event) -> None:
-    """A bar of scoring units finished (their parts written) while Prefect runs the flow."""
+    """A bar of scoring units finished (their parts written) while Prefect runs the flow; transient, so a failed run
+    leaves only its one-line error."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    parts = root / "scores" / "parts"
-
-    def count() -> int:
-        if not parts.is_dir():
-            return 0
-        return sum(1 for m in parts.glob("*/_COMPLETE.json") if m.stat().st_mtime >= since)
-
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
+                  transient=True) as bar:
         t = bar.add_task("zoo, location search, ground truth, then scoring ...")
         while not done_event.wait(0.5):
-            n = count()
+            n = _units_scored(root, since)
             if n:
                 bar.update(t, description=f"scoring: {n} SAE x task units done")
-        bar.update(t, description=f"scoring: {count()} SAE x task units computed (the rest were cached)")
 
 
 def _check_pretrained_name(name: str) -> None:
@@ -506,7 +506,8 @@ def evaluate_cmd(
 
     h = SageHome(home)
     done = threading.Event()
-    watcher = threading.Thread(target=_watch_scoring, args=(h.root, time.time(), done), daemon=True)
+    since = time.time()
+    watcher = threading.Thread(target=_watch_scoring, args=(h.root, since, done), daemon=True)
     t0 = time.perf_counter()
     watcher.start()
     try:
@@ -519,6 +520,7 @@ def evaluate_cmd(
     watcher.join()
     import polars as pl
 
+    console.print(f"scoring: {_units_scored(h.root, since)} SAE x task units computed (the rest were cached)")
     board = pl.read_parquet(out["leaderboard"])
     print_leaderboard(board, list(cfg.tasks or cfg.zoo.tasks), top)
     if out["n_failed"]:

@@ -168,7 +168,7 @@ def evaluate(cfg: EvaluateConfig = EvaluateConfig(), home: str | None = None, ru
     return {"run": run, "scores": str(out_dir / "scores.parquet"), "leaderboard": str(out_dir / "leaderboard.parquet"),
             "report": str(report), "n_failed": len(failures), "ground_truth": gt["path"], "unreached": unreached,
             "sections": {t: sorted({p["section_obj"]["hook"] for p in parts_by_task[t]}) for t in tasks},
-            "model_eval": zoo["model_eval"]["rows"] if cfg.pretrained else []}
+            "model_eval": [r for r in zoo["model_eval"]["rows"] if r["task"] in tasks] if cfg.pretrained else []}
 
 
 def _publish(board: pl.DataFrame, failures: pl.DataFrame, meta: dict) -> None:

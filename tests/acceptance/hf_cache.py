@@ -8,8 +8,10 @@ from pathlib import Path
 REVISION = "0" * 40
 
 
-def write_fake_gpt2(root: Path, tasks: tuple[str, ...], d_model: int = 64, n_layers: int = 2) -> dict[str, str]:
-    """Write models--gpt2 under `root`/hub; returns the environment that makes `from_pretrained("gpt2")` read it."""
+def write_fake_gpt2(root: Path, tasks: tuple[str, ...], d_model: int = 64, n_layers: int = 2,
+                    drop: frozenset[str] = frozenset()) -> dict[str, str]:
+    """Write models--gpt2 under `root`/hub; returns the environment that makes `from_pretrained("gpt2")` read it.
+    `drop`: words left out of the tokenizer's vocabulary (to see how a task it cannot spell fails)."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -25,7 +27,7 @@ def write_fake_gpt2(root: Path, tasks: tuple[str, ...], d_model: int = 64, n_lay
     words = background_vocabulary()
     for t in tasks:
         words |= get_task(t).vocabulary()
-    tok = build_tokenizer(words)
+    tok = build_tokenizer(words - drop)
     tok.pad_token = tok.bos_token  # as GPT-2 (TransformerLens pads with <|endoftext|>, its BOS)
     tok.save_pretrained(str(snap))
     torch.manual_seed(0)

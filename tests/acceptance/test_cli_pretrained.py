@@ -79,3 +79,14 @@ def test_pretrained_model_without_saes_or_with_a_typo_fails_in_one_line(pretrain
     r = run(["evaluate", "--model", "gtp2", "--saes", "x/y"], tmp_path / "h2", timeout=300, env=env)
     assert r.returncode == 2 and one_line_error(r) and "gpt2" in r.stdout, r.stdout + r.stderr[-2000:]
     assert not (tmp_path / "h1" / "zoo").exists() and not (tmp_path / "h2" / "zoo").exists()
+
+
+def test_a_tokenizer_that_cannot_spell_a_name_fails_in_one_line_and_writes_no_scores(tmp_path):
+    from sage_core.task_library import FEMALE_NAMES
+
+    env = write_fake_gpt2(tmp_path / "hf", tasks=("ioi", "sva"), drop=frozenset(FEMALE_NAMES))
+    home = tmp_path / "home"
+    r = run(["evaluate", "--tiny", "--model", "gpt2", "--saes", "a/b", "--tasks", "ioi"], home, env=env)
+    assert r.returncode == 2 and one_line_error(r), r.stdout + r.stderr[-2000:]
+    assert "tokenizer does not know" in r.stdout and any(n in r.stdout for n in FEMALE_NAMES), r.stdout
+    assert not (home / "scores").exists() and not (home / "reports").exists()
