@@ -4,7 +4,8 @@
    for the built-in model at every position and at role positions (what the fit and score stages capture), and for a
    model of GPT-2-small's shape (12 layers, d_model 768; random weights, nothing downloaded). The built-in model is so
    small (0.6M parameters) that its forward pass over 17k tokens takes about 0.4 s while it emits 130 MB of activations:
-   there the ratio measures this machine's compress-and-write throughput, not the capture overhead a real model sees;
+   there the ratio measures this machine's compress-and-write throughput, not the capture overhead a real model sees.
+   `--overlap on|off` forces the write schedule (default: `capture_chunks` picks, in turn when torch fills the CPU);
 2. bytes on disk against raw float32 bytes;
 3. read throughput of a full scan (every hook, chunk by chunk);
 4. peak memory of a capture of 10x more prompts against the small one, each in a fresh process (target <= 1.2).
@@ -36,7 +37,7 @@ from sage_core.task import DatasetConfig, generate_prompts  # noqa: E402
 from sage_core.task_library import TASKS, get_task  # noqa: E402
 from sage_core.tokenizer import build_tokenizer  # noqa: E402
 from storage.activations import ActivationStore  # noqa: E402
-from tasks.capture import capture_chunks, open_or_create_store  # noqa: E402
+from tasks.capture import capture_chunks, open_or_create_store, overlaps_writes  # noqa: E402
 
 _TOKENIZER_DIR = tempfile.TemporaryDirectory()
 IDENT = {"model_hash": "bench", "dataset_hash": "bench", "request_hash": "bench"}
@@ -60,10 +61,13 @@ def setup(n_prompts: int, model_cfg: ModelConfig = ModelConfig()):
     return model, df
 
 
+OVERLAP: bool | None = None  # --overlap: None lets capture_chunks choose
+
+
 def capture_once(model, df, request, path) -> float:
     t = time.perf_counter()
     store = open_or_create_store(path, model, df, request, IDENT)
-    capture_chunks(store, model, request.batch_size)
+    capture_chunks(store, model, request.batch_size, overlap=OVERLAP)
     store.finalize()
     return time.perf_counter() - t
 
@@ -131,12 +135,17 @@ def main() -> None:
     ap.add_argument("--compression", default="lz4", choices=["lz4", "zstd", "none"])
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--gpt2-prompts", type=int, default=192, help="prompts for the GPT-2-small-shaped run (0: skip)")
+    ap.add_argument("--overlap", choices=["auto", "on", "off"], default="auto",
+                    help="write chunks beside the forward pass (auto: when torch leaves a core free or runs on a GPU)")
     ap.add_argument("--memory-child", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.memory_child:
         return memory_child(args.memory_child, args.dtype)
 
+    global OVERLAP
+    OVERLAP = {"auto": None, "on": True, "off": False}[args.overlap]
     model, df = setup(args.prompts)
+    print(f"writes beside the forward pass: {overlaps_writes(model) if OVERLAP is None else OVERLAP} ({args.overlap})")
     hooks = default_hooks(model.cfg.n_layers)
     request = CaptureRequest(hooks=hooks, dtype=args.dtype, compression=args.compression)
     print(f"Blosc-{request.compression}, dtype {args.dtype}, {len(hooks)} hooks on the built-in model")

@@ -87,10 +87,14 @@ def capture_batch(
     tokens: Int[Tensor, "b pos"],
     hooks: list[str],
     positions: Int[Tensor, "b k"] | None = None,
+    out: dict[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """Activations at `hooks` for one batch, as float32 numpy arrays of shape (b, pos or k, *trailing).
 
     With `positions`, only those token positions are kept per prompt (role positions); otherwise every position.
+    With `out` (float32 arrays of those shapes), each activation is copied into it as soon as its hook fires and
+    `out` is returned: no activation tensor outlives its layer, so the forward pass reuses its memory as a bare one
+    does (holding every hook's tensor until the end made it up to 1.5x slower, mostly in fresh-page faults).
     The forward pass stops after the last layer any hook needs.
     """
     got: dict[str, Tensor] = {}
@@ -100,11 +104,14 @@ def capture_batch(
         if positions is not None:
             idx = positions.view(*positions.shape, *([1] * (act.ndim - 2))).expand(-1, -1, *act.shape[2:])
             a = act.gather(1, idx)
-        got[hook.name] = a.detach().to(torch.float32)
+        if out is not None:
+            torch.from_numpy(out[hook.name]).copy_(a.detach())
+        else:
+            got[hook.name] = a.detach().to(torch.float32)
 
     model.run_with_hooks(tokens, fwd_hooks=[(h, keep) for h in hooks], return_type=None,
                          stop_at_layer=_stop_layer(model, hooks))
-    return {h: got[h].numpy() for h in hooks}
+    return out if out is not None else {h: got[h].numpy() for h in hooks}
 
 
 def chunk_prompts(bytes_per_prompt: int, chunk_mb: float) -> int:

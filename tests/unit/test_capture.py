@@ -121,6 +121,21 @@ def test_resume_is_bitwise_identical(tmp_path, model, prompts):
         assert np.array_equal(again.read(h), full.read(h))
 
 
+
+@pytest.mark.parametrize("positions", ["all", "roles"])
+def test_writing_beside_the_forward_pass_or_in_turn_gives_the_same_store(tmp_path, model, prompts, positions):
+    """Both write schedules (a writer thread reusing two buffers, or writes in turn reusing one) store the same bytes;
+    overlapped, a chunk's buffer must not be refilled before its write is done."""
+    req = CaptureRequest(hooks=HOOKS, chunk_mb=0.02, batch_size=16, positions=positions)
+    hashes = []
+    for overlap in (True, False):
+        store = open_or_create_store(tmp_path / f"{overlap}.zarr", model, prompts, req, IDENT)
+        done = []
+        assert capture_chunks(store, model, 16, overlap=overlap, on_chunk=done.append) == store.n_chunks > 2
+        assert sorted(done) == list(range(store.n_chunks))
+        hashes.append(store.finalize())
+    assert hashes[0] == hashes[1]
+
 def test_tampered_or_truncated_store_is_detected(tmp_path, model, prompts):
     store = make(tmp_path / "s.zarr", model, prompts)
     chunk = tmp_path / "s.zarr" / HOOKS[0] / "c" / "1" / "0" / "0"
