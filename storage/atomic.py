@@ -34,27 +34,33 @@ def read_marker(path: Path) -> dict[str, Any]:
 
 
 @contextmanager
-def write_once(final: Path, meta: dict[str, Any] | None = None) -> Iterator[Path]:
+def write_once(final: Path, meta: dict[str, Any] | None = None, replace: bool = False) -> Iterator[Path]:
     """Yield a temporary directory; on success write the marker and move it to `final` atomically.
 
-    If `final` already exists and is complete, it is left untouched (the caller should have checked); an incomplete
-    `final` (from an older crash) is replaced.
+    If `final` already exists and is complete, it is left untouched (the caller should have checked) unless `replace`
+    (the caller found it stale): then it is swapped out only once the new one is whole. An incomplete `final` (from an
+    older crash) is replaced.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    for stale in final.parent.glob(f"{final.name}.partial-*"):
+    for stale in [*final.parent.glob(f"{final.name}.partial-*"), *final.parent.glob(f"{final.name}.stale-*")]:
         shutil.rmtree(stale, ignore_errors=True)
     tmp = final.parent / f"{final.name}.partial-{os.getpid()}"
     tmp.mkdir()
     try:
         yield tmp
         (tmp / MARKER).write_text(json.dumps({"written_at": time.time(), **(meta or {})}, indent=1, default=str))
+        old = None
         if final.exists():
-            if is_complete(final):
+            if is_complete(final) and not replace:
                 shutil.rmtree(tmp)
                 return
-            shutil.rmtree(final)
+            # a crash between the two renames leaves no `final` (rebuilt next time), never a mix of old and new
+            old = final.parent / f"{final.name}.stale-{os.getpid()}"
+            os.replace(final, old)
         os.replace(tmp, final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

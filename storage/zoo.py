@@ -89,11 +89,13 @@ def load_model(path: Path) -> HookedTransformer:
     return model
 
 
-def save_sae(path: Path, training_sae, metrics: dict[str, Any] | None = None, meta: dict[str, Any] | None = None):
-    """SAELens' inference layout (cfg.json with metadata.hook_name, sae_weights.safetensors), written once."""
-    if is_complete(path):
+def save_sae(path: Path, training_sae, metrics: dict[str, Any] | None = None, meta: dict[str, Any] | None = None,
+             replace: bool = False):
+    """SAELens' inference layout (cfg.json with metadata.hook_name, sae_weights.safetensors), written once (or, with
+    `replace`, swapped in for a stale one only when whole)."""
+    if is_complete(path) and not replace:
         return path
-    with write_once(path, meta) as tmp:
+    with write_once(path, meta, replace=replace) as tmp:
         training_sae.save_inference_model(str(tmp))
         if metrics:
             (tmp / "sage_metrics.json").write_text(json.dumps(metrics, indent=1))

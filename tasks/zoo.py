@@ -174,13 +174,22 @@ def capture_sae_activations(cfg: ZooConfig, model: Manifest, corpus: Manifest, h
 def train_sae(spec: sae_zoo.SAESpec, cfg: ZooConfig, model: Manifest, acts: Manifest, home: str) -> Manifest:
     h = SageHome(home)
     path = h.sae_dir(cfg.model.name, spec.name)
-    if not is_complete(path):
+    stale = is_complete(path) and not _sae_is_current(path, spec, model, acts)
+    if stale or not is_complete(path):
         acts_t = zoo_store.load_tensor(acts["path"], f"train.{spec.hook}")
         t0 = time.perf_counter()
         sae = sae_zoo.train_sae(spec, acts_t, model_name=cfg.model.name)
-        zoo_store.save_sae(path, sae, meta={"spec": spec.model_dump(), "model": model["hash"],
-                                            "train_seconds": time.perf_counter() - t0})
+        zoo_store.save_sae(path, sae, meta={"spec": spec.model_dump(), "model": model["hash"], "acts": acts["hash"],
+                                            "train_seconds": time.perf_counter() - t0}, replace=stale)
     return {"name": spec.name, "path": str(path), "hash": dir_hash(path)}
+
+
+def _sae_is_current(path: Path, spec: sae_zoo.SAESpec, model: Manifest, acts: Manifest) -> bool:
+    """An SAE on disk under this name was trained from this spec (training settings included), on this model and, where
+    recorded, these activations; otherwise the zoo retrains it (an SAE name says only hook, architecture and width)."""
+    meta = zoo_store.sae_meta(path)
+    return (meta.get("spec") == spec.model_dump() and meta.get("model") == model["hash"]
+            and meta.get("acts", acts["hash"]) == acts["hash"])
 
 
 @task(name="evaluate-saes", **TASK_DEFAULTS)

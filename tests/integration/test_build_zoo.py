@@ -86,3 +86,35 @@ print("OK", tuple(f.shape))
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.startswith("OK")
+
+
+def test_an_sae_trained_from_other_settings_is_retrained_and_swapped_whole(built, tmp_path):
+    """An SAE's directory name says only hook, architecture and width: one trained with other settings (or on another
+    model) is retrained and replaced once the new one is whole; a current one is left untouched."""
+    import shutil
+
+    from sage_core.zoo_plan import plan_zoo
+    from storage.atomic import read_marker
+    from storage.home import SageHome
+    from tasks import zoo as zt
+
+    home, cfg, first, _ = built
+    out = first.result()
+    spec = plan_zoo(cfg).specs[0]
+    acts = zt.capture_sae_activations.fn(cfg, out["model"], out["corpus"], plan_zoo(cfg).hooks, str(home))
+    mine = SageHome(tmp_path)
+    src = SageHome(home).sae_dir(cfg.model.name, spec.name)
+    shutil.copytree(src, mine.sae_dir(cfg.model.name, spec.name))
+    path = mine.sae_dir(cfg.model.name, spec.name)
+
+    before = read_marker(path)
+    zt.train_sae.fn(spec, cfg, out["model"], acts, str(tmp_path))
+    assert read_marker(path) == before, "a current SAE must not be retrained"
+
+    changed = spec.model_copy(update={"l1_coefficient": spec.l1_coefficient * 2, "lr": 2e-3})
+    zt.train_sae.fn(changed, cfg, out["model"], acts, str(tmp_path))
+    after = read_marker(path)
+    assert after["spec"] == changed.model_dump() and after["written_at"] > before["written_at"]
+    assert not list(path.parent.glob(f"{path.name}.*")), "no partial or stale sibling may remain"
+    zt.train_sae.fn(changed, cfg, out["model"], acts, str(tmp_path))
+    assert read_marker(path) == after
