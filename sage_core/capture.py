@@ -93,8 +93,8 @@ def capture_batch(
 
     With `positions`, only those token positions are kept per prompt (role positions); otherwise every position.
     With `out` (float32 arrays of those shapes), each activation is copied into it as soon as its hook fires and
-    `out` is returned: no activation tensor outlives its layer, so the forward pass reuses its memory as a bare one
-    does (holding every hook's tensor until the end made it up to 1.5x slower, mostly in fresh-page faults).
+    `out` is returned: no activation tensor outlives its layer, so the forward pass can reuse its memory as a bare one
+    does (with the copy, 1.01x the bare forward pass of a GPT-2-small-shaped model, median of 5).
     The forward pass stops after the last layer any hook needs.
     """
     got: dict[str, Tensor] = {}

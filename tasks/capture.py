@@ -130,8 +130,8 @@ def capture_chunks(
 def overlaps_writes(model: HookedTransformer) -> bool:
     """Whether writing may run beside the forward pass: yes when the model runs on an accelerator or torch leaves a
     CPU core idle. When torch's threads fill every core, a writer thread beside them stalls torch's parallel regions
-    at each barrier: on 2 cores the overlapped capture of a GPT-2-small-shaped model ran 1.3-1.6x the bare forward
-    pass against 1.15-1.4x writing in turn."""
+    at each barrier: on 2 cores the overlapped capture of a GPT-2-small-shaped model ran 1.41-1.77x the bare forward
+    pass against 1.11-1.61x writing in turn (paired runs in one process)."""
     if model.cfg.device is not None and torch.device(model.cfg.device).type != "cpu":
         return True
     return (os.cpu_count() or 1) > torch.get_num_threads() + 1

@@ -121,7 +121,6 @@ def test_resume_is_bitwise_identical(tmp_path, model, prompts):
         assert np.array_equal(again.read(h), full.read(h))
 
 
-
 @pytest.mark.parametrize("positions", ["all", "roles"])
 def test_writing_beside_the_forward_pass_or_in_turn_gives_the_same_store(tmp_path, model, prompts, positions):
     """Both write schedules (a writer thread reusing two buffers, or writes in turn reusing one) store the same bytes;
@@ -135,6 +134,7 @@ def test_writing_beside_the_forward_pass_or_in_turn_gives_the_same_store(tmp_pat
         assert sorted(done) == list(range(store.n_chunks))
         hashes.append(store.finalize())
     assert hashes[0] == hashes[1]
+
 
 def test_tampered_or_truncated_store_is_detected(tmp_path, model, prompts):
     store = make(tmp_path / "s.zarr", model, prompts)
