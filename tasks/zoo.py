@@ -174,13 +174,12 @@ def capture_sae_activations(cfg: ZooConfig, model: Manifest, corpus: Manifest, h
 def train_sae(spec: sae_zoo.SAESpec, cfg: ZooConfig, model: Manifest, acts: Manifest, home: str) -> Manifest:
     h = SageHome(home)
     path = h.sae_dir(cfg.model.name, spec.name)
-    stale = is_complete(path) and not _sae_is_current(path, spec, model, acts)
-    if stale or not is_complete(path):
+    if not (is_complete(path) and _sae_is_current(path, spec, model, acts)):
         acts_t = zoo_store.load_tensor(acts["path"], f"train.{spec.hook}")
         t0 = time.perf_counter()
         sae = sae_zoo.train_sae(spec, acts_t, model_name=cfg.model.name)
         zoo_store.save_sae(path, sae, meta={"spec": spec.model_dump(), "model": model["hash"], "acts": acts["hash"],
-                                            "train_seconds": time.perf_counter() - t0}, replace=stale)
+                                            "train_seconds": time.perf_counter() - t0}, replace=is_complete(path))
     return {"name": spec.name, "path": str(path), "hash": dir_hash(path)}
 
 
