@@ -5,7 +5,7 @@
    model of GPT-2-small's shape (12 layers, d_model 768; random weights, nothing downloaded). The built-in model is so
    small (0.6M parameters) that its forward pass over 17k tokens takes about 0.4 s while it emits 130 MB of activations:
    there the ratio measures this machine's compress-and-write throughput, not the capture overhead a real model sees.
-   `--overlap on|off` forces the write schedule (default: `capture_chunks` picks, in turn when torch fills the CPU);
+   `--schedule background|io|in_turn` forces how writes meet the forward pass (default: `write_schedule` picks);
 2. bytes on disk against raw float32 bytes;
 3. read throughput of a full scan (every hook, chunk by chunk);
 4. peak memory of a capture of 10x more prompts against the small one, each in a fresh process (target <= 1.2).
@@ -29,15 +29,14 @@ warnings.filterwarnings("ignore")
 
 import torch  # noqa: E402
 
-from flows.capture import default_hooks  # noqa: E402
-from sage_core.capture import CaptureRequest  # noqa: E402
+from sage_core.capture import CaptureRequest, default_hooks  # noqa: E402
 from sage_core.corpus import background_vocabulary  # noqa: E402
 from sage_core.model import ModelConfig, build_model  # noqa: E402
 from sage_core.task import DatasetConfig, generate_prompts  # noqa: E402
 from sage_core.task_library import TASKS, get_task  # noqa: E402
 from sage_core.tokenizer import build_tokenizer  # noqa: E402
 from storage.activations import ActivationStore  # noqa: E402
-from tasks.capture import capture_chunks, open_or_create_store, overlaps_writes  # noqa: E402
+from tasks.capture import capture_chunks, open_or_create_store, write_schedule  # noqa: E402
 
 _TOKENIZER_DIR = tempfile.TemporaryDirectory()
 IDENT = {"model_hash": "bench", "dataset_hash": "bench", "request_hash": "bench"}
@@ -46,7 +45,7 @@ IDENT = {"model_hash": "bench", "dataset_hash": "bench", "request_hash": "bench"
 GPT2_SMALL_SHAPE = ModelConfig(name="gpt2-small-shape", d_model=768, n_layers=12, n_heads=12, d_head=64, d_mlp=3072)
 
 
-def setup(n_prompts: int, model_cfg: ModelConfig = ModelConfig()):
+def setup(n_prompts: int, model_cfg: ModelConfig = ModelConfig(), device: str = "cpu"):
     words = background_vocabulary()
     for t in TASKS:
         words |= get_task(t).vocabulary()
@@ -56,18 +55,20 @@ def setup(n_prompts: int, model_cfg: ModelConfig = ModelConfig()):
     tok.save_pretrained(_TOKENIZER_DIR.name)  # transformer_lens reloads it from this path: keep it alive
     tok = AutoTokenizer.from_pretrained(_TOKENIZER_DIR.name)
     model = build_model(model_cfg, len(tok), tokenizer=tok)
+    if device != "cpu":
+        model = model.to(device, print_details=False)
     df = generate_prompts(get_task("ioi"), DatasetConfig(task="ioi", n_train=n_prompts // 2, n_test=n_prompts // 2,
                                                          counterfactuals=False), tok)
     return model, df
 
 
-OVERLAP: bool | None = None  # --overlap: None lets capture_chunks choose
+SCHEDULE: str | None = None  # --schedule: None lets capture_chunks choose
 
 
 def capture_once(model, df, request, path) -> float:
     t = time.perf_counter()
     store = open_or_create_store(path, model, df, request, IDENT)
-    capture_chunks(store, model, request.batch_size, overlap=OVERLAP)
+    capture_chunks(store, model, request.batch_size, schedule=SCHEDULE)
     store.finalize()
     return time.perf_counter() - t
 
@@ -80,6 +81,8 @@ def bare_forward(model, df, batch_size) -> float:
     t = time.perf_counter()
     for i in range(0, len(tokens), batch_size):
         model(tokens[i : i + batch_size], return_type=None)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()  # the last kernels may still run
     return time.perf_counter() - t
 
 
@@ -135,17 +138,19 @@ def main() -> None:
     ap.add_argument("--compression", default="lz4", choices=["lz4", "zstd", "none"])
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--gpt2-prompts", type=int, default=192, help="prompts for the GPT-2-small-shaped run (0: skip)")
-    ap.add_argument("--overlap", choices=["auto", "on", "off"], default="auto",
-                    help="write chunks beside the forward pass (auto: when torch leaves a core free or runs on a GPU)")
+    ap.add_argument("--schedule", choices=["auto", "background", "io", "in_turn"], default="auto",
+                    help="how chunk writes meet the forward pass (auto: background when torch leaves a core free or "
+                         "runs on a GPU, else io: compress in turn, write files beside the next forward pass)")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (the models run there; stores go to /tmp)")
     ap.add_argument("--memory-child", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.memory_child:
         return memory_child(args.memory_child, args.dtype)
 
-    global OVERLAP
-    OVERLAP = {"auto": None, "on": True, "off": False}[args.overlap]
-    model, df = setup(args.prompts)
-    print(f"writes beside the forward pass: {overlaps_writes(model) if OVERLAP is None else OVERLAP} ({args.overlap})")
+    global SCHEDULE
+    SCHEDULE = None if args.schedule == "auto" else args.schedule
+    model, df = setup(args.prompts, device=args.device)
+    print(f"device {args.device}, write schedule: {SCHEDULE or write_schedule(model)} ({args.schedule})")
     hooks = default_hooks(model.cfg.n_layers)
     request = CaptureRequest(hooks=hooks, dtype=args.dtype, compression=args.compression)
     print(f"Blosc-{request.compression}, dtype {args.dtype}, {len(hooks)} hooks on the built-in model")
@@ -153,7 +158,7 @@ def main() -> None:
         ratio(model, df, request.model_copy(update={"positions": positions}), args.repeats,
               f"built-in model, {positions} positions", report_disk=positions == "all")
     if args.gpt2_prompts:
-        big, big_df = setup(args.gpt2_prompts, GPT2_SMALL_SHAPE)
+        big, big_df = setup(args.gpt2_prompts, GPT2_SMALL_SHAPE, args.device)
         big_request = request.model_copy(update={"hooks": default_hooks(big.cfg.n_layers)})
         ratio(big, big_df, big_request, args.repeats,
               f"GPT-2-small shape ({len(big_request.hooks)} hooks, {args.gpt2_prompts} prompts)", report_disk=False)

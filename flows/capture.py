@@ -20,23 +20,18 @@ from tasks import capture as ct
 from tasks.zoo import make_dataset
 
 
-def default_hooks(n_layers: int) -> tuple[str, ...]:
-    """Every place the later stages look at: resid_pre 0, and per layer resid_post, attn_out, mlp_out, attn.hook_z."""
-    hooks = ["blocks.0.hook_resid_pre"]
-    for layer in range(n_layers):
-        hooks += [f"blocks.{layer}.hook_resid_post", f"blocks.{layer}.hook_attn_out",
-                  f"blocks.{layer}.hook_mlp_out", f"blocks.{layer}.attn.hook_z"]
-    return tuple(hooks)
-
-
 @flow(name="capture", task_runner=ThreadPoolTaskRunner(max_workers=2))
 def capture(
     request: CaptureRequest,
     cfg: ZooConfig = ZooConfig(),
     home: str | None = None,
     n_shards: int = 2,
+    devices: tuple[str, ...] = ("cpu",),
 ) -> list[dict[str, Any]]:
-    """Capture `request` for every task of `cfg` on the zoo model `cfg.model.name` (build it first)."""
+    """Capture `request` for every task of `cfg` on the zoo model `cfg.model.name` (build it first).
+
+    Shard k runs on `devices[k % len(devices)]` (names from `sage_core.devices.resolve_devices`): give as many shards
+    as GPUs, and a task runner with as many workers, to keep every GPU busy."""
     h = SageHome(home)
     name = cfg.model.name
     if not model_is_complete(h.model_dir(name)):
@@ -49,6 +44,6 @@ def capture(
     for ds in datasets:
         prep = ct.prepare_capture(model, {"path": ds.result()["path"], "hash": ds.result()["hash"]}, request, root)
         shards = ct.capture_shard.map(unmapped(prep), unmapped(model), unmapped(request), list(range(n_shards)),
-                                      unmapped(n_shards))
+                                      unmapped(n_shards), [devices[k % len(devices)] for k in range(n_shards)])
         out.append({"task": ds.result()["task"], **ct.finalize_capture(prep, [s.result() for s in shards])})
     return out

@@ -190,7 +190,9 @@ def capture_cmd(
     hooks: str = typer.Option(None, help="comma-separated hook names (default: resid, attn_out, mlp_out, hook_z)"),
     positions: str = typer.Option("all", help="'all' positions or only the task's 'roles'"),
     dtype: str = typer.Option("float32", help="float32, float16 or bfloat16"),
-    shards: int = typer.Option(2, min=1, help="parallel capture shards per store"),
+    shards: int = typer.Option(None, min=1, help="parallel capture shards per store (default: 2, or one per GPU)"),
+    device: str = typer.Option("cpu", help="cpu, cuda (every GPU), cuda:N[,cuda:M...] or auto; shards share them "
+                                           "round-robin"),
     tiny: bool = typer.Option(False, help="use the --tiny zoo"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
@@ -217,8 +219,11 @@ def capture_cmd(
         except Exception as exc:
             _fail(ValueError(f"{info} is not a readable activation store ({exc})"))
         return
-    from flows.capture import capture, default_hooks
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    from flows.capture import capture
     from flows.settings import results_in
+    from sage_core.capture import default_hooks
     from storage.home import SageHome
 
     cfg = ZooConfig.tiny() if tiny else ZooConfig()
@@ -233,8 +238,11 @@ def capture_cmd(
         request = CaptureRequest(hooks=hook_list, positions=positions, dtype=dtype)
         h = SageHome(home)
         from sage_core.capture import check_hooks
+        from sage_core.devices import resolve_devices
         from storage.zoo import load_model
 
+        devices = resolve_devices(device)
+        n_shards = shards or (len(devices) if devices != ("cpu",) else 2)
         check_hooks(load_model(h.model_dir(cfg.model.name)), hook_list)
     except ValidationError as exc:
         err = exc.errors()[0]
@@ -247,7 +255,8 @@ def capture_cmd(
     watcher.start()
     try:
         with results_in(h):
-            out = capture(request=request, cfg=cfg, home=str(h.root), n_shards=shards)
+            flow = capture if n_shards <= 2 else capture.with_options(task_runner=ThreadPoolTaskRunner(n_shards))
+            out = flow(request=request, cfg=cfg, home=str(h.root), n_shards=n_shards, devices=devices)
     except (ValueError, RuntimeError, FileNotFoundError) as exc:
         done.set()
         watcher.join()

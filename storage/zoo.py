@@ -75,8 +75,8 @@ def model_hash(path: Path) -> str:
                      dir_hash(path / "tokenizer")[:8]])
 
 
-def load_model(path: Path) -> HookedTransformer:
-    """Load the built-in model exactly as a user would with plain transformer_lens."""
+def load_model(path: Path, device: str = "cpu") -> HookedTransformer:
+    """Load the built-in model exactly as a user would with plain transformer_lens, on `device`."""
     path = Path(path)
     if not model_is_complete(path):
         raise StoreError(f"model at {path} is missing or incomplete; run `sage zoo build`")
@@ -86,7 +86,7 @@ def load_model(path: Path) -> HookedTransformer:
     model = HookedTransformer(cfg, tokenizer=load_tokenizer(path / "tokenizer"), move_to_device=False)
     model.load_state_dict(load_file(str(path / "model.safetensors")))
     model.eval()
-    return model
+    return model if device == "cpu" else model.to(device, print_details=False)
 
 
 def save_sae(path: Path, training_sae, metrics: dict[str, Any] | None = None, meta: dict[str, Any] | None = None,

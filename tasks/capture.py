@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
@@ -62,11 +62,14 @@ def open_or_create_store(
                "code_version": code_version(*CODE_PACKAGES)},
         hook_shapes={h: (s, dim_names(s)) for h, s in shapes.items()},
         tokens=pa["tokens"], lengths=pa["lengths"], prompt_ids=pa["prompt_ids"],
-        chunk_prompts=chunk_prompts(per_prompt, request.chunk_mb), dtype=request.dtype,
+        chunk_prompts=chunk_prompts(per_prompt, request.chunk_mb, request.batch_size), dtype=request.dtype,
         compression=request.compression,
         roles=pa["roles"] if request.positions == "roles" else None,
         role_pos=pa["role_pos"] if request.positions == "roles" else None,
     )
+
+
+WriteSchedule = Literal["background", "io", "in_turn"]
 
 
 def capture_chunks(
@@ -75,23 +78,27 @@ def capture_chunks(
     batch_size: int,
     chunks: list[int] | None = None,
     on_chunk: Callable[[int], None] | None = None,
-    overlap: bool | None = None,
+    schedule: WriteSchedule | None = None,
 ) -> int:
     """Fill the given (default: all) chunks not yet done; returns how many were written.
 
-    `overlap`: compress + write chunk i on a worker thread while chunk i+1 is computed. None picks it when the forward
-    pass leaves a CPU core free (`overlaps_writes`).
+    `schedule`, how a chunk's write meets the next chunk's forward pass (None: `write_schedule(model)` picks):
+    - "background": compress and write chunk i on a worker thread while chunk i+1 is computed;
+    - "io": compress chunk i in turn, write its files on a worker thread while chunk i+1 is computed;
+    - "in_turn": compress and write, then compute the next chunk.
     """
+    bad = [i for i in chunks or () if not 0 <= i < store.n_chunks]
+    if bad:
+        raise ValueError(f"chunks {bad} do not exist: {store.path} has chunks 0 to {store.n_chunks - 1}")
     done = store.done_chunks()
     todo = [i for i in (range(store.n_chunks) if chunks is None else chunks) if i not in done]
     g = store.group
     roles = "role_pos" in g
     hooks = store.hooks
-    if overlap is None:
-        overlap = overlaps_writes(model)
-    # chunk buffers are allocated once and reused (fresh pages per chunk cost more than the copy). Overlapped, at most
-    # one write is in flight and chunk k fills buffer k % 2, whose write (chunk k - 2) finished before chunk k - 1 was
-    # submitted
+    schedule = schedule or write_schedule(model)
+    # chunk buffers are allocated once and reused (fresh pages per chunk cost more than the copy). In the background
+    # schedule at most one write is in flight and chunk k fills buffer k % 2, whose write (chunk k - 2) finished
+    # before chunk k - 1 was submitted; the other schedules are done with the buffer once the chunk is encoded
     buffers: list[dict[str, np.ndarray]] = []
     with ThreadPoolExecutor(max_workers=1) as writer:
         pending = None
@@ -100,7 +107,7 @@ def capture_chunks(
             tokens = torch.as_tensor(g["tokens"][start:stop], dtype=torch.long)
             lengths = g["length"][start:stop]
             role_pos = torch.as_tensor(g["role_pos"][start:stop], dtype=torch.long) if roles else None
-            slot = k % 2 if overlap else 0
+            slot = k % 2 if schedule == "background" else 0
             if len(buffers) <= slot:
                 buffers.append({h: np.empty((store.chunk_prompts, *g[h].shape[1:]), np.float32) for h in hooks})
             arrays = {h: buffers[slot][h][: stop - start] for h in hooks}
@@ -112,29 +119,34 @@ def capture_chunks(
                 pad = np.arange(tokens.shape[1])[None, :] >= lengths[:, None]
                 for a in arrays.values():
                     a[pad] = 0
+            encoded = store.encode_chunk(i, arrays) if schedule == "io" else None
             if pending is not None:
                 pending.result()  # re-raises a write error before more work is done
-            if overlap:
-                pending = writer.submit(store.write_chunk, i, arrays)
-                if on_chunk:
-                    pending.add_done_callback(lambda f, i=i: f.exception() is None and on_chunk(i))
-            else:
+            if schedule == "in_turn" or (schedule == "io" and encoded is None):
                 store.write_chunk(i, arrays)
                 if on_chunk:
                     on_chunk(i)
+                continue
+            if schedule == "io":
+                pending = writer.submit(store.write_encoded, i, encoded)
+            else:
+                pending = writer.submit(store.write_chunk, i, arrays)
+            if on_chunk:
+                pending.add_done_callback(lambda f, i=i: f.exception() is None and on_chunk(i))
         if pending is not None:
             pending.result()
     return len(todo)
 
 
-def overlaps_writes(model: HookedTransformer) -> bool:
-    """Whether writing may run beside the forward pass: yes when the model runs on an accelerator or torch leaves a
-    CPU core idle. When torch's threads fill every core, a writer thread beside them stalls torch's parallel regions
-    at each barrier: on 2 cores the overlapped capture of a GPT-2-small-shaped model ran 1.41-1.77x the bare forward
-    pass against 1.11-1.61x writing in turn (paired runs in one process)."""
+def write_schedule(model: HookedTransformer) -> WriteSchedule:
+    """"background" when the model runs on an accelerator or torch leaves a CPU core idle; otherwise "io". When
+    torch's threads fill every core, compressing beside them stalls torch's parallel regions at each barrier: on 2
+    cores the background schedule ran a GPT-2-small-shaped capture at 1.41-1.77x the bare forward pass against
+    1.11-1.61x in turn (paired runs in one process). Writing the files is another matter: past the page cache's dirty
+    limit a write waits on the disk without using a core, so it can wait beside the forward pass."""
     if model.cfg.device is not None and torch.device(model.cfg.device).type != "cpu":
-        return True
-    return (os.cpu_count() or 1) > torch.get_num_threads() + 1
+        return "background"
+    return "background" if (os.cpu_count() or 1) > torch.get_num_threads() + 1 else "io"
 
 
 def store_path(home: SageHome, model_hash_: str, dataset_hash: str, request: CaptureRequest):
@@ -156,14 +168,19 @@ def prepare_capture(model: Manifest, dataset: Manifest, request: CaptureRequest,
 
 
 @task(name="capture-shard", **{**TASK_DEFAULTS, "cache_key_fn": None, "persist_result": False})
-def capture_shard(store: Manifest, model: Manifest, request: CaptureRequest, shard: int, n_shards: int) -> Manifest:
-    """Fill chunks shard, shard + n_shards, ... of the store; resumable, so never cached."""
+def capture_shard(
+    store: Manifest, model: Manifest, request: CaptureRequest, shard: int, n_shards: int, device: str = "cpu"
+) -> Manifest:
+    """Fill chunks shard, shard + n_shards, ... of the store with the model on `device`; resumable, so never cached.
+
+    The device is not part of the store's address: a GPU and the CPU give the same values within float tolerance
+    (not bit for bit), so a store resumed on another device is whole but not bitwise equal to one captured on one."""
     s = ActivationStore(store["path"])
     if s.is_complete():
-        return {"shard": shard, "written": 0}
-    m = load_model(model["path"])
+        return {"shard": shard, "written": 0, "device": device}
+    m = load_model(model["path"], device)
     n = capture_chunks(s, m, request.batch_size, list(range(shard, s.n_chunks, n_shards)))
-    return {"shard": shard, "written": n}
+    return {"shard": shard, "written": n, "device": device}
 
 
 @task(name="finalize-capture", **TASK_DEFAULTS)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.acceptance.cli import run
+from tests.acceptance.cli import one_line_error, run
 
 pytestmark = [pytest.mark.acceptance, pytest.mark.slow]
 
@@ -42,6 +42,8 @@ def test_capture_bad_hook_and_corrupt_store(tiny_home, tmp_path):
     r = run(["capture", "--tiny", "--hooks", "blocks.0.hook_resid_pots"], tiny_home, timeout=120)
     assert r.returncode == 2 and "no hook 'blocks.0.hook_resid_pots'" in r.stdout
     assert "blocks.0.hook_resid_post" in r.stdout
+    r = run(["capture", "--tiny", "--device", "cuda:99"], tiny_home, timeout=120)
+    assert r.returncode == 2 and one_line_error(r) and "--device cuda:99: torch sees" in r.stdout
     (tmp_path / "junk.zarr").mkdir()
     r = run(["capture", "--info", str(tmp_path / "junk.zarr")], tiny_home, timeout=120)
     assert r.returncode == 2 and r.stdout.startswith("error:")

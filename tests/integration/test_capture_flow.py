@@ -12,8 +12,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_capture_flow_sharded_and_cached(tiny_zoo):
-    from flows.capture import capture, default_hooks
+    from flows.capture import capture
     from flows.settings import results_in
+    from sage_core.capture import default_hooks
     from storage.activations import ActivationStore
     from storage.datasets import read_prompts
     from storage.home import SageHome

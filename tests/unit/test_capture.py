@@ -122,18 +122,19 @@ def test_resume_is_bitwise_identical(tmp_path, model, prompts):
 
 
 @pytest.mark.parametrize("positions", ["all", "roles"])
-def test_writing_beside_the_forward_pass_or_in_turn_gives_the_same_store(tmp_path, model, prompts, positions):
-    """Both write schedules (a writer thread reusing two buffers, or writes in turn reusing one) store the same bytes;
-    overlapped, a chunk's buffer must not be refilled before its write is done."""
+def test_every_write_schedule_gives_the_same_store(tmp_path, model, prompts, positions):
+    """The three write schedules (a writer thread reusing two buffers; compress in turn, write files on a thread;
+    everything in turn) store the same bytes: in the background a chunk's buffer must not be refilled before its write
+    is done, and in the io schedule the encoded bytes must not alias the buffer."""
     req = CaptureRequest(hooks=HOOKS, chunk_mb=0.02, batch_size=16, positions=positions)
     hashes = []
-    for overlap in (True, False):
-        store = open_or_create_store(tmp_path / f"{overlap}.zarr", model, prompts, req, IDENT)
+    for schedule in ("background", "io", "in_turn"):
+        store = open_or_create_store(tmp_path / f"{schedule}.zarr", model, prompts, req, IDENT)
         done = []
-        assert capture_chunks(store, model, 16, overlap=overlap, on_chunk=done.append) == store.n_chunks > 2
+        assert capture_chunks(store, model, 16, schedule=schedule, on_chunk=done.append) == store.n_chunks > 2
         assert sorted(done) == list(range(store.n_chunks))
         hashes.append(store.finalize())
-    assert hashes[0] == hashes[1]
+    assert hashes[0] == hashes[1] == hashes[2]
 
 
 def test_tampered_or_truncated_store_is_detected(tmp_path, model, prompts):
@@ -143,6 +144,40 @@ def test_tampered_or_truncated_store_is_detected(tmp_path, model, prompts):
     chunk.write_bytes(data[: len(data) // 2])
     with pytest.raises(StoreError, match="chunk 1 of blocks.0.hook_resid_post was truncated or modified"):
         ActivationStore.open(store.path)
+
+
+def test_a_store_written_before_format_2_keeps_its_sha256_checksums(tmp_path, model, prompts):
+    """Stores from before the xxh3 checksums (no `checksum` attribute, sha256 records) still open, verify and
+    catch a modified chunk."""
+    import hashlib
+
+    req = CaptureRequest(hooks=HOOKS, chunk_mb=0.02, batch_size=16)
+    store = open_or_create_store(tmp_path / "old.zarr", model, prompts, req, IDENT)
+    del store.group.attrs["checksum"]
+    store = ActivationStore(store.path)
+    capture_chunks(store, model, 16)
+    store.finalize()
+    chunk = store.path / HOOKS[1] / "c" / "0" / "0" / "0" / "0"
+    record = json.loads((store.path / "_progress" / "000000.json").read_text())
+    assert record[HOOKS[1]] == hashlib.sha256(chunk.read_bytes()).hexdigest()[:32]
+    ActivationStore.open(store.path)
+    data = bytearray(chunk.read_bytes())
+    data[-1] ^= 1
+    chunk.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match="chunk 0 of blocks.1.attn.hook_z was truncated or modified"):
+        ActivationStore.open(store.path)
+
+
+def test_chunks_hold_whole_forward_batches():
+    """A forward batch never straddles two chunks (it would run as two short passes)."""
+    from sage_core.capture import chunk_prompts
+
+    per_prompt = 2**20 // 68  # 68 prompts fit in 1 MB
+    assert chunk_prompts(per_prompt, 1.0) == 68
+    assert chunk_prompts(per_prompt, 1.0, batch_size=64) == 64
+    assert chunk_prompts(per_prompt, 1.0, batch_size=16) == 64
+    assert chunk_prompts(per_prompt, 1.0, batch_size=100) == 68  # smaller than a batch: one pass per chunk
+    assert chunk_prompts(per_prompt, 0.001, batch_size=8) == 1
 
 
 def test_store_from_another_model_or_dataset_is_refused(tmp_path, model, prompts):
@@ -172,7 +207,7 @@ def test_write_error_is_clear_and_store_stays_resumable(tmp_path, model, prompts
 
     real = acts_mod._write_file
 
-    def disk_full(path, payload):
+    def disk_full(*args):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(acts_mod, "_write_file", disk_full)
