@@ -196,11 +196,11 @@ class ActivationStore:
                 attributes={"coordinates": "prompt_id", "sage_dtype": dtype}, **small)
         return cls(path)
 
-    def write_chunk(self, i: int, arrays: dict[str, np.ndarray]) -> None:
+    def write_chunk(self, i: int, arrays: dict[str, np.ndarray], writers: int = 1) -> None:
         """Write chunk `i` of every hook (float32 in, stored dtype on disk), then record it as done."""
         encoded = self.encode_chunk(i, arrays)
         if encoded is not None:
-            return self.write_encoded(i, encoded)
+            return self.write_encoded(i, encoded, writers)
         # a codec chain we do not encode ourselves: zarr's own pipeline
         start, stop = self.chunk_range(i)
         jobs = [(self._array(h).async_array, to_storage(arrays[h], self.attrs["dtype"])) for h in self.hooks]
@@ -230,15 +230,20 @@ class ActivationStore:
             return h, (payload, digest(payload))
 
         # every hook at once: Blosc and the hash release the GIL
-        with ThreadPoolExecutor(max_workers=min(4, len(self.hooks))) as pool:
+        with ThreadPoolExecutor(max_workers=min(len(self.hooks), max(2, os.cpu_count() or 1))) as pool:
             return dict(pool.map(encode_one, self.hooks))
 
-    def write_encoded(self, i: int, encoded: EncodedChunk) -> None:
-        """The I/O half: write the files of `encode_chunk(i, ...)`, then record chunk `i` as done."""
+    def write_encoded(self, i: int, encoded: EncodedChunk, writers: int = 1) -> None:
+        """The I/O half: write the files of `encode_chunk(i, ...)` (on `writers` threads), then record chunk `i` as
+        done."""
         files = self._chunk_files(i)
         with self._write_errors(i):
-            for h, (payload, _) in encoded.items():
-                _write_file(self.path / files[h], payload)
+            if writers > 1:
+                with ThreadPoolExecutor(max_workers=writers) as pool:
+                    list(pool.map(lambda h: _write_file(self.path / files[h], encoded[h][0]), encoded))
+            else:
+                for h, (payload, _) in encoded.items():
+                    _write_file(self.path / files[h], payload)
             self._record(i, {h: checksum for h, (_, checksum) in encoded.items()})
 
     @contextmanager

@@ -109,7 +109,7 @@ def capture_chunks(
             role_pos = torch.as_tensor(g["role_pos"][start:stop], dtype=torch.long) if roles else None
             slot = k % 2 if schedule == "background" else 0
             if len(buffers) <= slot:
-                buffers.append({h: np.empty((store.chunk_prompts, *g[h].shape[1:]), np.float32) for h in hooks})
+                buffers.append({h: chunk_buffer((store.chunk_prompts, *g[h].shape[1:]), model) for h in hooks})
             arrays = {h: buffers[slot][h][: stop - start] for h in hooks}
             for b in range(0, stop - start, batch_size):
                 sl = slice(b, b + batch_size)
@@ -128,14 +128,28 @@ def capture_chunks(
                     on_chunk(i)
                 continue
             if schedule == "io":
-                pending = writer.submit(store.write_encoded, i, encoded)
+                pending = writer.submit(store.write_encoded, i, encoded, file_writers(schedule))
             else:
-                pending = writer.submit(store.write_chunk, i, arrays)
+                pending = writer.submit(store.write_chunk, i, arrays, file_writers(schedule))
             if on_chunk:
                 pending.add_done_callback(lambda f, i=i: f.exception() is None and on_chunk(i))
         if pending is not None:
             pending.result()
     return len(todo)
+
+
+def file_writers(schedule: WriteSchedule) -> int:
+    """Threads writing one chunk's files: several when cores are spare (the background schedule), else one, so the
+    writes never take a core from the forward pass."""
+    return max(1, min(8, (os.cpu_count() or 1) // 2)) if schedule == "background" else 1
+
+
+def chunk_buffer(shape: tuple[int, ...], model: HookedTransformer) -> np.ndarray:
+    """A float32 host buffer for one chunk of one hook; page-locked when the model runs on a CUDA GPU, where copies
+    from the device into pageable memory go through a staging buffer at a fraction of the link's speed."""
+    if torch.device(model.cfg.device or "cpu").type == "cuda":
+        return torch.empty(shape, dtype=torch.float32, pin_memory=True).numpy()
+    return np.empty(shape, np.float32)
 
 
 def write_schedule(model: HookedTransformer) -> WriteSchedule:
