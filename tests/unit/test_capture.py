@@ -274,3 +274,33 @@ def test_direct_chunk_writes_equal_zarrs_own_bytes(tmp_path, monkeypatch, dtype,
     for h, a in data.items():
         np.testing.assert_array_equal(reopened.read(h), from_storage(to_storage(a, dtype), dtype))
     assert not list(fast.path.rglob(".*.tmp-*"))
+
+
+GPU = "cuda" if torch.cuda.is_available() else None
+
+
+@pytest.mark.skipif(GPU is None, reason="needs a CUDA GPU (checked on an H200; CI has none)")
+@pytest.mark.parametrize("positions", ["all", "roles"])
+def test_capture_on_a_gpu_matches_the_cpu_and_its_schedules_agree(tmp_path, model, prompts, positions):
+    """On a GPU: values equal the CPU's within float32 rounding; every write schedule, and a resumed capture, store
+    the same bytes."""
+    import copy
+
+    gpu = copy.deepcopy(model).to(GPU, print_details=False)
+    req = CaptureRequest(hooks=HOOKS, chunk_mb=0.02, batch_size=16, positions=positions)
+    cpu = open_or_create_store(tmp_path / "cpu.zarr", model, prompts, req, IDENT)
+    capture_chunks(cpu, model, 16)
+    cpu.finalize()
+    hashes = []
+    for schedule in ("background", "io", "in_turn"):
+        store = open_or_create_store(tmp_path / f"{schedule}.zarr", gpu, prompts, req, IDENT)
+        capture_chunks(store, gpu, 16, schedule=schedule)
+        hashes.append(store.finalize())
+    part = open_or_create_store(tmp_path / "resumed.zarr", gpu, prompts, req, IDENT)
+    assert capture_chunks(part, gpu, 16, chunks=[0, 2]) == 2 and part.n_chunks > 3
+    assert capture_chunks(part, gpu, 16) == part.n_chunks - 2
+    hashes.append(part.finalize())
+    assert len(set(hashes)) == 1
+    got = ActivationStore.open(tmp_path / "io.zarr")
+    for h in HOOKS:
+        np.testing.assert_allclose(got.read(h), cpu.read(h), rtol=1e-4, atol=1e-5)
