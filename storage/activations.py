@@ -47,7 +47,7 @@ EncodedChunk = dict[str, tuple[bytes, str]]  # hook -> (bytes of its chunk file,
 # `checksum` attribute) keep their sha256 records.
 CHECKSUM = "xxh3_128"
 _DIGESTS: dict[str, Callable[[bytes], str]] = {
-    "xxh3_128": lambda b: xxhash.xxh3_128_hexdigest(b),
+    "xxh3_128": xxhash.xxh3_128_hexdigest,
     "sha256": lambda b: hashlib.sha256(b).hexdigest()[:32],
 }
 _META_ARRAYS = ("tokens", "length", "prompt_id", "role", "role_pos")
