@@ -10,7 +10,8 @@
 3. read throughput of a full scan (every hook, chunk by chunk);
 4. peak memory of a capture of 10x more prompts against the small one, each in a fresh process (target <= 1.2).
 
-    python -m benchmarks.capture [--prompts 1024] [--dtype float32] [--gpt2-prompts 192]
+    python -m benchmarks.capture [--prompts 1024] [--dtype float32] [--gpt2-prompts 192] [--device cuda]
+    python -m benchmarks.capture --compare-schedules 4 [--gpt2-prompts 384]   # io vs in_turn vs background, paired
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -65,10 +68,10 @@ def setup(n_prompts: int, model_cfg: ModelConfig = ModelConfig(), device: str = 
 SCHEDULE: str | None = None  # --schedule: None lets capture_chunks choose
 
 
-def capture_once(model, df, request, path) -> float:
+def capture_once(model, df, request, path, schedule: str | None = None) -> float:
     t = time.perf_counter()
     store = open_or_create_store(path, model, df, request, IDENT)
-    capture_chunks(store, model, request.batch_size, schedule=SCHEDULE)
+    capture_chunks(store, model, request.batch_size, schedule=schedule or SCHEDULE)
     store.finalize()
     return time.perf_counter() - t
 
@@ -114,6 +117,21 @@ def ratio(model, df, request: CaptureRequest, repeats: int, label: str, report_d
     return c / b
 
 
+def compare_schedules(model, df, request: CaptureRequest, rounds: int, label: str) -> None:
+    """Every write schedule in paired rounds (bare forward, then capture, per schedule and round): this machine's load
+    drifts by 10-20% between runs, so each capture is divided by the bare pass just before it."""
+    ratios: dict[str, list[float]] = {s: [] for s in ("io", "in_turn", "background")}
+    with tempfile.TemporaryDirectory() as d:
+        for r in range(rounds):
+            for s, got in ratios.items():
+                bare = bare_forward(model, df, request.batch_size)
+                got.append(capture_once(model, df, request, Path(d) / f"{s}{r}.zarr", s) / bare)
+                shutil.rmtree(Path(d) / f"{s}{r}.zarr")
+    for s, got in ratios.items():
+        print(f"[{label}] schedule {s:10s}: median ratio {statistics.median(got):.3f}, min {min(got):.3f} "
+              f"over {rounds} paired rounds")
+
+
 def memory_child(n_prompts: int, dtype: str) -> None:
     model, df = setup(n_prompts)
     request = CaptureRequest(hooks=default_hooks(model.cfg.n_layers), dtype=dtype)
@@ -141,6 +159,8 @@ def main() -> None:
     ap.add_argument("--schedule", choices=["auto", "background", "io", "in_turn"], default="auto",
                     help="how chunk writes meet the forward pass (auto: background when torch leaves a core free or "
                          "runs on a GPU, else io: compress in turn, write files beside the next forward pass)")
+    ap.add_argument("--compare-schedules", type=int, default=0, metavar="ROUNDS",
+                    help="only compare the write schedules on the GPT-2-small shape, in ROUNDS paired rounds")
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (the models run there; stores go to /tmp)")
     ap.add_argument("--memory-child", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -149,6 +169,12 @@ def main() -> None:
 
     global SCHEDULE
     SCHEDULE = None if args.schedule == "auto" else args.schedule
+    if args.compare_schedules:
+        big, big_df = setup(args.gpt2_prompts, GPT2_SMALL_SHAPE, args.device)
+        hooks = default_hooks(big.cfg.n_layers)
+        request = CaptureRequest(hooks=hooks, dtype=args.dtype, compression=args.compression)
+        return compare_schedules(big, big_df, request, args.compare_schedules,
+                                 f"GPT-2-small shape, {len(hooks)} hooks, {args.gpt2_prompts} prompts, {args.device}")
     model, df = setup(args.prompts, device=args.device)
     print(f"device {args.device}, write schedule: {SCHEDULE or write_schedule(model)} ({args.schedule})")
     hooks = default_hooks(model.cfg.n_layers)
