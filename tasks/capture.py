@@ -156,8 +156,10 @@ def write_schedule(model: HookedTransformer) -> WriteSchedule:
     """"background" when the model runs on an accelerator or torch leaves a CPU core idle; otherwise "io". When
     torch's threads fill every core, compressing beside them stalls torch's parallel regions at each barrier: on 2
     cores the background schedule ran a GPT-2-small-shaped capture at 1.41-1.77x the bare forward pass against
-    1.11-1.61x in turn (paired runs in one process). Writing only the files beside it costs less: in 4 paired rounds
-    (192 prompts) the medians were io 1.36x, in turn 1.47x, background 1.57x."""
+    1.11-1.61x in turn (paired runs in one process). Writing only the files beside it cost least or near least in
+    paired rounds (`benchmarks/capture --compare-schedules`): medians io 1.36x, in turn 1.47x, background 1.57x over 4
+    rounds at 192 prompts; io 1.30x, in turn 1.33x, background 1.27x over 5 rounds at 384 prompts, where the three
+    are within this machine's noise of each other."""
     if model.cfg.device is not None and torch.device(model.cfg.device).type != "cpu":
         return "background"
     return "background" if (os.cpu_count() or 1) > torch.get_num_threads() + 1 else "io"
