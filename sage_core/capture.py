@@ -117,7 +117,7 @@ def capture_batch(
         if out is not None:
             torch.from_numpy(out[hook.name]).copy_(a.detach())
         else:
-            got[hook.name] = a.detach().to(torch.float32)
+            got[hook.name] = a.detach().to("cpu", torch.float32)
 
     model.run_with_hooks(tokens, fwd_hooks=[(h, keep) for h in hooks], return_type=None,
                          stop_at_layer=_stop_layer(model, hooks))
