@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 import torch
 
-from sage_core.capture import CaptureError, CaptureRequest, check_hooks
+from sage_core.capture import CaptureError, CaptureRequest, capture_batch, check_hooks
 from sage_core.model import ModelConfig, build_model
 from sage_core.task import DatasetConfig, generate_prompts
 from sage_core.task_library import get_task
@@ -304,3 +304,10 @@ def test_capture_on_a_gpu_matches_the_cpu_and_its_schedules_agree(tmp_path, mode
     got = ActivationStore.open(tmp_path / "io.zarr")
     for h in HOOKS:
         np.testing.assert_allclose(got.read(h), cpu.read(h), rtol=1e-4, atol=1e-5)
+    # without an out buffer too, a GPU model's activations come back as host arrays
+    tokens = torch.as_tensor(cpu.group["tokens"][:8], dtype=torch.long)
+    role_pos = torch.as_tensor(cpu.group["role_pos"][:8], dtype=torch.long) if positions == "roles" else None
+    direct, on_cpu = (capture_batch(m, tokens, list(HOOKS), role_pos) for m in (gpu, model))
+    for h in HOOKS:
+        assert isinstance(direct[h], np.ndarray)
+        np.testing.assert_allclose(direct[h], on_cpu[h], rtol=1e-4, atol=1e-5)
