@@ -122,15 +122,15 @@ def capture_chunks(
             encoded = store.encode_chunk(i, arrays) if schedule == "io" else None
             if pending is not None:
                 pending.result()  # re-raises a write error before more work is done
-            if schedule == "in_turn" or (schedule == "io" and encoded is None):
+            if schedule == "background":
+                pending = writer.submit(store.write_chunk, i, arrays, file_writers(schedule))
+            elif encoded is not None:  # io
+                pending = writer.submit(store.write_encoded, i, encoded)
+            else:  # in turn (or io over a codec chain SAGE does not encode itself)
                 store.write_chunk(i, arrays)
                 if on_chunk:
                     on_chunk(i)
                 continue
-            if schedule == "io":
-                pending = writer.submit(store.write_encoded, i, encoded, file_writers(schedule))
-            else:
-                pending = writer.submit(store.write_chunk, i, arrays, file_writers(schedule))
             if on_chunk:
                 pending.add_done_callback(lambda f, i=i: f.exception() is None and on_chunk(i))
         if pending is not None:
@@ -154,7 +154,7 @@ def chunk_buffer(shape: tuple[int, ...], model: HookedTransformer) -> np.ndarray
 
 def write_schedule(model: HookedTransformer) -> WriteSchedule:
     """"background" when the model runs on an accelerator or torch leaves a CPU core idle; otherwise "io". When
-    torch's threads fill every core, compressing beside them stalls torch's parallel regions at each barrier: on 2
+    torch's threads fill every core, compressing beside them can stall torch's parallel regions at each barrier: on 2
     cores the background schedule ran a GPT-2-small-shaped capture at 1.41-1.77x the bare forward pass against
     1.11-1.61x in turn (paired runs in one process). Writing only the files beside it cost least or near least in
     paired rounds (`benchmarks/capture --compare-schedules`): medians io 1.36x, in turn 1.47x, background 1.57x over 4
