@@ -37,7 +37,7 @@ def load_tokenizer(path: Path):
 
 
 def _config_dict(cfg: HookedTransformerConfig) -> dict[str, Any]:
-    d = cfg.to_dict()
+    d = dict(cfg.to_dict())  # to_dict returns the config's own __dict__: writing into it would break the model
     d["dtype"] = str(d["dtype"]).removeprefix("torch.")
     return d
 

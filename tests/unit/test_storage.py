@@ -96,3 +96,19 @@ def test_flow_record_is_trusted_only_for_its_key_while_its_dirs_are_complete(tmp
     (part / MARKER).write_text("{}")
     rec.write_text('{"key": "k1", "manif')
     assert read_record(rec, "k1", dirs) is None  # a torn or edited record is ignored, not trusted
+
+
+def test_saving_a_model_leaves_the_model_in_memory_usable(tmp_path, tokenizer):
+    import torch
+
+    from sage_core.model import ModelConfig, build_model
+    from storage import zoo
+
+    h = SageHome(tmp_path)
+    model = build_model(ModelConfig(name="m", d_model=16, n_layers=1, n_heads=2, d_head=8, d_mlp=32), len(tokenizer))
+    zoo.save_tokenizer(h.tokenizer_dir("m"), tokenizer)
+    zoo.save_model(h, "m", model, {})
+    assert model.cfg.dtype == torch.float32  # the saved config writes dtype as a string, not into the model
+    tokens = torch.tensor([[tokenizer.bos_token_id, 5, 6]])
+    loaded = zoo.load_model(h.model_dir("m"))
+    assert torch.allclose(model(tokens), loaded(tokens), atol=1e-6)
