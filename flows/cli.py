@@ -389,6 +389,12 @@ def fit_cmd(
                   f"{r['sufficiency']:.2f}", f"{r['necessity']:.2f}", f"{r['edit_accuracy']:.2f}",
                   f"{r['no_intervention']:.2f}", str(r["n_test"]))
     console.print(t)
+    from sage_core.results import QUALITY_BAR, ground_truth_verdicts
+
+    console.print(f"per attribute (bar: sufficiency, necessity, edit accuracy >= {QUALITY_BAR}, edit above the floor):")
+    for r in ground_truth_verdicts(q).iter_rows(named=True):
+        style = "green" if r["verdict"] == "holds" else "yellow"
+        console.print(f"  {r['task']} {r['attribute']}: [{style}]{r['verdict']}[/{style}] - {r['reason']}")
     console.print(f"quality table: {out['quality']}")
 
 

@@ -14,6 +14,7 @@ from sage_core.attribution import LocateConfig
 from sage_core.capture import CaptureRequest
 from sage_core.config import ZooConfig
 from sage_core.dictionaries import METHODS
+from sage_core.results import ground_truth_verdicts
 from sage_core.task_library import get_task
 from storage.hashing import code_version, dir_hash, stable_hash
 from storage.home import SageHome
@@ -56,6 +57,8 @@ def fit_ground_truth(cfg: ZooConfig = ZooConfig(), locate_cfg: LocateConfig = Lo
     q = pl.read_parquet(out["quality"])
     create_table_artifact(key="ground-truth-quality", table=q.to_dicts(),
                           description="Supervised dictionaries: sufficiency, necessity, edit accuracy per cross-section")
+    create_table_artifact(key="ground-truth-verdicts", table=ground_truth_verdicts(q).to_dicts(),
+                          description="Per attribute: does a cross-section meet the quality bar, and if not, why")
     return out
 
 

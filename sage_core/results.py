@@ -110,3 +110,60 @@ def matched_controls(scores: pl.DataFrame) -> pl.DataFrame:
         out = out.join(c, on=key, how="left", nulls_equal=True)
     return out.group_by("sae", "task").agg(pl.col("oracle").mean().alias("oracle_same"),
                                            pl.col("random").mean().alias("random_same"))
+
+
+QUALITY_BAR = 0.8  # sufficiency, necessity and edit accuracy a cross-section must reach (issue #5)
+MIN_GAIN = 0.1  # edit accuracy must beat the no-intervention floor by this much, or there is nothing to judge
+
+
+def ground_truth_verdicts(quality: pl.DataFrame, bar: float = QUALITY_BAR, min_gain: float = MIN_GAIN) -> pl.DataFrame:
+    """One row per (task, attribute) of quality.parquet: does any cross-section's dictionary meet the bar, and if
+    not, why. `verdict` is one of
+    - "holds": some (cross-section, method) has sufficiency, necessity and edit accuracy >= `bar` and edit accuracy
+      at least `min_gain` above the no-intervention floor (the best such row is named);
+    - "not read": at every cross-section the ground-truth patch changes fewer than `min_gain` of the predictions, so
+      the model does not read the attribute there and no edit can be judged;
+    - "not additive": the patch changes predictions somewhere, but no dictionary edit follows it `min_gain` better
+      than no intervention: the attribute acts there through the values of other attributes (e.g. which name sits where),
+      which a sum of per-attribute vectors cannot express;
+    - "below bar": edits follow the patch somewhere, but no row reaches every bar (the best edit gain is named).
+    """
+    q = quality.with_columns(gain=pl.col("edit_accuracy") - pl.col("no_intervention"),
+                             patch_effect=1 - pl.col("no_intervention"))
+    ok = (pl.col("sufficiency") >= bar) & (pl.col("necessity") >= bar) & (pl.col("edit_accuracy") >= bar) & (
+        pl.col("gain") >= min_gain)
+    rows = []
+    for (task, attr), g in q.group_by("task", "attribute", maintain_order=True):
+        passing = g.filter(ok)
+        read = g.filter(pl.col("patch_effect") >= min_gain)
+        if len(passing):
+            verdict, best = "holds", passing.sort("gain", descending=True).row(0, named=True)
+            why = f"meets the bar at {_where(best)}"
+        elif not len(read):
+            verdict, best = "not read", g.sort("patch_effect", descending=True).row(0, named=True)
+            why = (f"the ground-truth patch changes at most {best['patch_effect']:.0%} of predictions at any selected "
+                   f"cross-section: the model does not read {attr} there")
+        elif read["gain"].max() < min_gain:
+            verdict, best = "not additive", read.sort("patch_effect", descending=True).row(0, named=True)
+            why = (f"the patch changes {best['patch_effect']:.0%} of predictions at {_where(best)}, but the dictionary "
+                   f"edit beats no intervention by less than {min_gain} ({best['edit_accuracy']:.2f} vs "
+                   f"{best['no_intervention']:.2f}): {attr} is not a sum of per-value vectors there")
+        else:
+            verdict, best = "below bar", read.sort("gain", descending=True).row(0, named=True)
+            why = (f"best edit gain at {_where(best)}: edit accuracy {best['edit_accuracy']:.2f} over a floor of "
+                   f"{best['no_intervention']:.2f}, sufficiency {best['sufficiency']:.2f}, necessity "
+                   f"{best['necessity']:.2f}; bar {bar}")
+        rows.append({"task": task, "attribute": attr, "verdict": verdict, "hook": best["hook"], "head": best["head"],
+                     "role": best["role"], "method": best["method"], "sufficiency": best["sufficiency"],
+                     "necessity": best["necessity"], "edit_accuracy": best["edit_accuracy"],
+                     "no_intervention": best["no_intervention"], "reason": why})
+    return pl.DataFrame(rows, schema={"task": pl.String, "attribute": pl.String, "verdict": pl.String,
+                                      "hook": pl.String, "head": pl.Int64, "role": pl.String, "method": pl.String,
+                                      "sufficiency": pl.Float64, "necessity": pl.Float64,
+                                      "edit_accuracy": pl.Float64, "no_intervention": pl.Float64,
+                                      "reason": pl.String})
+
+
+def _where(row: dict) -> str:
+    head = f" head {row['head']}" if row["head"] is not None else ""
+    return f"{row['hook']}{head} @ {row['role']} ({row['method']})"

@@ -93,6 +93,8 @@ def test_fit_prints_quality_table(tiny_home):
     r = run(["fit", "--tiny", "--tasks", "ioi", "--per-group", "1", "--methods", "mse"], tiny_home)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "ground truth" in r.stdout and "suff." in r.stdout and "quality table:" in r.stdout
+    verdicts = [line.split(":")[0].strip() for line in r.stdout.splitlines() if line.startswith("  ioi ")]
+    assert sorted(verdicts) == ["ioi IO", "ioi Pos", "ioi S"], r.stdout[-3000:]
 
 
 def test_fit_unknown_method(tiny_home):
