@@ -29,3 +29,24 @@ def test_fit_flow_outputs(tiny_zoo):
     assert parts
     dic = load_dictionary(parts[0])
     assert dic.method == "mse" and dic.attributes
+
+
+def test_a_cross_section_absent_from_the_store_is_refused(tiny_zoo):
+    from sage_core.ground_truth import CrossSection
+    from storage.activations import ActivationStore
+    from storage.atomic import StoreError
+    from storage.hashing import file_hash
+    from storage.home import SageHome
+    from tasks.capture import model_manifest
+    from tasks.fit import fit_section
+
+    home, cfg, *_ = tiny_zoo
+    prompts = {file_hash(p): p for p in (home / "datasets" / "ioi").glob("*/prompts.parquet")}
+    store = next(s for p in (home / "activations").glob("*/*.zarr")
+                 if (s := ActivationStore.open(p)).attrs.get("dataset_hash") in prompts)
+    dataset = {"path": str(prompts[store.attrs["dataset_hash"]]), "hash": store.attrs["dataset_hash"]}
+    absent = next(f"blocks.0.{h}" for h in ("hook_mlp_out", "hook_attn_out", "hook_resid_post")
+                  if f"blocks.0.{h}" not in store.hooks)
+    with pytest.raises(StoreError, match="is not in the store .*capture that hook"):
+        fit_section.fn(model_manifest(SageHome(home), cfg.model.name), dataset, {"path": str(store.path), "hash": "x"},
+                       "ioi", CrossSection(hook=absent, role="END"), ["IO", "S", "Pos"], ["mean"], str(home))
