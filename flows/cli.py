@@ -11,19 +11,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from sage_core.results import short_hook
+
 app = typer.Typer(help="SAGE: score sparse autoencoders against ground-truth features on real tasks.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 zoo_app = typer.Typer(help="The built-in model and SAE zoo.", no_args_is_help=True)
 app.add_typer(zoo_app, name="zoo")
 console = Console(width=None if sys.stdout.isatty() else 140)
-
-
-def short_hook(hook: str) -> str:
-    """blocks.1.attn.hook_z -> L1.attn.z ; blocks.0.hook_resid_pre -> L0.resid_pre"""
-    parts = hook.split(".")
-    if parts[0] != "blocks":
-        return hook
-    return f"L{parts[1]}." + ".".join(p.removeprefix("hook_") for p in parts[2:])
 
 
 def short_sae(name: str) -> str:
@@ -389,9 +383,10 @@ def fit_cmd(
                   f"{r['sufficiency']:.2f}", f"{r['necessity']:.2f}", f"{r['edit_accuracy']:.2f}",
                   f"{r['no_intervention']:.2f}", str(r["n_test"]))
     console.print(t)
-    from sage_core.results import QUALITY_BAR, ground_truth_verdicts
+    from sage_core.results import MIN_GAIN, QUALITY_BAR, ground_truth_verdicts
 
-    console.print(f"per attribute (bar: sufficiency, necessity, edit accuracy >= {QUALITY_BAR}, edit above the floor):")
+    console.print(f"per attribute (bar: 1 - |1 - sufficiency|, necessity and edit accuracy >= {QUALITY_BAR}, edit "
+                  f"accuracy >= {MIN_GAIN} above the no-intervention floor):")
     for r in ground_truth_verdicts(q).iter_rows(named=True):
         style = "green" if r["verdict"] == "holds" else "yellow"
         console.print(f"  {r['task']} {r['attribute']}: [{style}]{r['verdict']}[/{style}] - {r['reason']}")

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 from sage_core import mapping as mp
 from sage_core.core_eval import core_metrics
 from sage_core.ground_truth import CrossSection, build_sets, section_slice, split_rows
-from sage_core.results import Kind, MappingName
+from sage_core.results import Kind, MappingName, sufficiency_closeness
 from sage_core.sae_source import LoadedSAE, check_sae
 from sage_core.scoring import (
     ScoreConfig,
@@ -98,7 +98,7 @@ def _best_method(quality: pl.DataFrame) -> str:
     """The dictionary method an SAE is judged against: the one whose ground truth is truest at that cross-section
     (mean of 1 - |1 - sufficiency|, necessity and edit accuracy, over its attributes)."""
     q = quality.with_columns(
-        (1 - (1 - pl.col("sufficiency")).abs()).clip(0, 1).alias("_s"), pl.col("necessity").clip(0, 1).alias("_n"),
+        sufficiency_closeness().clip(0, 1).alias("_s"), pl.col("necessity").clip(0, 1).alias("_n"),
         pl.col("edit_accuracy").fill_nan(None).alias("_e"))
     per = q.group_by("method").agg(pl.mean_horizontal(pl.col("_s").mean(), pl.col("_n").mean(),
                                                       pl.col("_e").mean()).alias("score"))

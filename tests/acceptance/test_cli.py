@@ -93,8 +93,10 @@ def test_fit_prints_quality_table(tiny_home):
     r = run(["fit", "--tiny", "--tasks", "ioi", "--per-group", "1", "--methods", "mse"], tiny_home)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "ground truth" in r.stdout and "suff." in r.stdout and "quality table:" in r.stdout
-    verdicts = [line.split(":")[0].strip() for line in r.stdout.splitlines() if line.startswith("  ioi ")]
+    verdicts = dict(line.strip().split(": ", 1) for line in r.stdout.splitlines() if line.startswith("  ioi "))
     assert sorted(verdicts) == ["ioi IO", "ioi Pos", "ioi S"], r.stdout[-3000:]
+    kinds = ("holds", "not read", "edit misses", "below bar", "no figures")
+    assert all(v.split(" - ")[0] in kinds for v in verdicts.values()), verdicts
 
 
 def test_fit_unknown_method(tiny_home):

@@ -107,23 +107,32 @@ def test_ground_truth_verdicts_name_the_reason_an_attribute_misses():
 
     from sage_core.results import ground_truth_verdicts
 
+    nan = float("nan")
+
     def row(attr, hook, suff, nec, edit, floor, head=None, method="mean"):
         return {"task": "ioi", "attribute": attr, "hook": hook, "head": head, "role": "END", "method": method,
                 "sufficiency": suff, "necessity": nec, "edit_accuracy": edit, "no_intervention": floor, "n_test": 8}
 
+    h = "blocks.0.hook_mlp_out"
     q = pl.DataFrame([
-        row("IO", "a", 0.9, 0.85, 0.95, 0.0), row("IO", "b", 0.95, 0.9, 0.99, 0.02, head=3),  # both pass: b gains more
-        row("IO", "c", 0.5, 0.9, 1.0, 0.0),
-        row("Pos", "a", 1.0, 0.9, 0.99, 0.97), row("Pos", "b", 1.0, 0.9, 0.98, 0.95),  # patch moves <= 5%
-        row("S", "a", 1.0, 0.9, 0.50, 0.49), row("S", "b", 1.0, 0.9, 0.97, 0.95),  # moves 51% at a, edit does not follow
-        row("G", "a", 0.9, 0.7, 0.90, 0.2), row("G", "b", 0.9, 0.9, 0.6, 0.3),  # follows, but misses necessity / edit
-        row("H", "a", 0.9, 0.9, 0.85, 0.78),  # the patch moves 22%, the edit is over 0.8 but only 0.07 above the floor
+        row("IO", h, 0.9, 0.85, 0.95, 0.0), row("IO", h, 0.95, 0.9, 0.99, 0.02, head=3),  # both pass: the 2nd gains more
+        row("IO", h, 0.5, 0.9, 1.0, 0.0), row("IO", h, nan, nan, nan, nan),  # NaN never passes nor gets named
+        row("Pos", h, 1.0, 0.9, 0.99, 0.97), row("Pos", h, 1.0, 0.9, 0.98, 0.95),  # the patch moves <= 5%
+        row("S", h, 1.0, 0.9, 0.50, 0.49), row("S", h, 1.0, 0.9, 0.97, 0.95),  # moves 51%, the edit reproduces 2%
+        row("G", h, 0.9, 0.7, 0.90, 0.2), row("G", h, 0.9, 0.9, 0.6, 0.3),  # follows, but misses necessity / edit
+        row("H", h, 0.9, 0.9, 0.85, 0.78),  # the patch moves 22%, the edit reproduces 32%: misses
+        row("K", h, 0.9, 0.9, 0.93, 0.84),  # follows (56%) but only 0.09 above the floor
+        row("L", h, 3.0, 0.9, 0.99, 0.0),  # sufficiency far over 1 is not true to the model
+        row("M", h, nan, 0.9, nan, 0.5),
     ])
     v = {r["attribute"]: r for r in ground_truth_verdicts(q).iter_rows(named=True)}
-    assert [v[a]["verdict"] for a in ("IO", "Pos", "S", "G", "H")] == [
-        "holds", "not read", "not additive", "below bar", "not additive"]
-    assert v["IO"]["hook"] == "b" and v["IO"]["head"] == 3 and "head 3" in v["IO"]["reason"]
+    assert {a: v[a]["verdict"] for a in v} == {
+        "IO": "holds", "Pos": "not read", "S": "edit misses", "G": "below bar", "H": "edit misses", "K": "below bar",
+        "L": "below bar", "M": "no figures"}
+    assert v["IO"]["head"] == 3 and "L0.mlp_out.H3@END (mean)" in v["IO"]["reason"]
     assert "at most 5%" in v["Pos"]["reason"]
-    assert v["S"]["hook"] == "a" and "51%" in v["S"]["reason"] and "0.50 vs 0.49" in v["S"]["reason"]
-    assert v["G"]["hook"] == "a"  # the larger edit gain (0.7 vs 0.3)
-    assert ground_truth_verdicts(q, bar=0.95)["verdict"][0] == "below bar"
+    assert "51%" in v["S"]["reason"] and "reproduces 2%" in v["S"]["reason"] and "0.50 over a floor of 0.49" in v[
+        "S"]["reason"]
+    assert v["G"]["edit_accuracy"] == 0.9  # the larger edit gain (0.7 vs 0.3)
+    assert ground_truth_verdicts(q, bar=0.95).filter(pl.col("attribute") == "IO")["verdict"][0] == "below bar"
+    assert ground_truth_verdicts(q.head(0)).is_empty()
