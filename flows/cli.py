@@ -385,8 +385,8 @@ def fit_cmd(
     console.print(t)
     from sage_core.results import MIN_GAIN, QUALITY_BAR, ground_truth_verdicts
 
-    console.print(f"per attribute (bar: 1 - |1 - sufficiency|, necessity and edit accuracy >= {QUALITY_BAR}, edit "
-                  f"accuracy >= {MIN_GAIN} above the no-intervention floor):")
+    console.print(f"per attribute (bar: sufficiency, necessity and edit accuracy >= {QUALITY_BAR}, edit accuracy >= "
+                  f"{MIN_GAIN} above the no-intervention floor):")
     for r in ground_truth_verdicts(q).iter_rows(named=True):
         style = "green" if r["verdict"] == "holds" else "yellow"
         console.print(f"  {r['task']} {r['attribute']}: [{style}]{r['verdict']}[/{style}] - {r['reason']}")
