@@ -383,13 +383,9 @@ def fit_cmd(
                   f"{r['sufficiency']:.2f}", f"{r['necessity']:.2f}", f"{r['edit_accuracy']:.2f}",
                   f"{r['no_intervention']:.2f}", str(r["n_test"]))
     console.print(t)
-    from sage_core.results import MIN_GAIN, QUALITY_BAR, ground_truth_verdicts
+    from sage_core.results import ground_truth_verdicts
 
-    console.print(f"per attribute (bar: sufficiency, necessity and edit accuracy >= {QUALITY_BAR}, edit accuracy >= "
-                  f"{MIN_GAIN} above the no-intervention floor):")
-    for r in ground_truth_verdicts(q).iter_rows(named=True):
-        style = "green" if r["verdict"] == "holds" else "yellow"
-        console.print(f"  {r['task']} {r['attribute']}: [{style}]{r['verdict']}[/{style}] - {r['reason']}")
+    print_verdicts(ground_truth_verdicts(q))
     console.print(f"quality table: {out['quality']}")
 
 
@@ -426,6 +422,20 @@ def print_leaderboard(board, tasks: list[str] | None = None, top: int | None = N
         console.print(t)
         ok, text = controls_verdict(board, task)
         console.print(f"controls on {task}: {'[green]' if ok else '[red]'}{text}[/]")
+
+
+def print_verdicts(verdicts, tasks: list[str] | None = None) -> None:
+    """The per-attribute verdicts of the ground truth (`sage_core.results.ground_truth_verdicts`), one line each."""
+    from sage_core.results import MIN_GAIN, QUALITY_BAR, verdict_line
+
+    rows = [r for r in verdicts.iter_rows(named=True) if tasks is None or r["task"] in tasks]
+    if not rows:
+        return
+    console.print(f"ground truth per attribute (bar: sufficiency, necessity and edit accuracy >= {QUALITY_BAR}, edit "
+                  f"accuracy >= {MIN_GAIN} above the no-intervention floor):")
+    for r in rows:
+        style = "green" if r["verdict"] == "holds" else "yellow"
+        console.print(f"  {r['task']} [{style}]{verdict_line(r)}[/{style}]")
 
 
 def _latest_report(h) -> Path:
@@ -533,6 +543,9 @@ def evaluate_cmd(
     console.print(f"scoring: {_units_scored(h.root, since)} SAE x task units computed (the rest were cached)")
     board = pl.read_parquet(out["leaderboard"])
     print_leaderboard(board, list(cfg.tasks or cfg.zoo.tasks), top)
+    from sage_core.results import VERDICT_SCHEMA
+
+    print_verdicts(pl.DataFrame(out["verdicts"], schema=VERDICT_SCHEMA))
     if out["n_failed"]:
         failures = pl.read_parquet(Path(out["leaderboard"]).with_name("failures.parquet"))
         console.print(f"[yellow]{out['n_failed']} SAE(s) or stage(s) failed (the rest completed):[/]")

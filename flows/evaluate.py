@@ -29,7 +29,7 @@ from sage_core.capture import CaptureRequest
 from sage_core.config import EvaluateConfig
 from sage_core.ground_truth import CrossSection
 from sage_core.report_plots import summary_markdown
-from sage_core.results import leaderboard, score_frame
+from sage_core.results import ground_truth_verdicts, leaderboard, score_frame
 from sage_core.task_library import get_task
 from storage import scores as sc_store
 from storage.hashing import code_version, stable_hash
@@ -163,20 +163,22 @@ def evaluate(cfg: EvaluateConfig = EvaluateConfig(), home: str | None = None, ru
     meta = {"run": run, "model": cfg.pretrained or name, "model_hash": model["hash"], "tasks": tasks, "n_saes": len(specs),
             "created": time.strftime("%Y-%m-%d %H:%M:%S"), "ground_truth": gt["path"]}
     out_dir = sc_store.write_run(h.scores_dir(run), scores, board, fail_df, meta)
-    report = write_report(h.report_dir(run), scores, board, fail_df, meta)
-    _publish(board, fail_df, meta)
+    verdicts = ground_truth_verdicts(pl.read_parquet(gt["quality"])).filter(pl.col("task").is_in(tasks))
+    report = write_report(h.report_dir(run), scores, board, fail_df, meta, verdicts)
+    _publish(board, fail_df, meta, verdicts)
     return {"run": run, "scores": str(out_dir / "scores.parquet"), "leaderboard": str(out_dir / "leaderboard.parquet"),
             "report": str(report), "n_failed": len(failures), "ground_truth": gt["path"], "unreached": unreached,
             "sections": {t: sorted({p["section_obj"]["hook"] for p in parts_by_task[t]}) for t in tasks},
-            "model_eval": [r for r in zoo["model_eval"]["rows"] if r["task"] in tasks] if cfg.pretrained else []}
+            "model_eval": [r for r in zoo["model_eval"]["rows"] if r["task"] in tasks] if cfg.pretrained else [],
+            "verdicts": verdicts.to_dicts()}
 
 
-def _publish(board: pl.DataFrame, failures: pl.DataFrame, meta: dict) -> None:
+def _publish(board: pl.DataFrame, failures: pl.DataFrame, meta: dict, verdicts: pl.DataFrame) -> None:
     show = ["sae", "task", "kind", "mapping", "status", "summary", "explained_variance", "sufficiency", "necessity",
             "edit_accuracy_k4", "f1_mean", "mcc", "ce_loss_recovered"]
     create_table_artifact(key="sae-leaderboard", table=board.select(show).to_dicts(),
                           description=f"SAGE leaderboard, run {meta['run']}")
-    create_markdown_artifact(key="sae-evaluation-summary", markdown=summary_markdown(board, failures, meta),
+    create_markdown_artifact(key="sae-evaluation-summary", markdown=summary_markdown(board, failures, meta, verdicts=verdicts),
                              description=f"SAGE evaluation report, run {meta['run']}")
 
 

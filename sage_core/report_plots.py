@@ -21,6 +21,8 @@ import polars as pl  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
+from sage_core.results import MIN_GAIN, QUALITY_BAR, verdict_line  # noqa: E402
+
 KIND_COLOURS = {"trained": "#4c72b0", "oracle": "#55a868", "random": "#c44e52"}
 OTHER_COLOUR = "#8c8c8c"
 MISSING = "–"
@@ -300,10 +302,12 @@ def _failed_entries(leaderboard: pl.DataFrame, failures: pl.DataFrame) -> list[s
 
 
 def summary_markdown(leaderboard: pl.DataFrame, failures: pl.DataFrame, meta: dict,
-                     plots: dict[str, list[str]] | None = None) -> str:
-    """The run's markdown report: meta paragraph, per-task leaderboard + controls verdict, failed SAEs.
+                     plots: dict[str, list[str]] | None = None, verdicts: pl.DataFrame | None = None) -> str:
+    """The run's markdown report: meta paragraph, per-task leaderboard + controls verdict (+ the ground truth's
+    verdict per attribute), failed SAEs.
 
     `plots` maps a task to relative image paths to embed under its table (the writer knows where they are).
+    `verdicts`: rows of `sage_core.results.ground_truth_verdicts`.
     """
     tasks = _tasks(leaderboard)
     lines = [f"# SAGE report: {meta.get('run', 'run')}", ""]
@@ -325,6 +329,11 @@ def summary_markdown(leaderboard: pl.DataFrame, failures: pl.DataFrame, meta: di
         holds, text = controls_verdict(leaderboard, task)
         mark = {True: "✅", False: "❌", None: "⚠️"}[holds]
         lines += ["", f"**Controls:** {mark} {text}", ""]
+        gt = [] if verdicts is None else [r for r in verdicts.iter_rows(named=True) if r["task"] == task]
+        if gt:
+            lines += [f"**Ground truth** (bar: sufficiency, necessity and edit accuracy >= {QUALITY_BAR}, edit accuracy "
+                      f">= {MIN_GAIN} above the no-intervention floor):", ""]
+            lines += [f"- {_md_escape(verdict_line(r))}" for r in gt] + [""]
         for p in (plots or {}).get(task, []):
             name = p.rsplit("/", 1)[-1].removesuffix(".png")
             lines.append(f"![{name}]({p})")

@@ -117,6 +117,11 @@ MIN_GAIN = 0.1  # edit accuracy must beat the no-intervention floor by this much
 MIN_FOLLOW = 0.5  # share of the patch's changed predictions an edit must reproduce to count as following the patch
 
 
+VERDICT_SCHEMA = {"task": pl.String, "attribute": pl.String, "verdict": pl.String, "hook": pl.String, "head": pl.Int64,
+                  "role": pl.String, "method": pl.String, "sufficiency": pl.Float64, "necessity": pl.Float64,
+                  "edit_accuracy": pl.Float64, "no_intervention": pl.Float64, "reason": pl.String}
+
+
 def sufficiency_closeness(col: str = "sufficiency") -> pl.Expr:
     """1 - |1 - sufficiency|: 1 is best, and overshooting the clean logit difference counts as far off as falling
     short of it."""
@@ -180,11 +185,12 @@ def ground_truth_verdicts(quality: pl.DataFrame, bar: float = QUALITY_BAR, min_g
                      "role": best["role"], "method": best["method"], "sufficiency": best["sufficiency"],
                      "necessity": best["necessity"], "edit_accuracy": best["edit_accuracy"],
                      "no_intervention": best["no_intervention"], "reason": why})
-    return pl.DataFrame(rows, schema={"task": pl.String, "attribute": pl.String, "verdict": pl.String,
-                                      "hook": pl.String, "head": pl.Int64, "role": pl.String, "method": pl.String,
-                                      "sufficiency": pl.Float64, "necessity": pl.Float64,
-                                      "edit_accuracy": pl.Float64, "no_intervention": pl.Float64,
-                                      "reason": pl.String})
+    return pl.DataFrame(rows, schema=VERDICT_SCHEMA)
+
+
+def verdict_line(row: dict) -> str:
+    """`attribute: verdict - reason`, one line per row of `ground_truth_verdicts`."""
+    return f"{row['attribute']}: {row['verdict']} - {row['reason']}"
 
 
 def _first(df: pl.DataFrame, by: list[str]) -> dict:

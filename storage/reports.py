@@ -46,8 +46,9 @@ def _tasks(scores: pl.DataFrame, leaderboard: pl.DataFrame) -> list[str]:
 
 
 def write_report(out_dir: Path, scores: pl.DataFrame, leaderboard: pl.DataFrame, failures: pl.DataFrame,
-                 meta: dict) -> Path:
-    """Write the report directory once; if `out_dir` is already complete it is left as it is."""
+                 meta: dict, verdicts: pl.DataFrame | None = None) -> Path:
+    """Write the report directory once; if `out_dir` is already complete it is left as it is. `verdicts`: the
+    ground truth's verdict per attribute, listed under each task."""
     out_dir = Path(out_dir)
     if is_complete(out_dir):
         return out_dir
@@ -73,7 +74,8 @@ def write_report(out_dir: Path, scores: pl.DataFrame, leaderboard: pl.DataFrame,
         leaderboard.write_parquet(tmp / "leaderboard.parquet")
         if failures is not None and failures.height:
             failures.write_parquet(tmp / "failures.parquet")
-        (tmp / "README.md").write_text(summary_markdown(leaderboard, failures, meta, plots=embedded))
+        (tmp / "README.md").write_text(summary_markdown(leaderboard, failures, meta, plots=embedded,
+                                                                  verdicts=verdicts))
     return out_dir
 
 

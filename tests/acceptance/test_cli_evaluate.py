@@ -35,6 +35,9 @@ def test_evaluate_prints_leaderboard_and_report(evaluated):
     report = Path(r.stdout.split("report:")[-1].split()[0])
     assert report.name == "README.md" and report.is_file() and report.is_relative_to(home)
     assert (home / "zoo" / "sage-test" / "saes").is_dir()
+    assert "ground truth per attribute" in r.stdout and "  ioi Pos: " in r.stdout
+    text = report.read_text()
+    assert "**Ground truth**" in text and "- IO: " in text and "- Pos: " in text
 
 
 def test_report_prints_the_same_leaderboard(evaluated):

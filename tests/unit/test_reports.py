@@ -145,6 +145,22 @@ def test_summary_markdown_tables_controls_and_failures():
     assert bad.rstrip().endswith("none")
 
 
+def test_summary_markdown_lists_the_ground_truth_verdicts_under_their_task():
+    from sage_core.results import VERDICT_SCHEMA
+
+    verdicts = pl.DataFrame([
+        {"task": "ioi", "attribute": "IO", "verdict": "holds", "reason": "meets the bar at L0.resid_pre@IO (mse)"},
+        {"task": "ioi", "attribute": "Pos", "verdict": "not read", "reason": "the patch changes at most 7%"},
+        {"task": "greater_than", "attribute": "YY", "verdict": "below bar", "reason": "necessity 0.5 | x"},
+    ], schema=VERDICT_SCHEMA)
+    md = summary_markdown(_leaderboard(), FAILURES.clear(), META, verdicts=verdicts)
+    ioi, gt = md.split("## ioi")[1].split("## greater_than")
+    assert "- IO: holds - meets the bar at L0.resid_pre@IO (mse)" in ioi and "- Pos: not read - " in ioi
+    assert "YY" not in ioi and "- YY: below bar - necessity 0.5 \\| x" in gt  # a pipe would break the markdown
+    assert md.count("**Ground truth** (bar: sufficiency, necessity and edit accuracy >= 0.8") == 2
+    assert "**Ground truth**" not in summary_markdown(_leaderboard(), FAILURES.clear(), META)
+
+
 def test_leaderboard_text_is_aligned():
     text = leaderboard_text(_leaderboard(), "ioi")
     lines = text.splitlines()
