@@ -426,13 +426,12 @@ def print_leaderboard(board, tasks: list[str] | None = None, top: int | None = N
 
 def print_verdicts(verdicts, tasks: list[str] | None = None) -> None:
     """The per-attribute verdicts of the ground truth (`sage_core.results.ground_truth_verdicts`), one line each."""
-    from sage_core.results import MIN_GAIN, QUALITY_BAR, verdict_line
+    from sage_core.results import BAR_TEXT, verdict_line
 
     rows = [r for r in verdicts.iter_rows(named=True) if tasks is None or r["task"] in tasks]
     if not rows:
         return
-    console.print(f"ground truth per attribute (bar: sufficiency, necessity and edit accuracy >= {QUALITY_BAR}, edit "
-                  f"accuracy >= {MIN_GAIN} above the no-intervention floor):")
+    console.print(f"ground truth per attribute ({BAR_TEXT}):")
     for r in rows:
         style = "green" if r["verdict"] == "holds" else "yellow"
         console.print(f"  {r['task']} [{style}]{verdict_line(r)}[/{style}]")

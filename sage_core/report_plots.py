@@ -21,7 +21,7 @@ import polars as pl  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from sage_core.results import MIN_GAIN, QUALITY_BAR, verdict_line  # noqa: E402
+from sage_core.results import BAR_TEXT, verdict_line  # noqa: E402
 
 KIND_COLOURS = {"trained": "#4c72b0", "oracle": "#55a868", "random": "#c44e52"}
 OTHER_COLOUR = "#8c8c8c"
@@ -331,8 +331,7 @@ def summary_markdown(leaderboard: pl.DataFrame, failures: pl.DataFrame, meta: di
         lines += ["", f"**Controls:** {mark} {text}", ""]
         gt = [] if verdicts is None else [r for r in verdicts.iter_rows(named=True) if r["task"] == task]
         if gt:
-            lines += [f"**Ground truth** (bar: sufficiency, necessity and edit accuracy >= {QUALITY_BAR}, edit accuracy "
-                      f">= {MIN_GAIN} above the no-intervention floor):", ""]
+            lines += [f"**Ground truth** ({BAR_TEXT}):", ""]
             lines += [f"- {_md_escape(verdict_line(r))}" for r in gt] + [""]
         for p in (plots or {}).get(task, []):
             name = p.rsplit("/", 1)[-1].removesuffix(".png")

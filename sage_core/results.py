@@ -115,6 +115,8 @@ def matched_controls(scores: pl.DataFrame) -> pl.DataFrame:
 QUALITY_BAR = 0.8  # sufficiency, necessity and edit accuracy a cross-section must reach (issue #5)
 MIN_GAIN = 0.1  # edit accuracy must beat the no-intervention floor by this much, or there is nothing to judge
 MIN_FOLLOW = 0.5  # share of the patch's changed predictions an edit must reproduce to count as following the patch
+BAR_TEXT = (f"bar: sufficiency, necessity and edit accuracy >= {QUALITY_BAR}, edit accuracy >= {MIN_GAIN} above the "
+            "no-intervention floor")
 
 
 VERDICT_SCHEMA = {"task": pl.String, "attribute": pl.String, "verdict": pl.String, "hook": pl.String, "head": pl.Int64,
