@@ -424,15 +424,14 @@ def print_leaderboard(board, tasks: list[str] | None = None, top: int | None = N
         console.print(f"controls on {task}: {'[green]' if ok else '[red]'}{text}[/]")
 
 
-def print_verdicts(verdicts, tasks: list[str] | None = None) -> None:
+def print_verdicts(verdicts) -> None:
     """The per-attribute verdicts of the ground truth (`sage_core.results.ground_truth_verdicts`), one line each."""
     from sage_core.results import BAR_TEXT, verdict_line
 
-    rows = [r for r in verdicts.iter_rows(named=True) if tasks is None or r["task"] in tasks]
-    if not rows:
+    if verdicts.is_empty():
         return
     console.print(f"ground truth per attribute ({BAR_TEXT}):")
-    for r in rows:
+    for r in verdicts.iter_rows(named=True):
         style = "green" if r["verdict"] == "holds" else "yellow"
         console.print(f"  {r['task']} [{style}]{verdict_line(r)}[/{style}]")
 

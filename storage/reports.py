@@ -74,8 +74,8 @@ def write_report(out_dir: Path, scores: pl.DataFrame, leaderboard: pl.DataFrame,
         leaderboard.write_parquet(tmp / "leaderboard.parquet")
         if failures is not None and failures.height:
             failures.write_parquet(tmp / "failures.parquet")
-        (tmp / "README.md").write_text(summary_markdown(leaderboard, failures, meta, plots=embedded,
-                                                                  verdicts=verdicts))
+        md = summary_markdown(leaderboard, failures, meta, plots=embedded, verdicts=verdicts)
+        (tmp / "README.md").write_text(md)
     return out_dir
 
 
