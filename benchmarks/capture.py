@@ -5,6 +5,8 @@
    model of GPT-2-small's shape (12 layers, d_model 768; random weights, nothing downloaded). The built-in model is so
    small (0.6M parameters) that its forward pass over 17k tokens takes about 0.4 s while it emits 130 MB of activations:
    there the ratio measures this machine's compress-and-write throughput, not the capture overhead a real model sees.
+   Each ratio is the median of paired rounds (bare forward, then capture). For the GPT-2 shape at every position the
+   capture's time is split into the forward pass with its hook copies, the encoding, and the rest (file writes).
    `--schedule background|io|in_turn` forces how writes meet the forward pass (default: `write_schedule` picks);
 2. bytes on disk against raw float32 bytes;
 3. read throughput of a full scan (every hook, chunk by chunk);
@@ -32,7 +34,7 @@ warnings.filterwarnings("ignore")
 
 import torch  # noqa: E402
 
-from sage_core.capture import CaptureRequest, default_hooks  # noqa: E402
+from sage_core.capture import CaptureRequest, capture_batch, default_hooks  # noqa: E402
 from sage_core.corpus import background_vocabulary  # noqa: E402
 from sage_core.model import ModelConfig, build_model  # noqa: E402
 from sage_core.task import DatasetConfig, generate_prompts  # noqa: E402
@@ -89,15 +91,56 @@ def bare_forward(model, df, batch_size) -> float:
     return time.perf_counter() - t
 
 
-def ratio(model, df, request: CaptureRequest, repeats: int, label: str, report_disk: bool) -> float:
-    cap, bare = [], []
+def phases(model, df, request: CaptureRequest, store: ActivationStore) -> tuple[float, float]:
+    """Seconds of the capture's two CPU phases without any file write: the forward pass copying every hook into the
+    chunk buffers, and encoding those chunks (Blosc + checksums) as the store would."""
+    from tasks.capture import chunk_buffer
+
+    g = store.group
+    buffers = {h: chunk_buffer((store.chunk_prompts, *g[h].shape[1:]), model) for h in store.hooks}
+    roles = "role_pos" in g
+    forward = encode = 0.0
+    for i in range(store.n_chunks):
+        start, stop = store.chunk_range(i)
+        tokens = torch.as_tensor(g["tokens"][start:stop], dtype=torch.long)
+        role_pos = torch.as_tensor(g["role_pos"][start:stop], dtype=torch.long) if roles else None
+        arrays = {h: b[: stop - start] for h, b in buffers.items()}
+        t = time.perf_counter()
+        for b in range(0, stop - start, request.batch_size):
+            sl = slice(b, b + request.batch_size)
+            capture_batch(model, tokens[sl], store.hooks, role_pos[sl] if roles else None,
+                          out={h: a[sl] for h, a in arrays.items()})
+        forward += time.perf_counter() - t
+        t = time.perf_counter()
+        store.encode_chunk(i, arrays)
+        encode += time.perf_counter() - t
+    return forward, encode
+
+
+def ratio(model, df, request: CaptureRequest, repeats: int, label: str, report_disk: bool,
+          breakdown: bool = False) -> float:
+    """Capture + store against the bare forward pass in paired rounds (bare, then capture): this machine's load
+    drifts by 10-20% between runs, so each capture is divided by the bare pass just before it. Prints the median and
+    range of the paired ratios and returns the median. With `breakdown`, each round also times the forward pass with
+    its hook copies alone and the encoding alone, so the rest of the capture's time is the file writes (and their
+    effect on the forward pass beside them)."""
+    got, parts = [], []
     with tempfile.TemporaryDirectory() as d:
-        for r in range(repeats):  # interleaved against drift in machine load
-            bare.append(bare_forward(model, df, request.batch_size))
-            cap.append(capture_once(model, df, request, Path(d) / f"s{r}.zarr"))
+        for r in range(repeats):
+            bare = bare_forward(model, df, request.batch_size)
+            got.append(capture_once(model, df, request, Path(d) / f"s{r}.zarr") / bare)
+            if breakdown:
+                forward, encode = phases(model, df, request, ActivationStore.open(Path(d) / f"s{r}.zarr"))
+                parts.append((forward / bare, encode / bare, got[-1] - (forward + encode) / bare))
+        med = statistics.median(got)
+        print(f"[{label}] capture + store / bare forward ({bare:.2f} s): median {med:.3f}, "
+              f"range {min(got):.3f}-{max(got):.3f} over {repeats} paired rounds   (target <= 1.25)")
+        if breakdown:
+            fwd, enc, rest = (statistics.median(p[k] for p in parts) for k in range(3))
+            print(f"  of which (medians over the rounds): forward pass with hook copies {fwd:.3f}, encoding {enc:.3f}, "
+                  f"the rest {rest:.3f} (file writes and their slowing of the forward pass beside them, store "
+                  f"creation, sealing)")
         store = ActivationStore.open(Path(d) / "s0.zarr")
-        c, b = min(cap), min(bare)
-        print(f"[{label}] bare forward {b:.2f} s, capture + store {c:.2f} s: ratio {c / b:.3f}   (target <= 1.25)")
         if report_disk:
             hooks = request.hooks
             n_tok = int(store.group["length"][:].sum())
@@ -114,7 +157,7 @@ def ratio(model, df, request: CaptureRequest, repeats: int, label: str, report_d
             print(f"  bytes on disk: {disk / 2**20:.1f} MiB vs raw float32 {raw / 2**20:.1f} MiB of real tokens "
                   f"({padded_raw / 2**20:.1f} MiB padded): {disk / raw:.3f}x raw")
             print(f"  full scan    : {scanned / 2**20 / scan:,.0f} MiB/s decoded float32 ({scan:.2f} s)")
-    return c / b
+    return med
 
 
 def compare_schedules(model, df, request: CaptureRequest, rounds: int, label: str) -> None:
@@ -154,7 +197,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=1024)
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--compression", default="lz4", choices=["lz4", "zstd", "none"])
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3, help="paired rounds per ratio")
     ap.add_argument("--gpt2-prompts", type=int, default=192, help="prompts for the GPT-2-small-shaped run (0: skip)")
     ap.add_argument("--schedule", choices=["auto", "background", "io", "in_turn"], default="auto",
                     help="how chunk writes meet the forward pass (auto: background when torch leaves a core free or "
@@ -186,8 +229,10 @@ def main() -> None:
     if args.gpt2_prompts:
         big, big_df = setup(args.gpt2_prompts, GPT2_SMALL_SHAPE, args.device)
         big_request = request.model_copy(update={"hooks": default_hooks(big.cfg.n_layers)})
-        ratio(big, big_df, big_request, args.repeats,
-              f"GPT-2-small shape ({len(big_request.hooks)} hooks, {args.gpt2_prompts} prompts)", report_disk=False)
+        for positions in ("all", "roles"):
+            ratio(big, big_df, big_request.model_copy(update={"positions": positions}), args.repeats,
+                  f"GPT-2-small shape ({len(big_request.hooks)} hooks, {args.gpt2_prompts} prompts), {positions} "
+                  f"positions", report_disk=False, breakdown=positions == "all")
 
     peaks = []
     for n in (args.prompts, 10 * args.prompts):
