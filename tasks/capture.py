@@ -93,7 +93,6 @@ def capture_chunks(
     done = store.done_chunks()
     todo = [i for i in (range(store.n_chunks) if chunks is None else chunks) if i not in done]
     g = store.group
-    roles = "role_pos" in g
     hooks = store.hooks
     schedule = schedule or write_schedule(model)
     # chunk buffers are allocated once and reused (fresh pages per chunk cost more than the copy). In the background
@@ -104,21 +103,11 @@ def capture_chunks(
         pending = None
         for k, i in enumerate(todo):
             start, stop = store.chunk_range(i)
-            tokens = torch.as_tensor(g["tokens"][start:stop], dtype=torch.long)
-            lengths = g["length"][start:stop]
-            role_pos = torch.as_tensor(g["role_pos"][start:stop], dtype=torch.long) if roles else None
             slot = k % 2 if schedule == "background" else 0
             if len(buffers) <= slot:
                 buffers.append({h: chunk_buffer((store.chunk_prompts, *g[h].shape[1:]), model) for h in hooks})
             arrays = {h: buffers[slot][h][: stop - start] for h in hooks}
-            for b in range(0, stop - start, batch_size):
-                sl = slice(b, b + batch_size)
-                capture_batch(model, tokens[sl], hooks, role_pos[sl] if roles else None,
-                              out={h: a[sl] for h, a in arrays.items()})
-            if not roles:  # zero the padding: deterministic, and it compresses to nothing
-                pad = np.arange(tokens.shape[1])[None, :] >= lengths[:, None]
-                for a in arrays.values():
-                    a[pad] = 0
+            compute_chunk(store, model, i, arrays, batch_size)
             encoded = store.encode_chunk(i, arrays) if schedule == "io" else None
             if pending is not None:
                 pending.result()  # re-raises a write error before more work is done
@@ -136,6 +125,27 @@ def capture_chunks(
         if pending is not None:
             pending.result()
     return len(todo)
+
+
+def compute_chunk(
+    store: ActivationStore, model: HookedTransformer, i: int, arrays: dict[str, np.ndarray], batch_size: int
+) -> None:
+    """Fill `arrays` (a float32 buffer per hook, as long as chunk `i`) with the activations of chunk `i`'s prompts, in
+    forward batches of `batch_size`; positions past a prompt's length are zeroed."""
+    g = store.group
+    start, stop = store.chunk_range(i)
+    tokens = torch.as_tensor(g["tokens"][start:stop], dtype=torch.long)
+    roles = "role_pos" in g
+    role_pos = torch.as_tensor(g["role_pos"][start:stop], dtype=torch.long) if roles else None
+    hooks = list(arrays)
+    for b in range(0, stop - start, batch_size):
+        sl = slice(b, b + batch_size)
+        capture_batch(model, tokens[sl], hooks, role_pos[sl] if roles else None,
+                      out={h: a[sl] for h, a in arrays.items()})
+    if not roles:  # zero the padding: deterministic, and it compresses to nothing
+        pad = np.arange(tokens.shape[1])[None, :] >= g["length"][start:stop][:, None]
+        for a in arrays.values():
+            a[pad] = 0
 
 
 def file_writers(schedule: WriteSchedule) -> int:
