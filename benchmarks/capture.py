@@ -6,7 +6,8 @@
    small (0.6M parameters) that its forward pass over 17k tokens takes about 0.4 s while it emits 130 MB of activations:
    there the ratio measures this machine's compress-and-write throughput, not the capture overhead a real model sees.
    Each ratio is the median of paired rounds (bare forward, then capture). For the GPT-2 shape at every position the
-   capture's time is split into the forward pass with its hook copies, the encoding, and the rest (file writes).
+   capture's time is split into the forward pass with its hook copies, the encoding, and the rest (store creation,
+   file writes, sealing).
    `--schedule background|io|in_turn` forces how writes meet the forward pass (default: `write_schedule` picks);
 2. bytes on disk against raw float32 bytes;
 3. read throughput of a full scan (every hook, chunk by chunk);
@@ -117,10 +118,10 @@ def phases(model, request: CaptureRequest, store: ActivationStore) -> tuple[floa
 def ratio(model, df, request: CaptureRequest, repeats: int, label: str, report_disk: bool,
           breakdown: bool = False) -> float:
     """Capture + store against the bare forward pass in paired rounds (bare, then capture): this machine's load
-    drifts by 10-20% between runs, so each capture is divided by the bare pass just before it. Prints the median and
+    drifts by 10-30% between runs, so each capture is divided by the bare pass just before it. Prints the median and
     range of the paired ratios and returns the median. With `breakdown`, each round also times the forward pass with
-    its hook copies alone and the encoding alone, so the rest of the capture's time is the file writes (and their
-    effect on the forward pass beside them)."""
+    its hook copies alone and the encoding alone; the rest of the capture's time is creating the store, writing its
+    files (and their effect on the forward pass beside them) and sealing it."""
     got, parts = [], []
     with tempfile.TemporaryDirectory() as d:
         for r in range(repeats):
@@ -159,7 +160,7 @@ def ratio(model, df, request: CaptureRequest, repeats: int, label: str, report_d
 
 def compare_schedules(model, df, request: CaptureRequest, rounds: int, label: str) -> None:
     """Every write schedule in paired rounds (bare forward, then capture, per schedule and round): this machine's load
-    drifts by 10-20% between runs, so each capture is divided by the bare pass just before it."""
+    drifts by 10-30% between runs, so each capture is divided by the bare pass just before it."""
     ratios: dict[str, list[float]] = {s: [] for s in ("io", "in_turn", "background")}
     with tempfile.TemporaryDirectory() as d:
         for r in range(rounds):
