@@ -242,4 +242,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from benchmarks.record import recording
+
+    with recording("capture"):
+        main()
