@@ -3,9 +3,29 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
+import re
+import tempfile
+from pathlib import Path, PurePosixPath
+
+from storage.atomic import StoreError
 
 DEFAULT_HOME = "./sage-data"
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+# directories that share scores/ and reports/ with the runs (and ground_truth/records): a run may not be one of them
+RESERVED_RUN_NAMES = frozenset({"parts", "references", "core", "records"})
+
+
+def check_run_name(name: str) -> str:
+    """`name` if it is a safe run name: a slug that stays one directory under scores/ and reports/, is none of the
+    directories stored beside the runs, and is not a write-once temporary; else a one-line ValueError."""
+    ok = isinstance(name, str) and RUN_NAME.fullmatch(name) is not None
+    if ok and name.lower() in RESERVED_RUN_NAMES:  # lower(): a case-insensitive file system maps Parts to parts
+        raise ValueError(f"run name {name!r} is reserved (SAGE stores {', '.join(sorted(RESERVED_RUN_NAMES))} beside "
+                         "the runs); pass another --run")
+    if not ok or ".partial-" in name or ".stale-" in name:
+        raise ValueError(f"invalid run name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a "
+                         "letter or digit (e.g. --run nightly-2024-06-01)")
+    return name
 
 
 class SageHome:
@@ -23,6 +43,39 @@ class SageHome:
 
     def __repr__(self) -> str:
         return f"SageHome({str(self.root)!r})"
+
+    def ensure_writable(self) -> None:
+        """Create the root if it is missing and prove it takes a file, so a bad SAGE_HOME fails in one line before
+        any compute (not as a traceback after it)."""
+        hint = "set SAGE_HOME (or --home) to a writable directory"
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreError(f"data root {self.root} is a file, not a directory; {hint}")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"cannot create the data root {self.root} ({e.strerror or e}); {hint}") from e
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".sage-write-probe-", dir=self.root)
+        except OSError as e:
+            raise StoreError(f"data root {self.root} is not writable ({e.strerror or e}); {hint}") from e
+        os.close(fd)
+        os.unlink(probe)
+
+    def relative(self, path: str | Path) -> str:
+        """`path` as stored in records: relative to the root, '/'-separated, so a moved or copied root still reads."""
+        p = Path(path).resolve()
+        if not p.is_relative_to(self.root):
+            raise ValueError(f"{p} is not under the data root {self.root}; only paths inside SAGE_HOME are recorded")
+        return p.relative_to(self.root).as_posix()
+
+    def at(self, rel: str) -> Path:
+        """The path a record's relative path names under this root; one that would leave the root is refused (a
+        record is data, and data may not point SAGE at other files)."""
+        pure = PurePosixPath(str(rel).replace("\\", "/"))
+        if not str(rel) or pure.is_absolute() or ".." in pure.parts:
+            raise ValueError(f"{rel!r} is not a relative path inside the data root {self.root}; the record naming it "
+                             "is corrupt: delete it and rerun the stage that wrote it")
+        return self.root.joinpath(*pure.parts)
 
     # zoo
     def zoo_dir(self, model: str) -> Path:
@@ -96,13 +149,13 @@ class SageHome:
         return self.root / "scores" / "core" / key
 
     def scores_dir(self, run: str) -> Path:
-        return self.root / "scores" / run
+        return self.root / "scores" / check_run_name(run)
 
     def reports_root(self) -> Path:
         return self.root / "reports"
 
     def report_dir(self, run: str) -> Path:
-        return self.reports_root() / run
+        return self.reports_root() / check_run_name(run)
 
     # prefect
     def prefect_results(self) -> Path:

@@ -15,6 +15,7 @@ import polars as pl
 
 from sage_core.report_plots import f1_heatmap, metric_panels, ranked_saes, summary_markdown
 from storage.atomic import StoreError, is_complete, write_once
+from storage.scores import frames_digest, refuse_other_run
 
 PLOT_METRICS = ("summary", "explained_variance", "sufficiency", "necessity", "edit_accuracy_k4", "f1_mean", "mcc")
 PLOT_DPI = 110
@@ -47,13 +48,15 @@ def _tasks(scores: pl.DataFrame, leaderboard: pl.DataFrame) -> list[str]:
 
 def write_report(out_dir: Path, scores: pl.DataFrame, leaderboard: pl.DataFrame, failures: pl.DataFrame,
                  meta: dict, verdicts: pl.DataFrame | None = None) -> Path:
-    """Write the report directory once; if `out_dir` is already complete it is left as it is. `verdicts`: the
-    ground truth's verdict per attribute, listed under each task."""
+    """Write the report directory once; if `out_dir` is already complete with the same run (`meta["run_key"]`, else
+    the same tables) it is left as it is, and with another run it is refused (StoreError naming another --run).
+    `verdicts`: the ground truth's verdict per attribute, listed under each task."""
     out_dir = Path(out_dir)
-    if is_complete(out_dir):
+    identity = {"run_key": meta.get("run_key"), "content": frames_digest(scores, leaderboard, failures)}
+    if refuse_other_run(out_dir, identity):
         return out_dir
     tasks = _tasks(scores, leaderboard)
-    with write_once(out_dir, {"kind": "report", **meta}) as tmp:
+    with write_once(out_dir, {"kind": "report", **meta, **identity}) as tmp:
         (tmp / "plots").mkdir()
         embedded: dict[str, list[str]] = {}
         for task in tasks:

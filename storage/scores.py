@@ -19,7 +19,8 @@ from sage_core.ground_truth import CrossSection
 from sage_core.results import score_frame
 from sage_core.scoring import SectionReference
 from storage import ground_truth as gt_store
-from storage.atomic import StoreError, is_complete, write_once
+from storage.atomic import StoreError, is_complete, read_marker, write_once
+from storage.hashing import stable_hash
 
 
 def write_references(d: Path, refs: list[SectionReference], gt_paths: dict[str, str], meta: dict[str, Any]) -> Path:
@@ -82,12 +83,41 @@ def read_part(d: Path) -> pl.DataFrame:
     return pl.read_parquet(Path(d) / "scores.parquet")
 
 
+def frames_digest(*frames: pl.DataFrame | None) -> str:
+    """Content hash of result tables (schema and every value, in order): equal tables, equal digest."""
+    return stable_hash([None if f is None else [str(f.schema), f.to_dict(as_series=False)] for f in frames])
+
+
+def refuse_other_run(d: Path, identity: dict[str, str]) -> bool:
+    """True when `d` is already complete with this `identity` (an identical rerun: reuse it), False when it is absent
+    or incomplete; a StoreError naming another --run when it holds another evaluation, which is never kept silently
+    while this run's results are published, nor overwritten."""
+    if not is_complete(d):
+        return False
+    old = read_marker(d)
+    same = (old.get("run_key") == identity["run_key"] if old.get("run_key") and identity.get("run_key")
+            else old.get("content") == identity["content"])
+    if not same:
+        raise StoreError(f"{Path(d).parent.name}/{Path(d).name} ({d}) already holds another evaluation; pass another "
+                         f"--run (e.g. --run {Path(d).name}-2), or delete that directory to replace it")
+    return True
+
+
 def write_run(d: Path, scores: pl.DataFrame, board: pl.DataFrame, failures: pl.DataFrame,
               meta: dict[str, Any]) -> Path:
-    if not is_complete(d):
-        with write_once(d, meta) as tmp:
+    """scores/<run>/ once. `meta["run_key"]` (what was scored, from the flow) identifies the run, else the tables'
+    content does: the same run again is reused, another one under the same name is refused (`refuse_other_run`)."""
+    identity = {"run_key": meta.get("run_key"), "content": frames_digest(scores, board, failures)}
+    if not refuse_other_run(d, identity):
+        with write_once(d, {**meta, **identity}) as tmp:
             scores.write_parquet(tmp / "scores.parquet")
             board.write_parquet(tmp / "leaderboard.parquet")
             failures.write_parquet(tmp / "failures.parquet")
     return d
 
+
+def read_run(d: Path) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """(scores, leaderboard, failures) of a complete scores/<run>/."""
+    if not is_complete(d):
+        raise StoreError(f"no complete run at {d}; run `sage evaluate` first")
+    return tuple(pl.read_parquet(Path(d) / f) for f in ("scores.parquet", "leaderboard.parquet", "failures.parquet"))
