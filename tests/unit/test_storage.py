@@ -53,7 +53,6 @@ def test_home_layout(tmp_path, monkeypatch):
 
 
 def test_zoo_record_is_trusted_only_while_everything_it_names_is_whole(tmp_path):
-    from storage.atomic import MARKER
     from storage.hashing import file_hash
     from storage.home import SageHome
     from storage.zoo import read_zoo_record, write_zoo_record
@@ -63,8 +62,8 @@ def test_zoo_record_is_trusted_only_while_everything_it_names_is_whole(tmp_path)
     (h.model_dir("m") / "_MODEL_COMPLETE.json").write_text("{}")
     ds = tmp_path / "prompts.parquet"
     ds.write_bytes(b"data")
-    h.sae_dir("m", "s1").mkdir(parents=True)
-    (h.sae_dir("m", "s1") / MARKER).write_text("{}")
+    with write_once(h.sae_dir("m", "s1"), kind="sae") as tmp:
+        (tmp / "cfg.json").write_text("{}")
     m = {"path": str(ds), "hash": file_hash(ds)}
     write_zoo_record(h, "m", "k1", {"datasets": [m], "corpus": m})
     assert read_zoo_record(h, "m", "k1", ["s1"]) is not None
@@ -79,8 +78,9 @@ def test_flow_record_is_trusted_only_for_its_key_while_its_dirs_are_complete(tmp
     from storage.records import read_record, write_record
 
     part = tmp_path / "parts" / "p1"
-    part.mkdir(parents=True)
-    (part / MARKER).write_text("{}")
+    with write_once(part) as tmp:
+        (tmp / "x.json").write_text("{}")
+    whole_marker = (part / MARKER).read_text()
     rec = tmp_path / "records" / "k1.json"
     manifest = {"path": str(part), "parts": [{"path": str(part), "hash": "h"}]}
     from storage.records import all_complete
@@ -93,7 +93,7 @@ def test_flow_record_is_trusted_only_for_its_key_while_its_dirs_are_complete(tmp
     assert read_record(rec, "k2", dirs) is None  # another key: other inputs or code
     (part / MARKER).unlink()
     assert read_record(rec, "k1", dirs) is None  # a part it names is no longer whole
-    (part / MARKER).write_text("{}")
+    (part / MARKER).write_text(whole_marker)
     rec.write_text('{"key": "k1", "manif')
     assert read_record(rec, "k1", dirs) is None  # a torn or edited record is ignored, not trusted
 

@@ -1,0 +1,51 @@
+"""Checked reads of durable files: each file is verified against its write-once directory's marker (size, then
+xxh3 digest; remembered per process while the file is unchanged) before it is parsed, and a file that still fails to
+parse is named in one line, never as a library traceback ("File out of specification")."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from storage.atomic import StoreError, verify_file
+
+
+def _unreadable(path: Path, root: Path | None, exc: BaseException) -> StoreError:
+    where = root if root is not None else path.parent
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return StoreError(f"{path} is unreadable ({first}); rerun the command: the stage that writes {where} rebuilds it")
+
+
+def read_parquet(path: str | Path, root: str | Path | None = None, **kwargs: Any) -> pl.DataFrame:
+    """`pl.read_parquet` of a file inside a write-once directory (`root`, default its parent), checked first."""
+    path = Path(path)
+    verify_file(path, root)
+    try:
+        return pl.read_parquet(path, **kwargs)
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise _unreadable(path, root and Path(root), exc) from exc
+
+
+def read_json(path: str | Path, root: str | Path | None = None) -> Any:
+    path = Path(path)
+    verify_file(path, root)
+    try:
+        return json.loads(path.read_bytes())
+    except (ValueError, OSError) as exc:
+        raise _unreadable(path, root and Path(root), exc) from exc
+
+
+def load_safetensors(path: str | Path, root: str | Path | None = None) -> tuple[dict, dict[str, str]]:
+    """Tensors and metadata of a safetensors file inside a write-once directory, checked first."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    verify_file(path, root)
+    try:
+        with safe_open(str(path), "pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    except (SafetensorError, OSError) as exc:
+        raise _unreadable(path, root and Path(root), exc) from exc
