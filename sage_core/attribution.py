@@ -1,8 +1,10 @@
 """Location search: attribution patching (AtP) of every component at every role position, its selection, and its
 validation by real activation patching.
 
-AtP_i(c, p) = mean over pairs (x, x') of <a_c,p(x') - a_c,p(x), dLD(x)/da_c,p>, LD(x) = logit(answer(x)) -
-logit(target), target = `pair_target_token`. All components come from one sweep per batch: a forward pass on x'
+AtP_i(c, r) = mean over pairs (x, x') of <a_c,p'(x') - a_c,p(x), dLD(x)/da_c,p>, with p the position of role r in x
+and p' its position in x', LD(x) = logit(answer(x)) - logit(target), target = `pair_target_token`. The patch is
+role-aligned, as the ground truth's is (sage_core.ground_truth): where the counterfactual moves a role (IOI's Pos: the
+names trade places, p' != p), x' 's activation is taken where that role sits in x', not at x's token index. All components come from one sweep per batch: a forward pass on x'
 (no grad), a forward pass on x that keeps the activations, and one backward pass.
 """
 
@@ -83,14 +85,24 @@ class PairBatch(BaseModel):
     answer: list[int]
     target: list[int]
     positions: list[list[int]] = Field(description="per pair, the token position of each role (of the clean prompt)")
+    cf_positions: list[list[int]] | None = Field(
+        None, description="per pair, the token position of each role in the counterfactual (where x' 's activation "
+                          "is read); None = the clean positions, for position-aligned sweeps over every token")
 
     def batches(self, batch_size: int, pad_id: int):
-        """Padded tensors per batch: clean tokens, cf tokens, last position, answer, target, role positions."""
+        """Padded tensors per batch: clean tokens, cf tokens, last position, answer, target, role positions in x, role
+        positions in x'."""
+        cf_positions = self.cf_positions if self.cf_positions is not None else self.positions
+        if len(cf_positions) != len(self.positions) or any(
+                len(a) != len(b) for a, b in zip(cf_positions, self.positions, strict=True)):
+            raise LocateError("cf_positions must give one position per role per pair, like positions; set it to None "
+                              "when the counterfactual's positions are the clean ones")
         for i in range(0, len(self.clean), batch_size):
             sl = slice(i, i + batch_size)
             yield (pad_sequences(self.clean[sl], pad_id), pad_sequences(self.cf[sl], pad_id),
                    torch.as_tensor([len(s) - 1 for s in self.clean[sl]]), torch.as_tensor(self.answer[sl]),
-                   torch.as_tensor(self.target[sl]), torch.as_tensor(self.positions[sl]))
+                   torch.as_tensor(self.target[sl]), torch.as_tensor(self.positions[sl]),
+                   torch.as_tensor(cf_positions[sl]))
 
 
 def logit_diff(logits: Tensor, last: Tensor, answer: Tensor, target: Tensor) -> Float[Tensor, " b"]:
@@ -110,7 +122,8 @@ def atp_sweep(
 
     `ig_steps` > 1 averages the gradient over that many points on the straight line between the embeddings of x and
     x' (AtP with integrated gradients, as in EAP-IG): more faithful where a swap of tokens is far from linear, at
-    `ig_steps` backward passes per batch instead of one.
+    `ig_steps` backward passes per batch instead of one. The gradient is always read at the role's position in x and
+    multiplies the role-aligned difference a(x')[p'] - a(x)[p].
 
     Returns (scores[component, role], {"ld_clean", "ld_cf"}: mean LD on x and on x' — their difference is the full
     counterfactual effect).
@@ -120,7 +133,7 @@ def atp_sweep(
     totals = torch.zeros(len(components), n_roles, dtype=torch.float64)
     ld_clean = ld_cf = 0.0
     n = len(pairs.clean)
-    for x, xc, last, ans, tgt, pos in pairs.batches(batch_size, pad_id):
+    for x, xc, last, ans, tgt, pos, pos_cf in pairs.batches(batch_size, pad_id):
         emb = "blocks.0.hook_resid_pre"
         with torch.no_grad():
             logits_cf, cache_cf = model.run_with_cache(xc, names_filter=[*hooks, emb])
@@ -151,11 +164,11 @@ def atp_sweep(
             model.zero_grad(set_to_none=True)
         b_idx = torch.arange(len(pos))[:, None]
         for j, c in enumerate(components):
-            a, g, a_cf = clean_acts[c.hook], grads[c.hook], cache_cf[c.hook]
+            # (b, role, ...): x's activation and gradient where each role sits in x, x' 's where it sits in x'
+            a, g, a_cf = clean_acts[c.hook][b_idx, pos], grads[c.hook][b_idx, pos], cache_cf[c.hook][b_idx, pos_cf]
             if c.head is not None:
                 a, g, a_cf = a[:, :, c.head], g[:, :, c.head], a_cf[:, :, c.head]
-            contrib = ((a_cf - a) * g).sum(-1)  # (b, pos)
-            totals[j] += contrib[b_idx, pos].sum(0).double()
+            totals[j] += ((a_cf - a) * g).sum(-1).sum(0).double()
     return (totals / n).float(), {"ld_clean": ld_clean / n, "ld_cf": ld_cf / n}
 
 
@@ -182,27 +195,28 @@ def patch_effects(
     batch_size: int = 64,
 ) -> list[float]:
     """Real activation patching. For each set of (component, role) patches: mean over pairs of
-    LD(x with those activations taken from x') - LD(x). The clean LD and x''s activations are computed once per batch,
+    LD(x with those activations taken from x') - LD(x), role-aligned: x' 's activation at the role's position in x'
+    goes to the role's position in x. The clean LD and x''s activations are computed once per batch,
     then one forward pass per set."""
     hooks = sorted({c.hook for ps in patch_sets for c, _ in ps})
     deltas = np.zeros(len(patch_sets))
     n = len(pairs.clean)
-    for x, xc, last, ans, tgt, pos in pairs.batches(batch_size, pad_id):
+    for x, xc, last, ans, tgt, pos, pos_cf in pairs.batches(batch_size, pad_id):
         _, cache_cf = model.run_with_cache(xc, names_filter=hooks)
         base = logit_diff(model(x), last, ans, tgt)
         rows = torch.arange(len(pos))
         for k, patches in enumerate(patch_sets):
 
-            def patch(a, hook, patches=patches, pos=pos, rows=rows, cache_cf=cache_cf):
+            def patch(a, hook, patches=patches, pos=pos, pos_cf=pos_cf, rows=rows, cache_cf=cache_cf):
                 a = a.clone()
                 for c, r in patches:
                     if c.hook != hook.name:
                         continue
-                    p = pos[:, r]
+                    p, q = pos[:, r], pos_cf[:, r]
                     if c.head is None:
-                        a[rows, p] = cache_cf[hook.name][rows, p]
+                        a[rows, p] = cache_cf[hook.name][rows, q]
                     else:
-                        a[rows, p, c.head] = cache_cf[hook.name][rows, p, c.head]
+                        a[rows, p, c.head] = cache_cf[hook.name][rows, q, c.head]
                 return a
 
             used = sorted({c.hook for c, _ in patches})
@@ -257,20 +271,25 @@ def pairs_for(df, attribute: str, split: str | None = None, limit: int | None = 
     if cfs.is_empty():
         attrs = sorted(a for a in df["pair_attr"].unique().to_list() if a)
         raise LocateError(f"no counterfactual pairs for attribute {attribute!r}; the table has {attrs or 'none'}")
+    # explicit order (prompt ids are zero-padded, so this is generation order): the same table always gives the
+    # same pairs in the same order, whatever order a filter or join leaves the rows in
+    cfs = cfs.sort("prompt_id")
     if limit:
         cfs = cfs.head(limit)
     clean = df.filter(pl.col("pair_of").is_null()).select("prompt_id", "tokens", "answer_token", "cf_answer_token",
                                                           *[f"pos_{r}" for r in roles])
-    joined = cfs.select("pair_of", pl.col("tokens").alias("cf_tokens"), pl.col("answer_token").alias("cf_answer")) \
-        .join(clean, left_on="pair_of", right_on="prompt_id", how="inner")
-    rows = joined.iter_rows(named=True)
-    batch = PairBatch(clean=[], cf=[], answer=[], target=[], positions=[])
-    for r in rows:
+    joined = cfs.select("pair_of", pl.col("prompt_id").alias("cf_id"), pl.col("tokens").alias("cf_tokens"),
+                        pl.col("answer_token").alias("cf_answer"), *[pl.col(f"pos_{r}").alias(f"cf_pos_{r}")
+                                                                     for r in roles]) \
+        .join(clean, left_on="pair_of", right_on="prompt_id", how="inner").sort("cf_id")
+    batch = PairBatch(clean=[], cf=[], answer=[], target=[], positions=[], cf_positions=[])
+    for r in joined.iter_rows(named=True):
         batch.clean.append(r["tokens"])
         batch.cf.append(r["cf_tokens"])
         batch.answer.append(r["answer_token"])
         batch.target.append(pair_target_token(r["answer_token"], r["cf_answer_token"], r["cf_answer"]))
         batch.positions.append([r[f"pos_{x}"] for x in roles])
+        batch.cf_positions.append([r[f"cf_pos_{x}"] for x in roles])
     return batch, roles
 
 

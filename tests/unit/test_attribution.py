@@ -68,7 +68,7 @@ def test_atp_is_the_first_order_term_of_the_real_effect(setup):
     model, _, pairs, roles, pad = setup
     comp, role, eps = Component("attn_out", 1), roles.index("END"), 1e-3
     one = pairs.model_copy(update={k: getattr(pairs, k)[:1] for k in ("clean", "cf", "answer", "target",
-                                                                      "positions")})
+                                                                      "positions", "cf_positions")})
     scores, _ = atp_sweep(model, one, [comp], pad)
     x, xc = torch.tensor([one.clean[0]]), torch.tensor([one.cf[0]])
     _, cache_cf = model.run_with_cache(xc)
@@ -91,7 +91,7 @@ def test_integrated_gradients_end_points(setup):
     same = [i for i, c in enumerate(pairs.clean) if len(c) == len(pairs.clean[0])][:4]
     small = pairs.model_copy(update={k: [getattr(pairs, k)[i] for i in same] for k in ("clean", "cf", "answer",
                                                                                        "target")}
-                             | {"positions": [list(range(len(pairs.clean[0])))] * len(same)})
+                             | {"positions": [list(range(len(pairs.clean[0])))] * len(same), "cf_positions": None})
     scores, ld = atp_sweep(model, small, [Component("resid_pre", 0)], pad, ig_steps=32)
     assert scores.sum().item() == pytest.approx(ld["ld_cf"] - ld["ld_clean"], rel=0.05)
 
@@ -156,3 +156,88 @@ def test_bad_input(setup, tokenizer):
         all_components(model, ["heads"])
     with pytest.raises(LocateError, match="matches nothing"):
         all_components(model, [])
+
+
+def _table_pairs(df, attribute: str, split: str = "train"):
+    """(clean tokens, cf tokens, answer, target, clean role positions, cf role positions) per pair, read straight from
+    the prompt table: each prompt's own `pos_<role>` columns (independent of `pairs_for`)."""
+    import polars as pl
+
+    from sage_core.task import pair_target_token
+
+    roles = [c.removeprefix("pos_") for c in df.columns if c.startswith("pos_")]
+    by_id = {r["prompt_id"]: r for r in df.filter(pl.col("pair_of").is_null()).iter_rows(named=True)}
+    out = []
+    for cf in df.filter((pl.col("pair_attr") == attribute) & (pl.col("split") == split)).iter_rows(named=True):
+        x = by_id[cf["pair_of"]]
+        out.append((x["tokens"], cf["tokens"], x["answer_token"],
+                    pair_target_token(x["answer_token"], x["cf_answer_token"], cf["answer_token"]),
+                    [x[f"pos_{r}"] for r in roles], [cf[f"pos_{r}"] for r in roles]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def pos_setup(setup):
+    """IOI's Pos pairs: the counterfactual trades the places of IO and S1, so a role sits at another token index."""
+    model, df, _, roles, pad = setup
+    pairs, _ = pairs_for(df, "Pos", split="train")
+    table = _table_pairs(df, "Pos")
+    moved = [r for r in roles if any(p[4][roles.index(r)] != p[5][roles.index(r)] for p in table)]
+    assert set(moved) == {"IO", "S1"}  # the case under test: role positions differ between x and x'
+    return model, pairs, roles, pad, table
+
+
+@pytest.mark.parametrize("comp", [Component("head", 0, 1), Component("resid_post", 0), Component("mlp_out", 1)])
+def test_patch_effect_is_role_aligned_like_the_ground_truth(pos_setup, comp):
+    """Brute force: x with a_c at role r's position in x replaced by a_c(x') at role r's position IN x' (the ground
+    truth's patch, sage_core.ground_truth), for every pair and every role."""
+    model, pairs, roles, pad, table = pos_setup
+    for role in ("IO", "S1", "END"):
+        r = roles.index(role)
+        deltas = []
+        for x, xc, ans, tgt, pos, pos_cf in table:
+            x, xc = torch.tensor([x]), torch.tensor([xc])
+            _, cache_cf = model.run_with_cache(xc)
+
+            def put(a, hook, p=pos[r], q=pos_cf[r], cache_cf=cache_cf):
+                a = a.clone()
+                src = cache_cf[hook.name][0, q]
+                if comp.head is None:
+                    a[0, p] = src
+                else:
+                    a[0, p, comp.head] = src[comp.head]
+                return a
+
+            args = (torch.tensor([x.shape[1] - 1]), torch.tensor([ans]), torch.tensor([tgt]))
+            deltas.append((logit_diff(model.run_with_hooks(x, fwd_hooks=[(comp.hook, put)]), *args)
+                           - logit_diff(model(x), *args)).item())
+        got = patch_effect(model, pairs, [(comp, r)], pad, batch_size=5)
+        assert got == pytest.approx(np.mean(deltas), rel=1e-4, abs=1e-5), role
+
+
+def test_atp_is_role_aligned_like_the_ground_truth(pos_setup):
+    """Per pair: <a_c(x') at role r's position in x' - a_c(x) at its position in x, dLD(x)/da_c at that position>."""
+    model, pairs, roles, pad, table = pos_setup
+    comps = [Component("head", 1, 0), Component("resid_pre", 1), Component("attn_out", 0)]
+    scores, _ = atp_sweep(model, pairs, comps, pad, batch_size=5)
+    for j, comp in enumerate(comps):
+        for role in ("IO", "S1", "END"):
+            r = roles.index(role)
+            vals = []
+            for x, xc, ans, tgt, pos, pos_cf in table:
+                x, xc = torch.tensor([x]), torch.tensor([xc])
+                _, cache_cf = model.run_with_cache(xc)
+                store = {}
+
+                def grab(a, hook, store=store):
+                    store["a"] = a
+                    return a
+
+                logits = model.run_with_hooks(x, fwd_hooks=[(comp.hook, grab)])
+                ld = logit_diff(logits, torch.tensor([x.shape[1] - 1]), torch.tensor([ans]), torch.tensor([tgt]))
+                (g,) = torch.autograd.grad(ld.sum(), store["a"])
+                a, g, a_cf = store["a"].detach()[0, pos[r]], g[0, pos[r]], cache_cf[comp.hook][0, pos_cf[r]]
+                if comp.head is not None:
+                    a, a_cf, g = a[comp.head], a_cf[comp.head], g[comp.head]
+                vals.append(float(((a_cf - a) * g).sum()))
+            assert scores[j, r].item() == pytest.approx(float(np.mean(vals)), rel=1e-4, abs=1e-5), (comp, role)
