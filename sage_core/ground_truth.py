@@ -192,17 +192,21 @@ class SplitRows(BaseModel):
 def split_rows(df, attributes: list[str], split: str, max_test: int | None = None) -> SplitRows:
     """Fitting uses every row (clean and counterfactual) NOT in `split`, so a dictionary never sees the prompts it is
     judged on; the clean set is `split`'s original prompts; pairs join each counterfactual to its original. With
-    `max_test`, the first that many clean prompts (and pairs per attribute) are kept."""
+    `max_test`, the first that many clean prompts (and pairs per attribute) are kept.
+
+    Clean prompts and pairs are in prompt-id order (zero-padded ids: generation order), never in whatever order a
+    filter or join leaves them: the references and the scoring call this separately and must pick the same pairs."""
     import polars as pl
 
     roles = [c.removeprefix("pos_") for c in df.columns if c.startswith("pos_")]
     df = df.with_row_index("_row")
-    clean_df = df.filter((pl.col("split") == split) & pl.col("pair_of").is_null())
+    clean_df = df.filter((pl.col("split") == split) & pl.col("pair_of").is_null()).sort("prompt_id")
     pairs = []
     for attr in attributes:
         cf = df.filter((pl.col("split") == split) & (pl.col("pair_attr") == attr)).select(
-            "pair_of", pl.col("_row").alias("_cf_row"), pl.col(f"attr_{attr}").alias("_new"))
-        j = cf.join(clean_df, left_on="pair_of", right_on="prompt_id", how="inner")
+            "pair_of", pl.col("prompt_id").alias("_cf_id"), pl.col("_row").alias("_cf_row"),
+            pl.col(f"attr_{attr}").alias("_new"))
+        j = cf.join(clean_df, left_on="pair_of", right_on="prompt_id", how="inner").sort("pair_of", "_cf_id")
         j = j.head(max_test) if max_test else j
         if not j.is_empty():
             pairs.append(PairRows(attribute=attr, x=j["_row"].to_numpy(), xp=j["_cf_row"].to_numpy(),

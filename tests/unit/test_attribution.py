@@ -241,3 +241,13 @@ def test_atp_is_role_aligned_like_the_ground_truth(pos_setup):
                     a, a_cf, g = a[comp.head], a_cf[comp.head], g[comp.head]
                 vals.append(float(((a_cf - a) * g).sum()))
             assert scores[j, r].item() == pytest.approx(float(np.mean(vals)), rel=1e-4, abs=1e-5), (comp, role)
+
+
+def test_search_pairs_do_not_depend_on_the_table_order(setup):
+    """The same prompts give the same `limit` pairs in the same order, however the table's rows are ordered."""
+    _, df, *_ = setup
+    for attr in ("IO", "Pos"):
+        want, _ = pairs_for(df, attr, split="train", limit=7)
+        for seed in (1, 2):
+            got, _ = pairs_for(df.sample(fraction=1.0, shuffle=True, seed=seed), attr, split="train", limit=7)
+            assert got.model_dump() == want.model_dump()

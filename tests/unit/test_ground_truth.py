@@ -136,3 +136,25 @@ def test_ground_truth_verdicts_name_the_reason_an_attribute_misses():
     assert v["G"]["edit_accuracy"] == 0.9  # the larger edit gain (0.7 vs 0.3)
     assert ground_truth_verdicts(q, bar=0.95).filter(pl.col("attribute") == "IO")["verdict"][0] == "below bar"
     assert ground_truth_verdicts(q.head(0)).is_empty()
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_test_sets_do_not_depend_on_the_table_order(tiny, seed):
+    """References and scoring call split_rows separately: the same prompts must give the same clean prompts and the
+    same pairs in the same order, however the table's rows are ordered (a join is free to reorder them)."""
+    from sage_core.ground_truth import split_rows
+
+    _, df, _, _ = tiny
+    attrs = ["IO", "S", "Pos"]
+
+    def picked(table):
+        rows = split_rows(table, attrs, "test", max_test=5)
+        ids = table["prompt_id"]
+        return (ids.gather(rows.clean).to_list(), ids.gather(rows.fit).sort().to_list(),
+                [(p.attribute, ids.gather(p.x).to_list(), ids.gather(p.xp).to_list(), p.old, p.new)
+                 for p in rows.pairs])
+
+    shuffled = df.sample(fraction=1.0, shuffle=True, seed=seed)
+    assert picked(shuffled) == picked(df)
+    clean, _, pairs = picked(df)
+    assert clean == sorted(clean) and all(p[1] == sorted(p[1]) for p in pairs)  # prompt-id (generation) order
