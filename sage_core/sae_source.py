@@ -39,29 +39,54 @@ class SAECheckError(ValueError):
 
 # -- weights ------------------------------------------------------------------------------------------------------
 def sae_tensors(sae: Any) -> dict[str, Tensor]:
-    """Every weight tensor of an SAE: its `state_dict()` when it has one, else its tensor attributes."""
+    """Every weight tensor of an SAE: its `state_dict()` when it has one, plus the tensors held as attributes (a
+    module's plain-tensor attributes are not in its state_dict) and W_dec. A state_dict() that raises is an error, not
+    a reason to hash less: two SAEs could then share a cache key."""
+    out: dict[str, Tensor] = {}
     if isinstance(sae, torch.nn.Module) or callable(getattr(sae, "state_dict", None)):
         try:
             sd = sae.state_dict()
-        except Exception:  # an object whose state_dict is not torch's: fall back to attributes
-            sd = None
-        if isinstance(sd, dict) and sd:
-            return {str(k): v for k, v in sd.items() if isinstance(v, Tensor)}
-    attrs = dict(getattr(sae, "__dict__", {}))
-    out = {k: v for k, v in attrs.items() if isinstance(v, Tensor)}
+        except Exception as e:
+            msg = " ".join(str(e).split())[:300]
+            raise SAECheckError(f"{type(sae).__name__}.state_dict() failed ({type(e).__name__}: {msg}): SAGE hashes "
+                                "the weights it returns to key every cached result; make it return the weight "
+                                "tensors, or drop the method") from e
+        if isinstance(sd, dict):
+            out = {str(k): v for k, v in sd.items() if isinstance(v, Tensor)}
+    for k, v in getattr(sae, "__dict__", {}).items():
+        if isinstance(v, Tensor) and k not in out:
+            out[k] = v
     if "W_dec" not in out and isinstance(getattr(sae, "W_dec", None), Tensor):  # a property or class attribute
         out["W_dec"] = sae.W_dec
     return out
 
 
 def weights_hash(sae: Any) -> str:
-    """sha256 over the SAE's weight tensors (name, dtype, shape and bytes), in sorted name order."""
+    """sha256 over the SAE's weight tensors (name, dtype, shape and bytes), in sorted name order. An object that is
+    not a torch module may keep weights where no attribute shows them (a dict, a closure), so its codes on a fixed
+    probe batch are hashed too: two such SAEs that share a decoder still get different keys."""
     h = hashlib.sha256()
     for name, t in sorted(sae_tensors(sae).items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        _hash_tensor(h, name, t)
+    w = getattr(sae, "W_dec", None)
+    if not isinstance(sae, torch.nn.Module) and isinstance(w, Tensor) and w.ndim == 2:
+        probe = torch.randn(4, int(w.shape[1]), generator=torch.Generator().manual_seed(0))
+        try:
+            with torch.no_grad():
+                codes = sae.encode(probe.to(device=w.device, dtype=w.dtype if w.dtype.is_floating_point else None))
+        except Exception as e:
+            msg = " ".join(str(e).split())[:300]
+            raise SAECheckError(f"{type(sae).__name__}.encode failed on a (4, {int(w.shape[1])}) probe batch "
+                                f"({type(e).__name__}: {msg}): it must take flat (n, d_in) float inputs") from e
+        if isinstance(codes, Tensor):
+            _hash_tensor(h, "encode(probe)", codes.to_dense() if codes.is_sparse else codes)
     return h.hexdigest()[:HASH_LEN]
+
+
+def _hash_tensor(h, name: str, t: Tensor) -> None:
+    t = t.detach().cpu().contiguous()
+    h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
 
 
 def sae_hook_name(sae: Any) -> str | None:
@@ -86,8 +111,10 @@ def sae_arch(sae: Any) -> str:
     if callable(arch):
         try:
             arch = arch()
-        except Exception:
-            arch = None
+        except Exception as e:  # a broken cfg is not "custom": its SAE would be grouped and labelled wrongly
+            msg = " ".join(str(e).split())[:300]
+            raise SAECheckError(f"the SAE's cfg.architecture() failed ({type(e).__name__}: {msg}); fix its cfg or "
+                                "load it with the sae_lens version it was saved with") from e
     if not isinstance(arch, str):
         arch = getattr(sae, "arch", None)
     return arch if isinstance(arch, str) and arch else "custom"
@@ -110,7 +137,7 @@ class LoadedSAE(BaseModel):
     d_sae: int
     source: str
     arch: str
-    width: int
+    width: int  # d_sae as the SAE declares it (cfg.d_sae or a d_sae attribute); check_sae compares it with W_dec
     content_hash: str
 
     def model_post_init(self, __context: Any) -> None:
@@ -171,7 +198,16 @@ def wrap_sae(
                             "it must be a (d_sae, d_in) tensor")
     d_sae, d_in = int(w.shape[0]), int(w.shape[1])
     return LoadedSAE(name=name, hook=hook, sae=sae, d_in=d_in, d_sae=d_sae, source=source, arch=sae_arch(sae),
-                     width=d_sae, content_hash=content_hash or weights_hash(sae))
+                     width=declared_width(sae, d_sae), content_hash=content_hash or weights_hash(sae))
+
+
+def declared_width(sae: Any, default: int) -> int:
+    """The d_sae an SAE says it has: `cfg.d_sae` (SAELens), else a `d_sae` attribute, else `default`."""
+    for obj in (getattr(sae, "cfg", None), sae):
+        d = getattr(obj, "d_sae", None) if obj is not None else None
+        if isinstance(d, int) and not isinstance(d, bool):
+            return d
+    return default
 
 
 # -- checks -------------------------------------------------------------------------------------------------------
@@ -189,13 +225,15 @@ def check_sae(loaded: LoadedSAE, model: HookedTransformer) -> None:
     try:
         width = hook_d_in(model, hook)
     except ZooError as e:
-        raise SAECheckError(f"SAE {name!r}: {e}") from None
+        raise SAECheckError(f"SAE {name!r}: {e}") from e
     if loaded.d_in != width:
         raise SAECheckError(f"SAE {name!r} has d_in={loaded.d_in} but hook {hook} has width {width}: "
                             "it was trained on another model or hook")
-    if loaded.d_sae != loaded.width or loaded.d_sae < 1:
-        raise SAECheckError(f"SAE {name!r} has d_sae={loaded.d_sae} but width={loaded.width}: rebuild its LoadedSAE "
-                            "with wrap_sae")
+    if loaded.d_sae < 1:
+        raise SAECheckError(f"SAE {name!r} has an empty W_dec (0 rows): it has no features to score")
+    if loaded.width != loaded.d_sae:
+        raise SAECheckError(f"SAE {name!r} declares d_sae={loaded.width} but its W_dec has {loaded.d_sae} rows: its "
+                            "cfg and weights disagree; fix cfg.d_sae or the weights")
     for tname, t in sorted(sae_tensors(loaded.sae).items()):
         if t.is_floating_point() and not bool(torch.isfinite(t.detach()).all()):
             raise SAECheckError(f"SAE {name!r} has NaN/inf in {tname}: the weights file is corrupt, "
@@ -221,4 +259,4 @@ def _smoke(loaded: LoadedSAE, method: str, t: Tensor) -> Tensor:
     except Exception as e:
         msg = " ".join(str(e).split())[:300]
         raise SAECheckError(f"SAE {loaded.name!r} failed a smoke {method} of a {tuple(t.shape)} batch "
-                            f"({type(e).__name__}: {msg}): check that it takes flat (n, d_in) float inputs") from None
+                            f"({type(e).__name__}: {msg}): check that it takes flat (n, d_in) float inputs") from e

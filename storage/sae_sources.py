@@ -5,8 +5,13 @@
     <release>/<sae_id>  or  <release>:<sae_id>             the SAELens registry (SAE.from_pretrained)
     py:<module>:<attr>                                     an SAELike object, or a zero-argument factory of one
 
+`py:` specs IMPORT AND RUN PYTHON CODE (the module, then the factory). They are refused unless the environment
+allows them (SAGE_ALLOW_PY_SPECS=1): the `sage` CLI sets it for the specs its user typed; a deployment's parameters
+are data and get it only where its operator sets the variable for the worker. The factory is called once per process.
+
 Registry names are checked against the directory that ships with sae_lens before any network access, and a hub
-that cannot be reached gives one line, fast, instead of a minute of retries.
+that cannot be reached gives one line, fast, instead of a minute of retries. `check_specs` runs every such check
+(no weights loaded, no code run) so a spec that names nothing fails before any work.
 """
 
 from __future__ import annotations
@@ -16,8 +21,10 @@ import functools
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import os
 import re
+import sys
 import threading
 import urllib.request
 from pathlib import Path
@@ -37,6 +44,7 @@ FORMS = ("zoo:<sae> (with a model) or zoo:<model>/<sae>; a directory with cfg.js
          "<release>/<sae_id> or <release>:<sae_id> from the SAELens registry; py:<module>:<attr>")
 REGISTRY_HINT = "`sae_lens.loading.pretrained_saes_directory.get_pretrained_saes_directory()`"
 HUB_PROBE_TIMEOUT_S = 3.0
+PY_SPECS_ENV = "SAGE_ALLOW_PY_SPECS"
 
 
 class SAESpecError(SAECheckError):
@@ -62,9 +70,8 @@ def _zoo_models(home: SageHome) -> list[str]:
     return sorted(p.name for p in zoo.iterdir() if (p / "saes").is_dir()) if zoo.is_dir() else []
 
 
-def _load_zoo(rest: str, home: SageHome, model_name: str | None) -> LoadedSAE:
-    from storage.zoo import load_sae
-
+def _zoo_name(rest: str, home: SageHome, model_name: str | None) -> tuple[str, str]:
+    """(model, sae) of `zoo:<rest>`."""
     if "/" in rest:
         model_name, name = rest.split("/", 1)
     else:
@@ -74,6 +81,13 @@ def _load_zoo(rest: str, home: SageHome, model_name: str | None) -> LoadedSAE:
     if not model_name:
         raise SAESpecError(f"zoo:{name} needs a model: write zoo:<model>/{name} or pass model_name "
                            f"(models under {home.root / 'zoo'}: {_zoo_models(home) or 'none'})")
+    return model_name, name
+
+
+def _load_zoo(rest: str, home: SageHome, model_name: str | None) -> LoadedSAE:
+    from storage.zoo import load_sae
+
+    model_name, name = _zoo_name(rest, home, model_name)
     path = home.sae_dir(model_name, name)
     if not is_complete(path):
         have = list_zoo_saes(home, model_name)
@@ -97,19 +111,23 @@ def _dir_weights_hash(path: Path) -> str:
     return h.hexdigest()[:HASH_LEN]
 
 
-def _load_dir(path: Path) -> LoadedSAE:
-    from sae_lens import SAE
-
+def _check_dir(path: Path) -> None:
     missing = [f for f in (SAE_CFG, SAE_WEIGHTS) if not (path / f).is_file()]
     if missing:
         raise SAESpecError(f"{path} is not an SAE directory in SAELens' layout (missing {', '.join(missing)}); "
                            "save one with sae.save_model(dir)")
+
+
+def _load_dir(path: Path) -> LoadedSAE:
+    from sae_lens import SAE
+
+    _check_dir(path)
     try:
         sae = SAE.load_from_disk(str(path), device="cpu")
     except Exception as e:
         msg = " ".join(str(e).split())[:300]
         raise SAESpecError(f"SAELens could not load the SAE in {path} ({type(e).__name__}: {msg}); "
-                           "re-save it with sae.save_model(dir) from sae_lens>=6") from None
+                           "re-save it with sae.save_model(dir) from sae_lens>=6") from e
     if not sae_hook_name(sae):
         raise SAESpecError(f"the SAE in {path} names no hook (cfg.json metadata.hook_name); add it to cfg.json")
     return wrap_sae(sae, name=path.resolve().name, source="dir", content_hash=_dir_weights_hash(path))
@@ -172,30 +190,31 @@ def _split_registry(spec: str, releases: tuple[str, ...]) -> tuple[str, str] | N
     return None
 
 
-def _hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
-    """Does the hub's front page answer 2xx/3xx within `timeout` seconds (DNS included)? A sandbox that intercepts
-    every connection and answers 404 counts as unreachable."""
+def _hub_unreachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> str | None:
+    """None when the hub's front page answers 2xx/3xx within `timeout` seconds (DNS included), else why not (it goes
+    into the error message: a DNS failure, a proxy's refusal and a 404 from a sandbox that intercepts every connection
+    need different fixes)."""
     from huggingface_hub import constants
 
     if constants.is_offline_mode():
-        return False
+        return "HF_HUB_OFFLINE is set"
     endpoint = (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
     if urlparse(endpoint).scheme not in ("http", "https"):
-        return False
-    ok: list[bool] = []
+        return f"HF_ENDPOINT {endpoint!r} is not an http(s) URL"
+    result: list[str | None] = []
 
     def probe() -> None:
         try:
             req = urllib.request.Request(endpoint + "/", method="HEAD", headers={"User-Agent": "sage-eval"})
             with urllib.request.urlopen(req, timeout=timeout) as r:
-                ok.append(200 <= r.status < 400)
-        except Exception:
-            pass
+                result.append(None if 200 <= r.status < 400 else f"HTTP {r.status} from {endpoint}")
+        except Exception as e:  # every failure means "unreachable"; its text says which
+            result.append(f"{type(e).__name__}: {' '.join(str(e).split())[:200]}")
 
     t = threading.Thread(target=probe, daemon=True)  # getaddrinfo has no timeout of its own
     t.start()
     t.join(timeout + 0.5)
-    return bool(ok and ok[0])
+    return result[0] if result else f"no answer from {endpoint} within {timeout:g} s"
 
 
 _OFFLINE_LOCK = threading.Lock()
@@ -217,7 +236,7 @@ def _from_pretrained(release: str, sae_id: str, online: bool):
             constants.HF_HUB_OFFLINE = before
 
 
-def _load_registry(release: str, sae_id: str) -> LoadedSAE:
+def _check_registry(release: str, sae_id: str) -> None:
     releases = registry_releases()
     if release not in releases:
         raise SAESpecError(f"unknown SAELens release {release!r} (closest: {_close(release, list(releases))}); "
@@ -228,46 +247,106 @@ def _load_registry(release: str, sae_id: str) -> LoadedSAE:
         some = close + [i for i in ids if i not in close][: max(0, 5 - len(close))]
         raise SAESpecError(f"SAELens release {release!r} has no SAE {sae_id!r}; valid ids include {some} "
                            f"({len(ids)} in all; see {REGISTRY_HINT}[{release!r}].saes_map)")
-    online = _hub_reachable()
+
+
+def _load_registry(release: str, sae_id: str) -> LoadedSAE:
+    _check_registry(release, sae_id)
+    unreachable = _hub_unreachable()
     try:
-        got = _from_pretrained(release, sae_id, online)
+        got = _from_pretrained(release, sae_id, online=unreachable is None)
     except Exception as e:
         from huggingface_hub import constants
 
         endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
-        if not online:
-            raise SAESpecError(f"SAELens SAE {release}/{sae_id} is not in the local Hugging Face cache and the hub "
-                               f"({endpoint}) is unreachable; download it where the hub is reachable and pass its "
-                               "directory (sae.save_model(dir)), or set HF_ENDPOINT to a reachable mirror") from None
         msg = " ".join(str(e).split())[:300]
+        if unreachable is not None:
+            raise SAESpecError(f"SAELens SAE {release}/{sae_id} could not be read from the local Hugging Face cache "
+                               f"({type(e).__name__}: {msg}) and the hub ({endpoint}) is unreachable ({unreachable}); "
+                               "download it where the hub is reachable and pass its directory (sae.save_model(dir)), "
+                               "or set HF_ENDPOINT to a reachable mirror") from e
         raise SAESpecError(f"SAELens could not load {release}/{sae_id} from the hub ({type(e).__name__}: {msg}); "
-                           "retry, or download it and pass its directory instead") from None
+                           "retry, or download it and pass its directory instead") from e
     sae = got[0] if isinstance(got, tuple) else got  # sae_lens>=6 returns the SAE; <=5 returned (sae, cfg, sparsity)
     return wrap_sae(sae, name=f"{release}/{sae_id}", source="registry")
 
 
 # -- python objects -----------------------------------------------------------------------------------------------
-def _load_py(rest: str) -> LoadedSAE:
+_PY_OBJECTS: dict[tuple[str, int, str], Any] = {}
+_PY_LOCK = threading.Lock()
+
+
+def py_specs_allowed() -> bool:
+    """May `py:` specs run code in this process? Only where SAGE_ALLOW_PY_SPECS=1 (the CLI sets it for its user)."""
+    return os.environ.get(PY_SPECS_ENV) == "1"
+
+
+def _py_parts(rest: str) -> tuple[str, str]:
     if rest.count(":") != 1 or not all(rest.split(":")):
         raise SAESpecError(f"'py:{rest}' is not of the form py:<module>:<attr> (e.g. py:my_pkg.saes:make_sae)")
+    if not py_specs_allowed():
+        raise SAESpecError(f"py:{rest} imports and runs Python code, which SAE specs from parameters or config may "
+                           f"not do unless allowed: set {PY_SPECS_ENV}=1 where the flow runs (the sage CLI allows "
+                           "the py: specs you type), or save the SAE and pass its directory")
     mod_name, attr = rest.split(":")
+    return mod_name, attr
+
+
+def _check_py(rest: str) -> None:
+    """The form, the permission and that the module exists, without running the module or the factory (finding a
+    dotted module imports its parent packages)."""
+    mod_name, _ = _py_parts(rest)
+    try:
+        found = mod_name in sys.modules or importlib.util.find_spec(mod_name) is not None
+    except (ImportError, ValueError) as e:
+        raise SAESpecError(f"py:{rest}: cannot find module {mod_name!r} ({type(e).__name__}: {e}); check it is on "
+                           "PYTHONPATH") from e
+    if not found:
+        raise SAESpecError(f"py:{rest}: cannot find module {mod_name!r}; check it is on PYTHONPATH")
+    mod = sys.modules.get(mod_name)
+    if mod is not None and not hasattr(mod, rest.split(":")[1]):
+        _py_object(rest)  # raises the "has no attribute" error with the closest names
+
+
+def _py_object(rest: str) -> Any:
+    """The SAE object a `py:` spec names, its factory called at most once per process (per module object, so a
+    reloaded module is called again); every failure is one line with its cause chained."""
+    mod_name, attr = _py_parts(rest)
     try:
         mod = importlib.import_module(mod_name)
     except ImportError as e:
-        raise SAESpecError(f"py:{rest}: cannot import module {mod_name!r} ({e}); check it is on PYTHONPATH") from None
+        raise SAESpecError(f"py:{rest}: cannot import module {mod_name!r} ({e}); check it is on PYTHONPATH") from e
     if not hasattr(mod, attr):
         public = [n for n in dir(mod) if not n.startswith("_")]
         raise SAESpecError(f"py:{rest}: module {mod_name!r} has no attribute {attr!r}; closest: {_close(attr, public)}")
-    obj = getattr(mod, attr)
-    if not isinstance(obj, SAELike) or isinstance(obj, type):
-        if not callable(obj):
-            raise SAESpecError(f"py:{rest} is a {type(obj).__name__}, neither an SAE (encode, decode, W_dec) nor a "
-                               "zero-argument factory of one")
-        try:
-            obj = obj()
-        except TypeError as e:
-            raise SAESpecError(f"py:{rest} could not be called with no arguments ({e}); point it at an SAE object "
-                               "or a zero-argument factory") from None
+    key = (mod_name, id(mod), attr)
+    with _PY_LOCK:  # score units run in threads: the factory must still run once
+        if key not in _PY_OBJECTS:
+            _PY_OBJECTS[key] = _make_py(rest, getattr(mod, attr))
+        return _PY_OBJECTS[key]
+
+
+def _make_py(rest: str, obj: Any) -> Any:
+    if isinstance(obj, SAELike) and not isinstance(obj, type):
+        return obj
+    if not callable(obj):
+        raise SAESpecError(f"py:{rest} is a {type(obj).__name__}, neither an SAE (encode, decode, W_dec) nor a "
+                           "zero-argument factory of one")
+    try:
+        inspect.signature(obj).bind()
+    except TypeError as e:
+        raise SAESpecError(f"py:{rest} could not be called with no arguments ({e}); point it at an SAE object "
+                           "or a zero-argument factory") from e
+    except ValueError:  # no signature to read (some builtins): calling it is the only check
+        pass
+    try:
+        return obj()
+    except Exception as e:
+        msg = " ".join(str(e).split())[:300]
+        raise SAESpecError(f"py:{rest}: the factory raised {type(e).__name__}: {msg}") from e
+
+
+def _load_py(rest: str) -> LoadedSAE:
+    obj = _py_object(rest)
     if not isinstance(obj, SAELike):
         missing = [m for m in ("encode", "decode", "W_dec") if not hasattr(obj, m)]
         raise SAESpecError(f"py:{rest} gave a {type(obj).__name__} lacking {missing}: an SAE needs encode(x), "
@@ -275,31 +354,29 @@ def _load_py(rest: str) -> LoadedSAE:
     if not sae_hook_name(obj):
         raise SAESpecError(f"py:{rest} gave a {type(obj).__name__} with no hook_name: set obj.hook_name to the "
                            "TransformerLens hook it reads (e.g. 'blocks.0.hook_resid_post')")
-    return wrap_sae(obj, name=attr, source="object")
+    return wrap_sae(obj, name=rest.split(":")[1], source="object")
 
 
 # -- the one entry point ------------------------------------------------------------------------------------------
-def load_sae_spec(spec: str, home: SageHome | None = None, model_name: str | None = None) -> LoadedSAE:
-    """Resolve any SAE spec (see the module docstring) into a `LoadedSAE`; errors are one line saying what to do.
-
-    Run `sage_core.sae_source.check_sae(loaded, model)` before computing with it.
-    """
+def _classify(spec: str) -> tuple[str, Any]:
+    """(kind, what) of a spec: ("zoo", rest), ("py", rest), ("dir", path) or ("registry", (release, sae_id)); a
+    one-line SAESpecError for a spec of no accepted form."""
     spec = spec.strip()
     if not spec:
         raise SAESpecError(f"empty SAE spec; accepted forms: {FORMS}")
     if spec.startswith("zoo:"):
-        return _load_zoo(spec[len("zoo:"):], home or SageHome(), model_name)
+        return "zoo", spec[len("zoo:"):]
     if spec.startswith("py:"):
-        return _load_py(spec[len("py:"):])
+        return "py", spec[len("py:"):]
     path = Path(spec).expanduser()
     if path.is_dir():
-        return _load_dir(path)
+        return "dir", path
     if path.exists():
         raise SAESpecError(f"{spec} is a file; pass the directory holding {SAE_CFG} and {SAE_WEIGHTS}")
     releases = registry_releases()
     split = _split_registry(spec, releases)
     if split is not None and all(split):
-        return _load_registry(*split)
+        return "registry", split
     looks_like_path = spec.startswith((".", "/", "~")) or (os.sep in spec and Path(spec.split(os.sep)[0]).is_dir())
     if looks_like_path:
         raise SAESpecError(f"no SAE directory at {spec}; accepted forms: {FORMS}")
@@ -309,3 +386,48 @@ def load_sae_spec(spec: str, home: SageHome | None = None, model_name: str | Non
                            f"release {release!r} (closest: {_close(release, list(releases))}); see {REGISTRY_HINT} "
                            "for the list")
     raise SAESpecError(f"cannot read SAE spec {spec!r}; accepted forms: {FORMS}")
+
+
+def load_sae_spec(spec: str, home: SageHome | None = None, model_name: str | None = None) -> LoadedSAE:
+    """Resolve any SAE spec (see the module docstring) into a `LoadedSAE`; errors are one line saying what to do.
+
+    Run `sage_core.sae_source.check_sae(loaded, model)` before computing with it.
+    """
+    kind, what = _classify(spec)
+    if kind == "zoo":
+        return _load_zoo(what, home or SageHome(), model_name)
+    if kind == "py":
+        return _load_py(what)
+    if kind == "dir":
+        return _load_dir(what)
+    return _load_registry(*what)
+
+
+def check_specs(specs: list[str] | tuple[str, ...], home: SageHome, model_name: str | None,
+                zoo_names: list[str] | tuple[str, ...]) -> None:
+    """Fail in one line, before any work, if a spec names nothing: `zoo:<sae>` not among `zoo_names` (the SAEs of
+    `model_name`'s zoo, built or about to be), `zoo:<other model>/<sae>` not complete under `home`, a directory that
+    does not exist or lacks SAELens' files, an unknown registry release or sae_id, a `py:` spec that is not allowed or
+    whose module cannot be found. Loads no weights, calls no factory, needs no network."""
+    errors = []
+    for spec in specs:
+        try:
+            kind, what = _classify(spec)
+            if kind == "zoo":
+                model, name = _zoo_name(what, home, model_name)
+                have = list(zoo_names) if model == model_name else list_zoo_saes(home, model)
+                if name not in have:
+                    raise SAESpecError(f"zoo SAE {model}/{name} does not exist; closest: {_close(name, have)} "
+                                       f"({len(have)} in the zoo of {model}; `sage zoo info` lists them)")
+            elif kind == "py":
+                _check_py(what)
+            elif kind == "dir":
+                _check_dir(what)
+            else:
+                _check_registry(*what)
+        except SAESpecError as e:
+            errors.append(str(e))
+    if len(errors) == 1:
+        raise SAESpecError(errors[0])
+    if errors:
+        raise SAESpecError(f"{len(errors)} SAE specs name nothing: " + "; ".join(errors))

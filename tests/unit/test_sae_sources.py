@@ -17,7 +17,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from sage_core.sae_source import LoadedSAE, SAECheckError, SAELike, check_sae, weights_hash, wrap_sae
 from storage.atomic import write_once
 from storage.home import SageHome
-from storage.sae_sources import SAESpecError, list_zoo_saes, load_sae_spec
+from storage.sae_sources import PY_SPECS_ENV, SAESpecError, check_specs, list_zoo_saes, load_sae_spec
 
 D_MODEL, N_HEADS, D_HEAD = 16, 2, 8
 
@@ -73,7 +73,18 @@ def py_module(monkeypatch):
     mod.ready = TinySAE()
     mod.not_an_sae = 3
     mod.no_hook = types.SimpleNamespace(encode=lambda x: x, decode=lambda f: f, W_dec=torch.eye(4))
+    mod.calls = 0
+
+    def counted():
+        mod.calls += 1
+        return TinySAE()
+
+    def broken():
+        return TinySAE(d_sae=None)  # a TypeError raised inside the factory, not by calling it
+
+    mod.counted, mod.broken, mod.needs_args = counted, broken, lambda width: TinySAE(d_sae=width)
     monkeypatch.setitem(sys.modules, mod.__name__, mod)
+    monkeypatch.setenv(PY_SPECS_ENV, "1")  # the CLI allows the py: specs its user typed
     return mod
 
 
@@ -239,7 +250,7 @@ def test_unknown_release_fails_fast_without_network(monkeypatch):
         raise AssertionError("the hub was called")
 
     monkeypatch.setattr(SAE, "from_pretrained", classmethod(no_network))
-    monkeypatch.setattr("storage.sae_sources._hub_reachable", no_network)
+    monkeypatch.setattr("storage.sae_sources._hub_unreachable", no_network)
     start = time.monotonic()
     with pytest.raises(SAESpecError, match=r"unknown SAELens release 'gpt2-smal-res-jb'.*gpt2-small-res-jb") as e:
         load_sae_spec("gpt2-smal-res-jb/blocks.0.hook_resid_pre")
@@ -259,9 +270,10 @@ def test_known_release_with_unreachable_hub_says_so(monkeypatch):
         raise OSError("cannot find the requested files in the local cache")
 
     monkeypatch.setattr(SAE, "from_pretrained", classmethod(offline_from_pretrained))
-    monkeypatch.setattr("storage.sae_sources._hub_reachable", lambda *a, **k: False)
+    monkeypatch.setattr("storage.sae_sources._hub_unreachable", lambda *a, **k: "test")
     start = time.monotonic()
-    with pytest.raises(SAESpecError, match=r"hub .* is unreachable.*directory") as e:
+    with pytest.raises(SAESpecError, match=r"cannot find the requested files.*hub .* is unreachable \(test\).*directory") \
+            as e:
         load_sae_spec("gpt2-small-res-jb/blocks.0.hook_resid_pre")
     assert "\n" not in str(e.value) and time.monotonic() - start < 2.0
 
@@ -269,7 +281,7 @@ def test_known_release_with_unreachable_hub_says_so(monkeypatch):
 def test_registry_sae_is_wrapped(monkeypatch, model):
     sae = _standard(hook="blocks.1.hook_resid_pre")
     monkeypatch.setattr(SAE, "from_pretrained", classmethod(lambda cls, release, sae_id, **kw: sae))
-    monkeypatch.setattr("storage.sae_sources._hub_reachable", lambda *a, **k: True)
+    monkeypatch.setattr("storage.sae_sources._hub_unreachable", lambda *a, **k: None)
     loaded = load_sae_spec("gpt2-small-res-jb/blocks.1.hook_resid_pre")
     assert (loaded.name, loaded.source, loaded.hook) == ("gpt2-small-res-jb/blocks.1.hook_resid_pre", "registry",
                                                          "blocks.1.hook_resid_pre")
@@ -280,6 +292,9 @@ def test_registry_sae_is_wrapped(monkeypatch, model):
 def test_bad_spec_forms(spec):
     with pytest.raises(SAESpecError, match="accepted forms"):
         load_sae_spec(spec)
+    if spec:
+        with pytest.raises(ValueError, match="accepted forms"):
+            check_specs([spec], SageHome(), None, [])
 
 
 def test_directory_without_saelens_files(tmp_path):
@@ -297,18 +312,215 @@ def test_known_release_offline_end_to_end(monkeypatch, tmp_path):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-    monkeypatch.setattr("storage.sae_sources._hub_reachable", lambda *a, **k: False)
+    monkeypatch.setattr("storage.sae_sources._hub_unreachable", lambda *a, **k: "test")
     start = time.monotonic()
-    with pytest.raises(SAESpecError, match=r"not in the local Hugging Face cache and the hub .* is unreachable") as e:
+    with pytest.raises(SAESpecError, match=r"could not be read from the local Hugging Face cache \(.*\) and the hub "
+                                           r".* is unreachable \(test\)") as e:
         load_sae_spec("gpt2-small-res-jb/blocks.0.hook_resid_pre")
     assert "\n" not in str(e.value) and time.monotonic() - start < 20  # the registry YAML parse takes a few seconds
     assert not constants.HF_HUB_OFFLINE  # offline mode was only for the call
 
 
 def test_hub_probe_is_bounded(monkeypatch):
-    from storage.sae_sources import _hub_reachable
+    from storage.sae_sources import _hub_unreachable
 
     monkeypatch.setenv("HF_ENDPOINT", "http://10.255.255.1:81")  # unroutable: a connect would hang without a timeout
     start = time.monotonic()
-    assert _hub_reachable(timeout=0.5) is False
+    assert _hub_unreachable(timeout=0.5)
     assert time.monotonic() - start < 2.0
+
+
+# -- issue #15 item 6: errors keep their cause ------------------------------------------------------------------------
+def test_an_unreachable_hub_says_why(monkeypatch):
+    """Any probe error used to read as plain "offline"; now the reason travels into the one-line message."""
+    import urllib.error
+    import urllib.request
+
+    from huggingface_hub import constants
+
+    from storage.sae_sources import _hub_unreachable
+
+    def refuse(*a, **k):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.example")
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    assert "Name or service not known" in _hub_unreachable(timeout=0.5)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert "HF_HUB_OFFLINE" in _hub_unreachable(timeout=0.5)
+
+
+def test_a_hub_that_answers_an_error_status_says_which(monkeypatch):
+    import urllib.request
+
+    from huggingface_hub import constants
+
+    from storage.sae_sources import _hub_unreachable
+
+    class Answer:
+        status = 404
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.example")
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: Answer())
+    assert "HTTP 404" in _hub_unreachable(timeout=0.5)
+
+
+def test_an_unreadable_sae_directory_keeps_its_cause(tmp_path):
+    _standard().save_model(tmp_path / "bad")
+    (tmp_path / "bad" / "sae_weights.safetensors").write_bytes(b"\x00" * 16)
+    with pytest.raises(SAESpecError, match="SAELens could not load") as e:
+        load_sae_spec(str(tmp_path / "bad"))
+    assert e.value.__cause__ is not None and "\n" not in str(e.value)
+
+
+def test_a_failing_state_dict_is_named_not_skipped():
+    """A state_dict() that raises used to make the hash fall back to whatever tensors the attributes held."""
+
+    class Odd(TinySAE):
+        def state_dict(self):
+            raise RuntimeError("weights are on a remote worker")
+
+    with pytest.raises(SAECheckError, match="state_dict.*weights are on a remote worker") as e:
+        weights_hash(Odd())
+    assert e.value.__cause__ is not None and "\n" not in str(e.value)
+
+
+def test_weights_outside_attributes_and_state_dict_still_change_the_hash():
+    """Two SAEs with one decoder and different encoders kept in a container: the hash used to see only W_dec."""
+
+    class Boxed:
+        hook_name = "blocks.0.hook_resid_pre"
+
+        def __init__(self, seed):
+            g = torch.Generator().manual_seed(seed)
+            self.params = {"W_enc": torch.randn(D_MODEL, 24, generator=g)}
+            self.W_dec = torch.ones(24, D_MODEL)
+
+        def encode(self, x):
+            return torch.relu(x @ self.params["W_enc"])
+
+        def decode(self, f):
+            return f @ self.W_dec
+
+    assert weights_hash(Boxed(1)) != weights_hash(Boxed(2))
+    assert weights_hash(Boxed(1)) == weights_hash(Boxed(1))
+
+
+def test_module_tensors_outside_its_state_dict_are_hashed():
+    class Half(torch.nn.Module):
+        hook_name = "blocks.0.hook_resid_pre"
+
+        def __init__(self, seed):
+            super().__init__()
+            g = torch.Generator().manual_seed(seed)
+            self.W_dec = torch.nn.Parameter(torch.ones(24, D_MODEL))
+            self.W_enc = torch.randn(D_MODEL, 24, generator=g)  # a plain tensor: not in state_dict()
+
+        def encode(self, x):
+            return torch.relu(x @ self.W_enc)
+
+        def decode(self, f):
+            return f @ self.W_dec
+
+    assert weights_hash(Half(1)) != weights_hash(Half(2))
+
+
+def test_a_declared_width_that_disagrees_with_the_decoder_fails(model):
+    """The width check compared d_sae with itself; now it compares the SAE's declared d_sae with its W_dec."""
+    sae = TinySAE()
+    sae.cfg = types.SimpleNamespace(d_sae=48)
+    loaded = wrap_sae(sae, name="mislabelled", source="object")
+    with pytest.raises(SAECheckError, match=r"declares d_sae=48 but its W_dec has 24 rows") as e:
+        check_sae(loaded, model)
+    assert "\n" not in str(e.value)
+    check_sae(wrap_sae(TinySAE(), name="fine", source="object"), model)
+
+
+def test_an_architecture_that_cannot_be_read_is_named():
+    sae = TinySAE()
+
+    def arch():
+        raise KeyError("architecture")
+
+    sae.cfg = types.SimpleNamespace(architecture=arch)
+    with pytest.raises(SAECheckError, match="cfg.architecture\\(\\) failed.*KeyError") as e:
+        wrap_sae(sae, name="odd", source="object")
+    assert e.value.__cause__ is not None
+
+
+def test_check_errors_keep_their_cause(model):
+    class Crashes(TinySAE):
+        def decode(self, f):
+            raise RuntimeError("boom")
+
+    with pytest.raises(SAECheckError) as e:
+        check_sae(wrap_sae(Crashes(), name="crash", source="object"), model)
+    assert isinstance(e.value.__cause__, RuntimeError)
+
+
+# -- issue #15 item 13: code named by data runs only when allowed, and once ------------------------------------------
+def test_py_factory_runs_once_per_process(py_module):
+    for _ in range(3):
+        loaded = load_sae_spec("py:sage_test_fake_saes:counted")
+    assert py_module.calls == 1 and loaded.name == "counted"
+
+
+def test_py_specs_are_refused_unless_allowed(py_module, monkeypatch):
+    monkeypatch.delenv(PY_SPECS_ENV)
+    with pytest.raises(SAESpecError, match=rf"runs Python code.*{PY_SPECS_ENV}=1") as e:
+        load_sae_spec("py:sage_test_fake_saes:counted")
+    assert "\n" not in str(e.value) and py_module.calls == 0
+    with pytest.raises(ValueError, match=PY_SPECS_ENV):
+        check_specs(["py:sage_test_fake_saes:counted"], SageHome(), None, [])
+    monkeypatch.setenv(PY_SPECS_ENV, "0")
+    with pytest.raises(SAESpecError, match=PY_SPECS_ENV):
+        load_sae_spec("py:sage_test_fake_saes:counted")
+
+
+def test_py_factory_errors_keep_their_cause(py_module):
+    with pytest.raises(SAESpecError, match=r"py:sage_test_fake_saes:broken: the factory raised TypeError") as e:
+        load_sae_spec("py:sage_test_fake_saes:broken")
+    assert isinstance(e.value.__cause__, TypeError)
+    with pytest.raises(SAESpecError, match="could not be called with no arguments"):
+        load_sae_spec("py:sage_test_fake_saes:needs_args")
+
+
+# -- issue #15 item 9: a spec that names nothing fails before any work ------------------------------------------------
+def test_check_specs_names_what_is_missing_without_loading(tmp_path, py_module, monkeypatch):
+    def no_loading(*a, **k):
+        raise AssertionError("weights were loaded")
+
+    monkeypatch.setattr(SAE, "from_pretrained", classmethod(no_loading))
+    monkeypatch.setattr(SAE, "load_from_disk", classmethod(no_loading))
+    monkeypatch.setattr("storage.sae_sources._hub_unreachable", no_loading)
+    _standard().save_model(tmp_path / "dir-sae")
+    home = SageHome(tmp_path / "home")
+    names = ["blocks.0.hook_resid_post--topk-32", "blocks.1.hook_resid_post--topk-32"]
+    good = ["zoo:blocks.0.hook_resid_post--topk-32", f"zoo:tiny/{names[1]}", str(tmp_path / "dir-sae"),
+            "gpt2-small-res-jb/blocks.0.hook_resid_pre", "py:sage_test_fake_saes:counted"]
+    check_specs(good, home, "tiny", names)
+    assert py_module.calls == 0, "checking a py: spec must not call its factory"
+    bad = {"zoo:nope": r"zoo SAE tiny/nope does not exist; closest: .*sage zoo info",
+           "zoo:blocks.0.hook_resid_post--topk-31": r"closest: blocks\.0\.hook_resid_post--topk-32",
+           str(tmp_path / "missing"): "no SAE directory at",
+           str(tmp_path): "not an SAE directory",
+           "no-such-release/x": "unknown SAELens release 'no-such-release'",
+           "gpt2-small-res-jb/blocks.0.hook_resid_prex": "has no SAE 'blocks.0.hook_resid_prex'",
+           "py:sage_test_fake_saes:nothing": "has no attribute 'nothing'",
+           "py:no_such_module_anywhere:x": "cannot find module"}
+    for spec, message in bad.items():
+        with pytest.raises(ValueError, match=message) as e:
+            check_specs([*good[:1], spec], home, "tiny", names)
+        assert "\n" not in str(e.value), spec
+    with pytest.raises(ValueError, match=r"2 SAE specs name nothing: zoo SAE tiny/nope .*; zoo SAE tiny/nada ") as e:
+        check_specs(["zoo:nope", "zoo:nada"], home, "tiny", names)
+    with pytest.raises(ValueError, match="needs a model"):
+        check_specs(["zoo:nope"], home, None, [])
