@@ -8,11 +8,17 @@ Layout of one store (a zarr group):
     role_pos    (prompt, position) int32   token position of each role, only when positions == "roles"
     <hook>      (prompt, position, d) or (prompt, position, head, d_head)
     _progress/<chunk>.json                 checksum of every chunk file written for that chunk (attribute `checksum`)
-    _COMPLETE.json                         written last: a store without it is never read as whole
+    _COMPLETE.json                         written last: the content hash, and the size and xxh3 digest of every file
+                                           (as `storage.atomic` markers have), so `storage.atomic.verify_dir` checks it
 
 Every hook array shares one chunking along `prompt`, so "chunk i" means the same prompts everywhere; a capture writes
 chunk by chunk and records each chunk after its files are on disk, so a killed capture resumes at the first chunk
 not recorded, and the result is bitwise identical to an uninterrupted run.
+
+Opening a store checks every chunk file (size, then checksum; remembered per process while the file is unchanged)
+and every read re-checks the chunks it reads before zarr decodes them, so a damaged chunk is named in one line
+(store, chunk, hook) instead of reaching Blosc. Resuming a capture drops the records of damaged chunks, so the
+capture rewrites exactly those.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from zarr.codecs import BloscCodec, BytesCodec
 from zarr.codecs.bytes import Endian
 from zarr.core.sync import sync
 
-from storage.atomic import MARKER, StoreError
+from storage.atomic import DIGEST, MARKER, StoreError, cached_marker, file_digest, verify_dir
 from storage.hashing import stable_hash
 
 FORMAT_VERSION = 2
@@ -88,6 +94,7 @@ class ActivationStore:
         self.path = Path(path)
         self._group: zarr.Group | None = None
         self._arrays: dict[str, zarr.Array] = {}
+        self._ndims: dict[str, int] | None = None
 
     # -- layout ----------------------------------------------------------------------------------------------------
     @property
@@ -129,7 +136,22 @@ class ActivationStore:
         return _DIGESTS[self.attrs.get("checksum", "sha256")]
 
     def is_complete(self) -> bool:
-        return (self.path / MARKER).is_file()
+        """Finished, with a marker listing its files (a marker from before that list is finished again, which
+        re-checks every chunk and rewrites the marker)."""
+        return isinstance(self._marker().get("files"), dict)
+
+    def _marker(self) -> dict[str, Any]:
+        return cached_marker(self.path) or {}
+
+    def is_whole(self) -> bool:
+        """Complete and every file unchanged since capture."""
+        if not self.is_complete():
+            return False
+        try:
+            self.verify()
+        except StoreError:
+            return False
+        return True
 
     def done_chunks(self) -> set[int]:
         d = self.path / "_progress"
@@ -168,6 +190,7 @@ class ActivationStore:
             mine = {k: existing.get(k) for k in identity}
             if mine != identity:
                 raise StoreError(f"{path} holds activations of another request {mine}; refusing to mix them")
+            store.drop_damaged_chunks()
             return store
         n, width = tokens.shape
         group = zarr.open_group(str(path), mode="w", zarr_format=3)
@@ -258,11 +281,10 @@ class ActivationStore:
 
     def _chunk_files(self, i: int) -> dict[str, str]:
         """Relative paths of every file holding chunk `i` (of each hook and of the per-chunk metadata arrays)."""
-        out = {}
-        for name in [*self.hooks, "tokens", *(["role_pos"] if "role_pos" in self.group else [])]:
-            ndim = len(self.group[name].shape)
-            out[name] = "/".join([name, "c", str(i), *["0"] * (ndim - 1)])
-        return out
+        if self._ndims is None:
+            names = [*self.hooks, "tokens", *(["role_pos"] if "role_pos" in self.group else [])]
+            self._ndims = {name: len(self.group[name].shape) for name in names}
+        return {name: "/".join([name, "c", str(i), *["0"] * (ndim - 1)]) for name, ndim in self._ndims.items()}
 
     def _record(self, i: int, known: dict[str, str] | None = None) -> None:
         """Record chunk `i` as done with the checksum of each of its files (`known`: checksums of bytes just written,
@@ -273,20 +295,48 @@ class ActivationStore:
                   for name, rel in self._chunk_files(i).items()}
         d = self.path / "_progress"
         d.mkdir(exist_ok=True)
-        tmp = d / f".{i:06d}.json.tmp-{os.getpid()}"
-        tmp.write_text(json.dumps(hashes, sort_keys=True))
-        os.replace(tmp, d / f"{i:06d}.json")
+        tmp = d / f".{i:06d}.json.tmp-{os.getpid()}-{threading.get_ident()}"
+        try:
+            tmp.write_text(json.dumps(hashes, sort_keys=True))
+            os.replace(tmp, d / f"{i:06d}.json")
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def finalize(self) -> str:
-        """Check every chunk is recorded, consolidate metadata, write the marker last. Returns the content hash."""
+        """Check every chunk is recorded, consolidate metadata, write the marker last (with the size and digest of
+        every file). Returns the content hash."""
         missing = sorted(set(range(self.n_chunks)) - self.done_chunks())
         if missing:
             raise StoreError(f"{self.path}: chunks {missing[:5]}... not captured yet; rerun the capture to finish it")
+        self._verify_chunks(range(self.n_chunks))  # a chunk damaged since it was written is not sealed as whole
         with _quiet_zarr():
             zarr.consolidate_metadata(str(self.path))
         content = self.content_hash()
-        (self.path / MARKER).write_text(json.dumps({"content_hash": content, **self.attrs}, indent=1, default=str))
+        marker = {"content_hash": content, **self.attrs, "kind": "activations", "digest_algorithm": DIGEST,
+                  "files": self._file_records()}
+        tmp = self.path / f".{MARKER}.tmp-{os.getpid()}"
+        try:
+            tmp.write_text(json.dumps(marker, indent=1, default=str))
+            os.replace(tmp, self.path / MARKER)
+        finally:
+            tmp.unlink(missing_ok=True)
         return content
+
+    def _file_records(self) -> dict[str, dict[str, Any]]:
+        """Size and xxh3 digest of every file of the store (chunk digests come from their records when those are
+        xxh3, so finalizing does not read the store again)."""
+        known: dict[str, str] = {}
+        if self.attrs.get("checksum", "sha256") == DIGEST:
+            for i in range(self.n_chunks):
+                rec = self._chunk_record(i)
+                known.update({rel: rec[name] for name, rel in self._chunk_files(i).items()})
+        out = {}
+        for p in sorted(self.path.rglob("*")):
+            rel = p.relative_to(self.path).as_posix()
+            if p.is_file() and rel != MARKER and not p.name.startswith("."):
+                st = p.stat()
+                out[rel] = {"size": st.st_size, "digest": known.get(rel) or file_digest(p, st)}
+        return out
 
     def content_hash(self) -> str:
         d = self.path / "_progress"
@@ -296,34 +346,97 @@ class ActivationStore:
 
     # -- reading ---------------------------------------------------------------------------------------------------
     @classmethod
-    def open(cls, path: str | Path, *, verify: bool = True, expect: dict[str, str] | None = None) -> ActivationStore:
-        """Open a finished store. Refuses an incomplete store, one whose files changed since capture (`verify`), and
-        one whose model/dataset/request hashes differ from `expect`."""
+    def open(cls, path: str | Path, *, expect: dict[str, str] | None = None, verify: bool = True) -> ActivationStore:
+        """Open a finished store, always checking it (size and checksum of every file: the first open in a process
+        reads the store once, later ones `stat` it). Refuses an incomplete store, one whose files changed since
+        capture, and one whose model/dataset/request hashes differ from `expect`.
+
+        `verify=False` no longer skips the check (scores were once computed from a damaged store that way); it is
+        accepted so that older callers keep working, with a warning."""
+        if not verify:
+            warnings.warn("ActivationStore.open(verify=False) no longer skips verification; drop the argument",
+                          DeprecationWarning, stacklevel=2)
         store = cls(path)
-        if not store.is_complete():
+        if not (store.path / MARKER).is_file():
             raise StoreError(f"{path} is not a complete activation store (capture unfinished?); rerun the capture")
         for k, v in (expect or {}).items():
             if store.attrs.get(k) != v:
                 raise StoreError(f"{path} was captured with {k}={store.attrs.get(k)!r}, not {v!r}; refusing it")
-        if verify:
-            store.verify()
+        store.verify()
         return store
 
     def verify(self) -> None:
-        d = self.path / "_progress"
-        digest = self.checksum
-        for i in range(self.n_chunks):
-            rec = d / f"{i:06d}.json"
-            if not rec.is_file():
-                raise StoreError(f"{self.path} is corrupt: chunk {i} has no record; delete it and recapture")
-            want = json.loads(rec.read_text())
-            for name, rel in self._chunk_files(i).items():
-                if _file_digest(self.path / rel, digest) != want.get(name):
-                    raise StoreError(f"{self.path} is corrupt: chunk {i} of {name} was truncated or modified; "
-                                     f"delete the store and recapture")
-        marker = json.loads((self.path / MARKER).read_text())
+        """Every chunk file against its record (size first when the marker lists sizes), the records against the
+        marker, and every other file the marker lists. Raises StoreError in one line naming the store and chunk."""
+        self._verify_chunks(range(self.n_chunks))
+        marker = self._marker()
         if marker.get("content_hash") != self.content_hash():
-            raise StoreError(f"{self.path} is corrupt: its records do not match its marker; delete it and recapture")
+            raise StoreError(f"{self.path} is corrupt: its records do not match its marker; {_RECAPTURE}")
+        if isinstance(marker.get("files"), dict):
+            try:
+                verify_dir(self.path)  # the chunks passed above: what fails here is metadata, not rewritten by resuming
+            except StoreError as exc:
+                raise StoreError(f"{self.path} is corrupt ({str(exc).split('; ')[0]}); delete the store and rerun "
+                                 f"the capture") from None
+
+    def _chunk_record(self, i: int) -> dict[str, str]:
+        rec = self.path / "_progress" / f"{i:06d}.json"
+        try:
+            return json.loads(rec.read_bytes())
+        except (OSError, ValueError):
+            raise StoreError(f"{self.path} is corrupt: chunk {i} has no readable record; {_RECAPTURE}") from None
+
+    def _chunk_problem(self, i: int, names: list[str] | None = None) -> str | None:
+        """Why chunk `i` (of `names`, default every array) cannot be trusted, or None."""
+        try:
+            want = self._chunk_record(i)
+        except StoreError:
+            return f"chunk {i} has no readable record"
+        sizes = self._marker().get("files")
+        digest = self.checksum
+        for name, rel in self._chunk_files(i).items():
+            if names is not None and name not in names:
+                continue
+            p = self.path / rel
+            try:
+                st = p.stat()
+            except FileNotFoundError:
+                return f"chunk {i} of {name} is missing ({rel})"
+            if isinstance(sizes, dict) and rel in sizes and sizes[rel].get("size") != st.st_size:
+                return f"chunk {i} of {name} was truncated or modified ({rel}: {st.st_size} bytes, not " \
+                       f"{sizes[rel].get('size')})"
+            got = file_digest(p, st) if digest is _DIGESTS[DIGEST] else _file_digest(p, digest)
+            if got != want.get(name):
+                return f"chunk {i} of {name} was truncated or modified ({rel}: checksum mismatch)"
+        return None
+
+    def _verify_chunks(self, chunks, names: list[str] | None = None) -> None:
+        for i in chunks:
+            problem = self._chunk_problem(i, names)
+            if problem:
+                raise StoreError(f"{self.path} is corrupt: {problem}; {_RECAPTURE}")
+
+    def drop_damaged_chunks(self) -> list[int]:
+        """Forget every recorded chunk whose files changed since they were written (and the marker, if any was), so
+        resuming the capture rewrites exactly those chunks. Returns their indices."""
+        bad = [i for i in sorted(self.done_chunks()) if self._chunk_problem(i)]
+        if bad:
+            (self.path / MARKER).unlink(missing_ok=True)
+            for i in bad:
+                (self.path / "_progress" / f"{i:06d}.json").unlink(missing_ok=True)
+        return bad
+
+    def _chunks_of(self, prompts: slice | np.ndarray) -> range | np.ndarray:
+        if isinstance(prompts, slice):
+            idx = range(*prompts.indices(self.n_prompts))
+            if len(idx) == 0:
+                return range(0)
+            lo, hi = min(idx[0], idx[-1]), max(idx[0], idx[-1])
+            return range(lo // self.chunk_prompts, hi // self.chunk_prompts + 1)
+        a = np.asarray(prompts)
+        if a.dtype == bool:
+            a = np.flatnonzero(a)
+        return np.unique((a.astype(np.int64) % max(self.n_prompts, 1)) // self.chunk_prompts)
 
     def to_xarray(self):
         """The store as an `xarray.Dataset` (lazy): named dims, `prompt_id` (and `role`) coordinates.
@@ -332,6 +445,7 @@ class ActivationStore:
         """
         import xarray as xr
 
+        self._verify_chunks(range(self.n_chunks))
         with _quiet_zarr():
             ds = xr.open_zarr(str(self.path), consolidated=True, zarr_format=3)
         if "role" in ds:
@@ -343,10 +457,13 @@ class ActivationStore:
         arr = self.group[hook]
         dtype = self.attrs["dtype"]
         for i in range(self.n_chunks):
+            self._verify_chunks([i], [hook])
             start, stop = self.chunk_range(i)
             yield start, stop, from_storage(arr[start:stop], dtype)
 
     def read(self, hook: str, prompts: slice | np.ndarray = slice(None)) -> np.ndarray:
+        """One hook's prompts as float32; the chunks read are checked first (a `stat` each once checked)."""
+        self._verify_chunks(self._chunks_of(prompts), [hook])
         return from_storage(self.group[hook][prompts], self.attrs["dtype"])
 
     def nbytes_on_disk(self) -> int:
@@ -362,6 +479,9 @@ class ActivationStore:
             "arrays": {h: {"shape": list(self.group[h].shape),
                            "dims": list(self.group[h].metadata.dimension_names or [])} for h in self.hooks},
         }
+
+
+_RECAPTURE = "rerun the capture (e.g. `sage capture`, or the command that captured it): it rewrites damaged chunks"
 
 
 @contextmanager
@@ -403,8 +523,11 @@ def _write_file(path: Path, payload: bytes) -> None:
     """Write `payload` at `path` (via a temporary name, so a crash never leaves half a chunk under the real name)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    tmp.write_bytes(payload)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(payload)
+        os.replace(tmp, path)
+    finally:  # a failed write (a full disk) leaves no temporary file
+        tmp.unlink(missing_ok=True)
 
 
 def _file_digest(path: Path, digest: Callable[[bytes], str]) -> str | None:

@@ -77,6 +77,12 @@ def _load_marker(path: Path) -> dict[str, Any] | None:
     return _markers[k]
 
 
+def cached_marker(path: str | Path) -> dict[str, Any] | None:
+    """The marker of directory `path` (None if absent or unreadable); parsed once per version of the file. Treat it
+    as read-only."""
+    return _load_marker(Path(path))
+
+
 def _rerun(path: Path) -> str:
     return f"rerun the command: the stage that writes {path} rebuilds it"
 

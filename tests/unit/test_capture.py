@@ -311,3 +311,109 @@ def test_capture_on_a_gpu_matches_the_cpu_and_its_schedules_agree(tmp_path, mode
     for h in HOOKS:
         assert isinstance(direct[h], np.ndarray)
         np.testing.assert_allclose(direct[h], on_cpu[h], rtol=1e-4, atol=1e-5)
+
+
+# -- damaged stores (issue #15 item 12): named in one line before zarr decodes anything, and repaired by resuming ---
+def _flip3(path):
+    b = bytearray(path.read_bytes())
+    for k in range(3):
+        b[len(b) // 2 + k] ^= 0xFF
+    path.write_bytes(bytes(b))
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_a_damaged_chunk_is_named_in_one_line_at_open_and_at_read(tmp_path, model, prompts, monkeypatch, damage):
+    import time
+
+    store = make(tmp_path / "s.zarr", model, prompts)
+    chunk = store.path / HOOKS[0] / "c" / "1" / "0" / "0"
+
+    def hurt():
+        if damage == "flip":
+            _flip3(chunk)
+        else:
+            chunk.write_bytes(chunk.read_bytes()[:-7])
+
+    time.sleep(0.05)  # file times are coarse: the damage must not share the checked version's timestamps
+    hurt()
+    with pytest.raises(StoreError) as e:
+        ActivationStore.open(store.path, verify=False)  # verify=False no longer skips the check
+    msg = str(e.value)
+    assert "\n" not in msg and str(store.path) in msg and f"chunk 1 of {HOOKS[0]}" in msg and "rerun the capture" in msg
+    # a store opened before the damage: reading the damaged chunk is refused before zarr decodes it
+    fresh = make(tmp_path / "t.zarr", model, prompts)
+    fresh.read(HOOKS[0])
+    chunk = fresh.path / HOOKS[0] / "c" / "1" / "0" / "0"
+    time.sleep(0.05)
+    hurt()
+    chunks = fresh.iter_chunks(HOOKS[0])
+    assert next(chunks)[0] == 0  # chunk 0 is whole
+    import zarr
+
+    monkeypatch.setattr(zarr.Array, "__getitem__", lambda *a: pytest.fail("zarr decoded a damaged chunk"))
+    with pytest.raises(StoreError, match=f"chunk 1 of {HOOKS[0]}"):
+        next(chunks)
+    with pytest.raises(StoreError, match=f"chunk 1 of {HOOKS[0]}"):
+        fresh.read(HOOKS[0], slice(0, fresh.n_prompts))
+    with pytest.raises(StoreError, match=f"chunk 1 of {HOOKS[0]}"):
+        fresh.read(HOOKS[0], np.arange(fresh.chunk_prompts, fresh.chunk_prompts + 2))
+    assert not fresh.is_whole()
+
+
+def test_reads_of_undamaged_chunks_still_work_and_resuming_repairs_the_damaged_one(tmp_path, model, prompts):
+    from storage.atomic import is_whole
+
+    store = make(tmp_path / "s.zarr", model, prompts)
+    good = store.content_hash()
+    assert is_whole(store.path) and store.is_whole()
+    before = store.read(HOOKS[0])
+    _flip3(store.path / HOOKS[0] / "c" / "1" / "0" / "0")
+    np.testing.assert_array_equal(store.read(HOOKS[0], slice(0, store.chunk_prompts)), before[: store.chunk_prompts])
+    assert not is_whole(store.path)
+    req = CaptureRequest(hooks=HOOKS, chunk_mb=0.02, batch_size=16)
+    again = open_or_create_store(store.path, model, prompts, req, IDENT)  # what rerunning the capture does
+    assert again.done_chunks() == set(range(again.n_chunks)) - {1} and not again.is_complete()
+    assert capture_chunks(again, model, 16) == 1
+    assert again.finalize() == good
+    np.testing.assert_array_equal(ActivationStore.open(store.path).read(HOOKS[0]), before)
+    assert is_whole(store.path)
+
+
+def test_a_marker_without_a_file_list_is_finished_again(tmp_path, model, prompts):
+    """Stores sealed before the marker listed their files are re-checked and resealed, not recaptured."""
+    from storage.atomic import MARKER, is_whole
+
+    store = make(tmp_path / "s.zarr", model, prompts)
+    good = store.content_hash()
+    marker = json.loads((store.path / MARKER).read_text())
+    (store.path / MARKER).write_text(json.dumps({k: v for k, v in marker.items() if k not in ("files", "kind")}))
+    ActivationStore.open(store.path)  # still readable, checked chunk by chunk against its records
+    assert not store.is_complete() and not is_whole(store.path)
+    assert store.finalize() == good and store.is_complete() and is_whole(store.path)
+
+
+def test_a_damaged_metadata_file_is_named(tmp_path, model, prompts):
+    store = make(tmp_path / "s.zarr", model, prompts)
+    meta = store.path / HOOKS[0] / "zarr.json"
+    meta.write_text(meta.read_text().replace('"prompt"', '"prompT"'))
+    with pytest.raises(StoreError, match="zarr.json.*delete the store and rerun the capture"):
+        ActivationStore.open(store.path)
+
+
+def test_a_failed_chunk_write_leaves_no_temporary_file(tmp_path, model, prompts, monkeypatch):
+    from pathlib import Path
+
+    req = CaptureRequest(hooks=HOOKS, chunk_mb=0.02, batch_size=16)
+    store = open_or_create_store(tmp_path / "s.zarr", model, prompts, req, IDENT)
+    real = Path.write_bytes
+
+    def half_then_full(self, data):
+        real(self, data[: len(data) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", half_then_full)
+    with pytest.raises(StoreError, match="No space left on device"):
+        capture_chunks(store, model, 16)
+    monkeypatch.undo()
+    assert not [p for p in store.path.rglob(".*") if p.is_file()], "temporary chunk files were left behind"
+    assert store.done_chunks() == set()
