@@ -79,6 +79,27 @@ def bracket(section_hook: str) -> tuple[str, str]:
     raise MappingError(f"{section_hook} is a residual-stream place: residual SAEs map onto it natively")
 
 
+def sublayer_of(before: str, after: str) -> str:
+    """The sub-layer hook (attn_out or mlp_out) that a bracket (the residual hooks just before and after) encloses."""
+    for site in ("hook_attn_out", "hook_mlp_out"):
+        layer = parse_hook(after)[0]
+        hook = f"blocks.{layer}.{site}"
+        if bracket(hook) == (canonical_hook(before), canonical_hook(after)):
+            return hook
+    raise MappingError(f"({before}, {after}) does not enclose a sub-layer: give the residual hooks just before and "
+                       "just after one attention or MLP sub-layer")
+
+
+def projection_is_difference(model: HookedTransformer, before: str, after: str, tol: float = 1e-5) -> bool:
+    """Whether the `projection` mapping across the bracket (before, after) equals the `difference` mapping: P_c of
+    the enclosed sub-layer is the identity (its stacked W_O or W_out has rank d_model, so its write subspace is the
+    whole residual stream), to within `tol` in every entry. Where it is, the two score identically at attn_out /
+    mlp_out, and `projection` alone also reaches the heads (attn.hook_z), so one unit says everything."""
+    hook = sublayer_of(before, after)
+    q = write_map(model, CrossSection(hook=hook, role="-"), "projection").double()
+    return bool((q - torch.eye(q.shape[0], dtype=q.dtype)).abs().max().item() <= tol)
+
+
 def is_sublayer(hook: str) -> bool:
     return bool(_HOOK.match(hook)) and parse_hook(hook)[1] in ("hook_attn_out", "hook_mlp_out", "attn.hook_z")
 

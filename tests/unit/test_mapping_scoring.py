@@ -205,3 +205,24 @@ def test_random_control_codes_are_the_least_squares_fit_on_random_directions():
         assert torch.allclose(used @ resid[i], torch.zeros(len(used)), atol=1e-4)
     # and it never explains more than the activation itself
     assert ((acts - mean).norm(dim=1) + 1e-5 >= (sc.reconstruction() - mean).norm(dim=1)).all()
+
+
+@pytest.mark.parametrize(("n_heads", "d_head", "d_mlp", "attn_same", "mlp_same"), [
+    (2, 16, 64, True, True),  # stacked W_O (32 x 32) and W_out (64 x 32) of full rank: P_c = I
+    (2, 8, 16, False, False),  # they write 16-dim subspaces of the 32-dim residual stream
+])
+def test_projection_equals_difference_exactly_where_the_write_subspace_is_everything(n_heads, d_head, d_mlp,
+                                                                                      attn_same, mlp_same):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(d_model=32, n_layers=2, n_heads=n_heads, d_head=d_head, d_mlp=d_mlp, seed=1), 50)
+    eye = torch.eye(32)
+    for layer in range(2):
+        for hook, same in ((f"blocks.{layer}.hook_attn_out", attn_same), (f"blocks.{layer}.hook_mlp_out", mlp_same)):
+            before, after = mp.bracket(hook)
+            assert mp.sublayer_of(before, after) == hook
+            assert mp.projection_is_difference(model, before, after) is same
+            q = mp.write_map(model, CrossSection(hook=hook, role="END"), "projection")
+            # the verdict is what scoring would see: the projection's map is (or is not) the difference's identity
+            assert torch.allclose(q, eye, atol=1e-4) is same
+    with pytest.raises(mp.MappingError, match="does not enclose a sub-layer"):
+        mp.sublayer_of("blocks.0.hook_resid_pre", "blocks.1.hook_resid_post")
