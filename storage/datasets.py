@@ -1,4 +1,7 @@
-"""Prompt tables and the training corpus as parquet (plain polars can read them)."""
+"""Prompt tables and the training corpus as parquet (plain polars can read them).
+
+Each is a write-once directory whose marker records the table's size and checksum; a reader checks them before
+parsing, and a writer that finds the directory missing, incomplete or damaged writes it again."""
 
 from __future__ import annotations
 
@@ -6,29 +9,29 @@ from pathlib import Path
 
 import polars as pl
 
-from storage.atomic import StoreError, is_complete, write_once
+from storage.atomic import is_whole, write_once
 from storage.home import SageHome
+from storage.integrity import read_parquet
 
 
 def write_prompts(home: SageHome, task: str, key: str, df: pl.DataFrame, meta: dict | None = None) -> Path:
     path = home.prompts_path(task, key)
-    if not is_complete(path.parent):
-        with write_once(path.parent, meta) as tmp:
+    if not is_whole(path.parent):
+        with write_once(path.parent, meta, kind="prompts") as tmp:
             df.write_parquet(tmp / path.name)
     return path
 
 
 def read_prompts(path: str | Path) -> pl.DataFrame:
-    path = Path(path)
-    if not is_complete(path.parent):
-        raise StoreError(f"prompt table {path} is missing or incomplete; regenerate it with `sage zoo build`")
-    return pl.read_parquet(path)
+    """The prompt table at `path`, checked against its directory's marker; StoreError in one line naming the file if
+    it is missing, truncated or changed."""
+    return read_parquet(Path(path), Path(path).parent)
 
 
 def write_corpus(home: SageHome, key: str, df: pl.DataFrame, meta: dict | None = None) -> Path:
     d = home.corpus_dir(key)
-    if not is_complete(d):
-        with write_once(d, meta) as tmp:
+    if not is_whole(d):
+        with write_once(d, meta, kind="corpus") as tmp:
             df.write_parquet(tmp / "corpus.parquet")
     return d / "corpus.parquet"
 

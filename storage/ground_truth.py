@@ -7,9 +7,10 @@ import json
 from pathlib import Path
 
 import polars as pl
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from storage.atomic import is_complete, write_once
+from storage.atomic import StoreError, is_whole, write_once
+from storage.integrity import load_safetensors, read_parquet
 
 QUALITY_COLUMNS = ["task", "attribute", "hook", "head", "role", "method", "sufficiency", "necessity", "edit_accuracy",
                    "no_intervention", "n_test", "n_edit", "n_unseen"]
@@ -18,8 +19,8 @@ QUALITY_COLUMNS = ["task", "attribute", "hook", "head", "role", "method", "suffi
 def write_section(d: Path, dictionaries: dict, rows: list[dict], provenance: dict) -> Path:
     """Each method's dictionary as safetensors (mean + one vector per attribute value) with provenance, and the
     section's quality rows."""
-    if not is_complete(d):
-        with write_once(d, provenance) as tmp:
+    if not is_whole(d):
+        with write_once(d, provenance, kind="ground-truth-section") as tmp:
             for method, dic in dictionaries.items():
                 tensors = {"mean": dic.mean.contiguous()}
                 for attr, vecs in dic.vectors.items():
@@ -38,14 +39,13 @@ def dictionary_path(part: str | Path, method: str) -> Path:
 
 
 def load_dictionary(path: Path):
-    """Back to a `sage_core.dictionaries.Dictionary`."""
-    from safetensors import safe_open
-
+    """Back to a `sage_core.dictionaries.Dictionary`, the file checked against its section's marker first."""
     from sage_core.dictionaries import Dictionary
 
-    tensors = load_file(str(path))
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata()
+    tensors, meta = load_safetensors(path)
+    if "mean" not in tensors or "method" not in meta or "weights" not in meta:
+        raise StoreError(f"{path} is not a SAGE dictionary (no mean/method/weights); rerun the command: the "
+                         f"ground-truth stage rebuilds {Path(path).parent}")
     vectors: dict = {}
     for key, t in tensors.items():
         if key.startswith("u/"):
@@ -55,9 +55,13 @@ def load_dictionary(path: Path):
                       weights=json.loads(meta["weights"]))
 
 
+def read_quality(d: str | Path) -> pl.DataFrame:
+    """quality.parquet of a section or of the combined output, checked against its directory's marker."""
+    return read_parquet(Path(d) / "quality.parquet", Path(d))
+
+
 def combine(final: Path, parts: list[str]) -> Path:
-    if not is_complete(final):
-        with write_once(final, {"parts": parts}) as tmp:
-            pl.concat([pl.read_parquet(Path(p) / "quality.parquet") for p in parts], how="diagonal_relaxed") \
-                .write_parquet(tmp / "quality.parquet")
+    if not is_whole(final):
+        with write_once(final, {"parts": parts}, kind="ground-truth") as tmp:
+            pl.concat([read_quality(p) for p in parts], how="diagonal_relaxed").write_parquet(tmp / "quality.parquet")
     return final

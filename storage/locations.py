@@ -6,7 +6,8 @@ from pathlib import Path
 
 import polars as pl
 
-from storage.atomic import is_complete, write_once
+from storage.atomic import is_whole, verify_file, write_once
+from storage.integrity import read_parquet
 
 RANKING_SCHEMA = {
     "task": pl.String, "attribute": pl.String, "hook": pl.String, "kind": pl.String, "layer": pl.Int32,
@@ -17,25 +18,33 @@ RANKING_SCHEMA = {
 
 def write_part(d: Path, rows: list[dict], summary: dict, figure) -> Path:
     """One (task, attribute): its ranking rows, its validation summary and its heatmap, written once."""
-    if not is_complete(d):
-        with write_once(d, {"task": summary["task"], "attribute": summary["attribute"]}) as tmp:
+    if not is_whole(d):
+        with write_once(d, {"task": summary["task"], "attribute": summary["attribute"]}, kind="locations-part") as tmp:
             pl.DataFrame(rows, schema=RANKING_SCHEMA, orient="row").write_parquet(tmp / "ranking.parquet")
             pl.DataFrame([summary]).write_parquet(tmp / "validation.parquet")
             figure.savefig(tmp / "heatmap.png", dpi=110)
     return d
 
 
+def read_ranking(d: str | Path) -> pl.DataFrame:
+    """ranking.parquet of a part or of the combined output, checked against its directory's marker."""
+    return read_parquet(Path(d) / "ranking.parquet", Path(d))
+
+
+def read_validation(d: str | Path) -> pl.DataFrame:
+    return read_parquet(Path(d) / "validation.parquet", Path(d))
+
+
 def combine(final: Path, parts: list[Path]) -> Path:
     """locations/<hash>/ranking.parquet and validation.parquet over every part, plus a heatmaps/ folder."""
-    if not is_complete(final):
-        with write_once(final, {"parts": [str(p) for p in parts]}) as tmp:
-            pl.concat([pl.read_parquet(Path(p) / "ranking.parquet") for p in parts]).write_parquet(
-                tmp / "ranking.parquet")
-            pl.concat([pl.read_parquet(Path(p) / "validation.parquet") for p in parts], how="diagonal_relaxed") \
-                .write_parquet(tmp / "validation.parquet")
+    if not is_whole(final):
+        with write_once(final, {"parts": [str(p) for p in parts]}, kind="locations") as tmp:
+            pl.concat([read_ranking(p) for p in parts]).write_parquet(tmp / "ranking.parquet")
+            validations = [read_validation(p) for p in parts]
+            pl.concat(validations, how="diagonal_relaxed").write_parquet(tmp / "validation.parquet")
             (tmp / "heatmaps").mkdir()
-            for p in parts:
-                meta = pl.read_parquet(Path(p) / "validation.parquet").row(0, named=True)
+            for p, val in zip(parts, validations, strict=True):
+                meta = val.row(0, named=True)
                 (tmp / "heatmaps" / f"{meta['task']}-{meta['attribute']}.png").write_bytes(
-                    (Path(p) / "heatmap.png").read_bytes())
+                    verify_file(Path(p) / "heatmap.png", Path(p)).read_bytes())
     return final

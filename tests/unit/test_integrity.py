@@ -243,3 +243,109 @@ def test_read_parquet_names_a_truncated_file_in_one_line(tmp_path):
     with pytest.raises(StoreError) as e:
         read_parquet(d / "t.parquet")
     assert str(d / "t.parquet") in _one_line(e)
+
+
+def test_read_parquet_names_a_file_that_was_unreadable_when_written(tmp_path):
+    """A file that matches its checksums but is not parquet: one line naming it, not polars' own error."""
+    from storage.integrity import read_parquet
+
+    d = tmp_path / "d"
+    with write_once(d) as tmp:
+        (tmp / "t.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(StoreError) as e:
+        read_parquet(d / "t.parquet")
+    assert str(d / "t.parquet") in _one_line(e) and "unreadable" in str(e.value)
+
+
+# -- the readers of durable tables check what they read ------------------------------------------------------------------
+def _prompts(home, task="ioi", key="k1"):
+    from storage.datasets import write_prompts
+
+    df = pl.DataFrame({"prompt_id": [f"p{i}" for i in range(500)], "tokens": [[i, i + 1, i + 2] for i in range(500)]})
+    return write_prompts(home, task, key, df, {"task": task}), df
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete_marker", "delete_table", "old_marker"])
+def test_prompt_table_damage_is_named_in_one_line_and_the_writer_rebuilds_it(tmp_path, damage):
+    from storage.datasets import read_corpus, read_prompts
+    from storage.home import SageHome
+
+    home = SageHome(tmp_path)
+    path, df = _prompts(home)
+    assert read_prompts(path).equals(df)
+    if damage == "truncate":
+        _truncate(path)
+    elif damage == "flip":
+        _flip(path)
+    elif damage == "delete_marker":
+        (path.parent / MARKER).unlink()
+    elif damage == "delete_table":
+        path.unlink()
+    else:
+        m = json.loads((path.parent / MARKER).read_text())
+        (path.parent / MARKER).write_text(json.dumps({k: v for k, v in m.items() if k != "files"}))
+    for reader in (read_prompts, read_corpus):
+        with pytest.raises(StoreError) as e:
+            reader(path)
+        msg = _one_line(e)
+        assert str(path.parent) in msg and "rerun" in msg
+    assert _prompts(home)[0] == path  # what `sage zoo build` does: the damaged table is written again
+    assert read_prompts(path).equals(df)
+    assert sorted(p.name for p in path.parent.parent.iterdir()) == ["k1"]
+
+
+def _section(d: Path) -> Path:
+    import torch
+
+    from sage_core.dictionaries import Dictionary
+    from storage.ground_truth import QUALITY_COLUMNS, write_section
+
+    dic = Dictionary(method="mean", mean=torch.zeros(64), vectors={"name": {"a": torch.ones(64), "b": -torch.ones(64)}},
+                     weights={"name": 1.0})
+    row = dict.fromkeys(QUALITY_COLUMNS, 0.5) | {"task": "ioi", "attribute": "name", "hook": "h", "role": "END",
+                                                 "method": "mean", "head": None}
+    return write_section(d, {"mean": dic}, [row], {"model": "m"})
+
+
+def test_ground_truth_dictionary_and_quality_are_checked_when_read(tmp_path):
+    from storage.ground_truth import combine, dictionary_path, load_dictionary, read_quality
+
+    part = _section(tmp_path / "parts" / "s1")
+    assert load_dictionary(dictionary_path(part, "mean")).vectors["name"]["a"].sum() == 64
+    final = combine(tmp_path / "gt", [str(part)])
+    assert read_quality(final)["necessity"].to_list() == [0.5]
+    _flip(dictionary_path(part, "mean"), at=-40)
+    with pytest.raises(StoreError) as e:
+        load_dictionary(dictionary_path(part, "mean"))
+    assert "mean.safetensors" in _one_line(e)
+    _truncate(part / "quality.parquet")
+    with pytest.raises(StoreError, match="quality.parquet"):
+        read_quality(part)
+    with pytest.raises(StoreError, match="quality.parquet"):
+        combine(tmp_path / "gt2", [str(part)])
+    _section(part)  # the fit stage rewrites the damaged section
+    assert load_dictionary(dictionary_path(part, "mean")).vectors["name"]["b"].sum() == -64
+
+
+def test_location_tables_are_checked_when_read(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from storage.locations import combine, read_ranking, read_validation, write_part
+
+    row = {"task": "ioi", "attribute": "name", "hook": "h", "kind": "resid", "layer": 0, "head": None, "role": "END",
+           "group": "g", "atp": 0.1, "rank": 1, "selected": True, "patch_effect": 0.2}
+    fig = plt.figure()
+    part = write_part(tmp_path / "parts" / "p1", [row], {"task": "ioi", "attribute": "name", "ok": True}, fig)
+    plt.close(fig)
+    final = combine(tmp_path / "loc", [part])
+    assert read_ranking(final)["atp"].to_list() == [0.1] and read_validation(final)["ok"].to_list() == [True]
+    _flip(part / "heatmap.png")
+    with pytest.raises(StoreError, match="heatmap.png"):
+        combine(tmp_path / "loc2", [part])
+    _truncate(final / "ranking.parquet")
+    with pytest.raises(StoreError) as e:
+        read_ranking(final)
+    assert "ranking.parquet" in _one_line(e)
