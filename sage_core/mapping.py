@@ -21,7 +21,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor
 from transformer_lens import HookedTransformer
@@ -43,13 +43,18 @@ class SectionCodes(BaseModel):
     codes: Float[Tensor, "n m"]
     decoder: Float[Tensor, "m d"]
     bias: Float[Tensor, " d"]
+    active: Bool[Tensor, "n m"] | None = None  # what interpretability counts as "feature active"; None = codes > 0
 
     def reconstruction(self) -> Float[Tensor, "n d"]:
         return self.codes @ self.decoder + self.bias
 
+    def activity(self) -> Bool[Tensor, "n m"]:
+        return self.codes > 0 if self.active is None else self.active
+
     def rows(self, idx) -> SectionCodes:
         """The same SAE on a subset of prompts (idx: row indices, e.g. a read-only numpy array from polars)."""
-        return self.model_copy(update={"codes": self.codes[torch.as_tensor(np.array(idx), dtype=torch.long)]})
+        i = torch.as_tensor(np.array(idx), dtype=torch.long)
+        return self.model_copy(update={"codes": self.codes[i], "active": None if self.active is None else self.active[i]})
 
 
 def parse_hook(hook: str) -> tuple[int, str]:

@@ -226,3 +226,25 @@ def test_projection_equals_difference_exactly_where_the_write_subspace_is_everyt
             assert torch.allclose(q, eye, atol=1e-4) is same
     with pytest.raises(mp.MappingError, match="does not enclose a sub-layer"):
         mp.sublayer_of("blocks.0.hook_resid_pre", "blocks.1.hook_resid_post")
+
+
+def test_random_control_interpretability_does_not_read_the_prompt(tiny):
+    """The random control's F1 is a floor only if which features count as active does not depend on the prompt
+    (choosing, per prompt, the random directions closest to it reads the prompt, not the decoder): its best F1 per
+    value is then the chance level of an always-on detector, 2p / (1 + p) for a value of share p."""
+    _, df, acts, _ = tiny
+    section = CrossSection(hook="blocks.0.hook_resid_post", role="END")
+    model, pad, dic, clean, pairs, rows, ref, labels = _section_inputs(tiny, section)
+    cfg = ScoreConfig(ks=(1,))
+    rnd = random_codes(torch.as_tensor(acts[section.hook][:, 3]), ref.background_mean, cfg)
+    active = rnd.activity()
+    assert (active == active[0]).all() and active[0].sum() == cfg.random_k  # the same features for every prompt
+    sc_pairs = {p.attribute: (rnd.rows(p.x), rnd.rows(p.xp)) for p in rows.pairs}
+    r = score_section(model, ref, clean, pairs, rnd.rows(rows.clean), sc_pairs, pad, cfg)
+    n = len(clean.tokens)
+    for attr, vals in clean.labels.items():
+        for v in set(vals):
+            p = vals.count(v) / n
+            assert r[f"f1:{attr}={v}"] == pytest.approx(2 * p / (1 + p)), (attr, v)
+    # the reconstruction metrics still use the per-prompt least-squares codes (the decoder's best)
+    assert (rnd.codes > 0).sum(1).float().mean() > 0 and not (rnd.codes[0] > 0).eq(rnd.codes > 0).all()
