@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import os
 import threading
 import warnings
@@ -47,6 +48,7 @@ from storage.atomic import DIGEST, MARKER, StoreError, cached_marker, file_diges
 from storage.hashing import stable_hash
 
 FORMAT_VERSION = 2
+_log = logging.getLogger(__name__)
 EncodedChunk = dict[str, tuple[bytes, str]]  # hook -> (bytes of its chunk file, their checksum)
 # Per-file checksums: xxh3-128 hashes at ~9 GB/s here against sha256's 1.5 GB/s, which was a fifth of a chunk's write
 # time. They guard against truncation and accidental change, not forgery. Stores written before format 2 (no
@@ -136,16 +138,17 @@ class ActivationStore:
         return _DIGESTS[self.attrs.get("checksum", "sha256")]
 
     def is_complete(self) -> bool:
-        """Finished, with a marker listing its files (a marker from before that list is finished again, which
-        re-checks every chunk and rewrites the marker)."""
-        return isinstance(self._marker().get("files"), dict)
+        """Finished and whole: a marker listing its files, every one unchanged (a marker from before that list is
+        finished again, which re-checks every chunk and rewrites the marker; a damaged chunk is recaptured by resuming,
+        see `create_or_resume`). Checks are remembered per process while the files are unchanged."""
+        return self.is_whole()
 
     def _marker(self) -> dict[str, Any]:
         return cached_marker(self.path) or {}
 
     def is_whole(self) -> bool:
         """Complete and every file unchanged since capture."""
-        if not self.is_complete():
+        if not isinstance(self._marker().get("files"), dict):
             return False
         try:
             self.verify()
@@ -190,7 +193,10 @@ class ActivationStore:
             mine = {k: existing.get(k) for k in identity}
             if mine != identity:
                 raise StoreError(f"{path} holds activations of another request {mine}; refusing to mix them")
-            store.drop_damaged_chunks()
+            store._check_metadata()
+            bad = store.drop_damaged_chunks()
+            if bad:
+                _log.warning(f"{path}: chunks {bad} changed since they were captured; recapturing them")
             return store
         n, width = tokens.shape
         group = zarr.open_group(str(path), mode="w", zarr_format=3)
@@ -415,6 +421,20 @@ class ActivationStore:
             problem = self._chunk_problem(i, names)
             if problem:
                 raise StoreError(f"{self.path} is corrupt: {problem}; {_RECAPTURE}")
+
+    def _check_metadata(self) -> None:
+        """The files of a sealed store other than chunks and their records (resuming cannot rewrite them)."""
+        files = self._marker().get("files")
+        if not isinstance(files, dict):
+            return
+        rewritable = {rel for i in range(self.n_chunks) for rel in self._chunk_files(i).values()}
+        for rel, want in files.items():
+            if rel in rewritable or rel.startswith("_progress/"):
+                continue
+            p = self.path / rel
+            if not p.is_file() or p.stat().st_size != want.get("size") or file_digest(p) != want.get("digest"):
+                raise StoreError(f"{self.path} is corrupt ({rel} changed since capture); delete the store and rerun "
+                                 f"the capture")
 
     def drop_damaged_chunks(self) -> list[int]:
         """Forget every recorded chunk whose files changed since they were written (and the marker, if any was), so

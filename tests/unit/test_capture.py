@@ -368,6 +368,7 @@ def test_reads_of_undamaged_chunks_still_work_and_resuming_repairs_the_damaged_o
     assert is_whole(store.path) and store.is_whole()
     before = store.read(HOOKS[0])
     _flip3(store.path / HOOKS[0] / "c" / "1" / "0" / "0")
+    assert not ActivationStore(store.path).is_complete()  # so the capture stage resumes it rather than keeping it
     np.testing.assert_array_equal(store.read(HOOKS[0], slice(0, store.chunk_prompts)), before[: store.chunk_prompts])
     assert not is_whole(store.path)
     req = CaptureRequest(hooks=HOOKS, chunk_mb=0.02, batch_size=16)
@@ -398,6 +399,10 @@ def test_a_damaged_metadata_file_is_named(tmp_path, model, prompts):
     meta.write_text(meta.read_text().replace('"prompt"', '"prompT"'))
     with pytest.raises(StoreError, match="zarr.json.*delete the store and rerun the capture"):
         ActivationStore.open(store.path)
+    assert not store.is_complete()
+    req = CaptureRequest(hooks=HOOKS, chunk_mb=0.02, batch_size=16)
+    with pytest.raises(StoreError, match="zarr.json.*delete the store"):  # resuming cannot rewrite it: never resealed
+        open_or_create_store(store.path, model, prompts, req, IDENT)
 
 
 def test_a_failed_chunk_write_leaves_no_temporary_file(tmp_path, model, prompts, monkeypatch):
