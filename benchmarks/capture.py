@@ -128,7 +128,7 @@ def ratio(model, df, request: CaptureRequest, repeats: int, label: str, report_d
             bare = bare_forward(model, df, request.batch_size)
             got.append(capture_once(model, df, request, Path(d) / f"s{r}.zarr") / bare)
             if breakdown:
-                forward, encode = phases(model, request, ActivationStore.open(Path(d) / f"s{r}.zarr", verify=False))
+                forward, encode = phases(model, request, ActivationStore.open(Path(d) / f"s{r}.zarr"))
                 parts.append((forward / bare, encode / bare, got[-1] - (forward + encode) / bare))
         med = statistics.median(got)
         print(f"[{label}] capture + store / bare forward (last {bare:.2f} s): median {med:.3f}, "
