@@ -21,7 +21,7 @@ import polars as pl  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from sage_core.results import BAR_TEXT, verdict_line  # noqa: E402
+from sage_core.results import BAR_TEXT, random_floor, verdict_line  # noqa: E402
 
 KIND_COLOURS = {"trained": "#4c72b0", "oracle": "#55a868", "random": "#c44e52"}
 OTHER_COLOUR = "#8c8c8c"
@@ -301,6 +301,30 @@ def _failed_entries(leaderboard: pl.DataFrame, failures: pl.DataFrame) -> list[s
     return entries
 
 
+def _random_floor_lines(leaderboard: pl.DataFrame, task: str) -> list[str]:
+    """Per metric, how many trained SAEs beat the random control, the metrics it matches for most of them, and why
+    the control is (or is not) a floor where that needs saying."""
+    if "kind" not in leaderboard.columns:
+        return []
+    t = random_floor(leaderboard.filter(pl.col("task") == task))
+    rows = t.filter(pl.col("share_better").is_not_null()).to_dicts()
+    if not rows:
+        return []
+    lines = ["**Trained SAEs better than the random control** (per metric, leaderboard means; a tie is not better):",
+             "", "| metric | better | random | trained SAEs better | share |", "|---|---|---:|---:|---:|"]
+    lines += [f"| {r['metric']} | {r['better']} | {_fmt(r['random'])} | {r['n_better']} of {r['n_trained']} | "
+              f"{r['share_better']:.0%} |" for r in rows]
+    lines.append("")
+    matched = [f"{r['metric']} ({r['share_better']:.0%})" for r in rows if r["share_better"] < 0.5]
+    if matched:
+        lines += [f"The random control matches or beats most trained SAEs on: {', '.join(matched)}.", ""]
+    lines += [f"- {r['metric']}: {r['note']}" for r in rows if r["note"]]
+    missing = t.filter(pl.col("share_better").is_null() & (pl.col("n_trained") > 0))["metric"].to_list()
+    if missing:
+        lines.append(f"- not measured for the random control: {', '.join(missing)}")
+    return lines + [""]
+
+
 def summary_markdown(leaderboard: pl.DataFrame, failures: pl.DataFrame, meta: dict,
                      plots: dict[str, list[str]] | None = None, verdicts: pl.DataFrame | None = None) -> str:
     """The run's markdown report: meta paragraph, per-task leaderboard + controls verdict (+ the ground truth's
@@ -320,6 +344,11 @@ def summary_markdown(leaderboard: pl.DataFrame, failures: pl.DataFrame, meta: di
     lines += [". ".join(parts) + ".", ""]
     lines += ["Columns are means over each SAE's cross-sections (CE rec. and L0 on background text); "
               f"`{MISSING}` = not measured. Sorted by summary score.", ""]
+    if "mapping" in leaderboard.columns and (leaderboard["mapping"] == "projection").any():
+        lines += ["`projection` rows map a pair of residual SAEs onto a sub-layer as P_c(SAE(after) - SAE(before)). "
+                  "Where P_c is the identity (the sub-layer's stacked W_O or W_out has full rank, so it writes the "
+                  "whole residual stream) `difference` is the same map: such a pair is scored once, as "
+                  "`projection`, which also reaches the attention heads.", ""]
     for task in tasks:
         lines += [f"## {task}", ""]
         lines.append("| " + " | ".join(HEADERS) + " |")
@@ -329,6 +358,7 @@ def summary_markdown(leaderboard: pl.DataFrame, failures: pl.DataFrame, meta: di
         holds, text = controls_verdict(leaderboard, task)
         mark = {True: "✅", False: "❌", None: "⚠️"}[holds]
         lines += ["", f"**Controls:** {mark} {text}", ""]
+        lines += _random_floor_lines(leaderboard, task)
         gt = [] if verdicts is None else [r for r in verdicts.iter_rows(named=True) if r["task"] == task]
         if gt:
             lines += [f"**Ground truth** ({BAR_TEXT}):", ""]

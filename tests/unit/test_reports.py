@@ -133,7 +133,7 @@ def test_summary_markdown_tables_controls_and_failures():
     assert md.startswith("# SAGE report: unit-run")
     assert "sage-tiny" in md and "ioi, greater_than" in md and "**SAEs:** 4" in md and "2025-01-01" in md
     assert md.count("| rank | SAE | kind | mapping | summary | EV | suff. | nec. | edit@4 | F1 | MCC | CE rec. | L0 |") == 2
-    ioi = md.split("## ioi")[1].split("## greater_than")[0]
+    ioi = md.split("## ioi")[1].split("## greater_than")[0].split("**Controls:**")[0]  # the leaderboard table
     rows = [ln for ln in ioi.splitlines() if ln.startswith("| ") and "rank" not in ln]
     assert [r.split("|")[2].strip() for r in rows] == ["oracle-sae", "sae-a", "sae-b", "random-sae"]
     assert rows[0].startswith("| 1 | oracle-sae | oracle | native | 0.900 | 0.900 | 0.910 | 0.920 |")
@@ -221,9 +221,50 @@ def test_nan_summary_is_listed_last_and_not_counted():
     board = _leaderboard().with_columns(
         pl.when(pl.col("sae") == "sae-b").then(float("nan")).otherwise(pl.col("summary")).alias("summary"))
     md = summary_markdown(board, FAILURES.clear(), META)
-    ioi = md.split("## ioi")[1].split("## greater_than")[0]
+    ioi = md.split("## ioi")[1].split("## greater_than")[0].split("**Controls:**")[0]  # the leaderboard table
     rows = [ln for ln in ioi.splitlines() if ln.startswith("| ") and "rank" not in ln]
     assert rows[-1].split("|")[2].strip() == "sae-b" and "| – |" in rows[-1]
     holds, text = controls_verdict(board, "ioi")
     assert holds is True and "without a summary" in text
     assert math.isnan(board.filter(pl.col("sae") == "sae-b")["summary"][0])
+
+
+def _floor_board() -> pl.DataFrame:
+    nan = float("nan")
+    rows = [  # (sae, kind, summary, EV, sufficiency, necessity, f1_mean, l0, mcc, edit_magnitude_k4)
+        ("control:random", "random", 0.3, 0.5, 0.7, 0.4, 0.667, 4.0, 0.2, 0.5),
+        ("control:oracle", "oracle", 0.9, 0.1, 1.0, 1.0, 1.0, 3.0, 1.0, 0.0),  # not counted
+        ("a", "trained", 0.6, 0.4, 1.2, 0.5, 0.7, 10.0, 0.3, 0.3),
+        ("b", "trained", 0.2, 0.6, 1.35, nan, 0.6, 3.0, 0.1, 0.6),  # sufficiency 1.35 is further from 1 than 0.7
+        ("c", "trained", 0.3, 0.55, 0.9, 0.45, 0.65, None, 0.25, None),  # a tie is not better
+    ]
+    cols = ("sae", "kind", "summary", "explained_variance", "sufficiency", "necessity", "f1_mean", "l0", "mcc",
+            "edit_magnitude_k4")
+    board = pl.DataFrame([dict(zip(cols, r, strict=True)) for r in rows], orient="row",
+                         schema={c: pl.String if c in ("sae", "kind") else pl.Float64 for c in cols})
+    return board.with_columns(task=pl.lit("t"), mapping=pl.lit("native"), status=pl.lit("ok"),
+                              ce_loss_recovered=pl.lit(None, pl.Float64))
+
+
+def test_share_of_trained_saes_above_the_random_control_by_hand():
+    from sage_core.results import random_floor
+
+    t = {r["metric"]: r for r in random_floor(_floor_board()).iter_rows(named=True)}
+    want = {"summary": (1, 3), "explained_variance": (2, 3), "sufficiency": (2, 3), "necessity": (2, 2),
+            "f1_mean": (1, 3), "l0": (1, 2), "mcc": (2, 3), "edit_magnitude_k4": (1, 2)}
+    for metric, (better, n) in want.items():
+        assert (t[metric]["n_better"], t[metric]["n_trained"]) == (better, n), metric
+        assert t[metric]["share_better"] == pytest.approx(better / n), metric
+    assert t["l0"]["better"] == "lower" and t["sufficiency"]["better"] == "closer to 1"
+    assert t["summary"]["random"] == pytest.approx(0.3)
+    assert t["ce_loss_recovered"]["share_better"] is None and "not measured" in t["ce_loss_recovered"]["note"]
+    assert "chance" in t["f1_mean"]["note"]
+
+    md = summary_markdown(_floor_board(), FAILURES.clear(), META)
+    assert "| metric | better | random | trained SAEs better | share |" in md
+    assert "| summary | higher | 0.300 | 1 of 3 | 33% |" in md
+    assert "| necessity | higher | 0.400 | 2 of 2 | 100% |" in md
+    # metrics where the control matches or beats more than half the trained SAEs are named
+    named = next(ln for ln in md.splitlines() if ln.startswith("The random control matches or beats most"))
+    assert "summary (33%)" in named and "f1_mean (33%)" in named
+    assert not any(m in named for m in ("explained_variance", "l0", "edit_magnitude_k4", "necessity"))
