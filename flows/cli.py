@@ -13,7 +13,11 @@ from rich.table import Table
 
 from sage_core.results import short_hook
 
-app = typer.Typer(help="SAGE: score sparse autoencoders against ground-truth features on real tasks.",
+EXIT_CODES = ("Exit codes: 0 done; 2 bad input or a stage that could not run (one `error:` line says what to do); "
+              "3 sage evaluate finished but some SAEs or stages failed (every good result is written; the failures "
+              "are listed).")
+EXIT_SOME_FAILED = 3
+app = typer.Typer(help=f"SAGE: score sparse autoencoders against ground-truth features on real tasks.\n\n{EXIT_CODES}",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 zoo_app = typer.Typer(help="The built-in model and SAE zoo.", no_args_is_help=True)
 app.add_typer(zoo_app, name="zoo")
@@ -29,8 +33,120 @@ def short_sae(name: str) -> str:
 
 
 def _fail(exc: Exception) -> None:
-    console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+    from rich.markup import escape
+
+    msg = " ".join(str(exc).split()) or type(exc).__name__  # one line, whatever the exception's text holds
+    console.print(f"[bold red]error:[/] {escape(msg)}", soft_wrap=True, highlight=False)
     raise typer.Exit(2)
+
+
+def _writable_home(home: str | None):
+    """The data root, checked (a writable directory, created if missing) before any compute; else one line."""
+    from storage.atomic import StoreError
+    from storage.home import SageHome
+
+    h = SageHome(home)
+    try:
+        h.ensure_writable()
+    except StoreError as exc:
+        _fail(exc)
+    return h
+
+
+def _check_top(top: int | None) -> None:
+    if top is not None and top < 1:
+        _fail(ValueError(f"--top {top}: give a number of SAEs of at least 1, or leave --top out to print all of them"))
+
+
+# The temporary Prefect server (uvicorn) is a child of this process; started as Prefect starts it, it outlives a
+# `kill -9` of the CLI. This launcher asks Linux to SIGTERM it when its parent dies, then runs uvicorn as `-m` would.
+_DEATHSIG_LAUNCHER = (
+    "import ctypes, os, runpy, signal, sys\n"
+    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    sys.exit(0)  # the parent died before prctl took effect\n"
+    "sys.argv = ['uvicorn', *sys.argv[2:]]\n"
+    "runpy.run_module('uvicorn', run_name='__main__', alter_sys=True)\n"
+)
+
+
+def _server_dies_with_cli() -> None:
+    """Start Prefect's temporary server now, from the main thread (the thread PR_SET_PDEATHSIG watches), through the
+    launcher above; Prefect reuses this one instance for the whole run. Nothing to do when PREFECT_API_URL names a
+    server, or off Linux (the server then stops only through Prefect's atexit hook)."""
+    if not sys.platform.startswith("linux"):
+        return
+    from types import SimpleNamespace
+
+    from prefect.server.api import server as srv
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():
+        return
+    instance = srv.SubprocessASGIServer()
+    if instance.running:
+        return
+    plain = instance._run_uvicorn_command
+    real_popen = srv.subprocess.Popen
+
+    def popen(args, **kw):
+        if list(args[:3]) == [sys.executable, "-m", "uvicorn"]:
+            args = [sys.executable, "-c", _DEATHSIG_LAUNCHER, str(os.getpid()), *args[3:]]
+        return real_popen(args, **kw)
+
+    def run_uvicorn():
+        saved = srv.subprocess
+        srv.subprocess = SimpleNamespace(Popen=popen)  # only server.py's name, only for this call
+        try:
+            return plain()
+        finally:
+            srv.subprocess = saved
+
+    instance._run_uvicorn_command = run_uvicorn
+    instance.start()
+
+
+class _NoTracebackFormatter:
+    """Wraps the console handler's formatter: the record's first line, no traceback. The UI's handler (APILogHandler)
+    runs first on the same record and still sends the traceback; the record is restored afterwards."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def format(self, record):
+        import logging
+
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info = record.exc_text = record.stack_info = None
+        try:
+            text = (self.inner or logging.Formatter()).format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
+        return text.splitlines()[0] if text else text
+
+
+def _console_without_tracebacks(verbose: bool) -> None:
+    """Prefect logs every failed task with its full traceback on the console; without --verbose the console keeps one
+    line per failure (the CLI lists the failures itself), while the Prefect UI still gets the tracebacks."""
+    if verbose:
+        return
+    import logging
+
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    for name in (None, "uvicorn", "fastapi"):
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, PrefectConsoleHandler) and not isinstance(handler.formatter, _NoTracebackFormatter):
+                handler.setFormatter(_NoTracebackFormatter(handler.formatter))
+
+
+def _prefect_run_setup(verbose: bool) -> None:
+    """Before a flow runs from the CLI: tracebacks off the console, the temporary server tied to this process."""
+    _console_without_tracebacks(verbose)
+    _server_dies_with_cli()
 
 
 def _zoo_config(tiny: bool, tasks: str | None):
@@ -115,11 +231,16 @@ def zoo_build(
     except ValidationError as exc:
         err = exc.errors()[0]
         _fail(ValueError(f"invalid config {config}: {'.'.join(map(str, err['loc']))}: {err['msg']}"))
-    console.print(f"building zoo [bold]{cfg.model.name}[/] under {Path(home or './sage-data').resolve()} ...")
+    h = _writable_home(home)
+    console.print(f"building zoo [bold]{cfg.model.name}[/] under {h.root} ...")
     t0 = time.perf_counter()
     try:
+        from sage_core.zoo_plan import plan_zoo
+
+        plan_zoo(cfg)  # bad input fails here, before Prefect starts
+        _prefect_run_setup(verbose)
         out = run_build_zoo(cfg=cfg, home=home, refresh=refresh)
-    except (ValueError, RuntimeError, FileNotFoundError) as exc:
+    except (ValueError, RuntimeError, OSError) as exc:
         _fail(exc)
     console.print(f"zoo ready in {time.perf_counter() - t0:.1f}s")
     print_zoo(out["home"], cfg.model.name)
@@ -218,7 +339,6 @@ def capture_cmd(
     from flows.capture import capture
     from flows.settings import results_in
     from sage_core.capture import default_hooks
-    from storage.home import SageHome
 
     cfg = ZooConfig.tiny() if tiny else ZooConfig()
     if tasks:
@@ -230,7 +350,7 @@ def capture_cmd(
             get_task(t)
         hook_list = tuple(h.strip() for h in hooks.split(",")) if hooks else default_hooks(cfg.model.n_layers)
         request = CaptureRequest(hooks=hook_list, positions=positions, dtype=dtype)
-        h = SageHome(home)
+        h = _writable_home(home)
         from sage_core.capture import check_hooks
         from sage_core.devices import resolve_devices
         from storage.zoo import load_model
@@ -245,13 +365,14 @@ def capture_cmd(
         _fail(exc)
     done = threading.Event()
     since = time.time() - 1
+    _prefect_run_setup(verbose)
     watcher = threading.Thread(target=_watch_progress, args=(h.root, since, done, "capturing"), daemon=True)
     watcher.start()
     try:
         with results_in(h):
             flow = capture if n_shards <= 2 else capture.with_options(task_runner=ThreadPoolTaskRunner(n_shards))
             out = flow(request=request, cfg=cfg, home=str(h.root), n_shards=n_shards, devices=devices)
-    except (ValueError, RuntimeError, FileNotFoundError) as exc:
+    except (ValueError, RuntimeError, OSError) as exc:
         done.set()
         watcher.join()
         _fail(exc)
@@ -274,12 +395,13 @@ def locate_cmd(
     share: float = typer.Option(0.8, help="keep the smallest set covering this share of |AtP|"),
     cap: int = typer.Option(8, help="at most this many kept components per group"),
     ig_steps: int = typer.Option(4, help="1 = plain AtP; more = integrated-gradient AtP"),
-    top: int = typer.Option(5, help="components to print per attribute and group"),
+    top: int = typer.Option(5, help="components to print per attribute and group (at least 1)"),
     tiny: bool = typer.Option(False, help="use the --tiny zoo"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Find where each task attribute lives (attribution patching), validated by real activation patching."""
     _quiet_prefect(verbose)
+    _check_top(top)
     import polars as pl
     from pydantic import ValidationError
 
@@ -306,13 +428,13 @@ def locate_cmd(
         _fail(exc)
     from flows.locate import locate
     from flows.settings import results_in
-    from storage.home import SageHome
 
-    h = SageHome(home)
+    h = _writable_home(home)
     try:
+        _prefect_run_setup(verbose)
         with console.status("attribution patching and validation ..."), results_in(h):
             out = locate(cfg=cfg, locate_cfg=lcfg, home=str(h.root), attributes=attrs)
-    except (ValueError, RuntimeError, FileNotFoundError) as exc:
+    except (ValueError, RuntimeError, OSError) as exc:
         _fail(exc)
     ranking = pl.read_parquet(out["ranking"])
     val = pl.read_parquet(out["validation"])
@@ -365,13 +487,13 @@ def fit_cmd(
         _fail(exc)
     from flows.fit import fit_ground_truth
     from flows.settings import results_in
-    from storage.home import SageHome
 
-    h = SageHome(home)
+    h = _writable_home(home)
     try:
+        _prefect_run_setup(verbose)
         with console.status("locating, capturing and fitting dictionaries ..."), results_in(h):
             out = fit_ground_truth(cfg=cfg, home=str(h.root), per_group=per_group, methods=method_list)
-    except (ValueError, RuntimeError, FileNotFoundError) as exc:
+    except (ValueError, RuntimeError, OSError) as exc:
         _fail(exc)
     q = pl.read_parquet(out["quality"]).sort("task", "attribute", "method", "hook", "role")
     t = Table(title="ground truth: supervised dictionaries on held-out test prompts")
@@ -465,8 +587,22 @@ def _watch_scoring(root: Path, since: float, done_event) -> None:
                 bar.update(t, description=f"scoring: {n} SAE x task units done")
 
 
-def _check_pretrained_name(name: str) -> None:
-    """Fail in a line, before Prefect starts, on a name TransformerLens cannot load (with the closest names)."""
+def remote_code_name(name: str) -> str | None:
+    """The official name of a TransformerLens model whose loading turns on `trust_remote_code` (it runs Python code
+    from the model's Hugging Face repository), else None. TransformerLens forces it for names starting with
+    NEED_REMOTE_CODE_MODELS, and its config for PhiForCausalLM (phi-1, phi-1_5) sets it too."""
+    from transformer_lens.loading_from_pretrained import NEED_REMOTE_CODE_MODELS, get_official_model_name
+
+    try:
+        official = get_official_model_name(name)
+    except ValueError:
+        return None
+    return official if official.startswith((*NEED_REMOTE_CODE_MODELS, "microsoft/phi-1")) else None
+
+
+def _check_pretrained_name(name: str, trust_remote_code: bool = False) -> None:
+    """Fail in a line, before Prefect starts, on a name TransformerLens cannot load (with the closest names), or one
+    whose loading runs the model repository's code unless the user said so."""
     import difflib
 
     from transformer_lens.loading_from_pretrained import OFFICIAL_MODEL_NAMES, make_model_alias_map
@@ -476,6 +612,10 @@ def _check_pretrained_name(name: str) -> None:
         close = difflib.get_close_matches(name, list(OFFICIAL_MODEL_NAMES) + list(aliases), n=3)
         raise ValueError(f"unknown model {name!r}: not the built-in zoo model and not a TransformerLens model name"
                          + (f"; closest: {', '.join(close)}" if close else "; see `sage zoo info` for the zoo model"))
+    remote = remote_code_name(name)
+    if remote and not trust_remote_code:
+        raise ValueError(f"loading {remote} makes TransformerLens run Python code from its Hugging Face repository "
+                         "(trust_remote_code); pass --trust-remote-code if you trust that code")
 
 
 @app.command("evaluate")
@@ -485,27 +625,39 @@ def evaluate_cmd(
                                          "if missing) or a TransformerLens model name for from_pretrained, e.g. "
                                          "gpt2 (then --saes is required)"),
     saes: str = typer.Option(None, help="comma-separated SAE specs: zoo:<name>, a SAELens directory, "
-                                        "<release>/<sae_id>, py:<module>:<attr> (default: every zoo SAE)"),
+                                        "<release>/<sae_id>, py:<module>:<attr> (default: every zoo SAE). "
+                                        "py:<module>:<attr> IMPORTS AND RUNS that Python code (the factory once)"),
     tasks: str = typer.Option(None, help="comma-separated task names (default: all the zoo's tasks)"),
-    run: str = typer.Option(None, help="run name (default: a hash of what was scored)"),
+    run: str = typer.Option(None, help="run name: 1-64 letters, digits, '.', '_', '-' (default: a hash of what was "
+                                       "scored); a name already used by another evaluation is refused"),
     per_group: int = typer.Option(2, help="kept cross-sections per attribute and group (residual / sub-layer)"),
     projections: bool = typer.Option(True, help="also score residual SAE families projected onto sub-layers"),
-    top: int = typer.Option(None, help="print only the best N trained SAEs per task (the report has all)"),
+    top: int = typer.Option(None, help="print only the best N (>= 1) trained SAEs per task (the report has all)"),
     tiny: bool = typer.Option(False, help="use the --tiny zoo (toy sizes)"),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code",
+                                           help="allow a --model whose loading runs code from its Hugging Face "
+                                                "repository (e.g. Qwen/Qwen-1_8B, microsoft/phi-2)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Score SAEs against the ground truth on every task: leaderboard, report, Prefect artifacts."""
+    """Score SAEs against the ground truth on every task: leaderboard, report, Prefect artifacts.
+
+    Exit codes: 0 done; 2 bad input or a stage that could not run (one `error:` line); 3 finished, but some SAEs or
+    stages failed: every good result is written and the failures are listed."""
     _quiet_prefect(verbose)
+    _check_top(top)
     import threading
 
     from sage_core.config import EvaluateConfig, ZooConfig
     from sage_core.task_library import get_task
+    from storage.home import check_run_name
 
     try:
+        if run is not None:
+            check_run_name(run)
         zoo = ZooConfig.tiny() if tiny else ZooConfig()
         pretrained = model if model is not None and model != zoo.model.name else None
         if pretrained is not None:
-            _check_pretrained_name(pretrained)
+            _check_pretrained_name(pretrained, trust_remote_code)
             if not saes:
                 raise ValueError(f"--model {pretrained} needs --saes (a SAELens release/sae_id or directory): the "
                                  "zoo's SAEs belong to the built-in model")
@@ -519,18 +671,29 @@ def evaluate_cmd(
                              projections=projections)
     except ValueError as exc:
         _fail(exc)
-    from flows.evaluate import run_evaluate
-    from storage.home import SageHome
+    h = _writable_home(home)
+    if any(x.startswith("py:") for x in spec_list):
+        from storage.sae_sources import PY_SPECS_ENV
 
-    h = SageHome(home)
+        os.environ[PY_SPECS_ENV] = "1"  # the user typed these specs: their code may run (the flow checks this)
+    try:
+        _check_specs(cfg, h)
+    except ValueError as exc:
+        _fail(exc)
+    from flows.evaluate import run_evaluate
+
+    t0 = time.perf_counter()
+    try:
+        _prefect_run_setup(verbose)
+    except (RuntimeError, OSError) as exc:
+        _fail(exc)
     done = threading.Event()
     since = time.time()
     watcher = threading.Thread(target=_watch_scoring, args=(h.root, since, done), daemon=True)
-    t0 = time.perf_counter()
     watcher.start()
     try:
         out = run_evaluate(cfg=cfg, home=str(h.root), run=run)
-    except (ValueError, RuntimeError, FileNotFoundError) as exc:
+    except (ValueError, RuntimeError, OSError) as exc:
         done.set()
         watcher.join()
         _fail(exc)
@@ -556,6 +719,24 @@ def evaluate_cmd(
                       f"{row['logit_diff']:.2f} on held-out prompts"
                       + (" [yellow](too weak for its ground truth to mean much)[/]" if weak else ""), highlight=False)
     console.print(f"evaluated in {time.perf_counter() - t0:.1f}s; report: {out['report']}/README.md")
+    if out["n_failed"]:
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def _check_specs(cfg, h) -> None:
+    """Every --saes spec names something (the zoo's SAEs as built or as the zoo build will make them, a directory, a
+    registry entry, an importable module), before Prefect starts; no weights are loaded."""
+    if not cfg.saes:
+        return
+    from storage.sae_sources import check_specs, list_zoo_saes
+
+    name = cfg.model_zoo().model.name
+    zoo_names: list[str] = []
+    if not cfg.pretrained:
+        from sage_core.zoo_plan import plan_zoo
+
+        zoo_names = sorted({s.name for s in plan_zoo(cfg.zoo).specs} | set(list_zoo_saes(h, name)))
+    check_specs(list(cfg.saes), h, name, zoo_names)
 
 
 def _print_unreached(out: dict, listed: bool) -> None:
@@ -590,9 +771,10 @@ def schema_cmd() -> None:
 def report_cmd(
     run: str = typer.Argument(None, help="run name (default: the latest report)"),
     home: str = typer.Option(None, envvar="SAGE_HOME", help="data root (default ./sage-data)"),
-    top: int = typer.Option(None, help="print only the best N trained SAEs per task"),
+    top: int = typer.Option(None, help="print only the best N (>= 1) trained SAEs per task"),
 ) -> None:
     """Print an evaluation's leaderboard and where its report (markdown, parquet, plots) is."""
+    _check_top(top)
     from storage.atomic import StoreError
     from storage.home import SageHome
     from storage.reports import read_report
@@ -601,7 +783,7 @@ def report_cmd(
     try:
         d = h.report_dir(run) if run else _latest_report(h)
         _, board = read_report(d)
-    except (StoreError, FileNotFoundError) as exc:
+    except (StoreError, ValueError, OSError) as exc:
         _fail(exc)
     print_leaderboard(board, None, top)
     console.print(f"report: {d}/README.md")
