@@ -38,7 +38,8 @@ class LeaderboardRow(BaseModel):
     sae: str
     task: str
     kind: Kind
-    mapping: MappingName
+    mapping: MappingName = Field(description="native, projection, difference or control; where a bracket's P_c is the "
+                                             "identity, difference equals projection and is scored once, as projection")
     status: str = Field(description="'ok', or 'failed: <reason>'")
     n_sections: int = Field(description="cross-sections of the task this SAE reaches (its hook, or by projection)")
     summary: float | None = Field(description="mean of the normalised parts; see sage_core.scoring")
