@@ -15,22 +15,24 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.settings import results_in
 from sage_core.config import ZooConfig
 from sage_core.zoo_plan import plan_zoo
-from storage.hashing import code_version, stable_hash
 from storage.home import SageHome
 from storage.zoo import read_zoo_record, write_zoo_record
 from tasks import zoo as zt
-from tasks.common import CODE_PACKAGES
+from tasks.common import ManifestSerializer, in_home, output_key
 
 ZOO_TASKS = (zt.make_tokenizer, zt.make_dataset, zt.make_corpus, zt.train_model, zt.evaluate_model,
              zt.capture_sae_activations, zt.train_sae, zt.evaluate_saes)
 
 
-@flow(name="build-zoo", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=True)
+@flow(name="build-zoo", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=True,
+      result_serializer=ManifestSerializer())
 def build_zoo(cfg: ZooConfig = ZooConfig(), home: str | None = None, refresh: bool = False) -> dict[str, Any]:
-    """Build (or reuse) the built-in model and its SAE zoo under SAGE_HOME; returns the manifests."""
+    """Build (or reuse) the built-in model and its SAE zoo under SAGE_HOME; returns the manifests (paths relative to
+    SAGE_HOME). The cache records live in SAGE_HOME/.prefect-results whoever runs the flow (CLI or deployment)."""
     h = SageHome(home)
+    h.ensure_writable()
     plan = plan_zoo(cfg)  # bad input fails here, before any training
-    t = {task.name: task for task in ZOO_TASKS}
+    t = {task.name: in_home(task, h) for task in ZOO_TASKS}
     if refresh:
         t = {k: v.with_options(refresh_cache=True) for k, v in t.items()}
     root = str(h.root)
@@ -44,16 +46,16 @@ def build_zoo(cfg: ZooConfig = ZooConfig(), home: str | None = None, refresh: bo
     saes = t["train-sae"].map(plan.specs, unmapped(cfg), unmapped(model), unmapped(acts), unmapped(root))
     sae_eval = t["evaluate-saes"](cfg, model, [s.result() for s in saes], acts, corpus, root)
 
-    _publish(model_eval, sae_eval)
-    out = {"home": root, "model": model, "datasets": [d.result() for d in datasets], "corpus": corpus,
+    _publish(model_eval, h.at(sae_eval["path"]))
+    out = {"model": model, "datasets": [d.result() for d in datasets], "corpus": corpus,
            "model_eval": model_eval, "saes": [s.result() for s in saes], "sae_eval": sae_eval}
-    write_zoo_record(h, cfg.model.name, zoo_key(cfg), out)
-    return out
+    write_zoo_record(h, cfg.model.name, zoo_key(cfg), out)  # relative paths only: a moved root still reads
+    return {"home": root, **out}
 
 
 def zoo_key(cfg: ZooConfig) -> str:
-    """A zoo build is valid for its config and the code that built it."""
-    return stable_hash(cfg, code_version(*CODE_PACKAGES))
+    """A zoo build is valid for its config and the code its tasks run (the same key function as theirs)."""
+    return output_key("build-zoo", {"cfg": cfg}, ("tasks.zoo",))
 
 
 def zoo_if_whole(cfg: ZooConfig, home: SageHome) -> dict[str, Any] | None:
@@ -70,12 +72,12 @@ def run_build_zoo(cfg: ZooConfig = ZooConfig(), home: str | None = None, refresh
         return build_zoo(cfg=cfg, home=home, refresh=refresh)
 
 
-def _publish(model_eval: dict, sae_eval: dict) -> None:
+def _publish(model_eval: dict, sae_table) -> None:
     import polars as pl
 
     create_table_artifact(key="zoo-task-metrics", table=model_eval["rows"],
                           description="Built-in model: held-out accuracy and logit difference per task")
-    saes = pl.read_parquet(sae_eval["path"]).select(
+    saes = pl.read_parquet(sae_table).select(
         "sae", "explained_variance", "l0", "dead_share", "ce_loss_recovered").to_dicts()
     create_table_artifact(key="zoo-sae-metrics", table=saes, description="SAE zoo metrics on held-out text")
     best = max(saes, key=lambda r: r["explained_variance"]) if saes else None

@@ -13,11 +13,11 @@ and the rest of the run completes.
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import polars as pl
 from prefect import flow, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.build_zoo import build_zoo, zoo_if_whole
@@ -31,12 +31,14 @@ from sage_core.ground_truth import CrossSection
 from sage_core.report_plots import summary_markdown
 from sage_core.results import ground_truth_verdicts, leaderboard, score_frame
 from sage_core.task_library import get_task
+from sage_core.zoo_plan import plan_zoo
+from storage import sae_sources
 from storage import scores as sc_store
-from storage.hashing import code_version, stable_hash
 from storage.home import SageHome
 from storage.reports import write_report
 from storage.sae_sources import list_zoo_saes
 from tasks import capture as ct
+from tasks.common import ManifestSerializer, in_home, output_key
 from tasks.score import ScoringUnit, resolve_sae, sae_core_metrics, sae_family, score_unit, section_references
 
 
@@ -73,15 +75,24 @@ def _short(hook: str) -> str:
     return f"L{layer}.{site.removeprefix('hook_')}"
 
 
-@flow(name="evaluate", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=True)
-def evaluate(cfg: EvaluateConfig = EvaluateConfig(), home: str | None = None, run: str | None = None) -> dict[str, Any]:
+@flow(name="evaluate", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=True,
+      result_serializer=ManifestSerializer())
+def evaluate(cfg: EvaluateConfig = EvaluateConfig(), home: str | None = None, run: str | None = None):
+    """Returns the run's outputs (paths relative to SAGE_HOME where they are records); when any SAE or stage failed,
+    after every good result is written, the flow run ends Failed with the count in its message (data: the same)."""
     h = SageHome(home)
+    h.ensure_writable()  # a data root that cannot take the results fails now, not after the compute
     zcfg = cfg.model_zoo()
     root, name = str(h.root), zcfg.model.name
     tasks = list(cfg.tasks or zcfg.tasks)
     if cfg.pretrained and not cfg.saes:
         raise ValueError(f"no SAEs given for {cfg.pretrained}: pass --saes (a SAELens release/sae_id or directory); "
                          "the zoo's SAEs belong to the built-in model")
+    # a spec that names nothing fails before any work (storage.sae_sources.check_specs, once it is there)
+    check_specs = getattr(sae_sources, "check_specs", None)
+    if check_specs is not None and cfg.saes:
+        zoo_names = [] if cfg.pretrained else [s.name for s in plan_zoo(zcfg).specs]
+        check_specs(list(cfg.saes), h, name, zoo_names)
     if cfg.pretrained:
         zoo = prepare_pretrained(pretrained=cfg.pretrained, cfg=zcfg, home=root)
     else:
@@ -91,7 +102,7 @@ def evaluate(cfg: EvaluateConfig = EvaluateConfig(), home: str | None = None, ru
     model = ct.model_manifest(h, name)
 
     specs = list(cfg.saes) or [f"zoo:{n}" for n in list_zoo_saes(h, name)]
-    resolved = resolve_sae.map(specs, unmapped(model), unmapped(name), unmapped(root), return_state=True)
+    resolved = in_home(resolve_sae, h).map(specs, unmapped(model), unmapped(name), unmapped(root), return_state=True)
     saes, failures = [], []
     for spec, state in zip(specs, resolved, strict=True):
         if state.is_completed():
@@ -113,20 +124,26 @@ def evaluate(cfg: EvaluateConfig = EvaluateConfig(), home: str | None = None, ru
         hooks = {c.hook for c in task_sections}
         hooks |= {s["hook"] for u in units for s in u.saes if any(u.reaches(c) for c in task_sections)}
         request = CaptureRequest(hooks=tuple(sorted(hooks)), positions="roles")
-        prep = ct.prepare_capture(model, ds, request, root)
-        store = ct.finalize_capture(prep, [ct.capture_shard(prep, model, request, 0, 1)])
+        prep = in_home(ct.prepare_capture, h)(model, ds, request, root)
+        sealed = ct.finalize_capture(prep, [ct.capture_shard(prep, model, request, 0, 1, root)], root,
+                                     return_state=True)
+        if not sealed.is_completed():  # a damaged store is the store's fault: no SAE is scored on it, none is blamed
+            failures.append({"sae": "*", "stage": f"capture {t}",
+                             "error": one_line(sealed.result(raise_on_failure=False))})
+            continue
+        store = sealed.result()
         attrs = get_task(t).attribute_names()
-        refs = section_references(model, ds, store, parts, t, attrs, cfg.score.max_test, zoo["corpus"],
+        refs = in_home(section_references, h)(model, ds, store, parts, t, attrs, cfg.score.max_test, zoo["corpus"],
                                   cfg.core_sequences, root)
         for u in units:
             if any(u.reaches(c) for c in task_sections):
                 jobs.append((u, t, ds, store, refs, attrs))
             elif u.kind == "trained" and u.mapping == "native":
                 unreached.append({"sae": u.name, "task": t, "hook": u.saes[0]["hook"]})
-    futures = score_unit.map([j[0] for j in jobs], unmapped(model), [j[2] for j in jobs], [j[3] for j in jobs],
+    futures = in_home(score_unit, h).map([j[0] for j in jobs], unmapped(model), [j[2] for j in jobs], [j[3] for j in jobs],
                              [j[4] for j in jobs], [j[1] for j in jobs], [j[5] for j in jobs], unmapped(name),
                              unmapped(cfg.score), unmapped(root), return_state=True)
-    core_states = sae_core_metrics.map(saes, unmapped(model), unmapped(zoo["corpus"]), unmapped(cfg.core_sequences),
+    core_states = in_home(sae_core_metrics, h).map(saes, unmapped(model), unmapped(zoo["corpus"]), unmapped(cfg.core_sequences),
                                        unmapped(name), unmapped(root), return_state=True)
 
     frames, unit_rows, part_hashes = [], [], []
@@ -134,7 +151,7 @@ def evaluate(cfg: EvaluateConfig = EvaluateConfig(), home: str | None = None, ru
         row = {"sae": u.name, "task": t, "kind": u.kind, "mapping": u.mapping, "status": "ok"}
         if state.is_completed():
             m = state.result()
-            frames.append(sc_store.read_part(m["path"]))
+            frames.append(sc_store.read_part(h.at(m["path"])))
             part_hashes.append(m["hash"])
         else:
             err = one_line(state.result(raise_on_failure=False))
@@ -145,7 +162,7 @@ def evaluate(cfg: EvaluateConfig = EvaluateConfig(), home: str | None = None, ru
         if f["stage"] == "load":
             unit_rows += [{"sae": f["sae"], "task": t, "kind": "trained", "mapping": "native",
                            "status": f"failed: {f['error']}"} for t in tasks]
-    core = [s.result() for s in core_states if s.is_completed()]
+    core = [{k: v for k, v in s.result().items() if k != "path"} for s in core_states if s.is_completed()]
     for sae, s in zip(saes, core_states, strict=True):
         if not s.is_completed():
             failures.append({"sae": sae["name"], "stage": "core", "error": one_line(s.result(raise_on_failure=False))})
@@ -157,20 +174,27 @@ def evaluate(cfg: EvaluateConfig = EvaluateConfig(), home: str | None = None, ru
                                        if core and c in core[0]]) if core else pl.DataFrame()
     board = leaderboard(scores, units_df, core_df)
     fail_df = pl.DataFrame(failures, schema={"sae": pl.String, "stage": pl.String, "error": pl.String})
-    run_key = stable_hash(model["hash"], gt["hash"], sorted(part_hashes), failures, core,
-                          code_version("sage_core", "storage", "tasks", "flows"))
+    run_key = output_key("evaluate", dict(model=model, ground_truth=gt["hash"], parts=sorted(part_hashes),
+                                          failures=failures, core=core), ("flows.evaluate",))
     run = run or f"run-{run_key[:12]}"
     meta = {"run": run, "model": cfg.pretrained or name, "model_hash": model["hash"], "tasks": tasks, "n_saes": len(specs),
             "created": time.strftime("%Y-%m-%d %H:%M:%S"), "ground_truth": gt["path"]}
     out_dir = sc_store.write_run(h.scores_dir(run), scores, board, fail_df, meta)
-    verdicts = ground_truth_verdicts(pl.read_parquet(gt["quality"])).filter(pl.col("task").is_in(tasks))
+    verdicts = ground_truth_verdicts(pl.read_parquet(h.at(gt["quality"]))).filter(pl.col("task").is_in(tasks))
     report = write_report(h.report_dir(run), scores, board, fail_df, meta, verdicts)
     _publish(board, fail_df, meta, verdicts)
-    return {"run": run, "scores": str(out_dir / "scores.parquet"), "leaderboard": str(out_dir / "leaderboard.parquet"),
+    out = {"run": run, "scores": str(out_dir / "scores.parquet"), "leaderboard": str(out_dir / "leaderboard.parquet"),
             "report": str(report), "n_failed": len(failures), "ground_truth": gt["path"], "unreached": unreached,
             "sections": {t: sorted({p["section_obj"]["hook"] for p in parts_by_task[t]}) for t in tasks},
             "model_eval": [r for r in zoo["model_eval"]["rows"] if r["task"] in tasks] if cfg.pretrained else [],
             "verdicts": verdicts.to_dicts()}
+    if failures:
+        # Failed, not Completed: the UI (and a scheduler) shows the run as not fully successful; the data still holds
+        # every good result, written above
+        saes = sorted({f["sae"] for f in failures})
+        return Failed(message=f"{len(failures)} SAE(s) or stage(s) failed ({', '.join(saes)[:300]}); the rest of "
+                              f"run {run} completed", data=out)
+    return out
 
 
 def _publish(board: pl.DataFrame, failures: pl.DataFrame, meta: dict, verdicts: pl.DataFrame) -> None:
@@ -183,6 +207,11 @@ def _publish(board: pl.DataFrame, failures: pl.DataFrame, meta: dict, verdicts: 
 
 
 def run_evaluate(cfg: EvaluateConfig = EvaluateConfig(), home: str | None = None, run: str | None = None) -> dict:
-    """Run the flow with Prefect's result store inside SAGE_HOME (the cache lives and dies with the data)."""
+    """Run the flow with Prefect's result store inside SAGE_HOME; returns its outputs (`n_failed` counts what failed:
+    the flow run itself then ends Failed). An error before any result (bad input) is raised."""
     with results_in(SageHome(home)):
-        return evaluate(cfg=cfg, home=home, run=run)
+        state = evaluate(cfg=cfg, home=home, run=run, return_state=True)
+    out = state.result(raise_on_failure=False)
+    if isinstance(out, BaseException):
+        raise out
+    return out

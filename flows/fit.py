@@ -16,45 +16,47 @@ from sage_core.config import ZooConfig
 from sage_core.dictionaries import METHODS
 from sage_core.results import ground_truth_verdicts
 from sage_core.task_library import get_task
-from storage.hashing import code_version, dir_hash, stable_hash
+from storage.hashing import dir_hash
 from storage.home import SageHome
 from storage.records import all_complete, read_record, write_record
 from tasks import capture as ct
+from tasks.common import ManifestSerializer, in_home, output_key
 from tasks.fit import combine_ground_truth, fit_section, selected_sections
 from tasks.zoo import make_dataset
 
 
-@flow(name="fit", task_runner=ThreadPoolTaskRunner(max_workers=2))
+@flow(name="fit", task_runner=ThreadPoolTaskRunner(max_workers=2), result_serializer=ManifestSerializer())
 def fit_ground_truth(cfg: ZooConfig = ZooConfig(), locate_cfg: LocateConfig = LocateConfig(), home: str | None = None,
                      per_group: int = 3, methods: tuple[str, ...] = METHODS,
                      tasks: list[str] | None = None) -> dict[str, Any]:
     """`tasks`: a subset of the zoo's tasks (default all); the zoo config itself stays as built."""
     h = SageHome(home)
+    h.ensure_writable()
     root, name = str(h.root), cfg.model.name
     task_names = list(tasks or cfg.tasks)
     locations = locate(cfg=cfg, locate_cfg=locate_cfg, home=root, tasks=task_names)
     model = ct.model_manifest(h, name)
-    tok = {"path": str(h.tokenizer_dir(name)), "hash": dir_hash(h.tokenizer_dir(name))}
-    datasets = make_dataset.map(task_names, unmapped(cfg), unmapped(tok), unmapped(root))
+    tok = tokenizer_manifest(h, name)
+    datasets = in_home(make_dataset, h).map(task_names, unmapped(cfg), unmapped(tok), unmapped(root))
     jobs = []
     for t, ds in zip(task_names, datasets, strict=True):
         ds = ds.result()
-        sections = selected_sections(locations["ranking"], t, per_group)
+        sections = selected_sections(h.at(locations["ranking"]), t, per_group)
         request = CaptureRequest(hooks=tuple(sorted({s.hook for s in sections})), positions="roles")
-        prep = ct.prepare_capture(model, ds, request, root)
-        shard = ct.capture_shard(prep, model, request, 0, 1)
-        store = ct.finalize_capture(prep, [shard])
+        prep = in_home(ct.prepare_capture, h)(model, ds, request, root)
+        shard = ct.capture_shard(prep, model, request, 0, 1, root)
+        store = ct.finalize_capture(prep, [shard], root)
         attrs = get_task(t).attribute_names()
         jobs += [(ds, store, t, s, attrs) for s in sections]
-    parts = fit_section.map([unmapped(model)] * len(jobs), [j[0] for j in jobs], [j[1] for j in jobs],
-                            [j[2] for j in jobs], [j[3] for j in jobs], [j[4] for j in jobs],
-                            unmapped(list(methods)), unmapped(root))
-    out = combine_ground_truth([p.result() for p in parts], root)
+    parts = in_home(fit_section, h).map([unmapped(model)] * len(jobs), [j[0] for j in jobs], [j[1] for j in jobs],
+                                        [j[2] for j in jobs], [j[3] for j in jobs], [j[4] for j in jobs],
+                                        unmapped(list(methods)), unmapped(root))
+    out = in_home(combine_ground_truth, h)([p.result() for p in parts], root)
     key = fit_key(model, tok, cfg, locate_cfg, per_group, methods, task_names)
     write_record(h.ground_truth_record(key), key, out)
     import polars as pl
 
-    q = pl.read_parquet(out["quality"])
+    q = pl.read_parquet(h.at(out["quality"]))
     create_table_artifact(key="ground-truth-quality", table=q.to_dicts(),
                           description="Supervised dictionaries: sufficiency, necessity, edit accuracy per cross-section")
     create_table_artifact(key="ground-truth-verdicts", table=ground_truth_verdicts(q).to_dicts(),
@@ -62,11 +64,17 @@ def fit_ground_truth(cfg: ZooConfig = ZooConfig(), locate_cfg: LocateConfig = Lo
     return out
 
 
+def tokenizer_manifest(h: SageHome, name: str) -> dict[str, str]:
+    return {"path": h.relative(h.tokenizer_dir(name)), "hash": dir_hash(h.tokenizer_dir(name))}
+
+
 def fit_key(model: dict, tok: dict, cfg: ZooConfig, locate_cfg: LocateConfig, per_group: int,
             methods: tuple[str, ...] | list[str], tasks: list[str]) -> str:
-    """Everything that decides the fit flow's output: model and tokenizer content, dataset and search settings, code."""
-    return stable_hash(model["hash"], tok["hash"], cfg, locate_cfg, per_group, list(methods), list(tasks),
-                       code_version("sage_core", "storage", "tasks", "flows"))
+    """Everything that decides the fit flow's output: model and tokenizer content, dataset and search settings, and
+    the code of the stages it runs (the same key function as theirs)."""
+    return output_key("fit", dict(model=model, tok=tok, cfg=cfg, locate_cfg=locate_cfg, per_group=per_group,
+                                  methods=list(methods), tasks=list(tasks)),
+                      ("tasks.zoo", "tasks.locate", "tasks.capture", "tasks.fit"))
 
 
 def ground_truth_if_whole(cfg: ZooConfig, locate_cfg: LocateConfig, home: SageHome, per_group: int,
@@ -77,7 +85,6 @@ def ground_truth_if_whole(cfg: ZooConfig, locate_cfg: LocateConfig, home: SageHo
     if not home.model_dir(name).is_dir() or not home.tokenizer_dir(name).is_dir():
         return None
     model = ct.model_manifest(home, name)
-    tok = {"path": str(home.tokenizer_dir(name)), "hash": dir_hash(home.tokenizer_dir(name))}
-    key = fit_key(model, tok, cfg, locate_cfg, per_group, methods, list(tasks or cfg.tasks))
+    key = fit_key(model, tokenizer_manifest(home, name), cfg, locate_cfg, per_group, methods, list(tasks or cfg.tasks))
     return read_record(home.ground_truth_record(key), key,
-                       lambda m: all_complete([m["path"], *(p["path"] for p in m["parts"])]))
+                       lambda m: all_complete([home.at(m["path"]), *(home.at(p["path"]) for p in m["parts"])]))

@@ -16,20 +16,22 @@ from storage.hashing import dir_hash
 from storage.home import SageHome
 from storage.zoo import model_is_complete
 from tasks.capture import model_manifest
+from tasks.common import ManifestSerializer, in_home
 from tasks.locate import combine_locations, locate_one
 from tasks.zoo import make_dataset
 
 
-@flow(name="locate", task_runner=ThreadPoolTaskRunner(max_workers=2))
+@flow(name="locate", task_runner=ThreadPoolTaskRunner(max_workers=2), result_serializer=ManifestSerializer())
 def locate(cfg: ZooConfig = ZooConfig(), locate_cfg: LocateConfig = LocateConfig(), home: str | None = None,
            attributes: list[str] | None = None, tasks: list[str] | None = None) -> dict[str, Any]:
     h = SageHome(home)
+    h.ensure_writable()
     name = cfg.model.name
     if not model_is_complete(h.model_dir(name)):
         raise FileNotFoundError(f"no built model {name!r} under {h.root}; run `sage zoo build` first")
     root = str(h.root)
     model = model_manifest(h, name)
-    tok = {"path": str(h.tokenizer_dir(name)), "hash": dir_hash(h.tokenizer_dir(name))}
+    tok = {"path": h.relative(h.tokenizer_dir(name)), "hash": dir_hash(h.tokenizer_dir(name))}
     task_names = list(tasks or cfg.tasks)
     unknown = sorted(set(task_names) - set(cfg.tasks))
     if unknown:
@@ -39,15 +41,15 @@ def locate(cfg: ZooConfig = ZooConfig(), locate_cfg: LocateConfig = LocateConfig
     if not wanted:
         raise ValueError(f"no attribute matches {attributes}; the tasks have "
                          f"{sorted({a for t in task_names for a in get_task(t).attribute_names()})}")
-    datasets = dict(zip(task_names, make_dataset.map(task_names, unmapped(cfg), unmapped(tok), unmapped(root)),
+    datasets = dict(zip(task_names, in_home(make_dataset, h).map(task_names, unmapped(cfg), unmapped(tok), unmapped(root)),
                         strict=True))
     jobs = [(t, a, datasets[t]) for t, a in wanted]
-    parts = locate_one.map([unmapped(model)] * len(jobs), [j[2] for j in jobs], [j[0] for j in jobs],
+    parts = in_home(locate_one, h).map([unmapped(model)] * len(jobs), [j[2] for j in jobs], [j[0] for j in jobs],
                            [j[1] for j in jobs], unmapped(locate_cfg), unmapped(root))
-    out = combine_locations([p.result() for p in parts], root)
+    out = in_home(combine_locations, h)([p.result() for p in parts], root)
     import polars as pl
 
-    val = pl.read_parquet(out["validation"])
+    val = pl.read_parquet(h.at(out["validation"]))
     create_table_artifact(key="locate-validation", table=val.to_dicts(),
                           description="AtP against real activation patching, per task and attribute")
     return out

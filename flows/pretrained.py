@@ -18,19 +18,22 @@ from sage_core.config import ZooConfig
 from storage.hashing import dir_hash
 from storage.home import SageHome
 from tasks import zoo as zt
+from tasks.common import ManifestSerializer, in_home
 
 
-@flow(name="prepare-pretrained", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=True)
+@flow(name="prepare-pretrained", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=True,
+      result_serializer=ManifestSerializer())
 def prepare_pretrained(pretrained: str, cfg: ZooConfig, home: str | None = None) -> dict[str, Any]:
     """`cfg` is `EvaluateConfig.model_zoo()`: its model name is the pretrained model's zoo directory."""
     h = SageHome(home)
+    h.ensure_writable()
     root, name = str(h.root), cfg.model.name
     model = zt.import_model(pretrained, name, root)
-    tok = {"path": str(h.tokenizer_dir(name)), "hash": dir_hash(h.tokenizer_dir(name))}
-    datasets = [d.result() for d in zt.make_dataset.map(list(cfg.tasks), unmapped(cfg), unmapped(tok),
-                                                          unmapped(root))]
-    corpus = zt.make_corpus(cfg, tok, root)
-    model_eval = zt.evaluate_model(model, datasets, root)
+    tok = {"path": h.relative(h.tokenizer_dir(name)), "hash": dir_hash(h.tokenizer_dir(name))}
+    datasets = [d.result() for d in in_home(zt.make_dataset, h).map(list(cfg.tasks), unmapped(cfg), unmapped(tok),
+                                                                     unmapped(root))]
+    corpus = in_home(zt.make_corpus, h)(cfg, tok, root)
+    model_eval = in_home(zt.evaluate_model, h)(model, datasets, root)
     create_table_artifact(key="pretrained-task-metrics", table=model_eval["rows"],
                           description=f"{pretrained}: accuracy and logit difference per task (held-out prompts)")
     for row in model_eval["rows"]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 from functools import cache
@@ -39,13 +40,93 @@ def file_hash(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()[:HASH_LEN]
 
 
-def dir_hash(path: str | Path, exclude: tuple[str, ...] = ()) -> str:
-    """Hash of every file's relative path and content under `path` (sorted; names in `exclude` skipped)."""
+def dir_hash(path: str | Path, exclude: tuple[str, ...] = ("_COMPLETE.json",)) -> str:
+    """Hash of every file's relative path and content under `path` (sorted; names in `exclude` skipped). The
+    write-once marker is not content (it holds the time of writing): a rewrite of the same files keeps the hash."""
     root = Path(path)
     h = hashlib.sha256()
     for p in sorted(q for q in root.rglob("*") if q.is_file() and q.name not in exclude):
         h.update(str(p.relative_to(root)).encode())
         h.update(file_hash(p).encode())
+    return h.hexdigest()[:HASH_LEN]
+
+
+PROJECT_PACKAGES = ("sage_core", "storage", "tasks", "flows")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def module_file(name: str) -> Path | None:
+    """The source file of project module `name` (e.g. "sage_core.scoring"), or None if it is not one."""
+    if name.split(".")[0] not in PROJECT_PACKAGES:
+        return None
+    base = ROOT.joinpath(*name.split("."))
+    for p in (base.with_suffix(".py"), base / "__init__.py"):
+        if p.is_file():
+            return p
+    return None
+
+
+def module_source(name: str) -> bytes:
+    """The bytes a module's code version is made of (a seam: tests change a module's version through it)."""
+    path = module_file(name)
+    return path.read_bytes() if path else b""
+
+
+def project_imports(name: str) -> set[str]:
+    """Project modules that module `name` imports (anywhere in its body, lazy imports included, type-checking-only
+    imports not), by its syntax tree: `from pkg import sub` counts `pkg.sub` when that is a module."""
+    path = module_file(name)
+    if path is None:
+        return set()
+    out: set[str] = set()
+    for node in _runtime_nodes(ast.parse(module_source(name), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+        else:
+            continue
+        out |= {n for n in names if module_file(n) is not None}
+    return out - {name}
+
+
+def _runtime_nodes(tree: ast.AST):
+    """Every node but those under `if TYPE_CHECKING:` (imports there are for annotations and run no code)."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        yield node
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            todo += node.orelse
+            continue
+        todo += ast.iter_child_nodes(node)
+
+
+@cache
+def module_closure(*roots: str) -> tuple[str, ...]:
+    """`roots` and every project module they import, transitively (sorted)."""
+    seen: set[str] = set()
+    todo = [r for r in roots if module_file(r) is not None]
+    missing = [r for r in roots if module_file(r) is None]
+    if missing:
+        raise ValueError(f"{missing} are not modules of this project ({', '.join(PROJECT_PACKAGES)})")
+    while todo:
+        m = todo.pop()
+        if m not in seen:
+            seen.add(m)
+            todo += sorted(project_imports(m) - seen)
+    return tuple(sorted(seen))
+
+
+@cache
+def stage_code_version(*roots: str) -> str:
+    """Hash of the code a stage runs: the modules `roots` (e.g. "tasks.score") and every project module they import,
+    transitively. Editing a module no stage imports (the report's plots, say) changes no stage's version; editing
+    `sage_core.scoring` changes the scoring stages' versions and not the zoo's."""
+    h = hashlib.sha256()
+    for m in module_closure(*roots):
+        h.update(m.encode() + b"\0")
+        h.update(hashlib.sha256(module_source(m)).digest())
     return h.hexdigest()[:HASH_LEN]
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from storage.atomic import is_complete
+from storage.atomic import StoreError, is_whole, read_marker, verify_dir
 
 
 def write_record(path: Path, key: str, manifest: dict[str, Any]) -> Path:
@@ -40,5 +40,36 @@ def read_record(path: Path, key: str, whole: Callable[[dict[str, Any]], bool]) -
 
 
 def all_complete(dirs: Iterable[str | Path]) -> bool:
-    """Every directory is complete (its write-once marker is there)."""
-    return all(is_complete(Path(d)) for d in dirs)
+    """Every directory is whole (its write-once marker is there and every file it lists is as written)."""
+    return all(is_whole(Path(d)) for d in dirs)
+
+
+def output_problem(path: str | Path) -> str | None:
+    """None if the write-once directory `path` is whole; else one line naming what is missing or changed."""
+    path = Path(path)
+    if not path.exists():
+        return f"{path} is missing"
+    try:
+        verify_dir(path)
+    except StoreError as e:
+        return " ".join(str(e).split(";")[0].split())
+    return None
+
+
+def key_problem(path: str | Path, key: str) -> str | None:
+    """None if the marker of the human-named directory `path` records `key` (what its stage would write now)."""
+    try:
+        theirs = read_marker(Path(path)).get("key")
+    except StoreError as e:
+        return " ".join(str(e).split(";")[0].split())
+    return None if theirs == key else f"{path} was built by other inputs or code (key {theirs}, now {key})"
+
+
+def file_problem(path: str | Path, content_hash: str) -> str | None:
+    """None if the file at `path` still has the content hash recorded when it was written."""
+    from storage.hashing import file_hash
+
+    path = Path(path)
+    if not path.is_file():
+        return f"{path} is missing"
+    return None if file_hash(path) == content_hash else f"{path} changed since it was written"

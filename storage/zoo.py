@@ -13,17 +13,18 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from storage.atomic import StoreError, is_complete, read_marker, write_once
+from storage.atomic import StoreError, is_complete, is_whole, read_marker, write_once
 from storage.hashing import dir_hash
 from storage.home import SageHome
 from storage.records import read_record, write_record
 
 
-def save_tokenizer(path: Path, tokenizer: Any) -> None:
-    """Write a tokenizer directory once (tokenizer.json and friends)."""
-    if is_complete(path):
+def save_tokenizer(path: Path, tokenizer: Any, key: str | None = None) -> None:
+    """Write a tokenizer directory (tokenizer.json and friends); its marker records `key`, the key of the stage that
+    built it, and one with another key is replaced once the new one is whole."""
+    if is_complete(path) and (key is None or read_marker(path).get("key") == key):
         return
-    with write_once(path) as tmp:
+    with write_once(path, {"key": key} if key else None, replace=True) as tmp:
         tokenizer.save_pretrained(str(tmp))
 
 
@@ -48,8 +49,10 @@ def save_model(home: SageHome, name: str, model: HookedTransformer, meta: dict[s
     tok_dir = home.tokenizer_dir(name)
     if not is_complete(tok_dir):
         raise StoreError(f"save the tokenizer to {tok_dir} before the model")
-    # The model dir holds the tokenizer dir, so write the model files in place and mark completion last.
+    # The model dir holds the tokenizer dir, so write the model files in place and mark completion last (a retrain
+    # first drops the old marker: a crash midway leaves an incomplete model, never old files marked as new)
     final.mkdir(parents=True, exist_ok=True)
+    (final / "_MODEL_COMPLETE.json").unlink(missing_ok=True)
     (final / "config.json").write_text(json.dumps(_config_dict(model.cfg), indent=1))
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(final / "model.safetensors"))
     (final / "train_meta.json").write_text(json.dumps(meta, indent=1, default=str))
@@ -151,12 +154,15 @@ def read_zoo_record(home: SageHome, name: str, key: str, sae_names: list[str]) -
     from storage.hashing import file_hash
 
     def whole(rec: dict[str, Any]) -> bool:
-        if not model_is_complete(home.model_dir(name)):
+        model = rec.get("model") or {}
+        if not model_is_complete(home.model_dir(name)) or model_hash(home.model_dir(name)) != model.get("hash"):
             return False
         for m in [*rec.get("datasets", []), rec.get("corpus") or {}]:
-            p = Path(m.get("path", ""))
-            if not p.is_file() or file_hash(p) != m.get("hash"):
+            p = home.at(m.get("path", ""))
+            if not p.is_file() or not is_whole(p.parent) or file_hash(p) != m.get("hash"):
                 return False
-        return all(is_complete(home.sae_dir(name, s)) for s in sae_names)
+        recorded = {s["name"] for s in rec.get("saes", [])}
+        # every planned SAE recorded and whole (a deleted marker or a changed file sends the build back to work)
+        return all(s in recorded and is_whole(home.sae_dir(name, s)) for s in sae_names)
 
     return read_record(home.zoo_record(name), key, whole)

@@ -21,10 +21,10 @@ from sage_core.capture import CaptureRequest, capture_batch, check_hooks, chunk_
 from sage_core.model import pad_sequences
 from storage.activations import ActivationStore
 from storage.datasets import read_prompts
-from storage.hashing import code_version, file_hash, stable_hash
+from storage.hashing import file_hash, stable_hash, stage_code_version
 from storage.home import SageHome
 from storage.zoo import load_model, model_hash
-from tasks.common import CODE_PACKAGES, TASK_DEFAULTS
+from tasks.common import UNCACHED, stage_options, task_key
 
 Manifest = dict[str, Any]
 
@@ -59,7 +59,7 @@ def open_or_create_store(
     return ActivationStore.create_or_resume(
         path,
         attrs={**identity, "model_name": model.cfg.model_name, "request": request.model_dump(mode="json"),
-               "code_version": code_version(*CODE_PACKAGES)},
+               "code_version": stage_code_version(__name__)},
         hook_shapes={h: (s, dim_names(s)) for h, s in shapes.items()},
         tokens=pa["tokens"], lengths=pa["lengths"], prompt_ids=pa["prompt_ids"],
         chunk_prompts=chunk_prompts(per_prompt, request.chunk_mb, request.batch_size), dtype=request.dtype,
@@ -175,52 +175,63 @@ def write_schedule(model: HookedTransformer) -> WriteSchedule:
     return "background" if (os.cpu_count() or 1) > torch.get_num_threads() + 1 else "io"
 
 
-def store_path(home: SageHome, model_hash_: str, dataset_hash: str, request: CaptureRequest):
-    return home.activations_path(model_hash_, dataset_hash, stable_hash(request))
+def store_there(m: Manifest, home: SageHome, key: str) -> str | None:
+    """A store, finished or not, is at the manifest's path (finishing and verifying it is `finalize_capture`'s)."""
+    path = home.at(m["path"])
+    return None if path.is_dir() else f"{path} is missing"
 
 
 # -- Prefect tasks -------------------------------------------------------------------------------------------------
-@task(name="prepare-capture", **TASK_DEFAULTS)
+@task(name="prepare-capture", **stage_options(store_there))
 def prepare_capture(model: Manifest, dataset: Manifest, request: CaptureRequest, home: str) -> Manifest:
-    """Create the store (or find it finished, or unfinished to resume). Returns its path and chunk count."""
-    path = store_path(SageHome(home), model["hash"], dataset["hash"], request)
+    """Create the store (or find it finished, or unfinished to resume). Returns its path and chunk count.
+
+    The store's address holds the stage key (model and prompts by content, the request, the capture code)."""
+    key = task_key(prepare_capture, locals())  # first line: locals() are the parameters
+    h = SageHome(home)
+    path = h.activations_path(model["hash"], dataset["hash"], key)
     identity = {"model_hash": model["hash"], "dataset_hash": dataset["hash"], "request_hash": stable_hash(request)}
-    if (path / "_COMPLETE.json").is_file():
-        store = ActivationStore.open(path, verify=False, expect=identity)
+    if ActivationStore(path).is_complete():
+        store = ActivationStore(path)
     else:
-        m = load_model(model["path"])
-        store = open_or_create_store(path, m, read_prompts(dataset["path"]), request, identity)
-    return {"path": str(path), "n_chunks": store.n_chunks, **identity}
+        m = load_model(h.at(model["path"]))
+        store = open_or_create_store(path, m, read_prompts(h.at(dataset["path"])), request, identity)
+    return {"path": h.relative(path), "n_chunks": store.n_chunks, **identity}
 
 
-@task(name="capture-shard", **{**TASK_DEFAULTS, "cache_key_fn": None, "persist_result": False})
+@task(name="capture-shard", **UNCACHED)
 def capture_shard(
-    store: Manifest, model: Manifest, request: CaptureRequest, shard: int, n_shards: int, device: str = "cpu"
+    store: Manifest, model: Manifest, request: CaptureRequest, shard: int, n_shards: int, home: str,
+    device: str = "cpu",
 ) -> Manifest:
     """Fill chunks shard, shard + n_shards, ... of the store with the model on `device`; resumable, so never cached.
 
     The device is not part of the store's address: a GPU and the CPU give the same values within float tolerance
     (not bit for bit), so a store resumed on another device is whole but not bitwise equal to one captured on one."""
-    s = ActivationStore(store["path"])
+    h = SageHome(home)
+    s = ActivationStore(h.at(store["path"]))
     if s.is_complete():
         return {"shard": shard, "written": 0, "device": device}
-    m = load_model(model["path"], device)
+    m = load_model(h.at(model["path"]), device)
     n = capture_chunks(s, m, request.batch_size, list(range(shard, s.n_chunks, n_shards)))
     return {"shard": shard, "written": n, "device": device}
 
 
-@task(name="finalize-capture", **TASK_DEFAULTS)
-def finalize_capture(store: Manifest, shards: list[Manifest]) -> Manifest:
-    s = ActivationStore(store["path"])
-    content = s.finalize() if not s.is_complete() else ActivationStore.open(s.path, verify=False).content_hash()
+@task(name="finalize-capture", **UNCACHED)
+def finalize_capture(store: Manifest, shards: list[Manifest], home: str) -> Manifest:
+    """Seal the store, or open a sealed one verified (every chunk's size and checksum): never cached, so a store whose
+    marker was deleted is sealed again and a damaged one fails here, named as the store's fault, before any scoring."""
+    h = SageHome(home)
+    s = ActivationStore(h.at(store["path"]))
+    content = s.finalize() if not s.is_complete() else ActivationStore.open(s.path).content_hash()
     return {"path": store["path"], "hash": content, "n_chunks": s.n_chunks,
             "model_hash": store["model_hash"], "dataset_hash": store["dataset_hash"]}
 
 
 def model_manifest(home: SageHome, name: str) -> Manifest:
     path = home.model_dir(name)
-    return {"path": str(path), "hash": model_hash(path)}
+    return {"path": home.relative(path), "hash": model_hash(path)}
 
 
-def dataset_manifest(path) -> Manifest:
-    return {"path": str(path), "hash": file_hash(path)}
+def dataset_manifest(home: SageHome, path) -> Manifest:
+    return {"path": home.relative(path), "hash": file_hash(path)}

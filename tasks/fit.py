@@ -13,10 +13,10 @@ from storage import ground_truth as gt_store
 from storage.activations import ActivationStore
 from storage.atomic import StoreError
 from storage.datasets import read_prompts
-from storage.hashing import dir_hash, stable_hash
+from storage.hashing import dir_hash
 from storage.home import SageHome
 from storage.zoo import load_model
-from tasks.common import TASK_DEFAULTS
+from tasks.common import needs_build, stage_options, task_key
 
 Manifest = dict[str, Any]
 
@@ -34,20 +34,20 @@ def selected_sections(ranking_path: str, task_name: str, per_group: int) -> list
     return out
 
 
-@task(name="fit-section", **TASK_DEFAULTS)
+@task(name="fit-section", **stage_options())
 def fit_section(model: Manifest, dataset: Manifest, store: Manifest, task_name: str, section: CrossSection,
                 attributes: list[str], methods: list[str], home: str) -> Manifest:
+    key = task_key(fit_section, locals())  # first line: locals() are the parameters
     h = SageHome(home)
-    key = stable_hash(model["hash"], dataset["hash"], store["hash"], task_name, section, attributes, methods)
     d = h.ground_truth_part(key)
-    if not (d / "_COMPLETE.json").is_file():
-        s = ActivationStore.open(store["path"], expect={"dataset_hash": dataset["hash"]})
+    if needs_build(d):
+        s = ActivationStore.open(h.at(store["path"]), expect={"dataset_hash": dataset["hash"]})
         if section.hook not in s.hooks:
             raise StoreError(f"cross-section {section.label} is not in the store {store['path']} (it holds "
                              f"{s.hooks}); capture that hook with --positions roles first")
-        df = read_prompts(dataset["path"])
+        df = read_prompts(h.at(dataset["path"]))
         fit_acts, labels, clean, pairs = build_sets(df, s.read(section.hook), section, attributes, "test")
-        m = load_model(model["path"])
+        m = load_model(h.at(model["path"]))
         dics, rows = {}, []
         for method in methods:
             dics[method] = fit(fit_acts, labels, method)
@@ -56,13 +56,16 @@ def fit_section(model: Manifest, dataset: Manifest, store: Manifest, task_name: 
                              "method": method, **r})
         gt_store.write_section(d, dics, rows, {"model": model["hash"], "dataset": dataset["hash"],
                                                "cross_section": section.label, "task": task_name})
-    return {"path": str(d), "hash": dir_hash(d), "section": section.label, "section_obj": section.model_dump(),
+    return {"path": h.relative(d), "hash": dir_hash(d), "section": section.label, "section_obj": section.model_dump(),
             "task": task_name}
 
 
-@task(name="combine-ground-truth", **TASK_DEFAULTS)
+@task(name="combine-ground-truth", **stage_options())
 def combine_ground_truth(parts: list[Manifest], home: str) -> Manifest:
-    d = SageHome(home).ground_truth_dir(stable_hash([p["hash"] for p in parts]))
-    gt_store.combine(d, [p["path"] for p in parts])
-    return {"path": str(d), "quality": str(d / "quality.parquet"), "hash": dir_hash(d), "parts": parts}
+    key = task_key(combine_ground_truth, locals())
+    h = SageHome(home)
+    d = h.ground_truth_dir(key)
+    if needs_build(d):
+        gt_store.combine(d, [str(h.at(p["path"])) for p in parts])
+    return {"path": h.relative(d), "quality": h.relative(d / "quality.parquet"), "hash": dir_hash(d), "parts": parts}
 

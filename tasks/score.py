@@ -33,11 +33,11 @@ from storage import ground_truth as gt_store
 from storage import scores as sc_store
 from storage.activations import ActivationStore
 from storage.datasets import read_corpus, read_prompts
-from storage.hashing import code_version, dir_hash, stable_hash
+from storage.hashing import dir_hash
 from storage.home import SageHome
 from storage.sae_sources import load_sae_spec
 from storage.zoo import load_model
-from tasks.common import CODE_PACKAGES, TASK_DEFAULTS
+from tasks.common import UNCACHED, needs_build, stage_options, task_key
 
 Manifest = dict[str, Any]
 
@@ -71,13 +71,14 @@ def sae_family(m: Manifest) -> str:
 
 
 # -- resolving SAEs ------------------------------------------------------------------------------------------------
-@task(name="resolve-sae", **{**TASK_DEFAULTS, "retries": 0, "cache_key_fn": None, "persist_result": False})
+@task(name="resolve-sae", **{**UNCACHED, "retries": 0})
 def resolve_sae(spec: str, model: Manifest, model_name: str, home: str) -> Manifest:
     """Load and check one SAE against the model before any compute; raises a one-line error if it cannot be scored.
 
     Never cached: a spec names files (or code) that can change; the content hash it returns keys everything after."""
-    loaded = load_sae_spec(spec, SageHome(home), model_name)
-    check_sae(loaded, _model_for_checks(model["path"], model["hash"]))
+    h = SageHome(home)
+    loaded = load_sae_spec(spec, h, model_name)
+    check_sae(loaded, _model_for_checks(str(h.at(model["path"])), model["hash"]))
     return {"spec": spec, "name": loaded.name, "hook": loaded.hook, "hash": loaded.content_hash,
             "arch": loaded.arch, "d_sae": loaded.d_sae, "d_in": loaded.d_in, "source": loaded.source}
 
@@ -105,36 +106,36 @@ def _best_method(quality: pl.DataFrame) -> str:
     return per.sort("score", descending=True, nulls_last=True)["method"][0]
 
 
-@task(name="section-references", **TASK_DEFAULTS)
+@task(name="section-references", **stage_options())
 def section_references(model: Manifest, dataset: Manifest, store: Manifest, gt_parts: list[Manifest], task_name: str,
                        attributes: list[str], max_test: int, corpus: Manifest, n_background: int,
                        home: str) -> Manifest:
     """Per cross-section of one task: its ground-truth dictionary, what editing and patching it does, and the mean
     activation there over `n_background` held-out background sequences (the random control's bias)."""
+    key = task_key(section_references, locals())  # first line: locals() are the parameters
     h = SageHome(home)
-    key = stable_hash(model["hash"], dataset["hash"], store["hash"], [p["hash"] for p in gt_parts], task_name,
-                      attributes, max_test, corpus["hash"], n_background, code_version(*CODE_PACKAGES))
     d = h.section_reference(key)
-    if not (d / "_COMPLETE.json").is_file():
-        m = load_model(model["path"])
-        df = read_prompts(dataset["path"])
-        s = ActivationStore.open(store["path"], expect={"dataset_hash": dataset["hash"]})
+    if needs_build(d):
+        m = load_model(h.at(model["path"]))
+        df = read_prompts(h.at(dataset["path"]))
+        s = ActivationStore.open(h.at(store["path"]), expect={"dataset_hash": dataset["hash"]})
         pad = m.tokenizer.pad_token_id
         rows = split_rows(df, attributes, "test", max_test)
-        held = read_corpus(corpus["path"]).filter(pl.col("split") == "heldout")["tokens"].to_list()[:n_background]
+        held = read_corpus(h.at(corpus["path"])).filter(pl.col("split") == "heldout")["tokens"].to_list()[:n_background]
         bg = background_means(m, held, pad, [CrossSection(**p["section_obj"]) for p in gt_parts])
         refs, gt_paths = [], {}
         for part in gt_parts:
             section = CrossSection(**part["section_obj"])
-            quality = pl.read_parquet(f"{part['path']}/quality.parquet")
-            dic = gt_store.load_dictionary(gt_store.dictionary_path(part["path"], _best_method(quality)))
+            part_dir = h.at(part["path"])
+            quality = pl.read_parquet(part_dir / "quality.parquet")
+            dic = gt_store.load_dictionary(gt_store.dictionary_path(part_dir, _best_method(quality)))
             _, _, clean, pairs = build_sets(df, s.read(section.hook), section, attributes, "test", max_test)
             pair_labels = {p.attribute: {a: df[f"attr_{a}"].gather(p.x).to_list() for a in attributes}
                            for p in rows.pairs}
             refs.append(reference(m, section, dic, clean, pairs, pair_labels, pad, bg[section.label]))
-            gt_paths[section.label] = part["path"]
+            gt_paths[section.label] = str(part_dir)
         sc_store.write_references(d, refs, gt_paths, {"task": task_name, "model": model["hash"]})
-    return {"path": str(d), "hash": dir_hash(d), "task": task_name}
+    return {"path": h.relative(d), "hash": dir_hash(d), "task": task_name}
 
 
 # -- scoring -------------------------------------------------------------------------------------------------------
@@ -165,21 +166,21 @@ def unit_codes(unit: ScoringUnit, section: CrossSection, role: int, store: Activ
     return mp.projected(parts[0], parts[1], q)
 
 
-@task(name="score-unit", **TASK_DEFAULTS)
+@task(name="score-unit", **stage_options())
 def score_unit(unit: ScoringUnit, model: Manifest, dataset: Manifest, store: Manifest, refs: Manifest,
                task_name: str, attributes: list[str], model_name: str, cfg: ScoreConfig, home: str) -> Manifest:
     """Every metric of one unit at every cross-section of one task it reaches -> scores/parts/<key>/."""
-    h = SageHome(home)
     # the code version is part of the key: a scoring change must never be answered from an older scoring's files
-    key = stable_hash(unit, model["hash"], dataset["hash"], store["hash"], refs["hash"], task_name, attributes, cfg,
-                      code_version(*CODE_PACKAGES))
+    key = task_key(score_unit, locals())  # first line: locals() are the parameters
+    h = SageHome(home)
     d = h.score_part(key)
-    if not (d / "_COMPLETE.json").is_file():
-        m = load_model(model["path"])
+    if needs_build(d):
+        m = load_model(h.at(model["path"]))
         pad = m.tokenizer.pad_token_id
-        df = read_prompts(dataset["path"])
-        s = ActivationStore.open(store["path"], expect={"dataset_hash": dataset["hash"]}, verify=False)
-        references: list[SectionReference] = sc_store.load_references(refs["path"])
+        df = read_prompts(h.at(dataset["path"]))
+        # opened verified (every chunk's size and checksum): a damaged store fails here, never scores silently
+        s = ActivationStore.open(h.at(store["path"]), expect={"dataset_hash": dataset["hash"]})
+        references: list[SectionReference] = sc_store.load_references(h.at(refs["path"]))
         rows = split_rows(df, attributes, "test", cfg.max_test)
         labels = {a: df[f"attr_{a}"].to_list() for a in attributes}
         saes = [_load(sm, home, model_name) for sm in unit.saes]
@@ -202,25 +203,24 @@ def score_unit(unit: ScoringUnit, model: Manifest, dataset: Manifest, store: Man
                     "role": section.role, "mapping": unit.mapping}
             out += [{**base, "metric": k, "value": float(v)} for k, v in metrics.items()]
         sc_store.write_part(d, out, {"unit": unit.name, "task": task_name})
-    return {"path": str(d), "hash": dir_hash(d), "sae": unit.name, "task": task_name}
+    return {"path": h.relative(d), "hash": dir_hash(d), "sae": unit.name, "task": task_name}
 
 
-@task(name="core-metrics", **TASK_DEFAULTS)
+@task(name="core-metrics", **stage_options())
 def sae_core_metrics(sae_m: Manifest, model: Manifest, corpus: Manifest, n_sequences: int, model_name: str,
                      home: str) -> Manifest:
     """One SAE spliced into the model on held-out background text: CE loss recovered, KL, EV, L0, dead share."""
+    key = task_key(sae_core_metrics, locals())  # first line: locals() are the parameters
     h = SageHome(home)
-    key = stable_hash(sae_m["hash"], sae_m["hook"], model["hash"], corpus["hash"], n_sequences,
-                      code_version(*CODE_PACKAGES))
     d = h.core_metrics(key)
-    if not (d / "_COMPLETE.json").is_file():
+    if needs_build(d):
         from sage_core.model import pad_sequences
 
-        m = load_model(model["path"])
+        m = load_model(h.at(model["path"]))
         pad = m.tokenizer.pad_token_id
         sae = _load(sae_m, home, model_name)
         check_sae(sae, m)
-        held = read_corpus(corpus["path"]).filter(pl.col("split") == "heldout")["tokens"].to_list()[:n_sequences]
+        held = read_corpus(h.at(corpus["path"])).filter(pl.col("split") == "heldout")["tokens"].to_list()[:n_sequences]
         metrics = core_metrics(m, sae.hook, sae.encode, sae.decode, sae.d_sae, pad_sequences(held, pad), pad)
         sc_store.write_core(d, metrics, {"sae": sae_m["name"], "hash": sae_m["hash"]})
-    return {"sae": sae_m["name"], **sc_store.read_core(d)}
+    return {"sae": sae_m["name"], "path": h.relative(d), **sc_store.read_core(d)}

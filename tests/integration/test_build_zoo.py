@@ -43,15 +43,15 @@ def test_layout_matches_design(built):
     assert (model_dir / "config.json").is_file() and (model_dir / "model.safetensors").is_file()
     assert (model_dir / "tokenizer" / "tokenizer.json").is_file()
     for ds in out["datasets"]:
-        p = home / "datasets" / ds["task"]
-        assert ds["path"].startswith(str(p)) and ds["path"].endswith("prompts.parquet")
-        df = pl.read_parquet(ds["path"])
+        # manifests hold paths relative to SAGE_HOME (a moved data root still reads)
+        assert ds["path"].startswith(f"datasets/{ds['task']}/") and ds["path"].endswith("prompts.parquet")
+        df = pl.read_parquet(home / ds["path"])
         assert {"prompt_id", "task", "split", "text", "tokens", "answer_token", "cf_answer_token", "pair_of",
                 "pair_attr"} <= set(df.columns)
     for s in out["saes"]:
         cfg_json = json.loads((home / "zoo" / cfg.model.name / "saes" / s["name"] / "cfg.json").read_text())
         assert cfg_json["metadata"]["hook_name"] == s["name"].split("--")[0]
-    sae_table = pl.read_parquet(out["sae_eval"]["path"])
+    sae_table = pl.read_parquet(home / out["sae_eval"]["path"])
     assert len(sae_table) == len(out["saes"]) and sae_table["explained_variance"].is_finite().all()
 
 
@@ -65,7 +65,7 @@ def test_rerun_is_all_cache_hits(built):
 
 def test_zoo_loads_with_plain_transformer_lens_and_saelens(built):
     home, cfg, first, _ = built
-    sae_dir = first.result()["saes"][0]["path"]
+    sae_dir = str(home / first.result()["saes"][0]["path"])
     script = f"""
 import json, sys, torch
 from safetensors.torch import load_file
@@ -103,6 +103,7 @@ def test_an_sae_trained_from_other_settings_is_retrained_and_swapped_whole(built
     spec = plan_zoo(cfg).specs[0]
     acts = zt.capture_sae_activations.fn(cfg, out["model"], out["corpus"], plan_zoo(cfg).hooks, str(home))
     mine = SageHome(tmp_path)
+    shutil.copytree(home / acts["path"], tmp_path / acts["path"])  # manifests name files relative to SAGE_HOME
     src = SageHome(home).sae_dir(cfg.model.name, spec.name)
     shutil.copytree(src, mine.sae_dir(cfg.model.name, spec.name))
     path = mine.sae_dir(cfg.model.name, spec.name)

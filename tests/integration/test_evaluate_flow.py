@@ -90,6 +90,7 @@ def full_run(tiny_zoo):
 
 
 def test_full_run_outputs(full_run):
+    assert _last_evaluate_state().type.value == "COMPLETED"
     from storage.home import SageHome
     from storage.sae_sources import list_zoo_saes
 
@@ -212,6 +213,17 @@ def test_adding_one_sae_scores_only_that_sae(full_run, subset):
     assert board["status"].to_list() == ["ok"] * board.height
 
 
+def _last_evaluate_state():
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["evaluate"])),
+                                     sort=FlowRunSort.START_TIME_DESC, limit=1)
+    return runs[0].state
+
+
 def _nan_copy(src: Path, dst: Path) -> Path:
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
@@ -265,6 +277,9 @@ def test_broken_saes_are_reported_and_do_not_sink_the_run(full_run, subset, tmp_
         assert st and all(s.startswith("failed:") and cause in s for s in st), (spec, st)
     readme = (Path(out["report"]) / "README.md").read_text()
     assert "no-such-release/foo" in readme
+    # the flow run itself is not shown as a success: Failed, with the count in its message (issue #15 item 9)
+    state = _last_evaluate_state()
+    assert state.type.value == "FAILED" and f"{out['n_failed']} SAE(s) or stage(s) failed" in state.message, state
 
     now = {**_files(home / "scores"), **_files(home / "reports")}
     missing = sorted(set(written) - set(now))

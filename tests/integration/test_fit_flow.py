@@ -20,7 +20,7 @@ def test_fit_flow_outputs(tiny_zoo):
     lcfg = LocateConfig(n_pairs=8, n_validate_top=2, n_validate_random=1, ig_steps=2)
     with results_in(SageHome(home)):
         out = fit_ground_truth(cfg=cfg, locate_cfg=lcfg, home=str(home), per_group=1)
-    q = pl.read_parquet(out["quality"])
+    q = pl.read_parquet(home / out["quality"])
     assert {"task", "attribute", "hook", "head", "role", "method", "sufficiency", "necessity", "edit_accuracy",
             "no_intervention", "n_test"} <= set(q.columns)
     assert set(q["method"].unique()) == {"mean", "mse", "weighted"}
@@ -44,9 +44,9 @@ def test_a_cross_section_absent_from_the_store_is_refused(tiny_zoo):
     prompts = {file_hash(p): p for p in (home / "datasets" / "ioi").glob("*/prompts.parquet")}
     store = next(s for p in (home / "activations").glob("*/*.zarr")
                  if (s := ActivationStore.open(p)).attrs.get("dataset_hash") in prompts)
-    dataset = {"path": str(prompts[store.attrs["dataset_hash"]]), "hash": store.attrs["dataset_hash"]}
+    dataset = {"path": str(prompts[store.attrs["dataset_hash"]].relative_to(home)), "hash": store.attrs["dataset_hash"]}
     absent = "blocks.0.hook_resid_mid"  # a hook of the model that no location search selects
     assert absent not in store.hooks
     with pytest.raises(StoreError, match="is not in the store .*capture that hook"):
-        fit_section.fn(model_manifest(SageHome(home), cfg.model.name), dataset, {"path": str(store.path), "hash": "x"},
+        fit_section.fn(model_manifest(SageHome(home), cfg.model.name), dataset, {"path": str(store.path.relative_to(home)), "hash": "x"},
                        "ioi", CrossSection(hook=absent, role="END"), ["IO", "S", "Pos"], ["mean"], str(home))

@@ -21,7 +21,7 @@ def test_locate_flow_outputs(tiny_zoo):
         out = locate(cfg=cfg, locate_cfg=lcfg, home=str(home))
         again = locate(cfg=cfg, locate_cfg=lcfg, home=str(home))
     assert out["hash"] == again["hash"]
-    ranking = pl.read_parquet(out["ranking"])
+    ranking = pl.read_parquet(home / out["ranking"])
     assert {"task", "attribute", "hook", "layer", "head", "role", "atp", "rank", "selected", "patch_effect"} <= set(
         ranking.columns)
     assert set(ranking["task"].unique()) == set(cfg.tasks)
@@ -31,7 +31,7 @@ def test_locate_flow_outputs(tiny_zoo):
     per = ranking.group_by("task", "attribute", "group").agg(pl.col("selected").sum().alias("n"),
                                                               pl.col("patch_effect").is_not_null().sum().alias("v"))
     assert (per["n"] >= 1).all() and (per["n"] <= lcfg.cap).all() and (per["v"] == 5).all()
-    val = pl.read_parquet(out["validation"])
+    val = pl.read_parquet(home / out["validation"])
     assert len(val) == 5 and {"sublayer_spearman", "residual_spearman", "sublayer_recovered"} <= set(val.columns)
     pngs = list((home / "locations").glob("*/heatmaps/*.png"))
     assert len(pngs) >= 5
