@@ -49,14 +49,33 @@ def test_report_prints_the_same_leaderboard(evaluated):
     assert rep.stdout.split("report:")[-1].split()[0] == r.stdout.split("report:")[-1].split()[0]
 
 
-def test_unknown_release_is_reported_and_the_run_completes(evaluated):
+def test_a_bad_sae_among_good_ones_fails_alone_and_the_run_exits_3(evaluated, tmp_path):
+    """Issue #15 items 9, 12: every good result is written, the bad SAE's reason is printed in one line (no
+    tracebacks on the console), and the exit code says that something failed."""
+    from sae_lens import StandardSAE, StandardSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    from storage.home import SageHome
+    from storage.sae_sources import list_zoo_saes
+
     home, _ = evaluated
-    r = run(["evaluate", "--tiny", "--saes", "no-such-release/foo", "--tasks", "ioi", "--per-group", "1"], home)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "no-such-release/foo" in r.stdout and "failed" in r.stdout
+    good = list_zoo_saes(SageHome(home), "sage-test")[0]
+    bad = tmp_path / "wrong-width"
+    StandardSAE(StandardSAEConfig(d_in=7, d_sae=8, metadata=SAEMetadata(hook_name="blocks.0.hook_resid_post"))) \
+        .save_model(bad)
+    args = ["evaluate", "--tiny", "--tasks", "ioi", "--per-group", "1", "--run", "mixed"]
+    r = run([*args, "--saes", f"zoo:{good},{bad}"], home)
+    assert r.returncode == 3, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "Traceback" not in r.stdout + r.stderr, r.stderr[-3000:]
+    assert f"failed: {bad} (load): SAE 'wrong-width' has d_in=7" in r.stdout, r.stdout[-3000:]
     assert "control:oracle" in r.stdout and "report:" in r.stdout
     readme = Path(r.stdout.split("report:")[-1].split()[0]).read_text()
-    assert "no-such-release/foo" in readme and "unknown SAELens release 'no-such-release'" in readme
+    assert "wrong-width" in readme and "d_in=7" in readme
+
+    # the same run name with other content is refused in one line, and the first run's results are kept
+    r2 = run([*args, "--saes", f"zoo:{good}"], home)
+    assert r2.returncode == 2 and one_line_error(r2) and "--run" in r2.stdout, r2.stdout[-3000:] + r2.stderr[-3000:]
+    assert "wrong-width" in (home / "reports" / "mixed" / "README.md").read_text()
 
 
 def test_evaluate_unknown_model_fails_with_one_line(tmp_path):

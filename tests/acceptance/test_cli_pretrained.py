@@ -82,11 +82,16 @@ def test_pretrained_model_without_saes_or_with_a_typo_fails_in_one_line(pretrain
 
 
 def test_a_tokenizer_that_cannot_spell_a_name_fails_in_one_line_and_writes_no_scores(tmp_path):
+    from sae_lens import StandardSAE, StandardSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
     from sage_core.task_library import FEMALE_NAMES
 
     env = write_fake_gpt2(tmp_path / "hf", tasks=("ioi", "sva"), drop=frozenset(FEMALE_NAMES))
     home = tmp_path / "home"
-    r = run(["evaluate", "--tiny", "--model", "gpt2", "--saes", "a/b", "--tasks", "ioi"], home, env=env)
+    sae = tmp_path / "sae"  # a spec that names something: the SAE specs are checked before the model is loaded
+    StandardSAE(StandardSAEConfig(d_in=64, d_sae=128, metadata=SAEMetadata(hook_name=HOOKS[0]))).save_model(sae)
+    r = run(["evaluate", "--tiny", "--model", "gpt2", "--saes", str(sae), "--tasks", "ioi"], home, env=env)
     assert r.returncode == 2 and one_line_error(r), r.stdout + r.stderr[-2000:]
     assert "tokenizer does not know" in r.stdout and any(n in r.stdout for n in FEMALE_NAMES), r.stdout
     assert not (home / "scores").exists() and not (home / "reports").exists()
