@@ -256,7 +256,7 @@ def test_broken_saes_are_reported_and_do_not_sink_the_run(full_run, subset, tmp_
     h = SageHome(home)
     nan_dir = _nan_copy(h.sae_dir(cfg.model.name, first[0]), tmp_path / "nan-sae")
     wide_dir = _wrong_width(tmp_path / "wide-sae", "blocks.0.hook_resid_pre", cfg.model.d_model + 16)
-    bad = {str(nan_dir): "NaN", str(wide_dir): "d_in", "no-such-release/foo": "unknown SAELens release"}
+    bad = {str(nan_dir): "NaN", str(wide_dir): "d_in"}
     written = {**_files(home / "scores"), **_files(home / "reports")}
     assert any(Path(p).is_relative_to(Path(full["report"])) for p in written)
 
@@ -276,7 +276,7 @@ def test_broken_saes_are_reported_and_do_not_sink_the_run(full_run, subset, tmp_
         st = board.filter(pl.col("sae") == spec)["status"].to_list()
         assert st and all(s.startswith("failed:") and cause in s for s in st), (spec, st)
     readme = (Path(out["report"]) / "README.md").read_text()
-    assert "no-such-release/foo" in readme
+    assert str(wide_dir) in readme
     # the flow run itself is not shown as a success: Failed, with the count in its message (issue #15 item 9)
     state = _last_evaluate_state()
     assert state.type.value == "FAILED" and f"{out['n_failed']} SAE(s) or stage(s) failed" in state.message, state
@@ -285,3 +285,12 @@ def test_broken_saes_are_reported_and_do_not_sink_the_run(full_run, subset, tmp_
     missing = sorted(set(written) - set(now))
     changed = sorted(p for p in written if p in now and now[p] != written[p])
     assert not missing and not changed, (missing, changed)
+
+
+def test_a_spec_that_names_nothing_fails_before_any_work(full_run):
+    """check_specs runs at the start of the flow: no SAE is resolved, nothing is scored or written."""
+    home, cfg, _ = full_run
+    written = {**_files(home / "scores"), **_files(home / "reports")}
+    with pytest.raises(ValueError, match="no-such-release"):
+        _evaluate(home, cfg, ["no-such-release/foo"], core_sequences=16)
+    assert {**_files(home / "scores"), **_files(home / "reports")} == written
