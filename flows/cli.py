@@ -321,13 +321,13 @@ def capture_cmd(
     from sage_core.capture import CaptureRequest
     from sage_core.config import ZooConfig
     from storage.activations import ActivationStore
-    from storage.atomic import StoreError
+    from storage.atomic import StoreError, cached_marker
 
     if info:
         try:
             s = ActivationStore(info)
-            if s.is_complete():
-                ActivationStore.open(info)  # verifies every chunk
+            if cached_marker(s.path) is not None:  # sealed: verify every chunk, so damage is named, not "incomplete"
+                ActivationStore.open(info)
             console.print_json(json.dumps(s.describe()))
         except (StoreError, FileNotFoundError) as exc:
             _fail(exc)
@@ -382,7 +382,7 @@ def capture_cmd(
     for col in ("task", "chunks", "path"):
         t.add_column(col)
     for r in out:
-        t.add_row(r["task"], str(r["n_chunks"]), r["path"])
+        t.add_row(r["task"], str(r["n_chunks"]), str(h.at(r["path"])))
     console.print(t)
 
 
@@ -436,8 +436,10 @@ def locate_cmd(
             out = locate(cfg=cfg, locate_cfg=lcfg, home=str(h.root), attributes=attrs)
     except (ValueError, RuntimeError, OSError) as exc:
         _fail(exc)
-    ranking = pl.read_parquet(out["ranking"])
-    val = pl.read_parquet(out["validation"])
+    from storage import locations as loc_store
+
+    ranking = loc_store.read_ranking(h.at(out["path"]))
+    val = loc_store.read_validation(h.at(out["path"]))
     for v in val.iter_rows(named=True):
         t = Table(title=f"{v['task']} / {v['attribute']}  ({v['n_pairs']} pairs, LD clean {v['ld_clean']:.2f}, "
                         f"counterfactual {v['ld_cf']:.2f})")
@@ -473,7 +475,6 @@ def fit_cmd(
 ) -> None:
     """Fit supervised dictionaries (the ground truth) at the located cross-sections and print their quality."""
     _quiet_prefect(verbose)
-    import polars as pl
 
     from sage_core.dictionaries import METHODS
 
@@ -495,7 +496,9 @@ def fit_cmd(
             out = fit_ground_truth(cfg=cfg, home=str(h.root), per_group=per_group, methods=method_list)
     except (ValueError, RuntimeError, OSError) as exc:
         _fail(exc)
-    q = pl.read_parquet(out["quality"]).sort("task", "attribute", "method", "hook", "role")
+    from storage.ground_truth import read_quality
+
+    q = read_quality(h.at(out["path"])).sort("task", "attribute", "method", "hook", "role")
     t = Table(title="ground truth: supervised dictionaries on held-out test prompts")
     for col in ("task", "attribute", "cross-section", "method", "suff.", "nec.", "edit acc.", "no interv.", "n"):
         t.add_column(col, justify="right" if col in ("suff.", "nec.", "edit acc.", "no interv.", "n") else "left")
@@ -587,19 +590,6 @@ def _watch_scoring(root: Path, since: float, done_event) -> None:
                 bar.update(t, description=f"scoring: {n} SAE x task units done")
 
 
-def remote_code_name(name: str) -> str | None:
-    """The official name of a TransformerLens model whose loading turns on `trust_remote_code` (it runs Python code
-    from the model's Hugging Face repository), else None. TransformerLens forces it for names starting with
-    NEED_REMOTE_CODE_MODELS, and its config for PhiForCausalLM (phi-1, phi-1_5) sets it too."""
-    from transformer_lens.loading_from_pretrained import NEED_REMOTE_CODE_MODELS, get_official_model_name
-
-    try:
-        official = get_official_model_name(name)
-    except ValueError:
-        return None
-    return official if official.startswith((*NEED_REMOTE_CODE_MODELS, "microsoft/phi-1")) else None
-
-
 def _check_pretrained_name(name: str, trust_remote_code: bool = False) -> None:
     """Fail in a line, before Prefect starts, on a name TransformerLens cannot load (with the closest names), or one
     whose loading runs the model repository's code unless the user said so."""
@@ -612,10 +602,11 @@ def _check_pretrained_name(name: str, trust_remote_code: bool = False) -> None:
         close = difflib.get_close_matches(name, list(OFFICIAL_MODEL_NAMES) + list(aliases), n=3)
         raise ValueError(f"unknown model {name!r}: not the built-in zoo model and not a TransformerLens model name"
                          + (f"; closest: {', '.join(close)}" if close else "; see `sage zoo info` for the zoo model"))
-    remote = remote_code_name(name)
-    if remote and not trust_remote_code:
-        raise ValueError(f"loading {remote} makes TransformerLens run Python code from its Hugging Face repository "
-                         "(trust_remote_code); pass --trust-remote-code if you trust that code")
+    from sage_core.pretrained import TRUST_ENV, check_remote_code
+
+    check_remote_code(name, trust_remote_code)
+    if trust_remote_code:
+        os.environ[TRUST_ENV] = "1"  # the flow's own check (tasks.zoo.import_model) reads it
 
 
 @app.command("evaluate")

@@ -32,11 +32,12 @@ from sage_core.report_plots import summary_markdown
 from sage_core.results import ground_truth_verdicts, leaderboard, score_frame
 from sage_core.task_library import get_task
 from sage_core.zoo_plan import plan_zoo
-from storage import sae_sources
 from storage import scores as sc_store
-from storage.home import SageHome
+from storage.atomic import StoreError
+from storage.ground_truth import read_quality
+from storage.home import SageHome, check_run_name
 from storage.reports import write_report
-from storage.sae_sources import list_zoo_saes
+from storage.sae_sources import check_specs, list_zoo_saes
 from tasks import capture as ct
 from tasks.common import ManifestSerializer, in_home, output_key
 from tasks.score import ScoringUnit, resolve_sae, sae_core_metrics, sae_family, score_unit, section_references
@@ -82,15 +83,15 @@ def evaluate(cfg: EvaluateConfig = EvaluateConfig(), home: str | None = None, ru
     after every good result is written, the flow run ends Failed with the count in its message (data: the same)."""
     h = SageHome(home)
     h.ensure_writable()  # a data root that cannot take the results fails now, not after the compute
+    if run is not None:
+        check_run_name(run)  # a deployment parameter too: refused before any work, never joined into a path
     zcfg = cfg.model_zoo()
     root, name = str(h.root), zcfg.model.name
     tasks = list(cfg.tasks or zcfg.tasks)
     if cfg.pretrained and not cfg.saes:
         raise ValueError(f"no SAEs given for {cfg.pretrained}: pass --saes (a SAELens release/sae_id or directory); "
                          "the zoo's SAEs belong to the built-in model")
-    # a spec that names nothing fails before any work (storage.sae_sources.check_specs, once it is there)
-    check_specs = getattr(sae_sources, "check_specs", None)
-    if check_specs is not None and cfg.saes:
+    if cfg.saes:  # a spec that names nothing fails before any work
         zoo_names = [] if cfg.pretrained else [s.name for s in plan_zoo(zcfg).specs]
         check_specs(list(cfg.saes), h, name, zoo_names)
     if cfg.pretrained:
@@ -154,9 +155,12 @@ def evaluate(cfg: EvaluateConfig = EvaluateConfig(), home: str | None = None, ru
             frames.append(sc_store.read_part(h.at(m["path"])))
             part_hashes.append(m["hash"])
         else:
-            err = one_line(state.result(raise_on_failure=False))
+            exc = state.result(raise_on_failure=False)
+            err = one_line(exc)
             row["status"] = f"failed: {err}"
-            failures.append({"sae": u.name, "stage": f"score {t}", "error": err})
+            # a damaged input (store, references, ground truth) is its stage's fault, never the SAE's
+            failures.append({"sae": "*", "stage": f"input of {u.name} on {t}", "error": err}
+                            if isinstance(exc, StoreError) else {"sae": u.name, "stage": f"score {t}", "error": err})
         unit_rows.append(row)
     for f in failures:
         if f["stage"] == "load":
@@ -177,10 +181,10 @@ def evaluate(cfg: EvaluateConfig = EvaluateConfig(), home: str | None = None, ru
     run_key = output_key("evaluate", dict(model=model, ground_truth=gt["hash"], parts=sorted(part_hashes),
                                           failures=failures, core=core), ("flows.evaluate",))
     run = run or f"run-{run_key[:12]}"
-    meta = {"run": run, "model": cfg.pretrained or name, "model_hash": model["hash"], "tasks": tasks, "n_saes": len(specs),
-            "created": time.strftime("%Y-%m-%d %H:%M:%S"), "ground_truth": gt["path"]}
+    meta = {"run": run, "run_key": run_key, "model": cfg.pretrained or name, "model_hash": model["hash"], "tasks": tasks,
+            "n_saes": len(specs), "created": time.strftime("%Y-%m-%d %H:%M:%S"), "ground_truth": gt["path"]}
     out_dir = sc_store.write_run(h.scores_dir(run), scores, board, fail_df, meta)
-    verdicts = ground_truth_verdicts(pl.read_parquet(h.at(gt["quality"]))).filter(pl.col("task").is_in(tasks))
+    verdicts = ground_truth_verdicts(read_quality(h.at(gt["path"]))).filter(pl.col("task").is_in(tasks))
     report = write_report(h.report_dir(run), scores, board, fail_df, meta, verdicts)
     _publish(board, fail_df, meta, verdicts)
     out = {"run": run, "scores": str(out_dir / "scores.parquet"), "leaderboard": str(out_dir / "leaderboard.parquet"),

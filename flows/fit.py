@@ -16,6 +16,7 @@ from sage_core.config import ZooConfig
 from sage_core.dictionaries import METHODS
 from sage_core.results import ground_truth_verdicts
 from sage_core.task_library import get_task
+from storage import ground_truth as gt_store
 from storage.hashing import dir_hash
 from storage.home import SageHome
 from storage.records import all_complete, read_record, write_record
@@ -41,7 +42,7 @@ def fit_ground_truth(cfg: ZooConfig = ZooConfig(), locate_cfg: LocateConfig = Lo
     jobs = []
     for t, ds in zip(task_names, datasets, strict=True):
         ds = ds.result()
-        sections = selected_sections(h.at(locations["ranking"]), t, per_group)
+        sections = selected_sections(h.at(locations["path"]), t, per_group)
         request = CaptureRequest(hooks=tuple(sorted({s.hook for s in sections})), positions="roles")
         prep = in_home(ct.prepare_capture, h)(model, ds, request, root)
         shard = ct.capture_shard(prep, model, request, 0, 1, root)
@@ -54,9 +55,7 @@ def fit_ground_truth(cfg: ZooConfig = ZooConfig(), locate_cfg: LocateConfig = Lo
     out = in_home(combine_ground_truth, h)([p.result() for p in parts], root)
     key = fit_key(model, tok, cfg, locate_cfg, per_group, methods, task_names)
     write_record(h.ground_truth_record(key), key, out)
-    import polars as pl
-
-    q = pl.read_parquet(h.at(out["quality"]))
+    q = gt_store.read_quality(h.at(out["path"]))
     create_table_artifact(key="ground-truth-quality", table=q.to_dicts(),
                           description="Supervised dictionaries: sufficiency, necessity, edit accuracy per cross-section")
     create_table_artifact(key="ground-truth-verdicts", table=ground_truth_verdicts(q).to_dicts(),

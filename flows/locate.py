@@ -12,6 +12,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from sage_core.attribution import LocateConfig
 from sage_core.config import ZooConfig
 from sage_core.task_library import get_task
+from storage import locations as loc_store
 from storage.hashing import dir_hash
 from storage.home import SageHome
 from storage.zoo import model_is_complete
@@ -47,9 +48,7 @@ def locate(cfg: ZooConfig = ZooConfig(), locate_cfg: LocateConfig = LocateConfig
     parts = in_home(locate_one, h).map([unmapped(model)] * len(jobs), [j[2] for j in jobs], [j[0] for j in jobs],
                            [j[1] for j in jobs], unmapped(locate_cfg), unmapped(root))
     out = in_home(combine_locations, h)([p.result() for p in parts], root)
-    import polars as pl
-
-    val = pl.read_parquet(h.at(out["validation"]))
+    val = loc_store.read_validation(h.at(out["path"]))
     create_table_artifact(key="locate-validation", table=val.to_dicts(),
                           description="AtP against real activation patching, per task and attribute")
     return out

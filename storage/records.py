@@ -7,6 +7,7 @@ cache lookup). A record is trusted only while every directory it names is still 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,12 @@ def write_record(path: Path, key: str, manifest: dict[str, Any]) -> Path:
     """Atomically (write + rename) record `manifest` under `key`; a reader never sees half a record."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.partial")
-    tmp.write_text(json.dumps({"key": key, "manifest": manifest}, indent=1, default=str))
-    tmp.replace(path)
+    tmp = path.with_name(f"{path.name}.partial-{os.getpid()}")  # one per process: two writers never share it
+    try:
+        tmp.write_text(json.dumps({"key": key, "manifest": manifest}, indent=1, default=str))
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed write (a full disk) leaves nothing behind
     return path
 
 

@@ -9,11 +9,12 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import polars as pl
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from sage_core.ground_truth import CrossSection
 from sage_core.results import score_frame
@@ -21,6 +22,7 @@ from sage_core.scoring import SectionReference
 from storage import ground_truth as gt_store
 from storage.atomic import StoreError, is_complete, read_marker, write_once
 from storage.hashing import stable_hash
+from storage.integrity import load_safetensors, read_json, read_parquet
 
 
 def write_references(d: Path, refs: list[SectionReference], gt_paths: dict[str, str], meta: dict[str, Any]) -> Path:
@@ -36,22 +38,26 @@ def write_references(d: Path, refs: list[SectionReference], gt_paths: dict[str, 
                 for attr, t in r.supervised_share.items():
                     tensors[f"{label}|share|{attr}"] = t.contiguous()
                 tensors[f"{label}|bgmean"] = r.background_mean.contiguous()
+                # relative to this directory, so a data root that is copied or moved still finds its own dictionary
                 info.append({"section": r.section.model_dump(), "method": r.dictionary.method, "ld_clean": r.ld_clean,
-                             "ld_meanabl": r.ld_meanabl, "floor": r.floor, "ground_truth": gt_paths[label]})
+                             "ld_meanabl": r.ld_meanabl, "floor": r.floor,
+                             "ground_truth": os.path.relpath(gt_paths[label], d)})
             save_file(tensors, str(tmp / "refs.safetensors"))
             (tmp / "refs.json").write_text(json.dumps(info, indent=1))
     return d
 
 
 def load_references(d: Path) -> list[SectionReference]:
+    d = Path(d)
     if not is_complete(d):
         raise StoreError(f"no complete section references at {d}; rerun the evaluation")
-    tensors = load_file(str(Path(d) / "refs.safetensors"))
+    tensors, _ = load_safetensors(d / "refs.safetensors", d)
     out = []
-    for item in json.loads((Path(d) / "refs.json").read_text()):
+    for item in read_json(d / "refs.json", d):
         section = CrossSection(**item["section"])
         label = section.label
-        dic = gt_store.load_dictionary(Path(item["ground_truth"]) / f"{item['method']}.safetensors")
+        gt_dir = d / item["ground_truth"]  # relative to `d` (an absolute path stays absolute)
+        dic = gt_store.load_dictionary(gt_store.dictionary_path(gt_dir, item["method"]))
         pick = {kind: {k.split("|")[2]: v for k, v in tensors.items() if k.startswith(f"{label}|{kind}|")}
                 for kind in ("patched", "share")}
         out.append(SectionReference(section=section, dictionary=dic, ld_clean=item["ld_clean"],
@@ -69,7 +75,7 @@ def write_core(d: Path, metrics: dict[str, float], meta: dict[str, Any]) -> Path
 
 
 def read_core(d: Path) -> dict[str, float]:
-    return json.loads((Path(d) / "core.json").read_text())
+    return read_json(Path(d) / "core.json", Path(d))
 
 
 def write_part(d: Path, rows: list[dict], meta: dict[str, Any]) -> Path:
@@ -80,7 +86,7 @@ def write_part(d: Path, rows: list[dict], meta: dict[str, Any]) -> Path:
 
 
 def read_part(d: Path) -> pl.DataFrame:
-    return pl.read_parquet(Path(d) / "scores.parquet")
+    return read_parquet(Path(d) / "scores.parquet", Path(d))
 
 
 def frames_digest(*frames: pl.DataFrame | None) -> str:
@@ -120,4 +126,5 @@ def read_run(d: Path) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """(scores, leaderboard, failures) of a complete scores/<run>/."""
     if not is_complete(d):
         raise StoreError(f"no complete run at {d}; run `sage evaluate` first")
-    return tuple(pl.read_parquet(Path(d) / f) for f in ("scores.parquet", "leaderboard.parquet", "failures.parquet"))
+    return tuple(read_parquet(Path(d) / f, Path(d)) for f in ("scores.parquet", "leaderboard.parquet",
+                                                              "failures.parquet"))

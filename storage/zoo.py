@@ -5,6 +5,7 @@ SAEs in SAELens' own layout, so plain transformer_lens and `sae_lens.SAE.load_fr
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from storage.atomic import StoreError, is_complete, is_whole, read_marker, write_once
+from storage.atomic import StoreError, file_digest, is_complete, is_whole, read_marker, verify_dir, write_once
 from storage.hashing import dir_hash
 from storage.home import SageHome
 from storage.records import read_record, write_record
@@ -24,7 +25,7 @@ def save_tokenizer(path: Path, tokenizer: Any, key: str | None = None) -> None:
     built it, and one with another key is replaced once the new one is whole."""
     if is_complete(path) and (key is None or read_marker(path).get("key") == key):
         return
-    with write_once(path, {"key": key} if key else None, replace=True) as tmp:
+    with write_once(path, {"key": key} if key else None, replace=True, kind="tokenizer") as tmp:
         tokenizer.save_pretrained(str(tmp))
 
 
@@ -32,8 +33,7 @@ def load_tokenizer(path: Path):
     """Reload with AutoTokenizer (transformer_lens needs a tokenizer loaded from disk, not built in memory)."""
     from transformers import AutoTokenizer
 
-    if not is_complete(path):
-        raise StoreError(f"tokenizer at {path} is missing or incomplete; run `sage zoo build`")
+    verify_dir(path)  # names a missing or changed file in one line
     return AutoTokenizer.from_pretrained(str(path))
 
 
@@ -56,9 +56,13 @@ def save_model(home: SageHome, name: str, model: HookedTransformer, meta: dict[s
     (final / "config.json").write_text(json.dumps(_config_dict(model.cfg), indent=1))
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(final / "model.safetensors"))
     (final / "train_meta.json").write_text(json.dumps(meta, indent=1, default=str))
+    files = {n: {"size": (final / n).stat().st_size, "digest": file_digest(final / n)} for n in MODEL_FILES}
     marker = final / "_MODEL_COMPLETE.json"
-    marker.write_text(json.dumps({"model_hash": model_hash(final)}))
+    marker.write_text(json.dumps({"model_hash": model_hash(final), "files": files}))
     return final
+
+
+MODEL_FILES = ("config.json", "model.safetensors", "train_meta.json")
 
 
 def read_train_meta(path: Path) -> dict[str, Any]:
@@ -66,7 +70,27 @@ def read_train_meta(path: Path) -> dict[str, Any]:
 
 
 def model_is_complete(path: Path) -> bool:
-    return (Path(path) / "_MODEL_COMPLETE.json").is_file()
+    """The model's marker is there and every file it lists has its recorded size and xxh3 digest (remembered per
+    process while unchanged); a marker from before that list counts as incomplete, so the model is rebuilt."""
+    return model_problem(path) is None
+
+
+def model_problem(path: Path) -> str | None:
+    """Why the model at `path` cannot be used (one line), or None when it is whole."""
+    path = Path(path)
+    try:
+        files = json.loads((path / "_MODEL_COMPLETE.json").read_text()).get("files")
+    except (OSError, ValueError):
+        return f"model at {path} is missing or incomplete"
+    if not isinstance(files, dict):
+        return f"model at {path} was written before SAGE recorded checksums of its files"
+    for name, want in files.items():
+        p = path / name
+        if not p.is_file():
+            return f"{p} is missing"
+        if p.stat().st_size != want.get("size") or file_digest(p) != want.get("digest"):
+            return f"{p} changed since it was written (size or checksum mismatch)"
+    return None
 
 
 def model_hash(path: Path) -> str:
@@ -81,8 +105,8 @@ def model_hash(path: Path) -> str:
 def load_model(path: Path, device: str = "cpu") -> HookedTransformer:
     """Load the built-in model exactly as a user would with plain transformer_lens, on `device`."""
     path = Path(path)
-    if not model_is_complete(path):
-        raise StoreError(f"model at {path} is missing or incomplete; run `sage zoo build`")
+    if problem := model_problem(path):
+        raise StoreError(f"{problem}; run `sage zoo build` (or the evaluation again) to rebuild it")
     d = json.loads((path / "config.json").read_text())
     d["dtype"] = getattr(torch, d["dtype"])
     cfg = HookedTransformerConfig(**d)
@@ -98,7 +122,7 @@ def save_sae(path: Path, training_sae, metrics: dict[str, Any] | None = None, me
     `replace`, swapped in for a stale one only when whole)."""
     if is_complete(path) and not replace:
         return path
-    with write_once(path, meta, replace=replace) as tmp:
+    with write_once(path, meta, replace=replace, kind="sae") as tmp:
         training_sae.save_inference_model(str(tmp))
         if metrics:
             (tmp / "sage_metrics.json").write_text(json.dumps(metrics, indent=1))
@@ -108,8 +132,7 @@ def save_sae(path: Path, training_sae, metrics: dict[str, Any] | None = None, me
 def load_sae(path: Path):
     from sae_lens import SAE
 
-    if not is_complete(path):
-        raise StoreError(f"SAE at {path} is missing or incomplete; run `sage zoo build`")
+    verify_dir(path)  # names a missing or changed file in one line
     return SAE.load_from_disk(str(path), device="cpu")
 
 
@@ -120,9 +143,12 @@ def sae_meta(path: Path) -> dict[str, Any]:
 def write_table(path: Path, df: pl.DataFrame) -> Path:
     """A parquet table written atomically (temp file + rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".parquet.partial")
-    df.write_parquet(tmp)
-    tmp.replace(path)
+    tmp = path.with_name(f"{path.name}.partial-{os.getpid()}")  # one per process: two writers never share it
+    try:
+        df.write_parquet(tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed write (a full disk) leaves nothing behind
     return path
 
 
@@ -130,7 +156,7 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, A
     """A directory of safetensors files (one per key), written once."""
     if is_complete(path):
         return path
-    with write_once(path, meta) as tmp:
+    with write_once(path, meta, kind="tensors") as tmp:
         for key, t in tensors.items():
             save_file({"acts": t.contiguous()}, str(tmp / f"{key}.safetensors"))
     return path
@@ -138,8 +164,7 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, A
 
 def load_tensor(path: Path, key: str) -> torch.Tensor:
     path = Path(path)
-    if not is_complete(path):
-        raise StoreError(f"activation cache {path} is incomplete; rerun `sage zoo build` to recapture it")
+    verify_dir(path)  # names a missing or changed file in one line
     return load_file(str(path / f"{key}.safetensors"))["acts"]
 
 

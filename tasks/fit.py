@@ -10,6 +10,7 @@ from prefect import task
 from sage_core.dictionaries import fit
 from sage_core.ground_truth import CrossSection, build_sets, quality
 from storage import ground_truth as gt_store
+from storage import locations as loc_store
 from storage.activations import ActivationStore
 from storage.atomic import StoreError
 from storage.datasets import read_prompts
@@ -21,9 +22,9 @@ from tasks.common import needs_build, stage_options, task_key
 Manifest = dict[str, Any]
 
 
-def selected_sections(ranking_path: str, task_name: str, per_group: int) -> list[CrossSection]:
+def selected_sections(locations_dir, task_name: str, per_group: int) -> list[CrossSection]:
     """The location search's kept cross-sections of a task (the top `per_group` per attribute and group), deduped."""
-    r = pl.read_parquet(ranking_path).filter((pl.col("task") == task_name) & pl.col("selected"))
+    r = loc_store.read_ranking(locations_dir).filter((pl.col("task") == task_name) & pl.col("selected"))
     r = r.filter(pl.col("rank") <= per_group)
     seen, out = set(), []
     for row in r.sort("attribute", "group", "rank").iter_rows(named=True):

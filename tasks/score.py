@@ -127,7 +127,7 @@ def section_references(model: Manifest, dataset: Manifest, store: Manifest, gt_p
         for part in gt_parts:
             section = CrossSection(**part["section_obj"])
             part_dir = h.at(part["path"])
-            quality = pl.read_parquet(part_dir / "quality.parquet")
+            quality = gt_store.read_quality(part_dir)
             dic = gt_store.load_dictionary(gt_store.dictionary_path(part_dir, _best_method(quality)))
             _, _, clean, pairs = build_sets(df, s.read(section.hook), section, attributes, "test", max_test)
             pair_labels = {p.attribute: {a: df[f"attr_{a}"].gather(p.x).to_list() for a in attributes}

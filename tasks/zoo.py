@@ -4,6 +4,7 @@ and returns a small manifest (paths + content hashes), never tensors.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,6 +16,7 @@ from prefect import task
 from sage_core import corpus as corpus_mod
 from sage_core import model as model_mod
 from sage_core import sae_zoo
+from sage_core.pretrained import TRUST_ENV, check_remote_code
 from sage_core.task import DatasetConfig, generate_prompts
 from sage_core.task_library import get_task
 from sage_core.tokenizer import build_tokenizer
@@ -156,6 +158,8 @@ def import_model(pretrained: str, zoo_name: str, home: str) -> Manifest:
     else:
         from transformer_lens import HookedTransformer
 
+        # a deployment calls this without the CLI: its repository's code runs only where the user allowed it
+        check_remote_code(pretrained, os.environ.get(TRUST_ENV) == "1")
         m = HookedTransformer.from_pretrained(pretrained, device="cpu")
         if m.tokenizer is None or m.tokenizer.bos_token_id is None:
             raise ValueError(f"{pretrained}: its tokenizer has no BOS token; SAGE prompts start with BOS")
