@@ -194,7 +194,10 @@ def test_write_report_writes_everything_once(tmp_path):
     assert read_failures(out).equals(FAILURES)
 
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
-    write_report(out, scores.head(1), board.head(1), FAILURES.clear(), {**META, "run": "other"})  # no-op
+    assert write_report(out, scores, board, FAILURES, META) == out  # an identical rerun reuses the report
+    # another evaluation under the same run name is refused in one line, and the first report is kept (item 2)
+    with pytest.raises(StoreError, match="already holds another evaluation"):
+        write_report(out, scores.head(1), board.head(1), FAILURES.clear(), {**META, "run": "other"})
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
 
 
