@@ -39,7 +39,8 @@ def main() -> None:
     pairs, roles = pairs_for(df, "IO", split="train", limit=args.pairs)
     if args.positions == "all":
         width = len(pairs.clean[0])
-        pairs = pairs.model_copy(update={"positions": [list(range(width))] * len(pairs.clean)})
+        # every token, clean positions on both sides (no role alignment across all positions)
+        pairs = pairs.model_copy(update={"positions": [list(range(width))] * len(pairs.clean), "cf_positions": None})
     n_pos = len(pairs.positions[0])
     comps = all_components(model)
     flat = [[(c, r)] for c in comps for r in range(n_pos)]

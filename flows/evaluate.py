@@ -40,16 +40,26 @@ from storage.reports import write_report
 from storage.sae_sources import check_specs, list_zoo_saes
 from tasks import capture as ct
 from tasks.common import ManifestSerializer, in_home, output_key
-from tasks.score import ScoringUnit, resolve_sae, sae_core_metrics, sae_family, score_unit, section_references
+from tasks.score import (
+    ScoringUnit,
+    identity_brackets,
+    resolve_sae,
+    sae_core_metrics,
+    sae_family,
+    score_unit,
+    section_references,
+)
 
 
 def one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())[:400] or type(exc).__name__
 
 
-def plan_units(saes: list[dict], sections: list[CrossSection], cfg: EvaluateConfig) -> list[ScoringUnit]:
+def plan_units(saes: list[dict], sections: list[CrossSection], cfg: EvaluateConfig,
+               same_as_difference: frozenset[tuple[str, str]] = frozenset()) -> list[ScoringUnit]:
     """Native units, projection / difference units for every residual family bracketing a sub-layer cross-section,
-    and the two controls."""
+    and the two controls. A bracket in `same_as_difference` (P_c is the identity there) gets no `difference` unit: it
+    would repeat the projection's figures row for row."""
     units = [ScoringUnit(name=s["name"], kind="trained", mapping="native", saes=(s,)) for s in saes]
     if cfg.projections:
         by_family: dict[str, dict[str, dict]] = {}
@@ -62,6 +72,8 @@ def plan_units(saes: list[dict], sections: list[CrossSection], cfg: EvaluateConf
             for before, after in brackets:
                 if before in members and after in members:
                     for mapping in ("projection", "difference"):
+                        if mapping == "difference" and (before, after) in same_as_difference:
+                            continue
                         name = f"{fam}:{mapping}[{_short(before)}->{_short(after)}]"
                         units.append(ScoringUnit(name=name, kind="trained", mapping=mapping,
                                                  saes=(members[before], members[after]), bracket=(before, after)))
@@ -114,7 +126,10 @@ def evaluate(cfg: EvaluateConfig = EvaluateConfig(), home: str | None = None, ru
     datasets = {d["task"]: d for d in zoo["datasets"]}
     parts_by_task = {t: [p for p in gt["parts"] if p["task"] == t] for t in tasks}
     sections = [CrossSection(**p["section_obj"]) for ps in parts_by_task.values() for p in ps]
-    units = plan_units(saes, sections, cfg)
+    brackets = sorted({mp.bracket(c.hook) for c in sections if mp.is_sublayer(c.hook)})
+    same = (frozenset(tuple(b) for b in identity_brackets(model, [list(b) for b in brackets], root))
+            if cfg.projections and brackets else frozenset())
+    units = plan_units(saes, sections, cfg, same)
     jobs, unreached = [], []  # unreached: SAEs whose hook holds none of a task's kept cross-sections
     for t in tasks:
         ds, parts = datasets[t], parts_by_task[t]

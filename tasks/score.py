@@ -83,6 +83,14 @@ def resolve_sae(spec: str, model: Manifest, model_name: str, home: str) -> Manif
             "arch": loaded.arch, "d_sae": loaded.d_sae, "d_in": loaded.d_in, "source": loaded.source}
 
 
+@task(name="identity-brackets", **UNCACHED)
+def identity_brackets(model: Manifest, brackets: list[list[str]], home: str) -> list[list[str]]:
+    """The (before, after) residual brackets whose projector P_c is the identity: there `projection` equals
+    `difference`, so the pair is scored once, as projection (which also reaches head cross-sections)."""
+    m = _model_for_checks(str(SageHome(home).at(model["path"])), model["hash"])
+    return [list(b) for b in brackets if mp.projection_is_difference(m, *b)]
+
+
 @functools.lru_cache(maxsize=2)
 def _model_for_checks(path: str, content_hash: str):
     """One model per process for `check_sae`, which only reads its hooks and config (no forward pass, so threads can
