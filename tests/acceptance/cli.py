@@ -16,6 +16,24 @@ def run(args, home, timeout=900, env=None):
     return subprocess.run(SAGE + args, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
 
 
+def run_in_process(args, home, env=None):
+    """The CLI in this process (typer's runner), for argument checks that must fail before any import of torch or
+    Prefect work: a subprocess would spend most of its time importing. The environment the CLI sets is restored."""
+    from types import SimpleNamespace
+
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    saved = dict(os.environ)
+    try:
+        r = CliRunner().invoke(app, args, env={**(env or {}), "SAGE_HOME": str(home)}, catch_exceptions=False)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return SimpleNamespace(returncode=r.exit_code, stdout=r.stdout, stderr=r.stderr)
+
+
 def one_line_error(r) -> bool:
     """The CLI failed the way bad input should: a single `error: ...` line on stdout."""
     lines = [ln for ln in r.stdout.splitlines() if ln.strip()]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.acceptance.cli import ROOT, SAGE, one_line_error, run
+from tests.acceptance.cli import ROOT, SAGE, one_line_error, run_in_process
 
 pytestmark = [pytest.mark.acceptance]
 
@@ -29,20 +29,20 @@ def _zoo_sentinel(home: Path) -> Path:
 def test_run_names_that_escape_or_collide_are_refused(tmp_path, name):
     home = tmp_path / "home"
     keep = _zoo_sentinel(home)
-    r = run(["evaluate", "--tiny", "--run", name], home, timeout=FAST)
+    r = run_in_process(["evaluate", "--tiny", "--run", name], home)
     assert r.returncode == 2 and one_line_error(r) and "--run" in r.stdout, r.stdout + r.stderr[-2000:]
     assert keep.read_bytes() == b"trained weights"
     assert sorted(p.name for p in home.iterdir()) == ["zoo"], "nothing may be written for a bad run name"
 
 
 def test_report_of_an_escaping_run_name_is_refused(tmp_path):
-    r = run(["report", "../zoo"], tmp_path / "home", timeout=FAST)
+    r = run_in_process(["report", "../zoo"], tmp_path / "home")
     assert r.returncode == 2 and one_line_error(r) and "--run" in r.stdout, r.stdout + r.stderr[-2000:]
 
 
 @pytest.mark.parametrize("cmd", [["evaluate", "--tiny", "--top", "-1"], ["report", "--top", "0"]])
 def test_top_below_one_is_refused(tmp_path, cmd):
-    r = run(cmd, tmp_path / "home", timeout=FAST)
+    r = run_in_process(cmd, tmp_path / "home")
     assert r.returncode == 2 and one_line_error(r) and "--top" in r.stdout, r.stdout + r.stderr[-2000:]
     assert not (tmp_path / "home" / "zoo").exists()
 
@@ -51,7 +51,7 @@ def test_top_below_one_is_refused(tmp_path, cmd):
 def test_a_data_root_that_is_a_file_fails_before_any_compute(tmp_path, cmd):
     home = tmp_path / "home"
     home.write_text("a file, not a directory")
-    r = run(cmd, home, timeout=FAST)
+    r = run_in_process(cmd, home)
     assert r.returncode == 2 and one_line_error(r), r.stdout + r.stderr[-2000:]
     assert "is a file, not a directory; set SAGE_HOME" in r.stdout and "Traceback" not in r.stderr
     assert home.read_text() == "a file, not a directory"
@@ -59,7 +59,7 @@ def test_a_data_root_that_is_a_file_fails_before_any_compute(tmp_path, cmd):
 
 def test_a_spec_that_names_nothing_fails_before_any_work(tmp_path):
     home = tmp_path / "home"
-    r = run(["evaluate", "--tiny", "--saes", "zoo:nope"], home, timeout=FAST)
+    r = run_in_process(["evaluate", "--tiny", "--saes", "zoo:nope"], home)
     assert r.returncode == 2 and one_line_error(r), r.stdout + r.stderr[-2000:]
     assert "zoo SAE sage-test/nope does not exist" in r.stdout and "sage zoo info" in r.stdout
     assert not (home / "zoo").exists(), "the zoo must not be built for a spec that names nothing"
@@ -67,8 +67,8 @@ def test_a_spec_that_names_nothing_fails_before_any_work(tmp_path):
 
 def test_py_specs_typed_on_the_command_line_are_allowed_to_load(tmp_path):
     """The CLI allows the code its user named: the check reaches the module lookup (not the permission)."""
-    r = run(["evaluate", "--tiny", "--saes", "py:no_such_module_anywhere:make"], tmp_path / "home", timeout=FAST,
-            env={"SAGE_ALLOW_PY_SPECS": ""})
+    r = run_in_process(["evaluate", "--tiny", "--saes", "py:no_such_module_anywhere:make"], tmp_path / "home",
+                       env={"SAGE_ALLOW_PY_SPECS": ""})
     assert r.returncode == 2 and one_line_error(r), r.stdout + r.stderr[-2000:]
     assert "cannot find module 'no_such_module_anywhere'" in r.stdout and "SAGE_ALLOW_PY_SPECS" not in r.stdout
 
@@ -76,10 +76,10 @@ def test_py_specs_typed_on_the_command_line_are_allowed_to_load(tmp_path):
 @pytest.mark.parametrize("model", ["Qwen/Qwen-1_8B", "microsoft/phi-1"])
 def test_a_model_that_runs_remote_code_needs_the_flag(tmp_path, model):
     home = tmp_path / "home"
-    r = run(["evaluate", "--model", model, "--saes", "no-such-release/x"], home, timeout=FAST)
+    r = run_in_process(["evaluate", "--model", model, "--saes", "no-such-release/x"], home)
     assert r.returncode == 2 and one_line_error(r) and "--trust-remote-code" in r.stdout, r.stdout + r.stderr[-2000:]
     # with the flag the model check passes; the next check (the SAE spec) answers, still before any download
-    r = run(["evaluate", "--model", model, "--trust-remote-code", "--saes", "no-such-release/x"], home, timeout=FAST)
+    r = run_in_process(["evaluate", "--model", model, "--trust-remote-code", "--saes", "no-such-release/x"], home)
     assert r.returncode == 2 and one_line_error(r) and "unknown SAELens release 'no-such-release'" in r.stdout, \
         r.stdout + r.stderr[-2000:]
     assert not (home / "zoo").exists()
