@@ -10,6 +10,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from flows.evaluate import _short
 from sage_core.attribution import LocateConfig
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -62,12 +63,23 @@ def _zoo_manifest(name: str) -> dict:
     return {"spec": f"zoo:{name}", "name": name, "hook": name.split("--")[0], "source": "zoo"}
 
 
-def _reached_units(names: list[str], sections) -> set[str]:
+def _identity_brackets(home: Path, model_name: str, sections) -> frozenset[tuple[str, str]]:
+    """The brackets of `sections` whose projector P_c is the identity (there projection == difference)."""
+    from sage_core import mapping as mp
+    from storage.home import SageHome
+    from storage.zoo import load_model
+
+    m = load_model(SageHome(home).model_dir(model_name))
+    brackets = {mp.bracket(c.hook) for c in sections if mp.is_sublayer(c.hook)}
+    return frozenset(b for b in brackets if mp.projection_is_difference(m, *b))
+
+
+def _reached_units(names: list[str], sections, same=frozenset()) -> set[str]:
     """Names of the trained units `evaluate` plans for zoo SAEs `names` that reach one of `sections`."""
     from flows.evaluate import plan_units
     from sage_core.config import EvaluateConfig
 
-    units = plan_units([_zoo_manifest(n) for n in names], sections, EvaluateConfig())
+    units = plan_units([_zoo_manifest(n) for n in names], sections, EvaluateConfig(), same)
     return {u.name for u in units if u.kind == "trained" and any(u.reaches(c) for c in sections)}
 
 
@@ -116,13 +128,17 @@ def test_full_run_outputs(full_run):
     for task in cfg.tasks:
         sections = _sections(scores, task)
         assert sections, task
-        expected = _reached_units(names, sections)
+        same = _identity_brackets(home, cfg.model.name, sections)
+        expected = _reached_units(names, sections, same)
         trained = set(board.filter((pl.col("task") == task) & (pl.col("kind") == "trained"))["sae"])
         assert trained == expected, (task, trained ^ expected)
         sublayer[task] = [c for c in sections if c.hook.endswith(("attn_out", "mlp_out", "hook_z"))]
         mappings = set(board.filter(pl.col("task") == task)["mapping"])
         if sublayer[task]:
-            assert {"native", "projection", "difference", "control"} <= mappings, (task, mappings)
+            assert {"native", "projection", "control"} <= mappings, (task, mappings)
+            # a bracket whose projector is the identity is scored once, as projection: no difference row repeats it
+            diff = board.filter((pl.col("task") == task) & (pl.col("mapping") == "difference"))["sae"].to_list()
+            assert not [d for d in diff if any(f"[{_short(b)}->{_short(a)}]" in d for b, a in same)], (diff, same)
             assert "projection" in set(scores.filter(pl.col("task") == task)["mapping"])
     assert any(sublayer.values()), f"no sub-layer cross-section was kept on any task: {sublayer}"
     assert {"native", "projection"} <= set(scores["mapping"].unique())

@@ -53,22 +53,36 @@ def test_home_layout(tmp_path, monkeypatch):
 
 
 def test_zoo_record_is_trusted_only_while_everything_it_names_is_whole(tmp_path):
+    import json
+
+    from storage.atomic import file_digest
     from storage.hashing import file_hash
     from storage.home import SageHome
-    from storage.zoo import read_zoo_record, write_zoo_record
+    from storage.zoo import MODEL_FILES, model_hash, read_zoo_record, write_zoo_record
 
     h = SageHome(tmp_path)
-    h.model_dir("m").mkdir(parents=True)
-    (h.model_dir("m") / "_MODEL_COMPLETE.json").write_text("{}")
-    ds = tmp_path / "prompts.parquet"
-    ds.write_bytes(b"data")
+    with write_once(h.tokenizer_dir("m"), kind="tokenizer") as tmp:
+        (tmp / "tokenizer.json").write_text("{}")
+    model_dir = h.model_dir("m")
+    for name in MODEL_FILES:
+        (model_dir / name).write_text(f"{name} bytes")
+    files = {n: {"size": (model_dir / n).stat().st_size, "digest": file_digest(model_dir / n)} for n in MODEL_FILES}
+    (model_dir / "_MODEL_COMPLETE.json").write_text(json.dumps({"files": files}))
+    with write_once(h.dataset_dir("ioi", "k"), kind="prompts") as tmp:
+        (tmp / "prompts.parquet").write_bytes(b"data")
+    ds = h.prompts_path("ioi", "k")
     with write_once(h.sae_dir("m", "s1"), kind="sae") as tmp:
         (tmp / "cfg.json").write_text("{}")
-    m = {"path": str(ds), "hash": file_hash(ds)}
-    write_zoo_record(h, "m", "k1", {"datasets": [m], "corpus": m})
+    m = {"path": h.relative(ds), "hash": file_hash(ds)}
+    write_zoo_record(h, "m", "k1", {"model": {"hash": model_hash(model_dir)}, "datasets": [m], "corpus": m,
+                                    "saes": [{"name": "s1"}]})
     assert read_zoo_record(h, "m", "k1", ["s1"]) is not None
     assert read_zoo_record(h, "m", "k2", ["s1"]) is None  # another config or code
     assert read_zoo_record(h, "m", "k1", ["s1", "s2"]) is None  # a planned SAE is missing
+    (model_dir / "model.safetensors").write_text("other weights")
+    assert read_zoo_record(h, "m", "k1", ["s1"]) is None  # the model changed on disk
+    (model_dir / "model.safetensors").write_text("model.safetensors bytes")
+    assert read_zoo_record(h, "m", "k1", ["s1"]) is not None
     ds.write_bytes(b"changed")
     assert read_zoo_record(h, "m", "k1", ["s1"]) is None  # a dataset changed on disk
 
@@ -112,3 +126,21 @@ def test_saving_a_model_leaves_the_model_in_memory_usable(tmp_path, tokenizer):
     tokens = torch.tensor([[tokenizer.bos_token_id, 5, 6]])
     loaded = zoo.load_model(h.model_dir("m"))
     assert torch.allclose(model(tokens), loaded(tokens), atol=1e-6)
+
+
+def test_a_model_whose_files_changed_is_not_complete_and_names_the_file(tmp_path):
+    import json
+
+    from storage.atomic import file_digest
+    from storage.zoo import MODEL_FILES, model_is_complete, model_problem
+
+    for name in MODEL_FILES:
+        (tmp_path / name).write_text(f"{name} bytes")
+    assert not model_is_complete(tmp_path)  # no marker yet
+    (tmp_path / "_MODEL_COMPLETE.json").write_text(json.dumps({"model_hash": "x"}))
+    assert "before SAGE recorded checksums" in model_problem(tmp_path)  # an old marker: rebuilt
+    files = {n: {"size": (tmp_path / n).stat().st_size, "digest": file_digest(tmp_path / n)} for n in MODEL_FILES}
+    (tmp_path / "_MODEL_COMPLETE.json").write_text(json.dumps({"files": files}))
+    assert model_is_complete(tmp_path)
+    (tmp_path / "model.safetensors").write_text("model.safetensors byteZ")  # same size, other bytes
+    assert "model.safetensors changed" in model_problem(tmp_path) and not model_is_complete(tmp_path)
