@@ -144,3 +144,40 @@ def test_a_model_whose_files_changed_is_not_complete_and_names_the_file(tmp_path
     assert model_is_complete(tmp_path)
     (tmp_path / "model.safetensors").write_text("model.safetensors byteZ")  # same size, other bytes
     assert "model.safetensors changed" in model_problem(tmp_path) and not model_is_complete(tmp_path)
+
+
+def test_a_failed_table_or_record_write_leaves_nothing_behind(tmp_path, monkeypatch):
+    """A full disk during a zoo table or a flow record: the old file is kept and no temp file is left (issue #15
+    item 12), rerun after rerun."""
+    import errno
+    import os
+    from pathlib import Path
+
+    import polars as pl
+    import pytest
+
+    from storage.records import write_record
+    from storage.zoo import write_table
+
+    table, record = tmp_path / "t.parquet", tmp_path / "r.json"
+    write_table(table, pl.DataFrame({"a": [1]}))
+    write_record(record, "k", {"a": 1})
+    before = table.read_bytes(), record.read_bytes()
+
+    def full_parquet(_df, path, *_a, **_kw):
+        Path(path).write_bytes(b"PAR1 half a table")  # the disk fills midway: a partial file is there
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def full_text(path, *_a, **_kw):
+        path.write_bytes(b'{"half')
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(pl.DataFrame, "write_parquet", full_parquet)
+    monkeypatch.setattr(Path, "write_text", full_text)
+    for _ in range(2):
+        with pytest.raises(OSError):
+            write_table(table, pl.DataFrame({"a": [2]}))
+        with pytest.raises(OSError):
+            write_record(record, "k", {"a": 2})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json", "t.parquet"]
+    assert (table.read_bytes(), record.read_bytes()) == before
