@@ -146,7 +146,12 @@ def _console_without_tracebacks(verbose: bool) -> None:
 def _prefect_run_setup(verbose: bool) -> None:
     """Before a flow runs from the CLI: tracebacks off the console, the temporary server tied to this process."""
     _console_without_tracebacks(verbose)
-    _server_dies_with_cli()
+    try:
+        _server_dies_with_cli()
+    except (AttributeError, TypeError, ImportError) as exc:
+        # it leans on Prefect internals; where they differ, Prefect starts (and at exit stops) its server itself
+        console.print(f"[yellow]note:[/] the temporary Prefect server is not tied to this process ({exc}); a kill -9 "
+                      "may leave it running")
 
 
 def _zoo_config(tiny: bool, tasks: str | None):
@@ -562,18 +567,17 @@ def print_verdicts(verdicts) -> None:
 
 
 def _latest_report(h) -> Path:
-    from storage.atomic import is_complete
+    from storage.reports import latest_report
 
-    runs = [d for d in h.reports_root().glob("*") if d.is_dir() and is_complete(d)] if h.reports_root().is_dir() else []
-    if not runs:
-        raise FileNotFoundError(f"no report under {h.reports_root()}; run `sage evaluate` first")
-    return max(runs, key=lambda d: (d / "_COMPLETE.json").stat().st_mtime)
+    return latest_report(h.reports_root())
 
 
 def _units_scored(root: Path, since: float) -> int:
     """Scoring units whose parts were written since `since` (cached ones write nothing)."""
-    parts = root / "scores" / "parts"
-    return sum(1 for m in parts.glob("*/_COMPLETE.json") if m.stat().st_mtime >= since) if parts.is_dir() else 0
+    from storage.home import SageHome
+    from storage.scores import parts_written_since
+
+    return parts_written_since(SageHome(root).score_parts(), since)
 
 
 def _watch_scoring(root: Path, since: float, done_event) -> None:

@@ -104,7 +104,9 @@ def evaluate(cfg: EvaluateConfig = EvaluateConfig(), home: str | None = None, ru
         raise ValueError(f"no SAEs given for {cfg.pretrained}: pass --saes (a SAELens release/sae_id or directory); "
                          "the zoo's SAEs belong to the built-in model")
     if cfg.saes:  # a spec that names nothing fails before any work
-        zoo_names = [] if cfg.pretrained else [s.name for s in plan_zoo(zcfg).specs]
+        # the zoo's SAEs as built or as the zoo build will make them (the CLI checks the same names)
+        zoo_names = [] if cfg.pretrained else sorted({s.name for s in plan_zoo(zcfg).specs}
+                                                     | set(list_zoo_saes(h, name)))
         check_specs(list(cfg.saes), h, name, zoo_names)
     if cfg.pretrained:
         zoo = prepare_pretrained(pretrained=cfg.pretrained, cfg=zcfg, home=root)
@@ -193,8 +195,10 @@ def evaluate(cfg: EvaluateConfig = EvaluateConfig(), home: str | None = None, ru
                                        if core and c in core[0]]) if core else pl.DataFrame()
     board = leaderboard(scores, units_df, core_df)
     fail_df = pl.DataFrame(failures, schema={"sae": pl.String, "stage": pl.String, "error": pl.String})
+    # what failed, not the wording of its error (which may name a temp path or a hub's passing state)
     run_key = output_key("evaluate", dict(model=model, ground_truth=gt["hash"], parts=sorted(part_hashes),
-                                          failures=failures, core=core), ("flows.evaluate",))
+                                          failures=sorted((f["sae"], f["stage"]) for f in failures), core=core),
+                         ("flows.evaluate",))
     run = run or f"run-{run_key[:12]}"
     meta = {"run": run, "run_key": run_key, "model": cfg.pretrained or name, "model_hash": model["hash"], "tasks": tasks,
             "n_saes": len(specs), "created": time.strftime("%Y-%m-%d %H:%M:%S"), "ground_truth": gt["path"]}

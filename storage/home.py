@@ -63,7 +63,11 @@ class SageHome:
 
     def relative(self, path: str | Path) -> str:
         """`path` as stored in records: relative to the root, '/'-separated, so a moved or copied root still reads."""
-        p = Path(path).resolve()
+        p = Path(path)
+        p = p if p.is_absolute() else p.resolve()
+        # lexically first: a directory under the root may be a symlink to another disk, and is still the root's
+        if not p.is_relative_to(self.root):
+            p = p.resolve()
         if not p.is_relative_to(self.root):
             raise ValueError(f"{p} is not under the data root {self.root}; only paths inside SAGE_HOME are recorded")
         return p.relative_to(self.root).as_posix()
@@ -137,9 +141,12 @@ class SageHome:
         return self.root / "ground_truth" / "records" / f"{key}.json"
 
     # scores and reports
+    def score_parts(self) -> Path:
+        return self.root / "scores" / "parts"
+
     def score_part(self, key: str) -> Path:
         """One scoring unit (an SAE, or a projected pair) on one task."""
-        return self.root / "scores" / "parts" / key
+        return self.score_parts() / key
 
     def section_reference(self, key: str) -> Path:
         """What every SAE at one task's cross-sections is judged against (shared by all of them)."""

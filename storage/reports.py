@@ -14,7 +14,8 @@ import matplotlib.pyplot as plt
 import polars as pl
 
 from sage_core.report_plots import f1_heatmap, metric_panels, ranked_saes, summary_markdown
-from storage.atomic import StoreError, is_complete, write_once
+from storage.atomic import MARKER, StoreError, is_complete, write_once
+from storage.integrity import read_parquet
 from storage.scores import frames_digest, refuse_other_run
 
 PLOT_METRICS = ("summary", "explained_variance", "sufficiency", "necessity", "edit_accuracy_k4", "f1_mean", "mcc")
@@ -83,11 +84,11 @@ def write_report(out_dir: Path, scores: pl.DataFrame, leaderboard: pl.DataFrame,
 
 
 def read_report(out_dir: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(scores, leaderboard) of a complete report."""
+    """(scores, leaderboard) of a complete report, checked against its marker (a damaged file is named)."""
     out_dir = Path(out_dir)
-    if not is_complete(out_dir):
+    if not (out_dir / MARKER).is_file():
         raise StoreError(f"no complete report at {out_dir}; run `sage evaluate` first")
-    return pl.read_parquet(out_dir / "scores.parquet"), pl.read_parquet(out_dir / "leaderboard.parquet")
+    return read_parquet(out_dir / "scores.parquet", out_dir), read_parquet(out_dir / "leaderboard.parquet", out_dir)
 
 
 def read_failures(out_dir: Path) -> pl.DataFrame:
@@ -96,4 +97,14 @@ def read_failures(out_dir: Path) -> pl.DataFrame:
     if not is_complete(out_dir):
         raise StoreError(f"no complete report at {out_dir}; run `sage evaluate` first")
     p = out_dir / "failures.parquet"
-    return pl.read_parquet(p) if p.is_file() else pl.DataFrame(schema={"sae": pl.String, "error": pl.String})
+    return read_parquet(p, out_dir) if p.is_file() else pl.DataFrame(schema={"sae": pl.String, "error": pl.String})
+
+
+def latest_report(reports_root: Path) -> Path:
+    """The report written last (by its marker's time), whole or not: a damaged latest report is named when it is
+    read, never passed over for an older one."""
+    root = Path(reports_root)
+    runs = [d for d in root.glob("*") if (d / MARKER).is_file()] if root.is_dir() else []
+    if not runs:
+        raise StoreError(f"no report under {root}; run `sage evaluate` first")
+    return max(runs, key=lambda d: (d / MARKER).stat().st_mtime)

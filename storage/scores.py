@@ -20,7 +20,7 @@ from sage_core.ground_truth import CrossSection
 from sage_core.results import score_frame
 from sage_core.scoring import SectionReference
 from storage import ground_truth as gt_store
-from storage.atomic import StoreError, is_complete, read_marker, write_once
+from storage.atomic import MARKER, StoreError, is_complete, read_marker, write_once
 from storage.hashing import stable_hash
 from storage.integrity import load_safetensors, read_json, read_parquet
 
@@ -98,8 +98,11 @@ def refuse_other_run(d: Path, identity: dict[str, str]) -> bool:
     """True when `d` is already complete with this `identity` (an identical rerun: reuse it), False when it is absent
     or incomplete; a StoreError naming another --run when it holds another evaluation, which is never kept silently
     while this run's results are published, nor overwritten."""
-    if not is_complete(d):
+    if not Path(d).exists():
         return False
+    if not is_complete(d):  # another run's directory that is damaged (or not SAGE's): never written over
+        raise StoreError(f"{d} exists but is not a whole evaluation (damaged or foreign); pass another --run (e.g. "
+                         f"--run {Path(d).name}-2), or delete that directory to replace it")
     old = read_marker(d)
     same = (old.get("run_key") == identity["run_key"] if old.get("run_key") and identity.get("run_key")
             else old.get("content") == identity["content"])
@@ -128,3 +131,10 @@ def read_run(d: Path) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
         raise StoreError(f"no complete run at {d}; run `sage evaluate` first")
     return tuple(read_parquet(Path(d) / f, Path(d)) for f in ("scores.parquet", "leaderboard.parquet",
                                                               "failures.parquet"))
+
+
+def parts_written_since(parts_root: Path, since: float) -> int:
+    """Scoring parts finished (marked complete) since `since`: cached units write nothing, so this counts the units
+    computed in a run."""
+    root = Path(parts_root)
+    return sum(1 for m in root.glob(f"*/{MARKER}") if m.stat().st_mtime >= since) if root.is_dir() else 0

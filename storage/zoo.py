@@ -78,10 +78,13 @@ def model_is_complete(path: Path) -> bool:
 def model_problem(path: Path) -> str | None:
     """Why the model at `path` cannot be used (one line), or None when it is whole."""
     path = Path(path)
+    marker = path / "_MODEL_COMPLETE.json"
+    if not marker.is_file():
+        return f"model at {path} is missing or incomplete (no {marker.name})"
     try:
-        files = json.loads((path / "_MODEL_COMPLETE.json").read_text()).get("files")
-    except (OSError, ValueError):
-        return f"model at {path} is missing or incomplete"
+        files = json.loads(marker.read_text()).get("files")
+    except (OSError, ValueError) as e:  # the cause is part of the answer: an unreadable marker is not a missing one
+        return f"model marker {marker} is unreadable ({e})"
     if not isinstance(files, dict):
         return f"model at {path} was written before SAGE recorded checksums of its files"
     for name, want in files.items():

@@ -110,3 +110,59 @@ def test_a_report_under_a_reused_name_with_other_content_is_refused(tmp_path):
         write_report(d, _scores(), _leaderboard(), fails, {"run": "r", "run_key": "k2"})
     assert "\n" not in str(e.value)
     assert read_report(d)[1].height == _leaderboard().height
+
+
+def test_writing_a_run_over_the_zoo_root_is_refused_by_storage_itself(tmp_path):
+    """Defence in depth: a path that reached write_run without the name check (the zoo root, holding complete SAEs)
+    is never replaced."""
+    from storage.atomic import StoreError
+    from storage.scores import write_run
+
+    h = SageHome(tmp_path)
+    sae = _zoo(h)
+    with pytest.raises(StoreError):
+        write_run(h.root / "zoo", *_frames(0.25), {"run": "zoo"})
+    assert is_complete(sae) and (sae / "sae_weights.safetensors").read_bytes() == b"weights"
+
+
+def test_a_damaged_run_under_the_name_is_not_written_over(tmp_path):
+    from storage.atomic import StoreError
+    from storage.scores import write_run
+
+    d = SageHome(tmp_path).scores_dir("r")
+    write_run(d, *_frames(0.25), {"run": "r"})
+    (d / "leaderboard.parquet").write_bytes(b"damaged")
+    with pytest.raises(StoreError, match="--run") as e:
+        write_run(d, *_frames(0.75), {"run": "r"})
+    assert len(str(e.value).splitlines()) == 1
+    assert (d / "leaderboard.parquet").read_bytes() == b"damaged" and (d / "scores.parquet").is_file()
+
+
+def test_relative_keeps_a_symlinked_subdirectory_inside_the_root(tmp_path):
+    elsewhere = tmp_path / "other-disk" / "activations"
+    elsewhere.mkdir(parents=True)
+    h = SageHome(tmp_path / "home")
+    h.root.mkdir()
+    (h.root / "activations").symlink_to(elsewhere)
+    store = h.root / "activations" / "m" / "s.zarr"
+    assert h.relative(store) == "activations/m/s.zarr"
+    assert h.at(h.relative(store)) == store
+
+
+def test_a_damaged_latest_report_is_named_not_passed_over(tmp_path):
+    import time
+
+    from storage.atomic import StoreError, write_once
+    from storage.reports import latest_report, read_report
+
+    h = SageHome(tmp_path)
+    scores, board, _ = _frames(0.25)
+    for run in ("old", "new"):
+        with write_once(h.report_dir(run), {"run": run}, kind="report") as tmp:
+            scores.write_parquet(tmp / "scores.parquet")
+            board.write_parquet(tmp / "leaderboard.parquet")
+        time.sleep(0.05)
+    (h.report_dir("new") / "leaderboard.parquet").write_bytes(b"damaged")
+    assert latest_report(h.reports_root()) == h.report_dir("new")
+    with pytest.raises(StoreError, match="leaderboard.parquet"):
+        read_report(latest_report(h.reports_root()))
