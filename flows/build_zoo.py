@@ -54,8 +54,9 @@ def build_zoo(cfg: ZooConfig = ZooConfig(), home: str | None = None, refresh: bo
 
 
 def zoo_key(cfg: ZooConfig) -> str:
-    """A zoo build is valid for its config and the code its tasks run (the same key function as theirs)."""
-    return output_key("build-zoo", {"cfg": cfg}, ("tasks.zoo",))
+    """A zoo build is valid for its config and the code it runs: this flow, its plan of the SAEs (`zoo_plan` sets each
+    one's spec and training settings) and its tasks (the same key function as theirs)."""
+    return output_key("build-zoo", {"cfg": cfg}, ("flows.build_zoo",))
 
 
 def zoo_if_whole(cfg: ZooConfig, home: SageHome) -> dict[str, Any] | None:

@@ -70,10 +70,10 @@ def tokenizer_manifest(h: SageHome, name: str) -> dict[str, str]:
 def fit_key(model: dict, tok: dict, cfg: ZooConfig, locate_cfg: LocateConfig, per_group: int,
             methods: tuple[str, ...] | list[str], tasks: list[str]) -> str:
     """Everything that decides the fit flow's output: model and tokenizer content, dataset and search settings, and
-    the code of the stages it runs (the same key function as theirs)."""
+    the code it runs: this flow's wiring, the location search's, and their stages' (the same key function as theirs)."""
     return output_key("fit", dict(model=model, tok=tok, cfg=cfg, locate_cfg=locate_cfg, per_group=per_group,
                                   methods=list(methods), tasks=list(tasks)),
-                      ("tasks.zoo", "tasks.locate", "tasks.capture", "tasks.fit"))
+                      ("flows.fit", "flows.locate", "tasks.zoo", "tasks.locate", "tasks.capture", "tasks.fit"))
 
 
 def ground_truth_if_whole(cfg: ZooConfig, locate_cfg: LocateConfig, home: SageHome, per_group: int,

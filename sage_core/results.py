@@ -113,54 +113,6 @@ def matched_controls(scores: pl.DataFrame) -> pl.DataFrame:
                                            pl.col("random").mean().alias("random_same"))
 
 
-LOWER_IS_BETTER = ("l0", "edit_magnitude_k4", "kl", "dead_share")
-CLOSER_TO_ONE = ("sufficiency",)  # overshooting the clean logit difference is as far off as falling short
-# why the random control is (or is not) a floor for a metric; metrics not named here compare its decoder, with the
-# best codes that decoder allows, against the trained SAE's
-CONTROL_NOTES = {
-    "f1_mean": "its active features are fixed before it sees a prompt, so its F1 is chance: 2p / (1 + p) for a value "
-               "of share p (0.667 for a balanced binary attribute); at or below it, no feature tells the value "
-               "better than an always-on one",
-    "coverage": "share of values with F1 >= 0.6, which chance F1 already reaches for a balanced binary attribute "
-                "(0.667): coverage cannot separate SAEs on binary attributes",
-    "l0": "set by construction (random_k codes per prompt): a sparsity setting, not a quality comparison",
-    "mcc": "decoder directions only",
-}
-NOT_MEASURED = "not measured for the random control (core metrics: native SAEs on background text only)"
-RANDOM_FLOOR_SCHEMA = {"task": pl.String, "metric": pl.String, "better": pl.String, "random": pl.Float64,
-                       "n_trained": pl.Int64, "n_better": pl.Int64, "share_better": pl.Float64, "note": pl.String}
-
-
-def random_floor(board: pl.DataFrame) -> pl.DataFrame:
-    """Per task and metric: how many trained SAEs do better than the random control (leaderboard means over each
-    one's cross-sections). Better is higher, lower (`LOWER_IS_BETTER`) or closer to 1 (`CLOSER_TO_ONE`); a tie is not
-    better; trained SAEs without a value are not counted. With several random rows, the best of them is the floor."""
-    rows = []
-    metrics = [m for m in (*LEADERBOARD_METRICS, *CORE_METRICS) if m in board.columns]
-    for (task,), g in board.group_by("task", maintain_order=True):
-        for m in metrics:
-            direction = "lower" if m in LOWER_IS_BETTER else "closer to 1" if m in CLOSER_TO_ONE else "higher"
-
-            def goodness(col: pl.DataFrame, m=m, direction=direction) -> list[float]:
-                v = col[m].cast(pl.Float64).fill_nan(None)
-                v = 1 - (1 - v).abs() if direction == "closer to 1" else -v if direction == "lower" else v
-                return [x for x in v.to_list() if x is not None]
-
-            randoms = goodness(g.filter(pl.col("kind") == "random"))
-            trained = goodness(g.filter(pl.col("kind") == "trained"))
-            floor = max(randoms) if randoms else None
-            n_better = sum(t > floor for t in trained) if floor is not None else None
-            raw = None if floor is None else (-floor if direction == "lower" else floor)
-            if direction == "closer to 1" and floor is not None:  # report the control's own value, not its closeness
-                raw = next(v for v in g.filter(pl.col("kind") == "random")[m].cast(pl.Float64).fill_nan(None)
-                           if v is not None and 1 - abs(1 - v) == floor)
-            rows.append({"task": task, "metric": m, "better": direction, "random": raw, "n_trained": len(trained),
-                         "n_better": n_better, "share_better": n_better / len(trained) if trained and
-                         n_better is not None else None,
-                         "note": CONTROL_NOTES.get(m, "") if floor is not None else NOT_MEASURED})
-    return pl.DataFrame(rows, schema=RANDOM_FLOOR_SCHEMA)
-
-
 QUALITY_BAR = 0.8  # sufficiency, necessity and edit accuracy a cross-section must reach (issue #5)
 MIN_GAIN = 0.1  # edit accuracy must beat the no-intervention floor by this much, or there is nothing to judge
 MIN_FOLLOW = 0.5  # share of the patch's changed predictions an edit must reproduce to count as following the patch

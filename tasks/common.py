@@ -9,19 +9,23 @@ as the cache key (`StageCache`), and the flow records use it too.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, Literal
 
 from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
+from prefect.filesystems import LocalFileSystem
 from prefect.serializers import Serializer
 from pydantic import BaseModel
 
 from storage import records
+from storage.atomic import StoreError
 from storage.hashing import stable_hash, stage_code_version
 from storage.home import SageHome
 
@@ -50,8 +54,22 @@ def output_key(stage: str, inputs: dict[str, Any], modules: tuple[str, ...]) -> 
 
 
 def task_key(task, inputs: dict[str, Any]) -> str:
-    """`output_key` of a task: the stage is the task's name, the code its module's."""
-    return output_key(task.name, inputs, (task.fn.__module__,))
+    """`output_key` of a task: the stage is the task's name, the code its module's, the inputs those its cache policy
+    selects (a zoo task keys on the parts of the zoo config it reads, not the whole config)."""
+    select = getattr(task.cache_policy, "key_inputs", None)
+    return output_key(task.name, select(inputs) if select else inputs, (task.fn.__module__,))
+
+
+def cfg_parts(**parts: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """Key inputs of a task taking the zoo config `cfg`: its other inputs, and of `cfg` only the named attribute paths
+    (`prompts="prompts", n_ctx="model.n_ctx"`), so a setting the task never reads does not move its key."""
+    getters = {name: attrgetter(path) for name, path in parts.items()}
+
+    def select(inputs: dict[str, Any]) -> dict[str, Any]:
+        cfg = inputs["cfg"]
+        return {**{k: v for k, v in inputs.items() if k != "cfg"}, **{n: get(cfg) for n, get in getters.items()}}
+
+    return select
 
 
 def log() -> logging.Logger | logging.LoggerAdapter:
@@ -99,9 +117,31 @@ def result_dir(home: SageHome) -> Path:
     return home.prefect_results()
 
 
+class SageRecords(LocalFileSystem):
+    """The cache record store: Prefect loads a record with whatever serializer the record names, so a record that does
+    not name ours (a pickle planted in a shared data root) is refused here, at every read, never handed to it: Prefect
+    takes the refusal as a missing record (a miss) when it checks for one, and as an error if it vanishes between
+    that check and the read."""
+
+    def _only_ours(self, path: str, content: bytes) -> bytes:
+        if serializer_of(content) != SERIALIZER:
+            raise ValueError(f"cache record {self._resolve_path(path)} is not a SAGE JSON record; refusing to load it")
+        return content
+
+    async def aread_path(self, path: str) -> bytes:
+        return self._only_ours(path, await super().aread_path(path))
+
+    def read_path(self, path: str, **kwargs: Any) -> bytes:
+        return self._only_ours(path, LocalFileSystem.read_path(self, path, _sync=True))
+
+
 def in_home(task, home: SageHome):
     """`task` with its cache records in `home` (every entry point, the CLI or a deployment's worker, shares them)."""
-    return task.with_options(result_storage=result_dir(home), result_serializer=ManifestSerializer())
+    out = task.with_options(result_serializer=ManifestSerializer())
+    # set after construction: Prefect's constructor asks a block instance to be saved on the server (for remote task
+    # workers); a Path, which it takes, becomes the same unsaved local store this is, less the refusal
+    out.result_storage = SageRecords(basepath=str(result_dir(home)))
+    return out
 
 
 # -- the cache policy ----------------------------------------------------------------------------------------------
@@ -135,6 +175,7 @@ class StageCache(CachePolicy):
     (`check`): otherwise one log line names what is wrong, the record is dropped and the task recomputes."""
 
     check: Check | None = whole_dir
+    key_inputs: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # see `task_key`
 
     def compute_key(self, task_ctx: TaskRunContext, inputs: dict[str, Any], flow_parameters: dict[str, Any],
                     **kwargs: Any) -> str | None:
@@ -146,34 +187,61 @@ class StageCache(CachePolicy):
         path = Path(resolve(key))
         if not path.is_file():
             return key
-        raw = path.read_bytes()
-        # Prefect loads a record with the serializer the record names: one that is not ours (a pickle planted in a
-        # shared data root) is dropped unread, so the task recomputes and overwrites it
-        problem = None if serializer_of(raw) == SERIALIZER else f"cache record {path} is not a SAGE JSON record"
-        if problem is None and self.check is not None and "home" in inputs:
-            manifest = ManifestSerializer().loads(json.loads(raw)["result"].encode())
-            problem = self.check(manifest, SageHome(inputs["home"]), key)
+        try:
+            problem = self._record_problem(path, inputs, key)
+        # a tampered record (not a manifest) or one naming a path outside the data root: Prefect would log a
+        # traceback and stop persisting this task's result, keeping the bad record; drop it instead
+        except (ValueError, KeyError, TypeError, AttributeError, OSError) as exc:
+            problem = f"cache record {path} is unreadable ({type(exc).__name__}: {exc})"
         if problem is not None:
             log().warning(f"{task_ctx.task.name}: {problem}: recomputing it")
             path.unlink(missing_ok=True)
         return key
 
+    def _record_problem(self, path: Path, inputs: dict[str, Any], key: str) -> str | None:
+        raw = path.read_bytes()
+        # not ours (a pickle planted in a shared data root): dropped unread, so the task recomputes and overwrites
+        # it (`SageRecords` refuses it again at read time, should it be swapped in after this look)
+        if serializer_of(raw) != SERIALIZER:
+            return f"cache record {path} is not a SAGE JSON record"
+        if self.check is None or "home" not in inputs:
+            return None
+        manifest = ManifestSerializer().loads(json.loads(raw)["result"].encode())
+        if not isinstance(manifest, dict):
+            return f"cache record {path} holds no manifest"
+        return self.check(manifest, SageHome(inputs["home"]), key)
+
+
+# OS errors a retry cannot mend: a full or read-only disk, no permission
+LASTING_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+def _transient(exc: BaseException | None) -> bool:
+    if isinstance(exc, TimeoutError):
+        return True
+    return (isinstance(exc, OSError) and exc.errno not in LASTING_ERRNOS
+            and not isinstance(exc, FileNotFoundError | PermissionError | IsADirectoryError))
+
 
 def transient_only(task, task_run, state) -> bool:
-    """Retry I/O hiccups (a shared filesystem, a busy disk); never retry a bad input or a bug."""
+    """Retry I/O hiccups (a shared filesystem, a busy disk), raw or behind the StoreError a store write turns them
+    into; never retry a bad input, a bug, a full or read-only disk."""
     try:
         state.result()
-    except (OSError, TimeoutError) as exc:
-        return not isinstance(exc, FileNotFoundError | PermissionError | IsADirectoryError)
-    except Exception:
-        return False
+    except StoreError as exc:
+        return _transient(exc.__cause__)
+    except Exception as exc:
+        return _transient(exc)
     return False
 
 
-def stage_options(check: Check | None = whole_dir) -> dict[str, Any]:
-    """Decorator options of a cached SAGE task whose output `check` verifies on every cache hit."""
-    return dict(cache_policy=StageCache(check=check), persist_result=True, result_serializer=ManifestSerializer(),
-                retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=transient_only)
+def stage_options(check: Check | None = whole_dir,
+                  key_inputs: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Decorator options of a cached SAGE task whose output `check` verifies on every cache hit (`key_inputs`: what
+    of its inputs its key is made of, all of them by default)."""
+    return dict(cache_policy=StageCache(check=check, key_inputs=key_inputs), persist_result=True,
+                result_serializer=ManifestSerializer(), retries=2, retry_delay_seconds=[2, 10],
+                retry_condition_fn=transient_only)
 
 
 UNCACHED: dict[str, Any] = dict(persist_result=False, retries=2, retry_delay_seconds=[2, 10],

@@ -27,6 +27,7 @@ from storage.hashing import dir_hash, file_hash, stable_hash
 from storage.home import SageHome
 from tasks.common import (
     UNCACHED,
+    cfg_parts,
     log,
     needs_build,
     same_file,
@@ -61,7 +62,8 @@ def zoo_vocabulary(cfg: ZooConfig) -> set[str]:
     return words
 
 
-@task(name="make-tokenizer", **stage_options(whole_keyed_dir))
+# each zoo task keys on the parts of the zoo config it reads (`cfg_parts`): an SAE setting retrains that SAE only
+@task(name="make-tokenizer", **stage_options(whole_keyed_dir, cfg_parts(tasks="tasks", model_name="model.name")))
 def make_tokenizer(cfg: ZooConfig, home: str) -> Manifest:
     key = task_key(make_tokenizer, locals())  # first line: locals() are the parameters
     h = SageHome(home)
@@ -71,7 +73,7 @@ def make_tokenizer(cfg: ZooConfig, home: str) -> Manifest:
     return {"path": h.relative(path), "hash": dir_hash(path)}
 
 
-@task(name="make-dataset", **stage_options(whole_parent))
+@task(name="make-dataset", **stage_options(whole_parent, cfg_parts(prompts="prompts", n_ctx="model.n_ctx")))
 def make_dataset(task_name: str, cfg: ZooConfig, tokenizer: Manifest, home: str) -> Manifest:
     key = task_key(make_dataset, locals())
     h = SageHome(home)
@@ -84,7 +86,8 @@ def make_dataset(task_name: str, cfg: ZooConfig, tokenizer: Manifest, home: str)
     return {"task": task_name, "path": h.relative(path), "hash": file_hash(path)}
 
 
-@task(name="make-corpus", **stage_options(whole_parent))
+@task(name="make-corpus", **stage_options(whole_parent, cfg_parts(tasks="tasks", corpus="corpus", seed="prompts.seed",
+                                                               heldout_fraction="heldout_fraction")))
 def make_corpus(cfg: ZooConfig, tokenizer: Manifest, home: str) -> Manifest:
     key = task_key(make_corpus, locals())
     h = SageHome(home)
@@ -109,7 +112,7 @@ def _corpus_tokens(h: SageHome, corpus: Manifest, split: str, pad_id: int) -> to
     return model_mod.pad_sequences(df["tokens"].to_list(), pad_id)
 
 
-@task(name="train-model", **stage_options(model_check))
+@task(name="train-model", **stage_options(model_check, cfg_parts(model="model", train="train")))
 def train_model(cfg: ZooConfig, tokenizer: Manifest, corpus: Manifest, home: str) -> Manifest:
     key = task_key(train_model, locals())
     h = SageHome(home)
@@ -137,7 +140,8 @@ def train_model(cfg: ZooConfig, tokenizer: Manifest, corpus: Manifest, home: str
 
     losses = model_mod.train_model(model, tokens, tok.pad_token_id, cfg.train, on_step=on_step)
     meta = {"key": key, "build_key": build_key, "train_seconds": time.perf_counter() - t0, "final_loss": losses[-1],
-            "first_loss": losses[0], "n_sequences": len(tokens), "config": cfg.model_dump(mode="json")}
+            "first_loss": losses[0], "n_sequences": len(tokens),
+            "config": {"model": cfg.model.model_dump(mode="json"), "train": cfg.train.model_dump(mode="json")}}
     zoo_store.save_model(h, cfg.model.name, model, meta)
     return {"path": h.relative(path), "hash": zoo_store.model_hash(path), "build_key": build_key}
 
@@ -187,7 +191,8 @@ def evaluate_model(model: Manifest, datasets: list[Manifest], home: str) -> Mani
     return {"path": h.relative(path), "hash": file_hash(path), "rows": rows}
 
 
-@task(name="capture-sae-activations", **stage_options(whole_dir))
+@task(name="capture-sae-activations", **stage_options(whole_dir, cfg_parts(
+    model_name="model.name", n_tokens="saes.n_tokens", n_eval_tokens="saes.n_eval_tokens")))
 def capture_sae_activations(cfg: ZooConfig, model: Manifest, corpus: Manifest, hooks: list[str], home: str) -> Manifest:
     """One forward pass over corpus tokens caches every hook the zoo trains on (train and held-out sets)."""
     key = task_key(capture_sae_activations, locals())
@@ -204,7 +209,7 @@ def capture_sae_activations(cfg: ZooConfig, model: Manifest, corpus: Manifest, h
     return {"path": h.relative(path), "hash": key}
 
 
-@task(name="train-sae", **stage_options(whole_keyed_dir))
+@task(name="train-sae", **stage_options(whole_keyed_dir, cfg_parts(model_name="model.name")))
 def train_sae(spec: sae_zoo.SAESpec, cfg: ZooConfig, model: Manifest, acts: Manifest, home: str) -> Manifest:
     """An SAE's directory name says only hook, architecture and width: its marker holds the key (spec, training
     settings, model, activations, code), and an SAE under this name with another key is retrained and swapped."""
@@ -224,7 +229,8 @@ def train_sae(spec: sae_zoo.SAESpec, cfg: ZooConfig, model: Manifest, acts: Mani
     return {"name": spec.name, "path": h.relative(path), "hash": dir_hash(path)}
 
 
-@task(name="evaluate-saes", **stage_options(same_file))
+@task(name="evaluate-saes", **stage_options(same_file, cfg_parts(model_name="model.name",
+                                                                n_ce_sequences="saes.n_ce_sequences")))
 def evaluate_saes(cfg: ZooConfig, model: Manifest, saes: list[Manifest], acts: Manifest, corpus: Manifest,
                   home: str) -> Manifest:
     """Explained variance, L0, dead share on held-out activations; CE loss recovered on held-out text."""

@@ -63,7 +63,9 @@ def test_a_report_change_moves_no_key(edit_module):
     from sage_core.config import ZooConfig
 
     before, zoo_before = _keys(), zoo_key(ZooConfig.tiny())
-    for name in ("sage_core.report_plots", "storage.reports", "flows.cli"):
+    from sage_core.report_plots import random_floor  # the report's reading of the leaderboard
+
+    for name in ("sage_core.report_plots", "storage.reports", "flows.cli", random_floor.__module__):
         edit_module(name)
     assert _keys() == before and zoo_key(ZooConfig.tiny()) == zoo_before
 
@@ -114,3 +116,155 @@ def test_manifests_persist_as_plain_json_and_other_records_are_refused():
     planted = ResultRecord(metadata=ResultRecordMetadata(serializer=PickleSerializer(), storage_key="k2"),
                            result=pickle.dumps)
     assert serializer_of(planted.serialize()) == "pickle"
+
+
+def _zoo_keys(cfg) -> dict[str, str]:
+    """The key of each zoo stage for `cfg`, its upstream manifests held fixed (their own keys are checked here too)."""
+    from sage_core.zoo_plan import plan_zoo
+    from tasks import zoo
+    from tasks.common import task_key
+
+    tok, corpus = {"path": "t", "hash": "h-tok"}, {"path": "c", "hash": "h-corpus"}
+    model, acts = {"path": "m", "hash": "h-model"}, {"path": "a", "hash": "h-acts"}
+    plan = plan_zoo(cfg)
+    base = {"cfg": cfg, "home": "/h"}
+    return {
+        "make-tokenizer": task_key(zoo.make_tokenizer, base),
+        "make-dataset": task_key(zoo.make_dataset, {**base, "task_name": cfg.tasks[0], "tokenizer": tok}),
+        "make-corpus": task_key(zoo.make_corpus, {**base, "tokenizer": tok}),
+        "train-model": task_key(zoo.train_model, {**base, "tokenizer": tok, "corpus": corpus}),
+        "capture-sae-activations": task_key(zoo.capture_sae_activations,
+                                            {**base, "model": model, "corpus": corpus, "hooks": plan.hooks}),
+        "train-sae": task_key(zoo.train_sae, {**base, "spec": plan.specs[0], "model": model, "acts": acts}),
+    }
+
+
+def _changed(a: dict[str, str], b: dict[str, str]) -> set[str]:
+    return {k for k in a if a[k] != b[k]}
+
+
+def test_an_sae_setting_moves_that_sae_key_only():
+    """README: change an SAE's settings and the next build retrains that SAE, not the data, model or activations."""
+    from sage_core.config import ZooConfig
+
+    cfg = ZooConfig.tiny()
+    saes = cfg.saes
+    assert _changed(_zoo_keys(cfg), _zoo_keys(cfg.model_copy(update={"saes": saes.model_copy(
+        update={"epochs": saes.epochs * 2})}))) == {"train-sae"}
+    # another width or an extra SAE adds SAEs: the first one, and everything upstream, keep their keys
+    more = saes.model_copy(update={"widths": (*saes.widths, 16), "extra": (*saes.extra, *saes.extra)})
+    assert _changed(_zoo_keys(cfg), _zoo_keys(cfg.model_copy(update={"saes": more}))) == set()
+
+
+def test_model_training_settings_do_not_move_the_data_keys():
+    from sage_core.config import ZooConfig
+
+    cfg = ZooConfig.tiny()
+    other = cfg.model_copy(update={"train": cfg.train.model_copy(update={"steps": cfg.train.steps + 1})})
+    assert _changed(_zoo_keys(cfg), _zoo_keys(other)) == {"train-model"}
+    prompts = cfg.model_copy(update={"prompts": cfg.prompts.model_copy(update={"n_test": cfg.prompts.n_test + 1})})
+    assert _changed(_zoo_keys(cfg), _zoo_keys(prompts)) == {"make-dataset"}
+
+
+def test_the_flow_records_follow_the_flows_code(edit_module):
+    """The zoo record depends on zoo_plan (each SAE's spec and settings) and the flow; the fit record on its wiring."""
+    from flows.build_zoo import zoo_key
+    from flows.fit import fit_key
+    from sage_core.attribution import LocateConfig
+    from sage_core.config import ZooConfig
+
+    cfg = ZooConfig.tiny()
+    m, tok = {"path": "m", "hash": "h-model"}, {"path": "t", "hash": "h-tok"}
+
+    def keys():
+        return zoo_key(cfg), fit_key(m, tok, cfg, LocateConfig(), 2, ["lda"], list(cfg.tasks))
+
+    for module, which in (("sage_core.zoo_plan", 0), ("flows.build_zoo", 0), ("flows.locate", 1), ("flows.fit", 1)):
+        before = keys()
+        edit_module(module)
+        assert keys()[which] != before[which], module
+
+
+def test_transient_only_retries_a_disk_hiccup_behind_a_store_error():
+    import errno
+
+    from storage.atomic import StoreError
+    from tasks.common import transient_only
+
+    class State:
+        def __init__(self, exc):
+            self.exc = exc
+
+        def result(self):
+            raise self.exc
+
+    def wrapped(code: int | None) -> StoreError:
+        try:
+            try:
+                raise OSError(code, "disk") if code is not None else ValueError("bad input")
+            except (OSError, ValueError) as exc:
+                raise StoreError("could not write x") from exc
+        except StoreError as exc:
+            return exc
+
+    assert transient_only(None, None, State(wrapped(errno.EIO)))
+    assert transient_only(None, None, State(OSError(errno.EIO, "disk")))
+    for code in (errno.ENOSPC, errno.EROFS, errno.EACCES):
+        assert not transient_only(None, None, State(wrapped(code))), code
+        assert not transient_only(None, None, State(OSError(code, "disk"))), code
+    assert not transient_only(None, None, State(wrapped(None)))
+    assert not transient_only(None, None, State(StoreError("no cause: a bad store")))
+
+
+def _record_ctx(tmp_path):
+    """A task context for `StageCache.compute_key` of make-tokenizer, its records under tmp_path/records."""
+    from types import SimpleNamespace
+
+    from storage.home import SageHome
+    from tasks import zoo
+    from tasks.common import in_home
+
+    task = in_home(zoo.make_tokenizer, SageHome(tmp_path / "home"))
+    return SimpleNamespace(task=task, result_store=SimpleNamespace(result_storage=task.result_storage))
+
+
+@pytest.mark.parametrize("result", ['"{}"', '"[1, 2]"', "3", '"not json"'])
+def test_a_tampered_record_is_dropped_in_one_line(tmp_path, caplog, result):
+    from pathlib import Path
+
+    from sage_core.config import ZooConfig
+    from tasks.common import StageCache
+
+    ctx = _record_ctx(tmp_path)
+    inputs = {"cfg": ZooConfig.tiny(), "home": str(tmp_path / "home")}
+    key = StageCache().compute_key(ctx, inputs, {})
+    path = Path(ctx.result_store.result_storage._resolve_path(key))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"metadata": {"serializer": {"type": "sage-json"}, "storage_key": "k"}})[:-1]
+                    + f', "result": {result}}}')
+    with caplog.at_level("WARNING"):
+        assert StageCache().compute_key(ctx, inputs, {}) == key
+    assert not path.exists()
+    lines = [r for r in caplog.records if str(path) in r.getMessage()]
+    assert len(lines) == 1 and not lines[0].exc_info, caplog.text
+
+
+def test_the_result_store_refuses_a_record_not_naming_the_sage_serializer(tmp_path):
+    """The refusal is at read time: whatever compute_key saw, Prefect is never handed a pickle to load."""
+    from prefect.results import ResultRecord, ResultRecordMetadata, ResultStore
+    from prefect.serializers import PickleSerializer
+
+    from tasks.common import ManifestSerializer
+
+    storage = _record_ctx(tmp_path).result_store.result_storage
+    store = ResultStore(result_storage=storage, serializer=ManifestSerializer())
+    good = ResultRecord(metadata=ResultRecordMetadata(serializer=ManifestSerializer(), storage_key="good"),
+                        result={"path": "p"})
+    storage.write_path("good", good.serialize(), _sync=True)
+    assert store.exists("good") and store.read("good").result == {"path": "p"}
+    planted = ResultRecord(metadata=ResultRecordMetadata(serializer=PickleSerializer(), storage_key="bad"),
+                           result="planted")
+    storage.write_path("bad", planted.serialize(), _sync=True)
+    assert not store.exists("bad")
+    with pytest.raises(ValueError, match="not a SAGE JSON record"):
+        store.read("bad")

@@ -250,7 +250,7 @@ def _floor_board() -> pl.DataFrame:
 
 
 def test_share_of_trained_saes_above_the_random_control_by_hand():
-    from sage_core.results import random_floor
+    from sage_core.report_plots import random_floor
 
     t = {r["metric"]: r for r in random_floor(_floor_board()).iter_rows(named=True)}
     want = {"summary": (1, 3), "explained_variance": (2, 3), "sufficiency": (2, 3), "necessity": (2, 2),
