@@ -123,6 +123,8 @@ class SageRecords(LocalFileSystem):
     takes the refusal as a missing record (a miss) when it checks for one, and as an error if it vanishes between
     that check and the read."""
 
+    _block_type_name = "SAGE Cache Records"  # its own block type: LocalFileSystem's stays registered as it is
+
     def _only_ours(self, path: str, content: bytes) -> bytes:
         if serializer_of(content) != SERIALIZER:
             raise ValueError(f"cache record {self._resolve_path(path)} is not a SAGE JSON record; refusing to load it")
