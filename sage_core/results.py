@@ -7,31 +7,18 @@ metrics on background text.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import polars as pl
 from pydantic import BaseModel, Field
 
-Kind = Literal["trained", "oracle", "random"]
-MappingName = Literal["native", "projection", "difference", "control"]
+from sage_core.score_rows import SCORE_SCHEMA, Kind, MappingName, ScoreRow, score_frame, sufficiency_closeness
+
+__all__ = ["SCORE_SCHEMA", "Kind", "MappingName", "ScoreRow", "score_frame", "sufficiency_closeness"]
+
 
 LEADERBOARD_METRICS = ("summary", "explained_variance", "l0", "sufficiency", "faithfulness", "necessity",
                        "edit_accuracy_k1",
                        "edit_accuracy_k4", "edit_gain_k4", "edit_magnitude_k4", "f1_mean", "coverage", "mcc")
 CORE_METRICS = ("ce_loss_recovered", "kl", "core_explained_variance", "core_l0", "dead_share")
-
-
-class ScoreRow(BaseModel):
-    """One measurement: metric `metric` of SAE `sae` on `task` at cross-section (hook, head, role) under `mapping`."""
-
-    sae: str
-    task: str
-    hook: str
-    head: int | None = None
-    role: str
-    mapping: MappingName
-    metric: str = Field(description="e.g. explained_variance, sufficiency, edit_accuracy_k4, f1:io=Mary, summary")
-    value: float | None
 
 
 class LeaderboardRow(BaseModel):
@@ -66,14 +53,6 @@ class LeaderboardRow(BaseModel):
 
 def json_schemas() -> dict[str, dict]:
     return {"ScoreRow": ScoreRow.model_json_schema(), "LeaderboardRow": LeaderboardRow.model_json_schema()}
-
-
-SCORE_SCHEMA = {"sae": pl.String, "task": pl.String, "hook": pl.String, "head": pl.Int64, "role": pl.String,
-                "mapping": pl.String, "metric": pl.String, "value": pl.Float64}
-
-
-def score_frame(rows: list[dict]) -> pl.DataFrame:
-    return pl.DataFrame(rows, schema=SCORE_SCHEMA) if rows else pl.DataFrame(schema=SCORE_SCHEMA)
 
 
 def leaderboard(scores: pl.DataFrame, units: pl.DataFrame, core: pl.DataFrame) -> pl.DataFrame:
@@ -123,12 +102,6 @@ BAR_TEXT = (f"bar: sufficiency, necessity and edit accuracy >= {QUALITY_BAR}, ed
 VERDICT_SCHEMA = {"task": pl.String, "attribute": pl.String, "verdict": pl.String, "hook": pl.String, "head": pl.Int64,
                   "role": pl.String, "method": pl.String, "sufficiency": pl.Float64, "necessity": pl.Float64,
                   "edit_accuracy": pl.Float64, "no_intervention": pl.Float64, "reason": pl.String}
-
-
-def sufficiency_closeness(col: str = "sufficiency") -> pl.Expr:
-    """1 - |1 - sufficiency|: 1 is best, and overshooting the clean logit difference counts as far off as falling
-    short of it."""
-    return 1 - (1 - pl.col(col)).abs()
 
 
 def short_hook(hook: str) -> str:

@@ -18,8 +18,8 @@ from pydantic import BaseModel, ConfigDict
 from sage_core import mapping as mp
 from sage_core.core_eval import core_metrics
 from sage_core.ground_truth import CrossSection, build_sets, section_slice, split_rows
-from sage_core.results import Kind, MappingName, sufficiency_closeness
 from sage_core.sae_source import LoadedSAE, check_sae
+from sage_core.score_rows import Kind, MappingName, sufficiency_closeness
 from sage_core.scoring import (
     ScoreConfig,
     SectionReference,
