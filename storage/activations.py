@@ -18,7 +18,9 @@ not recorded, and the result is bitwise identical to an uninterrupted run.
 Opening a store checks every chunk file (size, then checksum; remembered per process while the file is unchanged)
 and every read re-checks the chunks it reads before zarr decodes them, so a damaged chunk is named in one line
 (store, chunk, hook) instead of reaching Blosc. Resuming a capture drops the records of damaged chunks, so the
-capture rewrites exactly those.
+capture rewrites exactly those. A chunk's pass writes its prompt-derived files (`tokens`, `role_pos`) too, from the
+prompt table the capture was given (`attach_prompts`), and computes from that table, never from the store's own copy:
+what a chunk's record lists is only ever what that pass wrote.
 """
 
 from __future__ import annotations
@@ -97,6 +99,7 @@ class ActivationStore:
         self._group: zarr.Group | None = None
         self._arrays: dict[str, zarr.Array] = {}
         self._ndims: dict[str, int] | None = None
+        self._prompts: dict[str, np.ndarray] | None = None
 
     # -- layout ----------------------------------------------------------------------------------------------------
     @property
@@ -106,8 +109,8 @@ class ActivationStore:
         return self._group
 
     def _array(self, name: str) -> zarr.Array:
-        if name not in self._arrays:
-            self._arrays[name] = self.group[name]
+        if name not in self._arrays:  # every chunk a pass writes is a file, zeros too: its record lists it
+            self._arrays[name] = self.group[name].with_config({"write_empty_chunks": True})
         return self._arrays[name]
 
     @property
@@ -156,6 +159,18 @@ class ActivationStore:
             return False
         return True
 
+    def problem(self) -> str | None:
+        """Why this store is not finished and whole (one line naming the file at fault), or None."""
+        if not self.path.is_dir():
+            return f"{self.path} is missing"
+        if not isinstance(self._marker().get("files"), dict):
+            return f"{self.path} is unfinished (no marker listing its files)"
+        try:
+            self.verify()
+        except StoreError as exc:
+            return str(exc).split("; ")[0]
+        return None
+
     def done_chunks(self) -> set[int]:
         d = self.path / "_progress"
         return {int(p.stem) for p in d.glob("*.json")} if d.is_dir() else set()
@@ -194,9 +209,17 @@ class ActivationStore:
             if mine != identity:
                 raise StoreError(f"{path} holds activations of another request {mine}; refusing to mix them")
             store._check_metadata()
-            bad = store.drop_damaged_chunks()
-            if bad:
-                _log.warning(f"{path}: chunks {bad} changed since they were captured; recapturing them")
+            store.attach_prompts(tokens, lengths, role_pos)
+            damaged = store._damaged_chunks()
+            if damaged:
+                _log.warning(f"{path}: recapturing what changed since capture: {'; '.join(damaged.values())}")
+                store.drop_damaged_chunks()
+            if not (path / MARKER).is_file():  # unchecked by any marker: rewrite the prompt-derived arrays
+                with _quiet_zarr():
+                    store.group["length"][:] = lengths
+                    store.group["prompt_id"][:] = np.asarray(prompt_ids, dtype=object)
+                    if roles:
+                        store.group["role"][:] = np.asarray(roles, dtype=object)
             return store
         n, width = tokens.shape
         group = zarr.open_group(str(path), mode="w", zarr_format=3)
@@ -223,7 +246,34 @@ class ActivationStore:
                 hook, shape=(n, n_pos, *trailing), chunks=(chunk_prompts, n_pos, *trailing),
                 dtype=_storage_dtype(dtype), dimension_names=("prompt", "position", *names), fill_value=0,
                 attributes={"coordinates": "prompt_id", "sage_dtype": dtype}, **small)
-        return cls(path)
+        store = cls(path)
+        store.attach_prompts(tokens, lengths, role_pos)
+        return store
+
+    def attach_prompts(self, tokens: np.ndarray, lengths: np.ndarray, role_pos: np.ndarray | None = None) -> None:
+        """The prompt table's arrays (as `create_or_resume` takes them) that capturing computes from and writes."""
+        want = {"tokens": self.group["tokens"].shape, "length": self.group["length"].shape}
+        got = {"tokens": np.shape(tokens), "length": np.shape(lengths)}
+        if "role_pos" in self.group:
+            want["role_pos"], got["role_pos"] = self.group["role_pos"].shape, np.shape(role_pos)
+        if got != want:
+            raise StoreError(f"{self.path} holds prompts of shapes {want}, the prompt table gives {got}; "
+                             f"delete the store and rerun the capture")
+        self._prompts = {"tokens": np.asarray(tokens, dtype=np.int32), "length": np.asarray(lengths, dtype=np.int32)}
+        if "role_pos" in self.group:
+            self._prompts["role_pos"] = np.asarray(role_pos, dtype=np.int32)
+
+    def prompt_chunk(self, i: int) -> dict[str, np.ndarray]:
+        """Chunk `i`'s rows of the attached prompt table: `tokens`, `length` and (with roles) `role_pos`."""
+        if self._prompts is None:
+            raise StoreError(f"{self.path}: capturing needs the prompt table; open the store with "
+                             f"`tasks.capture.open_or_create_store` (or `attach_prompts`)")
+        start, stop = self.chunk_range(i)
+        return {name: a[start:stop] for name, a in self._prompts.items()}
+
+    def _prompt_files(self, i: int) -> dict[str, np.ndarray]:
+        """The per-chunk prompt-derived arrays a chunk's pass writes (everything of `prompt_chunk` but `length`)."""
+        return {k: v for k, v in self.prompt_chunk(i).items() if k != "length"}
 
     def write_chunk(self, i: int, arrays: dict[str, np.ndarray], writers: int = 1) -> None:
         """Write chunk `i` of every hook (float32 in, stored dtype on disk), then record it as done."""
@@ -233,6 +283,7 @@ class ActivationStore:
         # a codec chain we do not encode ourselves: zarr's own pipeline
         start, stop = self.chunk_range(i)
         jobs = [(self._array(h).async_array, to_storage(arrays[h], self.attrs["dtype"])) for h in self.hooks]
+        jobs += [(self._array(name).async_array, a) for name, a in self._prompt_files(i).items()]
 
         async def write_all() -> None:
             await asyncio.gather(*[arr.setitem(slice(start, stop), data) for arr, data in jobs])
@@ -249,18 +300,19 @@ class ActivationStore:
         for hook in self.hooks:
             if arrays[hook].shape[0] != stop - start:
                 raise StoreError(f"chunk {i} of {hook}: got {arrays[hook].shape[0]} prompts, expected {stop - start}")
-        encoders = {h: _chunk_encoder(self._array(h)) for h in self.hooks}
+        data = {**{h: to_storage(arrays[h], dtype) for h in self.hooks}, **self._prompt_files(i)}
+        encoders = {name: _chunk_encoder(self._array(name)) for name in data}
         if not all(encoders.values()):
             return None
         digest = self.checksum
 
-        def encode_one(h: str) -> tuple[str, tuple[bytes, str]]:
-            payload = encoders[h](_pad_chunk(to_storage(arrays[h], dtype), self._array(h).chunks))
-            return h, (payload, digest(payload))
+        def encode_one(name: str) -> tuple[str, tuple[bytes, str]]:
+            payload = encoders[name](_pad_chunk(data[name], self._array(name).chunks))
+            return name, (payload, digest(payload))
 
-        # every hook at once: Blosc and the hash release the GIL
-        with ThreadPoolExecutor(max_workers=min(len(self.hooks), max(2, os.cpu_count() or 1))) as pool:
-            return dict(pool.map(encode_one, self.hooks))
+        # every array at once: Blosc and the hash release the GIL
+        with ThreadPoolExecutor(max_workers=min(len(data), max(2, os.cpu_count() or 1))) as pool:
+            return dict(pool.map(encode_one, data))
 
     def write_encoded(self, i: int, encoded: EncodedChunk, writers: int = 1) -> None:
         """The I/O half: write the files of `encode_chunk(i, ...)` (on `writers` threads), then record chunk `i` as
@@ -293,12 +345,14 @@ class ActivationStore:
         return {name: "/".join([name, "c", str(i), *["0"] * (ndim - 1)]) for name, ndim in self._ndims.items()}
 
     def _record(self, i: int, known: dict[str, str] | None = None) -> None:
-        """Record chunk `i` as done with the checksum of each of its files (`known`: checksums of bytes just written,
-        so they are not read back)."""
-        known = known or {}
+        """Record chunk `i` as done with the checksum of each of its files, every one written by this chunk's pass
+        (`known`: checksums of the bytes just written; without it, zarr just wrote them and they are read back)."""
         digest = self.checksum
-        hashes = {name: known.get(name) or _file_digest(self.path / rel, digest)
-                  for name, rel in self._chunk_files(i).items()}
+        files = self._chunk_files(i)
+        if known is not None and set(known) != set(files):
+            raise StoreError(f"chunk {i} of {self.path}: wrote {sorted(known)}, not every file {sorted(files)}")
+        hashes = {name: known[name] if known is not None else _file_digest(self.path / rel, digest)
+                  for name, rel in files.items()}
         d = self.path / "_progress"
         d.mkdir(exist_ok=True)
         tmp = d / f".{i:06d}.json.tmp-{os.getpid()}-{threading.get_ident()}"
@@ -383,21 +437,21 @@ class ActivationStore:
                 verify_dir(self.path)  # the chunks passed above: what fails here is metadata, not rewritten by resuming
             except StoreError as exc:
                 raise StoreError(f"{self.path} is corrupt ({str(exc).split('; ')[0]}); delete the store and rerun "
-                                 f"the capture") from None
+                                 f"the capture") from exc
 
     def _chunk_record(self, i: int) -> dict[str, str]:
         rec = self.path / "_progress" / f"{i:06d}.json"
         try:
             return json.loads(rec.read_bytes())
-        except (OSError, ValueError):
-            raise StoreError(f"{self.path} is corrupt: chunk {i} has no readable record; {_RECAPTURE}") from None
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"{self.path} is corrupt: {_no_record(i, rec, exc)}; {_RECAPTURE}") from exc
 
     def _chunk_problem(self, i: int, names: list[str] | None = None) -> str | None:
         """Why chunk `i` (of `names`, default every array) cannot be trusted, or None."""
         try:
             want = self._chunk_record(i)
-        except StoreError:
-            return f"chunk {i} has no readable record"
+        except StoreError as exc:
+            return _no_record(i, self.path / "_progress" / f"{i:06d}.json", exc.__cause__)
         sizes = self._marker().get("files")
         digest = self.checksum
         for name, rel in self._chunk_files(i).items():
@@ -439,12 +493,17 @@ class ActivationStore:
     def drop_damaged_chunks(self) -> list[int]:
         """Forget every recorded chunk whose files changed since they were written (and the marker, if any was), so
         resuming the capture rewrites exactly those chunks. Returns their indices."""
-        bad = [i for i in sorted(self.done_chunks()) if self._chunk_problem(i)]
+        bad = sorted(self._damaged_chunks())
         if bad:
             (self.path / MARKER).unlink(missing_ok=True)
             for i in bad:
                 (self.path / "_progress" / f"{i:06d}.json").unlink(missing_ok=True)
         return bad
+
+    def _damaged_chunks(self) -> dict[int, str]:
+        """Each recorded chunk whose files changed since they were written, with what is wrong (naming the file)."""
+        problems = {i: self._chunk_problem(i) for i in sorted(self.done_chunks())}
+        return {i: p for i, p in problems.items() if p}
 
     def _chunks_of(self, prompts: slice | np.ndarray) -> range | np.ndarray:
         if isinstance(prompts, slice):
@@ -502,6 +561,12 @@ class ActivationStore:
 
 
 _RECAPTURE = "rerun the capture (e.g. `sage capture`, or the command that captured it): it rewrites damaged chunks"
+
+
+def _no_record(i: int, rec: Path, exc: BaseException | None) -> str:
+    """One line: chunk `i`'s record `rec` cannot be read, and why (the OS's or the JSON parser's words)."""
+    why = (exc.strerror or str(exc)) if isinstance(exc, OSError) else str(exc).splitlines()[0] if exc else "unknown"
+    return f"chunk {i} has no readable record ({rec.name}: {why})"
 
 
 @contextmanager

@@ -20,6 +20,7 @@ from transformer_lens import HookedTransformer
 from sage_core.capture import CaptureRequest, capture_batch, check_hooks, chunk_prompts, dim_names, hook_trailing_shapes
 from sage_core.model import pad_sequences
 from storage.activations import ActivationStore
+from storage.atomic import StoreError
 from storage.datasets import read_prompts
 from storage.hashing import file_hash, stable_hash, stage_code_version
 from storage.home import SageHome
@@ -131,19 +132,20 @@ def compute_chunk(
     store: ActivationStore, model: HookedTransformer, i: int, arrays: dict[str, np.ndarray], batch_size: int
 ) -> None:
     """Fill `arrays` (a float32 buffer per hook, as long as chunk `i`) with the activations of chunk `i`'s prompts, in
-    forward batches of `batch_size`; positions past a prompt's length are zeroed."""
-    g = store.group
+    forward batches of `batch_size`; positions past a prompt's length are zeroed. The prompts come from the prompt
+    table attached to the store, not from its `tokens` array, which a damaged chunk may have damaged too."""
     start, stop = store.chunk_range(i)
-    tokens = torch.as_tensor(g["tokens"][start:stop], dtype=torch.long)
-    roles = "role_pos" in g
-    role_pos = torch.as_tensor(g["role_pos"][start:stop], dtype=torch.long) if roles else None
+    rows = store.prompt_chunk(i)
+    tokens = torch.as_tensor(rows["tokens"], dtype=torch.long)
+    roles = "role_pos" in rows
+    role_pos = torch.as_tensor(rows["role_pos"], dtype=torch.long) if roles else None
     hooks = list(arrays)
     for b in range(0, stop - start, batch_size):
         sl = slice(b, b + batch_size)
         capture_batch(model, tokens[sl], hooks, role_pos[sl] if roles else None,
                       out={h: a[sl] for h, a in arrays.items()})
     if not roles:  # zero the padding: deterministic, and it compresses to nothing
-        pad = np.arange(tokens.shape[1])[None, :] >= g["length"][start:stop][:, None]
+        pad = np.arange(tokens.shape[1])[None, :] >= rows["length"][:, None]
         for a in arrays.values():
             a[pad] = 0
 
@@ -175,14 +177,14 @@ def write_schedule(model: HookedTransformer) -> WriteSchedule:
     return "background" if (os.cpu_count() or 1) > torch.get_num_threads() + 1 else "io"
 
 
-def store_there(m: Manifest, home: SageHome, key: str) -> str | None:
-    """A store, finished or not, is at the manifest's path (finishing and verifying it is `finalize_capture`'s)."""
-    path = home.at(m["path"])
-    return None if path.is_dir() else f"{path} is missing"
+def store_whole(m: Manifest, home: SageHome, key: str) -> str | None:
+    """The store at the manifest's path is finished and whole. Otherwise the task reruns and resumes it, which drops
+    the records of damaged chunks, so the shards recapture exactly those (a cache hit would skip them)."""
+    return ActivationStore(home.at(m["path"])).problem()
 
 
 # -- Prefect tasks -------------------------------------------------------------------------------------------------
-@task(name="prepare-capture", **stage_options(store_there))
+@task(name="prepare-capture", **stage_options(store_whole))
 def prepare_capture(model: Manifest, dataset: Manifest, request: CaptureRequest, home: str) -> Manifest:
     """Create the store (or find it finished, or unfinished to resume). Returns its path and chunk count.
 
@@ -196,7 +198,9 @@ def prepare_capture(model: Manifest, dataset: Manifest, request: CaptureRequest,
     else:
         m = load_model(h.at(model["path"]))
         store = open_or_create_store(path, m, read_prompts(h.at(dataset["path"])), request, identity)
-    return {"path": h.relative(path), "n_chunks": store.n_chunks, **identity}
+    # the shards compute from (and write the prompt-derived files of) the prompt table itself
+    return {"path": h.relative(path), "n_chunks": store.n_chunks, "prompts_path": h.relative(h.at(dataset["path"])),
+            **identity}
 
 
 @task(name="capture-shard", **UNCACHED)
@@ -213,6 +217,7 @@ def capture_shard(
     if s.is_complete():
         return {"shard": shard, "written": 0, "device": device}
     m = load_model(h.at(model["path"]), device)
+    attach_prompt_table(s, h.at(store["prompts_path"]), store["dataset_hash"], m)
     n = capture_chunks(s, m, request.batch_size, list(range(shard, s.n_chunks, n_shards)))
     return {"shard": shard, "written": n, "device": device}
 
@@ -226,6 +231,15 @@ def finalize_capture(store: Manifest, shards: list[Manifest], home: str) -> Mani
     content = s.finalize() if not s.is_complete() else ActivationStore.open(s.path).content_hash()
     return {"path": store["path"], "hash": content, "n_chunks": s.n_chunks,
             "model_hash": store["model_hash"], "dataset_hash": store["dataset_hash"]}
+
+
+def attach_prompt_table(store: ActivationStore, path, dataset_hash: str, model: HookedTransformer) -> None:
+    """Give `store` the prompt table it was created from (read whole, and the very table: its hash is the store's)."""
+    if file_hash(path) != dataset_hash:
+        raise StoreError(f"{path} is not the prompt table {store.path} was captured from (its hash changed); "
+                         f"rerun the capture flow, which rebuilds both")
+    pa = prompt_arrays(read_prompts(path), model.tokenizer.pad_token_id if model.tokenizer else 0)
+    store.attach_prompts(pa["tokens"], pa["lengths"], pa["role_pos"] if "role_pos" in store.group else None)
 
 
 def model_manifest(home: SageHome, name: str) -> Manifest:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import polars as pl
@@ -154,7 +155,7 @@ def test_a_store_written_before_format_2_keeps_its_sha256_checksums(tmp_path, mo
     req = CaptureRequest(hooks=HOOKS, chunk_mb=0.02, batch_size=16)
     store = open_or_create_store(tmp_path / "old.zarr", model, prompts, req, IDENT)
     del store.group.attrs["checksum"]
-    store = ActivationStore(store.path)
+    store = open_or_create_store(store.path, model, prompts, req, IDENT)  # resumed: attributes read afresh
     capture_chunks(store, model, 16)
     store.finalize()
     chunk = store.path / HOOKS[1] / "c" / "0" / "0" / "0" / "0"
@@ -378,6 +379,72 @@ def test_reads_of_undamaged_chunks_still_work_and_resuming_repairs_the_damaged_o
     assert again.finalize() == good
     np.testing.assert_array_equal(ActivationStore.open(store.path).read(HOOKS[0]), before)
     assert is_whole(store.path)
+
+
+@pytest.mark.parametrize("positions,array,compression", [("all", "tokens", "none"), ("all", "tokens", "lz4"),
+                                                         ("roles", "role_pos", "none")])
+def test_resuming_rewrites_damaged_prompt_chunks_from_the_prompt_table(tmp_path, model, prompts, caplog, positions,
+                                                                       array, compression):
+    """Damaged tokens (or role positions) of a chunk: the resumed capture computes from the prompt table and writes
+    that chunk's prompt files again, so neither wrong activations nor the damaged file's digest are ever recorded."""
+    store = make(tmp_path / "s.zarr", model, prompts, positions=positions, compression=compression)
+    good, before = store.content_hash(), store.read(HOOKS[0])
+    rel = store._chunk_files(1)[array]
+    raw = np.frombuffer((store.path / rel).read_bytes(), np.uint8).copy()
+    if compression == "none":  # wrong values that still decode: the silent case
+        raw.view("<i4")[: raw.size // 8] += 1
+    else:
+        raw[raw.size // 2: raw.size // 2 + 3] ^= 0xFF
+    time.sleep(0.05)
+    (store.path / rel).write_bytes(raw.tobytes())
+    req = CaptureRequest(hooks=HOOKS, chunk_mb=0.02, batch_size=16, positions=positions, compression=compression)
+    with caplog.at_level("WARNING", logger="storage.activations"):
+        again = open_or_create_store(store.path, model, prompts, req, IDENT)
+    assert capture_chunks(again, model, 16) == 1
+    assert again.finalize() == good
+    np.testing.assert_array_equal(ActivationStore.open(store.path).read(HOOKS[0]), before)
+    assert [r.getMessage() for r in caplog.records if rel in r.getMessage()], "the damaged file is named"
+    assert all("\n" not in r.getMessage() for r in caplog.records)
+
+
+def test_a_chunk_pass_records_only_files_it_wrote(tmp_path, model, prompts):
+    """The prompt files of a chunk come from the attached prompt table in that chunk's pass; a store without one
+    cannot be filled (it would record files it did not write)."""
+    req = CaptureRequest(hooks=HOOKS, chunk_mb=0.02, batch_size=16)
+    store = open_or_create_store(tmp_path / "s.zarr", model, prompts, req, IDENT)
+    tokens = store.path / store._chunk_files(0)["tokens"]
+    tokens.write_bytes(b"not a chunk")
+    assert capture_chunks(store, model, 16, chunks=[0]) == 1
+    assert store._chunk_problem(0) is None and tokens.read_bytes() != b"not a chunk"
+    with pytest.raises(StoreError, match="needs the prompt table"):
+        capture_chunks(ActivationStore(store.path), model, 16, chunks=[1])
+
+
+def test_an_unreadable_chunk_record_keeps_its_cause(tmp_path, model, prompts):
+    store = make(tmp_path / "s.zarr", model, prompts)
+    rec = store.path / "_progress" / "000001.json"
+    rec.write_text("{not json")
+    with pytest.raises(StoreError) as e:
+        store._chunk_record(1)
+    assert isinstance(e.value.__cause__, ValueError) and "Expecting property name" in str(e.value)
+    rec.unlink()
+    rec.mkdir()
+    with pytest.raises(StoreError) as e:
+        ActivationStore.open(store.path)
+    assert "\n" not in str(e.value) and "000001.json" in str(e.value) and "Is a directory" in str(e.value)
+
+
+def test_the_capture_stage_cache_hit_needs_a_whole_store(tmp_path, model, prompts):
+    """A damaged store is no cache hit for `prepare-capture` (the rerun resumes it); the reason names the file."""
+    from storage.home import SageHome
+    from tasks.capture import store_whole
+
+    store = make(tmp_path / "s.zarr", model, prompts)
+    m = {"path": "s.zarr"}
+    assert store_whole(m, SageHome(tmp_path), "k") is None
+    _flip3(store.path / HOOKS[0] / "c" / "2" / "0" / "0")
+    problem = store_whole(m, SageHome(tmp_path), "k")
+    assert problem and "\n" not in problem and f"{HOOKS[0]}/c/2/0/0" in problem
 
 
 def test_a_marker_without_a_file_list_is_finished_again(tmp_path, model, prompts):
