@@ -47,6 +47,7 @@ from tasks.capture import (  # noqa: E402
     chunk_buffer,
     compute_chunk,
     open_or_create_store,
+    prompt_arrays,
     write_schedule,
 )
 
@@ -128,7 +129,10 @@ def ratio(model, df, request: CaptureRequest, repeats: int, label: str, report_d
             bare = bare_forward(model, df, request.batch_size)
             got.append(capture_once(model, df, request, Path(d) / f"s{r}.zarr") / bare)
             if breakdown:
-                forward, encode = phases(model, request, ActivationStore.open(Path(d) / f"s{r}.zarr"))
+                store = ActivationStore.open(Path(d) / f"s{r}.zarr")
+                pa = prompt_arrays(df, model.tokenizer.pad_token_id if model.tokenizer else 0)
+                store.attach_prompts(pa["tokens"], pa["lengths"], pa["role_pos"] if "role_pos" in store.group else None)
+                forward, encode = phases(model, request, store)
                 parts.append((forward / bare, encode / bare, got[-1] - (forward + encode) / bare))
         med = statistics.median(got)
         print(f"[{label}] capture + store / bare forward (last {bare:.2f} s): median {med:.3f}, "
