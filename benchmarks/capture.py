@@ -246,7 +246,10 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    from benchmarks.record import recording
-
-    with recording("capture"):
+    if "--memory-child" in sys.argv:  # run as a plain script (benchmarks/ is not an installed package): no record
         main()
+    else:
+        from benchmarks.record import recording
+
+        with recording("capture"):
+            main()
