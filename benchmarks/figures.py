@@ -125,6 +125,7 @@ def main() -> None:
     ap.add_argument("--run", default=None, help="report to read (default: the one written last)")
     ap.add_argument("--out", default="results/built-in.md")
     ap.add_argument("--note", default="", help="a line to add under the header (e.g. how the data root was made)")
+    ap.add_argument("--commit", default=None, help="the commit that produced the data root (default: this checkout's)")
     args = ap.parse_args()
 
     h = SageHome(args.home)
@@ -137,7 +138,7 @@ def main() -> None:
     lines = [
         "# Figures of the built-in default",
         "",
-        f"Written by `python -m benchmarks.figures` at commit {commit()} on {time.strftime('%Y-%m-%d %H:%M %Z')}, "
+        f"Written by `python -m benchmarks.figures` from a data root made at commit {args.commit or commit()} on {time.strftime('%Y-%m-%d %H:%M %Z')}, "
         f"from run `{report.name}` ({len(tasks)} tasks, {meta.get('n_saes', '?')} SAE specs). "
         "CPU training is not bit-reproducible across runs, so another build's figures differ a little.",
         "",

@@ -18,8 +18,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.figures import commit
-
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -34,6 +32,9 @@ def main() -> None:
     if where.exists() and any(where.iterdir()):
         raise SystemExit(f"{where} is not empty; pass a new --dir")
     subprocess.run(["git", "clone", "-q", str(REPO), str(where)], check=True)
+    # the commit that runs is the clone's, fixed now: this checkout may move on while make run works
+    sha = subprocess.run(["git", "-C", str(where), "rev-parse", "--short=7", "HEAD"], capture_output=True, text=True,
+                         check=True).stdout.strip()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SAGE_", "PREFECT_", "VIRTUAL_ENV"))}
     log = where / "make-run.log"
     t0 = time.perf_counter()
@@ -47,7 +48,7 @@ def main() -> None:
     (results / "fresh-run.md").write_text("\n".join([
         "# `make run` on a fresh clone",
         "",
-        f"Written by `python -m benchmarks.fresh_run` at commit {commit()} on {time.strftime('%Y-%m-%d %H:%M %Z')}, "
+        f"Written by `python -m benchmarks.fresh_run` at commit {sha} on {time.strftime('%Y-%m-%d %H:%M %Z')}, "
         f"on a machine with {os.cpu_count()} CPU cores.",
         "",
         f"- exit code: {rc}",
@@ -64,7 +65,7 @@ def main() -> None:
     if rc == 0:
         subprocess.run([sys.executable, "-m", "benchmarks.figures", "--home", str(where / "sage-data"),
                         "--out", str(results / "built-in.md"),
-                        "--note", f"Data root: a fresh clone's `make run` (see fresh-run.md), commit {commit()}."],
+                        "--commit", sha, "--note", "Data root: a fresh clone's `make run` (see fresh-run.md)."],
                        cwd=REPO, check=True)
     if not args.keep:
         shutil.rmtree(where, ignore_errors=True)
