@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.acceptance.cli import one_line_error, run
+from tests.acceptance.cli import one_line_error, run, run_in_process
 
 pytestmark = [pytest.mark.acceptance, pytest.mark.slow]
 
@@ -67,7 +67,7 @@ def test_bad_input_fails_before_training_with_one_line(tmp_path, args, message):
     spec["saes"]["extra"] = [{"hook": "blocks.9.hook_resid_post"}]
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     args = [a.format(cfg=tmp_path / "cfg.json", spec=tmp_path / "spec.json") for a in args]
-    r = run(["zoo", "build", "--tiny", *args], tmp_path / "home", timeout=120)
+    r = run_in_process(["zoo", "build", "--tiny", *args], tmp_path / "home")  # refused before any import of work
     assert r.returncode == 2
     lines = [ln for ln in r.stdout.splitlines() if ln.strip()]
     assert message in r.stdout and lines[-1].startswith("error:"), r.stdout + r.stderr[-2000:]
@@ -100,5 +100,5 @@ def test_fit_prints_quality_table(tiny_home):
 
 
 def test_fit_unknown_method(tiny_home):
-    r = run(["fit", "--tiny", "--methods", "median"], tiny_home, timeout=120)
+    r = run_in_process(["fit", "--tiny", "--methods", "median"], tiny_home)
     assert r.returncode == 2 and "unknown dictionary methods ['median']" in r.stdout
