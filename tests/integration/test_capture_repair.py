@@ -68,3 +68,27 @@ def test_rerunning_the_capture_flow_repairs_a_damaged_chunk(tiny_zoo, compressio
         repaired = ActivationStore.open(home / o["path"])
         assert is_whole(repaired.path) and repaired.content_hash() == good[o["path"]][0]
         np.testing.assert_array_equal(repaired.read(req.hooks[0]), good[o["path"]][1])
+
+
+def test_rerunning_the_capture_flow_repairs_a_deleted_store_marker(tiny_zoo):
+    """A store whose completion marker was deleted is sealed again by the next run, without recapturing a chunk."""
+    from flows.capture import capture
+    from flows.settings import results_in
+    from storage.activations import ActivationStore
+    from storage.atomic import MARKER, is_whole
+    from storage.home import SageHome
+
+    home, cfg, _, _ = tiny_zoo
+    req = CaptureRequest(hooks=("blocks.0.hook_resid_post",), chunk_mb=0.004, batch_size=8)
+    with results_in(SageHome(home)):
+        out = capture(request=req, cfg=cfg, home=str(home), n_shards=2)
+    store = ActivationStore.open(home / out[0]["path"])
+    chunks = {rel: (store.path / rel).stat().st_mtime_ns for i in range(store.n_chunks)
+              for rel in store._chunk_files(i).values()}
+    (store.path / MARKER).unlink()
+    assert not is_whole(store.path)
+    with results_in(SageHome(home)):
+        again = capture(request=req, cfg=cfg, home=str(home), n_shards=2)
+    assert [o["hash"] for o in again] == [o["hash"] for o in out]
+    assert is_whole(store.path) and ActivationStore.open(store.path).content_hash() == out[0]["hash"]
+    assert {rel: (store.path / rel).stat().st_mtime_ns for rel in chunks} == chunks, "no chunk is recaptured"
