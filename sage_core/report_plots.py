@@ -37,6 +37,14 @@ CONTROL_NOTES = {
                 "(0.667): coverage cannot separate SAEs on binary attributes",
     "l0": "set by construction (random_k codes per prompt): a sparsity setting, not a quality comparison",
     "mcc": "decoder directions only",
+    # edit accuracy counts the prompts whose prediction the patch leaves alone: where that floor is high, an edit
+    # that does little scores high, so the control can match an SAE here and the gain is the comparison to read
+    "edit_accuracy_k1": "agreement with the ground-truth patch includes the no-intervention floor (prompts the patch "
+                        "does not change): where the floor is high a small edit scores high; compare edit_gain_k4",
+    "edit_accuracy_k4": "agreement with the ground-truth patch includes the no-intervention floor (prompts the patch "
+                        "does not change): where the floor is high a small edit scores high; compare edit_gain_k4",
+    "edit_magnitude_k4": "weight an edit removes relative to the supervised edit's share (0): an edit that removes "
+                         "little is small whether or not it follows the patch; read it beside edit_gain_k4",
 }
 NOT_MEASURED = "not measured for the random control (core metrics: native SAEs on background text only)"
 RANDOM_FLOOR_SCHEMA = {"task": pl.String, "metric": pl.String, "better": pl.String, "random": pl.Float64,
