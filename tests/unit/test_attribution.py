@@ -32,10 +32,17 @@ def setup(tokenizer):
     return model, df, pairs, roles, tokenizer.pad_token_id
 
 
-def _hand_atp(model, pairs, comp: Component, role: int) -> float:
-    """Per pair: autograd gradient of LD(x) w.r.t. the activation, inner product with a(x') - a(x), then mean."""
+def _rows(pairs):
+    """(x, x', answer, target, role positions in x, role positions in x') per pair."""
+    cf_pos = pairs.cf_positions or pairs.positions
+    return list(zip(pairs.clean, pairs.cf, pairs.answer, pairs.target, pairs.positions, cf_pos, strict=True))
+
+
+def _hand_atp(model, rows, comp: Component, role: int) -> float:
+    """Per pair: autograd gradient of LD(x) w.r.t. the activation at the role's position in x, inner product with
+    a(x') at the role's position in x' minus a(x), then the mean over pairs."""
     vals = []
-    for x, xc, ans, tgt, pos in zip(pairs.clean, pairs.cf, pairs.answer, pairs.target, pairs.positions, strict=True):
+    for x, xc, ans, tgt, pos, pos_cf in rows:
         x, xc = torch.tensor([x]), torch.tensor([xc])
         _, cache_cf = model.run_with_cache(xc)
         store = {}
@@ -47,7 +54,7 @@ def _hand_atp(model, pairs, comp: Component, role: int) -> float:
         logits = model.run_with_hooks(x, fwd_hooks=[(comp.hook, grab)])
         ld = logit_diff(logits, torch.tensor([x.shape[1] - 1]), torch.tensor([ans]), torch.tensor([tgt]))
         (g,) = torch.autograd.grad(ld.sum(), store["a"])
-        a, a_cf, g = store["a"].detach()[0, pos[role]], cache_cf[comp.hook][0, pos[role]], g[0, pos[role]]
+        a, g, a_cf = store["a"].detach()[0, pos[role]], g[0, pos[role]], cache_cf[comp.hook][0, pos_cf[role]]
         if comp.head is not None:
             a, a_cf, g = a[comp.head], a_cf[comp.head], g[comp.head]
         vals.append(float(((a_cf - a) * g).sum()))
@@ -60,7 +67,7 @@ def test_sweep_equals_hand_computed_gradient_inner_product(setup):
     scores, _ = atp_sweep(model, pairs, comps, pad, batch_size=5)  # batching and padding must not matter
     for j, c in enumerate(comps):
         for r in range(len(roles)):
-            assert scores[j, r].item() == pytest.approx(_hand_atp(model, pairs, c, r), rel=1e-4, abs=1e-5)
+            assert scores[j, r].item() == pytest.approx(_hand_atp(model, _rows(pairs), c, r), rel=1e-4, abs=1e-5)
 
 
 def test_atp_is_the_first_order_term_of_the_real_effect(setup):
@@ -223,24 +230,8 @@ def test_atp_is_role_aligned_like_the_ground_truth(pos_setup):
     for j, comp in enumerate(comps):
         for role in ("IO", "S1", "END"):
             r = roles.index(role)
-            vals = []
-            for x, xc, ans, tgt, pos, pos_cf in table:
-                x, xc = torch.tensor([x]), torch.tensor([xc])
-                _, cache_cf = model.run_with_cache(xc)
-                store = {}
-
-                def grab(a, hook, store=store):
-                    store["a"] = a
-                    return a
-
-                logits = model.run_with_hooks(x, fwd_hooks=[(comp.hook, grab)])
-                ld = logit_diff(logits, torch.tensor([x.shape[1] - 1]), torch.tensor([ans]), torch.tensor([tgt]))
-                (g,) = torch.autograd.grad(ld.sum(), store["a"])
-                a, g, a_cf = store["a"].detach()[0, pos[r]], g[0, pos[r]], cache_cf[comp.hook][0, pos_cf[r]]
-                if comp.head is not None:
-                    a, a_cf, g = a[comp.head], a_cf[comp.head], g[comp.head]
-                vals.append(float(((a_cf - a) * g).sum()))
-            assert scores[j, r].item() == pytest.approx(float(np.mean(vals)), rel=1e-4, abs=1e-5), (comp, role)
+            assert scores[j, r].item() == pytest.approx(_hand_atp(model, table, comp, r), rel=1e-4, abs=1e-5), \
+                (comp, role)
 
 
 def test_search_pairs_do_not_depend_on_the_table_order(setup):
