@@ -42,7 +42,7 @@ run: install
 	SAGE_HOME=$(SAGE_HOME) $(VENV)/bin/sage evaluate --top $(TOP)
 
 lint: install
-	$(VENV)/bin/ruff check sage_core storage tasks flows tests benchmarks
+	$(VENV)/bin/ruff check sage_core storage tasks flows report tests benchmarks
 
 test: install lint
 	$(PY) -m pytest -q tests

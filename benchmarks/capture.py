@@ -35,12 +35,12 @@ warnings.filterwarnings("ignore")
 
 import torch  # noqa: E402
 
-from sage_core.capture import CaptureRequest, default_hooks  # noqa: E402
-from sage_core.corpus import background_vocabulary  # noqa: E402
-from sage_core.model import ModelConfig, build_model  # noqa: E402
-from sage_core.task import DatasetConfig, generate_prompts  # noqa: E402
-from sage_core.task_library import TASKS, get_task  # noqa: E402
-from sage_core.tokenizer import build_tokenizer  # noqa: E402
+from sage_core.model.capture import CaptureRequest, default_hooks  # noqa: E402
+from sage_core.model.tokenizer import build_tokenizer  # noqa: E402
+from sage_core.model.transformer import ModelConfig, build_model  # noqa: E402
+from sage_core.prompts.corpus import background_vocabulary  # noqa: E402
+from sage_core.prompts.library import TASKS, get_task  # noqa: E402
+from sage_core.prompts.task import DatasetConfig, generate_prompts  # noqa: E402
 from storage.activations import ActivationStore  # noqa: E402
 from tasks.capture import (  # noqa: E402
     capture_chunks,
@@ -88,7 +88,7 @@ def capture_once(model, df, request, path, schedule: str | None = None) -> float
 
 @torch.no_grad()
 def bare_forward(model, df, batch_size) -> float:
-    from sage_core.model import pad_sequences
+    from sage_core.model.transformer import pad_sequences
 
     tokens = pad_sequences(df["tokens"].to_list(), model.tokenizer.pad_token_id)
     t = time.perf_counter()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import polars as pl
 
-from sage_core.results import ground_truth_verdicts, verdict_line
+from report.verdicts import ground_truth_verdicts, verdict_line
 from storage.atomic import is_complete
 from storage.home import SageHome
 

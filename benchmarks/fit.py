@@ -15,11 +15,11 @@ from pathlib import Path
 warnings.filterwarnings("ignore")
 
 import benchmarks.capture as capture_bench  # noqa: E402
-from sage_core.capture import CaptureRequest  # noqa: E402
-from sage_core.dictionaries import METHODS, fit  # noqa: E402
-from sage_core.ground_truth import CrossSection, build_sets, quality  # noqa: E402
-from sage_core.task import DatasetConfig, generate_prompts  # noqa: E402
-from sage_core.task_library import get_task  # noqa: E402
+from sage_core.ground_truth.dictionaries import METHODS, fit  # noqa: E402
+from sage_core.ground_truth.sections import CrossSection, build_sets, quality  # noqa: E402
+from sage_core.model.capture import CaptureRequest  # noqa: E402
+from sage_core.prompts.library import get_task  # noqa: E402
+from sage_core.prompts.task import DatasetConfig, generate_prompts  # noqa: E402
 from storage.activations import ActivationStore  # noqa: E402
 from tasks.capture import capture_chunks, open_or_create_store  # noqa: E402
 

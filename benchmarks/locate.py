@@ -14,12 +14,12 @@ import warnings
 
 warnings.filterwarnings("ignore")
 
-from sage_core.attribution import all_components, atp_sweep, pairs_for, patch_effects  # noqa: E402
-from sage_core.corpus import background_vocabulary  # noqa: E402
-from sage_core.model import ModelConfig, build_model  # noqa: E402
-from sage_core.task import DatasetConfig, generate_prompts  # noqa: E402
-from sage_core.task_library import TASKS, get_task  # noqa: E402
-from sage_core.tokenizer import build_tokenizer  # noqa: E402
+from sage_core.locate.attribution import all_components, atp_sweep, pairs_for, patch_effects  # noqa: E402
+from sage_core.model.tokenizer import build_tokenizer  # noqa: E402
+from sage_core.model.transformer import ModelConfig, build_model  # noqa: E402
+from sage_core.prompts.corpus import background_vocabulary  # noqa: E402
+from sage_core.prompts.library import TASKS, get_task  # noqa: E402
+from sage_core.prompts.task import DatasetConfig, generate_prompts  # noqa: E402
 
 
 def main() -> None:

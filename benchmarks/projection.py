@@ -24,12 +24,12 @@ import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 import torch  # noqa: E402
 
-from sage_core import mapping as mp  # noqa: E402
-from sage_core.attribution import spearman  # noqa: E402
-from sage_core.capture import capture_batch  # noqa: E402
-from sage_core.ground_truth import CrossSection  # noqa: E402
-from sage_core.metrics import explained_variance  # noqa: E402
-from sage_core.model import pad_sequences  # noqa: E402
+from sage_core.ground_truth.sections import CrossSection  # noqa: E402
+from sage_core.locate.attribution import spearman  # noqa: E402
+from sage_core.model.capture import capture_batch  # noqa: E402
+from sage_core.model.transformer import pad_sequences  # noqa: E402
+from sage_core.scoring import mapping as mp  # noqa: E402
+from sage_core.scoring.metrics import explained_variance  # noqa: E402
 from storage.datasets import read_prompts  # noqa: E402
 from storage.home import SageHome  # noqa: E402
 from storage.sae_sources import load_sae_spec  # noqa: E402

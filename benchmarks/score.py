@@ -29,8 +29,8 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-from sage_core.attribution import LocateConfig  # noqa: E402
 from sage_core.config import EvaluateConfig  # noqa: E402
+from sage_core.locate.attribution import LocateConfig  # noqa: E402
 from storage.home import SageHome  # noqa: E402
 from storage.sae_sources import list_zoo_saes  # noqa: E402
 

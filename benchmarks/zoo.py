@@ -17,10 +17,10 @@ import torch.nn.functional as F
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
-from sage_core.corpus import CorpusConfig, background_vocabulary, build_corpus  # noqa: E402
-from sage_core.model import ModelConfig, TrainConfig, build_model, pad_sequences, train_model  # noqa: E402
-from sage_core.task_library import TASKS, get_task  # noqa: E402
-from sage_core.tokenizer import build_tokenizer  # noqa: E402
+from sage_core.model.tokenizer import build_tokenizer  # noqa: E402
+from sage_core.model.transformer import ModelConfig, TrainConfig, build_model, pad_sequences, train_model  # noqa: E402
+from sage_core.prompts.corpus import CorpusConfig, background_vocabulary, build_corpus  # noqa: E402
+from sage_core.prompts.library import TASKS, get_task  # noqa: E402
 
 
 def corpus_tokens(n: int):

@@ -14,7 +14,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.settings import results_in
 from sage_core.config import ZooConfig
-from sage_core.zoo_plan import plan_zoo
+from sage_core.zoo.plan import plan_zoo
 from storage.home import SageHome
 from storage.zoo import read_zoo_record, write_zoo_record
 from tasks import zoo as zt

@@ -11,8 +11,8 @@ from typing import Any
 from prefect import flow, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from sage_core.capture import CaptureRequest
 from sage_core.config import ZooConfig
+from sage_core.model.capture import CaptureRequest
 from storage.hashing import dir_hash
 from storage.home import SageHome
 from storage.zoo import model_is_complete

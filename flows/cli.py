@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from sage_core.results import short_hook
+from report.verdicts import short_hook
 
 EXIT_CODES = ("Exit codes: 0 done; 2 bad input or a stage that could not run (one `error:` line says what to do); "
               "3 sage evaluate finished but some SAEs or stages failed (every good result is written; the failures "
@@ -157,7 +157,7 @@ def _prefect_run_setup(verbose: bool) -> None:
 def _zoo_config(tiny: bool, tasks: str | None):
     """The built-in (or --tiny) zoo config, restricted to `tasks`; unknown task names raise a one-line error."""
     from sage_core.config import ZooConfig
-    from sage_core.task_library import get_task
+    from sage_core.prompts.library import get_task
 
     cfg = ZooConfig.tiny() if tiny else ZooConfig()
     if tasks:
@@ -240,7 +240,7 @@ def zoo_build(
     console.print(f"building zoo [bold]{cfg.model.name}[/] under {h.root} ...")
     t0 = time.perf_counter()
     try:
-        from sage_core.zoo_plan import plan_zoo
+        from sage_core.zoo.plan import plan_zoo
 
         plan_zoo(cfg)  # bad input fails here, before Prefect starts
         _prefect_run_setup(verbose)
@@ -323,8 +323,8 @@ def capture_cmd(
 
     from pydantic import ValidationError
 
-    from sage_core.capture import CaptureRequest
     from sage_core.config import ZooConfig
+    from sage_core.model.capture import CaptureRequest
     from storage.activations import ActivationStore
     from storage.atomic import StoreError, cached_marker
 
@@ -343,21 +343,21 @@ def capture_cmd(
 
     from flows.capture import capture
     from flows.settings import results_in
-    from sage_core.capture import default_hooks
+    from sage_core.model.capture import default_hooks
 
     cfg = ZooConfig.tiny() if tiny else ZooConfig()
     if tasks:
         cfg = cfg.model_copy(update={"tasks": tuple(t.strip() for t in tasks.split(","))})
     try:
-        from sage_core.task_library import get_task
+        from sage_core.prompts.library import get_task
 
         for t in cfg.tasks:
             get_task(t)
         hook_list = tuple(h.strip() for h in hooks.split(",")) if hooks else default_hooks(cfg.model.n_layers)
         request = CaptureRequest(hooks=hook_list, positions=positions, dtype=dtype)
         h = _writable_home(home)
-        from sage_core.capture import check_hooks
-        from sage_core.devices import resolve_devices
+        from sage_core.model.capture import check_hooks
+        from sage_core.model.devices import resolve_devices
         from storage.zoo import load_model
 
         devices = resolve_devices(device)
@@ -410,14 +410,14 @@ def locate_cmd(
     import polars as pl
     from pydantic import ValidationError
 
-    from sage_core.attribution import LocateConfig, LocateError
-    from sage_core.task_library import get_task
+    from sage_core.locate.attribution import LocateConfig, LocateError
+    from sage_core.prompts.library import get_task
 
     try:
         cfg = _zoo_config(tiny, tasks)
         lcfg = LocateConfig(share=share, cap=cap, ig_steps=ig_steps,
                             **({"kinds": tuple(k.strip() for k in kinds.split(","))} if kinds else {}))
-        from sage_core.attribution import RESID_KINDS, SUBLAYER_KINDS
+        from sage_core.locate.attribution import RESID_KINDS, SUBLAYER_KINDS
 
         bad = set(lcfg.kinds) - set(SUBLAYER_KINDS + RESID_KINDS)
         if bad:
@@ -481,7 +481,7 @@ def fit_cmd(
     """Fit supervised dictionaries (the ground truth) at the located cross-sections and print their quality."""
     _quiet_prefect(verbose)
 
-    from sage_core.dictionaries import METHODS
+    from sage_core.ground_truth.dictionaries import METHODS
 
     try:
         cfg = _zoo_config(tiny, tasks)
@@ -513,7 +513,7 @@ def fit_cmd(
                   f"{r['sufficiency']:.2f}", f"{r['necessity']:.2f}", f"{r['edit_accuracy']:.2f}",
                   f"{r['no_intervention']:.2f}", str(r["n_test"]))
     console.print(t)
-    from sage_core.results import ground_truth_verdicts
+    from report.verdicts import ground_truth_verdicts
 
     print_verdicts(ground_truth_verdicts(q))
     console.print(f"quality table: {out['quality']}")
@@ -523,7 +523,7 @@ def print_leaderboard(board, tasks: list[str] | None = None, top: int | None = N
     """One rich table per task, best summary first, controls marked; then the controls verdict."""
     import polars as pl
 
-    from sage_core.report_plots import controls_verdict
+    from report.summary import controls_verdict
 
     cols = [("summary", "summary"), ("explained_variance", "EV"), ("sufficiency", "suff."), ("faithfulness", "faith."),
             ("necessity", "nec."),
@@ -556,7 +556,7 @@ def print_leaderboard(board, tasks: list[str] | None = None, top: int | None = N
 
 def print_verdicts(verdicts) -> None:
     """The per-attribute verdicts of the ground truth (`sage_core.results.ground_truth_verdicts`), one line each."""
-    from sage_core.results import BAR_TEXT, verdict_line
+    from report.verdicts import BAR_TEXT, verdict_line
 
     if verdicts.is_empty():
         return
@@ -606,7 +606,7 @@ def _check_pretrained_name(name: str, trust_remote_code: bool = False) -> None:
         close = difflib.get_close_matches(name, list(OFFICIAL_MODEL_NAMES) + list(aliases), n=3)
         raise ValueError(f"unknown model {name!r}: not the built-in zoo model and not a TransformerLens model name"
                          + (f"; closest: {', '.join(close)}" if close else "; see `sage zoo info` for the zoo model"))
-    from sage_core.pretrained import TRUST_ENV, check_remote_code
+    from sage_core.model.pretrained import TRUST_ENV, check_remote_code
 
     check_remote_code(name, trust_remote_code)
     if trust_remote_code:
@@ -643,7 +643,7 @@ def evaluate_cmd(
     import threading
 
     from sage_core.config import EvaluateConfig, ZooConfig
-    from sage_core.task_library import get_task
+    from sage_core.prompts.library import get_task
     from storage.home import check_run_name
 
     try:
@@ -699,7 +699,7 @@ def evaluate_cmd(
     console.print(f"scoring: {_units_scored(h.root, since)} SAE x task units computed (the rest were cached)")
     board = pl.read_parquet(out["leaderboard"])
     print_leaderboard(board, list(cfg.tasks or cfg.zoo.tasks), top)
-    from sage_core.results import VERDICT_SCHEMA
+    from report.verdicts import VERDICT_SCHEMA
 
     print_verdicts(pl.DataFrame(out["verdicts"], schema=VERDICT_SCHEMA))
     if out["n_failed"]:
@@ -728,7 +728,7 @@ def _check_specs(cfg, h) -> None:
     name = cfg.model_zoo().model.name
     zoo_names: list[str] = []
     if not cfg.pretrained:
-        from sage_core.zoo_plan import plan_zoo
+        from sage_core.zoo.plan import plan_zoo
 
         zoo_names = sorted({s.name for s in plan_zoo(cfg.zoo).specs} | set(list_zoo_saes(h, name)))
     check_specs(list(cfg.saes), h, name, zoo_names)
@@ -757,7 +757,7 @@ def schema_cmd() -> None:
     import json
 
     from sage_core.config import EvaluateConfig
-    from sage_core.results import json_schemas
+    from sage_core.scoring.leaderboard import json_schemas
 
     print(json.dumps({**json_schemas(), "EvaluateConfig": EvaluateConfig.model_json_schema()}, indent=1))
 

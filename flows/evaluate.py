@@ -24,14 +24,16 @@ from flows.build_zoo import build_zoo, zoo_if_whole
 from flows.fit import fit_ground_truth, ground_truth_if_whole
 from flows.pretrained import prepare_pretrained
 from flows.settings import results_in
-from sage_core import mapping as mp
-from sage_core.capture import CaptureRequest
+from report.summary import summary_markdown
+from report.verdicts import ground_truth_verdicts
 from sage_core.config import EvaluateConfig
-from sage_core.ground_truth import CrossSection
-from sage_core.report_plots import summary_markdown
-from sage_core.results import ground_truth_verdicts, leaderboard, score_frame
-from sage_core.task_library import get_task
-from sage_core.zoo_plan import plan_zoo
+from sage_core.ground_truth.sections import CrossSection
+from sage_core.model.capture import CaptureRequest
+from sage_core.prompts.library import get_task
+from sage_core.scoring import mapping as mp
+from sage_core.scoring.leaderboard import leaderboard
+from sage_core.scoring.rows import score_frame
+from sage_core.zoo.plan import plan_zoo
 from storage import scores as sc_store
 from storage.atomic import StoreError
 from storage.ground_truth import read_quality

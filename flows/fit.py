@@ -10,12 +10,12 @@ from prefect.artifacts import create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.locate import locate
-from sage_core.attribution import LocateConfig
-from sage_core.capture import CaptureRequest
+from report.verdicts import ground_truth_verdicts
 from sage_core.config import ZooConfig
-from sage_core.dictionaries import METHODS
-from sage_core.results import ground_truth_verdicts
-from sage_core.task_library import get_task
+from sage_core.ground_truth.dictionaries import METHODS
+from sage_core.locate.attribution import LocateConfig
+from sage_core.model.capture import CaptureRequest
+from sage_core.prompts.library import get_task
 from storage import ground_truth as gt_store
 from storage.hashing import dir_hash
 from storage.home import SageHome

@@ -9,9 +9,9 @@ from prefect import flow, unmapped
 from prefect.artifacts import create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from sage_core.attribution import LocateConfig
 from sage_core.config import ZooConfig
-from sage_core.task_library import get_task
+from sage_core.locate.attribution import LocateConfig
+from sage_core.prompts.library import get_task
 from storage import locations as loc_store
 from storage.hashing import dir_hash
 from storage.home import SageHome

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sage_core.attribution import LocateConfig
-from sage_core.corpus import CorpusConfig
-from sage_core.model import ModelConfig, TrainConfig
-from sage_core.sae_zoo import SAESpec
-from sage_core.scoring import ScoreConfig
+from sage_core.locate.attribution import LocateConfig
+from sage_core.model.transformer import ModelConfig, TrainConfig
+from sage_core.prompts.corpus import CorpusConfig
+from sage_core.scoring.score import ScoreConfig
+from sage_core.zoo.train import SAESpec
 
 
 class PromptsConfig(BaseModel):

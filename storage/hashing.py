@@ -51,12 +51,12 @@ def dir_hash(path: str | Path, exclude: tuple[str, ...] = ("_COMPLETE.json",)) -
     return h.hexdigest()[:HASH_LEN]
 
 
-PROJECT_PACKAGES = ("sage_core", "storage", "tasks", "flows")
+PROJECT_PACKAGES = ("sage_core", "storage", "tasks", "flows", "report")
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def module_file(name: str) -> Path | None:
-    """The source file of project module `name` (e.g. "sage_core.scoring"), or None if it is not one."""
+    """The source file of project module `name` (e.g. "sage_core.scoring.score"), or None if it is not one."""
     if name.split(".")[0] not in PROJECT_PACKAGES:
         return None
     base = ROOT.joinpath(*name.split("."))
@@ -122,7 +122,7 @@ def module_closure(*roots: str) -> tuple[str, ...]:
 def stage_code_version(*roots: str) -> str:
     """Hash of the code a stage runs: the modules `roots` (e.g. "tasks.score") and every project module they import,
     transitively. Editing a module no stage imports (the report's plots, say) changes no stage's version; editing
-    `sage_core.scoring` changes the scoring stages' versions and not the zoo's."""
+    `sage_core.scoring.score` changes the scoring stages' versions and not the zoo's."""
     h = hashlib.sha256()
     for m in module_closure(*roots):
         h.update(m.encode() + b"\0")

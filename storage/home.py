@@ -6,6 +6,7 @@ import os
 import re
 import tempfile
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from storage.atomic import StoreError
 
@@ -72,9 +73,10 @@ class SageHome:
             raise ValueError(f"{p} is not under the data root {self.root}; only paths inside SAGE_HOME are recorded")
         return p.relative_to(self.root).as_posix()
 
-    def at(self, rel: str) -> Path:
-        """The path a record's relative path names under this root; one that would leave the root is refused (a
-        record is data, and data may not point SAGE at other files)."""
+    def at(self, rel: str | Any) -> Path:
+        """The path a record's relative path (or a typed reference's `path`, `storage.refs`) names under this root;
+        one that would leave the root is refused (a record is data, and data may not point SAGE at other files)."""
+        rel = getattr(rel, "path", rel)
         pure = PurePosixPath(str(rel).replace("\\", "/"))
         if not str(rel) or pure.is_absolute() or ".." in pure.parts:
             raise ValueError(f"{rel!r} is not a relative path inside the data root {self.root}; the record naming it "

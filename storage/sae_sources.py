@@ -33,7 +33,7 @@ from urllib.parse import urlparse
 
 import yaml
 
-from sage_core.sae_source import LoadedSAE, SAECheckError, SAELike, sae_hook_name, wrap_sae
+from sage_core.zoo.sae import LoadedSAE, SAECheckError, SAELike, sae_hook_name, wrap_sae
 from storage.atomic import is_complete
 from storage.hashing import HASH_LEN, file_hash
 from storage.home import SageHome

@@ -16,9 +16,9 @@ from typing import Any
 import polars as pl
 from safetensors.torch import save_file
 
-from sage_core.ground_truth import CrossSection
-from sage_core.score_rows import score_frame
-from sage_core.scoring import SectionReference
+from sage_core.ground_truth.sections import CrossSection
+from sage_core.scoring.rows import score_frame
+from sage_core.scoring.score import SectionReference
 from storage import ground_truth as gt_store
 from storage.atomic import MARKER, StoreError, is_complete, read_marker, write_once
 from storage.hashing import stable_hash

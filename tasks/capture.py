@@ -17,8 +17,15 @@ import torch
 from prefect import task
 from transformer_lens import HookedTransformer
 
-from sage_core.capture import CaptureRequest, capture_batch, check_hooks, chunk_prompts, dim_names, hook_trailing_shapes
-from sage_core.model import pad_sequences
+from sage_core.model.capture import (
+    CaptureRequest,
+    capture_batch,
+    check_hooks,
+    chunk_prompts,
+    dim_names,
+    hook_trailing_shapes,
+)
+from sage_core.model.transformer import pad_sequences
 from storage.activations import ActivationStore
 from storage.atomic import StoreError
 from storage.datasets import read_prompts

@@ -24,14 +24,14 @@ from prefect.filesystems import LocalFileSystem
 from prefect.serializers import Serializer
 from pydantic import BaseModel
 
-from storage import records
+from storage import records, refs
 from storage.atomic import StoreError
 from storage.hashing import stable_hash, stage_code_version
 from storage.home import SageHome
 
 Manifest = dict[str, Any]
 # manifest fields that say where an output lies, not what it is (its content hash says that)
-PATH_FIELDS = frozenset({"path", "quality", "ranking", "validation"})
+PATH_FIELDS = frozenset({"path", "prompts_path", "quality", "ranking", "validation"})
 SERIALIZER = "sage-json"
 
 
@@ -94,15 +94,16 @@ def needs_build(path: Path) -> bool:
 
 # -- the result store ----------------------------------------------------------------------------------------------
 class ManifestSerializer(Serializer):
-    """Plain JSON: a manifest in, the same manifest out; nothing in a record can name code to import or run."""
+    """Plain JSON: typed references (`storage.refs`) and plain values in, the same out; a reference comes back as its
+    class by its `ref` tag, from a fixed list: nothing in a record can name code to import or run."""
 
     type: Literal["sage-json"] = SERIALIZER
 
     def dumps(self, obj: Any) -> bytes:
-        return json.dumps(obj).encode()
+        return json.dumps(refs.dump(obj)).encode()
 
     def loads(self, blob: bytes) -> Any:
-        return json.loads(blob)
+        return refs.revive(json.loads(blob))
 
 
 def serializer_of(record: bytes) -> str | None:

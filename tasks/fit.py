@@ -7,8 +7,8 @@ from typing import Any
 import polars as pl
 from prefect import task
 
-from sage_core.dictionaries import fit
-from sage_core.ground_truth import CrossSection, build_sets, quality
+from sage_core.ground_truth.dictionaries import fit
+from sage_core.ground_truth.sections import CrossSection, build_sets, quality
 from storage import ground_truth as gt_store
 from storage import locations as loc_store
 from storage.activations import ActivationStore

@@ -6,8 +6,8 @@ from typing import Any
 
 from prefect import task
 
-from sage_core.attribution import LocateConfig, locate_attribute
-from sage_core.plots import atp_heatmaps
+from report.figures import atp_heatmaps
+from sage_core.locate.attribution import LocateConfig, locate_attribute
 from storage import locations as loc_store
 from storage.datasets import read_prompts
 from storage.hashing import dir_hash

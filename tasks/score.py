@@ -15,12 +15,11 @@ import torch
 from prefect import task
 from pydantic import BaseModel, ConfigDict
 
-from sage_core import mapping as mp
-from sage_core.core_eval import core_metrics
-from sage_core.ground_truth import CrossSection, build_sets, section_slice, split_rows
-from sage_core.sae_source import LoadedSAE, check_sae
-from sage_core.score_rows import Kind, MappingName, sufficiency_closeness
-from sage_core.scoring import (
+from sage_core.ground_truth.sections import CrossSection, build_sets, section_slice, split_rows
+from sage_core.scoring import mapping as mp
+from sage_core.scoring.core import core_metrics
+from sage_core.scoring.rows import Kind, MappingName, sufficiency_closeness
+from sage_core.scoring.score import (
     ScoreConfig,
     SectionReference,
     background_means,
@@ -29,6 +28,7 @@ from sage_core.scoring import (
     reference,
     score_section,
 )
+from sage_core.zoo.sae import LoadedSAE, check_sae
 from storage import ground_truth as gt_store
 from storage import scores as sc_store
 from storage.activations import ActivationStore
@@ -222,7 +222,7 @@ def sae_core_metrics(sae_m: Manifest, model: Manifest, corpus: Manifest, n_seque
     h = SageHome(home)
     d = h.core_metrics(key)
     if needs_build(d):
-        from sage_core.model import pad_sequences
+        from sage_core.model.transformer import pad_sequences
 
         m = load_model(h.at(model["path"]))
         pad = m.tokenizer.pad_token_id

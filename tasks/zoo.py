@@ -13,13 +13,13 @@ import polars as pl
 import torch
 from prefect import task
 
-from sage_core import corpus as corpus_mod
-from sage_core import model as model_mod
-from sage_core import sae_zoo
-from sage_core.pretrained import TRUST_ENV, check_remote_code
-from sage_core.task import DatasetConfig, generate_prompts
-from sage_core.task_library import get_task
-from sage_core.tokenizer import build_tokenizer
+from sage_core.model import transformer as model_mod
+from sage_core.model.pretrained import TRUST_ENV, check_remote_code
+from sage_core.model.tokenizer import build_tokenizer
+from sage_core.prompts import corpus as corpus_mod
+from sage_core.prompts.library import get_task
+from sage_core.prompts.task import DatasetConfig, generate_prompts
+from sage_core.zoo import train as sae_zoo
 from storage import records
 from storage import zoo as zoo_store
 from storage.datasets import read_corpus, read_prompts, write_corpus, write_prompts

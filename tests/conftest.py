@@ -17,9 +17,9 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from sage_core.corpus import background_vocabulary
-    from sage_core.task_library import TASKS, get_task
-    from sage_core.tokenizer import build_tokenizer
+    from sage_core.model.tokenizer import build_tokenizer
+    from sage_core.prompts.corpus import background_vocabulary
+    from sage_core.prompts.library import TASKS, get_task
 
     words = background_vocabulary()
     for name in TASKS:

@@ -15,9 +15,9 @@ def write_fake_gpt2(root: Path, tasks: tuple[str, ...], d_model: int = 64, n_lay
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from sage_core.corpus import background_vocabulary
-    from sage_core.task_library import get_task
-    from sage_core.tokenizer import build_tokenizer
+    from sage_core.model.tokenizer import build_tokenizer
+    from sage_core.prompts.corpus import background_vocabulary
+    from sage_core.prompts.library import get_task
 
     repo = root / "hub" / "models--gpt2"
     snap = repo / "snapshots" / REVISION

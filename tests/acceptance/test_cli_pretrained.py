@@ -85,7 +85,7 @@ def test_a_tokenizer_that_cannot_spell_a_name_fails_in_one_line_and_writes_no_sc
     from sae_lens import StandardSAE, StandardSAEConfig
     from sae_lens.saes.sae import SAEMetadata
 
-    from sage_core.task_library import FEMALE_NAMES
+    from sage_core.prompts.library import FEMALE_NAMES
 
     env = write_fake_gpt2(tmp_path / "hf", tasks=("ioi", "sva"), drop=frozenset(FEMALE_NAMES))
     home = tmp_path / "home"

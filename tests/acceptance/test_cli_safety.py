@@ -86,7 +86,7 @@ def test_a_model_that_runs_remote_code_needs_the_flag(tmp_path, model):
 
 
 def test_remote_code_names_follow_transformer_lens():
-    from sage_core.pretrained import remote_code_name
+    from sage_core.model.pretrained import remote_code_name
 
     assert remote_code_name("Qwen/Qwen-7B") == "Qwen/Qwen-7B"
     assert remote_code_name("microsoft/phi-1_5") == "microsoft/phi-1_5"

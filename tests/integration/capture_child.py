@@ -12,11 +12,11 @@ warnings.filterwarnings("ignore")
 def build():
     from transformers import AutoTokenizer
 
-    from sage_core.corpus import background_vocabulary
-    from sage_core.model import ModelConfig, build_model
-    from sage_core.task import DatasetConfig, generate_prompts
-    from sage_core.task_library import get_task
-    from sage_core.tokenizer import build_tokenizer
+    from sage_core.model.tokenizer import build_tokenizer
+    from sage_core.model.transformer import ModelConfig, build_model
+    from sage_core.prompts.corpus import background_vocabulary
+    from sage_core.prompts.library import get_task
+    from sage_core.prompts.task import DatasetConfig, generate_prompts
 
     words = background_vocabulary() | get_task("ioi").vocabulary()
     tok = build_tokenizer(words)
@@ -35,7 +35,7 @@ IDENT = {"model_hash": "child", "dataset_hash": "child", "request_hash": "child"
 
 
 def run(path: str, sleep: float) -> None:
-    from sage_core.capture import CaptureRequest
+    from sage_core.model.capture import CaptureRequest
     from tasks.capture import capture_chunks, open_or_create_store
 
     model, df = build()

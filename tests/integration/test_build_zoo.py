@@ -93,7 +93,7 @@ def test_an_sae_trained_from_other_settings_is_retrained_and_swapped_whole(built
     model) is retrained and replaced once the new one is whole; a current one is left untouched."""
     import shutil
 
-    from sage_core.zoo_plan import plan_zoo
+    from sage_core.zoo.plan import plan_zoo
     from storage.atomic import read_marker
     from storage.home import SageHome
     from tasks import zoo as zt

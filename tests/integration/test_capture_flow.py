@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from sage_core.capture import CaptureRequest
+from sage_core.model.capture import CaptureRequest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 def test_capture_flow_sharded_and_cached(tiny_zoo):
     from flows.capture import capture
     from flows.settings import results_in
-    from sage_core.capture import default_hooks
+    from sage_core.model.capture import default_hooks
     from storage.activations import ActivationStore
     from storage.datasets import read_prompts
     from storage.home import SageHome

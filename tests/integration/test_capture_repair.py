@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from sage_core.capture import CaptureRequest
+from sage_core.model.capture import CaptureRequest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 from flows.evaluate import _short
-from sage_core.attribution import LocateConfig
+from sage_core.locate.attribution import LocateConfig
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -51,7 +51,7 @@ def _files(root: Path) -> dict[str, tuple[int, int]]:
 
 def _sections(scores: pl.DataFrame, task: str):
     """The task's cross-sections: the controls reach every one of them."""
-    from sage_core.ground_truth import CrossSection
+    from sage_core.ground_truth.sections import CrossSection
 
     rows = scores.filter((pl.col("task") == task) & (pl.col("mapping") == "control")) \
         .select("hook", "head", "role").unique().to_dicts()
@@ -65,7 +65,7 @@ def _zoo_manifest(name: str) -> dict:
 
 def _identity_brackets(home: Path, model_name: str, sections) -> frozenset[tuple[str, str]]:
     """The brackets of `sections` whose projector P_c is the identity (there projection == difference)."""
-    from sage_core import mapping as mp
+    from sage_core.scoring import mapping as mp
     from storage.home import SageHome
     from storage.zoo import load_model
 
@@ -166,7 +166,7 @@ def test_full_run_outputs(full_run):
 
 
 def _native_saes_at_sections(home: Path, cfg, scores: pl.DataFrame) -> list[str]:
-    from sage_core import mapping as mp
+    from sage_core.scoring import mapping as mp
     from storage.home import SageHome
     from storage.sae_sources import list_zoo_saes
 

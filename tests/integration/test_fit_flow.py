@@ -5,7 +5,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from sage_core.attribution import LocateConfig
+from sage_core.locate.attribution import LocateConfig
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -32,7 +32,7 @@ def test_fit_flow_outputs(tiny_zoo):
 
 
 def test_a_cross_section_absent_from_the_store_is_refused(tiny_zoo):
-    from sage_core.ground_truth import CrossSection
+    from sage_core.ground_truth.sections import CrossSection
     from storage.activations import ActivationStore
     from storage.atomic import StoreError
     from storage.hashing import file_hash

@@ -5,7 +5,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from sage_core.attribution import LocateConfig
+from sage_core.locate.attribution import LocateConfig
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

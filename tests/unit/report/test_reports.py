@@ -1,0 +1,282 @@
+"""Report figures, markdown and the write-once report directory (synthetic tables; fast)."""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib.pyplot as plt
+import numpy as np
+import polars as pl
+import pytest
+
+from report.summary import (
+    controls_verdict,
+    f1_heatmap,
+    f1_matrix,
+    leaderboard_text,
+    metric_panels,
+    summary_markdown,
+)
+from storage.atomic import MARKER, StoreError, is_complete
+from storage.reports import PLOT_METRICS, read_failures, read_report, write_report
+
+PNG = b"\x89PNG\r\n\x1a\n"
+TASKS = ("ioi", "greater_than")
+SAES = {"oracle-sae": "oracle", "random-sae": "random", "sae-a": "trained", "sae-b": "trained"}
+SUMMARY = {"oracle-sae": 0.9, "random-sae": 0.1, "sae-a": 0.6, "sae-b": 0.4}
+
+
+def _scores() -> pl.DataFrame:
+    rows = []
+    for task in TASKS:
+        attrs = {"io": ["Mary", "John"], "pos": ["ABB", "BAB"]} if task == "ioi" else {"yy": ["17", "42"]}
+        for sae in SAES:
+            for hook, head in (("blocks.1.attn.hook_z", 0), ("blocks.1.hook_resid_post", None)):
+                base = dict(sae=sae, task=task, hook=hook, head=head, role="END", mapping="native")
+                rows.append({**base, "metric": "explained_variance", "value": SUMMARY[sae]})
+                rows.append({**base, "metric": "summary", "value": SUMMARY[sae]})
+                for attr, values in attrs.items():
+                    for k, v in enumerate(values):
+                        # The second cross-section is better by 0.1: the heatmap must show the max.
+                        value = round(SUMMARY[sae] / (k + 1) + (0.1 if head is None else 0.0), 6)
+                        rows.append({**base, "metric": f"f1:{attr}={v}", "value": value})
+    # A NaN on one cross-section must not win the max.
+    rows.append(dict(sae="sae-b", task="ioi", hook="blocks.0.hook_resid_post", head=None, role="S2",
+                     mapping="projection", metric="f1:io=Mary", value=float("nan")))
+    schema = {"sae": pl.String, "task": pl.String, "hook": pl.String, "head": pl.Int64, "role": pl.String,
+              "mapping": pl.String, "metric": pl.String, "value": pl.Float64}
+    return pl.DataFrame(rows, schema=schema, orient="row")
+
+
+def _leaderboard(summary: dict[str, float] | None = None) -> pl.DataFrame:
+    summary = summary or SUMMARY
+    rows = []
+    for task in TASKS:
+        for sae, kind in SAES.items():
+            s = summary[sae]
+            rows.append(dict(
+                sae=sae, task=task, kind=kind, mapping="native", summary=s, n_sections=2,
+                explained_variance=s, sufficiency=s + 0.01, necessity=s + 0.02,
+                edit_accuracy_k4=float("nan") if sae == "sae-b" else s, f1_mean=s, mcc=s,
+                ce_loss_recovered=None if kind != "trained" else 0.8, kl=None, l0=12.0 if kind == "trained" else None,
+                dead_share=None, status="ok"))
+    schema = {"sae": pl.String, "task": pl.String, "kind": pl.String, "mapping": pl.String, "summary": pl.Float64,
+              "n_sections": pl.Int64, "explained_variance": pl.Float64, "sufficiency": pl.Float64,
+              "necessity": pl.Float64, "edit_accuracy_k4": pl.Float64, "f1_mean": pl.Float64, "mcc": pl.Float64,
+              "ce_loss_recovered": pl.Float64, "kl": pl.Float64, "l0": pl.Float64, "dead_share": pl.Float64,
+              "status": pl.String}
+    return pl.DataFrame(rows, schema=schema, orient="row")
+
+
+FAILURES = pl.DataFrame({"sae": ["broken-sae"], "error": ["ValueError: d_in 64 != 128\nTraceback ..."]})
+META = {"run": "unit-run", "model": "sage-tiny", "tasks": list(TASKS), "created": "2025-01-01T00:00:00"}
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_figures():
+    yield
+    plt.close("all")
+
+
+def test_f1_matrix_takes_the_best_cross_section_and_groups_columns():
+    saes, columns, mat = f1_matrix(_scores(), "ioi")
+    assert saes == list(SAES)
+    assert columns == [("io", "John"), ("io", "Mary"), ("pos", "ABB"), ("pos", "BAB")]
+    i, j = saes.index("sae-a"), columns.index(("io", "Mary"))
+    assert mat[i, j] == pytest.approx(0.6 + 0.1)  # max over cross-sections, not the mean
+    assert mat[saes.index("sae-b"), j] == pytest.approx(0.5)  # the NaN row is ignored
+    assert mat[i, columns.index(("io", "John"))] == pytest.approx(0.3 + 0.1)
+    # A fixed row order, with an SAE that has no rows → NaN row.
+    saes2, _, mat2 = f1_matrix(_scores(), "ioi", ["sae-b", "ghost"])
+    assert saes2 == ["sae-b", "ghost"] and np.isnan(mat2[1]).all() and not np.isnan(mat2[0]).any()
+
+
+def test_f1_heatmap_shows_the_matrix():
+    fig = f1_heatmap(_scores(), "ioi")
+    data = np.ma.filled(fig.axes[0].images[0].get_array(), np.nan)
+    np.testing.assert_allclose(data, f1_matrix(_scores(), "ioi")[2])
+    assert fig.axes[0].images[0].get_clim() == (0.0, 1.0)
+    assert any(t.get_text() == "0.70" for t in fig.axes[0].texts)  # small grid: annotated
+    empty = f1_heatmap(_scores(), "no-such-task")
+    assert not empty.axes[0].images
+
+
+def test_metric_panels_one_panel_per_metric_sorted_by_summary_with_controls_apart():
+    fig = metric_panels(_leaderboard(), "ioi", PLOT_METRICS)
+    axes = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in axes] == [m for m in PLOT_METRICS if m in _leaderboard().columns]
+    labels = [t.get_text() for t in axes[0].get_yticklabels()]
+    assert labels == ["random-sae", "sae-b", "sae-a", "oracle-sae"]  # best summary at the top (drawn last)
+    edit = axes[[ax.get_title() for ax in axes].index("edit_accuracy_k4")]
+    widths = [bar.get_width() for bar in edit.patches]
+    assert widths == [0.1, 0.0, 0.6, 0.9]  # sae-b's NaN drawn as zero and marked
+    assert any("n/a" in t.get_text() for t in edit.texts)
+    colours = {lab: bar.get_facecolor() for lab, bar in zip(labels, axes[0].patches, strict=True)}
+    assert colours["sae-a"] == colours["sae-b"] != colours["oracle-sae"] != colours["random-sae"]
+    big = pl.concat([_leaderboard().with_columns(pl.col("sae") + f"-{i}") for i in range(10)])
+    assert metric_panels(big, "ioi", PLOT_METRICS).get_size_inches()[1] > fig.get_size_inches()[1]
+    plt.close("all")
+
+
+def test_controls_verdict_holds_and_names_violators():
+    holds, text = controls_verdict(_leaderboard(), "ioi")
+    assert holds is True and "holds" in text
+    bad = _leaderboard({**SUMMARY, "sae-a": 0.95})
+    holds, text = controls_verdict(bad, "ioi")
+    assert holds is False and "sae-a" in text and "sae-b" not in text
+    no_random = _leaderboard().filter(pl.col("kind") != "random")
+    assert controls_verdict(no_random, "ioi")[0] is None
+
+
+def test_summary_markdown_tables_controls_and_failures():
+    md = summary_markdown(_leaderboard(), FAILURES, META)
+    assert md.startswith("# SAGE report: unit-run")
+    assert "sage-tiny" in md and "ioi, greater_than" in md and "**SAEs:** 4" in md and "2025-01-01" in md
+    assert md.count("| rank | SAE | kind | mapping | summary | EV | suff. | nec. | edit@4 | F1 | MCC | CE rec. | L0 |") == 2
+    ioi = md.split("## ioi")[1].split("## greater_than")[0].split("**Controls:**")[0]  # the leaderboard table
+    rows = [ln for ln in ioi.splitlines() if ln.startswith("| ") and "rank" not in ln]
+    assert [r.split("|")[2].strip() for r in rows] == ["oracle-sae", "sae-a", "sae-b", "random-sae"]
+    assert rows[0].startswith("| 1 | oracle-sae | oracle | native | 0.900 | 0.900 | 0.910 | 0.920 |")
+    assert "| – |" in rows[2]  # sae-b's NaN edit accuracy
+    assert md.count("**Controls:** ✅") == 2
+    assert "## Failed SAEs" in md and "broken-sae" in md and "d_in 64 != 128" in md and "Traceback" not in md
+    bad = summary_markdown(_leaderboard({**SUMMARY, "sae-b": 0.99}), FAILURES.clear(), META)
+    assert bad.count("**Controls:** ❌") == 2 and "sae-b (0.990)" in bad
+    assert bad.rstrip().endswith("none")
+
+
+def test_summary_markdown_lists_the_ground_truth_verdicts_under_their_task():
+    from report.verdicts import VERDICT_SCHEMA
+
+    verdicts = pl.DataFrame([
+        {"task": "ioi", "attribute": "IO", "verdict": "holds", "reason": "meets the bar at L0.resid_pre@IO (mse)"},
+        {"task": "ioi", "attribute": "Pos", "verdict": "not read", "reason": "the patch changes at most 7%"},
+        {"task": "greater_than", "attribute": "YY", "verdict": "below bar", "reason": "necessity 0.5 | x"},
+    ], schema=VERDICT_SCHEMA)
+    md = summary_markdown(_leaderboard(), FAILURES.clear(), META, verdicts=verdicts)
+    ioi, gt = md.split("## ioi")[1].split("## greater_than")
+    assert "- IO: holds - meets the bar at L0.resid_pre@IO (mse)" in ioi and "- Pos: not read - " in ioi
+    assert "YY" not in ioi and "- YY: below bar - necessity 0.5 \\| x" in gt  # a pipe would break the markdown
+    assert md.count("**Ground truth** (bar: sufficiency, necessity and edit accuracy >= 0.8") == 2
+    assert "**Ground truth**" not in summary_markdown(_leaderboard(), FAILURES.clear(), META)
+
+
+def test_leaderboard_text_is_aligned():
+    text = leaderboard_text(_leaderboard(), "ioi")
+    lines = text.splitlines()
+    assert lines[0] == "ioi" and "rank" in lines[1] and "oracle-sae" in lines[3]
+    assert len({len(ln) for ln in lines[1:7]} - {0}) <= 2  # header/rules/rows share columns
+    assert "controls:" in lines[-1]
+    assert "greater_than" in leaderboard_text(_leaderboard())
+
+
+def test_write_report_writes_everything_once(tmp_path):
+    out = tmp_path / "reports" / "unit-run"
+    scores, board = _scores(), _leaderboard()
+    assert write_report(out, scores, board, FAILURES, META) == out
+    assert is_complete(out)
+    expected = {"README.md", "scores.parquet", "leaderboard.parquet", "failures.parquet", MARKER}
+    assert expected <= {p.name for p in out.iterdir()}
+    pngs = {p.name for p in (out / "plots").iterdir()}
+    want = {f"{t}-metrics.png" for t in TASKS} | {f"{t}-f1-heatmap.png" for t in TASKS}
+    assert pngs == want
+    for name in want:
+        assert (out / "plots" / name).read_bytes().startswith(PNG)
+    readme = (out / "README.md").read_text()
+    for name in want:
+        assert f"](plots/{name})" in readme
+    assert "**Controls:** ✅" in readme and "broken-sae" in readme
+    assert not plt.get_fignums()  # figures closed after saving
+    assert not list(out.parent.glob("*.partial-*"))
+
+    s2, b2 = read_report(out)
+    assert s2.equals(scores) and b2.equals(board)
+    assert read_failures(out).equals(FAILURES)
+
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    assert write_report(out, scores, board, FAILURES, META) == out  # an identical rerun reuses the report
+    # another evaluation under the same run name is refused in one line, and the first report is kept (item 2)
+    with pytest.raises(StoreError, match="already holds another evaluation"):
+        write_report(out, scores.head(1), board.head(1), FAILURES.clear(), {**META, "run": "other"})
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+
+
+def test_write_report_names_a_violator_and_skips_empty_failures(tmp_path):
+    out = tmp_path / "bad"
+    write_report(out, _scores(), _leaderboard({**SUMMARY, "sae-a": 0.95}), FAILURES.clear(), META)
+    readme = (out / "README.md").read_text()
+    assert "**Controls:** ❌" in readme and "sae-a (0.950)" in readme
+    assert not (out / "failures.parquet").exists() and read_failures(out).height == 0
+    assert "## Failed SAEs\n\nnone" in readme
+
+
+def test_read_report_on_missing_or_incomplete_dir(tmp_path):
+    with pytest.raises(StoreError, match=r"no complete report at .*; run `sage evaluate` first") as e:
+        read_report(tmp_path / "nothing")
+    assert "\n" not in str(e.value)
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "scores.parquet").write_bytes(b"")
+    with pytest.raises(StoreError, match="no complete report"):
+        read_report(tmp_path / "half")
+
+
+def test_nan_summary_is_listed_last_and_not_counted():
+    board = _leaderboard().with_columns(
+        pl.when(pl.col("sae") == "sae-b").then(float("nan")).otherwise(pl.col("summary")).alias("summary"))
+    md = summary_markdown(board, FAILURES.clear(), META)
+    ioi = md.split("## ioi")[1].split("## greater_than")[0].split("**Controls:**")[0]  # the leaderboard table
+    rows = [ln for ln in ioi.splitlines() if ln.startswith("| ") and "rank" not in ln]
+    assert rows[-1].split("|")[2].strip() == "sae-b" and "| – |" in rows[-1]
+    holds, text = controls_verdict(board, "ioi")
+    assert holds is True and "without a summary" in text
+    assert math.isnan(board.filter(pl.col("sae") == "sae-b")["summary"][0])
+
+
+def _floor_board() -> pl.DataFrame:
+    nan = float("nan")
+    rows = [  # (sae, kind, summary, EV, sufficiency, necessity, f1_mean, l0, mcc, edit_magnitude_k4)
+        ("control:random", "random", 0.3, 0.5, 0.7, 0.4, 0.667, 4.0, 0.2, 0.5),
+        ("control:oracle", "oracle", 0.9, 0.1, 1.0, 1.0, 1.0, 3.0, 1.0, 0.0),  # not counted
+        ("a", "trained", 0.6, 0.4, 1.2, 0.5, 0.7, 10.0, 0.3, 0.3),
+        ("b", "trained", 0.2, 0.6, 1.35, nan, 0.6, 3.0, 0.1, 0.6),  # sufficiency 1.35 is further from 1 than 0.7
+        ("c", "trained", 0.3, 0.55, 0.9, 0.45, 0.65, None, 0.25, None),  # a tie is not better
+    ]
+    cols = ("sae", "kind", "summary", "explained_variance", "sufficiency", "necessity", "f1_mean", "l0", "mcc",
+            "edit_magnitude_k4")
+    board = pl.DataFrame([dict(zip(cols, r, strict=True)) for r in rows], orient="row",
+                         schema={c: pl.String if c in ("sae", "kind") else pl.Float64 for c in cols})
+    return board.with_columns(task=pl.lit("t"), mapping=pl.lit("native"), status=pl.lit("ok"),
+                              ce_loss_recovered=pl.lit(None, pl.Float64))
+
+
+def test_share_of_trained_saes_above_the_random_control_by_hand():
+    from report.summary import random_floor
+
+    t = {r["metric"]: r for r in random_floor(_floor_board()).iter_rows(named=True)}
+    want = {"summary": (1, 3), "explained_variance": (2, 3), "sufficiency": (2, 3), "necessity": (2, 2),
+            "f1_mean": (1, 3), "l0": (1, 2), "mcc": (2, 3), "edit_magnitude_k4": (1, 2)}
+    for metric, (better, n) in want.items():
+        assert (t[metric]["n_better"], t[metric]["n_trained"]) == (better, n), metric
+        assert t[metric]["share_better"] == pytest.approx(better / n), metric
+    assert t["l0"]["better"] == "lower" and t["sufficiency"]["better"] == "closer to 1"
+    assert t["summary"]["random"] == pytest.approx(0.3)
+    assert t["ce_loss_recovered"]["share_better"] is None and "not measured" in t["ce_loss_recovered"]["note"]
+    assert "chance" in t["f1_mean"]["note"]
+
+    md = summary_markdown(_floor_board(), FAILURES.clear(), META)
+    assert "| metric | better | random | trained SAEs better | share |" in md
+    assert "| summary | higher | 0.300 | 1 of 3 | 33% |" in md
+    assert "| necessity | higher | 0.400 | 2 of 2 | 100% |" in md
+    # metrics where the control matches or beats more than half the trained SAEs are named
+    named = next(ln for ln in md.splitlines() if ln.startswith("The random control matches or beats most"))
+    assert "summary (33%)" in named and "f1_mean (33%)" in named
+    assert not any(m in named for m in ("explained_variance", "l0", "edit_magnitude_k4", "necessity"))
+
+
+def test_every_metric_the_random_control_can_match_is_explained():
+    """Metrics where the built-in evaluation's random control matched or beat most trained SAEs (l0, edit accuracy,
+    edit magnitude) or that chance already satisfies (F1, coverage) carry a note saying why (issue #15 item 10)."""
+    from report.summary import CONTROL_NOTES
+
+    for metric in ("l0", "edit_accuracy_k1", "edit_accuracy_k4", "edit_magnitude_k4", "f1_mean", "coverage"):
+        assert len(CONTROL_NOTES.get(metric, "")) > 20, metric
