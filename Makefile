@@ -18,10 +18,18 @@ STAMP := $(VENV)/.sage-installed
 
 .PHONY: run test install lint bench clean-data ui
 
+# the install is a stage of `make run` like the others: one line when it starts, one with its duration when it ends
+STAGE_LINE = echo "[sage $$(date +%H:%M:%S)] install:"
+INSTALL_T0 := $(VENV)/.install-started
+NOW := $(PYTHON) -c "import time; print(time.time())"
+SINCE_T0 := $(PYTHON) -c "import sys, time; print(f'{time.time() - float(open(sys.argv[1]).read()):.1f}')" $(INSTALL_T0)
+
 $(PY):
+	@mkdir -p $(VENV) && $(NOW) > $(INSTALL_T0) && $(STAGE_LINE) "torch, SAGE and its dependencies into $(VENV)"
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): pyproject.toml | $(PY)
+	@[ -f $(INSTALL_T0) ] || { $(NOW) > $(INSTALL_T0); $(STAGE_LINE) "torch, SAGE and its dependencies into $(VENV)"; }
 	@set -o pipefail; \
 	if ! $(PY) -c "import torch" 2>/dev/null; then \
 	  if command -v nvidia-smi >/dev/null 2>&1; then echo "CUDA found: installing torch from PyPI"; $(PIP) install -q torch $(QUIET_PIP); \
@@ -35,6 +43,7 @@ $(STAMP): pyproject.toml | $(PY)
 	else echo "uv unavailable: installing with pip (slower)"; $(PIP) install -q -e '.[dev]' $(QUIET_PIP); fi
 	@$(PY) -c "import sage_core, transformer_lens, sae_lens, prefect, zarr" || { echo "install incomplete"; exit 1; }
 	@touch $(STAMP)
+	@$(STAGE_LINE) "done in $$($(SINCE_T0)) s"; rm -f $(INSTALL_T0)
 
 install: $(STAMP)
 
@@ -54,8 +63,10 @@ bench: install
 	$(PY) -m benchmarks.fit
 	$(PY) -m benchmarks.score
 
+# the Prefect UI at http://127.0.0.1:4200 (flow runs, task runs, stage progress, leaderboards, plots); a `sage` command
+# run with PREFECT_API_URL=http://127.0.0.1:4200/api reports to it, otherwise each command starts its own temporary server
 ui: install
-	$(VENV)/bin/prefect server start --host 127.0.0.1
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(VENV)/bin/prefect server start --host 127.0.0.1
 
 clean-data:
 	rm -rf $(SAGE_HOME)

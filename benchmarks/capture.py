@@ -42,7 +42,7 @@ from sage_core.prompts.corpus import background_vocabulary  # noqa: E402
 from sage_core.prompts.library import TASKS, get_task  # noqa: E402
 from sage_core.prompts.task import DatasetConfig, generate_prompts  # noqa: E402
 from storage.activations import ActivationStore  # noqa: E402
-from tasks.capture import (  # noqa: E402
+from storage.capture import (  # noqa: E402
     capture_chunks,
     chunk_buffer,
     compute_chunk,
@@ -210,7 +210,8 @@ def main() -> None:
     ap.add_argument("--memory-child", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.memory_child:
-        return memory_child(args.memory_child, args.dtype)
+        memory_child(args.memory_child, args.dtype)
+        return
 
     global SCHEDULE
     SCHEDULE = None if args.schedule == "auto" else args.schedule
@@ -218,8 +219,9 @@ def main() -> None:
         big, big_df = setup(args.gpt2_prompts, GPT2_SMALL_SHAPE, args.device)
         hooks = default_hooks(big.cfg.n_layers)
         request = CaptureRequest(hooks=hooks, dtype=args.dtype, compression=args.compression)
-        return compare_schedules(big, big_df, request, args.compare_schedules,
-                                 f"GPT-2-small shape, {len(hooks)} hooks, {args.gpt2_prompts} prompts, {args.device}")
+        compare_schedules(big, big_df, request, args.compare_schedules,
+                          f"GPT-2-small shape, {len(hooks)} hooks, {args.gpt2_prompts} prompts, {args.device}")
+        return
     model, df = setup(args.prompts, device=args.device)
     print(f"device {args.device}, write schedule: {SCHEDULE or write_schedule(model)} ({args.schedule})")
     hooks = default_hooks(model.cfg.n_layers)

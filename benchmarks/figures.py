@@ -19,7 +19,7 @@ from pathlib import Path
 import polars as pl
 
 from report.verdicts import ground_truth_verdicts, verdict_line
-from storage.atomic import is_complete
+from storage.atomic import MARKER, is_complete
 from storage.home import SageHome
 
 MODEL = "sage-tiny"
@@ -54,7 +54,7 @@ def latest_dir(root: Path, name: str | None = None) -> Path:
     done = [d for d in root.glob("*") if d.is_dir() and is_complete(d)] if root.is_dir() else []
     if not done:
         raise SystemExit(f"nothing complete under {root}; run `make run` first")
-    return max(done, key=lambda d: (d / "_COMPLETE.json").stat().st_mtime)
+    return max(done, key=lambda d: (d / MARKER).stat().st_mtime)
 
 
 def zoo_section(h: SageHome) -> list[str]:
@@ -82,7 +82,7 @@ def locations_section(h: SageHome) -> list[str]:
     dirs = [d for d in root.glob("*") if d.name != "parts" and is_complete(d)] if root.is_dir() else []
     if not dirs:
         return []
-    d = max(dirs, key=lambda p: (p / "_COMPLETE.json").stat().st_mtime)
+    d = max(dirs, key=lambda p: (p / MARKER).stat().st_mtime)
     v = pl.read_parquet(d / "validation.parquet")
     cols = ["task", "attribute"] + [c for c in v.columns if c.endswith(("_spearman", "_top5_agreement", "_recovered"))]
     return ["## Location search: AtP ranking against real patching", "",
@@ -131,7 +131,7 @@ def main() -> None:
     h = SageHome(args.home)
     report = latest_dir(h.reports_root(), args.run)
     board = pl.read_parquet(report / "leaderboard.parquet")
-    meta = {k: v for k, v in __import__("json").loads((report / "_COMPLETE.json").read_text()).items()}
+    meta = {k: v for k, v in __import__("json").loads((report / MARKER).read_text()).items()}
     tasks = list(meta.get("tasks") or board["task"].unique().to_list())
     gt = Path(meta["ground_truth"])
     gt = gt if gt.is_absolute() else h.root / gt

@@ -1,8 +1,10 @@
 """`make run` on a fresh clone, timed as a new user would, and the figures of the evaluation it produced.
 
-Clones this repository's HEAD into a new directory, runs `make run` there (install included, a new data root),
-writes the wall time and the log's stage lines to results/fresh-run.md, then the run's figures to
-results/built-in.md (`benchmarks.figures` on the clone's data root). Both files name the commit.
+Clones this repository's HEAD into a new directory, runs `make run` there (install included, a new data root) with
+its output to a log, as `make run > log 2>&1` would, and writes results/fresh-run.md: the wall time, what each stage
+cost (from the log's stage lines: the Makefile's install and the CLI's stages, `[sage HH:MM:SS] <stage>: done, <size>
+in <seconds> s`) and the log's last lines. Then the run's figures go to results/built-in.md (`benchmarks.figures` on
+the clone's data root). Both files name the commit.
 
     python -m benchmarks.fresh_run [--dir /tmp/sage-fresh] [--keep]
 """
@@ -11,14 +13,86 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+from tasks.progress import STAGES
+
 REPO = Path(__file__).resolve().parents[1]
+# the Makefile's install stage and the CLI's (tasks.progress); longest first: "zoo: model training" before "zoo"
+UNITS = {"install": "", **dict(STAGES.values())}  # label -> unit; a stage without one announces a note, not a size
+LABELS = sorted(UNITS, key=len, reverse=True)
+STAGE_LINE = re.compile(rf"^\[sage (?P<clock>\d\d:\d\d:\d\d)\] (?P<label>{'|'.join(map(re.escape, LABELS))}): "
+                        r"(?P<text>.*)$")
+DONE = re.compile(r"^done(?:, (?P<count>.+?))? in (?P<seconds>\d+(?:\.\d+)?) s$")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the log: its label, its size as announced (or as counted at its end), its duration, and when it
+    ended (seconds since the log's first stage line)."""
+
+    label: str
+    size: str
+    seconds: float
+    ended: float
+
+
+def _clock(text: str) -> int:
+    h, m, s = (int(x) for x in text.split(":"))
+    return 3600 * h + 60 * m + s
+
+
+def parse_stages(log: str) -> list[Stage]:
+    """The stages of a run's log in the order they ended. A stage's size is what its end line counted, else what its
+    start line announced (a stage without a unit announces a note, not a size); a clock that passes midnight keeps
+    counting up."""
+    stages, started, first, last, day = [], {}, None, None, 0
+    for line in log.splitlines():
+        m = STAGE_LINE.match(line.strip())
+        if m is None:
+            continue
+        t = _clock(m["clock"])
+        if last is not None and t + day < last:
+            day += 24 * 3600
+        last = t + day
+        first = last if first is None else first
+        done = DONE.match(m["text"])
+        if done is None:
+            started[m["label"]] = m["text"]
+            continue
+        announced = started.pop(m["label"], "")
+        size = done["count"] or (announced if UNITS[m["label"]] and announced != "started" else "")
+        stages.append(Stage(m["label"], size, float(done["seconds"]), last - first))
+    return stages
+
+
+def outside_stages(stages: list[Stage], wall: float) -> float:
+    """Seconds of the wall time no stage covers (stages may overlap: scoring and core metrics run side by side), to
+    a second's precision (the clock in the stage lines)."""
+    spans = sorted((s.ended - s.seconds, s.ended) for s in stages)
+    covered, reach = 0.0, float("-inf")
+    for start, end in spans:
+        if end > reach:
+            covered += end - max(start, reach)
+            reach = end
+    return max(0.0, wall - covered)
+
+
+def cost_table(stages: list[Stage], wall: float) -> list[str]:
+    """'What each stage costs' as markdown lines: one row per stage, then the time outside every stage."""
+    lines = ["| stage | size | seconds | share of the run |", "|---|---|---:|---:|"]
+    for s in stages:
+        lines.append(f"| {s.label} | {s.size or '–'} | {s.seconds:.1f} | {s.seconds / wall:.0%} |")
+    rest = outside_stages(stages, wall)
+    lines.append(f"| outside the stages (Python start-up, flow runs, tables) | – | {rest:.0f} | {rest / wall:.0%} |")
+    return lines
 
 
 def main() -> None:
@@ -41,7 +115,7 @@ def main() -> None:
     with open(log, "w") as f:
         rc = subprocess.run(["make", "run"], cwd=where, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
     wall = time.perf_counter() - t0
-    tail = log.read_text().splitlines()[-12:]
+    text = log.read_text()
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
     m, s = divmod(round(wall), 60)
@@ -54,10 +128,16 @@ def main() -> None:
         f"- exit code: {rc}",
         f"- wall time, install included: **{m} min {s:02d} s** ({wall:.0f} s)",
         "",
-        "Last lines of the log:",
+        "## What each stage costs",
+        "",
+        "From the log's stage lines (`[sage HH:MM:SS] <stage>: done, <size> in <seconds> s`).",
+        "",
+        *cost_table(parse_stages(text), wall),
+        "",
+        "## Last lines of the log",
         "",
         "```",
-        *tail,
+        *text.splitlines()[-12:],
         "```",
         "",
     ]))

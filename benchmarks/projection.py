@@ -30,9 +30,12 @@ from sage_core.model.capture import capture_batch  # noqa: E402
 from sage_core.model.transformer import pad_sequences  # noqa: E402
 from sage_core.scoring import mapping as mp  # noqa: E402
 from sage_core.scoring.metrics import explained_variance  # noqa: E402
+from storage.atomic import StoreError  # noqa: E402
 from storage.datasets import read_prompts  # noqa: E402
 from storage.home import SageHome  # noqa: E402
+from storage.reports import latest_report  # noqa: E402
 from storage.sae_sources import load_sae_spec  # noqa: E402
+from storage.scores import run_files  # noqa: E402
 from storage.zoo import load_model  # noqa: E402
 
 
@@ -119,16 +122,16 @@ def main() -> None:
               + (f"; in the heads' write space: native {t['native_write'].mean():.3f}, projection "
                  f"{t['projection_write'].mean():.3f}" if kind == "attn.z" else ""))
 
-    runs = sorted(h.root.glob("scores/run-*/scores.parquet"), key=lambda p: p.stat().st_mtime) if not args.run \
-        else [h.scores_dir(args.run) / "scores.parquet"]
-    if not runs:
+    try:
+        run = args.run or latest_report(h.reports_root()).name
+    except StoreError:
         print("no evaluation run to correlate scores with; run `sage evaluate` first")
         return
-    s = pl.read_parquet(runs[-1])
+    s = pl.read_parquet(run_files(h.scores_dir(run))["scores"])
     key = ["task", "hook", "head", "role"]
     native = s.filter((pl.col("mapping") == "native") & pl.col("sae").str.ends_with(f"--{args.native}"))
     proj = s.filter((pl.col("mapping") == "projection") & pl.col("sae").str.starts_with(f"{args.family}:"))
-    print(f"\nscores of run {runs[-1].parent.name}: native {args.native} vs projected {args.family}, at every "
+    print(f"\nscores of run {run}: native {args.native} vs projected {args.family}, at every "
           f"sub-layer cross-section both reach")
     for metric in ("summary", "explained_variance", "faithfulness", "edit_accuracy_k4", "f1_mean", "mcc"):
         j = native.filter(pl.col("metric") == metric).join(proj.filter(pl.col("metric") == metric), on=key,

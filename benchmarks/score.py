@@ -3,7 +3,8 @@
 1. first full evaluation of a set of SAEs (location search, capture, ground-truth fit, references, scoring, core
    metrics; the zoo itself is reused) against re-evaluating the same set plus ONE more SAE: marginal cost ratio
    (target <= 0.1);
-2. SAEs scored per minute in the first run.
+2. SAEs scored per minute in the first run;
+3. reads from disk per run (`tasks.loaded.LOADS`): the model once, each SAE once, each task's references once.
 
 A fresh `seed` for the location search and for scoring makes run 1 redo the location search and all scoring, while
 the zoo stays cached. Caveat: ground-truth parts and activation stores are keyed on the cross-sections, not the seed,
@@ -44,6 +45,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from flows.evaluate import run_evaluate
+    from tasks import loaded
 
     h = SageHome(args.home)
     base = EvaluateConfig()
@@ -57,9 +59,13 @@ def main() -> None:
     cfg = base.model_copy(update={"tasks": tasks, "locate": LocateConfig(seed=seed),
                                   "score": base.score.model_copy(update={"seed": seed})})
 
+    loads: list[dict[str, int]] = []
+
     def timed(specs: list[str]) -> float:
+        loaded.clear()
         t = time.perf_counter()
         run_evaluate(cfg.model_copy(update={"saes": tuple(f"zoo:{n}" for n in specs)}), home=str(h.root))
+        loads.append(dict(loaded.LOADS))
         return time.perf_counter() - t
 
     t_full = timed(first)  # new seeds: location search and scoring run anew (see the caveat above)
@@ -69,6 +75,8 @@ def main() -> None:
           f"minute, location search and ground truth included)")
     print(f"same set + 1 SAE ({one}): {t_one:7.1f} s")
     print(f"marginal cost ratio: {t_one / t_full:.3f}   (target <= 0.1)")
+    for label, n, counts in (("first run", len(first), loads[0]), ("+1 SAE run", len(first) + 1, loads[1])):
+        print(f"reads from disk, {label} ({n} SAEs): " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
 
 
 if __name__ == "__main__":

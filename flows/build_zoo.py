@@ -1,4 +1,5 @@
-"""Flow `build-zoo`: tokenizer -> prompt datasets -> corpus -> model -> SAE activations -> SAEs (mapped) -> metrics.
+"""Flow `build-zoo`: tokenizer -> prompt datasets -> corpus -> model -> SAE activations -> SAEs (mapped) -> metrics ->
+the zoo record.
 
 Every step is a cached Prefect task keyed on its inputs' content hashes, its config and the code version, so a rerun
 recomputes nothing, and a crash resumes at the first step whose output is not complete on disk.
@@ -6,29 +7,30 @@ recomputes nothing, and a crash resumes at the first step whose output is not co
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import flow, unmapped
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.settings import results_in
 from sage_core.config import ZooConfig
 from sage_core.zoo.plan import plan_zoo
+from storage.hashing import source_version
 from storage.home import SageHome
-from storage.zoo import read_zoo_record, write_zoo_record
+from storage.refs import ZooRef
+from storage.zoo import read_zoo_record
+from tasks import progress
 from tasks import zoo as zt
 from tasks.common import ManifestSerializer, in_home, output_key
 
 ZOO_TASKS = (zt.make_tokenizer, zt.make_dataset, zt.make_corpus, zt.train_model, zt.evaluate_model,
-             zt.capture_sae_activations, zt.train_sae, zt.evaluate_saes)
+             zt.capture_sae_activations, zt.train_sae, zt.evaluate_saes, zt.record_zoo)
 
 
-@flow(name="build-zoo", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=True,
-      result_serializer=ManifestSerializer())
-def build_zoo(cfg: ZooConfig = ZooConfig(), home: str | None = None, refresh: bool = False) -> dict[str, Any]:
-    """Build (or reuse) the built-in model and its SAE zoo under SAGE_HOME; returns the manifests (paths relative to
-    SAGE_HOME). The cache records live in SAGE_HOME/.prefect-results whoever runs the flow (CLI or deployment)."""
+@flow(name="build-zoo", flow_run_name="build-zoo {cfg.model.name}", task_runner=ThreadPoolTaskRunner(max_workers=2),
+      log_prints=True, result_serializer=ManifestSerializer())
+def build_zoo(cfg: ZooConfig = ZooConfig(), home: str | None = None, refresh: bool = False) -> ZooRef:
+    """Build (or reuse) the built-in model and its SAE zoo under SAGE_HOME; returns the zoo's references (paths
+    relative to SAGE_HOME). The cache records live in SAGE_HOME/.prefect-results whoever runs the flow (CLI or
+    deployment)."""
     h = SageHome(home)
     h.ensure_writable()
     plan = plan_zoo(cfg)  # bad input fails here, before any training
@@ -41,48 +43,36 @@ def build_zoo(cfg: ZooConfig = ZooConfig(), home: str | None = None, refresh: bo
     datasets = t["make-dataset"].map(list(cfg.tasks), unmapped(cfg), unmapped(tok), unmapped(root))
     corpus = t["make-corpus"](cfg, tok, root)
     model = t["train-model"](cfg, tok, corpus, root)
-    model_eval = t["evaluate-model"](model, [d.result() for d in datasets], root)
+    model_eval = t["evaluate-model"](model, datasets, root)
     acts = t["capture-sae-activations"](cfg, model, corpus, plan.hooks, root)
-    saes = t["train-sae"].map(plan.specs, unmapped(cfg), unmapped(model), unmapped(acts), unmapped(root))
-    sae_eval = t["evaluate-saes"](cfg, model, [s.result() for s in saes], acts, corpus, root)
-
-    _publish(model_eval, h.at(sae_eval["path"]))
-    out = {"model": model, "datasets": [d.result() for d in datasets], "corpus": corpus,
-           "model_eval": model_eval, "saes": [s.result() for s in saes], "sae_eval": sae_eval}
-    write_zoo_record(h, cfg.model.name, zoo_key(cfg), out)  # relative paths only: a moved root still reads
-    return {"home": root, **out}
+    progress.begin("zoo-saes", len(plan.specs))
+    try:
+        saes = t["train-sae"].map(plan.specs, unmapped(cfg), unmapped(model), unmapped(acts), unmapped(root)).result()
+    finally:
+        progress.end("zoo-saes")
+    sae_eval = t["evaluate-saes"](cfg, model, saes, acts, corpus, root)
+    zoo = ZooRef(model=model, datasets=tuple(d.result() for d in datasets), corpus=corpus, model_eval=model_eval,
+                 saes=tuple(saes), sae_eval=sae_eval)
+    return t["record-zoo"](zoo, zoo_key(cfg), root)
 
 
 def zoo_key(cfg: ZooConfig) -> str:
-    """A zoo build is valid for its config and the code it runs: this flow, its plan of the SAEs (`zoo_plan` sets each
-    one's spec and training settings) and its tasks (the same key function as theirs)."""
-    return output_key("build-zoo", {"cfg": cfg}, ("flows.build_zoo",))
+    """A zoo build is valid for its config and the code it runs: this flow's wiring, its plan of the SAEs (`zoo_plan`
+    sets each one's spec and training settings) and its tasks (the same key function as theirs)."""
+    # the plan by its source: it imports the settings module (for the config's type), whose code is no zoo input
+    return output_key("build-zoo", {"cfg": cfg, "wiring": source_version("flows.build_zoo", "sage_core.zoo.plan")},
+                      ("tasks.zoo",))
 
 
-def zoo_if_whole(cfg: ZooConfig, home: SageHome) -> dict[str, Any] | None:
-    """The last build's manifests when that build is for this config and code and all of it is still on disk: a
+def zoo_if_whole(cfg: ZooConfig, home: SageHome) -> ZooRef | None:
+    """The last build's references when that build is for this config and code and all of it is still on disk: a
     cheap check that saves the zoo flow's ~45 cache lookups on every later evaluation."""
     return read_zoo_record(home, cfg.model.name, zoo_key(cfg), [s.name for s in plan_zoo(cfg).specs])
 
 
-def run_build_zoo(cfg: ZooConfig = ZooConfig(), home: str | None = None, refresh: bool = False) -> dict[str, Any]:
+def run_build_zoo(cfg: ZooConfig = ZooConfig(), home: str | None = None, refresh: bool = False) -> ZooRef:
     """Check the config (bad input fails here, before Prefect starts), then run the flow with Prefect's result store
     inside SAGE_HOME, so the cache lives (and dies) with the data."""
     plan_zoo(cfg)
     with results_in(SageHome(home)):
         return build_zoo(cfg=cfg, home=home, refresh=refresh)
-
-
-def _publish(model_eval: dict, sae_table) -> None:
-    import polars as pl
-
-    create_table_artifact(key="zoo-task-metrics", table=model_eval["rows"],
-                          description="Built-in model: held-out accuracy and logit difference per task")
-    saes = pl.read_parquet(sae_table).select(
-        "sae", "explained_variance", "l0", "dead_share", "ce_loss_recovered").to_dicts()
-    create_table_artifact(key="zoo-sae-metrics", table=saes, description="SAE zoo metrics on held-out text")
-    best = max(saes, key=lambda r: r["explained_variance"]) if saes else None
-    if best:
-        create_markdown_artifact(key="zoo-summary", markdown=(
-            f"# SAE zoo\n\n{len(saes)} SAEs. Best explained variance: **{best['sae']}** "
-            f"({best['explained_variance']:.3f}, L0 {best['l0']:.1f}).\n"))

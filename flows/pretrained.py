@@ -8,37 +8,28 @@ splits fails with the word to drop. No model or SAE is trained: the SAEs to scor
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import flow, unmapped
-from prefect.artifacts import create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from sage_core.config import ZooConfig
-from storage.hashing import dir_hash
 from storage.home import SageHome
+from storage.refs import ZooRef
 from tasks import zoo as zt
 from tasks.common import ManifestSerializer, in_home
 
 
-@flow(name="prepare-pretrained", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=True,
-      result_serializer=ManifestSerializer())
-def prepare_pretrained(pretrained: str, cfg: ZooConfig, home: str | None = None) -> dict[str, Any]:
+@flow(name="prepare-pretrained", flow_run_name="prepare-pretrained {pretrained}",
+      task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=True, result_serializer=ManifestSerializer())
+def prepare_pretrained(pretrained: str, cfg: ZooConfig, home: str | None = None) -> ZooRef:
     """`cfg` is `EvaluateConfig.model_zoo()`: its model name is the pretrained model's zoo directory."""
     h = SageHome(home)
     h.ensure_writable()
     root, name = str(h.root), cfg.model.name
-    model = zt.import_model(pretrained, name, root)
-    tok = {"path": h.relative(h.tokenizer_dir(name)), "hash": dir_hash(h.tokenizer_dir(name))}
-    datasets = [d.result() for d in in_home(zt.make_dataset, h).map(list(cfg.tasks), unmapped(cfg), unmapped(tok),
-                                                                     unmapped(root))]
+    zt.import_model(pretrained, name, root)
+    model, tok = zt.find_model(name, root)
+    # resolved here: a task the tokenizer cannot spell fails with its one-line error, not as a missing input later
+    datasets = in_home(zt.make_dataset, h).map(list(cfg.tasks), unmapped(cfg), unmapped(tok), unmapped(root)).result()
     corpus = in_home(zt.make_corpus, h)(cfg, tok, root)
     model_eval = in_home(zt.evaluate_model, h)(model, datasets, root)
-    create_table_artifact(key="pretrained-task-metrics", table=model_eval["rows"],
-                          description=f"{pretrained}: accuracy and logit difference per task (held-out prompts)")
-    for row in model_eval["rows"]:
-        if row["accuracy"] < 0.6:
-            print(f"warning: {pretrained} solves {row['task']} on only {row['accuracy']:.0%} of test prompts; "
-                  "its ground truth there says little")
-    return {"home": root, "model": model, "datasets": datasets, "corpus": corpus, "model_eval": model_eval,
-            "saes": []}
+    zt.publish_model_eval(pretrained, model_eval)
+    return ZooRef(model=model, datasets=tuple(datasets), corpus=corpus, model_eval=model_eval)

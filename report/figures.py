@@ -1,45 +1,143 @@
-"""Figures (matplotlib, built in memory; storage/ saves them)."""
+"""The report's figures (matplotlib `Figure`s built in memory, never through pyplot: no backend, nothing global to
+close; storage/reports.py saves them): per task, the leaderboard's metrics as bar panels and the best F1 per attribute
+value as a heatmap. The location search's AtP heatmaps are in report.atp (re-exported here until tasks/locate.py
+imports them from there)."""
 
 from __future__ import annotations
 
 import matplotlib
 import numpy as np
+import polars as pl
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
-SITES = ("resid_pre", "attn_out", "mlp_out", "resid_post")
+from report.tables import num, task_rows
+
+KIND_COLOURS = {"trained": "#4c72b0", "oracle": "#55a868", "random": "#c44e52"}
+OTHER_COLOUR = "#8c8c8c"
+F1_PREFIX = "f1:"
+ANNOTATE_MAX_CELLS = 200
 
 
-def _strongest(values: list[float]) -> float:
-    return max(values, key=abs) if values else 0.0
+def metric_panels(leaderboard: pl.DataFrame, task: str, metrics: tuple[str, ...] | list[str]) -> Figure:
+    """One task's leaderboard metrics as side-by-side bar panels sharing one SAE axis (best summary at the top).
+
+    One figure instead of one per metric: the SAE names are laid out once, and a reader compares an SAE across
+    metrics along one row. Controls are coloured apart; a missing value is marked "n/a" at zero.
+    """
+    rows = task_rows(leaderboard, task)[::-1]  # barh draws index 0 at the bottom
+    metrics = [m for m in metrics if m in leaderboard.columns] or ["summary"]
+    names = [str(r["sae"]) for r in rows]
+    n = max(len(rows), 1)
+    # Fixed margins from the longest name: constrained layout measured every text and cost ~0.25 s per figure.
+    left_in = 0.5 + 0.062 * max((len(s) for s in names), default=4)
+    panel_in, height = 1.9, 0.24 * n + 1.3
+    width = left_in + panel_in * len(metrics) + 0.3
+    # Not sharey: only the first panel carries y ticks (the others' tick artists cost ~40% of the drawing).
+    fig = Figure(figsize=(width, height))
+    axes = fig.subplots(1, len(metrics), squeeze=False)
+    fig.subplots_adjust(left=left_in / width, right=1 - 0.3 / width, bottom=0.75 / height,
+                        top=1 - 0.55 / height, wspace=0.12)
+    ys = np.arange(len(rows))
+    colours = [KIND_COLOURS.get(str(r.get("kind") or ""), OTHER_COLOUR) for r in rows]
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        vals = np.array([num(r.get(metric)) for r in rows], dtype=float)
+        finite = vals[~np.isnan(vals)]
+        ax.barh(ys, np.nan_to_num(vals, nan=0.0), color=colours, height=0.75)
+        for y in ys[np.isnan(vals)]:
+            ax.text(0, y, " n/a", va="center", ha="left", fontsize=6, color=OTHER_COLOUR, style="italic")
+        lo = min(0.0, float(finite.min())) if finite.size else 0.0
+        hi = max(1.0 if finite.size and finite.max() > 0.5 else 0.0, float(finite.max()) if finite.size else 1.0)
+        span = (hi - lo) or 1.0
+        ax.set_xlim(lo - 0.05 * span, hi + 0.05 * span)
+        ax.axvline(0, color="black", linewidth=0.6)
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_title(metric, fontsize=9)
+        ax.tick_params(axis="x", labelsize=7)
+        ax.set_ylim(-0.6, len(rows) - 0.4)
+        ax.set_yticks([])
+    axes[0][0].set_yticks(ys, names, fontsize=7)
+    kinds = [k for k in KIND_COLOURS if any(r.get("kind") == k for r in rows)]
+    if kinds:
+        fig.legend(handles=[Patch(color=KIND_COLOURS[k], label=k) for k in kinds], loc="lower center",
+                   ncol=len(kinds), fontsize=8, frameon=False)
+    if not rows:
+        axes[0][0].text(0.5, 0.5, "no SAEs for this task", ha="center", va="center", transform=axes[0][0].transAxes)
+    fig.suptitle(f"{task}: leaderboard metrics (means over each SAE's cross-sections)", fontsize=10)
+    return fig
 
 
-def atp_heatmaps(rows: list[dict], n_layers: int, n_heads: int, title: str) -> Figure:
-    """Two panels: layer x head and layer x sub-layer site; each cell is its AtP of largest magnitude over roles."""
-    heads = np.zeros((n_layers, n_heads))
-    sites = np.zeros((n_layers, len(SITES)))
-    cells_h: dict[tuple[int, int], list[float]] = {}
-    cells_s: dict[tuple[int, int], list[float]] = {}
-    for r in rows:
-        if r["kind"] == "head":
-            cells_h.setdefault((r["layer"], r["head"]), []).append(r["atp"])
-        elif r["kind"] in SITES:
-            cells_s.setdefault((r["layer"], SITES.index(r["kind"])), []).append(r["atp"])
-    for (i, j), v in cells_h.items():
-        heads[i, j] = _strongest(v)
-    for (i, j), v in cells_s.items():
-        sites[i, j] = _strongest(v)
-    fig = Figure(figsize=(10, 0.6 * n_layers + 2.2), layout="constrained")
-    axes = fig.subplots(1, 2)
-    for ax, data, xlabels, name in ((axes[0], heads, [str(h) for h in range(n_heads)], "head"),
-                                    (axes[1], sites, list(SITES), "site")):
-        lim = float(np.abs(data).max()) or 1.0
-        im = ax.imshow(data, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
-        ax.set_xticks(range(len(xlabels)), xlabels, rotation=30 if name == "site" else 0)
-        ax.set_yticks(range(n_layers), [f"L{i}" for i in range(n_layers)])
-        ax.set_xlabel(name)
-        for (i, j), v in np.ndenumerate(data):
-            if v:
-                ax.text(j, i, f"{v:.2g}", ha="center", va="center", fontsize=7)
-        fig.colorbar(im, ax=ax, shrink=0.8, label="AtP (strongest role)")
-    fig.suptitle(title)
+def _parse_f1(metric: str) -> tuple[str, str]:
+    body = metric[len(F1_PREFIX):]
+    attr, _, value = body.partition("=")
+    return attr, value
+
+
+def f1_matrix(scores: pl.DataFrame, task: str, saes: list[str] | None = None
+              ) -> tuple[list[str], list[tuple[str, str]], np.ndarray]:
+    """Best per-value F1 of each SAE over its cross-sections: (saes, [(attribute, value)], matrix [sae, column]).
+
+    Columns are grouped by attribute (attributes in order of first appearance, values sorted within); missing or
+    NaN-only cells are NaN. `saes` fixes the row order (and subset); by default, order of first appearance.
+    """
+    f1 = scores.filter((pl.col("task") == task) & pl.col("metric").str.starts_with(F1_PREFIX))
+    f1 = f1.with_columns(pl.col("value").cast(pl.Float64).fill_nan(None))
+    best = f1.group_by("sae", "metric", maintain_order=True).agg(pl.col("value").max())
+    rows = saes if saes is not None else f1.get_column("sae").unique(maintain_order=True).to_list()
+    attrs: dict[str, list[str]] = {}
+    for m in f1.get_column("metric").unique(maintain_order=True).to_list():
+        a, v = _parse_f1(m)
+        attrs.setdefault(a, [])
+        if v not in attrs[a]:
+            attrs[a].append(v)
+    columns = [(a, v) for a, vs in attrs.items() for v in sorted(vs)]
+    col_index = {f"{F1_PREFIX}{a}={v}": j for j, (a, v) in enumerate(columns)}
+    row_index = {s: i for i, s in enumerate(rows)}
+    mat = np.full((len(rows), len(columns)), np.nan)
+    for sae, metric, value in best.iter_rows():
+        i, j = row_index.get(sae), col_index.get(metric)
+        if i is not None and j is not None and value is not None:
+            mat[i, j] = value
+    return list(rows), columns, mat
+
+
+def f1_heatmap(scores: pl.DataFrame, task: str, saes: list[str] | None = None) -> Figure:
+    """Rows = SAEs, columns = attribute values; cell = the SAE's best F1 for that value over its cross-sections."""
+    rows, columns, mat = f1_matrix(scores, task, saes)
+    nr, nc = max(len(rows), 1), max(len(columns), 1)
+    # Fixed margins sized from the longest labels (constrained layout cost ~1 s per heatmap).
+    left_in = 0.4 + 0.062 * max((len(s) for s in rows), default=4)
+    bottom_in = 0.4 + 0.055 * max((len(v) for _, v in columns), default=4)
+    width = min(left_in + 0.36 * nc + 1.4, 40)
+    height = bottom_in + 0.24 * nr + 0.9
+    fig = Figure(figsize=(width, height))
+    ax = fig.add_axes((left_in / width, bottom_in / height, 1 - (left_in + 1.3) / width,
+                       1 - (bottom_in + 0.8) / height))
+    if not rows or not columns:
+        ax.text(0.5, 0.5, "no per-value F1 scores", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(f"{task}: best F1 per attribute value")
+        return fig
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#dddddd")
+    im = ax.imshow(np.ma.masked_invalid(mat), cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
+    ax.set_xticks(range(len(columns)), [v for _, v in columns], rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(rows)), rows, fontsize=8 if len(rows) <= 30 else 7)
+    # Attribute groups: separators and a label above each group.
+    start = 0
+    for j in range(1, len(columns) + 1):
+        if j == len(columns) or columns[j][0] != columns[start][0]:
+            if j < len(columns):
+                ax.axvline(j - 0.5, color="white", linewidth=2)
+            ax.text((start + j - 1) / 2, -0.7, columns[start][0], ha="center", va="bottom", fontsize=8,
+                    fontweight="bold", clip_on=False)
+            start = j
+    if mat.size < ANNOTATE_MAX_CELLS:
+        for (i, j), v in np.ndenumerate(mat):
+            text = "–" if np.isnan(v) else f"{v:.2f}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=7,
+                    color="black" if np.isnan(v) or v > 0.6 else "white")
+    cax = fig.add_axes((1 - 1.1 / width, bottom_in / height, 0.15 / width, 1 - (bottom_in + 0.8) / height))
+    fig.colorbar(im, cax=cax, label="best F1 (max over cross-sections)")
+    ax.set_title(f"{task}: best F1 per attribute value", pad=18)
     return fig

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import polars as pl
 
+from sage_core.model.hooks import short_hook
+
 QUALITY_BAR = 0.8  # sufficiency, necessity and edit accuracy a cross-section must reach (issue #5)
 MIN_GAIN = 0.1  # edit accuracy must beat the no-intervention floor by this much, or there is nothing to judge
 MIN_FOLLOW = 0.5  # share of the patch's changed predictions an edit must reproduce to count as following the patch
@@ -15,14 +17,6 @@ BAR_TEXT = (f"bar: sufficiency, necessity and edit accuracy >= {QUALITY_BAR}, ed
 VERDICT_SCHEMA = {"task": pl.String, "attribute": pl.String, "verdict": pl.String, "hook": pl.String, "head": pl.Int64,
                   "role": pl.String, "method": pl.String, "sufficiency": pl.Float64, "necessity": pl.Float64,
                   "edit_accuracy": pl.Float64, "no_intervention": pl.Float64, "reason": pl.String}
-
-
-def short_hook(hook: str) -> str:
-    """blocks.1.attn.hook_z -> L1.attn.z ; blocks.0.hook_resid_pre -> L0.resid_pre"""
-    parts = hook.split(".")
-    if parts[0] != "blocks":
-        return hook
-    return f"L{parts[1]}." + ".".join(p.removeprefix("hook_") for p in parts[2:])
 
 
 def ground_truth_verdicts(quality: pl.DataFrame, bar: float = QUALITY_BAR, min_gain: float = MIN_GAIN,

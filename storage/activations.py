@@ -26,7 +26,6 @@ what a chunk's record lists is only ever what that pass wrote.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import os
@@ -39,58 +38,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import xxhash
 import zarr
-from numcodecs import Blosc
-from zarr.codecs import BloscCodec, BytesCodec
-from zarr.codecs.bytes import Endian
 from zarr.core.sync import sync
 
-from storage.atomic import DIGEST, MARKER, StoreError, cached_marker, file_digest, verify_dir
+from storage import chunk_io
+from storage.atomic import DIGEST, MARKER, StoreError, file_digest
+from storage.chunk_io import CHECKSUM, from_storage, quiet_zarr, to_storage
 from storage.hashing import stable_hash
+from storage.store_checks import StoreChecks
 
 FORMAT_VERSION = 2
 _log = logging.getLogger(__name__)
 EncodedChunk = dict[str, tuple[bytes, str]]  # hook -> (bytes of its chunk file, their checksum)
-# Per-file checksums: xxh3-128 hashes at ~9 GB/s here against sha256's 1.5 GB/s, which was a fifth of a chunk's write
-# time. They guard against truncation and accidental change, not forgery. Stores written before format 2 (no
-# `checksum` attribute) keep their sha256 records.
-CHECKSUM = "xxh3_128"
-_DIGESTS: dict[str, Callable[[bytes], str]] = {
-    "xxh3_128": xxhash.xxh3_128_hexdigest,
-    "sha256": lambda b: hashlib.sha256(b).hexdigest()[:32],
-}
-_META_ARRAYS = ("tokens", "length", "prompt_id", "role", "role_pos")
 
 
-def _compressors(compression: str):
-    if compression == "none":
-        return None
-    return [BloscCodec(cname=compression, clevel=3 if compression == "zstd" else 5, shuffle="shuffle")]
-
-
-def to_storage(x: np.ndarray, dtype: str) -> np.ndarray:
-    """float32 -> the stored representation (bfloat16 is kept as its raw 16 bits, with round-to-nearest-even)."""
-    if dtype == "float32":
-        return x.astype(np.float32, copy=False)
-    if dtype == "float16":
-        return x.astype(np.float16)
-    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
-    rounded = bits + 0x7FFF + ((bits >> 16) & 1)
-    return (rounded >> 16).astype(np.uint16)
-
-
-def from_storage(x: np.ndarray, dtype: str) -> np.ndarray:
-    if dtype == "bfloat16":
-        return (x.astype(np.uint32) << 16).view(np.float32)
-    return x.astype(np.float32, copy=False)
-
-
-def _storage_dtype(dtype: str) -> str:
-    return {"float32": "float32", "float16": "float16", "bfloat16": "uint16"}[dtype]
-
-
-class ActivationStore:
+class ActivationStore(StoreChecks):
     """One store on disk. Create with `create_or_resume`, fill with `write_chunk`, seal with `finalize`, read with
     `open` (which refuses incomplete, tampered or foreign stores)."""
 
@@ -138,42 +100,7 @@ class ActivationStore:
 
     @property
     def checksum(self) -> Callable[[bytes], str]:
-        return _DIGESTS[self.attrs.get("checksum", "sha256")]
-
-    def is_complete(self) -> bool:
-        """Finished and whole: a marker listing its files, every one unchanged (a marker from before that list is
-        finished again, which re-checks every chunk and rewrites the marker; a damaged chunk is recaptured by resuming,
-        see `create_or_resume`). Checks are remembered per process while the files are unchanged."""
-        return self.is_whole()
-
-    def _marker(self) -> dict[str, Any]:
-        return cached_marker(self.path) or {}
-
-    def is_whole(self) -> bool:
-        """Complete and every file unchanged since capture."""
-        if not isinstance(self._marker().get("files"), dict):
-            return False
-        try:
-            self.verify()
-        except StoreError:
-            return False
-        return True
-
-    def problem(self) -> str | None:
-        """Why this store is not finished and whole (one line naming the file at fault), or None."""
-        if not self.path.is_dir():
-            return f"{self.path} is missing"
-        if not isinstance(self._marker().get("files"), dict):
-            return f"{self.path} is unfinished (no marker listing its files)"
-        try:
-            self.verify()
-        except StoreError as exc:
-            return str(exc).split("; ")[0]
-        return None
-
-    def done_chunks(self) -> set[int]:
-        d = self.path / "_progress"
-        return {int(p.stem) for p in d.glob("*.json")} if d.is_dir() else set()
+        return chunk_io.DIGESTS[self.attrs.get("checksum", "sha256")]
 
     # -- writing ---------------------------------------------------------------------------------------------------
     @classmethod
@@ -215,7 +142,7 @@ class ActivationStore:
                 _log.warning(f"{path}: recapturing what changed since capture: {'; '.join(damaged.values())}")
                 store.drop_damaged_chunks()
             if not (path / MARKER).is_file():  # unchecked by any marker: rewrite the prompt-derived arrays
-                with _quiet_zarr():
+                with quiet_zarr():
                     store.group["length"][:] = lengths
                     store.group["prompt_id"][:] = np.asarray(prompt_ids, dtype=object)
                     if roles:
@@ -226,7 +153,7 @@ class ActivationStore:
         group.attrs.update({**attrs, "hooks": list(hook_shapes), "dtype": dtype, "chunk_prompts": chunk_prompts,
                             "compression": compression, "format_version": FORMAT_VERSION, "checksum": CHECKSUM,
                             "positions_kind": "roles" if roles else "all"})
-        comp = _compressors(compression)
+        comp = chunk_io.compressors(compression)
         small = {"compressors": comp, "config": {"write_empty_chunks": True}}
         group.create_array("tokens", shape=(n, width), chunks=(chunk_prompts, width), dtype="int32",
                            dimension_names=("prompt", "token_position"), fill_value=0, **small)[:] = tokens
@@ -244,7 +171,7 @@ class ActivationStore:
         for hook, (trailing, names) in hook_shapes.items():
             group.create_array(
                 hook, shape=(n, n_pos, *trailing), chunks=(chunk_prompts, n_pos, *trailing),
-                dtype=_storage_dtype(dtype), dimension_names=("prompt", "position", *names), fill_value=0,
+                dtype=chunk_io.storage_dtype(dtype), dimension_names=("prompt", "position", *names), fill_value=0,
                 attributes={"coordinates": "prompt_id", "sage_dtype": dtype}, **small)
         store = cls(path)
         store.attach_prompts(tokens, lengths, role_pos)
@@ -267,7 +194,7 @@ class ActivationStore:
         """Chunk `i`'s rows of the attached prompt table: `tokens`, `length` and (with roles) `role_pos`."""
         if self._prompts is None:
             raise StoreError(f"{self.path}: capturing needs the prompt table; open the store with "
-                             f"`tasks.capture.open_or_create_store` (or `attach_prompts`)")
+                             f"`storage.capture.open_or_create_store` (or `attach_prompts`)")
         start, stop = self.chunk_range(i)
         return {name: a[start:stop] for name, a in self._prompts.items()}
 
@@ -279,7 +206,8 @@ class ActivationStore:
         """Write chunk `i` of every hook (float32 in, stored dtype on disk), then record it as done."""
         encoded = self.encode_chunk(i, arrays)
         if encoded is not None:
-            return self.write_encoded(i, encoded, writers)
+            self.write_encoded(i, encoded, writers)
+            return
         # a codec chain we do not encode ourselves: zarr's own pipeline
         start, stop = self.chunk_range(i)
         jobs = [(self._array(h).async_array, to_storage(arrays[h], self.attrs["dtype"])) for h in self.hooks]
@@ -301,13 +229,13 @@ class ActivationStore:
             if arrays[hook].shape[0] != stop - start:
                 raise StoreError(f"chunk {i} of {hook}: got {arrays[hook].shape[0]} prompts, expected {stop - start}")
         data = {**{h: to_storage(arrays[h], dtype) for h in self.hooks}, **self._prompt_files(i)}
-        encoders = {name: _chunk_encoder(self._array(name)) for name in data}
+        encoders = {name: chunk_io.chunk_encoder(self._array(name)) for name in data}
         if not all(encoders.values()):
             return None
         digest = self.checksum
 
         def encode_one(name: str) -> tuple[str, tuple[bytes, str]]:
-            payload = encoders[name](_pad_chunk(data[name], self._array(name).chunks))
+            payload = encoders[name](chunk_io.pad_chunk(data[name], self._array(name).chunks))
             return name, (payload, digest(payload))
 
         # every array at once: Blosc and the hash release the GIL
@@ -321,10 +249,10 @@ class ActivationStore:
         with self._write_errors(i):
             if writers > 1:
                 with ThreadPoolExecutor(max_workers=writers) as pool:
-                    list(pool.map(lambda h: _write_file(self.path / files[h], encoded[h][0]), encoded))
+                    list(pool.map(lambda h: chunk_io.write_file(self.path / files[h], encoded[h][0]), encoded))
             else:
                 for h, (payload, _) in encoded.items():
-                    _write_file(self.path / files[h], payload)
+                    chunk_io.write_file(self.path / files[h], payload)
             self._record(i, {h: checksum for h, (_, checksum) in encoded.items()})
 
     @contextmanager
@@ -351,7 +279,7 @@ class ActivationStore:
         files = self._chunk_files(i)
         if known is not None and set(known) != set(files):
             raise StoreError(f"chunk {i} of {self.path}: wrote {sorted(known)}, not every file {sorted(files)}")
-        hashes = {name: known[name] if known is not None else _file_digest(self.path / rel, digest)
+        hashes = {name: known[name] if known is not None else chunk_io.digest_of(self.path / rel, digest)
                   for name, rel in files.items()}
         d = self.path / "_progress"
         d.mkdir(exist_ok=True)
@@ -369,7 +297,7 @@ class ActivationStore:
         if missing:
             raise StoreError(f"{self.path}: chunks {missing[:5]}... not captured yet; rerun the capture to finish it")
         self._verify_chunks(range(self.n_chunks))  # a chunk damaged since it was written is not sealed as whole
-        with _quiet_zarr():
+        with quiet_zarr():
             zarr.consolidate_metadata(str(self.path))
         content = self.content_hash()
         marker = {"content_hash": content, **self.attrs, "kind": "activations", "digest_algorithm": DIGEST,
@@ -425,98 +353,6 @@ class ActivationStore:
         store.verify()
         return store
 
-    def verify(self) -> None:
-        """Every chunk file against its record (size first when the marker lists sizes), the records against the
-        marker, and every other file the marker lists. Raises StoreError in one line naming the store and chunk."""
-        self._verify_chunks(range(self.n_chunks))
-        marker = self._marker()
-        if marker.get("content_hash") != self.content_hash():
-            raise StoreError(f"{self.path} is corrupt: its records do not match its marker; {_RECAPTURE}")
-        if isinstance(marker.get("files"), dict):
-            try:
-                verify_dir(self.path)  # the chunks passed above: what fails here is metadata, not rewritten by resuming
-            except StoreError as exc:
-                raise StoreError(f"{self.path} is corrupt ({str(exc).split('; ')[0]}); delete the store and rerun "
-                                 f"the capture") from exc
-
-    def _chunk_record(self, i: int) -> dict[str, str]:
-        rec = self.path / "_progress" / f"{i:06d}.json"
-        try:
-            return json.loads(rec.read_bytes())
-        except (OSError, ValueError) as exc:
-            raise StoreError(f"{self.path} is corrupt: {_no_record(i, rec, exc)}; {_RECAPTURE}") from exc
-
-    def _chunk_problem(self, i: int, names: list[str] | None = None) -> str | None:
-        """Why chunk `i` (of `names`, default every array) cannot be trusted, or None."""
-        try:
-            want = self._chunk_record(i)
-        except StoreError as exc:
-            return _no_record(i, self.path / "_progress" / f"{i:06d}.json", exc.__cause__)
-        sizes = self._marker().get("files")
-        digest = self.checksum
-        for name, rel in self._chunk_files(i).items():
-            if names is not None and name not in names:
-                continue
-            p = self.path / rel
-            try:
-                st = p.stat()
-            except FileNotFoundError:
-                return f"chunk {i} of {name} is missing ({rel})"
-            if isinstance(sizes, dict) and rel in sizes and sizes[rel].get("size") != st.st_size:
-                return f"chunk {i} of {name} was truncated or modified ({rel}: {st.st_size} bytes, not " \
-                       f"{sizes[rel].get('size')})"
-            got = file_digest(p, st) if digest is _DIGESTS[DIGEST] else _file_digest(p, digest)
-            if got != want.get(name):
-                return f"chunk {i} of {name} was truncated or modified ({rel}: checksum mismatch)"
-        return None
-
-    def _verify_chunks(self, chunks, names: list[str] | None = None) -> None:
-        for i in chunks:
-            problem = self._chunk_problem(i, names)
-            if problem:
-                raise StoreError(f"{self.path} is corrupt: {problem}; {_RECAPTURE}")
-
-    def _check_metadata(self) -> None:
-        """The files of a sealed store other than chunks and their records (resuming cannot rewrite them)."""
-        files = self._marker().get("files")
-        if not isinstance(files, dict):
-            return
-        rewritable = {rel for i in range(self.n_chunks) for rel in self._chunk_files(i).values()}
-        for rel, want in files.items():
-            if rel in rewritable or rel.startswith("_progress/"):
-                continue
-            p = self.path / rel
-            if not p.is_file() or p.stat().st_size != want.get("size") or file_digest(p) != want.get("digest"):
-                raise StoreError(f"{self.path} is corrupt ({rel} changed since capture); delete the store and rerun "
-                                 f"the capture")
-
-    def drop_damaged_chunks(self) -> list[int]:
-        """Forget every recorded chunk whose files changed since they were written (and the marker, if any was), so
-        resuming the capture rewrites exactly those chunks. Returns their indices."""
-        bad = sorted(self._damaged_chunks())
-        if bad:
-            (self.path / MARKER).unlink(missing_ok=True)
-            for i in bad:
-                (self.path / "_progress" / f"{i:06d}.json").unlink(missing_ok=True)
-        return bad
-
-    def _damaged_chunks(self) -> dict[int, str]:
-        """Each recorded chunk whose files changed since they were written, with what is wrong (naming the file)."""
-        problems = {i: self._chunk_problem(i) for i in sorted(self.done_chunks())}
-        return {i: p for i, p in problems.items() if p}
-
-    def _chunks_of(self, prompts: slice | np.ndarray) -> range | np.ndarray:
-        if isinstance(prompts, slice):
-            idx = range(*prompts.indices(self.n_prompts))
-            if len(idx) == 0:
-                return range(0)
-            lo, hi = min(idx[0], idx[-1]), max(idx[0], idx[-1])
-            return range(lo // self.chunk_prompts, hi // self.chunk_prompts + 1)
-        a = np.asarray(prompts)
-        if a.dtype == bool:
-            a = np.flatnonzero(a)
-        return np.unique((a.astype(np.int64) % max(self.n_prompts, 1)) // self.chunk_prompts)
-
     def to_xarray(self):
         """The store as an `xarray.Dataset` (lazy): named dims, `prompt_id` (and `role`) coordinates.
 
@@ -525,7 +361,7 @@ class ActivationStore:
         import xarray as xr
 
         self._verify_chunks(range(self.n_chunks))
-        with _quiet_zarr():
+        with quiet_zarr():
             ds = xr.open_zarr(str(self.path), consolidated=True, zarr_format=3)
         if "role" in ds:
             ds = ds.set_coords("role")
@@ -558,65 +394,3 @@ class ActivationStore:
             "arrays": {h: {"shape": list(self.group[h].shape),
                            "dims": list(self.group[h].metadata.dimension_names or [])} for h in self.hooks},
         }
-
-
-_RECAPTURE = "rerun the capture (e.g. `sage capture`, or the command that captured it): it rewrites damaged chunks"
-
-
-def _no_record(i: int, rec: Path, exc: BaseException | None) -> str:
-    """One line: chunk `i`'s record `rec` cannot be read, and why (the OS's or the JSON parser's words)."""
-    why = (exc.strerror or str(exc)) if isinstance(exc, OSError) else str(exc).splitlines()[0] if exc else "unknown"
-    return f"chunk {i} has no readable record ({rec.name}: {why})"
-
-
-@contextmanager
-def _quiet_zarr() -> Iterator[None]:
-    """zarr warns about our _progress folder (not a zarr node) and about v3 consolidated metadata; both are known."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is not recognized as a component of a Zarr hierarchy")
-        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
-        yield
-
-
-def _chunk_encoder(arr: zarr.Array) -> Callable[[np.ndarray], bytes] | None:
-    """The bytes zarr would write for one whole chunk, without its async pipeline (which ran at 190–310 MiB/s here
-    against ~800 MiB/s for Blosc itself): for the codec chains SAGE creates, little-endian bytes then optionally Blosc.
-    None for any other chain (the caller falls back to zarr)."""
-    codecs = tuple(arr.metadata.codecs)
-    if not codecs or not isinstance(codecs[0], BytesCodec) or codecs[0].endian not in (None, Endian.little):
-        return None
-    if len(codecs) == 1:
-        return lambda a: np.ascontiguousarray(a).astype(a.dtype.newbyteorder("<"), copy=False).tobytes()
-    if len(codecs) == 2 and isinstance(codecs[1], BloscCodec):
-        c = codecs[1]
-        shuffle = {"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE, "bitshuffle": Blosc.BITSHUFFLE}[c.shuffle.value]
-        blosc = Blosc(cname=c.cname.value, clevel=c.clevel, shuffle=shuffle, blocksize=c.blocksize, typesize=c.typesize)
-        return lambda a: bytes(blosc.encode(np.ascontiguousarray(a)))
-    return None
-
-
-def _pad_chunk(a: np.ndarray, chunks: tuple[int, ...]) -> np.ndarray:
-    """zarr stores an edge chunk at full chunk shape, padded with the fill value (0 here)."""
-    if a.shape == tuple(chunks):
-        return a
-    out = np.zeros(chunks, dtype=a.dtype)
-    out[tuple(slice(0, n) for n in a.shape)] = a
-    return out
-
-
-def _write_file(path: Path, payload: bytes) -> None:
-    """Write `payload` at `path` (via a temporary name, so a crash never leaves half a chunk under the real name)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    try:
-        tmp.write_bytes(payload)
-        os.replace(tmp, path)
-    finally:  # a failed write (a full disk) leaves no temporary file
-        tmp.unlink(missing_ok=True)
-
-
-def _file_digest(path: Path, digest: Callable[[bytes], str]) -> str | None:
-    try:
-        return digest(path.read_bytes())
-    except FileNotFoundError:
-        return None

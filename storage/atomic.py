@@ -210,10 +210,7 @@ def _record_files(tmp: Path) -> dict[str, dict[str, Any]]:
 
 
 def _holds_complete_dirs(path: Path) -> bool:
-    for _, _, names in os.walk(path):
-        if any(n in _NESTED_MARKERS for n in names):
-            return True
-    return False
+    return any(any(n in _NESTED_MARKERS for n in names) for _, _, names in os.walk(path))
 
 
 def _check_replaceable(final: Path, kind: str | None) -> None:

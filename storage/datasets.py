@@ -12,6 +12,8 @@ import polars as pl
 from storage.atomic import is_whole, write_once
 from storage.home import SageHome
 from storage.integrity import read_parquet
+from storage.records import file_ref
+from storage.refs import CorpusRef, DatasetRef
 
 
 def write_prompts(home: SageHome, task: str, key: str, df: pl.DataFrame, meta: dict | None = None) -> Path:
@@ -38,3 +40,12 @@ def write_corpus(home: SageHome, key: str, df: pl.DataFrame, meta: dict | None =
 
 def read_corpus(path: str | Path) -> pl.DataFrame:
     return read_prompts(path)
+
+
+def prompts_ref(home: SageHome, task: str, key: str) -> DatasetRef:
+    """The prompt table of `task` written under the stage key `key`."""
+    return file_ref(home, DatasetRef, home.prompts_path(task, key), task=task)
+
+
+def corpus_ref(home: SageHome, key: str) -> CorpusRef:
+    return file_ref(home, CorpusRef, home.corpus_dir(key) / "corpus.parquet")

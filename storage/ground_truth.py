@@ -10,7 +10,10 @@ import polars as pl
 from safetensors.torch import save_file
 
 from storage.atomic import StoreError, is_whole, write_once
+from storage.home import SageHome
 from storage.integrity import load_safetensors, read_parquet
+from storage.records import read_record, refs_whole, write_record
+from storage.refs import GroundTruthRef
 
 QUALITY_COLUMNS = ["task", "attribute", "hook", "head", "role", "method", "sufficiency", "necessity", "edit_accuracy",
                    "no_intervention", "n_test", "n_edit", "n_unseen"]
@@ -65,3 +68,14 @@ def combine(final: Path, parts: list[str]) -> Path:
         with write_once(final, {"parts": parts}, kind="ground-truth") as tmp:
             pl.concat([read_quality(p) for p in parts], how="diagonal_relaxed").write_parquet(tmp / "quality.parquet")
     return final
+
+
+def write_gt_record(home: SageHome, key: str, ground_truth: GroundTruthRef) -> Path:
+    """Record what the fit flow produced for `key` (everything that decides it), for the next evaluation."""
+    return write_record(home.ground_truth_record(key), key, ground_truth)
+
+
+def read_gt_record(home: SageHome, key: str) -> GroundTruthRef | None:
+    """The recorded ground truth for `key` while it and every part it names are still whole on disk, else None."""
+    return read_record(home.ground_truth_record(key), key, lambda gt: refs_whole(home, [gt, *gt.parts]),
+                       GroundTruthRef)

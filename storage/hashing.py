@@ -52,6 +52,9 @@ def dir_hash(path: str | Path, exclude: tuple[str, ...] = ("_COMPLETE.json",)) -
 
 
 PROJECT_PACKAGES = ("sage_core", "storage", "tasks", "flows", "report")
+# modules a stage imports that cannot change what it writes: progress reporting only counts and tells. Left out of
+# the code versions, so a change to how progress is shown recomputes nothing.
+NO_OUTPUT_EFFECT = frozenset({"tasks.progress"})
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -86,7 +89,7 @@ def project_imports(name: str) -> set[str]:
             names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
         else:
             continue
-        out |= {n for n in names if module_file(n) is not None}
+        out |= {n for n in names if module_file(n) is not None and n not in NO_OUTPUT_EFFECT}
     return out - {name}
 
 
@@ -127,6 +130,19 @@ def stage_code_version(*roots: str) -> str:
     for m in module_closure(*roots):
         h.update(m.encode() + b"\0")
         h.update(hashlib.sha256(module_source(m)).digest())
+    return h.hexdigest()[:HASH_LEN]
+
+
+def source_version(*names: str) -> str:
+    """Hash of the source of the modules `names` alone, not of what they import: a flow's wiring, whose tasks' code
+    is versioned by their own stages (a flow imports the evaluation settings for its parameters' types, and those
+    must not move a zoo or ground-truth record)."""
+    h = hashlib.sha256()
+    for name in names:
+        if module_file(name) is None:
+            raise ValueError(f"{name} is not a module of this project ({', '.join(PROJECT_PACKAGES)})")
+        h.update(name.encode() + b"\0")
+        h.update(hashlib.sha256(module_source(name)).digest())
     return h.hexdigest()[:HASH_LEN]
 
 

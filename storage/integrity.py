@@ -46,6 +46,6 @@ def load_safetensors(path: str | Path, root: str | Path | None = None) -> tuple[
     verify_file(path, root)
     try:
         with safe_open(str(path), "pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})  # noqa: SIM118 - safe_open is no dict
     except (SafetensorError, OSError) as exc:
         raise _unreadable(path, root and Path(root), exc) from exc

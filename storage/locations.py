@@ -6,8 +6,11 @@ from pathlib import Path
 
 import polars as pl
 
+from sage_core.ground_truth.sections import CrossSection
 from storage.atomic import is_whole, verify_file, write_once
+from storage.home import SageHome
 from storage.integrity import read_parquet
+from storage.refs import LocationsRef
 
 RANKING_SCHEMA = {
     "task": pl.String, "attribute": pl.String, "hook": pl.String, "kind": pl.String, "layer": pl.Int32,
@@ -48,3 +51,16 @@ def combine(final: Path, parts: list[Path]) -> Path:
                 (tmp / "heatmaps" / f"{meta['task']}-{meta['attribute']}.png").write_bytes(
                     verify_file(Path(p) / "heatmap.png", Path(p)).read_bytes())
     return final
+
+
+def selected_sections(home: SageHome, locations: LocationsRef, task: str, per_group: int) -> list[CrossSection]:
+    """The location search's kept cross-sections of a task (the top `per_group` per attribute and group), deduped."""
+    r = read_ranking(home.at(locations)).filter((pl.col("task") == task) & pl.col("selected"))
+    r = r.filter(pl.col("rank") <= per_group)
+    seen, out = set(), []
+    for row in r.sort("attribute", "group", "rank").iter_rows(named=True):
+        key = (row["hook"], row["head"], row["role"])
+        if key not in seen:
+            seen.add(key)
+            out.append(CrossSection(hook=row["hook"], head=row["head"], role=row["role"]))
+    return out

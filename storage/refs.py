@@ -144,6 +144,27 @@ class CoreRef(Ref):
     metrics: dict[str, float]
 
 
+class ZooRef(BaseModel):
+    """What a zoo build (or a pretrained model's preparation) hands the evaluation: the model, a prompt table per
+    task, the background corpus, the model's task metrics, and the zoo's SAEs and their metrics (none for a pretrained
+    model: its SAEs come from --saes)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    ref: Literal["zoo"] = "zoo"
+    model: ModelRef
+    datasets: tuple[DatasetRef, ...]
+    corpus: CorpusRef
+    model_eval: TableRef
+    saes: tuple[ZooSAERef, ...] = ()
+    sae_eval: TableRef | None = None
+
+    def dataset(self, task: str) -> DatasetRef:
+        for d in self.datasets:
+            if d.task == task:
+                return d
+        raise KeyError(f"no prompt table for task {task!r} in this zoo (it has {[d.task for d in self.datasets]})")
+
+
 class RunRef(Ref):
     """A run's result files: scores/<run>/ (scores, leaderboard, failures, meta)."""
 
@@ -162,7 +183,7 @@ REF_TYPES: dict[str, type[BaseModel]] = {
     cls.model_fields["ref"].default: cls
     for cls in (TokenizerRef, ModelRef, DatasetRef, CorpusRef, TableRef, ZooActivationsRef, ZooSAERef, StoreRef,
                 LocationsPartRef, LocationsRef, GroundTruthPartRef, GroundTruthRef, SAERef, ReferencesRef,
-                ScorePartRef, CoreRef, RunRef, ReportRef)
+                ScorePartRef, CoreRef, ZooRef, RunRef, ReportRef)
 }
 
 

@@ -1,8 +1,10 @@
 """Evaluation reports: <out_dir>/{README.md, scores.parquet, leaderboard.parquet, failures.parquet?, plots/*.png}.
 
-Plots per task: `<task>-metrics.png` (one bar panel per metric) and `<task>-f1-heatmap.png`.
+Plots per task: `<task>-metrics.png` (one bar panel per metric) and `<task>-f1-heatmap.png`; figures are pyplot-free
+`matplotlib.figure.Figure`s (no backend, nothing to close).
 
-Written once (storage.atomic.write_once): a reader sees either no report or a whole one.
+Written once (storage.atomic.write_once): a reader sees either no report or a whole one, and every read is checked
+against the marker's checksums.
 """
 
 from __future__ import annotations
@@ -12,8 +14,11 @@ from pathlib import Path
 
 import polars as pl
 
-from report.summary import f1_heatmap, metric_panels, ranked_saes, summary_markdown
-from storage.atomic import MARKER, StoreError, is_complete, write_once
+from report.figures import f1_heatmap, metric_panels
+from report.notes import kept_hooks
+from report.summary import summary_markdown
+from report.tables import ranked_saes
+from storage.atomic import MARKER, StoreError, is_complete, read_marker, verify_file, write_once
 from storage.integrity import read_parquet
 from storage.scores import frames_digest, refuse_other_run
 
@@ -45,10 +50,12 @@ def _tasks(scores: pl.DataFrame, leaderboard: pl.DataFrame) -> list[str]:
 
 
 def write_report(out_dir: Path, scores: pl.DataFrame, leaderboard: pl.DataFrame, failures: pl.DataFrame,
-                 meta: dict, verdicts: pl.DataFrame | None = None) -> Path:
+                 meta: dict, verdicts: pl.DataFrame | None = None, unreached: list[dict] | None = None) -> Path:
     """Write the report directory once; if `out_dir` is already complete with the same run (`meta["run_key"]`, else
     the same tables) it is left as it is, and with another run it is refused (StoreError naming another --run).
-    `verdicts`: the ground truth's verdict per attribute, listed under each task."""
+    `verdicts`: the ground truth's verdict per attribute, listed under each task. `unreached`: {"sae", "task",
+    "hook"} of SAEs whose hook holds none of a task's kept cross-sections (the report names them and the kept hooks,
+    read off `scores`)."""
     out_dir = Path(out_dir)
     identity = {"run_key": meta.get("run_key"), "content": frames_digest(scores, leaderboard, failures)}
     if refuse_other_run(out_dir, identity):
@@ -75,7 +82,8 @@ def write_report(out_dir: Path, scores: pl.DataFrame, leaderboard: pl.DataFrame,
         leaderboard.write_parquet(tmp / "leaderboard.parquet")
         if failures is not None and failures.height:
             failures.write_parquet(tmp / "failures.parquet")
-        md = summary_markdown(leaderboard, failures, meta, plots=embedded, verdicts=verdicts)
+        md = summary_markdown(leaderboard, failures, meta, plots=embedded, verdicts=verdicts, unreached=unreached,
+                              kept=kept_hooks(scores))
         (tmp / "README.md").write_text(md)
     return out_dir
 
@@ -86,6 +94,26 @@ def read_report(out_dir: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
     if not (out_dir / MARKER).is_file():
         raise StoreError(f"no complete report at {out_dir}; run `sage evaluate` first")
     return read_parquet(out_dir / "scores.parquet", out_dir), read_parquet(out_dir / "leaderboard.parquet", out_dir)
+
+
+def report_plots(report_dir: Path) -> dict[str, bytes]:
+    """The report's PNGs, path inside the report (`plots/<task>-metrics.png`) -> bytes, in the README's order; each
+    checked against the marker first (a damaged, missing or changed plot is named in one line, never returned)."""
+    report_dir = Path(report_dir)
+    if not (report_dir / MARKER).is_file():
+        raise StoreError(f"no complete report at {report_dir}; run `sage evaluate` first")
+    files = read_marker(report_dir).get("files")
+    if not isinstance(files, dict):
+        raise StoreError(f"{report_dir} was written before SAGE recorded checksums of its files; rerun `sage "
+                         f"evaluate` with another --run to write a checked report")
+    names = [rel for rel in files if rel.startswith("plots/") and rel.endswith(".png")]
+    readme = verify_file(report_dir / "README.md", report_dir).read_text() if "README.md" in files else ""
+
+    def place(rel: str) -> int:  # where the README shows it: per task, its metrics then its heatmap
+        at = readme.find(f"]({rel})")
+        return at if at >= 0 else len(readme)
+
+    return {rel: verify_file(report_dir / rel, report_dir).read_bytes() for rel in sorted(names, key=place)}
 
 
 def read_failures(out_dir: Path) -> pl.DataFrame:

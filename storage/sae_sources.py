@@ -16,14 +16,12 @@ that cannot be reached gives one line, fast, instead of a minute of retries. `ch
 
 from __future__ import annotations
 
-import difflib
-import functools
 import hashlib
+import http.client
 import importlib
 import importlib.util
 import inspect
 import os
-import re
 import sys
 import threading
 import urllib.request
@@ -31,29 +29,25 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import yaml
-
-from sage_core.zoo.sae import LoadedSAE, SAECheckError, SAELike, sae_hook_name, wrap_sae
+from sage_core.zoo.sae import LoadedSAE, SAELike, sae_hook_name, wrap_sae
 from storage.atomic import is_complete
 from storage.hashing import HASH_LEN, file_hash
 from storage.home import SageHome
+from storage.sae_names import (
+    REGISTRY_HINT,
+    SAESpecError,
+    check_registry,
+    close_matches,
+    registry_releases,
+    split_registry,
+)
 
 SAE_CFG = "cfg.json"
 SAE_WEIGHTS = "sae_weights.safetensors"
 FORMS = ("zoo:<sae> (with a model) or zoo:<model>/<sae>; a directory with cfg.json + sae_weights.safetensors; "
          "<release>/<sae_id> or <release>:<sae_id> from the SAELens registry; py:<module>:<attr>")
-REGISTRY_HINT = "`sae_lens.loading.pretrained_saes_directory.get_pretrained_saes_directory()`"
 HUB_PROBE_TIMEOUT_S = 3.0
 PY_SPECS_ENV = "SAGE_ALLOW_PY_SPECS"
-
-
-class SAESpecError(SAECheckError):
-    """An SAE spec names nothing that can be loaded; the message says which forms are accepted or what is missing."""
-
-
-def _close(word: str, options: list[str], n: int = 3) -> str:
-    close = difflib.get_close_matches(word, options, n=n, cutoff=0.4)
-    return ", ".join(close) if close else "none"
 
 
 # -- zoo ----------------------------------------------------------------------------------------------------------
@@ -95,7 +89,7 @@ def _load_zoo(rest: str, home: SageHome, model_name: str | None) -> LoadedSAE:
             raise SAESpecError(f"no zoo SAEs for model {model_name!r} under {home.saes_root(model_name)} "
                                f"(models there: {_zoo_models(home) or 'none'}); run `sage zoo build` or fix SAGE_HOME")
         state = "is incomplete" if path.is_dir() else "does not exist"
-        raise SAESpecError(f"zoo SAE {model_name}/{name} {state}; closest: {_close(name, have)} "
+        raise SAESpecError(f"zoo SAE {model_name}/{name} {state}; closest: {close_matches(name, have)} "
                            f"({len(have)} in the zoo; rerun `sage zoo build` if it should be there)")
     sae = load_sae(path)
     return wrap_sae(sae, name=name, source="zoo", content_hash=_dir_weights_hash(path))
@@ -133,63 +127,6 @@ def _load_dir(path: Path) -> LoadedSAE:
     return wrap_sae(sae, name=path.resolve().name, source="dir", content_hash=_dir_weights_hash(path))
 
 
-# -- SAELens registry ---------------------------------------------------------------------------------------------
-def _registry() -> dict[str, Any]:
-    """The full registry as sae_lens parses it (a 1.5 MB YAML: seconds; only needed once an SAE will be loaded)."""
-    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
-
-    return get_pretrained_saes_directory()
-
-
-@functools.cache
-def _registry_text() -> str:
-    spec = importlib.util.find_spec("sae_lens")  # locate the package without importing it
-    if spec is None or not spec.submodule_search_locations:
-        raise SAESpecError("sae_lens is not installed; install sae-lens>=6 to load SAEs from its registry")
-    return (Path(next(iter(spec.submodule_search_locations))) / "pretrained_saes.yaml").read_text()
-
-
-@functools.cache
-def registry_releases() -> tuple[str, ...]:
-    """Release names of the SAELens registry shipped with sae_lens (top-level keys of pretrained_saes.yaml),
-    read without parsing the whole file, so a wrong name fails in milliseconds."""
-    try:
-        names = tuple(re.findall(r"^([^\s#'\"-][^:\n]*):[ \t]*$", _registry_text(), flags=re.M))
-    except OSError:
-        names = ()
-    return names or tuple(_registry())
-
-
-@functools.cache
-def registry_sae_ids(release: str) -> tuple[str, ...]:
-    """The sae_ids of one release, parsing only that release's block of the registry."""
-    text = _registry_text()
-    start = re.search(rf"^{re.escape(release)}:[ \t]*$", text, flags=re.M)
-    if start is not None:
-        nxt = re.search(r"^[^\s#'\"-][^:\n]*:[ \t]*$", text[start.end():], flags=re.M)
-        block = text[start.start(): start.end() + nxt.start() if nxt else len(text)]
-        try:
-            entry = yaml.safe_load(block)[release]
-            return tuple(str(s["id"]) for s in entry["saes"])
-        except (yaml.YAMLError, KeyError, TypeError):
-            pass
-    directory = _registry()
-    return tuple(directory[release].saes_map) if release in directory else ()
-
-
-def _split_registry(spec: str, releases: tuple[str, ...]) -> tuple[str, str] | None:
-    """(release, sae_id) for `release:sae_id` or `release/sae_id`; sae_ids may hold '/', so try each split point."""
-    if ":" in spec:
-        release, sae_id = spec.split(":", 1)
-        return release, sae_id
-    parts = spec.split("/")
-    for i in range(1, len(parts)):
-        release = "/".join(parts[:i])
-        if release in releases:
-            return release, "/".join(parts[i:])
-    return None
-
-
 def _hub_unreachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> str | None:
     """None when the hub's front page answers 2xx/3xx within `timeout` seconds (DNS included), else why not (it goes
     into the error message: a DNS failure, a proxy's refusal and a 404 from a sandbox that intercepts every connection
@@ -208,7 +145,8 @@ def _hub_unreachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> str | None:
             req = urllib.request.Request(endpoint + "/", method="HEAD", headers={"User-Agent": "sage-eval"})
             with urllib.request.urlopen(req, timeout=timeout) as r:
                 result.append(None if 200 <= r.status < 400 else f"HTTP {r.status} from {endpoint}")
-        except Exception as e:  # every failure means "unreachable"; its text says which
+        # every failure means "unreachable" (URLError and socket errors are OSErrors); its text says which
+        except (OSError, ValueError, http.client.HTTPException) as e:
             result.append(f"{type(e).__name__}: {' '.join(str(e).split())[:200]}")
 
     t = threading.Thread(target=probe, daemon=True)  # getaddrinfo has no timeout of its own
@@ -236,21 +174,8 @@ def _from_pretrained(release: str, sae_id: str, online: bool):
             constants.HF_HUB_OFFLINE = before
 
 
-def _check_registry(release: str, sae_id: str) -> None:
-    releases = registry_releases()
-    if release not in releases:
-        raise SAESpecError(f"unknown SAELens release {release!r} (closest: {_close(release, list(releases))}); "
-                           f"see {REGISTRY_HINT} for the list, or pass a local SAE directory")
-    ids = list(registry_sae_ids(release))
-    if sae_id not in ids:
-        close = difflib.get_close_matches(sae_id, ids, n=3, cutoff=0.4)
-        some = close + [i for i in ids if i not in close][: max(0, 5 - len(close))]
-        raise SAESpecError(f"SAELens release {release!r} has no SAE {sae_id!r}; valid ids include {some} "
-                           f"({len(ids)} in all; see {REGISTRY_HINT}[{release!r}].saes_map)")
-
-
 def _load_registry(release: str, sae_id: str) -> LoadedSAE:
-    _check_registry(release, sae_id)
+    check_registry(release, sae_id)
     unreachable = _hub_unreachable()
     try:
         got = _from_pretrained(release, sae_id, online=unreachable is None)
@@ -317,7 +242,8 @@ def _py_object(rest: str) -> Any:
         raise SAESpecError(f"py:{rest}: cannot import module {mod_name!r} ({e}); check it is on PYTHONPATH") from e
     if not hasattr(mod, attr):
         public = [n for n in dir(mod) if not n.startswith("_")]
-        raise SAESpecError(f"py:{rest}: module {mod_name!r} has no attribute {attr!r}; closest: {_close(attr, public)}")
+        raise SAESpecError(f"py:{rest}: module {mod_name!r} has no attribute {attr!r}; closest: "
+                           f"{close_matches(attr, public)}")
     key = (mod_name, id(mod), attr)
     with _PY_LOCK:  # score units run in threads: the factory must still run once
         if key not in _PY_OBJECTS:
@@ -374,7 +300,7 @@ def _classify(spec: str) -> tuple[str, Any]:
     if path.exists():
         raise SAESpecError(f"{spec} is a file; pass the directory holding {SAE_CFG} and {SAE_WEIGHTS}")
     releases = registry_releases()
-    split = _split_registry(spec, releases)
+    split = split_registry(spec, releases)
     if split is not None and all(split):
         return "registry", split
     looks_like_path = spec.startswith((".", "/", "~")) or (os.sep in spec and Path(spec.split(os.sep)[0]).is_dir())
@@ -383,15 +309,15 @@ def _classify(spec: str) -> tuple[str, Any]:
     if "/" in spec:
         release = spec.split("/", 1)[0]
         raise SAESpecError(f"{spec!r} is neither a directory nor a known SAELens release/sae_id: unknown SAELens "
-                           f"release {release!r} (closest: {_close(release, list(releases))}); see {REGISTRY_HINT} "
-                           "for the list")
+                           f"release {release!r} (closest: {close_matches(release, list(releases))}); see "
+                           f"{REGISTRY_HINT} for the list")
     raise SAESpecError(f"cannot read SAE spec {spec!r}; accepted forms: {FORMS}")
 
 
 def load_sae_spec(spec: str, home: SageHome | None = None, model_name: str | None = None) -> LoadedSAE:
     """Resolve any SAE spec (see the module docstring) into a `LoadedSAE`; errors are one line saying what to do.
 
-    Run `sage_core.sae_source.check_sae(loaded, model)` before computing with it.
+    Run `sage_core.zoo.sae.check_sae(loaded, model)` before computing with it.
     """
     kind, what = _classify(spec)
     if kind == "zoo":
@@ -401,6 +327,17 @@ def load_sae_spec(spec: str, home: SageHome | None = None, model_name: str | Non
     if kind == "dir":
         return _load_dir(what)
     return _load_registry(*what)
+
+
+def sae_dir_of(spec: str, home: SageHome, model_name: str | None = None) -> Path | None:
+    """The directory under `home` that holds a spec's files (a zoo SAE, or an SAE directory inside SAGE_HOME); None
+    for a registry or `py:` SAE and for a directory elsewhere."""
+    kind, what = _classify(spec)
+    if kind == "zoo":
+        return home.sae_dir(*_zoo_name(what, home, model_name))
+    if kind == "dir" and what.resolve().is_relative_to(home.root):
+        return what.resolve()
+    return None
 
 
 def check_specs(specs: list[str] | tuple[str, ...], home: SageHome, model_name: str | None,
@@ -417,14 +354,14 @@ def check_specs(specs: list[str] | tuple[str, ...], home: SageHome, model_name: 
                 model, name = _zoo_name(what, home, model_name)
                 have = list(zoo_names) if model == model_name else list_zoo_saes(home, model)
                 if name not in have:
-                    raise SAESpecError(f"zoo SAE {model}/{name} does not exist; closest: {_close(name, have)} "
+                    raise SAESpecError(f"zoo SAE {model}/{name} does not exist; closest: {close_matches(name, have)} "
                                        f"({len(have)} in the zoo of {model}; `sage zoo info` lists them)")
             elif kind == "py":
                 _check_py(what)
             elif kind == "dir":
                 _check_dir(what)
             else:
-                _check_registry(*what)
+                check_registry(*what)
         except SAESpecError as e:
             errors.append(str(e))
     if len(errors) == 1:

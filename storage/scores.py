@@ -20,14 +20,14 @@ from sage_core.ground_truth.sections import CrossSection
 from sage_core.scoring.rows import score_frame
 from sage_core.scoring.score import SectionReference
 from storage import ground_truth as gt_store
-from storage.atomic import MARKER, StoreError, is_complete, read_marker, write_once
+from storage.atomic import StoreError, is_complete, read_marker, write_once
 from storage.hashing import stable_hash
 from storage.integrity import load_safetensors, read_json, read_parquet
 
 
 def write_references(d: Path, refs: list[SectionReference], gt_paths: dict[str, str], meta: dict[str, Any]) -> Path:
-    """Tensors (patch argmax, supervised shares, background means) as safetensors, scalars and the dictionary's origin as JSON; the
-    dictionary itself stays where the ground-truth stage wrote it (`gt_paths[label]`)."""
+    """Tensors (patch argmax, supervised shares, background means) as safetensors, scalars and the dictionary's
+    origin as JSON; the dictionary itself stays where the ground-truth stage wrote it (`gt_paths[label]`)."""
     if not is_complete(d):
         with write_once(d, meta) as tmp:
             tensors, info = {}, []
@@ -112,6 +112,15 @@ def refuse_other_run(d: Path, identity: dict[str, str]) -> bool:
     return True
 
 
+RUN_FILES = {"scores": "scores.parquet", "leaderboard": "leaderboard.parquet", "failures": "failures.parquet"}
+MARKER_FIELDS = frozenset({"files", "digest_algorithm", "kind", "written_at", "content"})  # the marker's own
+
+
+def run_files(d: Path) -> dict[str, Path]:
+    """The files of scores/<run>/ by what they hold (scores, leaderboard, failures)."""
+    return {what: Path(d) / name for what, name in RUN_FILES.items()}
+
+
 def write_run(d: Path, scores: pl.DataFrame, board: pl.DataFrame, failures: pl.DataFrame,
               meta: dict[str, Any]) -> Path:
     """scores/<run>/ once. `meta["run_key"]` (what was scored, from the flow) identifies the run, else the tables'
@@ -119,9 +128,8 @@ def write_run(d: Path, scores: pl.DataFrame, board: pl.DataFrame, failures: pl.D
     identity = {"run_key": meta.get("run_key"), "content": frames_digest(scores, board, failures)}
     if not refuse_other_run(d, identity):
         with write_once(d, {**meta, **identity}) as tmp:
-            scores.write_parquet(tmp / "scores.parquet")
-            board.write_parquet(tmp / "leaderboard.parquet")
-            failures.write_parquet(tmp / "failures.parquet")
+            for df, name in zip((scores, board, failures), RUN_FILES.values(), strict=True):
+                df.write_parquet(tmp / name)
     return d
 
 
@@ -129,12 +137,11 @@ def read_run(d: Path) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """(scores, leaderboard, failures) of a complete scores/<run>/."""
     if not is_complete(d):
         raise StoreError(f"no complete run at {d}; run `sage evaluate` first")
-    return tuple(read_parquet(Path(d) / f, Path(d)) for f in ("scores.parquet", "leaderboard.parquet",
-                                                              "failures.parquet"))
+    return tuple(read_parquet(Path(d) / f, Path(d)) for f in RUN_FILES.values())
 
 
-def parts_written_since(parts_root: Path, since: float) -> int:
-    """Scoring parts finished (marked complete) since `since`: cached units write nothing, so this counts the units
-    computed in a run."""
-    root = Path(parts_root)
-    return sum(1 for m in root.glob(f"*/{MARKER}") if m.stat().st_mtime >= since) if root.is_dir() else 0
+def read_run_meta(d: Path) -> dict[str, Any]:
+    """What `write_run` was told about a complete scores/<run>/ (run, run_key, model, tasks, created, ...)."""
+    if not is_complete(d):
+        raise StoreError(f"no complete run at {d}; run `sage evaluate` first")
+    return {k: v for k, v in read_marker(d).items() if k not in MARKER_FIELDS}

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
+import threading
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import polars as pl
@@ -14,10 +15,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from storage.atomic import StoreError, file_digest, is_complete, is_whole, read_marker, verify_dir, write_once
-from storage.hashing import dir_hash
+from storage.atomic import MARKER, StoreError, file_digest, is_complete, is_whole, read_marker, verify_dir, write_once
+from storage.hashing import dir_hash, file_hash
 from storage.home import SageHome
 from storage.records import read_record, write_record
+from storage.refs import ModelRef, TableRef, TokenizerRef, ZooActivationsRef, ZooRef, ZooSAERef
 
 
 def save_tokenizer(path: Path, tokenizer: Any, key: str | None = None) -> None:
@@ -96,13 +98,25 @@ def model_problem(path: Path) -> str | None:
     return None
 
 
-def model_hash(path: Path) -> str:
-    """Content hash of the model: config, weights and tokenizer (not the training log)."""
-    path = Path(path)
-    from storage.hashing import file_hash
+_model_hashes: dict[tuple, str] = {}
+_hash_lock = threading.Lock()
 
-    return "-".join([file_hash(path / "config.json")[:8], file_hash(path / "model.safetensors")[:8],
-                     dir_hash(path / "tokenizer")[:8]])
+
+def model_hash(path: Path) -> str:
+    """Content hash of the model: config, weights and tokenizer (not the training log). Remembered per process while
+    every file it reads keeps its (path, size, mtime): the CLI, the flows and the records hash the weights once."""
+    path = Path(path)
+    files = [path / "config.json", path / "model.safetensors",
+             *sorted(p for p in (path / "tokenizer").rglob("*") if p.is_file() and p.name != MARKER)]
+    signature = tuple((str(p), st.st_size, st.st_mtime_ns) for p in files for st in (p.stat(),))
+    with _hash_lock:
+        known = _model_hashes.get(signature)
+    if known is None:
+        known = "-".join([file_hash(path / "config.json")[:8], file_hash(path / "model.safetensors")[:8],
+                          dir_hash(path / "tokenizer")[:8]])
+        with _hash_lock:
+            _model_hashes[signature] = known
+    return known
 
 
 def load_model(path: Path, device: str = "cpu") -> HookedTransformer:
@@ -117,6 +131,15 @@ def load_model(path: Path, device: str = "cpu") -> HookedTransformer:
     model.load_state_dict(load_file(str(path / "model.safetensors")))
     model.eval()
     return model if device == "cpu" else model.to(device, print_details=False)
+
+
+def instance_like(model: HookedTransformer, device: str = "cpu") -> HookedTransformer:
+    """Another instance of a loaded model, built from its config and weights in memory: no hooks come with it (a
+    deep copy would take the hooks attached to `model` at that moment), no file is read again."""
+    other = HookedTransformer(model.cfg, tokenizer=model.tokenizer, move_to_device=False)
+    other.load_state_dict(model.state_dict())
+    other.eval()
+    return other if device == "cpu" else other.to(device, print_details=False)
 
 
 def save_sae(path: Path, training_sae, metrics: dict[str, Any] | None = None, meta: dict[str, Any] | None = None,
@@ -171,26 +194,94 @@ def load_tensor(path: Path, key: str) -> torch.Tensor:
     return load_file(str(path / f"{key}.safetensors"))["acts"]
 
 
-def write_zoo_record(home: SageHome, name: str, key: str, manifests: dict[str, Any]) -> Path:
-    """Record a finished zoo build: the key of its config and code, and the manifests of what it produced."""
-    return write_record(home.zoo_record(name), key, manifests)
+def write_zoo_record(home: SageHome, name: str, key: str, zoo: ZooRef) -> Path:
+    """Record a finished zoo build: the key of its config and code, and the references of what it produced."""
+    return write_record(home.zoo_record(name), key, zoo)
 
 
-def read_zoo_record(home: SageHome, name: str, key: str, sae_names: list[str]) -> dict[str, Any] | None:
-    """The recorded manifests if the record is for `key` and everything it names is still whole on disk (every
-    dataset and the corpus by content hash, the model by its marker, every planned SAE by its marker); else None."""
-    from storage.hashing import file_hash
+def read_zoo_record(home: SageHome, name: str, key: str, sae_names: list[str]) -> ZooRef | None:
+    """The recorded zoo if the record is for `key` and everything it names is still whole on disk (every dataset and
+    the corpus by content hash, the model by its marker and hash, every planned SAE by its marker); else None."""
 
-    def whole(rec: dict[str, Any]) -> bool:
-        model = rec.get("model") or {}
-        if not model_is_complete(home.model_dir(name)) or model_hash(home.model_dir(name)) != model.get("hash"):
+    def whole(zoo: ZooRef) -> bool:
+        if model_problem(home.at(zoo.model)) or model_hash(home.at(zoo.model)) != zoo.model.hash:
             return False
-        for m in [*rec.get("datasets", []), rec.get("corpus") or {}]:
-            p = home.at(m.get("path", ""))
-            if not p.is_file() or not is_whole(p.parent) or file_hash(p) != m.get("hash"):
+        for table in [*zoo.datasets, zoo.corpus]:
+            p = home.at(table)
+            if not p.is_file() or not is_whole(p.parent) or file_hash(p) != table.hash:
                 return False
-        recorded = {s["name"] for s in rec.get("saes", [])}
+        recorded = {s.name for s in zoo.saes}
         # every planned SAE recorded and whole (a deleted marker or a changed file sends the build back to work)
         return all(s in recorded and is_whole(home.sae_dir(name, s)) for s in sae_names)
 
-    return read_record(home.zoo_record(name), key, whole)
+    return read_record(home.zoo_record(name), key, whole, ZooRef)
+
+
+def zoo_record_problem(home: SageHome, zoo: ZooRef) -> str | None:
+    """None if the zoo record of `zoo`'s model holds exactly `zoo` (what the `record-zoo` stage wrote)."""
+    path = home.zoo_record(zoo_name(zoo.model))
+    recorded = read_record(path, None, lambda _: True, ZooRef)
+    return None if recorded == zoo else f"{path} is missing or records another build"
+
+
+# -- references ------------------------------------------------------------------------------------------------------
+def zoo_name(model: ModelRef) -> str:
+    """The zoo directory a model lies in (zoo/<name>/model; an imported model's own config may name it otherwise)."""
+    return PurePosixPath(model.path).parent.name
+
+
+def find_model(home: SageHome, name: str) -> ModelRef:
+    """The zoo model `name` as it is on disk; a missing or damaged one is refused in one line."""
+    path = home.model_dir(name)
+    if problem := model_problem(path):
+        raise FileNotFoundError(f"no usable model {name!r} under {home.root} ({problem}); run `sage zoo build` first")
+    return ModelRef(path=home.relative(path), hash=model_hash(path), build_key=read_train_meta(path).get("build_key"))
+
+
+def find_tokenizer(home: SageHome, name: str) -> TokenizerRef:
+    path = home.tokenizer_dir(name)
+    verify_dir(path)  # names a missing or changed file in one line
+    return TokenizerRef(path=home.relative(path), hash=dir_hash(path))
+
+
+def trained_model_problem(home: SageHome, ref: ModelRef, key: str) -> str | None:
+    """The zoo model `ref` names: complete, with the recorded content hash, and trained under `key`."""
+    path = home.at(ref)
+    if model_problem(path):
+        return f"{path} is missing or incomplete"
+    if model_hash(path) != ref.hash:
+        return f"{path} changed since it was trained"
+    theirs = read_train_meta(path).get("key")
+    return None if theirs == key else f"{path} was trained by other inputs or code (key {theirs}, now {key})"
+
+
+def write_zoo_table(home: SageHome, model: ModelRef, name: str, df: pl.DataFrame) -> TableRef:
+    """A metrics table of the zoo `model` lies in (zoo/<name>/report/<name>.parquet), its rows inline."""
+    path = write_table(home.zoo_report(zoo_name(model)) / f"{name}.parquet", df)
+    return TableRef(path=home.relative(path), hash=file_hash(path), rows=df.to_dicts())
+
+
+def write_activations(home: SageHome, name: str, key: str, tensors: dict[str, torch.Tensor],
+                      meta: dict[str, Any]) -> ZooActivationsRef:
+    """The zoo's SAE-training activations (one safetensors file per split and hook), addressed by the stage key."""
+    save_tensors(home.sae_training_acts(name, key), tensors, meta)
+    return activations_ref(home, name, key)
+
+
+def read_activations(home: SageHome, ref: ZooActivationsRef, split: str, hook: str) -> torch.Tensor:
+    return load_tensor(home.at(ref), f"{split}.{hook}")
+
+
+def zoo_sae_ref(home: SageHome, model_name: str, sae: str) -> ZooSAERef:
+    path = home.sae_dir(model_name, sae)
+    return ZooSAERef(path=home.relative(path), hash=dir_hash(path), name=sae)
+
+
+def activations_ref(home: SageHome, name: str, key: str) -> ZooActivationsRef:
+    """The SAE-training activations written under the stage key `key` (the key is their content's identity)."""
+    return ZooActivationsRef(path=home.relative(home.sae_training_acts(name, key)), hash=key)
+
+
+def load_zoo_sae(home: SageHome, ref: ZooSAERef) -> tuple[Any, dict[str, Any]]:
+    """A zoo SAE (SAELens) and its marker's metadata (spec, training time)."""
+    return load_sae(home.at(ref)), sae_meta(home.at(ref))

@@ -1,7 +1,7 @@
 """What every SAGE Prefect task shares: the one key of each output, the cache policy built on it, the retry rule and
 the result store (JSON records under SAGE_HOME/.prefect-results, never pickles).
 
-`output_key` is the only place a key is made: from the inputs' content (manifests without their paths, configs), the
+``output_key` is the only place a key is made: from the inputs' content (typed references without their paths, configs), the
 stage's name and the code version of the modules that stage runs. The task body uses it as its output's directory
 name (or, for the zoo's human-named directories, records it in the marker and compares it on reuse), Prefect uses it
 as the cache key (`StageCache`), and the flow records use it too.
@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from operator import attrgetter
@@ -29,14 +30,13 @@ from storage.atomic import StoreError
 from storage.hashing import stable_hash, stage_code_version
 from storage.home import SageHome
 
-Manifest = dict[str, Any]
-# manifest fields that say where an output lies, not what it is (its content hash says that)
-PATH_FIELDS = frozenset({"path", "prompts_path", "quality", "ranking", "validation"})
+# reference fields that say where an output lies, not what it is (its content hash says that)
+PATH_FIELDS = frozenset({"path", "prompts_path"})
 SERIALIZER = "sage-json"
 
 
 def identity(value: Any) -> Any:
-    """What of an input decides an output: configs whole, manifests without their paths."""
+    """What of an input decides an output: configs whole, references without their paths."""
     if isinstance(value, BaseModel):
         return {"__type__": type(value).__name__, **identity(value.model_dump(mode="json"))}
     if isinstance(value, dict):
@@ -81,6 +81,19 @@ def log() -> logging.Logger | logging.LoggerAdapter:
         return get_run_logger()
     except MissingContextError:
         return logging.getLogger("sage")
+
+
+# -- names in the Prefect UI -----------------------------------------------------------------------------------------
+
+
+def artifact_slug(text: str) -> str:
+    """`text` as part of a Prefect artifact key (lowercase letters, digits and dashes)."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "x"
+
+
+def rounded(rows: list[dict[str, Any]], digits: int = 4) -> list[dict[str, Any]]:
+    """Table rows with floats rounded for display (artifacts)."""
+    return [{k: round(v, digits) if isinstance(v, float) else v for k, v in r.items()} for r in rows]
 
 
 def needs_build(path: Path) -> bool:
@@ -134,7 +147,7 @@ class SageRecords(LocalFileSystem):
     async def aread_path(self, path: str) -> bytes:
         return self._only_ours(path, await super().aread_path(path))
 
-    def read_path(self, path: str, **kwargs: Any) -> bytes:
+    def read_path(self, path: str, **_kwargs: Any) -> bytes:
         return self._only_ours(path, LocalFileSystem.read_path(self, path, _sync=True))
 
 
@@ -148,28 +161,32 @@ def in_home(task, home: SageHome):
 
 
 # -- the cache policy ----------------------------------------------------------------------------------------------
-Check = Callable[[Manifest, SageHome, str], "str | None"]
+Check = Callable[[Any, SageHome, str], "str | None"]  # (the cached reference, the data root, the task's key)
 
 
-def whole_dir(m: Manifest, home: SageHome, key: str) -> str | None:
-    """The manifest's `path` is a write-once directory: it is whole (marker there, every file as recorded)."""
-    return records.output_problem(home.at(m["path"]))
+def whole_dir(ref: refs.Ref, home: SageHome, _key: str) -> str | None:
+    """The reference names a write-once directory: it is whole (marker there, every file as recorded)."""
+    return records.dir_problem(home, ref)
 
 
-def whole_parent(m: Manifest, home: SageHome, key: str) -> str | None:
-    """The manifest's `path` is a file of a write-once directory (a prompt table, the corpus)."""
-    return records.output_problem(home.at(m["path"]).parent)
+def whole_parent(ref: refs.Ref, home: SageHome, _key: str) -> str | None:
+    """The reference names a file of a write-once directory (a prompt table, the corpus)."""
+    return records.parent_problem(home, ref)
 
 
-def whole_keyed_dir(m: Manifest, home: SageHome, key: str) -> str | None:
+def whole_keyed_dir(ref: refs.Ref, home: SageHome, key: str) -> str | None:
     """A human-named write-once directory (a zoo SAE, the tokenizer): whole, and its marker holds this key."""
-    path = home.at(m["path"])
-    return records.output_problem(path) or records.key_problem(path, key)
+    return records.keyed_dir_problem(home, ref, key)
 
 
-def same_file(m: Manifest, home: SageHome, key: str) -> str | None:
+def same_file(ref: refs.Ref, home: SageHome, _key: str) -> str | None:
     """A table rewritten in place: still there with the recorded content hash."""
-    return records.file_problem(home.at(m["path"]), m["hash"])
+    return records.same_file_problem(home, ref)
+
+
+def is_ref(value: Any) -> bool:
+    """A typed reference (`storage.refs`), as every cached SAGE task returns."""
+    return isinstance(value, tuple(refs.REF_TYPES.values()))
 
 
 @dataclass
@@ -180,8 +197,8 @@ class StageCache(CachePolicy):
     check: Check | None = whole_dir
     key_inputs: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # see `task_key`
 
-    def compute_key(self, task_ctx: TaskRunContext, inputs: dict[str, Any], flow_parameters: dict[str, Any],
-                    **kwargs: Any) -> str | None:
+    def compute_key(self, task_ctx: TaskRunContext, inputs: dict[str, Any],  # Prefect's signature (by keyword)
+                    flow_parameters: dict[str, Any], **kwargs: Any) -> str | None:  # noqa: ARG002
         key = task_key(task_ctx.task, inputs)
         store = task_ctx.result_store
         resolve = getattr(getattr(store, "result_storage", None), "_resolve_path", None)
@@ -192,7 +209,7 @@ class StageCache(CachePolicy):
             return key
         try:
             problem = self._record_problem(path, inputs, key)
-        # a tampered record (not a manifest) or one naming a path outside the data root: Prefect would log a
+        # a tampered record (not a reference) or one naming a path outside the data root: Prefect would log a
         # traceback and stop persisting this task's result, keeping the bad record; drop it instead
         except (ValueError, KeyError, TypeError, AttributeError, OSError) as exc:
             problem = f"cache record {path} is unreadable ({type(exc).__name__}: {exc})"
@@ -209,10 +226,10 @@ class StageCache(CachePolicy):
             return f"cache record {path} is not a SAGE JSON record"
         if self.check is None or "home" not in inputs:
             return None
-        manifest = ManifestSerializer().loads(json.loads(raw)["result"].encode())
-        if not isinstance(manifest, dict):
-            return f"cache record {path} holds no manifest"
-        return self.check(manifest, SageHome(inputs["home"]), key)
+        ref = ManifestSerializer().loads(json.loads(raw)["result"].encode())
+        if not is_ref(ref):
+            return f"cache record {path} holds no reference"
+        return self.check(ref, SageHome(inputs["home"]), key)
 
 
 # OS errors a retry cannot mend: a full or read-only disk, no permission
@@ -226,16 +243,13 @@ def _transient(exc: BaseException | None) -> bool:
             and not isinstance(exc, FileNotFoundError | PermissionError | IsADirectoryError))
 
 
-def transient_only(task, task_run, state) -> bool:
+def transient_only(_task, _task_run, state) -> bool:
     """Retry I/O hiccups (a shared filesystem, a busy disk), raw or behind the StoreError a store write turns them
     into; never retry a bad input, a bug, a full or read-only disk."""
-    try:
-        state.result()
-    except StoreError as exc:
+    exc = state.result(raise_on_failure=False)
+    if isinstance(exc, StoreError):
         return _transient(exc.__cause__)
-    except Exception as exc:
-        return _transient(exc)
-    return False
+    return isinstance(exc, BaseException) and _transient(exc)
 
 
 def stage_options(check: Check | None = whole_dir,

@@ -1,72 +1,90 @@
-"""Ground-truth tasks: fit every method's dictionary at one cross-section and measure its quality; combine."""
+"""Ground-truth tasks: pick a task's cross-sections, fit every method's dictionary at one cross-section and measure
+its quality, combine the cross-sections into ground_truth/<hash>/."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import polars as pl
 from prefect import task
+from prefect.artifacts import create_table_artifact
 
 from sage_core.ground_truth.dictionaries import fit
 from sage_core.ground_truth.sections import CrossSection, build_sets, quality
+from sage_core.model.capture import CaptureRequest
+from sage_core.model.hooks import short_section
 from storage import ground_truth as gt_store
 from storage import locations as loc_store
-from storage.activations import ActivationStore
 from storage.atomic import StoreError
+from storage.capture import open_sealed
 from storage.datasets import read_prompts
-from storage.hashing import dir_hash
 from storage.home import SageHome
-from storage.zoo import load_model
-from tasks.common import needs_build, stage_options, task_key
+from storage.records import dir_ref
+from storage.refs import DatasetRef, GroundTruthPartRef, GroundTruthRef, LocationsRef, ModelRef, StoreRef
+from tasks import loaded, progress
+from tasks.common import UNCACHED, artifact_slug, needs_build, rounded, stage_options, task_key
 
-Manifest = dict[str, Any]
 
-
-def selected_sections(locations_dir, task_name: str, per_group: int) -> list[CrossSection]:
+@task(name="select-sections", task_run_name="select-sections {task_name}", **UNCACHED)
+def select_sections(locations: LocationsRef, task_name: str, per_group: int, home: str) -> list[CrossSection]:
     """The location search's kept cross-sections of a task (the top `per_group` per attribute and group), deduped."""
-    r = loc_store.read_ranking(locations_dir).filter((pl.col("task") == task_name) & pl.col("selected"))
-    r = r.filter(pl.col("rank") <= per_group)
-    seen, out = set(), []
-    for row in r.sort("attribute", "group", "rank").iter_rows(named=True):
-        key = (row["hook"], row["head"], row["role"])
-        if key not in seen:
-            seen.add(key)
-            out.append(CrossSection(hook=row["hook"], head=row["head"], role=row["role"]))
-    return out
+    return loc_store.selected_sections(SageHome(home), locations, task_name, per_group)
 
 
-@task(name="fit-section", **stage_options())
-def fit_section(model: Manifest, dataset: Manifest, store: Manifest, task_name: str, section: CrossSection,
-                attributes: list[str], methods: list[str], home: str) -> Manifest:
+def role_request(sections: list[CrossSection]) -> CaptureRequest:
+    """The capture every cross-section of a task reads: their hooks at the task's role positions."""
+    return CaptureRequest(hooks=tuple(sorted({s.hook for s in sections})), positions="roles")
+
+
+@task(name="fit-section",
+      task_run_name=lambda parameters: f"fit {parameters['dataset'].task} {short_section(parameters['section'])}",
+      **stage_options(), **progress.hooks("fit"))
+def fit_section(model: ModelRef, dataset: DatasetRef, store: StoreRef, section: CrossSection, attributes: list[str],
+                methods: list[str], home: str) -> GroundTruthPartRef:
     key = task_key(fit_section, locals())  # first line: locals() are the parameters
     h = SageHome(home)
     d = h.ground_truth_part(key)
     if needs_build(d):
-        s = ActivationStore.open(h.at(store["path"]), expect={"dataset_hash": dataset["hash"]})
+        s = open_sealed(h, store, dataset)
         if section.hook not in s.hooks:
-            raise StoreError(f"cross-section {section.label} is not in the store {store['path']} (it holds "
+            raise StoreError(f"cross-section {section.label} is not in the store {store.path} (it holds "
                              f"{s.hooks}); capture that hook with --positions roles first")
-        df = read_prompts(h.at(dataset["path"]))
-        fit_acts, labels, clean, pairs = build_sets(df, s.read(section.hook), section, attributes, "test")
-        m = load_model(h.at(model["path"]))
+        fit_acts, labels, clean, pairs = build_sets(read_prompts(h.at(dataset)), s.read(section.hook), section,
+                                                    attributes, "test")
         dics, rows = {}, []
-        for method in methods:
-            dics[method] = fit(fit_acts, labels, method)
-            for r in quality(m, dics[method], section, clean, pairs, m.tokenizer.pad_token_id):
-                rows.append({"task": task_name, "hook": section.hook, "head": section.head, "role": section.role,
-                             "method": method, **r})
-        gt_store.write_section(d, dics, rows, {"model": model["hash"], "dataset": dataset["hash"],
-                                               "cross_section": section.label, "task": task_name})
-    return {"path": h.relative(d), "hash": dir_hash(d), "section": section.label, "section_obj": section.model_dump(),
-            "task": task_name}
+        with loaded.model(h, model) as m:
+            for method in methods:
+                dics[method] = fit(fit_acts, labels, method)
+                for r in quality(m, dics[method], section, clean, pairs, m.tokenizer.pad_token_id):
+                    rows.append({"task": dataset.task, "hook": section.hook, "head": section.head,
+                                 "role": section.role, "method": method, **r})
+        gt_store.write_section(d, dics, rows, {"model": model.hash, "dataset": dataset.hash,
+                                               "cross_section": section.label, "task": dataset.task})
+    return dir_ref(h, GroundTruthPartRef, d, task=dataset.task, section=section)
 
 
-@task(name="combine-ground-truth", **stage_options())
-def combine_ground_truth(parts: list[Manifest], home: str) -> Manifest:
+@task(name="combine-ground-truth",
+      task_run_name=lambda parameters: f"combine-ground-truth {len(parameters['parts'])} cross-sections",
+      **stage_options())
+def combine_ground_truth(parts: list[GroundTruthPartRef], home: str) -> GroundTruthRef:
     key = task_key(combine_ground_truth, locals())
     h = SageHome(home)
     d = h.ground_truth_dir(key)
     if needs_build(d):
-        gt_store.combine(d, [str(h.at(p["path"])) for p in parts])
-    return {"path": h.relative(d), "quality": h.relative(d / "quality.parquet"), "hash": dir_hash(d), "parts": parts}
+        gt_store.combine(d, [str(h.at(p)) for p in parts])
+    return dir_ref(h, GroundTruthRef, d, parts=tuple(parts))
 
+
+@task(name="record-ground-truth", task_run_name="record-ground-truth {model_name}", **UNCACHED)
+def record_ground_truth(ground_truth: GroundTruthRef, key: str, model_name: str, verdicts: list[dict[str, Any]],
+                        home: str) -> GroundTruthRef:
+    """Record the fit flow's output under its key (what `ground_truth_if_whole` reads) and publish the dictionaries'
+    quality and the per-attribute `verdicts` as artifacts of this model and the stable "latest" ones."""
+    h = SageHome(home)
+    gt_store.write_gt_record(h, key, ground_truth)
+    rows = rounded(gt_store.read_quality(h.at(ground_truth)).to_dicts())
+    for prefix in (f"ground-truth-{artifact_slug(model_name)}", "ground-truth"):
+        create_table_artifact(key=f"{prefix}-quality", table=rows, description=(
+            f"{model_name}: supervised dictionaries' sufficiency, necessity, edit accuracy per cross-section"))
+        create_table_artifact(key=f"{prefix}-verdicts", table=rounded(verdicts), description=(
+            f"{model_name}: per attribute, does a cross-section meet the quality bar, and if not, why"))
+    return ground_truth

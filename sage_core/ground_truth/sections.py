@@ -65,7 +65,7 @@ def final_logits_with(
             pos = torch.as_tensor(iv.positions[sl])
             vals = iv.values[sl].to(torch.float32)
 
-            def put(a, hook, pos=pos, vals=vals, head=iv.section.head, rows=rows):
+            def put(a, hook, pos=pos, vals=vals, head=iv.section.head, rows=rows):  # noqa: ARG001 - TransformerLens passes hook= by keyword
                 a = a.clone()
                 if head is None:
                     a[rows, pos] = vals.to(a.dtype)

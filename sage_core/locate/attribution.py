@@ -149,7 +149,7 @@ def atp_sweep(
                 acts[hook.name] = a
                 return a
 
-            def mix(a, hook, alpha=alpha, target=cache_cf[emb]):
+            def mix(a, hook, alpha=alpha, target=cache_cf[emb]):  # noqa: ARG001 - TransformerLens passes hook= by keyword
                 return a if alpha == 0 else (1 - alpha) * a + alpha * target
 
             with torch.enable_grad():

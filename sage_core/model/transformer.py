@@ -87,9 +87,11 @@ def train_model(
     tokens: Int[Tensor, "n pos"],
     pad_id: int,
     cfg: TrainConfig,
-    on_step: Callable[[int, float], None] | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+    on_loss: Callable[[int, float], None] | None = None,
 ) -> list[float]:
-    """AdamW with linear warmup and cosine decay; deterministic under `cfg.seed`. Returns the loss per step."""
+    """AdamW with linear warmup and cosine decay; deterministic under `cfg.seed`. Returns the loss per step.
+    After each step: `on_step(done, total)` (progress) and `on_loss(step, loss)` (step from 0, for logs)."""
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
 
@@ -117,8 +119,10 @@ def train_model(
         opt.step()
         sched.step()
         losses.append(loss.item())
-        if on_step:
-            on_step(step, losses[-1])
+        if on_loss is not None:
+            on_loss(step, losses[-1])
+        if on_step is not None:
+            on_step(step + 1, cfg.steps)
     model.eval()
     return losses
 

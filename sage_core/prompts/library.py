@@ -10,6 +10,7 @@ import random
 from typing import ClassVar
 
 from pydantic import Field
+from typing_extensions import override
 
 from sage_core.prompts.task import Assignment, AttributeSpec, Task, TaskError, stable_digest
 
@@ -231,6 +232,7 @@ class SubjectVerbAgreementTask(Task):
         sn = a.attrs["subject_number"]
         return self.verbs[sn], self.verbs["pl" if sn == "sg" else "sg"]
 
+    @override
     def counterfactual(self, a: Assignment, attribute: str, rng: random.Random) -> Assignment:
         self.attribute(attribute)
         flip = {"sg": "pl", "pl": "sg"}

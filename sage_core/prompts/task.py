@@ -78,7 +78,7 @@ class Task(BaseModel, ABC):
     def split_key(self, a: Assignment) -> tuple[str, ...]:
         """The attribute-value combination that decides train/test membership."""
 
-    def continuation(self, a: Assignment, rng: random.Random) -> str:
+    def continuation(self, a: Assignment, rng: random.Random) -> str:  # noqa: ARG002 - subclasses may draw
         """The next word in training text; by default the correct answer."""
         return self.answers(a)[0]
 

@@ -46,7 +46,7 @@ def core_metrics(
         keep[:, 0] = False  # BOS is neither replaced nor judged
         stats: dict[str, Tensor] = {}
 
-        def splice(a, hook, stats=stats, keep=keep):
+        def splice(a, hook, stats=stats, keep=keep):  # noqa: ARG001 - TransformerLens passes hook= by keyword
             flat = a.reshape(a.shape[0] * a.shape[1], -1)
             f = encode(flat)
             recon = decode(f).reshape(a.shape)
@@ -56,7 +56,7 @@ def core_metrics(
             out[keep] = recon[keep].to(a.dtype)
             return out
 
-        def zero(a, hook, keep=keep):
+        def zero(a, hook, keep=keep):  # noqa: ARG001 - TransformerLens passes hook= by keyword
             out = a.clone()
             out[keep] = 0
             return out

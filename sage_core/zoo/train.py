@@ -7,7 +7,7 @@ nothing here touches files.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Literal
 
 import torch
@@ -135,17 +135,25 @@ def build_training_sae(spec: SAESpec, d_in: int, model_name: str) -> TrainingSAE
         jumprelu_sparsity_loss_mode="step"))
 
 
-def _batches(acts: Tensor, batch_size: int, seed: int) -> Iterator[Tensor]:
-    """Endless shuffled epochs over `acts` (SAETrainer pulls one batch per step)."""
+def _batches(acts: Tensor, batch_size: int, seed: int, counted: Callable[[int], None] | None = None
+             ) -> Iterator[Tensor]:
+    """Endless shuffled epochs over `acts` (SAETrainer pulls one batch per step); `counted(n)` before the n-th pull
+    (from 0): the trainer has used n batches so far."""
     g = torch.Generator().manual_seed(seed)
+    pulled = 0
     while True:
         perm = torch.randperm(len(acts), generator=g)
         for i in range(0, len(perm) - batch_size + 1, batch_size):
+            if counted is not None:
+                counted(pulled)
+            pulled += 1
             yield acts[perm[i : i + batch_size]]
 
 
-def train_sae(spec: SAESpec, acts: Float[Tensor, "n d_in"], model_name: str) -> TrainingSAE:
-    """Train one SAE with SAELens' trainer on pre-captured activations (flattened over heads for hook_z)."""
+def train_sae(spec: SAESpec, acts: Float[Tensor, "n d_in"], model_name: str,
+              on_step: Callable[[int, int], None] | None = None) -> TrainingSAE:
+    """Train one SAE with SAELens' trainer on pre-captured activations (flattened over heads for hook_z).
+    `on_step(done, total)` reports training steps as the trainer pulls their batches, and once more at the end."""
     if acts.ndim != 2:
         raise ZooError(f"expected (n, d_in) activations for {spec.name}, got shape {tuple(acts.shape)}")
     if len(acts) < spec.batch_size:
@@ -153,6 +161,7 @@ def train_sae(spec: SAESpec, acts: Float[Tensor, "n d_in"], model_name: str) -> 
     sae = build_training_sae(spec, acts.shape[1], model_name)
     lr = spec.lr
     steps = max(1, math.ceil(spec.epochs * len(acts) / spec.batch_size))
+    norm_batches = min(20, steps)  # pulled first, to estimate the activation norm (normalize_activations above)
     cfg = SAETrainerConfig(
         total_training_samples=steps * spec.batch_size,
         train_batch_size_samples=spec.batch_size,
@@ -168,10 +177,18 @@ def train_sae(spec: SAESpec, acts: Float[Tensor, "n d_in"], model_name: str) -> 
         checkpoint_path=None,
         save_final_checkpoint=False,
         logger=LoggingConfig(log_to_wandb=False),
-        n_batches_for_norm_estimate=min(20, steps),
+        n_batches_for_norm_estimate=norm_batches,
     )
-    trainer = SAETrainer(cfg=cfg, sae=sae, data_provider=_batches(acts, spec.batch_size, spec.seed))
-    return trainer.fit()
+
+    def counted(pulled: int) -> None:
+        if on_step is not None and pulled >= norm_batches:
+            on_step(pulled - norm_batches, steps)
+
+    trainer = SAETrainer(cfg=cfg, sae=sae, data_provider=_batches(acts, spec.batch_size, spec.seed, counted))
+    trained = trainer.fit()
+    if on_step is not None:
+        on_step(steps, steps)
+    return trained
 
 
 @torch.no_grad()
@@ -251,7 +268,7 @@ def mean_ce(
     (at every position but BOS)."""
     from sage_core.model.transformer import lm_loss
 
-    hooks = [(hook, lambda a, hook: _keep_bos(a, fn(a)))] if hook else []
+    hooks = [(hook, lambda a, hook: _keep_bos(a, fn(a)))] if hook else []  # noqa: ARG005 (TransformerLens passes hook=)
     total, n = 0.0, 0
     with model.hooks(fwd_hooks=hooks):
         for i in range(0, len(tokens), batch_size):

@@ -29,7 +29,8 @@ def test_capture_then_info(tiny_home):
     r = run(["capture", "--tiny", "--tasks", "ioi", "--hooks", "blocks.0.hook_resid_post,blocks.0.attn.hook_z",
              "--dtype", "float16", "--positions", "roles"], tiny_home)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "activation stores" in r.stdout and "capturing" in r.stdout
+    assert "activation stores" in r.stdout
+    assert "] capture: " in r.stderr and "] capture: done, " in r.stderr, r.stderr[-3000:]  # the stage's plain lines
     path = next((tiny_home / "activations").glob("*/*.zarr"))
     r = run(["capture", "--info", str(path)], tiny_home)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -77,11 +78,12 @@ def test_bad_input_fails_before_training_with_one_line(tmp_path, args, message):
 def test_locate_prints_top_components(tiny_home):
     r = run(["locate", "--tiny", "--tasks", "ioi", "--attributes", "IO", "--top", "3"], tiny_home)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "ioi / IO" in r.stdout and "Spearman" in r.stdout and "ranking:" in r.stdout
+    assert "ioi / IO" in r.stdout and "Spearman" in r.stdout and "locations (ranking, validation, heatmaps):" in r.stdout
+    assert "] location search: done, 1 attributes in " in r.stderr, r.stderr[-3000:]
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--attributes", "colour"], "no attribute ['colour']"),
+    (["--attributes", "colour"], "no attribute matches ['colour']"),
     (["--kinds", "heads"], "matches nothing"),
 ])
 def test_locate_bad_input(tiny_home, args, message):
@@ -92,7 +94,8 @@ def test_locate_bad_input(tiny_home, args, message):
 def test_fit_prints_quality_table(tiny_home):
     r = run(["fit", "--tiny", "--tasks", "ioi", "--per-group", "1", "--methods", "mse"], tiny_home)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "ground truth" in r.stdout and "suff." in r.stdout and "quality table:" in r.stdout
+    assert "ground truth" in r.stdout and "suff." in r.stdout and "ground truth (dictionaries, quality.parquet):" in r.stdout
+    assert "] ground truth: done, " in r.stderr, r.stderr[-3000:]
     verdicts = dict(line.strip().split(": ", 1) for line in r.stdout.splitlines() if line.startswith("  ioi "))
     assert sorted(verdicts) == ["ioi IO", "ioi Pos", "ioi S"], r.stdout[-3000:]
     kinds = ("holds", "not read", "edit misses", "below bar", "no figures")

@@ -40,6 +40,23 @@ def test_evaluate_prints_leaderboard_and_report(evaluated):
     assert "**Ground truth**" in text and "- IO: " in text and "- Pos: " in text
 
 
+def test_the_log_names_each_stage_as_it_starts_and_ends(evaluated):
+    """Issue #16 item 5: without a terminal (here a pipe, as `make run > log 2>&1`), each stage is one plain line
+    when it starts (with its size) and one when it ends (with its duration), the first within seconds."""
+    import re
+
+    _, r = evaluated
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("[sage ")]
+    assert lines and lines[0].split("] ", 1)[1].startswith("start-up: "), r.stderr[:2000]
+    stages = ("start-up", "zoo: model training", "zoo: SAEs trained", "location search", "capture", "ground truth",
+              "scoring", "core metrics")
+    for stage in stages:
+        starts = [ln for ln in lines if re.fullmatch(rf"\[sage \d\d:\d\d:\d\d\] {stage}: (?!done).+", ln)]
+        ends = [ln for ln in lines if re.fullmatch(rf"\[sage \d\d:\d\d:\d\d\] {stage}: done(, .+)? in \d+\.\d s", ln)]
+        assert starts and len(starts) == len(ends), (stage, lines)
+    assert re.search(r"\] scoring: \d+ units$", "\n".join(lines), flags=re.M), lines
+
+
 def test_report_prints_the_same_leaderboard(evaluated):
     home, r = evaluated
     rep = run(["report"], home, timeout=300)

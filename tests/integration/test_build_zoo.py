@@ -10,6 +10,8 @@ import sys
 import polars as pl
 import pytest
 
+from storage.refs import ZooRef
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
@@ -39,20 +41,21 @@ def test_layout_matches_design(built):
     home, cfg, first, _ = built
     assert first.is_completed()
     out = first.result()
+    assert isinstance(out, ZooRef)
     model_dir = home / "zoo" / cfg.model.name / "model"
     assert (model_dir / "config.json").is_file() and (model_dir / "model.safetensors").is_file()
     assert (model_dir / "tokenizer" / "tokenizer.json").is_file()
-    for ds in out["datasets"]:
-        # manifests hold paths relative to SAGE_HOME (a moved data root still reads)
-        assert ds["path"].startswith(f"datasets/{ds['task']}/") and ds["path"].endswith("prompts.parquet")
-        df = pl.read_parquet(home / ds["path"])
+    for ds in out.datasets:
+        # references hold paths relative to SAGE_HOME (a moved data root still reads)
+        assert ds.path.startswith(f"datasets/{ds.task}/") and ds.path.endswith("prompts.parquet")
+        df = pl.read_parquet(home / ds.path)
         assert {"prompt_id", "task", "split", "text", "tokens", "answer_token", "cf_answer_token", "pair_of",
                 "pair_attr"} <= set(df.columns)
-    for s in out["saes"]:
-        cfg_json = json.loads((home / "zoo" / cfg.model.name / "saes" / s["name"] / "cfg.json").read_text())
-        assert cfg_json["metadata"]["hook_name"] == s["name"].split("--")[0]
-    sae_table = pl.read_parquet(home / out["sae_eval"]["path"])
-    assert len(sae_table) == len(out["saes"]) and sae_table["explained_variance"].is_finite().all()
+    for s in out.saes:
+        cfg_json = json.loads((home / "zoo" / cfg.model.name / "saes" / s.name / "cfg.json").read_text())
+        assert cfg_json["metadata"]["hook_name"] == s.name.split("--")[0]
+    sae_table = pl.read_parquet(home / out.sae_eval.path)
+    assert len(sae_table) == len(out.saes) and sae_table["explained_variance"].is_finite().all()
 
 
 def test_rerun_is_all_cache_hits(built):
@@ -60,12 +63,12 @@ def test_rerun_is_all_cache_hits(built):
     first_states, second_states = _task_run_states(first), _task_run_states(second)
     assert "Completed" in first_states
     assert second_states and set(second_states) == {"Cached"}, second_states
-    assert first.result()["model"]["hash"] == second.result()["model"]["hash"]
+    assert first.result().model.hash == second.result().model.hash
 
 
 def test_zoo_loads_with_plain_transformer_lens_and_saelens(built):
     home, cfg, first, _ = built
-    sae_dir = str(home / first.result()["saes"][0]["path"])
+    sae_dir = str(home / first.result().saes[0].path)
     script = f"""
 import json, sys, torch
 from safetensors.torch import load_file
@@ -101,21 +104,55 @@ def test_an_sae_trained_from_other_settings_is_retrained_and_swapped_whole(built
     home, cfg, first, _ = built
     out = first.result()
     spec = plan_zoo(cfg).specs[0]
-    acts = zt.capture_sae_activations.fn(cfg, out["model"], out["corpus"], plan_zoo(cfg).hooks, str(home))
+    acts = zt.capture_sae_activations.fn(cfg, out.model, out.corpus, plan_zoo(cfg).hooks, str(home))
     mine = SageHome(tmp_path)
-    shutil.copytree(home / acts["path"], tmp_path / acts["path"])  # manifests name files relative to SAGE_HOME
+    shutil.copytree(home / acts.path, tmp_path / acts.path)  # references name files relative to SAGE_HOME
     src = SageHome(home).sae_dir(cfg.model.name, spec.name)
     shutil.copytree(src, mine.sae_dir(cfg.model.name, spec.name))
     path = mine.sae_dir(cfg.model.name, spec.name)
 
     before = read_marker(path)
-    zt.train_sae.fn(spec, cfg, out["model"], acts, str(tmp_path))
+    zt.train_sae.fn(spec, cfg, out.model, acts, str(tmp_path))
     assert read_marker(path) == before, "a current SAE must not be retrained"
 
     changed = spec.model_copy(update={"l1_coefficient": spec.l1_coefficient * 2, "lr": 2e-3})
-    zt.train_sae.fn(changed, cfg, out["model"], acts, str(tmp_path))
+    zt.train_sae.fn(changed, cfg, out.model, acts, str(tmp_path))
     after = read_marker(path)
     assert after["spec"] == changed.model_dump() and after["written_at"] > before["written_at"]
     assert not list(path.parent.glob(f"{path.name}.*")), "no partial or stale sibling may remain"
-    zt.train_sae.fn(changed, cfg, out["model"], acts, str(tmp_path))
+    zt.train_sae.fn(changed, cfg, out.model, acts, str(tmp_path))
     assert read_marker(path) == after
+
+
+def test_one_build_reads_the_model_once_and_hashes_its_weights_once(prefect_harness, tmp_path, monkeypatch):
+    """Load once (issue #16 item 4): within one zoo build the trained model is read from disk once (the tasks that
+    need it share it), and its weights are hashed once however many tasks and records name it."""
+    import sys
+    from pathlib import Path
+
+    from flows.build_zoo import build_zoo, zoo_if_whole
+    from flows.settings import results_in
+    from sage_core.config import ZooConfig
+    from storage import hashing
+    from storage.home import SageHome
+    from tasks import loaded
+
+    hashed: list[str] = []
+    real = hashing.file_hash
+
+    def counting(path, *args, **kwargs):
+        if Path(path).name == "model.safetensors":
+            hashed.append(str(path))
+        return real(path, *args, **kwargs)
+
+    for name, module in list(sys.modules.items()):  # every module that took file_hash by name
+        if name.split(".")[0] in hashing.PROJECT_PACKAGES and getattr(module, "file_hash", None) is real:
+            monkeypatch.setattr(module, "file_hash", counting)
+    loaded.clear()
+    cfg = ZooConfig.tiny()
+    with results_in(SageHome(tmp_path)):
+        state = build_zoo(cfg=cfg, home=str(tmp_path), return_state=True)
+    assert state.is_completed()
+    assert loaded.LOADS["model"] == 1, dict(loaded.LOADS)
+    assert len(hashed) == 1, hashed
+    assert zoo_if_whole(cfg, SageHome(tmp_path)) == state.result() and len(hashed) == 1, hashed

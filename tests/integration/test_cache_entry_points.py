@@ -29,7 +29,7 @@ def _task_states(state) -> dict[str, list[str]]:
             time.sleep(0.5)
     out: dict[str, list[str]] = {}
     for r in runs:
-        out.setdefault(r.name.rsplit("-", 1)[0], []).append(r.state.name if r.state else "Pending")
+        out.setdefault(r.name.split(" ", 1)[0], []).append(r.state.name if r.state else "Pending")  # "<task> <what>"
     return out
 
 
@@ -73,6 +73,7 @@ def test_a_deployment_style_run_after_a_cli_run_is_all_cache_hits(tiny_zoo):
 def test_a_copied_home_reads_whole_with_the_original_moved_away(copied):
     from flows.build_zoo import build_zoo, zoo_if_whole
     from storage.home import SageHome
+    from storage.refs import dump
 
     home, dst, cfg = copied
     hidden = home.with_name(home.name + "-away")
@@ -80,11 +81,11 @@ def test_a_copied_home_reads_whole_with_the_original_moved_away(copied):
     try:
         record = zoo_if_whole(cfg, SageHome(dst))
         assert record is not None, "the copied zoo record must read whole from the copy"
-        assert not any(str(hidden) in json.dumps(v) or str(home) in json.dumps(v) for v in record.values())
+        assert str(hidden) not in json.dumps(dump(record)) and str(home) not in json.dumps(dump(record))
         state = build_zoo(cfg=cfg, home=str(dst), return_state=True)
         assert state.is_completed() and not _not_cached(_task_states(state))
         out = state.result()
-        assert (dst / out["saes"][0]["path"] / "cfg.json").is_file()
+        assert (dst / out.saes[0].path / "cfg.json").is_file()
         assert not home.exists(), "nothing may be written to the original's path"
     finally:
         hidden.rename(home)

@@ -17,6 +17,7 @@ def test_a_pickle_swapped_in_after_the_key_check_is_never_loaded(prefect_harness
 
     from sage_core.config import ZooConfig
     from storage.home import SageHome
+    from storage.refs import TokenizerRef
     from tasks import common, zoo
 
     home = SageHome(tmp_path / "home")
@@ -36,9 +37,9 @@ def test_a_pickle_swapped_in_after_the_key_check_is_never_loaded(prefect_harness
     monkeypatch.setattr(common.StageCache, "compute_key", check_then_swap)
 
     @flow
-    def run() -> dict:
+    def run() -> TokenizerRef:
         return task(cfg, str(home.root))
 
     out = run()
-    assert isinstance(out, dict) and home.at(out["path"]).is_dir(), out
+    assert isinstance(out, TokenizerRef) and home.at(out).is_dir(), out
     assert common.serializer_of(next(home.prefect_results().iterdir()).read_bytes()) == common.SERIALIZER

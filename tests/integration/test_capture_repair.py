@@ -49,10 +49,10 @@ def test_rerunning_the_capture_flow_repairs_a_damaged_chunk(tiny_zoo, compressio
     req = CaptureRequest(hooks=("blocks.0.hook_resid_post",), chunk_mb=0.004, compression=compression,
                          batch_size=8)
     with results_in(SageHome(home)):
-        out = capture(request=req, cfg=cfg, home=str(home), n_shards=2)
-    store = ActivationStore.open(home / out[0]["path"])
+        out = list(capture(request=req, cfg=cfg, home=str(home), n_shards=2).values())
+    store = ActivationStore.open(home / out[0].path)
     assert store.n_chunks >= 3, "the damaged chunk must be one of several"
-    good = {o["path"]: (o["hash"], ActivationStore.open(home / o["path"]).read(req.hooks[0])) for o in out}
+    good = {o.path: (o.hash, ActivationStore.open(home / o.path).read(req.hooks[0])) for o in out}
     chunk = store.path / store._chunk_files(1)[array]
     others = {rel: (store.path / rel).stat().st_mtime_ns for i in range(store.n_chunks) if i != 1
               for rel in store._chunk_files(i).values()}
@@ -61,13 +61,13 @@ def test_rerunning_the_capture_flow_repairs_a_damaged_chunk(tiny_zoo, compressio
     assert not ActivationStore(store.path).is_whole()
 
     with results_in(SageHome(home)):
-        again = capture(request=req, cfg=cfg, home=str(home), n_shards=2)
-    assert [o["hash"] for o in again] == [o["hash"] for o in out]
+        again = list(capture(request=req, cfg=cfg, home=str(home), n_shards=2).values())
+    assert [o.hash for o in again] == [o.hash for o in out]
     assert {rel: (store.path / rel).stat().st_mtime_ns for rel in others} == others, "only chunk 1 is recaptured"
     for o in again:
-        repaired = ActivationStore.open(home / o["path"])
-        assert is_whole(repaired.path) and repaired.content_hash() == good[o["path"]][0]
-        np.testing.assert_array_equal(repaired.read(req.hooks[0]), good[o["path"]][1])
+        repaired = ActivationStore.open(home / o.path)
+        assert is_whole(repaired.path) and repaired.content_hash() == good[o.path][0]
+        np.testing.assert_array_equal(repaired.read(req.hooks[0]), good[o.path][1])
 
 
 def test_rerunning_the_capture_flow_repairs_a_deleted_store_marker(tiny_zoo):
@@ -81,14 +81,14 @@ def test_rerunning_the_capture_flow_repairs_a_deleted_store_marker(tiny_zoo):
     home, cfg, _, _ = tiny_zoo
     req = CaptureRequest(hooks=("blocks.0.hook_resid_post",), chunk_mb=0.004, batch_size=8)
     with results_in(SageHome(home)):
-        out = capture(request=req, cfg=cfg, home=str(home), n_shards=2)
-    store = ActivationStore.open(home / out[0]["path"])
+        out = list(capture(request=req, cfg=cfg, home=str(home), n_shards=2).values())
+    store = ActivationStore.open(home / out[0].path)
     chunks = {rel: (store.path / rel).stat().st_mtime_ns for i in range(store.n_chunks)
               for rel in store._chunk_files(i).values()}
     (store.path / MARKER).unlink()
     assert not is_whole(store.path)
     with results_in(SageHome(home)):
-        again = capture(request=req, cfg=cfg, home=str(home), n_shards=2)
-    assert [o["hash"] for o in again] == [o["hash"] for o in out]
-    assert is_whole(store.path) and ActivationStore.open(store.path).content_hash() == out[0]["hash"]
+        again = list(capture(request=req, cfg=cfg, home=str(home), n_shards=2).values())
+    assert [o.hash for o in again] == [o.hash for o in out]
+    assert is_whole(store.path) and ActivationStore.open(store.path).content_hash() == out[0].hash
     assert {rel: (store.path / rel).stat().st_mtime_ns for rel in chunks} == chunks, "no chunk is recaptured"

@@ -1,5 +1,7 @@
-"""The evaluate flow on the tiny zoo: the documented outputs, controls that behave, adding one SAE scores only that
-SAE, and broken SAEs that are reported without sinking the run or touching what was written before."""
+"""The evaluate flow on the tiny zoo: the documented outputs, controls that behave, each model, SAE and task's
+references loaded once, a run you can read in the Prefect UI (named task and flow runs, per-run artifacts), adding one
+SAE scores only that SAE, and broken SAEs that are reported without sinking the run or touching what was written
+before."""
 
 from __future__ import annotations
 
@@ -10,8 +12,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from flows.evaluate import _short
 from sage_core.locate.attribution import LocateConfig
+from sage_core.model.hooks import short_hook
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -58,9 +60,12 @@ def _sections(scores: pl.DataFrame, task: str):
     return [CrossSection(**r) for r in rows]
 
 
-def _zoo_manifest(name: str) -> dict:
-    """Enough of a resolved manifest of a zoo SAE for `plan_units`."""
-    return {"spec": f"zoo:{name}", "name": name, "hook": name.split("--")[0], "source": "zoo"}
+def _zoo_ref(name: str):
+    """Enough of a resolved zoo SAE for `plan_units` (the family comes from its name)."""
+    from storage.refs import SAERef
+
+    return SAERef(spec=f"zoo:{name}", name=name, hook=name.split("--")[0], hash=f"h-{name}", arch="?", d_sae=0,
+                  d_in=0, source="zoo")
 
 
 def _identity_brackets(home: Path, model_name: str, sections) -> frozenset[tuple[str, str]]:
@@ -76,10 +81,10 @@ def _identity_brackets(home: Path, model_name: str, sections) -> frozenset[tuple
 
 def _reached_units(names: list[str], sections, same=frozenset()) -> set[str]:
     """Names of the trained units `evaluate` plans for zoo SAEs `names` that reach one of `sections`."""
-    from flows.evaluate import plan_units
     from sage_core.config import EvaluateConfig
+    from tasks.plan import plan_units
 
-    units = plan_units([_zoo_manifest(n) for n in names], sections, EvaluateConfig(), same)
+    units = plan_units([_zoo_ref(n) for n in names], sections, EvaluateConfig(), same)
     return {u.name for u in units if u.kind == "trained" and any(u.reaches(c) for c in sections)}
 
 
@@ -96,17 +101,20 @@ def _dictionary_keys(home: Path, task: str) -> set[tuple[str, str]]:
 
 @pytest.fixture(scope="module")
 def full_run(tiny_zoo):
+    from tasks import loaded
+
     home, cfg, *_ = tiny_zoo
+    loaded.clear()  # what earlier tests loaded in this process does not count
     out = _evaluate(home, cfg)
-    return home, cfg, out
+    return home, cfg, out, dict(loaded.LOADS)
 
 
 def test_full_run_outputs(full_run):
-    assert _last_evaluate_state().type.value == "COMPLETED"
+    assert _last_evaluate_run().state.type.value == "COMPLETED"
     from storage.home import SageHome
     from storage.sae_sources import list_zoo_saes
 
-    home, cfg, out = full_run
+    home, cfg, out, _ = full_run
     assert out["n_failed"] == 0
     scores = pl.read_parquet(out["scores"])
     board = pl.read_parquet(out["leaderboard"])
@@ -138,7 +146,8 @@ def test_full_run_outputs(full_run):
             assert {"native", "projection", "control"} <= mappings, (task, mappings)
             # a bracket whose projector is the identity is scored once, as projection: no difference row repeats it
             diff = board.filter((pl.col("task") == task) & (pl.col("mapping") == "difference"))["sae"].to_list()
-            assert not [d for d in diff if any(f"[{_short(b)}->{_short(a)}]" in d for b, a in same)], (diff, same)
+            assert not [d for d in diff if any(f"[{short_hook(b)}->{short_hook(a)}]" in d for b, a in same)], \
+                (diff, same)
             assert "projection" in set(scores.filter(pl.col("task") == task)["mapping"])
     assert any(sublayer.values()), f"no sub-layer cross-section was kept on any task: {sublayer}"
     assert {"native", "projection"} <= set(scores["mapping"].unique())
@@ -165,6 +174,89 @@ def test_full_run_outputs(full_run):
             assert oracle["f1_mean"] == pytest.approx(1.0), task
 
 
+def test_a_run_loads_the_model_each_sae_and_each_tasks_references_once(full_run):
+    """Issue #16 item 4: within one process a run reads the model from disk once, each SAE once (when it is resolved;
+    every scoring unit and its core metrics reuse it) and each task's references once (shared by its units)."""
+    from storage.home import SageHome
+    from storage.sae_sources import list_zoo_saes
+
+    home, cfg, out, loads = full_run
+    n_saes = len(list_zoo_saes(SageHome(home), cfg.model.name))
+    n_tasks = sum(1 for hooks in out["sections"].values() if hooks)
+    assert n_saes and n_tasks
+    assert loads["model"] == 1, loads
+    assert loads["sae"] == n_saes, loads
+    assert loads["references"] == n_tasks, loads
+    assert loads.get("model-copy", 0) <= 1, loads  # two worker threads: at most one more instance, copied in memory
+
+
+def _flow_run_named(name: str):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name])))
+    assert len(runs) == 1, [r.name for r in runs]
+    return runs[0]
+
+
+def _task_run_names(flow_run_id, must: set[str], timeout_s: float = 60) -> set[str]:
+    """The names of the flow run's task runs (the server records them from events: wait until `must` are there)."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        names = {r.name for r in runs}
+        if must <= names or time.monotonic() > deadline:
+            return names
+        time.sleep(1)
+
+
+def test_the_run_reads_in_the_prefect_ui(full_run):
+    """Issue #16 item 6: the flow run carries the run's name, task runs say what they do, artifacts are keyed per run
+    (plus a stable latest key), the table is rounded and complete, and the plots travel in an artifact."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from report.artifacts import artifact_key, latest_key
+    from storage.home import SageHome
+    from storage.sae_sources import list_zoo_saes
+
+    home, cfg, out, _ = full_run
+    run = out["run"]
+    flow_run = _flow_run_named(run)  # named from its results at the end (no --run given)
+    saes = list_zoo_saes(SageHome(home), cfg.model.name)
+    kept = [t for t, hooks in out["sections"].items() if hooks]
+    must = ({f"resolve zoo:{n}" for n in saes} | {f"core-metrics {n}" for n in saes}
+            | {f"references {t}" for t in kept}
+            | {f"plan-units {len(cfg.tasks)} tasks", f"verdicts {len(cfg.tasks)} tasks", f"report {run}",
+               f"publish {run}", "leaderboard (run named by its results)"})
+    names = _task_run_names(flow_run.id, must)
+    assert must <= names, sorted(must - names)
+    scored = sorted(n for n in names if n.startswith("score "))
+    assert scored and all(" on " in n and n.rsplit(" on ", 1)[1] in kept for n in scored), scored
+    assert any(n.startswith("score L") and "--" in n for n in scored), scored  # native SAEs by their short hook
+    assert not [n for n in names if n.startswith(("score-unit-", "resolve-sae-"))], names
+
+    keys = {what: (artifact_key(run, what), latest_key(what)) for what in ("leaderboard", "summary", "plots")}
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=[k for pair in keys.values() for k in pair])))
+    by_key = {a.key: a for a in arts if a.flow_run_id == flow_run.id}
+    assert {k for pair in keys.values() for k in pair} <= set(by_key), sorted(by_key)
+    rows = json.loads(by_key[keys["leaderboard"][0]].data)
+    assert rows and {"n", "l0", "faithfulness", "summary"} <= set(rows[0]), rows[0]
+    floats = [v for r in rows for v in r.values() if isinstance(v, float)]
+    assert floats and all(round(v, 3) == v for v in floats)
+    assert "data:image/png;base64," in by_key[keys["plots"][0]].data
+    assert run in by_key[keys["summary"][0]].data
+
+
 def _native_saes_at_sections(home: Path, cfg, scores: pl.DataFrame) -> list[str]:
     from sage_core.scoring import mapping as mp
     from storage.home import SageHome
@@ -177,7 +269,7 @@ def _native_saes_at_sections(home: Path, cfg, scores: pl.DataFrame) -> list[str]
 @pytest.fixture(scope="module")
 def subset(full_run):
     """Two zoo SAEs at kept cross-sections, and a third whose addition plans no new projection unit."""
-    home, cfg, out = full_run
+    home, cfg, out, _ = full_run
     scores = pl.read_parquet(out["scores"])
     cands = _native_saes_at_sections(home, cfg, scores)
     first = cands[:2]
@@ -189,7 +281,7 @@ def subset(full_run):
 
 
 def test_adding_one_sae_scores_only_that_sae(full_run, subset):
-    home, cfg, full = full_run
+    home, cfg, full, _ = full_run
     first, extra = subset
     full_scores = pl.read_parquet(full["scores"])
     out1 = _evaluate(home, cfg, [f"zoo:{n}" for n in first], core_sequences=16)
@@ -202,7 +294,7 @@ def test_adding_one_sae_scores_only_that_sae(full_run, subset):
     from storage.home import SageHome
 
     record = ground_truth_if_whole(cfg, LCFG, SageHome(home), per_group=1)
-    assert record is not None and record["path"] == out2["ground_truth"] == full["ground_truth"]
+    assert record is not None and record.path == out2["ground_truth"] == full["ground_truth"]
 
     new = {label: sorted(set(after[label]) - set(before[label])) for label in STORES}
     gone = {label: sorted(set(before[label]) - set(after[label])) for label in STORES}
@@ -229,7 +321,7 @@ def test_adding_one_sae_scores_only_that_sae(full_run, subset):
     assert board["status"].to_list() == ["ok"] * board.height
 
 
-def _last_evaluate_state():
+def _last_evaluate_run():
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName
     from prefect.client.schemas.sorting import FlowRunSort
@@ -237,7 +329,7 @@ def _last_evaluate_state():
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["evaluate"])),
                                      sort=FlowRunSort.START_TIME_DESC, limit=1)
-    return runs[0].state
+    return runs[0]
 
 
 def _nan_copy(src: Path, dst: Path) -> Path:
@@ -267,7 +359,7 @@ def _wrong_width(dst: Path, hook: str, d_in: int) -> Path:
 def test_broken_saes_are_reported_and_do_not_sink_the_run(full_run, subset, tmp_path):
     from storage.home import SageHome
 
-    home, cfg, full = full_run
+    home, cfg, full, _ = full_run
     first, _ = subset
     h = SageHome(home)
     nan_dir = _nan_copy(h.sae_dir(cfg.model.name, first[0]), tmp_path / "nan-sae")
@@ -294,7 +386,7 @@ def test_broken_saes_are_reported_and_do_not_sink_the_run(full_run, subset, tmp_
     readme = (Path(out["report"]) / "README.md").read_text()
     assert str(wide_dir) in readme
     # the flow run itself is not shown as a success: Failed, with the count in its message (issue #15 item 9)
-    state = _last_evaluate_state()
+    state = _last_evaluate_run().state
     assert state.type.value == "FAILED" and f"{out['n_failed']} SAE(s) or stage(s) failed" in state.message, state
 
     now = {**_files(home / "scores"), **_files(home / "reports")}
@@ -305,7 +397,7 @@ def test_broken_saes_are_reported_and_do_not_sink_the_run(full_run, subset, tmp_
 
 def test_a_spec_that_names_nothing_fails_before_any_work(full_run):
     """check_specs runs at the start of the flow: no SAE is resolved, nothing is scored or written."""
-    home, cfg, _ = full_run
+    home, cfg, *_ = full_run
     written = {**_files(home / "scores"), **_files(home / "reports")}
     with pytest.raises(ValueError, match="no-such-release"):
         _evaluate(home, cfg, ["no-such-release/foo"], core_sequences=16)

@@ -1,11 +1,14 @@
-"""Planning scoring units: a bracket whose projector is the identity is scored once (issue #15 item 7)."""
+"""Planning scoring units: a bracket whose projector is the identity is scored once (issue #15 item 7); units carry
+typed SAE references and are named for the Prefect UI (issue #16)."""
 
 from sage_core.config import EvaluateConfig
 from sage_core.ground_truth.sections import CrossSection
+from storage.refs import SAERef
 
 
-def _sae(name: str) -> dict:
-    return {"spec": f"zoo:{name}", "name": name, "hook": name.split("--")[0], "source": "zoo"}
+def _sae(name: str) -> SAERef:
+    return SAERef(spec=f"zoo:{name}", name=name, hook=name.split("--")[0], hash=f"h-{name}", arch="topk", d_sae=512,
+                  d_in=64, source="zoo")
 
 
 SAES = [_sae("blocks.0.hook_resid_pre--topk-512"), _sae("blocks.0.hook_resid_mid--topk-512")]
@@ -13,7 +16,7 @@ SECTIONS = [CrossSection(hook="blocks.0.hook_attn_out", head=None, role="END")]
 
 
 def _mappings(same=frozenset()) -> list[str]:
-    from flows.evaluate import plan_units
+    from tasks.plan import plan_units
 
     return sorted(u.mapping for u in plan_units(SAES, SECTIONS, EvaluateConfig(), same) if u.kind == "trained"
                   and u.mapping != "native")
@@ -24,9 +27,62 @@ def test_both_mappings_are_planned_where_the_projector_is_not_the_identity():
 
 
 def test_a_bracket_whose_projector_is_the_identity_is_scored_once_as_projection():
-    from flows.evaluate import plan_units
     from sage_core.scoring import mapping as mp
+    from tasks.plan import plan_units
 
     bracket = mp.bracket(SECTIONS[0].hook)
     units = plan_units(SAES, SECTIONS, EvaluateConfig(), frozenset({bracket}))
     assert sorted(u.mapping for u in units if u.kind == "trained" and u.mapping != "native") == ["projection"]
+
+
+def test_units_hold_sae_references_and_short_names():
+    from tasks.plan import plan_units
+
+    units = {u.name: u for u in plan_units(SAES, SECTIONS, EvaluateConfig())}
+    native = units["blocks.0.hook_resid_pre--topk-512"]
+    assert native.saes == (SAES[0],) and isinstance(native.saes[0], SAERef)
+    assert native.label == "L0.resid_pre--topk-512"
+    pair = units["topk-512:projection[L0.resid_pre->L0.resid_mid]"]
+    assert pair.saes == tuple(SAES) and pair.bracket == ("blocks.0.hook_resid_pre", "blocks.0.hook_resid_mid")
+    assert pair.label == pair.name and units["control:oracle"].saes == ()
+
+
+def test_a_unit_reaches_only_its_own_places():
+    from tasks.plan import plan_units
+
+    units = {u.name: u for u in plan_units(SAES, SECTIONS, EvaluateConfig())}
+    resid = CrossSection(hook="blocks.0.hook_resid_pre", role="END")
+    head = CrossSection(hook="blocks.0.attn.hook_z", head=1, role="END")
+    assert units["blocks.0.hook_resid_pre--topk-512"].reaches(resid)
+    assert not units["blocks.0.hook_resid_mid--topk-512"].reaches(resid)
+    assert units["topk-512:projection[L0.resid_pre->L0.resid_mid]"].reaches(head)
+    assert not units["topk-512:difference[L0.resid_pre->L0.resid_mid]"].reaches(head)
+    assert units["control:random"].reaches(head) and units["control:oracle"].reaches(resid)
+
+
+def test_sae_families():
+    from tasks.plan import sae_family
+
+    assert sae_family(SAES[0]) == "topk-512"
+    reg = SAERef(spec="gpt2-small-res-jb/blocks.3.hook_resid_pre", name="gpt2-small-res-jb/blocks.3.hook_resid_pre",
+                 hook="blocks.3.hook_resid_pre", hash="x", arch="standard", d_sae=24576, d_in=768, source="registry")
+    assert sae_family(reg) == "gpt2-small-res-jb"
+    own = SAERef(spec="/saes/a", name="a", hook="blocks.0.hook_resid_pre", hash="y", arch="jumprelu", d_sae=32,
+                 d_in=8, source="dir")
+    assert sae_family(own) == "jumprelu-32"
+
+
+def test_task_run_names_say_what_a_run_does():
+    from storage.refs import DatasetRef, ReferencesRef
+    from tasks import plan, report, score
+    from tasks.plan import plan_units
+
+    unit = next(u for u in plan_units(SAES, SECTIONS, EvaluateConfig()) if u.mapping == "native")
+    refs = ReferencesRef(path="scores/references/k", hash="r", task="ioi")
+    assert score._score_name({"unit": unit, "refs": refs}) == "score L0.resid_pre--topk-512 on ioi"
+    assert score._core_name({"sae": SAES[0]}) == "core-metrics blocks.0.hook_resid_pre--topk-512"
+    ds = DatasetRef(path="datasets/ioi/k/prompts.parquet", hash="d", task="ioi")
+    assert score._references_name({"dataset": ds}) == "references ioi"
+    assert plan._plan_name({"tasks": ["ioi", "gender", "sva", "capital"]}) == "plan-units 4 tasks"
+    assert report._leaderboard_name({"run": "nightly"}) == "leaderboard nightly"
+    assert score.resolve_sae.task_run_name.format(spec="zoo:x") == "resolve zoo:x"

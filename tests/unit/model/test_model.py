@@ -66,3 +66,13 @@ def test_real_mask_keeps_bos_when_the_pad_token_is_bos():
     assert torch.equal(real_mask(t, 7), want)
     assert trim_padding(t, 7).shape == (3, 3)
     assert torch.equal(real_mask(pad_sequences(seqs, pad_id=0, length=4), 0)[:, :3], want[:, :3])
+
+
+def test_training_reports_each_step_and_its_loss():
+    m = build_model(ModelConfig(d_model=16, n_layers=1, n_heads=2, d_head=8, d_mlp=32), d_vocab=10)
+    tokens = torch.randint(1, 10, (64, 5), generator=torch.Generator().manual_seed(0))
+    steps, losses = [], []
+    out = train_model(m, tokens, pad_id=0, cfg=TrainConfig(steps=7, batch_size=16), on_step=lambda d, t: steps.append(
+        (d, t)), on_loss=lambda s, loss: losses.append((s, loss)))
+    assert steps == [(d, 7) for d in range(1, 8)]
+    assert [s for s, _ in losses] == list(range(7)) and [v for _, v in losses] == out

@@ -129,8 +129,7 @@ def test_tokenizer_that_splits_a_name_is_refused(tokenizer):
         bos_token_id = tokenizer.bos_token_id
 
         def __call__(self, text, add_special_tokens=False):
-            out = tokenizer(text.replace("Zebedee", "Mary John"), add_special_tokens=False)
-            return out
+            return tokenizer(text.replace("Zebedee", "Mary John"), add_special_tokens=False)
 
     with pytest.raises(TaskError, match="splits 'Zebedee'.*into 2 tokens"):
         generate_prompts(task, DatasetConfig(task="ioi", n_train=30, n_test=10), Splitting())

@@ -9,14 +9,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from report.summary import (
-    controls_verdict,
-    f1_heatmap,
-    f1_matrix,
-    leaderboard_text,
-    metric_panels,
-    summary_markdown,
-)
+from report.controls import controls_verdict
+from report.figures import f1_heatmap, f1_matrix, metric_panels
+from report.summary import leaderboard_text, summary_markdown
 from storage.atomic import MARKER, StoreError, is_complete
 from storage.reports import PLOT_METRICS, read_failures, read_report, write_report
 
@@ -56,13 +51,13 @@ def _leaderboard(summary: dict[str, float] | None = None) -> pl.DataFrame:
             s = summary[sae]
             rows.append(dict(
                 sae=sae, task=task, kind=kind, mapping="native", summary=s, n_sections=2,
-                explained_variance=s, sufficiency=s + 0.01, necessity=s + 0.02,
+                explained_variance=s, sufficiency=s + 0.01, faithfulness=s + 0.005, necessity=s + 0.02,
                 edit_accuracy_k4=float("nan") if sae == "sae-b" else s, f1_mean=s, mcc=s,
                 ce_loss_recovered=None if kind != "trained" else 0.8, kl=None, l0=12.0 if kind == "trained" else None,
                 dead_share=None, status="ok"))
     schema = {"sae": pl.String, "task": pl.String, "kind": pl.String, "mapping": pl.String, "summary": pl.Float64,
               "n_sections": pl.Int64, "explained_variance": pl.Float64, "sufficiency": pl.Float64,
-              "necessity": pl.Float64, "edit_accuracy_k4": pl.Float64, "f1_mean": pl.Float64, "mcc": pl.Float64,
+              "faithfulness": pl.Float64, "necessity": pl.Float64, "edit_accuracy_k4": pl.Float64, "f1_mean": pl.Float64, "mcc": pl.Float64,
               "ce_loss_recovered": pl.Float64, "kl": pl.Float64, "l0": pl.Float64, "dead_share": pl.Float64,
               "status": pl.String}
     return pl.DataFrame(rows, schema=schema, orient="row")
@@ -132,11 +127,12 @@ def test_summary_markdown_tables_controls_and_failures():
     md = summary_markdown(_leaderboard(), FAILURES, META)
     assert md.startswith("# SAGE report: unit-run")
     assert "sage-tiny" in md and "ioi, greater_than" in md and "**SAEs:** 4" in md and "2025-01-01" in md
-    assert md.count("| rank | SAE | kind | mapping | summary | EV | suff. | nec. | edit@4 | F1 | MCC | CE rec. | L0 |") == 2
+    assert md.count("| rank | SAE | kind | mapping | n | summary | EV | suff. | faith. | nec. | edit@4 | F1 | MCC | "
+                    "CE rec. | L0 |") == 2
     ioi = md.split("## ioi")[1].split("## greater_than")[0].split("**Controls:**")[0]  # the leaderboard table
     rows = [ln for ln in ioi.splitlines() if ln.startswith("| ") and "rank" not in ln]
     assert [r.split("|")[2].strip() for r in rows] == ["oracle-sae", "sae-a", "sae-b", "random-sae"]
-    assert rows[0].startswith("| 1 | oracle-sae | oracle | native | 0.900 | 0.900 | 0.910 | 0.920 |")
+    assert rows[0].startswith("| 1 | oracle-sae | oracle | native | 2 | 0.900 | 0.900 | 0.910 | 0.905 | 0.920 |")
     assert "| – |" in rows[2]  # sae-b's NaN edit accuracy
     assert md.count("**Controls:** ✅") == 2
     assert "## Failed SAEs" in md and "broken-sae" in md and "d_in 64 != 128" in md and "Traceback" not in md
@@ -250,7 +246,7 @@ def _floor_board() -> pl.DataFrame:
 
 
 def test_share_of_trained_saes_above_the_random_control_by_hand():
-    from report.summary import random_floor
+    from report.controls import random_floor
 
     t = {r["metric"]: r for r in random_floor(_floor_board()).iter_rows(named=True)}
     want = {"summary": (1, 3), "explained_variance": (2, 3), "sufficiency": (2, 3), "necessity": (2, 2),
@@ -276,7 +272,68 @@ def test_share_of_trained_saes_above_the_random_control_by_hand():
 def test_every_metric_the_random_control_can_match_is_explained():
     """Metrics where the built-in evaluation's random control matched or beat most trained SAEs (l0, edit accuracy,
     edit magnitude) or that chance already satisfies (F1, coverage) carry a note saying why (issue #15 item 10)."""
-    from report.summary import CONTROL_NOTES
+    from report.controls import CONTROL_NOTES
 
     for metric in ("l0", "edit_accuracy_k1", "edit_accuracy_k4", "edit_magnitude_k4", "f1_mean", "coverage"):
         assert len(CONTROL_NOTES.get(metric, "")) > 20, metric
+
+
+def test_report_plots_reads_every_png_checked(tmp_path):
+    from storage.reports import report_plots
+
+    out = tmp_path / "r"
+    write_report(out, _scores(), _leaderboard(), FAILURES, META)
+    plots = report_plots(out)
+    assert list(plots) == [f"plots/{t}-{k}.png" for t in TASKS for k in ("metrics", "f1-heatmap")]  # README order
+    for name, data in plots.items():
+        assert data == (out / name).read_bytes() and data.startswith(PNG)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete", "readme"])
+def test_report_plots_names_a_damaged_plot_in_one_line(tmp_path, damage):
+    from storage.reports import report_plots
+
+    out = tmp_path / "r"
+    write_report(out, _scores(), _leaderboard(), FAILURES, META)
+    p = out / "plots" / "ioi-metrics.png"
+    data = p.read_bytes()
+    if damage == "truncate":
+        p.write_bytes(data[:100])
+    elif damage == "flip":
+        p.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    elif damage == "delete":
+        p.unlink()
+    else:
+        p = out / "README.md"
+        p.write_text(p.read_text() + "edited")
+    with pytest.raises(StoreError, match=p.name) as e:
+        report_plots(out)
+    assert "\n" not in str(e.value) and "rerun" in str(e.value)
+
+
+def test_report_plots_of_a_missing_report(tmp_path):
+    from storage.reports import report_plots
+
+    with pytest.raises(StoreError, match=r"no complete report at .*; run `sage evaluate` first") as e:
+        report_plots(tmp_path / "nothing")
+    assert "\n" not in str(e.value)
+
+
+def test_write_report_notes_the_unreached_saes_with_the_scored_hooks(tmp_path):
+    out = tmp_path / "u"
+    unreached = [{"sae": "blocks.3.hook_resid_pre--topk-64", "task": "ioi", "hook": "blocks.3.hook_resid_pre"}]
+    write_report(out, _scores(), _leaderboard(), FAILURES, META, unreached=unreached)
+    readme = (out / "README.md").read_text()
+    # the hooks ioi's scores hold: both SAE cross-sections, and sae-b's projection at L0.resid_post
+    assert ("- ioi (kept cross-sections at L1.attn.z, L1.resid_post, L0.resid_post): 1 SAE not reached; by hook: "
+            "L3.resid_pre: 1 (topk-64)") in readme
+
+
+def test_no_stage_code_version_follows_the_report_wording():
+    """The locate stage saves the AtP figure, so its cache key follows report.atp's code: that module imports no
+    project module, and the tables the figures use never reach the controls' wording or the leaderboard's code."""
+    from storage.hashing import module_closure
+
+    assert module_closure("report.atp") == ("report.atp",)
+    reached = module_closure("report.tables", "report.figures")
+    assert not {"report.controls", "report.summary", "report.notes", "sage_core.scoring.leaderboard"} & set(reached)

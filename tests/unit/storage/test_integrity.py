@@ -121,9 +121,8 @@ def test_verify_file_refuses_a_file_the_marker_does_not_list(tmp_path):
 # -- replacing --------------------------------------------------------------------------------------------------------
 def test_replace_never_deletes_a_complete_directory_of_another_kind(tmp_path):
     d = _dir(tmp_path / "d", kind="sae")
-    with pytest.raises(StoreError) as e:
-        with write_once(d, {"run": "r"}, replace=True, kind="scores-run") as tmp:
-            (tmp / "scores.parquet").write_bytes(b"x")
+    with pytest.raises(StoreError) as e, write_once(d, {"run": "r"}, replace=True, kind="scores-run") as tmp:
+        (tmp / "scores.parquet").write_bytes(b"x")
     assert "'sae'" in _one_line(e)
     assert is_whole(d) and read_marker(d)["kind"] == "sae"
     assert not list(tmp_path.glob("d.partial-*")) and not list(tmp_path.glob("d.stale-*"))
@@ -136,15 +135,13 @@ def test_a_directory_holding_complete_results_is_never_replaced(tmp_path):
     """`scores/../zoo` was the zoo root: no marker of its own, complete SAEs inside."""
     zoo = tmp_path / "zoo"
     sae = _dir(zoo / "m" / "saes" / "s", kind="sae")
-    with pytest.raises(StoreError) as e:
-        with write_once(zoo, {"run": "x"}) as tmp:
-            (tmp / "scores.parquet").write_bytes(b"x")
+    with pytest.raises(StoreError) as e, write_once(zoo, {"run": "x"}) as tmp:
+        (tmp / "scores.parquet").write_bytes(b"x")
     assert str(zoo) in _one_line(e)
     assert is_whole(sae)
     (tmp_path / "f").write_text("a file")
-    with pytest.raises(StoreError, match="not a directory"):
-        with write_once(tmp_path / "f") as tmp:
-            (tmp / "x").write_text("x")
+    with pytest.raises(StoreError, match="not a directory"), write_once(tmp_path / "f") as tmp:
+        (tmp / "x").write_text("x")
     assert (tmp_path / "f").read_text() == "a file"
 
 
@@ -169,9 +166,8 @@ def test_a_full_disk_leaves_no_temporary_files_and_keeps_what_was_written(tmp_pa
 
     monkeypatch.setattr(Path, "write_text", full)
     for _ in range(2):  # reruns do not pile up temp files either
-        with pytest.raises(StoreError) as e:
-            with write_once(d, replace=True, kind="k") as tmp:
-                (tmp / "a.bin").write_bytes(b"new")
+        with pytest.raises(StoreError) as e, write_once(d, replace=True, kind="k") as tmp:
+            (tmp / "a.bin").write_bytes(b"new")
         assert "No space left on device" in _one_line(e)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
     assert (d / "a.bin").read_bytes() == before and is_whole(d)
@@ -187,9 +183,8 @@ def test_a_failed_swap_puts_the_old_directory_back(tmp_path, monkeypatch):
         return real(src, dst)
 
     monkeypatch.setattr(atomic.os, "replace", fail_install)
-    with pytest.raises(StoreError):
-        with write_once(d, replace=True, kind="k") as tmp:
-            (tmp / "a.bin").write_bytes(b"new")
+    with pytest.raises(StoreError), write_once(d, replace=True, kind="k") as tmp:
+        (tmp / "a.bin").write_bytes(b"new")
     assert is_whole(d) and sorted(p.name for p in tmp_path.iterdir()) == ["d"]
 
 

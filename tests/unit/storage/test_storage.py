@@ -9,10 +9,9 @@ from storage.home import SageHome
 
 def test_write_once_is_atomic_and_marked_last(tmp_path):
     final = tmp_path / "thing"
-    with pytest.raises(RuntimeError):
-        with write_once(final) as tmp:
-            (tmp / "a.txt").write_text("half")
-            raise RuntimeError("crash mid-write")
+    with pytest.raises(RuntimeError), write_once(final) as tmp:
+        (tmp / "a.txt").write_text("half")
+        raise RuntimeError("crash mid-write")
     assert not final.exists() and not list(tmp_path.glob("thing.partial-*"))
     with write_once(final, {"k": 1}) as tmp:
         (tmp / "a.txt").write_text("whole")
@@ -73,10 +72,14 @@ def test_zoo_record_is_trusted_only_while_everything_it_names_is_whole(tmp_path)
     ds = h.prompts_path("ioi", "k")
     with write_once(h.sae_dir("m", "s1"), kind="sae") as tmp:
         (tmp / "cfg.json").write_text("{}")
-    m = {"path": h.relative(ds), "hash": file_hash(ds)}
-    write_zoo_record(h, "m", "k1", {"model": {"hash": model_hash(model_dir)}, "datasets": [m], "corpus": m,
-                                    "saes": [{"name": "s1"}]})
-    assert read_zoo_record(h, "m", "k1", ["s1"]) is not None
+    from storage.refs import CorpusRef, DatasetRef, ModelRef, TableRef, ZooRef, ZooSAERef
+
+    m = DatasetRef(path=h.relative(ds), hash=file_hash(ds), task="ioi")
+    zoo = ZooRef(model=ModelRef(path=h.relative(model_dir), hash=model_hash(model_dir)), datasets=(m,),
+                 corpus=CorpusRef(path=m.path, hash=m.hash), model_eval=TableRef(path="t", hash="t"),
+                 saes=(ZooSAERef(path=h.relative(h.sae_dir("m", "s1")), hash="x", name="s1"),))
+    write_zoo_record(h, "m", "k1", zoo)
+    assert read_zoo_record(h, "m", "k1", ["s1"]) == zoo  # the references come back typed
     assert read_zoo_record(h, "m", "k2", ["s1"]) is None  # another config or code
     assert read_zoo_record(h, "m", "k1", ["s1", "s2"]) is None  # a planned SAE is missing
     (model_dir / "model.safetensors").write_text("other weights")
@@ -181,3 +184,22 @@ def test_a_failed_table_or_record_write_leaves_nothing_behind(tmp_path, monkeypa
             write_record(record, "k", {"a": 2})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json", "t.parquet"]
     assert (table.read_bytes(), record.read_bytes()) == before
+
+
+def test_the_model_hash_is_computed_once_while_its_files_are_unchanged(tmp_path, monkeypatch):
+    """Hash once per command (issue #16 item 4): the weights are read again only when a file's size or mtime moved."""
+    from storage import zoo
+    from storage.atomic import write_once
+
+    model_dir = tmp_path / "model"
+    with write_once(model_dir / "tokenizer", kind="tokenizer") as tmp:
+        (tmp / "tokenizer.json").write_text("{}")
+    (model_dir / "config.json").write_text("{}")
+    (model_dir / "model.safetensors").write_bytes(b"weights")
+    reads: list[str] = []
+    real = zoo.file_hash
+    monkeypatch.setattr(zoo, "file_hash", lambda p: reads.append(p.name) or real(p))
+    first = zoo.model_hash(model_dir)
+    assert zoo.model_hash(model_dir) == first and reads.count("model.safetensors") == 1
+    (model_dir / "model.safetensors").write_bytes(b"other weights")
+    assert zoo.model_hash(model_dir) != first and reads.count("model.safetensors") == 2

@@ -33,8 +33,9 @@ def edit_module(monkeypatch):
 
 def _inputs():
     from sage_core.config import ZooConfig
+    from storage.refs import ModelRef
 
-    m = {"path": "zoo/m/model", "hash": "h-model"}
+    m = ModelRef(path="zoo/m/model", hash="h-model")
     return {"cfg": ZooConfig.tiny(), "model": m, "home": "/data/a"}
 
 
@@ -63,10 +64,10 @@ def test_a_report_change_moves_no_key(edit_module):
     from sage_core.config import ZooConfig
 
     before, zoo_before = _keys(), zoo_key(ZooConfig.tiny())
-    from report.summary import random_floor  # the report's reading of the leaderboard
+    from report.controls import random_floor  # the report's reading of the leaderboard
 
     # the leaderboard and verdict wording (sage_core.scoring.leaderboard) are report code too
-    for name in ("report.summary", "storage.reports", "flows.cli", "sage_core.scoring.leaderboard", random_floor.__module__):
+    for name in ("report.summary", "storage.reports", "flows.cli.render", "sage_core.scoring.leaderboard", random_floor.__module__):
         edit_module(name)
     assert _keys() == before and zoo_key(ZooConfig.tiny()) == zoo_before
 
@@ -81,12 +82,13 @@ def test_a_zoo_code_change_moves_the_zoo_key(edit_module):
 
 
 def test_keys_ignore_the_data_root_and_paths_but_not_content():
+    from storage.refs import ModelRef
     from tasks.common import task_key
     from tasks.score import sae_core_metrics as t
 
-    a = {"sae_m": {"name": "s", "hash": "1"}, "model": {"path": "zoo/m/model", "hash": "m"}, "home": "/x"}
-    moved = {**a, "home": "/elsewhere", "model": {"path": "other/place", "hash": "m"}}
-    other = {**a, "model": {"path": "zoo/m/model", "hash": "m2"}}
+    a = {"sae_m": {"name": "s", "hash": "1"}, "model": ModelRef(path="zoo/m/model", hash="m"), "home": "/x"}
+    moved = {**a, "home": "/elsewhere", "model": ModelRef(path="other/place", hash="m")}
+    other = {**a, "model": ModelRef(path="zoo/m/model", hash="m2")}
     assert task_key(t, a) == task_key(t, moved)
     assert task_key(t, a) != task_key(t, other)
 
@@ -98,17 +100,30 @@ def test_closure_follows_from_imports_and_skips_type_checking_ones():
     assert "sage_core.scoring.score" in hashing.module_closure("tasks.score")
 
 
+def test_progress_reporting_is_in_no_stage_key(edit_module):
+    """Every stage imports tasks.progress, which only counts and tells: how progress is shown moves no key."""
+    import inspect
+
+    import tasks.zoo
+
+    assert "from tasks import loaded, progress" in inspect.getsource(tasks.zoo)  # the exemption is needed
+    before = _keys()
+    edit_module("tasks.progress")
+    assert _keys() == before
+
+
 def test_manifests_persist_as_plain_json_and_other_records_are_refused():
     import pickle
 
     from prefect.results import ResultRecord, ResultRecordMetadata
     from prefect.serializers import PickleSerializer
 
+    from storage.refs import TableRef
     from tasks.common import SERIALIZER, ManifestSerializer, serializer_of
 
     s = ManifestSerializer()
-    m = {"path": "a/b", "hash": "x", "rows": [{"v": 1.5}]}
-    assert s.loads(s.dumps(m)) == m and json.loads(s.dumps(m)) == m
+    m = TableRef(path="a/b", hash="x", rows=[{"v": 1.5}])
+    assert s.loads(s.dumps(m)) == m and json.loads(s.dumps(m)) == m.model_dump(mode="json")
     with pytest.raises(TypeError):
         s.dumps({"obj": object()})  # a manifest is plain data: anything else is a bug, not a pickle
     good = ResultRecord(metadata=ResultRecordMetadata(serializer=s, storage_key="k1"), result=m)
@@ -122,11 +137,12 @@ def test_manifests_persist_as_plain_json_and_other_records_are_refused():
 def _zoo_keys(cfg) -> dict[str, str]:
     """The key of each zoo stage for `cfg`, its upstream manifests held fixed (their own keys are checked here too)."""
     from sage_core.zoo.plan import plan_zoo
+    from storage.refs import CorpusRef, ModelRef, TokenizerRef, ZooActivationsRef
     from tasks import zoo
     from tasks.common import task_key
 
-    tok, corpus = {"path": "t", "hash": "h-tok"}, {"path": "c", "hash": "h-corpus"}
-    model, acts = {"path": "m", "hash": "h-model"}, {"path": "a", "hash": "h-acts"}
+    tok, corpus = TokenizerRef(path="t", hash="h-tok"), CorpusRef(path="c", hash="h-corpus")
+    model, acts = ModelRef(path="m", hash="h-model"), ZooActivationsRef(path="a", hash="h-acts")
     plan = plan_zoo(cfg)
     base = {"cfg": cfg, "home": "/h"}
     return {
@@ -173,9 +189,10 @@ def test_the_flow_records_follow_the_flows_code(edit_module):
     from flows.fit import fit_key
     from sage_core.config import ZooConfig
     from sage_core.locate.attribution import LocateConfig
+    from storage.refs import ModelRef, TokenizerRef
 
     cfg = ZooConfig.tiny()
-    m, tok = {"path": "m", "hash": "h-model"}, {"path": "t", "hash": "h-tok"}
+    m, tok = ModelRef(path="m", hash="h-model"), TokenizerRef(path="t", hash="h-tok")
 
     def keys():
         return zoo_key(cfg), fit_key(m, tok, cfg, LocateConfig(), 2, ["lda"], list(cfg.tasks))
@@ -196,8 +213,10 @@ def test_transient_only_retries_a_disk_hiccup_behind_a_store_error():
         def __init__(self, exc):
             self.exc = exc
 
-        def result(self):
-            raise self.exc
+        def result(self, raise_on_failure=True):  # Prefect's State.result: the exception, raised or returned
+            if raise_on_failure:
+                raise self.exc
+            return self.exc
 
     def wrapped(code: int | None) -> StoreError:
         try:
@@ -259,10 +278,12 @@ def test_the_result_store_refuses_a_record_not_naming_the_sage_serializer(tmp_pa
 
     storage = _record_ctx(tmp_path).result_store.result_storage
     store = ResultStore(result_storage=storage, serializer=ManifestSerializer())
+    from storage.refs import TokenizerRef
+
     good = ResultRecord(metadata=ResultRecordMetadata(serializer=ManifestSerializer(), storage_key="good"),
-                        result={"path": "p"})
+                        result=TokenizerRef(path="p", hash="h"))
     storage.write_path("good", good.serialize(), _sync=True)
-    assert store.exists("good") and store.read("good").result == {"path": "p"}
+    assert store.exists("good") and store.read("good").result == TokenizerRef(path="p", hash="h")
     planted = ResultRecord(metadata=ResultRecordMetadata(serializer=PickleSerializer(), storage_key="bad"),
                            result="planted")
     storage.write_path("bad", planted.serialize(), _sync=True)

@@ -1,0 +1,5 @@
+"""`python -m flows.cli ...`: the `sage` command."""
+
+from flows.cli import main
+
+main()

@@ -1,0 +1,140 @@
+"""`sage evaluate`: score SAEs against the ground truth on every task; leaderboard, report, Prefect artifacts."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Annotated
+
+import typer
+
+from flows.cli import prefect_env, render, view
+from flows.cli.options import (
+    EXIT_SOME_FAILED,
+    Home,
+    Tasks,
+    Tiny,
+    Top,
+    Verbose,
+    app,
+    check_run,
+    check_tasks,
+    check_top,
+    comma_list,
+    console,
+    refused,
+    writable_home,
+)
+
+Model = Annotated[str | None, typer.Option(help="the built-in zoo model (default: sage-tiny, or sage-test with --tiny; "
+                                                "built if missing) or a TransformerLens model name for "
+                                                "from_pretrained, e.g. gpt2 (then --saes is required)")]
+Saes = Annotated[str | None, typer.Option(help="comma-separated SAE specs: zoo:<name>, a SAELens directory, "
+                                               "<release>/<sae_id>, py:<module>:<attr> (default: every zoo SAE). "
+                                               "py:<module>:<attr> IMPORTS AND RUNS that Python code (the factory "
+                                               "once)")]
+Run = Annotated[str | None, typer.Option(help="run name: 1-64 letters, digits, '.', '_', '-' (default: a hash of what "
+                                              "was scored); a name already used by another evaluation is refused")]
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    home: Home = None,
+    model: Model = None,
+    saes: Saes = None,
+    tasks: Tasks = None,
+    run: Run = None,
+    per_group: Annotated[int, typer.Option(min=1, help="kept cross-sections per attribute and group (residual / "
+                                                       "sub-layer)")] = 2,
+    projections: Annotated[bool, typer.Option(help="also score residual SAE families projected onto "
+                                                   "sub-layers")] = True,
+    top: Top = None,
+    tiny: Tiny = False,
+    trust_remote_code: Annotated[bool, typer.Option(
+        "--trust-remote-code", help="allow a --model whose loading runs code from its Hugging Face repository (e.g. "
+                                    "Qwen/Qwen-1_8B, microsoft/phi-2)")] = False,
+    verbose: Verbose = False,
+) -> None:
+    """Score SAEs against the ground truth on every task: leaderboard, report, Prefect artifacts.
+
+    Exit codes: 0 done; 2 bad input or a stage that could not run (one `error:` line); 3 finished, but some SAEs or
+    stages failed: every good result is written and the failures are listed."""
+    check_top(top)
+    check_run(run)
+    task_list, spec_list = comma_list(tasks), comma_list(saes) or ()
+    check_tasks(task_list)
+    h = writable_home(home)
+    prefect_env.environment(verbose)
+    with view.start_up("libraries, the input checks, Prefect's server"):
+        cfg = _config(h, tiny, model, spec_list, task_list, per_group, projections, trust_remote_code)
+        from flows.evaluate import run_evaluate
+
+        prefect_env.ready(verbose)
+        t0 = time.perf_counter()
+        with refused():
+            out = run_evaluate(cfg=cfg, home=str(h.root), run=run)
+    _print_results(cfg, out, top, listed=bool(spec_list))
+    console.print(f"evaluated in {time.perf_counter() - t0:.1f}s; report: {out['report']}/README.md")
+    if out["n_failed"]:
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def _config(h, tiny: bool, model: str | None, specs: tuple[str, ...], tasks: tuple[str, ...] | None, per_group: int,
+            projections: bool, trust_remote_code: bool):
+    """The evaluation's config, every check that needs the libraries passed (the model name, the tasks the zoo has,
+    every SAE spec names something), before Prefect starts."""
+    from sage_core.config import EvaluateConfig, ZooConfig
+
+    with refused():
+        zoo = ZooConfig.tiny() if tiny else ZooConfig()
+        pretrained = model if model is not None and model != zoo.model.name else None
+        if pretrained is not None:
+            check_pretrained_name(pretrained, trust_remote_code)
+        unknown = [t for t in tasks or () if t not in zoo.tasks]
+        if unknown:
+            raise ValueError(f"task {unknown[0]!r} is not one of the zoo's tasks {list(zoo.tasks)}")
+        cfg = EvaluateConfig(zoo=zoo, pretrained=pretrained, saes=specs, tasks=tasks, per_group=per_group,
+                             projections=projections)
+        if any(x.startswith("py:") for x in specs):
+            from storage.sae_sources import PY_SPECS_ENV
+
+            os.environ[PY_SPECS_ENV] = "1"  # the user typed these specs: their code may run (the flow checks this)
+        from tasks.plan import check_inputs
+
+        check_inputs(cfg, h, None)  # the flow's own checks (run names were checked above)
+    return cfg
+
+
+def check_pretrained_name(name: str, trust_remote_code: bool = False) -> None:
+    """A name TransformerLens cannot load fails in a line (with the closest names), and so does one whose loading runs
+    the model repository's code unless the user said so."""
+    import difflib
+
+    from transformer_lens.loading_from_pretrained import OFFICIAL_MODEL_NAMES, make_model_alias_map
+
+    aliases = make_model_alias_map()
+    if name.lower() not in aliases:
+        close = difflib.get_close_matches(name, list(OFFICIAL_MODEL_NAMES) + list(aliases), n=3)
+        raise ValueError(f"unknown model {name!r}: not the built-in zoo model and not a TransformerLens model name"
+                         + (f"; closest: {', '.join(close)}" if close else "; see `sage zoo info` for the zoo model"))
+    from sage_core.model.pretrained import TRUST_ENV, check_remote_code
+
+    check_remote_code(name, trust_remote_code)
+    if trust_remote_code:
+        os.environ[TRUST_ENV] = "1"  # the flow's own check (tasks.zoo.import_model) reads it
+
+
+def _print_results(cfg, out: dict, top: int | None, listed: bool) -> None:
+    import polars as pl
+
+    from report.verdicts import VERDICT_SCHEMA
+
+    board = pl.read_parquet(out["leaderboard"])
+    render.leaderboard(board, list(cfg.tasks or cfg.zoo.tasks), top)
+    render.verdicts(pl.DataFrame(out["verdicts"], schema=VERDICT_SCHEMA))
+    if out["n_failed"]:
+        from storage.reports import read_failures
+
+        render.failures(out["n_failed"], read_failures(out["report"]))
+    render.unreached(out.get("unreached", []), out.get("sections", {}), listed)
+    render.model_eval(cfg.pretrained, out.get("model_eval", []))

@@ -1,0 +1,126 @@
+"""Tables and lines the commands print: the zoo's metrics, the leaderboard (figures as `report.tables` rounds them, so
+the terminal, the markdown report and the Prefect UI read the same), the ground truth's verdicts, what failed and what
+could not be scored."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+from flows.cli.options import console
+
+
+def short_sae(name: str) -> str:
+    """blocks.0.hook_resid_pre--topk-512 -> L0.resid_pre topk-512 (zoo names); other names unchanged."""
+    from sage_core.model.hooks import short_hook
+
+    if "--" in name:
+        hook, rest = name.split("--", 1)
+        return f"{short_hook(hook)} {rest}"
+    return name
+
+
+def _table(title: str, columns: list[str], left: tuple[str, ...]) -> Table:
+    t = Table(title=title)
+    for col in columns:
+        t.add_column(col, justify="left" if col in left else "right")
+    return t
+
+
+def zoo_tables(name: str, task_metrics, sae_metrics=None) -> None:
+    """The model's task performance and the SAE zoo's metrics (polars frames; `sae_metrics` None: no SAEs)."""
+    from report.tables import fmt
+    from sage_core.model.hooks import short_hook
+
+    t = _table(f"{name}: task performance on held-out test prompts", ["task", "accuracy", "logit diff", "top-1", "n"],
+               ("task",))
+    for r in task_metrics.iter_rows(named=True):
+        t.add_row(r["task"], fmt(r["accuracy"]), fmt(r["logit_diff"]), fmt(r["top1"]), str(r["n"]))
+    console.print(t)
+    if sae_metrics is None:
+        return
+    t = _table(f"{name}: SAE zoo on held-out text", ["hook", "arch", "d_sae", "expl. var", "L0", "dead", "CE rec.",
+                                                      "train s"], ("hook", "arch"))
+    for r in sae_metrics.iter_rows(named=True):
+        t.add_row(short_hook(r["hook"]), r["architecture"], str(r["d_sae"]), fmt(r["explained_variance"]),
+                  f"{r['l0']:.1f}", fmt(r["dead_share"]), fmt(r["ce_loss_recovered"]), f"{r['train_seconds'] or 0:.0f}")
+    console.print(t)
+
+
+def leaderboard(board, tasks: list[str] | None = None, top: int | None = None) -> None:
+    """One table per task, best summary first, controls coloured (and always shown); then the controls' verdict. The
+    cells are the report's (`report.tables`), less the kind column: the colour and the control:* names say it."""
+    import polars as pl
+    from rich import box
+
+    from report.controls import controls_verdict
+    from report.tables import HEADERS, table_cells, task_names, task_rows
+
+    keep = [i for i, h in enumerate(HEADERS) if h != "kind"]
+    for task in tasks or task_names(board):
+        b = board.filter(pl.col("task") == task)
+        if top:
+            best = [r["sae"] for r in task_rows(b, task) if r["kind"] == "trained"][:top]
+            b = b.filter((pl.col("kind") != "trained") | pl.col("sae").is_in(best))
+        t = _table(f"{task}: SAEs against the ground truth (means over the cross-sections each reaches)",
+                   [HEADERS[i] for i in keep], ("SAE", "mapping"))
+        t.box, t.pad_edge, t.collapse_padding = box.SIMPLE_HEAD, False, True
+        t.columns[keep.index(HEADERS.index("SAE"))].overflow = "fold"  # a long projection name wraps, whole
+        for r, cells in zip(task_rows(b, task), table_cells(b, task), strict=True):
+            style = "green" if r["kind"] == "oracle" else "red" if r["kind"] == "random" else None
+            cells = [short_sae(c) if HEADERS[i] == "SAE" else c for i, c in enumerate(cells)]
+            if r["status"] != "ok":
+                t.add_row(cells[0], cells[1], cells[3], f"[red]{r['status'][:200]}[/]", style=style)
+                continue
+            t.add_row(*(cells[i] for i in keep), style=style)
+        console.print(t)
+        ok, text = controls_verdict(board, task)
+        colour = "green" if ok else "yellow" if ok is None else "red"
+        console.print(f"controls on {task}: [{colour}]{text}[/{colour}]")
+
+
+def verdicts(rows) -> None:
+    """The ground truth's verdict per attribute (`report.verdicts.ground_truth_verdicts`), one line each."""
+    from report.verdicts import BAR_TEXT, verdict_line
+
+    if rows.is_empty():
+        return
+    console.print(f"ground truth per attribute ({BAR_TEXT}):")
+    for r in rows.iter_rows(named=True):
+        style = "green" if r["verdict"] == "holds" else "yellow"
+        console.print(f"  {r['task']} [{style}]{verdict_line(r)}[/{style}]")
+
+
+def failures(n_failed: int, table) -> None:
+    console.print(f"[yellow]{n_failed} SAE(s) or stage(s) failed (the rest completed):[/]")
+    for f in table.iter_rows(named=True):
+        console.print(f"  failed: {f['sae']} ({f['stage']}): {f['error']}", soft_wrap=True, highlight=False)
+
+
+def unreached(items: list[dict[str, Any]], sections: dict[str, list[str]], listed: bool) -> None:
+    """SAEs a task could not score: their hook holds none of its kept cross-sections (named when the user chose the
+    SAEs, counted for the whole zoo)."""
+    by_task: dict[str, list[dict[str, Any]]] = {}
+    for u in items:
+        by_task.setdefault(u["task"], []).append(u)
+    for task, those in by_task.items():
+        kept = ", ".join(sections.get(task, [])) or "none"
+        if listed:
+            for u in those:
+                console.print(f"not scored on {task}: {u['sae']} (no kept cross-section at {u['hook']}; kept hooks: "
+                              f"{kept})", soft_wrap=True, highlight=False)
+        else:
+            console.print(f"{task}: {len(those)} SAE(s) sit at hooks without a kept cross-section (kept hooks: {kept})",
+                          soft_wrap=True, highlight=False)
+
+
+def model_eval(model: str, rows: list[dict[str, Any]]) -> None:
+    """A pretrained model: can it do the task at all?"""
+    from report.tables import fmt
+
+    for row in rows:
+        weak = row["accuracy"] < 0.6
+        console.print(f"{model} on {row['task']}: accuracy {fmt(row['accuracy'])}, logit difference "
+                      f"{fmt(row['logit_diff'])} on held-out prompts"
+                      + (" [yellow](too weak for its ground truth to mean much)[/]" if weak else ""), highlight=False)

@@ -1,0 +1,113 @@
+"""The leaderboard as tables: cell formatting and rounding, the columns every table shows, the rank order and the
+markdown table. The markdown report, the terminal text and the Prefect table artifact format numbers here,
+so a figure reads the same everywhere (3 decimals).
+
+The leaderboard (`sage_core.scoring.leaderboard`) has one row per (sae, task) with `kind` ("trained", "oracle",
+"random"), `summary`, `n_sections` and each metric's mean over the cross-sections the SAE reaches.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import polars as pl
+
+MISSING = "–"
+DECIMALS = 3  # every table's figures: enough to tell SAEs apart, few enough to read
+
+# (leaderboard column, table header) in table order; `n` is the count of cross-sections the SAE reaches.
+TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("n_sections", "n"),
+    ("summary", "summary"),
+    ("explained_variance", "EV"),
+    ("sufficiency", "suff."),
+    ("faithfulness", "faith."),
+    ("necessity", "nec."),
+    ("edit_accuracy_k4", "edit@4"),
+    ("f1_mean", "F1"),
+    ("mcc", "MCC"),
+    ("ce_loss_recovered", "CE rec."),
+    ("l0", "L0"),
+)
+COUNT_COLUMNS = ("n_sections",)  # integers: shown without decimals
+NAME_COLUMNS = 4  # rank, SAE, kind, mapping
+HEADERS = ("rank", "SAE", "kind", "mapping") + tuple(h for _, h in TABLE_COLUMNS)
+
+
+def num(v: Any) -> float:
+    """A float, NaN for null / non-numeric."""
+    if v is None:
+        return math.nan
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def rounded(v: Any, decimals: int = DECIMALS) -> float | None:
+    """`v` rounded to `decimals` places as a float; None for null, NaN or non-numeric (JSON has no NaN)."""
+    x = num(v)
+    return None if math.isnan(x) or math.isinf(x) else round(x, decimals) + 0.0  # + 0.0: no "-0.0"
+
+
+def fmt(v: Any) -> str:
+    """A figure as table text: 3 decimals, `MISSING` when not measured."""
+    x = num(v)
+    return MISSING if math.isnan(x) else f"{round(x, DECIMALS) + 0.0:.{DECIMALS}f}"
+
+
+def _cell(column: str, v: Any) -> str:
+    if column in COUNT_COLUMNS:
+        x = num(v)
+        return MISSING if math.isnan(x) else str(int(x))
+    return fmt(v)
+
+
+def task_names(leaderboard: pl.DataFrame) -> list[str]:
+    """The leaderboard's tasks in order of first appearance."""
+    if leaderboard.height == 0 or "task" not in leaderboard.columns:
+        return []
+    return leaderboard.get_column("task").unique(maintain_order=True).to_list()
+
+
+def task_rows(leaderboard: pl.DataFrame, task: str) -> list[dict[str, Any]]:
+    """The task's rows, sorted by summary descending (missing summaries last, then by name)."""
+    def key(r: dict[str, Any]) -> tuple[bool, float, str]:
+        v = num(r.get("summary"))
+        return math.isnan(v), 0.0 if math.isnan(v) else -v, str(r.get("sae"))
+
+    return sorted(leaderboard.filter(pl.col("task") == task).to_dicts(), key=key)
+
+
+def ranked_saes(leaderboard: pl.DataFrame, task: str) -> list[str]:
+    """The task's SAEs, best summary first (the order of the report's tables and heatmap rows)."""
+    return [str(r["sae"]) for r in task_rows(leaderboard, task)]
+
+
+def table_cells(leaderboard: pl.DataFrame, task: str) -> list[list[str]]:
+    """One row of cells per SAE of the task, in rank order, under `HEADERS`."""
+    out = []
+    for i, r in enumerate(task_rows(leaderboard, task), start=1):
+        cells = [str(i), str(r.get("sae")), str(r.get("kind") or MISSING), str(r.get("mapping") or MISSING)]
+        cells += [_cell(col, r.get(col)) for col, _ in TABLE_COLUMNS]
+        out.append(cells)
+    return out
+
+
+def md_escape(s: str) -> str:
+    """Text safe inside a markdown table cell or list item (a pipe would split the cell)."""
+    return s.replace("|", "\\|").replace("\n", " ")
+
+
+def first_line(s: Any) -> str:
+    text = str(s).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def markdown_table(leaderboard: pl.DataFrame, task: str) -> list[str]:
+    """The task's leaderboard as markdown table lines (names left-aligned, figures right-aligned)."""
+    lines = ["| " + " | ".join(HEADERS) + " |",
+             "|" + "|".join("---:" if i == 0 or i >= NAME_COLUMNS else "---" for i in range(len(HEADERS))) + "|"]
+    lines += ["| " + " | ".join(md_escape(c) for c in cells) + " |" for cells in table_cells(leaderboard, task)]
+    return lines

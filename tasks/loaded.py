@@ -1,0 +1,108 @@
+"""Load once per process: what a run's tasks share, each kept under its content hash.
+
+A model is read from disk once per (content hash, device); what else a stage loads once (an SAE, a task's section
+references) goes through `once` with its own loader, so this module imports no stage's code and no stage's cache key
+follows another's (the keys hash the modules a task imports).
+
+SAEs and references are read-only, so every thread shares one instance. A model is not: TransformerLens hooks are
+attached to the module itself, so two threads running hooked forward passes on one instance would see each other's
+hooks. `model()` lends each concurrent user an instance of its own: the one read from disk first, then instances
+built from its weights (never deep copies, which would copy the hooks a borrower has attached at that moment), and
+takes them back afterwards.
+
+`LOADS` counts per kind what was read from disk ("model-copy": instances built in memory).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from storage import zoo as zoo_store
+from storage.home import SageHome
+from storage.refs import ModelRef
+
+LOADS: Counter[str] = Counter()
+MAX_ENTRIES = {"model": 2, "sae": 64, "references": 16}  # a long-lived worker (the watch service) stays bounded
+
+_lock = threading.RLock()
+_cache: dict[str, OrderedDict[tuple, Any]] = {kind: OrderedDict() for kind in MAX_ENTRIES}
+_loading: dict[tuple, threading.Lock] = {}
+
+
+def once(kind: str, key: tuple, load: Callable[[], Any]) -> Any:
+    """The value kept under (`kind`, `key`), loaded by exactly one thread (the others wait for it, then share it).
+    A load that raises keeps nothing: the next caller tries again."""
+    with _lock:
+        entries = _cache[kind]
+        if key in entries:
+            entries.move_to_end(key)
+            return entries[key]
+        gate = _loading.setdefault((kind, *key), threading.Lock())
+    with gate:
+        with _lock:
+            if key in _cache[kind]:
+                return _cache[kind][key]
+        value = load()
+        keep(kind, key, value)
+        with _lock:
+            _loading.pop((kind, *key), None)
+        return value
+
+
+def keep(kind: str, key: tuple, value: Any) -> None:
+    """Keep `value`, just read from disk, as if `once` had loaded it (a task that had to read it anyway: resolving an
+    SAE reads it to learn the content hash it is kept under)."""
+    LOADS[kind] += 1
+    with _lock:
+        entries = _cache[kind]
+        entries[key] = value
+        entries.move_to_end(key)
+        while len(entries) > MAX_ENTRIES[kind]:
+            entries.popitem(last=False)
+
+
+class _ModelPool:
+    """The instances of one model: `first` was read from disk; `free` ones wait to be lent."""
+
+    def __init__(self, first):
+        self.first = first
+        self.free = [first]
+
+
+def _pool(home: SageHome, ref: ModelRef, device: str) -> _ModelPool:
+    return once("model", (ref.hash, device), lambda: _ModelPool(zoo_store.load_model(home.at(ref), device)))
+
+
+@contextmanager
+def model(home: SageHome, ref: ModelRef, device: str = "cpu") -> Iterator[Any]:
+    """A HookedTransformer for this thread's exclusive use while the block runs."""
+    pool = _pool(home, ref, device)
+    with _lock:
+        instance = pool.free.pop() if pool.free else None
+    if instance is None:  # every instance is lent: one more, built from the weights in memory, not read from disk
+        instance = zoo_store.instance_like(pool.first, device)
+        LOADS["model-copy"] += 1
+    try:
+        yield instance
+    finally:
+        instance.reset_hooks(including_permanent=True)  # a borrower's forgotten hook never reaches the next one
+        with _lock:
+            pool.free.append(instance)
+
+
+def shared_model(home: SageHome, ref: ModelRef, device: str = "cpu") -> Any:
+    """The model for uses that read only its config and weights (no hooked forward pass): `check_sae`, the write
+    maps of `mapping`. Never run it with hooks from here."""
+    return _pool(home, ref, device).first
+
+
+def clear() -> None:
+    """Forget everything loaded (tests; a worker between unrelated runs)."""
+    with _lock:
+        for entries in _cache.values():
+            entries.clear()
+        LOADS.clear()

@@ -1,0 +1,132 @@
+"""Closing an evaluation: the ground truth's verdicts, the leaderboard and run files (scores/<run>/), the report
+(reports/<run>/), and the Prefect artifacts that show them in the UI.
+
+Not cached by Prefect: each output is a write-once directory that storage keys on the run's identity (`run_key`, what
+was scored), so an identical rerun reuses it and another evaluation under the same name is refused; a Prefect cache
+record would be a second identity for the same files. Retried on I/O hiccups like every task.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import polars as pl
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from report.artifacts import artifact_key, latest_key, leaderboard_rows, plots_markdown
+from report.notes import kept_hooks
+from report.summary import summary_markdown
+from report.verdicts import VERDICT_SCHEMA, ground_truth_verdicts
+from sage_core.scoring.leaderboard import leaderboard
+from sage_core.scoring.rows import score_frame
+from storage import scores as sc_store
+from storage.ground_truth import read_quality
+from storage.home import SageHome
+from storage.records import dir_ref
+from storage.refs import CoreRef, GroundTruthRef, ModelRef, ReportRef, RunRef, ScorePartRef
+from storage.reports import report_plots, write_report
+from tasks.common import UNCACHED, log, output_key
+
+UNIT_SCHEMA = {"sae": pl.String, "task": pl.String, "kind": pl.String, "mapping": pl.String, "status": pl.String}
+FAILURE_SCHEMA = {"sae": pl.String, "stage": pl.String, "error": pl.String}
+CE_COLUMNS = ("ce_clean", "ce_with_sae", "ce_zero_ablation")  # inputs of ce_loss_recovered, not leaderboard columns
+
+
+def _n_tasks(parameters: dict) -> str:
+    n = len(parameters["tasks"])
+    return f"verdicts {n} task{'s' if n != 1 else ''}"
+
+
+def _leaderboard_name(parameters: dict) -> str:
+    return f"leaderboard {parameters['run'] or '(run named by its results)'}"
+
+
+@task(name="verdicts", task_run_name=_n_tasks, **UNCACHED)
+def judge_ground_truth(ground_truth: GroundTruthRef, tasks: list[str], home: str) -> list[dict[str, Any]]:
+    """Per (task, attribute): does any kept cross-section's dictionary meet the quality bar, and if not, why."""
+    quality = read_quality(SageHome(home).at(ground_truth))
+    return ground_truth_verdicts(quality).filter(pl.col("task").is_in(tasks)).to_dicts()
+
+
+def run_key(model: ModelRef, ground_truth: GroundTruthRef, parts: list[ScorePartRef], core: list[CoreRef],
+            failures: list[dict[str, str]]) -> str:
+    """What a run scored: the model, the ground truth, every scoring part and core metric by content, and what failed
+    (not the wording of its error, which may name a temporary path or a hub's passing state)."""
+    return output_key("evaluate", dict(model=model, ground_truth=ground_truth.hash, parts=sorted(p.hash for p in parts),
+                                       failures=sorted((f["sae"], f["stage"]) for f in failures),
+                                       core=[{"sae": c.sae, **c.metrics} for c in core]), ("tasks.report",))
+
+
+@task(name="leaderboard", task_run_name=_leaderboard_name, **UNCACHED)
+def write_run_files(run: str | None, model: ModelRef, model_label: str, ground_truth: GroundTruthRef, tasks: list[str],
+                    n_saes: int, parts: list[ScorePartRef], units: list[dict[str, str]], core: list[CoreRef],
+                    failures: list[dict[str, str]], home: str) -> RunRef:
+    """The leaderboard of the scored parts, the unit statuses and the core metrics -> scores/<run>/ (scores,
+    leaderboard, failures; the run's description in its marker). `run` None: named `run-<key>` by what was scored.
+    An SAE that failed to load gets a failed row on every task."""
+    h = SageHome(home)
+    key = run_key(model, ground_truth, parts, core, failures)
+    run = run or f"run-{key[:12]}"
+    scores = pl.concat([sc_store.read_part(h.at(p)) for p in parts]) if parts else score_frame([])
+    units = [*units, *({"sae": f["sae"], "task": t, "kind": "trained", "mapping": "native",
+                        "status": f"failed: {f['error']}"} for f in failures if f["stage"] == "load" for t in tasks)]
+    core_df = pl.DataFrame([{"sae": c.sae, **c.metrics} for c in core])
+    board = leaderboard(scores, pl.DataFrame(units, schema=UNIT_SCHEMA),
+                        core_df.drop([c for c in CE_COLUMNS if c in core_df.columns]))
+    meta = {"run": run, "run_key": key, "model": model_label, "model_hash": model.hash, "tasks": tasks,
+            "n_saes": n_saes, "created": time.strftime("%Y-%m-%d %H:%M:%S"), "ground_truth": ground_truth.path}
+    d = sc_store.write_run(h.scores_dir(run), scores, board, pl.DataFrame(failures, schema=FAILURE_SCHEMA), meta)
+    return dir_ref(h, RunRef, d, run=run)
+
+
+def _verdict_frame(verdicts: list[dict[str, Any]]) -> pl.DataFrame:
+    return pl.DataFrame(verdicts, schema=VERDICT_SCHEMA)
+
+
+@task(name="report", task_run_name="report {run.run}", **UNCACHED)
+def write_run_report(run: RunRef, verdicts: list[dict[str, Any]], unreached: list[dict[str, str]],
+                     home: str) -> ReportRef:
+    """reports/<run>/: README.md (tables, controls, ground-truth verdicts, failed and unreached SAEs) and plots."""
+    h = SageHome(home)
+    scores, board, failures = sc_store.read_run(h.at(run))
+    d = write_report(h.report_dir(run.run), scores, board, failures, sc_store.read_run_meta(h.at(run)),
+                     _verdict_frame(verdicts), unreached=unreached)
+    return dir_ref(h, ReportRef, d, run=run.run)
+
+
+@task(name="publish", task_run_name="publish {run.run}", **UNCACHED)
+def publish_run(run: RunRef, report: ReportRef, verdicts: list[dict[str, Any]], unreached: list[dict[str, str]],
+                home: str) -> list[str]:
+    """The run in the Prefect UI: the leaderboard table (rounded, with n, L0 and faithfulness), the summary and the
+    plots, each under this run's key and under a stable "latest" key; the flow run is named after the run."""
+    h = SageHome(home)
+    scores, board, failures = sc_store.read_run(h.at(run))
+    summary = summary_markdown(board, failures, sc_store.read_run_meta(h.at(run)), verdicts=_verdict_frame(verdicts),
+                               unreached=unreached, kept=kept_hooks(scores))
+    plots = plots_markdown(report_plots(h.at(report)), where=str(h.at(report)))
+    keys = []
+    for what in ("leaderboard", "summary", "plots"):
+        for key in (artifact_key(run.run, what), latest_key(what)):
+            if what == "leaderboard":
+                create_table_artifact(key=key, table=leaderboard_rows(board),
+                                      description=f"SAGE leaderboard, run {run.run}")
+            else:
+                create_markdown_artifact(key=key, markdown=summary if what == "summary" else plots,
+                                         description=f"SAGE evaluation {what}, run {run.run}")
+            keys.append(key)
+    _name_flow_run(run.run)
+    return keys
+
+
+def _name_flow_run(name: str) -> None:
+    """Name the flow run after the run: a run named by its results is only named once they are in."""
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import flow_run
+
+    if flow_run.id is None or flow_run.name == name:
+        return
+    with get_client(sync_client=True) as client:
+        client.update_flow_run(flow_run_id=flow_run.id, name=name)
+    log().info(f"flow run {flow_run.name!r} renamed {name!r}")

@@ -1,0 +1,472 @@
+"""Activation stores and the capture engine that fills them: values, layout, xarray view, content addressing, resume,
+write schedules, tamper detection, bad input."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from sage_core.model.capture import CaptureRequest, capture_batch
+from sage_core.model.transformer import ModelConfig, build_model
+from sage_core.prompts.library import get_task
+from sage_core.prompts.task import DatasetConfig, generate_prompts
+from storage.activations import ActivationStore
+from storage.atomic import StoreError
+from storage.capture import capture_chunks, open_or_create_store
+from storage.chunk_io import from_storage, to_storage
+
+HOOKS = ("blocks.0.hook_resid_post", "blocks.1.attn.hook_z", "blocks.0.hook_mlp_out")
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer, tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    d = tmp_path_factory.mktemp("tok")
+    tokenizer.save_pretrained(d)
+    return build_model(ModelConfig(d_model=32, n_layers=2, n_heads=2, d_head=16, d_mlp=64), len(tokenizer),
+                       tokenizer=AutoTokenizer.from_pretrained(d))
+
+
+@pytest.fixture(scope="module")
+def prompts(tokenizer):
+    return generate_prompts(get_task("ioi"), DatasetConfig(task="ioi", n_train=30, n_test=10), tokenizer)
+
+
+IDENT = {"model_hash": "m1", "dataset_hash": "d1", "request_hash": "r1"}
+
+
+def make(path, model, prompts, **kw):
+    req = CaptureRequest(hooks=HOOKS, chunk_mb=0.02, batch_size=16, **kw)
+    store = open_or_create_store(path, model, prompts, req, IDENT)
+    capture_chunks(store, model, req.batch_size)
+    store.finalize()
+    return ActivationStore.open(path)
+
+
+def test_values_equal_run_with_cache(tmp_path, model, prompts):
+    store = make(tmp_path / "s.zarr", model, prompts)
+    assert store.n_chunks > 2, "the test must span several chunks"
+    toks = prompts["tokens"].to_list()
+    for i in (0, 37, len(toks) - 1):
+        _, cache = model.run_with_cache(torch.tensor([toks[i]]))
+        for h in HOOKS:
+            got = store.read(h, slice(i, i + 1))[0, : len(toks[i])]
+            np.testing.assert_allclose(got, cache[h][0].numpy(), rtol=1e-5, atol=1e-5)
+            assert not store.read(h, slice(i, i + 1))[0, len(toks[i]) :].any(), "padding must be zero"
+
+
+@pytest.mark.parametrize("dtype, tol", [("float16", 2e-3), ("bfloat16", 1e-2)])
+def test_reduced_precision_within_tolerance(tmp_path, model, prompts, dtype, tol):
+    store = make(tmp_path / "s.zarr", model, prompts, dtype=dtype)
+    full = make(tmp_path / "f.zarr", model, prompts)
+    a, b = store.read(HOOKS[0]), full.read(HOOKS[0])
+    assert np.abs(a - b).max() <= tol * np.abs(b).max()
+
+
+def test_bfloat16_round_trip_matches_torch():
+    x = np.random.default_rng(0).standard_normal(1000).astype(np.float32) * 7
+    ours = from_storage(to_storage(x, "bfloat16"), "bfloat16")
+    ref = torch.tensor(x).to(torch.bfloat16).to(torch.float32).numpy()
+    np.testing.assert_array_equal(ours, ref)
+
+
+def test_role_positions_only(tmp_path, model, prompts):
+    store = make(tmp_path / "r.zarr", model, prompts, positions="roles")
+    ds = store.to_xarray()
+    assert list(ds["role"].values) == ["IO", "S1", "S2", "END"]
+    row = prompts.row(5, named=True)
+    _, cache = model.run_with_cache(torch.tensor([row["tokens"]]))
+    for j, role in enumerate(["IO", "S1", "S2", "END"]):
+        np.testing.assert_allclose(store.read(HOOKS[0], slice(5, 6))[0, j], cache[HOOKS[0]][0, row[f"pos_{role}"]],
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_xarray_view_has_named_dims_and_coordinates(tmp_path, model, prompts):
+    ds = make(tmp_path / "s.zarr", model, prompts).to_xarray()
+    assert ds[HOOKS[0]].dims == ("prompt", "position", "d")
+    assert ds[HOOKS[1]].dims == ("prompt", "position", "head", "d_head")
+    assert list(ds["prompt_id"].values) == prompts["prompt_id"].to_list()
+    assert "prompt_id" in ds.coords
+    sel = ds[HOOKS[0]].isel(prompt=3).values
+    assert sel.shape == (ds.sizes["position"], 32)
+    assert ds.attrs["model_hash"] == "m1" and ds.attrs["code_version"] and ds.attrs["dtype"] == "float32"
+    assert set(ds.attrs["hooks"]) == set(HOOKS)
+
+
+def test_streams_chunk_by_chunk(tmp_path, model, prompts):
+    store = make(tmp_path / "s.zarr", model, prompts)
+    seen = 0
+    for start, stop, arr in store.iter_chunks(HOOKS[0]):
+        assert arr.shape[0] == stop - start <= store.chunk_prompts
+        seen += stop - start
+    assert seen == len(prompts)
+
+
+def test_resume_is_bitwise_identical(tmp_path, model, prompts):
+    full = make(tmp_path / "full.zarr", model, prompts)
+    req = CaptureRequest(hooks=HOOKS, chunk_mb=0.02, batch_size=16)
+    part = open_or_create_store(tmp_path / "part.zarr", model, prompts, req, IDENT)
+    capture_chunks(part, model, 16, chunks=[0, 2])
+    with pytest.raises(StoreError, match="not a complete"):
+        ActivationStore.open(tmp_path / "part.zarr")
+    again = open_or_create_store(tmp_path / "part.zarr", model, prompts, req, IDENT)
+    assert again.done_chunks() == {0, 2}
+    assert capture_chunks(again, model, 16) == again.n_chunks - 2
+    again.finalize()
+    assert ActivationStore.open(tmp_path / "part.zarr").content_hash() == full.content_hash()
+    for h in HOOKS:
+        assert np.array_equal(again.read(h), full.read(h))
+
+
+@pytest.mark.parametrize("positions", ["all", "roles"])
+def test_every_write_schedule_gives_the_same_store(tmp_path, model, prompts, positions):
+    """The three write schedules (a writer thread reusing two buffers; compress in turn, write files on a thread;
+    everything in turn) store the same bytes: in the background a chunk's buffer must not be refilled before its write
+    is done, and in the io schedule the encoded bytes must not alias the buffer."""
+    req = CaptureRequest(hooks=HOOKS, chunk_mb=0.02, batch_size=16, positions=positions)
+    hashes = []
+    for schedule in ("background", "io", "in_turn"):
+        store = open_or_create_store(tmp_path / f"{schedule}.zarr", model, prompts, req, IDENT)
+        done = []
+        assert capture_chunks(store, model, 16, schedule=schedule, on_chunk=done.append) == store.n_chunks > 2
+        assert sorted(done) == list(range(store.n_chunks))
+        hashes.append(store.finalize())
+    assert hashes[0] == hashes[1] == hashes[2]
+
+
+def test_tampered_or_truncated_store_is_detected(tmp_path, model, prompts):
+    store = make(tmp_path / "s.zarr", model, prompts)
+    chunk = tmp_path / "s.zarr" / HOOKS[0] / "c" / "1" / "0" / "0"
+    data = chunk.read_bytes()
+    chunk.write_bytes(data[: len(data) // 2])
+    with pytest.raises(StoreError, match="chunk 1 of blocks.0.hook_resid_post was truncated or modified"):
+        ActivationStore.open(store.path)
+
+
+def test_a_store_written_before_format_2_keeps_its_sha256_checksums(tmp_path, model, prompts):
+    """Stores from before the xxh3 checksums (no `checksum` attribute, sha256 records) still open, verify and
+    catch a modified chunk."""
+    import hashlib
+
+    req = CaptureRequest(hooks=HOOKS, chunk_mb=0.02, batch_size=16)
+    store = open_or_create_store(tmp_path / "old.zarr", model, prompts, req, IDENT)
+    del store.group.attrs["checksum"]
+    store = open_or_create_store(store.path, model, prompts, req, IDENT)  # resumed: attributes read afresh
+    capture_chunks(store, model, 16)
+    store.finalize()
+    chunk = store.path / HOOKS[1] / "c" / "0" / "0" / "0" / "0"
+    record = json.loads((store.path / "_progress" / "000000.json").read_text())
+    assert record[HOOKS[1]] == hashlib.sha256(chunk.read_bytes()).hexdigest()[:32]
+    ActivationStore.open(store.path)
+    data = bytearray(chunk.read_bytes())
+    data[-1] ^= 1
+    chunk.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match="chunk 0 of blocks.1.attn.hook_z was truncated or modified"):
+        ActivationStore.open(store.path)
+
+
+def test_store_from_another_model_or_dataset_is_refused(tmp_path, model, prompts):
+    make(tmp_path / "s.zarr", model, prompts)
+    with pytest.raises(StoreError, match="captured with model_hash='m1', not 'other'"):
+        ActivationStore.open(tmp_path / "s.zarr", expect={"model_hash": "other"})
+    req = CaptureRequest(hooks=HOOKS, chunk_mb=0.02)
+    with pytest.raises(StoreError, match="another request"):
+        open_or_create_store(tmp_path / "s.zarr", model, prompts, req, {**IDENT, "dataset_hash": "d2"})
+
+
+def test_write_error_is_clear_and_store_stays_resumable(tmp_path, model, prompts, monkeypatch):
+    req = CaptureRequest(hooks=HOOKS, chunk_mb=0.02, batch_size=16)
+    store = open_or_create_store(tmp_path / "s.zarr", model, prompts, req, IDENT)
+    capture_chunks(store, model, 16, chunks=[0])
+    import storage.chunk_io as acts_mod
+
+    real = acts_mod.write_file
+
+    def disk_full(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(acts_mod, "write_file", disk_full)
+    with pytest.raises(StoreError, match="No space left on device.*rerun the same command"):
+        capture_chunks(store, model, 16)
+    monkeypatch.setattr(acts_mod, "write_file", real)
+    store = open_or_create_store(tmp_path / "s.zarr", model, prompts, req, IDENT)
+    assert store.done_chunks() == {0}
+    capture_chunks(store, model, 16)
+    store.finalize()
+    ActivationStore.open(store.path)
+
+
+def test_works_for_any_hooked_transformer(tmp_path, prompts):
+    """A model built straight from a HookedTransformerConfig, with another width and no project tokenizer."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(n_layers=1, d_model=24, n_ctx=64, d_head=8, n_heads=3, d_vocab=400, act_fn="relu",
+                                  normalization_type="LNPre")
+    m = HookedTransformer(cfg)
+    df = prompts.head(12)
+    req = CaptureRequest(hooks=("blocks.0.hook_resid_pre", "blocks.0.attn.hook_v"), chunk_mb=0.01)
+    store = open_or_create_store(tmp_path / "any.zarr", m, df, req, IDENT)
+    capture_chunks(store, m, 4)
+    store.finalize()
+    s = ActivationStore.open(tmp_path / "any.zarr")
+    assert s.group["blocks.0.attn.hook_v"].shape == (12, 20, 3, 8)
+    info = s.describe()
+    assert json.dumps(info) and info["n_prompts"] == 12
+    assert pl.Series(s.to_xarray()["prompt_id"].values).to_list() == df["prompt_id"].to_list()
+
+
+@pytest.mark.parametrize("dtype,compression", [("float32", "lz4"), ("float16", "zstd"), ("bfloat16", "lz4"),
+                                               ("float32", "none")])
+def test_direct_chunk_writes_equal_zarrs_own_bytes(tmp_path, monkeypatch, dtype, compression):
+    """write_chunk encodes chunks itself (faster than zarr's async pipeline); the files must be the very bytes zarr
+    writes, edge chunk (padded) included, and read back through zarr and xarray."""
+    import storage.chunk_io as acts_mod
+
+    rng = np.random.default_rng(0)
+    n, width, chunk = 10, 6, 4  # chunks of 4, 4, 2 prompts
+    shapes = {"blocks.0.hook_resid_post": ((8,), ("d_model",)), "blocks.0.attn.hook_z": ((2, 3), ("head", "d_head"))}
+    data = {h: rng.standard_normal((n, width, *t)).astype(np.float32) for h, (t, _) in shapes.items()}
+
+    def build(path):
+        store = ActivationStore.create_or_resume(
+            path, attrs={**IDENT}, hook_shapes=shapes, tokens=np.zeros((n, width), np.int32),
+            lengths=np.full(n, width, np.int32), prompt_ids=[f"p{i}" for i in range(n)], chunk_prompts=chunk,
+            dtype=dtype, compression=compression)
+        for i in range(store.n_chunks):
+            lo, hi = store.chunk_range(i)
+            store.write_chunk(i, {h: a[lo:hi] for h, a in data.items()})
+        store.finalize()
+        return store
+
+    fast = build(tmp_path / "fast.zarr")
+    monkeypatch.setattr(acts_mod, "chunk_encoder", lambda arr: None)  # zarr's own pipeline
+    slow = build(tmp_path / "zarr.zarr")
+    for i in range(fast.n_chunks):
+        for rel in fast._chunk_files(i).values():
+            assert (fast.path / rel).read_bytes() == (slow.path / rel).read_bytes(), rel
+    assert fast.content_hash() == slow.content_hash()
+    reopened = ActivationStore.open(fast.path)
+    for h, a in data.items():
+        np.testing.assert_array_equal(reopened.read(h), from_storage(to_storage(a, dtype), dtype))
+    assert not list(fast.path.rglob(".*.tmp-*"))
+
+
+GPU = "cuda" if torch.cuda.is_available() else None
+
+
+@pytest.mark.skipif(GPU is None, reason="needs a CUDA GPU (checked on an H200; CI has none)")
+@pytest.mark.parametrize("positions", ["all", "roles"])
+def test_capture_on_a_gpu_matches_the_cpu_and_its_schedules_agree(tmp_path, model, prompts, positions):
+    """On a GPU: values equal the CPU's within float32 rounding; every write schedule, and a resumed capture, store
+    the same bytes."""
+    import copy
+
+    gpu = copy.deepcopy(model).to(GPU, print_details=False)
+    req = CaptureRequest(hooks=HOOKS, chunk_mb=0.02, batch_size=16, positions=positions)
+    cpu = open_or_create_store(tmp_path / "cpu.zarr", model, prompts, req, IDENT)
+    capture_chunks(cpu, model, 16)
+    cpu.finalize()
+    hashes = []
+    for schedule in ("background", "io", "in_turn"):
+        store = open_or_create_store(tmp_path / f"{schedule}.zarr", gpu, prompts, req, IDENT)
+        capture_chunks(store, gpu, 16, schedule=schedule)
+        hashes.append(store.finalize())
+    part = open_or_create_store(tmp_path / "resumed.zarr", gpu, prompts, req, IDENT)
+    assert capture_chunks(part, gpu, 16, chunks=[0, 2]) == 2 and part.n_chunks > 3
+    assert capture_chunks(part, gpu, 16) == part.n_chunks - 2
+    hashes.append(part.finalize())
+    assert len(set(hashes)) == 1
+    got = ActivationStore.open(tmp_path / "io.zarr")
+    for h in HOOKS:
+        np.testing.assert_allclose(got.read(h), cpu.read(h), rtol=1e-4, atol=1e-5)
+    # without an out buffer too, a GPU model's activations come back as host arrays
+    tokens = torch.as_tensor(cpu.group["tokens"][:8], dtype=torch.long)
+    role_pos = torch.as_tensor(cpu.group["role_pos"][:8], dtype=torch.long) if positions == "roles" else None
+    direct, on_cpu = (capture_batch(m, tokens, list(HOOKS), role_pos) for m in (gpu, model))
+    for h in HOOKS:
+        assert isinstance(direct[h], np.ndarray)
+        np.testing.assert_allclose(direct[h], on_cpu[h], rtol=1e-4, atol=1e-5)
+
+
+# -- damaged stores (issue #15 item 12): named in one line before zarr decodes anything, and repaired by resuming ---
+def _flip3(path):
+    b = bytearray(path.read_bytes())
+    for k in range(3):
+        b[len(b) // 2 + k] ^= 0xFF
+    path.write_bytes(bytes(b))
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_a_damaged_chunk_is_named_in_one_line_at_open_and_at_read(tmp_path, model, prompts, monkeypatch, damage):
+    import time
+
+    store = make(tmp_path / "s.zarr", model, prompts)
+    chunk = store.path / HOOKS[0] / "c" / "1" / "0" / "0"
+
+    def hurt():
+        if damage == "flip":
+            _flip3(chunk)
+        else:
+            chunk.write_bytes(chunk.read_bytes()[:-7])
+
+    time.sleep(0.05)  # file times are coarse: the damage must not share the checked version's timestamps
+    hurt()
+    with pytest.raises(StoreError) as e:
+        ActivationStore.open(store.path, verify=False)  # verify=False no longer skips the check
+    msg = str(e.value)
+    assert "\n" not in msg and str(store.path) in msg and f"chunk 1 of {HOOKS[0]}" in msg and "rerun the capture" in msg
+    # a store opened before the damage: reading the damaged chunk is refused before zarr decodes it
+    fresh = make(tmp_path / "t.zarr", model, prompts)
+    fresh.read(HOOKS[0])
+    chunk = fresh.path / HOOKS[0] / "c" / "1" / "0" / "0"
+    time.sleep(0.05)
+    hurt()
+    chunks = fresh.iter_chunks(HOOKS[0])
+    assert next(chunks)[0] == 0  # chunk 0 is whole
+    import zarr
+
+    monkeypatch.setattr(zarr.Array, "__getitem__", lambda *a: pytest.fail("zarr decoded a damaged chunk"))
+    with pytest.raises(StoreError, match=f"chunk 1 of {HOOKS[0]}"):
+        next(chunks)
+    with pytest.raises(StoreError, match=f"chunk 1 of {HOOKS[0]}"):
+        fresh.read(HOOKS[0], slice(0, fresh.n_prompts))
+    with pytest.raises(StoreError, match=f"chunk 1 of {HOOKS[0]}"):
+        fresh.read(HOOKS[0], np.arange(fresh.chunk_prompts, fresh.chunk_prompts + 2))
+    assert not fresh.is_whole()
+
+
+def test_reads_of_undamaged_chunks_still_work_and_resuming_repairs_the_damaged_one(tmp_path, model, prompts):
+    from storage.atomic import is_whole
+
+    store = make(tmp_path / "s.zarr", model, prompts)
+    good = store.content_hash()
+    assert is_whole(store.path) and store.is_whole()
+    before = store.read(HOOKS[0])
+    _flip3(store.path / HOOKS[0] / "c" / "1" / "0" / "0")
+    assert not ActivationStore(store.path).is_complete()  # so the capture stage resumes it rather than keeping it
+    np.testing.assert_array_equal(store.read(HOOKS[0], slice(0, store.chunk_prompts)), before[: store.chunk_prompts])
+    assert not is_whole(store.path)
+    req = CaptureRequest(hooks=HOOKS, chunk_mb=0.02, batch_size=16)
+    again = open_or_create_store(store.path, model, prompts, req, IDENT)  # what rerunning the capture does
+    assert again.done_chunks() == set(range(again.n_chunks)) - {1} and not again.is_complete()
+    assert capture_chunks(again, model, 16) == 1
+    assert again.finalize() == good
+    np.testing.assert_array_equal(ActivationStore.open(store.path).read(HOOKS[0]), before)
+    assert is_whole(store.path)
+
+
+@pytest.mark.parametrize("positions,array,compression", [("all", "tokens", "none"), ("all", "tokens", "lz4"),
+                                                         ("roles", "role_pos", "none")])
+def test_resuming_rewrites_damaged_prompt_chunks_from_the_prompt_table(tmp_path, model, prompts, caplog, positions,
+                                                                       array, compression):
+    """Damaged tokens (or role positions) of a chunk: the resumed capture computes from the prompt table and writes
+    that chunk's prompt files again, so neither wrong activations nor the damaged file's digest are ever recorded."""
+    store = make(tmp_path / "s.zarr", model, prompts, positions=positions, compression=compression)
+    good, before = store.content_hash(), store.read(HOOKS[0])
+    rel = store._chunk_files(1)[array]
+    raw = np.frombuffer((store.path / rel).read_bytes(), np.uint8).copy()
+    if compression == "none":  # wrong values that still decode: the silent case
+        raw.view("<i4")[: raw.size // 8] += 1
+    else:
+        raw[raw.size // 2: raw.size // 2 + 3] ^= 0xFF
+    time.sleep(0.05)
+    (store.path / rel).write_bytes(raw.tobytes())
+    req = CaptureRequest(hooks=HOOKS, chunk_mb=0.02, batch_size=16, positions=positions, compression=compression)
+    with caplog.at_level("WARNING", logger="storage.activations"):
+        again = open_or_create_store(store.path, model, prompts, req, IDENT)
+    assert capture_chunks(again, model, 16) == 1
+    assert again.finalize() == good
+    np.testing.assert_array_equal(ActivationStore.open(store.path).read(HOOKS[0]), before)
+    assert [r.getMessage() for r in caplog.records if rel in r.getMessage()], "the damaged file is named"
+    assert all("\n" not in r.getMessage() for r in caplog.records)
+
+
+def test_a_chunk_pass_records_only_files_it_wrote(tmp_path, model, prompts):
+    """The prompt files of a chunk come from the attached prompt table in that chunk's pass; a store without one
+    cannot be filled (it would record files it did not write)."""
+    req = CaptureRequest(hooks=HOOKS, chunk_mb=0.02, batch_size=16)
+    store = open_or_create_store(tmp_path / "s.zarr", model, prompts, req, IDENT)
+    tokens = store.path / store._chunk_files(0)["tokens"]
+    tokens.write_bytes(b"not a chunk")
+    assert capture_chunks(store, model, 16, chunks=[0]) == 1
+    assert store._chunk_problem(0) is None and tokens.read_bytes() != b"not a chunk"
+    with pytest.raises(StoreError, match="needs the prompt table"):
+        capture_chunks(ActivationStore(store.path), model, 16, chunks=[1])
+
+
+def test_an_unreadable_chunk_record_keeps_its_cause(tmp_path, model, prompts):
+    store = make(tmp_path / "s.zarr", model, prompts)
+    rec = store.path / "_progress" / "000001.json"
+    rec.write_text("{not json")
+    with pytest.raises(StoreError) as e:
+        store._chunk_record(1)
+    assert isinstance(e.value.__cause__, ValueError) and "Expecting property name" in str(e.value)
+    rec.unlink()
+    rec.mkdir()
+    with pytest.raises(StoreError) as e:
+        ActivationStore.open(store.path)
+    assert "\n" not in str(e.value) and "000001.json" in str(e.value) and "Is a directory" in str(e.value)
+
+
+def test_the_capture_stage_cache_hit_needs_a_whole_store(tmp_path, model, prompts):
+    """A damaged store is no cache hit for `prepare-capture` (the rerun resumes it); the reason names the file."""
+    from storage.home import SageHome
+    from storage.refs import StoreRef
+    from tasks.capture import store_whole
+
+    store = make(tmp_path / "s.zarr", model, prompts)
+    m = StoreRef(path="s.zarr", hash="", n_chunks=store.n_chunks, model_hash="m1", dataset_hash="d1")
+    assert store_whole(m, SageHome(tmp_path), "k") is None
+    _flip3(store.path / HOOKS[0] / "c" / "2" / "0" / "0")
+    problem = store_whole(m, SageHome(tmp_path), "k")
+    assert problem and "\n" not in problem and f"{HOOKS[0]}/c/2/0/0" in problem
+
+
+def test_a_marker_without_a_file_list_is_finished_again(tmp_path, model, prompts):
+    """Stores sealed before the marker listed their files are re-checked and resealed, not recaptured."""
+    from storage.atomic import MARKER, is_whole
+
+    store = make(tmp_path / "s.zarr", model, prompts)
+    good = store.content_hash()
+    marker = json.loads((store.path / MARKER).read_text())
+    (store.path / MARKER).write_text(json.dumps({k: v for k, v in marker.items() if k not in ("files", "kind")}))
+    ActivationStore.open(store.path)  # still readable, checked chunk by chunk against its records
+    assert not store.is_complete() and not is_whole(store.path)
+    assert store.finalize() == good and store.is_complete() and is_whole(store.path)
+
+
+def test_a_damaged_metadata_file_is_named(tmp_path, model, prompts):
+    store = make(tmp_path / "s.zarr", model, prompts)
+    meta = store.path / HOOKS[0] / "zarr.json"
+    meta.write_text(meta.read_text().replace('"prompt"', '"prompT"'))
+    with pytest.raises(StoreError, match="zarr.json.*delete the store and rerun the capture"):
+        ActivationStore.open(store.path)
+    assert not store.is_complete()
+    req = CaptureRequest(hooks=HOOKS, chunk_mb=0.02, batch_size=16)
+    with pytest.raises(StoreError, match="zarr.json.*delete the store"):  # resuming cannot rewrite it: never resealed
+        open_or_create_store(store.path, model, prompts, req, IDENT)
+
+
+def test_a_failed_chunk_write_leaves_no_temporary_file(tmp_path, model, prompts, monkeypatch):
+    from pathlib import Path
+
+    req = CaptureRequest(hooks=HOOKS, chunk_mb=0.02, batch_size=16)
+    store = open_or_create_store(tmp_path / "s.zarr", model, prompts, req, IDENT)
+    real = Path.write_bytes
+
+    def half_then_full(self, data):
+        real(self, data[: len(data) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", half_then_full)
+    with pytest.raises(StoreError, match="No space left on device"):
+        capture_chunks(store, model, 16)
+    monkeypatch.undo()
+    assert not [p for p in store.path.rglob(".*") if p.is_file()], "temporary chunk files were left behind"
+    assert store.done_chunks() == set()
