@@ -32,9 +32,7 @@ def locate(cfg: ZooConfig = ZooConfig(), locate_cfg: LocateConfig = LocateConfig
     h.ensure_writable()
     root = str(h.root)
     task_names = list(tasks or cfg.tasks)
-    unknown = sorted(set(task_names) - set(cfg.tasks))
-    if unknown:
-        raise ValueError(f"tasks {unknown} are not in the zoo's tasks {list(cfg.tasks)}")
+    cfg.check_tasks(task_names)
     wanted = [(t, a) for t in task_names for a in get_task(t).attribute_names()
               if attributes is None or a in attributes]
     if not wanted:

@@ -43,6 +43,12 @@ class ZooConfig(BaseModel):
     saes: SAEZooConfig = SAEZooConfig()
     heldout_fraction: float = Field(0.05, gt=0, lt=0.5, description="corpus share held out for SAE evaluation")
 
+    def check_tasks(self, names) -> None:
+        """One line naming the first of `names` this zoo has no prompts for (the CLI and the flows ask the same)."""
+        unknown = [t for t in names or () if t not in self.tasks]
+        if unknown:
+            raise ValueError(f"task {unknown[0]!r} is not one of the zoo's tasks {list(self.tasks)}")
+
     @classmethod
     def tiny(cls) -> ZooConfig:
         """A seconds-long build for tests: same pipeline, toy sizes."""

@@ -87,6 +87,10 @@ class SageHome:
     def zoo_dir(self, model: str) -> Path:
         return self.root / "zoo" / model
 
+    def zoo_models(self) -> list[str]:
+        """The models with a zoo directory under this root (built, or being built), by name."""
+        return sorted(p.name for p in (self.root / "zoo").glob("*") if p.is_dir())
+
     def model_dir(self, model: str) -> Path:
         return self.zoo_dir(model) / "model"
 

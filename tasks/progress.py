@@ -208,12 +208,14 @@ def reset() -> None:
 
 def describe(e: Event) -> str:
     """The stage's state in words: '12 attributes', '3 of 12 attributes', 'done, 12 attributes in 43.1 s'."""
-    unit = f" {e.unit}" if e.unit else ""
+    def unit(n: int | None) -> str:  # '1 chunk', '2 chunks'
+        return "" if not e.unit else f" {e.unit.removesuffix('s')}" if n == 1 else f" {e.unit}"
+
     if e.kind == "begin":
-        size = f"{e.total}{unit}" if e.total is not None and unit else ""
+        size = f"{e.total}{unit(e.total)}" if e.total is not None and e.unit else ""
         return ", ".join(x for x in (size, e.note) if x) or "started"
-    count = "" if not unit else \
-        f"{e.done}{unit}" if e.total is None or e.done == e.total else f"{e.done} of {e.total}{unit}"
+    count = "" if not e.unit else \
+        f"{e.done}{unit(e.done)}" if e.total is None or e.done == e.total else f"{e.done} of {e.total}{unit(e.total)}"
     if e.kind == "end":
         return f"done, {count} in {e.elapsed:.1f} s" if count else f"done in {e.elapsed:.1f} s"
     return count

@@ -90,9 +90,7 @@ def _config(h, tiny: bool, model: str | None, specs: tuple[str, ...], tasks: tup
         pretrained = model if model is not None and model != zoo.model.name else None
         if pretrained is not None:
             check_pretrained_name(pretrained, trust_remote_code)
-        unknown = [t for t in tasks or () if t not in zoo.tasks]
-        if unknown:
-            raise ValueError(f"task {unknown[0]!r} is not one of the zoo's tasks {list(zoo.tasks)}")
+        zoo.check_tasks(tasks)
         cfg = EvaluateConfig(zoo=zoo, pretrained=pretrained, saes=specs, tasks=tasks, per_group=per_group,
                              projections=projections)
         if any(x.startswith("py:") for x in specs):

@@ -91,7 +91,7 @@ def zoo_info(
     from storage.refs import ZooRef
 
     h = SageHome(home)
-    models = [model] if model else sorted(p.name for p in (h.root / "zoo").glob("*") if p.is_dir())
+    models = [model] if model else h.zoo_models()
     if not models:
         fail(f"no zoo under {h.root}; build one with `sage zoo build`")
     for name in models:

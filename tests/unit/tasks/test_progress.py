@@ -73,7 +73,7 @@ def test_nested_begins_share_one_stage_that_ends_at_the_last_end(events):
 def test_advance_without_begin_starts_a_stage_of_unknown_size(events):
     progress.advance("core")
     assert events[0].kind == "begin" and events[0].total is None and progress.describe(events[0]) == "started"
-    assert progress.describe(events[1]) == "1 SAEs"
+    assert progress.describe(events[1]) == "1 SAE"
     progress.end("core")
     assert events[-1].kind == "end"
 
@@ -191,4 +191,4 @@ def test_cache_hits_advance_and_a_flow_run_gets_one_progress_artifact_per_stage(
             flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
     progress_arts = [a for a in arts if a.type == "progress"]
     assert [a.key for a in progress_arts] == ["progress-fit"]
-    assert progress_arts[0].data == 100.0 and "done, 1 cross-sections" in progress_arts[0].description
+    assert progress_arts[0].data == 100.0 and "done, 1 cross-section " in progress_arts[0].description
