@@ -34,9 +34,8 @@ def build_zoo(cfg: ZooConfig = ZooConfig(), home: str | None = None, refresh: bo
     h = SageHome(home)
     h.ensure_writable()
     plan = plan_zoo(cfg)  # bad input fails here, before any training
-    t = {task.name: in_home(task, h) for task in ZOO_TASKS}
-    if refresh:
-        t = {k: v.with_options(refresh_cache=True) for k, v in t.items()}
+    # refresh first: a task given its record store by `in_home` cannot be copied by `with_options` again
+    t = {task.name: in_home(task.with_options(refresh_cache=True) if refresh else task, h) for task in ZOO_TASKS}
     root = str(h.root)
 
     tok = t["make-tokenizer"](cfg, root)
@@ -57,7 +56,7 @@ def build_zoo(cfg: ZooConfig = ZooConfig(), home: str | None = None, refresh: bo
 
 
 def zoo_key(cfg: ZooConfig) -> str:
-    """A zoo build is valid for its config and the code it runs: this flow's wiring, its plan of the SAEs (`zoo_plan`
+    """A zoo build is valid for its config and the code it runs: this flow's wiring, its plan of the SAEs (`sage_core.zoo.plan`
     sets each one's spec and training settings) and its tasks (the same key function as theirs)."""
     # the plan by its source: it imports the settings module (for the config's type), whose code is no zoo input
     return output_key("build-zoo", {"cfg": cfg, "wiring": source_version("flows.build_zoo", "sage_core.zoo.plan")},

@@ -31,7 +31,7 @@ def capture(
     """Capture `request` for every task of `cfg` on the zoo model `cfg.model.name` (build it first); returns each
     task's sealed store.
 
-    Shard k runs on `devices[k % len(devices)]` (names from `sage_core.devices.resolve_devices`): give as many shards
+    Shard k runs on `devices[k % len(devices)]` (names from `sage_core.model.devices.resolve_devices`): give as many shards
     as GPUs, and a task runner with as many workers, to keep every GPU busy."""
     h = SageHome(home)
     h.ensure_writable()

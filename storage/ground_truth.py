@@ -42,7 +42,7 @@ def dictionary_path(part: str | Path, method: str) -> Path:
 
 
 def load_dictionary(path: Path):
-    """Back to a `sage_core.dictionaries.Dictionary`, the file checked against its section's marker first."""
+    """Back to a `sage_core.ground_truth.dictionaries.Dictionary`, the file checked against its section's marker first."""
     from sage_core.ground_truth.dictionaries import Dictionary
 
     tensors, meta = load_safetensors(path)

@@ -144,18 +144,3 @@ def source_version(*names: str) -> str:
         h.update(name.encode() + b"\0")
         h.update(hashlib.sha256(module_source(name)).digest())
     return h.hexdigest()[:HASH_LEN]
-
-
-@cache
-def code_version(*packages: str) -> str:
-    """Hash of the source of the given packages (e.g. "sage_core"): results are recomputed when their code changes."""
-    import importlib
-
-    h = hashlib.sha256()
-    for name in packages:
-        mod = importlib.import_module(name)
-        base = Path(mod.__file__).parent
-        for p in sorted(base.rglob("*.py")):
-            h.update(str(p.relative_to(base)).encode())
-            h.update(p.read_bytes())
-    return h.hexdigest()[:HASH_LEN]

@@ -1,7 +1,7 @@
 """What every SAGE Prefect task shares: the one key of each output, the cache policy built on it, the retry rule and
 the result store (JSON records under SAGE_HOME/.prefect-results, never pickles).
 
-``output_key` is the only place a key is made: from the inputs' content (typed references without their paths, configs), the
+`output_key` is the only place a key is made: from the inputs' content (typed references without their paths, configs), the
 stage's name and the code version of the modules that stage runs. The task body uses it as its output's directory
 name (or, for the zoo's human-named directories, records it in the marker and compares it on reuse), Prefect uses it
 as the cache key (`StageCache`), and the flow records use it too.

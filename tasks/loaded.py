@@ -56,8 +56,8 @@ def once(kind: str, key: tuple, load: Callable[[], Any]) -> Any:
 def keep(kind: str, key: tuple, value: Any) -> None:
     """Keep `value`, just read from disk, as if `once` had loaded it (a task that had to read it anyway: resolving an
     SAE reads it to learn the content hash it is kept under)."""
-    LOADS[kind] += 1
     with _lock:
+        LOADS[kind] += 1
         entries = _cache[kind]
         entries[key] = value
         entries.move_to_end(key)
@@ -85,7 +85,8 @@ def model(home: SageHome, ref: ModelRef, device: str = "cpu") -> Iterator[Any]:
         instance = pool.free.pop() if pool.free else None
     if instance is None:  # every instance is lent: one more, built from the weights in memory, not read from disk
         instance = zoo_store.instance_like(pool.first, device)
-        LOADS["model-copy"] += 1
+        with _lock:
+            LOADS["model-copy"] += 1
     try:
         yield instance
     finally:

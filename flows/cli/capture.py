@@ -67,7 +67,8 @@ def capture_cmd(
         from sage_core.config import ZooConfig
         from sage_core.model.capture import CaptureRequest, check_hooks, default_hooks
         from sage_core.model.devices import resolve_devices
-        from storage.zoo import load_model
+        from storage.zoo import find_model
+        from tasks import loaded
 
         with refused():
             cfg = ZooConfig.tiny() if tiny else ZooConfig()
@@ -77,7 +78,8 @@ def capture_cmd(
             request = CaptureRequest(hooks=hook_list, positions=positions, dtype=dtype)
             devices = resolve_devices(device)
             n_shards = shards or (len(devices) if devices != ("cpu",) else 2)
-            check_hooks(load_model(h.model_dir(cfg.model.name)), hook_list)
+            # the flow's tasks reuse this read of the model (tasks.loaded): it is loaded once
+            check_hooks(loaded.shared_model(h, find_model(h, cfg.model.name)), hook_list)
         from prefect.task_runners import ThreadPoolTaskRunner
 
         from flows.capture import capture

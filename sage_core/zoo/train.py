@@ -7,7 +7,7 @@ nothing here touches files.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Literal
 
 import torch
@@ -135,25 +135,17 @@ def build_training_sae(spec: SAESpec, d_in: int, model_name: str) -> TrainingSAE
         jumprelu_sparsity_loss_mode="step"))
 
 
-def _batches(acts: Tensor, batch_size: int, seed: int, counted: Callable[[int], None] | None = None
-             ) -> Iterator[Tensor]:
-    """Endless shuffled epochs over `acts` (SAETrainer pulls one batch per step); `counted(n)` before the n-th pull
-    (from 0): the trainer has used n batches so far."""
+def _batches(acts: Tensor, batch_size: int, seed: int) -> Iterator[Tensor]:
+    """Endless shuffled epochs over `acts` (SAETrainer pulls one batch per step)."""
     g = torch.Generator().manual_seed(seed)
-    pulled = 0
     while True:
         perm = torch.randperm(len(acts), generator=g)
         for i in range(0, len(perm) - batch_size + 1, batch_size):
-            if counted is not None:
-                counted(pulled)
-            pulled += 1
             yield acts[perm[i : i + batch_size]]
 
 
-def train_sae(spec: SAESpec, acts: Float[Tensor, "n d_in"], model_name: str,
-              on_step: Callable[[int, int], None] | None = None) -> TrainingSAE:
-    """Train one SAE with SAELens' trainer on pre-captured activations (flattened over heads for hook_z).
-    `on_step(done, total)` reports training steps as the trainer pulls their batches, and once more at the end."""
+def train_sae(spec: SAESpec, acts: Float[Tensor, "n d_in"], model_name: str) -> TrainingSAE:
+    """Train one SAE with SAELens' trainer on pre-captured activations (flattened over heads for hook_z)."""
     if acts.ndim != 2:
         raise ZooError(f"expected (n, d_in) activations for {spec.name}, got shape {tuple(acts.shape)}")
     if len(acts) < spec.batch_size:
@@ -161,7 +153,6 @@ def train_sae(spec: SAESpec, acts: Float[Tensor, "n d_in"], model_name: str,
     sae = build_training_sae(spec, acts.shape[1], model_name)
     lr = spec.lr
     steps = max(1, math.ceil(spec.epochs * len(acts) / spec.batch_size))
-    norm_batches = min(20, steps)  # pulled first, to estimate the activation norm (normalize_activations above)
     cfg = SAETrainerConfig(
         total_training_samples=steps * spec.batch_size,
         train_batch_size_samples=spec.batch_size,
@@ -177,18 +168,10 @@ def train_sae(spec: SAESpec, acts: Float[Tensor, "n d_in"], model_name: str,
         checkpoint_path=None,
         save_final_checkpoint=False,
         logger=LoggingConfig(log_to_wandb=False),
-        n_batches_for_norm_estimate=norm_batches,
+        n_batches_for_norm_estimate=min(20, steps),
     )
-
-    def counted(pulled: int) -> None:
-        if on_step is not None and pulled >= norm_batches:
-            on_step(pulled - norm_batches, steps)
-
-    trainer = SAETrainer(cfg=cfg, sae=sae, data_provider=_batches(acts, spec.batch_size, spec.seed, counted))
-    trained = trainer.fit()
-    if on_step is not None:
-        on_step(steps, steps)
-    return trained
+    trainer = SAETrainer(cfg=cfg, sae=sae, data_provider=_batches(acts, spec.batch_size, spec.seed))
+    return trainer.fit()
 
 
 @torch.no_grad()

@@ -79,7 +79,7 @@ def test_locate_prints_top_components(tiny_home):
     r = run(["locate", "--tiny", "--tasks", "ioi", "--attributes", "IO", "--top", "3"], tiny_home)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "ioi / IO" in r.stdout and "Spearman" in r.stdout and "locations (ranking, validation, heatmaps):" in r.stdout
-    assert "] location search: done, 1 attributes in " in r.stderr, r.stderr[-3000:]
+    assert "] location search: done, 1 attribute in " in r.stderr, r.stderr[-3000:]
 
 
 @pytest.mark.parametrize("args, message", [

@@ -156,3 +156,10 @@ def test_one_build_reads_the_model_once_and_hashes_its_weights_once(prefect_harn
     assert loaded.LOADS["model"] == 1, dict(loaded.LOADS)
     assert len(hashed) == 1, hashed
     assert zoo_if_whole(cfg, SageHome(tmp_path)) == state.result() and len(hashed) == 1, hashed
+    # --refresh recomputes every task (none answered from its cache record) and the zoo still reads as whole
+    with results_in(SageHome(tmp_path)):
+        again = build_zoo(cfg=cfg, home=str(tmp_path), refresh=True, return_state=True)
+    assert again.is_completed(), again
+    states = _task_run_states(again)
+    assert states and "Cached" not in states, states
+    assert zoo_if_whole(cfg, SageHome(tmp_path)) is not None

@@ -184,7 +184,7 @@ def test_model_training_settings_do_not_move_the_data_keys():
 
 
 def test_the_flow_records_follow_the_flows_code(edit_module):
-    """The zoo record depends on zoo_plan (each SAE's spec and settings) and the flow; the fit record on its wiring."""
+    """The zoo record depends on sage_core.zoo.plan (each SAE's spec and settings) and the flow; the fit record on its wiring."""
     from flows.build_zoo import zoo_key
     from flows.fit import fit_key
     from sage_core.config import ZooConfig

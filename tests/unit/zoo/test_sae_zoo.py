@@ -116,15 +116,3 @@ def test_spec_for_missing_hook_fails_with_closest_names(model):
         validate_specs(model, [SAESpec(hook="blocks.7.hook_resid_post")])
     with pytest.raises(ZooError, match="duplicate"):
         validate_specs(model, [SAESpec(hook="blocks.0.hook_resid_post")] * 2)
-
-
-def test_sae_training_reports_its_steps_as_the_trainer_pulls_batches():
-    """SAETrainer pulls norm-estimate batches first (not steps), then one batch per step: the callback counts steps
-    from 0, never exceeds the total, and ends with (total, total)."""
-    acts = _sparse_data(n=2048)
-    spec = SAESpec(hook="blocks.0.hook_resid_post", architecture="topk", d_sae=32, k=4, epochs=3, batch_size=128)
-    seen: list[tuple[int, int]] = []
-    train_sae(spec, acts, model_name="t", on_step=lambda d, t: seen.append((d, t)))
-    total = 3 * 2048 // 128
-    assert {t for _, t in seen} == {total}
-    assert [d for d, _ in seen] == [*range(total), total]

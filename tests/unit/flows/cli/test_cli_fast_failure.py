@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[4]
 HEAVY = ("torch", "transformer_lens", "sae_lens", "prefect")
 
 # runs `sage <args>`; at exit writes {"heavy": [...], "first_line": ...} to the file named by SAGE_TEST_REPORT
