@@ -11,8 +11,14 @@ SAGE = [sys.executable, "-m", "flows.cli"]
 ROOT = Path(__file__).resolve().parents[2]
 
 
+# the session's Prefect test server (set by tests/acceptance/conftest.py): a CLI run given PREFECT_API_URL uses it
+# instead of starting a temporary server of its own, ~10 s a run on this machine. Runs that test the temporary
+# server itself (kill -9 leaves none behind) start the CLI without it.
+API_URL: str | None = None
+
+
 def run(args, home, timeout=900, env=None):
-    env = {**os.environ, **(env or {}), "SAGE_HOME": str(home)}
+    env = {**os.environ, **({"PREFECT_API_URL": API_URL} if API_URL else {}), **(env or {}), "SAGE_HOME": str(home)}
     return subprocess.run(SAGE + args, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
 
 
