@@ -1,9 +1,10 @@
 """Closing an evaluation: the ground truth's verdicts, the leaderboard and run files (scores/<run>/), the report
 (reports/<run>/), and the Prefect artifacts that show them in the UI.
 
-Not cached by Prefect: each output is a write-once directory that storage keys on the run's identity (`run_key`, what
-was scored), so an identical rerun reuses it and another evaluation under the same name is refused; a Prefect cache
-record would be a second identity for the same files. Retried on I/O hiccups like every task.
+The leaderboard and the report are cached like every stage (their key: what was scored, the run's name and this
+code; a hit is taken only while the directory is whole), and storage keys them on the run's identity too (`run_key`):
+an identical rerun reuses them, another evaluation under the same name is refused. The verdicts (a cheap read) and
+the artifacts (published for every run, so "latest" always names the last one) are not cached.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from storage.home import SageHome
 from storage.records import dir_ref
 from storage.refs import CoreRef, GroundTruthRef, ModelRef, ReportRef, RunRef, ScorePartRef
 from storage.reports import report_plots, write_report
-from tasks.common import UNCACHED, log, output_key
+from tasks.common import UNCACHED, log, output_key, stage_options
 
 UNIT_SCHEMA = {"sae": pl.String, "task": pl.String, "kind": pl.String, "mapping": pl.String, "status": pl.String}
 FAILURE_SCHEMA = {"sae": pl.String, "stage": pl.String, "error": pl.String}
@@ -59,7 +60,7 @@ def run_key(model: ModelRef, ground_truth: GroundTruthRef, parts: list[ScorePart
                                        core=[{"sae": c.sae, **c.metrics} for c in core]), ("tasks.report",))
 
 
-@task(name="leaderboard", task_run_name=_leaderboard_name, **UNCACHED)
+@task(name="leaderboard", task_run_name=_leaderboard_name, **stage_options())
 def write_run_files(run: str | None, model: ModelRef, model_label: str, ground_truth: GroundTruthRef, tasks: list[str],
                     n_saes: int, parts: list[ScorePartRef], units: list[dict[str, str]], core: list[CoreRef],
                     failures: list[dict[str, str]], home: str) -> RunRef:
@@ -85,7 +86,7 @@ def _verdict_frame(verdicts: list[dict[str, Any]]) -> pl.DataFrame:
     return pl.DataFrame(verdicts, schema=VERDICT_SCHEMA)
 
 
-@task(name="report", task_run_name="report {run.run}", **UNCACHED)
+@task(name="report", task_run_name="report {run.run}", **stage_options())
 def write_run_report(run: RunRef, verdicts: list[dict[str, Any]], unreached: list[dict[str, str]],
                      home: str) -> ReportRef:
     """reports/<run>/: README.md (tables, controls, ground-truth verdicts, failed and unreached SAEs) and plots."""

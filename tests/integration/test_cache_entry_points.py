@@ -12,20 +12,26 @@ import pytest
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def _task_states(state) -> dict[str, list[str]]:
-    """task name -> final state names of the flow run's task runs (they reach the server asynchronously)."""
+def _task_states(state, expect: tuple[str, ...] = ()) -> dict[str, list[str]]:
+    """task name -> final state names of the flow run's task runs. They reach the server asynchronously (a busy
+    server may not have all of them yet when the first are final): wait until every run is final, the count holds
+    over two reads, and every task named in `expect` is there."""
     import time
 
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     flt = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+    seen = -1
     with get_client(sync_client=True) as client:
-        for _ in range(120):
+        for _ in range(240):
             runs = client.read_task_runs(flow_run_filter=flt)
             names = [r.state.name if r.state else "Pending" for r in runs]
-            if names and not {"Running", "Pending", "Scheduled"} & set(names):
+            present = {r.name.split(" ", 1)[0] for r in runs}
+            if (names and not {"Running", "Pending", "Scheduled"} & set(names) and len(runs) == seen
+                    and set(expect) <= present):
                 break
+            seen = len(runs)
             time.sleep(0.5)
     out: dict[str, list[str]] = {}
     for r in runs:
@@ -108,7 +114,7 @@ def test_a_deleted_dataset_marker_and_zoo_sae_marker_are_rebuilt(copied, caplog)
 
     state = build_zoo(cfg=cfg, home=str(dst), return_state=True)
     assert state.is_completed()
-    redone = _not_cached(_task_states(state))
+    redone = _not_cached(_task_states(state, expect=("make-dataset", "train-sae")))
     assert "make-dataset" in redone and "train-sae" in redone, redone
     assert is_whole(ds_dir) and is_whole(sae_dir)
     assert list_zoo_saes(h, cfg.model.name) == names, "no SAE may be dropped"
