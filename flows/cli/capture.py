@@ -26,7 +26,7 @@ from flows.cli.options import (
 )
 
 # CaptureRequest's own choices (sage_core.model.capture, which imports torch), checked here before anything heavy
-# loads; tests/unit/flows/test_cli_options.py holds the two equal
+# loads; tests/unit/flows/cli/test_cli_options.py holds the two equal
 POSITIONS = ("all", "roles")
 DTYPES = ("float32", "float16", "bfloat16")
 
