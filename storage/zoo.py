@@ -42,6 +42,9 @@ def load_tokenizer(path: Path):
 def _config_dict(cfg: HookedTransformerConfig) -> dict[str, Any]:
     d = dict(cfg.to_dict())  # to_dict returns the config's own __dict__: writing into it would break the model
     d["dtype"] = str(d["dtype"]).removeprefix("torch.")
+    # saved as a CPU model whatever device it was trained on: the files (and so the content hash) never depend on it,
+    # and `load_model` moves it where it is asked to
+    d["device"] = "cpu"
     return d
 
 
@@ -56,7 +59,8 @@ def save_model(home: SageHome, name: str, model: HookedTransformer, meta: dict[s
     final.mkdir(parents=True, exist_ok=True)
     (final / "_MODEL_COMPLETE.json").unlink(missing_ok=True)
     (final / "config.json").write_text(json.dumps(_config_dict(model.cfg), indent=1))
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(final / "model.safetensors"))
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(weights, str(final / "model.safetensors"))
     (final / "train_meta.json").write_text(json.dumps(meta, indent=1, default=str))
     files = {n: {"size": (final / n).stat().st_size, "digest": file_digest(final / n)} for n in MODEL_FILES}
     marker = final / "_MODEL_COMPLETE.json"
@@ -155,11 +159,11 @@ def save_sae(path: Path, training_sae, metrics: dict[str, Any] | None = None, me
     return path
 
 
-def load_sae(path: Path):
+def load_sae(path: Path, device: str = "cpu"):
     from sae_lens import SAE
 
     verify_dir(path)  # names a missing or changed file in one line
-    return SAE.load_from_disk(str(path), device="cpu")
+    return SAE.load_from_disk(str(path), device=device)
 
 
 def sae_meta(path: Path) -> dict[str, Any]:
@@ -282,6 +286,6 @@ def activations_ref(home: SageHome, name: str, key: str) -> ZooActivationsRef:
     return ZooActivationsRef(path=home.relative(home.sae_training_acts(name, key)), hash=key)
 
 
-def load_zoo_sae(home: SageHome, ref: ZooSAERef) -> tuple[Any, dict[str, Any]]:
-    """A zoo SAE (SAELens) and its marker's metadata (spec, training time)."""
-    return load_sae(home.at(ref)), sae_meta(home.at(ref))
+def load_zoo_sae(home: SageHome, ref: ZooSAERef, device: str = "cpu") -> tuple[Any, dict[str, Any]]:
+    """A zoo SAE (SAELens) on `device` and its marker's metadata (spec, training time)."""
+    return load_sae(home.at(ref), device), sae_meta(home.at(ref))

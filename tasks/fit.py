@@ -11,6 +11,7 @@ from prefect.artifacts import create_table_artifact
 from sage_core.ground_truth.dictionaries import fit
 from sage_core.ground_truth.sections import CrossSection, build_sets, quality
 from sage_core.model.capture import CaptureRequest
+from sage_core.model.devices import one_device
 from sage_core.model.hooks import short_section
 from storage import ground_truth as gt_store
 from storage import locations as loc_store
@@ -39,26 +40,29 @@ def role_request(sections: list[CrossSection]) -> CaptureRequest:
       task_run_name=lambda parameters: f"fit {parameters['dataset'].task} {short_section(parameters['section'])}",
       **stage_options(), **progress.hooks("fit"))
 def fit_section(model: ModelRef, dataset: DatasetRef, store: StoreRef, section: CrossSection, attributes: list[str],
-                methods: list[str], home: str) -> GroundTruthPartRef:
+                methods: list[str], home: str, device: str = "cpu") -> GroundTruthPartRef:
+    """Every method's dictionary at `section` and its quality, fit and judged on `device`; written from the CPU."""
     key = task_key(fit_section, locals())  # first line: locals() are the parameters
     h = SageHome(home)
     d = h.ground_truth_part(key)
     if needs_build(d):
+        dev = one_device(device)
         s = open_sealed(h, store, dataset)
         if section.hook not in s.hooks:
             raise StoreError(f"cross-section {section.label} is not in the store {store.path} (it holds "
                              f"{s.hooks}); capture that hook with --positions roles first")
         fit_acts, labels, clean, pairs = build_sets(read_prompts(h.at(dataset)), s.read(section.hook), section,
-                                                    attributes, "test")
+                                                    attributes, "test", device=dev)
         dics, rows = {}, []
-        with loaded.model(h, model) as m:
+        with loaded.model(h, model, dev) as m:
             for method in methods:
                 dics[method] = fit(fit_acts, labels, method)
                 for r in quality(m, dics[method], section, clean, pairs, m.tokenizer.pad_token_id):
                     rows.append({"task": dataset.task, "hook": section.hook, "head": section.head,
                                  "role": section.role, "method": method, **r})
-        gt_store.write_section(d, dics, rows, {"model": model.hash, "dataset": dataset.hash,
-                                               "cross_section": section.label, "task": dataset.task})
+        on_cpu = {method: dic.to("cpu") for method, dic in dics.items()}  # files are the same whatever the device
+        gt_store.write_section(d, on_cpu, rows, {"model": model.hash, "dataset": dataset.hash,
+                                                 "cross_section": section.label, "task": dataset.task})
     return dir_ref(h, GroundTruthPartRef, d, task=dataset.task, section=section)
 
 

@@ -7,6 +7,7 @@ from prefect.artifacts import create_table_artifact
 
 from report.atp import atp_heatmaps
 from sage_core.locate.attribution import LocateConfig, locate_attribute
+from sage_core.model.devices import one_device
 from storage import locations as loc_store
 from storage.datasets import read_prompts
 from storage.home import SageHome
@@ -18,12 +19,13 @@ from tasks.common import UNCACHED, artifact_slug, needs_build, rounded, stage_op
 
 @task(name="locate-attribute", task_run_name="locate {dataset.task}/{attribute}", **stage_options(),
       **progress.hooks("locate"))
-def locate_one(model: ModelRef, dataset: DatasetRef, attribute: str, cfg: LocateConfig, home: str) -> LocationsPartRef:
+def locate_one(model: ModelRef, dataset: DatasetRef, attribute: str, cfg: LocateConfig, home: str,
+               device: str = "cpu") -> LocationsPartRef:
     key = task_key(locate_one, locals())  # first line: locals() are the parameters
     h = SageHome(home)
     d = h.location_part(key)
     if needs_build(d):
-        with loaded.model(h, model) as m:
+        with loaded.model(h, model, one_device(device)) as m:
             rows, summary = locate_attribute(m, read_prompts(h.at(dataset)), dataset.task, attribute, cfg,
                                              m.tokenizer.pad_token_id)
             fig = atp_heatmaps(rows, m.cfg.n_layers, m.cfg.n_heads, f"{dataset.task} / {attribute}: AtP")

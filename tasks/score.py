@@ -6,6 +6,10 @@ family around a sub-layer (projection / difference), or a control (oracle / rand
 
 Typed references in and out (`storage.refs`); the model, each SAE and each task's references are read from disk once
 per process (`tasks.loaded`), and an SAE is checked against the model once, when it is resolved.
+
+Devices: each compute task takes a device spec last; the model, the SAEs, the references and the activations meet on
+that device (an SAE or references read once on the CPU, their device copies kept as "moved"), and only floats and CPU
+tensors are written.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from prefect import task
 from pydantic import BaseModel, ConfigDict
 
 from sage_core.ground_truth.sections import CrossSection, build_sets, section_slice, split_rows
+from sage_core.model.devices import one_device
 from sage_core.model.hooks import short_hook
 from sage_core.model.transformer import pad_sequences
 from sage_core.prompts.library import get_task
@@ -110,9 +115,10 @@ def resolve_sae(spec: str, model: ModelRef, model_name: str, home: str) -> SAERe
     return ref
 
 
-def loaded_sae(h: SageHome, ref: SAERef, model_name: str) -> LoadedSAE:
+def loaded_sae(h: SageHome, ref: SAERef, model_name: str, device: str = "cpu") -> LoadedSAE:
     """The SAE `ref` names, read once per process; a spec whose weights no longer hash to `ref.hash` is refused (its
-    files were swapped since it was resolved) and nothing is kept."""
+    files were swapped since it was resolved) and nothing is kept. On `device` (a torch device name, `one_device`'s):
+    the CPU instance read from disk, or its copy there, made once per process and device."""
 
     def load() -> LoadedSAE:
         sae = load_sae_spec(ref.spec, h, model_name)
@@ -121,12 +127,18 @@ def loaded_sae(h: SageHome, ref: SAERef, model_name: str) -> LoadedSAE:
                              f"expected {ref.hash}); rerun the evaluation")
         return sae
 
-    return loaded.once("sae", (ref.hash, ref.spec), load)
+    sae = loaded.once("sae", (ref.hash, ref.spec), load)
+    if device == "cpu":
+        return sae
+    return loaded.once("moved", ("sae", ref.hash, ref.spec, device), lambda: sae.to(device))
 
 
-def loaded_references(h: SageHome, ref: ReferencesRef) -> list[SectionReference]:
-    """A task's section references, read once per process."""
-    return loaded.once("references", (ref.hash,), lambda: sc_store.load_references(h.at(ref)))
+def loaded_references(h: SageHome, ref: ReferencesRef, device: str = "cpu") -> list[SectionReference]:
+    """A task's section references, read once per process, on `device` (a torch device name), like `loaded_sae`."""
+    refs = loaded.once("references", (ref.hash,), lambda: sc_store.load_references(h.at(ref)))
+    if device == "cpu":
+        return refs
+    return loaded.once("moved", ("references", ref.hash, device), lambda: [r.to(device) for r in refs])
 
 
 # -- references ----------------------------------------------------------------------------------------------------
@@ -147,13 +159,15 @@ def _heldout(h: SageHome, corpus: CorpusRef, n: int) -> list[list[int]]:
 
 @task(name="section-references", task_run_name=_references_name, **stage_options())
 def section_references(model: ModelRef, dataset: DatasetRef, store: StoreRef, parts: list[GroundTruthPartRef],
-                       max_test: int, corpus: CorpusRef, n_background: int, home: str) -> ReferencesRef:
+                       max_test: int, corpus: CorpusRef, n_background: int, home: str,
+                       device: str = "cpu") -> ReferencesRef:
     """Per cross-section of one task: its ground-truth dictionary, what editing and patching it does, and the mean
     activation there over `n_background` held-out background sequences (the random control's bias)."""
     key = task_key(section_references, locals())  # first line: locals() are the parameters
     h = SageHome(home)
     d = h.section_reference(key)
     if needs_build(d):
+        dev = one_device(device)
         attributes = get_task(dataset.task).attribute_names()
         df = read_prompts(h.at(dataset))
         s = ActivationStore.open(h.at(store), expect={"dataset_hash": dataset.hash})
@@ -161,23 +175,25 @@ def section_references(model: ModelRef, dataset: DatasetRef, store: StoreRef, pa
         pair_labels = {p.attribute: {a: df[f"attr_{a}"].gather(p.x).to_list() for a in attributes}
                        for p in rows.pairs}
         refs, gt_paths = [], {}
-        with loaded.model(h, model) as m:
+        with loaded.model(h, model, dev) as m:
             pad = m.tokenizer.pad_token_id
             bg = background_means(m, _heldout(h, corpus, n_background), pad, [p.section for p in parts])
             for part in parts:
                 section, part_dir = part.section, h.at(part)
                 dic = gt_store.load_dictionary(gt_store.dictionary_path(
-                    part_dir, _best_method(gt_store.read_quality(part_dir))))
-                _, _, clean, pairs = build_sets(df, s.read(section.hook), section, attributes, "test", max_test)
-                refs.append(reference(m, section, dic, clean, pairs, pair_labels, pad, bg[section.label]))
+                    part_dir, _best_method(gt_store.read_quality(part_dir)))).to(dev)
+                _, _, clean, pairs = build_sets(df, s.read(section.hook), section, attributes, "test", max_test, device=dev)
+                # written from the CPU: the same files whatever the device
+                refs.append(reference(m, section, dic, clean, pairs, pair_labels, pad, bg[section.label]).to("cpu"))
                 gt_paths[section.label] = str(part_dir)
         sc_store.write_references(d, refs, gt_paths, {"task": dataset.task, "model": model.hash})
     return dir_ref(h, ReferencesRef, d, task=dataset.task)
 
 
 # -- scoring -------------------------------------------------------------------------------------------------------
-def _codes_at(sae: LoadedSAE, acts: np.ndarray, role: int) -> torch.Tensor:
-    x = torch.tensor(acts[:, role], dtype=torch.float32)
+def _codes_at(sae: LoadedSAE, acts: np.ndarray, role: int, device: torch.device) -> torch.Tensor:
+    """Codes on `device` (an SAE that could not move there encodes where it is and hands them back there)."""
+    x = torch.tensor(acts[:, role], dtype=torch.float32, device=device)
     return sae.encode(x.reshape(len(x), -1))
 
 
@@ -191,7 +207,7 @@ def unit_codes(unit: ScoringUnit, section: CrossSection, role: int, store: Activ
         return random_codes(section_acts, ref.background_mean, cfg)
     if unit.mapping == "native":
         sae = saes[0]
-        codes = _codes_at(sae, store.read(sae.hook), role)
+        codes = _codes_at(sae, store.read(sae.hook), role, section_acts.device)
         dec, bias = decoders[sae.name]
         return mp.native(codes, dec, bias, section, d_head=model.cfg.d_head)
     before, after = saes
@@ -199,39 +215,41 @@ def unit_codes(unit: ScoringUnit, section: CrossSection, role: int, store: Activ
     parts = []
     for sae in (after, before):
         dec, bias = decoders[sae.name]
-        parts.append((_codes_at(sae, store.read(sae.hook), role), dec, bias))
+        parts.append((_codes_at(sae, store.read(sae.hook), role, section_acts.device), dec, bias))
     return mp.projected(parts[0], parts[1], q)
 
 
 @task(name="score-unit", task_run_name=_score_name, **stage_options(), **progress.hooks("score"))
 def score_unit(unit: ScoringUnit, model: ModelRef, dataset: DatasetRef, store: StoreRef, refs: ReferencesRef,
-               model_name: str, cfg: ScoreConfig, home: str) -> ScorePartRef:
+               model_name: str, cfg: ScoreConfig, home: str, device: str = "cpu") -> ScorePartRef:
     """Every metric of one unit at every cross-section of one task it reaches -> scores/parts/<key>/."""
     # the code version is part of the key: a scoring change must never be answered from an older scoring's files
     key = task_key(score_unit, locals())  # first line: locals() are the parameters
     h = SageHome(home)
     d = h.score_part(key)
     if needs_build(d):
+        dev = one_device(device)
         attributes = get_task(refs.task).attribute_names()
         df = read_prompts(h.at(dataset))
         # opened verified (every chunk's size and checksum): a damaged store fails here, never scores silently
         s = ActivationStore.open(h.at(store), expect={"dataset_hash": dataset.hash})
         rows = split_rows(df, attributes, "test", cfg.max_test)
         labels = {a: df[f"attr_{a}"].to_list() for a in attributes}
-        saes = [loaded_sae(h, r, model_name) for r in unit.saes]  # checked against the model when resolved
-        decoders = {sae.name: mp.affine_decoder(sae) for sae in saes}
-        weights = loaded.shared_model(h, model)
+        saes = [loaded_sae(h, r, model_name, dev) for r in unit.saes]  # checked against the model when resolved
+        # on the unit's device even for an SAE that could not move there
+        decoders = {sae.name: tuple(t.to(dev) for t in mp.affine_decoder(sae)) for sae in saes}
+        weights = loaded.shared_model(h, model, dev)
         out = []
-        with loaded.model(h, model) as m:
+        with loaded.model(h, model, dev) as m:
             pad = m.tokenizer.pad_token_id
-            for ref in loaded_references(h, refs):
+            for ref in loaded_references(h, refs, dev):
                 section = ref.section
                 if not unit.reaches(section):
                     continue
                 role = rows.roles.index(section.role)
                 hook_acts = s.read(section.hook)  # read once: the section's slice and its test sets both come from it
-                sec_acts = torch.tensor(section_slice(hook_acts, role, section.head))
-                _, _, clean, pairs = build_sets(df, hook_acts, section, attributes, "test", cfg.max_test)
+                sec_acts = torch.tensor(section_slice(hook_acts, role, section.head), device=dev)
+                _, _, clean, pairs = build_sets(df, hook_acts, section, attributes, "test", cfg.max_test, device=dev)
                 codes = unit_codes(unit, section, role, s, saes, decoders, weights, ref, labels, sec_acts, cfg)
                 sc_pairs = {p.attribute: (codes.rows(p.x), codes.rows(p.xp)) for p in rows.pairs}
                 metrics = score_section(m, ref, clean, pairs, codes.rows(rows.clean), sc_pairs, pad, cfg)
@@ -244,14 +262,15 @@ def score_unit(unit: ScoringUnit, model: ModelRef, dataset: DatasetRef, store: S
 
 @task(name="core-metrics", task_run_name=_core_name, **stage_options(), **progress.hooks("core"))
 def sae_core_metrics(sae: SAERef, model: ModelRef, corpus: CorpusRef, n_sequences: int, model_name: str,
-                     home: str) -> CoreRef:
+                     home: str, device: str = "cpu") -> CoreRef:
     """One SAE spliced into the model on held-out background text: CE loss recovered, KL, EV, L0, dead share."""
     key = task_key(sae_core_metrics, locals())  # first line: locals() are the parameters
     h = SageHome(home)
     d = h.core_metrics(key)
     if needs_build(d):
-        s = loaded_sae(h, sae, model_name)
-        with loaded.model(h, model) as m:
+        dev = one_device(device)
+        s = loaded_sae(h, sae, model_name, dev)
+        with loaded.model(h, model, dev) as m:
             pad = m.tokenizer.pad_token_id
             tokens = pad_sequences(_heldout(h, corpus, n_sequences), pad)
             metrics = core_metrics(m, s.hook, s.encode, s.decode, s.d_sae, tokens, pad)

@@ -14,6 +14,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from sage_core.model import transformer as model_mod
+from sage_core.model.devices import one_device
 from sage_core.model.hooks import short_sae
 from sage_core.model.pretrained import TRUST_ENV, check_remote_code
 from sage_core.model.tokenizer import build_tokenizer
@@ -116,7 +117,8 @@ def _corpus_tokens(h: SageHome, corpus: CorpusRef, split: str, pad_id: int) -> t
 
 @task(name="train-model", task_run_name="train-model {cfg.model.name}",
       **stage_options(model_check, cfg_parts(model="model", train="train")))
-def train_model(cfg: ZooConfig, tokenizer: TokenizerRef, corpus: CorpusRef, home: str) -> ModelRef:
+def train_model(cfg: ZooConfig, tokenizer: TokenizerRef, corpus: CorpusRef, home: str,
+                device: str = "cpu") -> ModelRef:
     key = task_key(train_model, locals())
     h = SageHome(home)
     name, path = cfg.model.name, h.model_dir(cfg.model.name)
@@ -134,7 +136,7 @@ def train_model(cfg: ZooConfig, tokenizer: TokenizerRef, corpus: CorpusRef, home
     logger = log()
     tok = zoo_store.load_tokenizer(h.at(tokenizer))
     tokens = _corpus_tokens(h, corpus, "train", tok.pad_token_id)
-    model = model_mod.build_model(cfg.model, len(tok))
+    model = model_mod.build_model(cfg.model, len(tok), device=one_device(device))  # saved back on the CPU
     t0 = time.perf_counter()
 
     def on_loss(step: int, loss: float) -> None:
@@ -155,11 +157,15 @@ def train_model(cfg: ZooConfig, tokenizer: TokenizerRef, corpus: CorpusRef, home
 
 
 @task(name="import-model", task_run_name="import-model {pretrained}", **UNCACHED)
-def import_model(pretrained: str, zoo_name: str, home: str) -> ModelRef:
+def import_model(pretrained: str, zoo_name: str, home: str, device: str = "cpu") -> ModelRef:
     """`HookedTransformer.from_pretrained(pretrained)` saved once under zoo/<zoo_name>/model (config, processed weights,
     tokenizer), so every later stage loads it like the built-in model and keys its results on its content hash.
 
+    Loaded and processed on the CPU whatever `device` says (it is only checked): the weights are saved, not run, and
+    folding them on a GPU would round them differently, so the model's content hash would depend on the device.
+
     Not cached by Prefect: the on-disk check is as cheap, and it notices a deleted directory."""
+    one_device(device)  # a device this machine lacks fails here, like every other stage's
     h = SageHome(home)
     path = h.model_dir(zoo_name)
     if zoo_store.model_is_complete(path):
@@ -190,11 +196,11 @@ def find_model(name: str, home: str) -> tuple[ModelRef, TokenizerRef]:
 
 @task(name="evaluate-model", task_run_name=lambda parameters: f"evaluate-model {zoo_store.zoo_name(parameters['model'])}",
       **stage_options(same_file))
-def evaluate_model(model: ModelRef, datasets: list[DatasetRef], home: str) -> TableRef:
+def evaluate_model(model: ModelRef, datasets: list[DatasetRef], home: str, device: str = "cpu") -> TableRef:
     """Per task, on held-out test prompts: accuracy (answer outranks the competing answer) and mean logit diff."""
     h = SageHome(home)
     rows = []
-    with loaded.model(h, model) as m:
+    with loaded.model(h, model, one_device(device)) as m:
         for ds in datasets:
             df = read_prompts(h.at(ds)).filter((pl.col("split") == "test") & pl.col("pair_of").is_null())
             logits = model_mod.final_logits(m, df["tokens"].to_list(), m.tokenizer.pad_token_id)
@@ -208,13 +214,14 @@ def evaluate_model(model: ModelRef, datasets: list[DatasetRef], home: str) -> Ta
       **stage_options(whole_dir, cfg_parts(model_name="model.name", n_tokens="saes.n_tokens",
                                            n_eval_tokens="saes.n_eval_tokens")))
 def capture_sae_activations(cfg: ZooConfig, model: ModelRef, corpus: CorpusRef, hooks: list[str],
-                            home: str) -> ZooActivationsRef:
-    """One forward pass over corpus tokens caches every hook the zoo trains on (train and held-out sets)."""
+                            home: str, device: str = "cpu") -> ZooActivationsRef:
+    """One forward pass over corpus tokens caches every hook the zoo trains on (train and held-out sets); the
+    activations come back to the CPU to be written."""
     key = task_key(capture_sae_activations, locals())
     h = SageHome(home)
     if needs_build(h.sae_training_acts(cfg.model.name, key)):
         tensors = {}
-        with loaded.model(h, model) as m:
+        with loaded.model(h, model, one_device(device)) as m:
             pad = m.tokenizer.pad_token_id
             for split, n_tokens in (("train", cfg.saes.n_tokens), ("heldout", cfg.saes.n_eval_tokens)):
                 acts = sae_zoo.capture_activations(m, _corpus_tokens(h, corpus, split, pad), pad, hooks, n_tokens)
@@ -226,7 +233,7 @@ def capture_sae_activations(cfg: ZooConfig, model: ModelRef, corpus: CorpusRef, 
 @task(name="train-sae", task_run_name=lambda parameters: f"train-sae {short_sae(parameters['spec'].name)}",
       **stage_options(whole_keyed_dir, cfg_parts(model_name="model.name")), **progress.hooks("zoo-saes"))
 def train_sae(spec: sae_zoo.SAESpec, cfg: ZooConfig, model: ModelRef, acts: ZooActivationsRef,
-              home: str) -> ZooSAERef:
+              home: str, device: str = "cpu") -> ZooSAERef:
     """An SAE's directory name says only hook, architecture and width: its marker holds the key (spec, training
     settings, model, activations, code), and an SAE under this name with another key is retrained and swapped."""
     key = task_key(train_sae, locals())
@@ -238,7 +245,7 @@ def train_sae(spec: sae_zoo.SAESpec, cfg: ZooConfig, model: ModelRef, acts: ZooA
             log().warning(f"{problem}: retraining it")
         acts_t = zoo_store.read_activations(h, acts, "train", spec.hook)
         t0 = time.perf_counter()
-        sae = sae_zoo.train_sae(spec, acts_t, model_name=cfg.model.name)
+        sae = sae_zoo.train_sae(spec, acts_t, model_name=cfg.model.name, device=one_device(device))  # back on the CPU
         zoo_store.save_sae(path, sae, meta={"key": key, "spec": spec.model_dump(), "model": model.hash,
                                             "acts": acts.hash, "train_seconds": time.perf_counter() - t0},
                            replace=True)
@@ -248,17 +255,18 @@ def train_sae(spec: sae_zoo.SAESpec, cfg: ZooConfig, model: ModelRef, acts: ZooA
 @task(name="evaluate-saes", task_run_name="evaluate-saes {cfg.model.name}",
       **stage_options(same_file, cfg_parts(model_name="model.name", n_ce_sequences="saes.n_ce_sequences")))
 def evaluate_saes(cfg: ZooConfig, model: ModelRef, saes: list[ZooSAERef], acts: ZooActivationsRef, corpus: CorpusRef,
-                  home: str) -> TableRef:
+                  home: str, device: str = "cpu") -> TableRef:
     """Explained variance, L0, dead share on held-out activations; CE loss recovered on held-out text."""
     h = SageHome(home)
+    dev = one_device(device)
     zero: dict[str, float] = {}  # zero-ablation CE, once per hook
     rows = []
-    with loaded.model(h, model) as m:
+    with loaded.model(h, model, dev) as m:
         pad = m.tokenizer.pad_token_id
         tokens = _corpus_tokens(h, corpus, "heldout", pad)[: cfg.saes.n_ce_sequences]
         clean = sae_zoo.mean_ce(m, tokens, pad)
         for s in saes:
-            sae, meta = zoo_store.load_zoo_sae(h, s)
+            sae, meta = zoo_store.load_zoo_sae(h, s, dev)
             hook = sae.cfg.metadata.hook_name
             held = zoo_store.read_activations(h, acts, "heldout", hook)
             if hook not in zero:

@@ -9,6 +9,9 @@ The one-hot design is rank-deficient (each attribute's columns sum to the consta
 minimum-norm solution and then centres each attribute's vectors (frequency-weighted), which leaves predictions
 unchanged. Unseen values: a value absent from the fitting prompts has no vector; `reconstruct` gives it the zero
 vector (the attribute then contributes its average, ā's share) and `edit` refuses it — callers count such prompts.
+
+A dictionary is fit on the activations' device (the least squares in float64 there) and its vectors stay there;
+`Dictionary.to` moves one.
 """
 
 from __future__ import annotations
@@ -41,6 +44,11 @@ class Dictionary(BaseModel):
     @property
     def attributes(self) -> list[str]:
         return list(self.vectors)
+
+    def to(self, device: str | torch.device) -> Dictionary:
+        """The same dictionary with its tensors on `device` (on the CPU before it is written to disk)."""
+        return self.model_copy(update={"mean": self.mean.to(device), "vectors": {
+            a: {v: u.to(device) for v, u in vecs.items()} for a, vecs in self.vectors.items()}})
 
     def vector(self, attribute: str, value: str) -> Tensor:
         return self.weights[attribute] * self.vectors[attribute][value]
@@ -86,7 +94,7 @@ def _mean_vectors(acts: Tensor, labels: dict[str, list[str]], mean: Tensor) -> d
     out: dict[str, dict[str, Tensor]] = {}
     for attr, vals in labels.items():
         arr = np.asarray(vals)
-        out[attr] = {v: acts[torch.as_tensor(arr == v)].mean(0) - mean for v in sorted(set(vals))}
+        out[attr] = {v: acts[torch.as_tensor(arr == v, device=acts.device)].mean(0) - mean for v in sorted(set(vals))}
     return out
 
 
@@ -100,9 +108,9 @@ def fit(acts: Float[Tensor, "n d"], labels: dict[str, list[str]], method: Method
         weights = {a: 1.0 for a in labels}
     elif method == "mse":
         cols: list[tuple[str, str]] = [(a, v) for a, vals in labels.items() for v in sorted(set(vals))]
-        design = torch.zeros(len(acts), len(cols), dtype=torch.float64)
+        design = torch.zeros(len(acts), len(cols), dtype=torch.float64, device=acts.device)
         for j, (a, v) in enumerate(cols):
-            design[:, j] = torch.as_tensor(np.asarray(labels[a]) == v, dtype=torch.float64)
+            design[:, j] = torch.as_tensor(np.asarray(labels[a]) == v, dtype=torch.float64, device=acts.device)
         coef = torch.linalg.pinv(design) @ (acts - mean)  # minimum-norm least squares
         vecs = {a: {} for a in labels}
         for j, (a, v) in enumerate(cols):
@@ -119,7 +127,10 @@ def fit(acts: Float[Tensor, "n d"], labels: dict[str, list[str]], method: Method
         cols_t = [torch.stack([vecs[a][v] for v in labels[a]]).reshape(-1) for a in attrs]  # each (n*d,)
         x = torch.stack(cols_t, 1)
         y = (acts - mean).reshape(-1, 1)
-        w = torch.linalg.lstsq(x, y).solution.squeeze(1)
+        if x.device.type == "cpu":
+            w = torch.linalg.lstsq(x, y).solution.squeeze(1)
+        else:  # CUDA's lstsq (driver gels) assumes full rank; pinv gives the same minimum-norm solution either way
+            w = (torch.linalg.pinv(x) @ y).squeeze(1)
         weights = {a: float(w[k]) for k, a in enumerate(attrs)}
     else:
         raise DictionaryError(f"unknown method {method!r}; use one of {METHODS}")

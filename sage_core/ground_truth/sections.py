@@ -20,6 +20,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from sage_core.ground_truth.dictionaries import Dictionary
+from sage_core.model.devices import model_device
 from sage_core.model.transformer import pad_sequences
 
 
@@ -54,33 +55,36 @@ def final_logits_with(
     pad_id: int,
     batch_size: int = 128,
 ) -> Float[Tensor, "n vocab"]:
-    """Logits at each prompt's last position with every intervention applied (several at once when given)."""
+    """Logits at each prompt's last position with every intervention applied (several at once when given), on the
+    model's device; intervention values may sit on any device (they are moved to the activation they replace)."""
     out = []
+    dev = model_device(model)
     for i in range(0, len(seqs), batch_size):
         sl = slice(i, i + batch_size)
-        toks = pad_sequences(seqs[sl], pad_id)
-        rows = torch.arange(len(toks))
+        toks = pad_sequences(seqs[sl], pad_id).to(dev)
+        rows = torch.arange(len(toks), device=dev)
         hooks = []
         for iv in interventions:
-            pos = torch.as_tensor(iv.positions[sl])
+            pos = torch.as_tensor(iv.positions[sl], device=dev)
             vals = iv.values[sl].to(torch.float32)
 
             def put(a, hook, pos=pos, vals=vals, head=iv.section.head, rows=rows):  # noqa: ARG001 - TransformerLens passes hook= by keyword
                 a = a.clone()
                 if head is None:
-                    a[rows, pos] = vals.to(a.dtype)
+                    a[rows, pos] = vals.to(a.device, a.dtype)
                 else:
-                    a[rows, pos, head] = vals.to(a.dtype)
+                    a[rows, pos, head] = vals.to(a.device, a.dtype)
                 return a
 
             hooks.append((iv.section.hook, put))
         logits = model.run_with_hooks(toks, fwd_hooks=hooks)
-        last = torch.as_tensor([len(s) - 1 for s in seqs[sl]])
-        out.append(logits[rows, last])
+        last = torch.as_tensor([len(s) - 1 for s in seqs[sl]], device=logits.device)
+        out.append(logits[rows.to(logits.device), last])
     return torch.cat(out)
 
 
 def mean_ld(logits: Tensor, answer: Int[Tensor, " n"], competing: Int[Tensor, " n"]) -> float:
+    answer, competing = answer.to(logits.device), competing.to(logits.device)
     return (logits.gather(1, answer[:, None]) - logits.gather(1, competing[:, None])).mean().item()
 
 
@@ -94,7 +98,7 @@ def necessity(ld_meanabl: float, ld_int: float, ld_clean: float) -> float:
 
 
 def argmax_agreement(a: Tensor, b: Tensor) -> float:
-    return (a.argmax(-1) == b.argmax(-1)).float().mean().item() if len(a) else float("nan")
+    return (a.argmax(-1) == b.argmax(-1).to(a.device)).float().mean().item() if len(a) else float("nan")
 
 
 class CleanSet(BaseModel):
@@ -217,9 +221,10 @@ def split_rows(df, attributes: list[str], split: str, max_test: int | None = Non
 
 
 def build_sets(df, acts: np.ndarray, section: CrossSection, attributes: list[str], split: str,
-               max_test: int | None = None):
+               max_test: int | None = None, device: torch.device | str = "cpu"):
     """From a prompt table and its role-position activations (rows aligned with the table): the fitting data, the
-    clean test set and one pair set per attribute. Returns (fit_acts, fit_labels, clean, pairs)."""
+    clean test set and one pair set per attribute, their tensors on `device`. Returns (fit_acts, fit_labels, clean,
+    pairs)."""
     rows = split_rows(df, attributes, split, max_test)
     if section.role not in rows.roles:
         raise ValueError(f"cross-section role {section.role!r} is not a role of this task ({rows.roles})")
@@ -229,13 +234,13 @@ def build_sets(df, acts: np.ndarray, section: CrossSection, attributes: list[str
         return df[name].gather(idx).to_list()
 
     def t(idx: np.ndarray) -> Tensor:
-        return torch.as_tensor(a[idx], dtype=torch.float32)
+        return torch.as_tensor(a[idx], dtype=torch.float32, device=device)
 
     fit_labels = {attr: col(f"attr_{attr}", rows.fit) for attr in attributes}
     clean = CleanSet(tokens=col("tokens", rows.clean), positions=col(f"pos_{section.role}", rows.clean),
                      acts=t(rows.clean), labels={attr: col(f"attr_{attr}", rows.clean) for attr in attributes},
-                     answer=torch.tensor(col("answer_token", rows.clean)),
-                     competing=torch.tensor(col("cf_answer_token", rows.clean)))
+                     answer=torch.tensor(col("answer_token", rows.clean), device=device),
+                     competing=torch.tensor(col("cf_answer_token", rows.clean), device=device))
     pairs = [PairSet(attribute=p.attribute, tokens=col("tokens", p.x), positions=col(f"pos_{section.role}", p.x),
                      acts=t(p.x), cf_acts=t(p.xp), old=p.old, new=p.new) for p in rows.pairs]
     return t(rows.fit), fit_labels, clean, pairs

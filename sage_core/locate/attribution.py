@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from sage_core.model.devices import model_device
 from sage_core.model.transformer import pad_sequences
 
 SUBLAYER_KINDS = ("head", "attn_out", "mlp_out")
@@ -89,9 +90,9 @@ class PairBatch(BaseModel):
         None, description="per pair, the token position of each role in the counterfactual (where x' 's activation "
                           "is read); None = the clean positions, for position-aligned sweeps over every token")
 
-    def batches(self, batch_size: int, pad_id: int):
-        """Padded tensors per batch: clean tokens, cf tokens, last position, answer, target, role positions in x, role
-        positions in x'."""
+    def batches(self, batch_size: int, pad_id: int, device: torch.device | str = "cpu"):
+        """Padded tensors per batch, on `device` (the model's): clean tokens, cf tokens, last position, answer,
+        target, role positions in x, role positions in x'."""
         cf_positions = self.cf_positions if self.cf_positions is not None else self.positions
         if len(cf_positions) != len(self.positions) or any(
                 len(a) != len(b) for a, b in zip(cf_positions, self.positions, strict=True)):
@@ -99,15 +100,16 @@ class PairBatch(BaseModel):
                               "when the counterfactual's positions are the clean ones")
         for i in range(0, len(self.clean), batch_size):
             sl = slice(i, i + batch_size)
-            yield (pad_sequences(self.clean[sl], pad_id), pad_sequences(self.cf[sl], pad_id),
-                   torch.as_tensor([len(s) - 1 for s in self.clean[sl]]), torch.as_tensor(self.answer[sl]),
-                   torch.as_tensor(self.target[sl]), torch.as_tensor(self.positions[sl]),
-                   torch.as_tensor(cf_positions[sl]))
+            yield (pad_sequences(self.clean[sl], pad_id).to(device), pad_sequences(self.cf[sl], pad_id).to(device),
+                   torch.as_tensor([len(s) - 1 for s in self.clean[sl]], device=device),
+                   torch.as_tensor(self.answer[sl], device=device), torch.as_tensor(self.target[sl], device=device),
+                   torch.as_tensor(self.positions[sl], device=device), torch.as_tensor(cf_positions[sl], device=device))
 
 
 def logit_diff(logits: Tensor, last: Tensor, answer: Tensor, target: Tensor) -> Float[Tensor, " b"]:
-    final = logits[torch.arange(len(last)), last]
-    return final.gather(1, answer[:, None]).squeeze(1) - final.gather(1, target[:, None]).squeeze(1)
+    dev = logits.device
+    final = logits[torch.arange(len(last), device=dev), last.to(dev)]
+    return final.gather(1, answer.to(dev)[:, None]).squeeze(1) - final.gather(1, target.to(dev)[:, None]).squeeze(1)
 
 
 def atp_sweep(
@@ -126,14 +128,15 @@ def atp_sweep(
     multiplies the role-aligned difference a(x')[p'] - a(x)[p].
 
     Returns (scores[component, role], {"ld_clean", "ld_cf"}: mean LD on x and on x' — their difference is the full
-    counterfactual effect).
+    counterfactual effect). The scores are on the CPU; the sweep runs on the model's device.
     """
     hooks = sorted({c.hook for c in components})
     n_roles = len(pairs.positions[0])
-    totals = torch.zeros(len(components), n_roles, dtype=torch.float64)
+    dev = model_device(model)
+    totals = torch.zeros(len(components), n_roles, dtype=torch.float64, device=dev)
     ld_clean = ld_cf = 0.0
     n = len(pairs.clean)
-    for x, xc, last, ans, tgt, pos, pos_cf in pairs.batches(batch_size, pad_id):
+    for x, xc, last, ans, tgt, pos, pos_cf in pairs.batches(batch_size, pad_id, dev):
         emb = "blocks.0.hook_resid_pre"
         with torch.no_grad():
             logits_cf, cache_cf = model.run_with_cache(xc, names_filter=[*hooks, emb])
@@ -162,14 +165,14 @@ def atp_sweep(
             for h, a in acts.items():
                 grads[h] = grads.get(h, 0) + a.grad / ig_steps
             model.zero_grad(set_to_none=True)
-        b_idx = torch.arange(len(pos))[:, None]
+        b_idx = torch.arange(len(pos), device=pos.device)[:, None]
         for j, c in enumerate(components):
             # (b, role, ...): x's activation and gradient where each role sits in x, x' 's where it sits in x'
             a, g, a_cf = clean_acts[c.hook][b_idx, pos], grads[c.hook][b_idx, pos], cache_cf[c.hook][b_idx, pos_cf]
             if c.head is not None:
                 a, g, a_cf = a[:, :, c.head], g[:, :, c.head], a_cf[:, :, c.head]
             totals[j] += ((a_cf - a) * g).sum(-1).sum(0).double()
-    return (totals / n).float(), {"ld_clean": ld_clean / n, "ld_cf": ld_cf / n}
+    return (totals / n).float().cpu(), {"ld_clean": ld_clean / n, "ld_cf": ld_cf / n}
 
 
 def select(scores: np.ndarray, share: float, cap: int) -> np.ndarray:
@@ -201,10 +204,10 @@ def patch_effects(
     hooks = sorted({c.hook for ps in patch_sets for c, _ in ps})
     deltas = np.zeros(len(patch_sets))
     n = len(pairs.clean)
-    for x, xc, last, ans, tgt, pos, pos_cf in pairs.batches(batch_size, pad_id):
+    for x, xc, last, ans, tgt, pos, pos_cf in pairs.batches(batch_size, pad_id, model_device(model)):
         _, cache_cf = model.run_with_cache(xc, names_filter=hooks)
         base = logit_diff(model(x), last, ans, tgt)
-        rows = torch.arange(len(pos))
+        rows = torch.arange(len(pos), device=pos.device)
         for k, patches in enumerate(patch_sets):
 
             def patch(a, hook, patches=patches, pos=pos, pos_cf=pos_cf, rows=rows, cache_cf=cache_cf):

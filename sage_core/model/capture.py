@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from sage_core.model.devices import model_device
+
 Dtype = Literal["float32", "float16", "bfloat16"]
 
 
@@ -65,8 +67,9 @@ def hook_trailing_shapes(model: HookedTransformer, hooks: list[str] | tuple[str,
         out[hook.name] = tuple(act.shape[2:])
 
     with torch.no_grad():
-        model.run_with_hooks(torch.zeros(1, 1, dtype=torch.long), fwd_hooks=[(h, grab) for h in hooks],
-                             return_type=None, stop_at_layer=_stop_layer(model, list(hooks)))
+        one = torch.zeros(1, 1, dtype=torch.long, device=model_device(model))
+        model.run_with_hooks(one, fwd_hooks=[(h, grab) for h in hooks], return_type=None,
+                             stop_at_layer=_stop_layer(model, list(hooks)))
     missing = [h for h in hooks if h not in out]
     if missing:
         raise CaptureError(f"hooks {missing} did not fire on a forward pass; they cannot be captured")
@@ -108,6 +111,7 @@ def capture_batch(
     The forward pass stops after the last layer any hook needs.
     """
     got: dict[str, Tensor] = {}
+    tokens = tokens.to(model_device(model))
 
     def keep(act, hook):
         a = act

@@ -39,3 +39,26 @@ def resolve_devices(spec: str) -> tuple[str, ...]:
         else:
             raise DeviceError(f"--device {part!r} is not a device; use cpu, cuda, cuda:N (comma-separated) or auto")
     return tuple(dict.fromkeys(out))
+
+
+def one_device(spec: str) -> str:
+    """The first device of `resolve_devices(spec)`: where one unit of work runs ("cpu", "cuda:0", ...). A concrete
+    name passes through unchanged, so a task may resolve a spec that was resolved already."""
+    return resolve_devices(spec)[0]
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where a model's weights sit (its first parameter's device; the CPU for a module without parameters). Tensors a
+    stage creates to meet the model go there; TransformerLens only moves the tokens of a forward pass itself."""
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def sae_device(sae) -> torch.device:
+    """Where an SAE computes: its `device` (SAELens SAEs and `LoadedSAE` name one), else its W_dec's, else the CPU
+    (an SAE-like object with neither)."""
+    dev = getattr(sae, "device", None)
+    if isinstance(dev, str | torch.device):
+        return torch.device(dev)
+    w = getattr(sae, "W_dec", None)
+    return w.device if isinstance(w, torch.Tensor) else torch.device("cpu")

@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+from sage_core.model.devices import model_device
+
 
 class ModelConfig(BaseModel):
     """Architecture of the built-in model (becomes a `HookedTransformerConfig`)."""
@@ -47,15 +49,18 @@ class TrainConfig(BaseModel):
     seed: int = 0
 
 
-def build_model(cfg: ModelConfig, d_vocab: int, tokenizer=None) -> HookedTransformer:
+def build_model(cfg: ModelConfig, d_vocab: int, tokenizer=None, device: str = "cpu") -> HookedTransformer:
+    """A freshly initialised model on `device`. The weights are drawn on the CPU and then moved, so a seed gives the
+    same model on every device (a GPU's random stream differs from the CPU's)."""
     torch.manual_seed(cfg.seed)
-    return HookedTransformer(cfg.hooked_config(d_vocab), tokenizer=tokenizer, move_to_device=False)
+    model = HookedTransformer(cfg.hooked_config(d_vocab), tokenizer=tokenizer, move_to_device=False)
+    return model if device == "cpu" else model.to(device, print_details=False)
 
 
 def real_mask(tokens: Int[Tensor, "b pos"], pad_id: int) -> Tensor:
     """(b, pos) bool: True up to each row's last non-pad token. Counting `tokens != pad` would drop BOS wherever the
     pad token is BOS (GPT-2 pads with <|endoftext|>, which is also its BOS)."""
-    pos = torch.arange(tokens.shape[1])
+    pos = torch.arange(tokens.shape[1], device=tokens.device)
     last = torch.where(tokens != pad_id, pos, 0).max(1).values  # position 0 is BOS in every SAGE sequence
     return pos[None, :] <= last[:, None]
 
@@ -66,7 +71,8 @@ def trim_padding(tokens: Int[Tensor, "b pos"], pad_id: int) -> Int[Tensor, "b po
 
 
 def pad_sequences(seqs: Sequence[Sequence[int]], pad_id: int, length: int | None = None) -> Int[Tensor, "n pos"]:
-    """Right-pad token lists into one tensor (causal attention: padding never affects the real positions)."""
+    """Right-pad token lists into one tensor (causal attention: padding never affects the real positions). On the CPU:
+    callers move it to the model they run."""
     length = length or max(len(s) for s in seqs)
     out = torch.full((len(seqs), length), pad_id, dtype=torch.long)
     for i, s in enumerate(seqs):
@@ -77,7 +83,7 @@ def pad_sequences(seqs: Sequence[Sequence[int]], pad_id: int, length: int | None
 def lm_loss(model: HookedTransformer, tokens: Int[Tensor, "b pos"], pad_id: int) -> Tensor:
     """Next-token cross-entropy, ignoring targets that are padding."""
     logits = model(tokens, return_type="logits")
-    targets = tokens[:, 1:].clone()
+    targets = tokens[:, 1:].to(logits.device, copy=True)  # TransformerLens moved the tokens; the targets follow
     targets[targets == pad_id] = -100
     return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
 
@@ -91,7 +97,10 @@ def train_model(
     on_loss: Callable[[int, float], None] | None = None,
 ) -> list[float]:
     """AdamW with linear warmup and cosine decay; deterministic under `cfg.seed`. Returns the loss per step.
-    After each step: `on_step(done, total)` (progress) and `on_loss(step, loss)` (step from 0, for logs)."""
+    After each step: `on_step(done, total)` (progress) and `on_loss(step, loss)` (step from 0, for logs).
+    Trains where the model sits (`build_model(..., device=)`); the batch order is drawn on the CPU, so it is the same
+    on every device."""
+    dev = model_device(model)
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
 
@@ -111,7 +120,7 @@ def train_model(
         batch = tokens[perm[cursor : cursor + cfg.batch_size]]
         cursor += cfg.batch_size
         # trim trailing all-pad columns: shorter sequences, same loss
-        batch = trim_padding(batch, pad_id)
+        batch = trim_padding(batch, pad_id).to(dev)
         loss = lm_loss(model, batch, pad_id)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -129,19 +138,21 @@ def train_model(
 
 @torch.no_grad()
 def final_logits(model: HookedTransformer, seqs: Sequence[Sequence[int]], pad_id: int, batch_size: int = 256) -> Tensor:
-    """Logits at each sequence's last real position, shape (n, d_vocab)."""
+    """Logits at each sequence's last real position, shape (n, d_vocab), on the model's device."""
     out = []
+    dev = model_device(model)
     for i in range(0, len(seqs), batch_size):
         chunk = seqs[i : i + batch_size]
-        toks = pad_sequences(chunk, pad_id)
+        toks = pad_sequences(chunk, pad_id).to(dev)
         logits = model(toks, return_type="logits")
-        last = torch.as_tensor([len(s) - 1 for s in chunk])
-        out.append(logits[torch.arange(len(chunk)), last])
+        last = torch.as_tensor([len(s) - 1 for s in chunk], device=logits.device)
+        out.append(logits[torch.arange(len(chunk), device=logits.device), last])
     return torch.cat(out)
 
 
 def answer_metrics(logits: Tensor, answer: Tensor, competing: Tensor) -> dict[str, float]:
     """accuracy = share where the answer outranks the competing answer; logit_diff = mean of their difference."""
+    answer, competing = answer.to(logits.device), competing.to(logits.device)
     ld = logits.gather(1, answer[:, None]).squeeze(1) - logits.gather(1, competing[:, None]).squeeze(1)
     top1 = (logits.argmax(-1) == answer).float().mean().item()
     return {"accuracy": (ld > 0).float().mean().item(), "logit_diff": ld.mean().item(), "top1": top1, "n": len(ld)}

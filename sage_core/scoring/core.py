@@ -16,6 +16,7 @@ from jaxtyping import Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from sage_core.model.devices import model_device
 from sage_core.model.transformer import real_mask, trim_padding
 from sage_core.zoo.train import ce_recovered
 
@@ -31,16 +32,18 @@ def core_metrics(
     pad_id: int,
     batch_size: int = 128,
 ) -> dict[str, float]:
-    """`encode` / `decode` take flat (n, d_in) activations (hook_z flattened over heads)."""
+    """`encode` / `decode` take flat (n, d_in) activations (hook_z flattened over heads) on the model's device and
+    return there (a `LoadedSAE`'s do, wherever the SAE sits). `tokens` may be on the CPU: each batch is moved."""
+    dev = model_device(model)
     ce = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
     kl_sum, n_pred = 0.0, 0
     sse = sst_x2 = 0.0
     sum_x = None
     n_act, l0_sum = 0, 0.0
-    fired = torch.zeros(d_sae, dtype=torch.bool)
+    fired = torch.zeros(d_sae, dtype=torch.bool, device=dev)
     for i in range(0, len(tokens), batch_size):
         t = tokens[i : i + batch_size]
-        t = trim_padding(t, pad_id)
+        t = trim_padding(t, pad_id).to(dev)
         real = real_mask(t, pad_id)  # (b, pos)
         keep = real.clone()
         keep[:, 0] = False  # BOS is neither replaced nor judged
@@ -79,7 +82,7 @@ def core_metrics(
         sum_x = x.sum(0) if sum_x is None else sum_x + x.sum(0)
         n_act += len(x)
         l0_sum += (f != 0).sum().item()
-        fired |= (f != 0).any(0)
+        fired |= (f != 0).any(0).to(dev)
     sst = sst_x2 - (sum_x.pow(2).sum().item() / max(n_act, 1))
     clean, sae, zero_ = (ce[k] / max(n_pred, 1) for k in ("clean", "sae", "zero"))
     return {

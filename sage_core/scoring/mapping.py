@@ -12,6 +12,9 @@ and mapped SAEs alike.
   least-squares coordinates in that head's write subspace, r -> r @ pinv(W_O[h]) (d_model -> d_head), i.e. P_c
   expressed in the head's own basis.
 - difference: the same without P_c (only where the cross-section lives in the residual basis: attn_out, mlp_out).
+
+Devices: a write map is computed (in float64) where the model's weights sit, an affine decoder where the SAE sits,
+and a `SectionCodes` keeps its tensors where they were given.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from sage_core.ground_truth.sections import CrossSection
+from sage_core.model.devices import sae_device
 
 Mapping = Literal["native", "projection", "difference"]
 _HOOK = re.compile(r"^blocks\.(\d+)\.(hook_resid_pre|hook_resid_mid|hook_resid_post|hook_attn_out|hook_mlp_out|attn\.hook_z)$")
@@ -53,7 +57,7 @@ class SectionCodes(BaseModel):
 
     def rows(self, idx) -> SectionCodes:
         """The same SAE on a subset of prompts (idx: row indices, e.g. a read-only numpy array from polars)."""
-        i = torch.as_tensor(np.array(idx), dtype=torch.long)
+        i = torch.as_tensor(np.array(idx), dtype=torch.long, device=self.codes.device)
         return self.model_copy(update={"codes": self.codes[i], "active": None if self.active is None else self.active[i]})
 
 
@@ -102,7 +106,7 @@ def projection_is_difference(model: HookedTransformer, before: str, after: str, 
     mlp_out, and `projection` alone also reaches the heads (attn.hook_z), so one unit says everything."""
     hook = sublayer_of(before, after)
     q = write_map(model, CrossSection(hook=hook, role="-"), "projection").double()
-    return bool((q - torch.eye(q.shape[0], dtype=q.dtype)).abs().max().item() <= tol)
+    return bool((q - torch.eye(q.shape[0], dtype=q.dtype, device=q.device)).abs().max().item() <= tol)
 
 
 def is_sublayer(hook: str) -> bool:
@@ -121,7 +125,7 @@ def write_map(model: HookedTransformer, section: CrossSection, mapping: Mapping)
         return torch.linalg.pinv(block.attn.W_O[section.head].detach().double()).float()  # (d_model, d_head)
     d = model.cfg.d_model
     if mapping == "difference":
-        return torch.eye(d)
+        return torch.eye(d, device=block.attn.W_O.device)
     w = block.attn.W_O.detach().reshape(-1, d) if site == "hook_attn_out" else block.mlp.W_out.detach()
     w = w.double()
     return (torch.linalg.pinv(w) @ w).float()  # orthogonal projector onto the row space: the write subspace
@@ -150,7 +154,17 @@ def projected(after: tuple[Tensor, Tensor, Tensor], before: tuple[Tensor, Tensor
 @torch.no_grad()
 def affine_decoder(sae) -> tuple[Float[Tensor, "m d_in"], Float[Tensor, " d_in"]]:
     """(directions, bias) with decode(f) = f @ directions + bias, read off any SAE with an affine decoder (SAELens'
-    decoders are; scaling factors and normalisation folded in) by decoding the zero code and the unit codes."""
-    bias = sae.decode(torch.zeros(1, sae.d_sae))[0]
-    rows = [sae.decode(torch.eye(sae.d_sae)[i : i + 4096]) - bias for i in range(0, sae.d_sae, 4096)]
+    decoders are; scaling factors and normalisation folded in) by decoding the zero code and the unit codes, on the
+    SAE's device (`sae_device`)."""
+    dev = sae_device(sae)
+    bias = sae.decode(torch.zeros(1, sae.d_sae, device=dev))[0]
+    rows = [sae.decode(_unit_rows(i, min(i + 4096, sae.d_sae), sae.d_sae, dev)) - bias
+            for i in range(0, sae.d_sae, 4096)]
     return torch.cat(rows), bias
+
+
+def _unit_rows(start: int, stop: int, n: int, device: torch.device) -> Tensor:
+    """Rows start..stop of the (n, n) identity, without building the whole identity (n² floats: 1 GiB at 16k)."""
+    out = torch.zeros(stop - start, n, device=device)
+    out[torch.arange(stop - start, device=device), torch.arange(start, stop, device=device)] = 1.0
+    return out

@@ -5,6 +5,8 @@
 - sparse control: greedy edit x -> x' with up to k remove/add moves, and the normalised edit magnitude;
 - alignment: best |cos| per ground-truth vector and the Hungarian-matched mean (MCC).
 Sufficiency and necessity live in sage_core.ground_truth.sections (`sufficiency`, `necessity`).
+Every function computes on its inputs' device (float64 where it sums or compares) and returns Python floats, or
+tensors on that device.
 """
 
 from __future__ import annotations
@@ -55,9 +57,9 @@ def f1_scores(active: Bool[Tensor, "n m"], labels: dict[str, list[str]]) -> list
             raise ValueError(f"labels[{attr!r}] has {len(vals)} entries, expected {n}")
         values = sorted(set(vals))
         index = {v: i for i, v in enumerate(values)}
-        codes = torch.as_tensor([index[v] for v in vals], dtype=torch.long)
-        ind = torch.zeros(n, len(values), dtype=_F64)
-        ind[torch.arange(n), codes] = 1.0
+        codes = torch.as_tensor([index[v] for v in vals], dtype=torch.long, device=act.device)
+        ind = torch.zeros(n, len(values), dtype=_F64, device=act.device)
+        ind[torch.arange(n, device=act.device), codes] = 1.0
         support = ind.sum(0)  # (V,)
         tp = ind.T @ act  # (V, m)
         denom = n_active[None, :] + support[:, None]
@@ -126,9 +128,9 @@ def greedy_edit(
     coef = torch.cat([-cx, cxp], dim=1)  # (p, 2m): move j is coef[:, j] * D[j mod m]
     sq_norm = coef**2 * torch.cat([dec_norm, dec_norm]) ** 2  # ‖v‖² per move
     avail = torch.cat([cx > 0, cxp > 0], dim=1)
-    n_moves = torch.zeros(p, dtype=torch.long)
-    removed = torch.zeros(p, dtype=_F64)
-    rows = torch.arange(p)
+    n_moves = torch.zeros(p, dtype=torch.long, device=e.device)
+    removed = torch.zeros(p, dtype=_F64, device=e.device)
+    rows = torch.arange(p, device=e.device)
     for _ in range(max(k, 0)):
         if not bool(avail.any()):
             break
@@ -162,7 +164,7 @@ def edit_magnitude(
     s_sup = 1) are skipped; nan when no row is left.
     """
     total = codes_x.to(_F64).clamp_min(0) @ decoder.to(_F64).norm(dim=1)  # (p,)
-    s_sup = torch.as_tensor(supervised_share, dtype=_F64).expand_as(total)
+    s_sup = torch.as_tensor(supervised_share, dtype=_F64, device=total.device).expand_as(total)
     keep = (total > 0) & (1 - s_sup > 1e-12)
     if not bool(keep.any()):
         return math.nan
@@ -173,19 +175,19 @@ def edit_magnitude(
 def best_alignment(gt: Float[Tensor, "k d"], directions: Float[Tensor, "m d"]) -> dict:
     """C = |cos(gt_i, dir_j)| (zero-norm rows -> 0). best_cos_i = max_j C_ij (float64), best_feature_i = argmax;
     mcc = mean C over a maximum-weight one-to-one matching (Hungarian), i.e. over min(k, m) pairs."""
-    g, dr = gt.to(_F64), directions.to(_F64)
+    g, dr = gt.to(_F64), directions.to(gt.device, _F64)
     gn = g / g.norm(dim=1, keepdim=True).clamp_min(1e-300)  # zero rows stay zero
     dn = dr / dr.norm(dim=1, keepdim=True).clamp_min(1e-300)
     cos = (gn @ dn.T).abs()  # (k, m)
     if cos.numel() == 0:
         return {
-            "best_cos": torch.zeros(g.shape[0], dtype=_F64),
-            "best_feature": torch.full((g.shape[0],), -1, dtype=torch.long),
+            "best_cos": torch.zeros(g.shape[0], dtype=_F64, device=g.device),
+            "best_feature": torch.full((g.shape[0],), -1, dtype=torch.long, device=g.device),
             "mean_best_cos": math.nan,
             "mcc": math.nan,
         }
     best_cos, best_feature = cos.max(dim=1)
-    c = cos.numpy()
+    c = cos.cpu().numpy()  # the Hungarian matching is scipy's, on the host
     r, col = linear_sum_assignment(-c)
     return {
         "best_cos": best_cos,

@@ -25,6 +25,10 @@ parts that say how well the SAE matches, reconstructs and controls the ground tr
 - the mean best F1 and the MCC.
 Explained variance is reported but not in the summary: it is the proxy peers already report, and the ground truth
 does not try to explain all of the variance (the oracle's EV is low by design).
+
+Devices: everything runs where its inputs sit (the activations, codes and references the caller put on the model's
+device); the metrics come back as Python floats, and `SectionReference.to` moves a reference (to the CPU before it is
+written to disk).
 """
 
 from __future__ import annotations
@@ -90,6 +94,14 @@ class SectionReference(BaseModel):
     supervised_share: dict[str, Tensor]  # attribute -> (p,) the supervised edit's share of â's weight
     background_mean: Tensor  # (d,) mean activation here over background text: the random control's bias
 
+    def to(self, device: str | torch.device) -> SectionReference:
+        """The same reference with every tensor (the dictionary's too) on `device`."""
+        return self.model_copy(update={
+            "dictionary": self.dictionary.to(device),
+            "patched_argmax": {a: t.to(device) for a, t in self.patched_argmax.items()},
+            "supervised_share": {a: t.to(device) for a, t in self.supervised_share.items()},
+            "background_mean": self.background_mean.to(device)})
+
 
 def _logits(model, tokens, positions, section, values, pad_id) -> Tensor:
     ivs = [] if values is None else [Intervention(section=section, positions=positions, values=values)]
@@ -100,7 +112,8 @@ def reference(model: HookedTransformer, section: CrossSection, dic: Dictionary, 
               pairs: list[PairSet], pair_labels: dict[str, dict[str, list[str]]], pad_id: int,
               background_mean: Float[Tensor, " d"]) -> SectionReference:
     """`pair_labels[attr]` holds every attribute's value on the x side of `attr`'s pairs (for the edit magnitude);
-    `background_mean` comes from `background_means`."""
+    `background_mean` comes from `background_means`. Computed where `dic` and the sets sit; `.to("cpu")` the result
+    before writing it."""
     mean = dic.mean.expand_as(clean.acts)
     ld_clean = mean_ld(_logits(model, clean.tokens, clean.positions, section, None, pad_id), clean.answer,
                        clean.competing)
@@ -121,7 +134,8 @@ def reference(model: HookedTransformer, section: CrossSection, dic: Dictionary, 
 def background_means(model: HookedTransformer, tokens: list[list[int]], pad_id: int, sections: list[CrossSection],
                      batch_size: int = 64) -> dict[str, Float[Tensor, " d"]]:
     """Per cross-section label: the mean activation over every real token of background text (BOS and padding left
-    out), sliced to the section's head. What any SAE trained on the model's text can know without the task."""
+    out), sliced to the section's head. What any SAE trained on the model's text can know without the task. On the
+    CPU (summed in float64 there from the captured float32 activations, whatever the model's device)."""
     hooks = sorted({s.hook for s in sections})
     sums: dict[str, np.ndarray] = {}
     n = 0
@@ -148,8 +162,10 @@ def supervised_share(dic: Dictionary, attribute: str, labels: dict[str, list[str
     def norm(a: str, v: str) -> float:
         return dic.vector(a, v).norm().item() if dic.has(a, v) else 0.0
 
-    own = torch.tensor([norm(attribute, v) if dic.has(attribute, v) else float("nan") for v in labels[attribute]])
-    total = torch.tensor([sum(norm(a, labels[a][i]) for a in dic.attributes) for i in range(len(own))])
+    dev = dic.mean.device
+    own = torch.tensor([norm(attribute, v) if dic.has(attribute, v) else float("nan") for v in labels[attribute]],
+                       device=dev)
+    total = torch.tensor([sum(norm(a, labels[a][i]) for a in dic.attributes) for i in range(len(own))], device=dev)
     return own / total.clamp_min(1e-12)
 
 
@@ -158,13 +174,13 @@ def oracle_codes(dic: Dictionary, labels: dict[str, list[str]]) -> SectionCodes:
     the dictionary's weights); an unseen value gets a zero code, as in `Dictionary.reconstruct`."""
     decoder, keys = dic.matrix()
     n = len(next(iter(labels.values())))
-    codes = torch.zeros(n, len(keys))
+    codes = torch.zeros(n, len(keys))  # filled entry by entry: on the host, then moved in one copy
     col = {k: j for j, k in enumerate(keys)}
     for attr in dic.attributes:
         for i, v in enumerate(labels[attr]):
             if (attr, v) in col:
                 codes[i, col[(attr, v)]] = 1.0
-    return SectionCodes(codes=codes, decoder=decoder, bias=dic.mean)
+    return SectionCodes(codes=codes.to(decoder.device), decoder=decoder, bias=dic.mean)
 
 
 def random_codes(acts: Float[Tensor, "n d"], mean: Float[Tensor, " d"], cfg: ScoreConfig) -> SectionCodes:
@@ -183,23 +199,24 @@ def random_codes(acts: Float[Tensor, "n d"], mean: Float[Tensor, " d"], cfg: Sco
     trained SAEs). With activity independent of the prompt, the control's best F1 for a value of share p is the chance
     level 2p / (1 + p) of an always-on detector, which any SAE with one dense feature also reaches."""
     n, d = acts.shape
+    dev = acts.device
     g = torch.Generator().manual_seed(cfg.seed)
     w = max(1, cfg.random_width * d // 2)
-    dirs = torch.randn(w, d, generator=g)
+    dirs = torch.randn(w, d, generator=g).to(dev)  # drawn on the CPU: the same directions on every device
     dirs = dirs / dirs.norm(dim=1, keepdim=True)
-    x = (acts - mean).to(torch.float64)
+    x = (acts - mean.to(dev)).to(torch.float64)
     k = min(cfg.random_k, w, d)
     support = (x @ dirs.T.to(torch.float64)).abs().topk(k, dim=1).indices  # (n, k)
     ds = dirs.to(torch.float64)[support]  # (n, k, d)
-    gram = ds @ ds.transpose(1, 2) + 1e-9 * torch.eye(k, dtype=torch.float64)
+    gram = ds @ ds.transpose(1, 2) + 1e-9 * torch.eye(k, dtype=torch.float64, device=dev)
     coef = torch.linalg.solve(gram, ds @ x[:, :, None]).squeeze(-1).to(torch.float32)  # (n, k)
-    codes = torch.zeros(n, 2 * w)
-    rows = torch.arange(n)[:, None]
+    codes = torch.zeros(n, 2 * w, device=dev)
+    rows = torch.arange(n, device=dev)[:, None]
     codes[rows, support] = coef.clamp_min(0)
     codes[rows, support + w] = (-coef).clamp_min(0)
-    active = torch.zeros(n, 2 * w, dtype=torch.bool)
+    active = torch.zeros(n, 2 * w, dtype=torch.bool, device=dev)
     active[:, :k] = True  # fixed before seeing any prompt (the directions are random, so which ones does not matter)
-    return SectionCodes(codes=codes, decoder=torch.cat([dirs, -dirs]), bias=mean, active=active)
+    return SectionCodes(codes=codes, decoder=torch.cat([dirs, -dirs]), bias=mean.to(dev), active=active)
 
 
 def score_section(
@@ -222,7 +239,7 @@ def score_section(
     # sufficiency and necessity in one batched pass: [a <- recon ; a <- ā + (e - E[e])] (module docstring)
     n = len(clean.tokens)
     err = clean.acts - recon
-    both = torch.cat([recon, dic.mean + (err - err.mean(0))])
+    both = torch.cat([recon, dic.mean.to(err.device) + (err - err.mean(0))])
     logits = _logits(model, clean.tokens * 2, clean.positions * 2, section, both, pad_id)
     ld_recon = mean_ld(logits[:n], clean.answer, clean.competing)
     ld_int = mean_ld(logits[n:], clean.answer, clean.competing)
@@ -250,7 +267,7 @@ def score_section(
                      pad_id).argmax(-1)
         floor = ref.floor[ps.attribute]
         for j, k in enumerate(cfg.ks):
-            a = (am[j * p:(j + 1) * p] == ref.patched_argmax[ps.attribute]).float().mean().item()
+            a = (am[j * p:(j + 1) * p] == ref.patched_argmax[ps.attribute].to(am.device)).float().mean().item()
             acc[k].append(a)
             out[f"edit_accuracy_k{k}:{ps.attribute}"] = a
             if floor < FLOOR_ROOM:

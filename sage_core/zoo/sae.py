@@ -7,8 +7,10 @@ Pure: nothing here reads or writes files; `storage.sae_sources` resolves a user'
 
 from __future__ import annotations
 
+import copy
 import difflib
 import hashlib
+import types
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -126,6 +128,9 @@ class LoadedSAE(BaseModel):
 
     SAELens SAEs trained on `attn.hook_z` reshape (…, n_heads, d_head) inputs themselves; the wrapper turns that off
     (once, on the wrapped object), so `encode` always takes (n, n_heads * d_head) and `decode` returns it.
+
+    Devices: `encode` / `decode` take inputs on any device, run where the SAE sits (`device`) and return on the
+    input's device; `to(device)` gives a copy elsewhere. `decoder()` is always float32 on the CPU.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -146,6 +151,27 @@ class LoadedSAE(BaseModel):
 
     def _param(self) -> Tensor:
         return self.sae.W_dec
+
+    @property
+    def device(self) -> torch.device:
+        """Where the SAE computes (its W_dec's device)."""
+        return self._param().device
+
+    def to(self, device: str | torch.device) -> LoadedSAE:
+        """A copy of this SAE on `device` (this one is left as it is: other threads may be using it); the same
+        instance when it is there already. A torch module (or an object with a `to` method) is deep-copied and moved;
+        any other SAE stays where it is, and encode / decode still take inputs from `device` (they move them)."""
+        device = torch.device(device)
+        movable = isinstance(self.sae, torch.nn.Module) or callable(getattr(self.sae, "to", None))
+        if self.device == device or not movable:
+            return self
+        twin = copy.deepcopy(self.sae)
+        _rebind_closures(twin, self.sae)
+        moved = twin.to(device)
+        moved = twin if moved is None else moved  # a `to` that moves in place and returns nothing
+        out = self.model_copy(update={"sae": moved})
+        out.model_post_init(None)  # the copy's hook_z reshaping off, as on the original
+        return out
 
     def _to_sae(self, x: Tensor) -> Tensor:
         w = self._param()
@@ -177,6 +203,24 @@ class LoadedSAE(BaseModel):
     def decoder(self) -> Tensor:
         """The decoder directions, (d_sae, d_in) float32 on the CPU."""
         return self._param().detach().to(device="cpu", dtype=torch.float32)
+
+
+def _rebind_closures(twin: Any, original: Any) -> None:
+    """Point functions kept on the copy that close over the original (SAELens' run-time normalisation stores closures
+    over `self` as attributes; a deep copy shares functions, not copies them) at the copy, so the two never write
+    each other's state."""
+    for name, f in list(vars(twin).items()):
+        if not isinstance(f, types.FunctionType) or not f.__closure__:
+            continue
+        cells = []
+        for c in f.__closure__:
+            try:
+                cells.append(types.CellType(twin if c.cell_contents is original else c.cell_contents))
+            except ValueError:  # an empty cell (a name not yet bound): keep it as it is
+                cells.append(c)
+        g = types.FunctionType(f.__code__, f.__globals__, f.__name__, f.__defaults__, tuple(cells))
+        g.__kwdefaults__, g.__qualname__ = f.__kwdefaults__, f.__qualname__
+        setattr(twin, name, g)
 
 
 def wrap_sae(

@@ -30,6 +30,7 @@ from sae_lens.saes.sae import SAEMetadata
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from sage_core.model.devices import model_device, sae_device
 from sage_core.model.transformer import real_mask, trim_padding
 
 Architecture = Literal["standard", "topk", "jumprelu"]
@@ -110,7 +111,9 @@ def validate_specs(model: HookedTransformer, specs: list[SAESpec]) -> None:
         hook_d_in(model, s.hook)
 
 
-def build_training_sae(spec: SAESpec, d_in: int, model_name: str) -> TrainingSAE:
+def build_training_sae(spec: SAESpec, d_in: int, model_name: str, device: str = "cpu") -> TrainingSAE:
+    """A fresh training SAE on `device`, initialised on the CPU and then moved: a seed gives the same initial weights
+    on every device (a GPU's random stream differs from the CPU's)."""
     torch.manual_seed(spec.seed)
     common = dict(
         d_in=d_in,
@@ -125,32 +128,37 @@ def build_training_sae(spec: SAESpec, d_in: int, model_name: str) -> TrainingSAE
         metadata=SAEMetadata(hook_name=spec.hook, model_name=model_name, hook_head_index=None, prepend_bos=True),
     )
     if spec.architecture == "standard":
-        return StandardTrainingSAE(StandardTrainingSAEConfig(**common, l1_coefficient=spec.l1_coefficient,
-                                                             l1_warm_up_steps=50))
-    if spec.architecture == "topk":
-        return TopKTrainingSAE(TopKTrainingSAEConfig(**common, k=spec.k, aux_loss_coefficient=1.0))
-    return JumpReLUTrainingSAE(JumpReLUTrainingSAEConfig(
-        **common, l0_coefficient=spec.l0_coefficient, l0_warm_up_steps=50,
-        jumprelu_init_threshold=spec.jumprelu_init_threshold, jumprelu_bandwidth=0.05,
-        jumprelu_sparsity_loss_mode="step"))
+        sae = StandardTrainingSAE(StandardTrainingSAEConfig(**common, l1_coefficient=spec.l1_coefficient,
+                                                            l1_warm_up_steps=50))
+    elif spec.architecture == "topk":
+        sae = TopKTrainingSAE(TopKTrainingSAEConfig(**common, k=spec.k, aux_loss_coefficient=1.0))
+    else:
+        sae = JumpReLUTrainingSAE(JumpReLUTrainingSAEConfig(
+            **common, l0_coefficient=spec.l0_coefficient, l0_warm_up_steps=50,
+            jumprelu_init_threshold=spec.jumprelu_init_threshold, jumprelu_bandwidth=0.05,
+            jumprelu_sparsity_loss_mode="step"))
+    return sae if device == "cpu" else sae.to(device)  # SAELens' `to` also updates cfg.device
 
 
 def _batches(acts: Tensor, batch_size: int, seed: int) -> Iterator[Tensor]:
-    """Endless shuffled epochs over `acts` (SAETrainer pulls one batch per step)."""
+    """Endless shuffled epochs over `acts` (SAETrainer pulls one batch per step). The order is drawn on the CPU (the same
+    on every device) and gathers from `acts` where they sit."""
     g = torch.Generator().manual_seed(seed)
     while True:
-        perm = torch.randperm(len(acts), generator=g)
+        perm = torch.randperm(len(acts), generator=g).to(acts.device)
         for i in range(0, len(perm) - batch_size + 1, batch_size):
             yield acts[perm[i : i + batch_size]]
 
 
-def train_sae(spec: SAESpec, acts: Float[Tensor, "n d_in"], model_name: str) -> TrainingSAE:
-    """Train one SAE with SAELens' trainer on pre-captured activations (flattened over heads for hook_z)."""
+def train_sae(spec: SAESpec, acts: Float[Tensor, "n d_in"], model_name: str, device: str = "cpu") -> TrainingSAE:
+    """Train one SAE with SAELens' trainer on pre-captured activations (flattened over heads for hook_z), on `device`
+    (a torch device name). The trained SAE comes back on the CPU, its cfg.device "cpu", ready to be saved."""
     if acts.ndim != 2:
         raise ZooError(f"expected (n, d_in) activations for {spec.name}, got shape {tuple(acts.shape)}")
     if len(acts) < spec.batch_size:
         raise ZooError(f"only {len(acts)} activations for {spec.name}; need at least batch_size={spec.batch_size}")
-    sae = build_training_sae(spec, acts.shape[1], model_name)
+    sae = build_training_sae(spec, acts.shape[1], model_name, device)
+    acts = acts.to(device)  # once, not per batch: the whole set is what one SAE trains on anyway
     lr = spec.lr
     steps = max(1, math.ceil(spec.epochs * len(acts) / spec.batch_size))
     cfg = SAETrainerConfig(
@@ -161,7 +169,7 @@ def train_sae(spec: SAESpec, acts: Float[Tensor, "n d_in"], model_name: str) -> 
         lr_scheduler_name="cosineannealing",
         lr_warm_up_steps=min(50, steps // 10),
         lr_decay_steps=0,
-        device="cpu",
+        device=device,
         dead_feature_window=max(20, steps // 10),
         feature_sampling_window=10 * steps,
         n_checkpoints=0,
@@ -171,7 +179,7 @@ def train_sae(spec: SAESpec, acts: Float[Tensor, "n d_in"], model_name: str) -> 
         n_batches_for_norm_estimate=min(20, steps),
     )
     trainer = SAETrainer(cfg=cfg, sae=sae, data_provider=_batches(acts, spec.batch_size, spec.seed))
-    return trainer.fit()
+    return trainer.fit().to("cpu")
 
 
 @torch.no_grad()
@@ -190,7 +198,7 @@ def capture_activations(
     for i in range(0, len(tokens), batch_size):
         t = tokens[i : i + batch_size]
         t = trim_padding(t, pad_id)
-        keep = real_mask(t, pad_id).numpy()
+        keep = real_mask(t, pad_id).cpu().numpy()
         keep[:, 0] = False
         acts = capture_batch(model, t, hooks)
         for h in hooks:
@@ -215,11 +223,12 @@ def reconstruction_metrics(sae: SAE, acts: Float[Tensor, "n d_in"], batch_size: 
     reshaping = getattr(sae, "hook_z_reshaping_mode", False)
     if reshaping:
         sae.turn_off_forward_pass_hook_z_reshaping()
+    dev = sae_device(sae)  # batches go to the SAE; the sums come back as Python floats
     try:
         sse, l0_sum = 0.0, 0.0
-        fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
+        fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool, device=dev)
         for i in range(0, len(acts), batch_size):
-            x = acts[i : i + batch_size]
+            x = acts[i : i + batch_size].to(dev)
             f = sae.encode(x)
             sse += (sae.decode(f) - x).pow(2).sum().item()
             l0_sum += (f != 0).sum().item()
@@ -251,12 +260,13 @@ def mean_ce(
     (at every position but BOS)."""
     from sage_core.model.transformer import lm_loss
 
+    dev = model_device(model)
     hooks = [(hook, lambda a, hook: _keep_bos(a, fn(a)))] if hook else []  # noqa: ARG005 (TransformerLens passes hook=)
     total, n = 0.0, 0
     with model.hooks(fwd_hooks=hooks):
         for i in range(0, len(tokens), batch_size):
             t = tokens[i : i + batch_size]
-            t = trim_padding(t, pad_id)
+            t = trim_padding(t, pad_id).to(dev)
             total += len(t) * lm_loss(model, t, pad_id).item()
             n += len(t)
     return total / n
@@ -276,6 +286,7 @@ def ce_loss_recovered(
     hook = sae.cfg.metadata.hook_name
     clean = mean_ce(model, tokens, pad_id) if clean is None else clean
     zero = mean_ce(model, tokens, pad_id, hook, torch.zeros_like) if zero is None else zero
-    with_sae = mean_ce(model, tokens, pad_id, hook, lambda a: sae.decode(sae.encode(a)))
+    dev = sae_device(sae)
+    with_sae = mean_ce(model, tokens, pad_id, hook, lambda a: sae.decode(sae.encode(a.to(dev))).to(a.device))
     return {"ce_clean": clean, "ce_with_sae": with_sae, "ce_zero_ablation": zero,
             "ce_loss_recovered": ce_recovered(clean, zero, with_sae)}
