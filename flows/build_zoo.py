@@ -10,6 +10,7 @@ from __future__ import annotations
 from prefect import flow, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows import engine
 from flows.settings import results_in
 from sage_core.config import ZooConfig
 from sage_core.zoo.plan import plan_zoo
@@ -38,18 +39,23 @@ def build_zoo(cfg: ZooConfig = ZooConfig(), home: str | None = None, refresh: bo
     t = {task.name: in_home(task.with_options(refresh_cache=True) if refresh else task, h) for task in ZOO_TASKS}
     root = str(h.root)
 
+    eng = engine.current()
+    one = eng.unit_devices(cfg.device, 1)[0]
     tok = t["make-tokenizer"](cfg, root)
     datasets = t["make-dataset"].map(list(cfg.tasks), unmapped(cfg), unmapped(tok), unmapped(root))
     corpus = t["make-corpus"](cfg, tok, root)
-    model = t["train-model"](cfg, tok, corpus, root)
-    model_eval = t["evaluate-model"](model, datasets, root)
-    acts = t["capture-sae-activations"](cfg, model, corpus, plan.hooks, root)
+    # what reads or trains the model runs on the engine (a Dask worker, on its device), never in this process
+    model = t["train-model"].submit(cfg, tok, corpus, root, device=one).result()
+    model_eval = t["evaluate-model"].submit(model, datasets, root, device=one)
+    acts = t["capture-sae-activations"].submit(cfg, model, corpus, plan.hooks, root, device=one).result()
     progress.begin("zoo-saes", len(plan.specs))
     try:
-        saes = t["train-sae"].map(plan.specs, unmapped(cfg), unmapped(model), unmapped(acts), unmapped(root)).result()
+        saes = t["train-sae"].map(plan.specs, unmapped(cfg), unmapped(model), unmapped(acts), unmapped(root),
+                                  device=eng.unit_devices(cfg.device, len(plan.specs))).result()
     finally:
         progress.end("zoo-saes")
-    sae_eval = t["evaluate-saes"](cfg, model, saes, acts, corpus, root)
+    sae_eval = t["evaluate-saes"].submit(cfg, model, saes, acts, corpus, root, device=one).result()
+    model_eval = model_eval.result()
     zoo = ZooRef(model=model, datasets=tuple(d.result() for d in datasets), corpus=corpus, model_eval=model_eval,
                  saes=tuple(saes), sae_eval=sae_eval)
     return t["record-zoo"](zoo, zoo_key(cfg), root)
@@ -69,9 +75,11 @@ def zoo_if_whole(cfg: ZooConfig, home: SageHome) -> ZooRef | None:
     return read_zoo_record(home, cfg.model.name, zoo_key(cfg), [s.name for s in plan_zoo(cfg).specs])
 
 
-def run_build_zoo(cfg: ZooConfig = ZooConfig(), home: str | None = None, refresh: bool = False) -> ZooRef:
-    """Check the config (bad input fails here, before Prefect starts), then run the flow with Prefect's result store
-    inside SAGE_HOME, so the cache lives (and dies) with the data."""
+def run_build_zoo(cfg: ZooConfig = ZooConfig(), home: str | None = None, refresh: bool = False,
+                  cluster: str = "threads") -> ZooRef:
+    """Check the config (bad input fails here, before Prefect starts), then run the flow on the engine `cluster`
+    names (`flows.engine`) with Prefect's result store inside SAGE_HOME, so the cache lives (and dies) with the
+    data."""
     plan_zoo(cfg)
-    with results_in(SageHome(home)):
-        return build_zoo(cfg=cfg, home=home, refresh=refresh)
+    with results_in(SageHome(home)), engine.open_engine(cluster, cfg.device) as eng:
+        return eng.flow(build_zoo)(cfg=cfg, home=home, refresh=refresh)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from prefect import flow, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows import engine
 from sage_core.config import ZooConfig
 from sage_core.model.capture import CaptureRequest
 from storage.home import SageHome
@@ -31,21 +32,22 @@ def capture(
     """Capture `request` for every task of `cfg` on the zoo model `cfg.model.name` (build it first); returns each
     task's sealed store.
 
-    Shard k runs on `devices[k % len(devices)]` (names from `sage_core.model.devices.resolve_devices`): give as many shards
-    as GPUs, and a task runner with as many workers, to keep every GPU busy."""
+    Shard k runs on `devices[k % len(devices)]` (names from `sage_core.model.devices.resolve_devices`; on a local
+    cluster pinned to GPUs, on its worker's GPU): give as many shards as GPUs, and as many workers, to keep every GPU
+    busy."""
     h = SageHome(home)
     h.ensure_writable()
     root = str(h.root)
     model, tok = find_model(cfg.model.name, root)
     datasets = in_home(make_dataset, h).map(list(cfg.tasks), unmapped(cfg), unmapped(tok), unmapped(root)).result()
-    stores = [in_home(ct.prepare_capture, h)(model, ds, request, root) for ds in datasets]
+    stores = [f.result() for f in [in_home(ct.prepare_capture, h).submit(model, ds, request, root) for ds in datasets]]
     progress.begin("capture", sum(s.n_chunks for s in stores))
     try:
         out = {}
         for ds, store in zip(datasets, stores, strict=True):
             shards = ct.capture_shard.map(unmapped(store), unmapped(model), unmapped(ds), unmapped(request),
                                           list(range(n_shards)), unmapped(n_shards), unmapped(root),
-                                          [devices[k % len(devices)] for k in range(n_shards)])
+                                          engine.current().unit_devices(",".join(devices), n_shards))
             out[ds.task] = ct.finalize_capture(store, ds, shards, root)
     finally:
         progress.end("capture")

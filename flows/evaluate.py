@@ -14,10 +14,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow, unmapped
+from prefect import flow
 from prefect.states import Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows import engine
 from flows.build_zoo import build_zoo, zoo_if_whole
 from flows.fit import fit_ground_truth, ground_truth_if_whole
 from flows.pretrained import prepare_pretrained
@@ -30,7 +31,7 @@ from storage.sae_sources import list_zoo_saes
 from tasks import capture as ct
 from tasks import progress
 from tasks import report as rt
-from tasks.common import ManifestSerializer, in_home
+from tasks.common import ManifestSerializer, in_home, log
 from tasks.plan import check_inputs, plan_scoring
 from tasks.score import resolve_sae, sae_core_metrics, score_unit, section_references
 
@@ -74,52 +75,64 @@ def _kept(labels: list[str], futures: list, stage: str, failures: list[dict[str,
       result_serializer=ManifestSerializer())
 def evaluate(cfg: EvaluateConfig = EvaluateConfig(), home: str | None = None, run: str | None = None):
     """Returns the run's outputs (paths relative to SAGE_HOME where they are records); when any SAE or stage failed,
-    after every good result is written, the flow run ends Failed with the count in its message (data: the same)."""
+    after every good result is written, the flow run ends Failed with the count in its message (data: the same).
+
+    Every task that reads the model runs on the engine (`flows.engine`): on a Dask cluster this process reads
+    nothing, and each worker reads the model once and each SAE it scores once."""
     h = SageHome(home)
     h.ensure_writable()  # a data root that cannot take the results fails now, not after the compute
     check_inputs(cfg, h, run)  # a spec that names nothing fails before any work
+    eng = engine.current()
+    loads_before = eng.loads()
     zcfg = cfg.model_zoo()
     root, name, tasks = str(h.root), zcfg.model.name, list(cfg.tasks or zcfg.tasks)
     t = {task.name: in_home(task, h) for task in TASKS}
+    one = eng.unit_devices(cfg.device, 1)[0]
     if cfg.pretrained:
-        zoo = prepare_pretrained(pretrained=cfg.pretrained, cfg=zcfg, home=root)
+        zoo = eng.flow(prepare_pretrained)(pretrained=cfg.pretrained, cfg=zcfg, home=root)
     else:
-        zoo = zoo_if_whole(zcfg, h) or build_zoo(cfg=zcfg, home=root)
+        zoo = zoo_if_whole(zcfg, h) or eng.flow(build_zoo)(cfg=zcfg, home=root)
     gt = (ground_truth_if_whole(zcfg, cfg.locate, h, cfg.per_group, tasks=tasks)
-          or fit_ground_truth(cfg=zcfg, locate_cfg=cfg.locate, home=root, per_group=cfg.per_group, tasks=tasks))
+          or eng.flow(fit_ground_truth)(cfg=zcfg, locate_cfg=cfg.locate, home=root, per_group=cfg.per_group,
+                                        tasks=tasks))
     failures: list[dict[str, str]] = []
 
     specs = list(cfg.saes) or [f"zoo:{n}" for n in list_zoo_saes(h, name)]
-    saes = _kept(specs, t["resolve-sae"].map(specs, unmapped(zoo.model), unmapped(name), unmapped(root)), "load",
-                 failures)
-    plan = t["plan-units"](saes, gt, tasks, zoo.model, cfg, root)
+    resolving = []
+    for spec in specs:  # on the worker that will score the SAE: the read that resolves it is its only one there
+        with eng.placed(spec):
+            resolving.append(t["resolve-sae"].submit(spec, zoo.model, name, root))
+    saes = _kept(specs, resolving, "load", failures)
+    plan = t["plan-units"].submit(saes, gt, tasks, zoo.model, cfg, root).result()
     failures += [{"sae": "*", "stage": "fit", "error": f"task {e}: no cross-section was kept"} for e in plan.empty]
 
-    jobs = []  # (unit, dataset, store, references)
-    for tp in plan.tasks:
-        ds = zoo.dataset(tp.task)
-        prep = t["prepare-capture"](zoo.model, ds, tp.request, root)
-        progress.begin("capture", prep.n_chunks)
-        shard = ct.capture_shard(prep, zoo.model, ds, tp.request, 0, 1, root)
-        sealed = ct.finalize_capture(prep, ds, [shard], root, return_state=True)
-        progress.end("capture")
-        if not sealed.is_completed():  # a damaged store is the store's fault: no SAE is scored on it, none is blamed
-            failures.append({"sae": "*", "stage": f"capture {tp.task}", "error": one_line(_error(sealed))})
-            continue
-        store = sealed.result()
-        refs = t["section-references"](zoo.model, ds, store, list(tp.parts), cfg.score.max_test, zoo.corpus,
-                                       cfg.core_sequences, root)
-        jobs += [(u, ds, store, refs) for u in tp.units]
+    stores = _captured(t, plan, zoo, root, one, failures)
+    referencing = {tp.task: t["section-references"].submit(zoo.model, zoo.dataset(tp.task), stores[tp.task],
+                                                           list(tp.parts), cfg.score.max_test, zoo.corpus,
+                                                           cfg.core_sequences, root, device=one)
+                   for tp in plan.tasks if tp.task in stores}
+    refs = {}
+    for task_name, state in zip(referencing, _settle(list(referencing.values())), strict=True):
+        if state.is_completed():
+            refs[task_name] = state.result()
+        else:  # a task's references are its inputs' (store, ground truth): no SAE is to blame
+            failures.append({"sae": "*", "stage": f"references {task_name}", "error": one_line(_error(state))})
+    jobs = [(u, zoo.dataset(tp.task), stores[tp.task], refs[tp.task]) for tp in plan.tasks if tp.task in refs
+            for u in tp.units]
 
     progress.begin("score", len(jobs))
     progress.begin("core", len(saes))
-    units, datasets, stores, refs = (list(c) for c in zip(*jobs, strict=True)) if jobs else ([], [], [], [])
-    scored = t["score-unit"].map(units, unmapped(zoo.model), datasets, stores, refs, unmapped(name),
-                                 unmapped(cfg.score), unmapped(root))
-    cored = t["core-metrics"].map(saes, unmapped(zoo.model), unmapped(zoo.corpus), unmapped(cfg.core_sequences),
-                                  unmapped(name), unmapped(root))
+    unit_devices = eng.unit_devices(cfg.device, len(jobs) + len(saes))
+    scored, cored = [], []
+    for (u, ds, store, ref), dev in zip(jobs, unit_devices, strict=False):
+        with eng.placed(u.saes[0].spec if u.saes else u.name):  # an SAE's units go where it was resolved
+            scored.append(t["score-unit"].submit(u, zoo.model, ds, store, ref, name, cfg.score, root, device=dev))
+    for s, dev in zip(saes, unit_devices[len(jobs):], strict=True):
+        with eng.placed(s.spec):
+            cored.append(t["core-metrics"].submit(s, zoo.model, zoo.corpus, cfg.core_sequences, name, root,
+                                                   device=dev))
     parts, statuses = [], []
-    for u, ds, state in zip(units, datasets, _settle(scored), strict=True):
+    for (u, ds, _, _), state in zip(jobs, _settle(scored), strict=True):
         error = None if state.is_completed() else _error(state)
         statuses.append({"sae": u.name, "task": ds.task, "kind": u.kind, "mapping": u.mapping,
                          "status": "ok" if error is None else f"failed: {one_line(error)}"})
@@ -132,24 +145,61 @@ def evaluate(cfg: EvaluateConfig = EvaluateConfig(), home: str | None = None, ru
     progress.end("score")
     core = _kept([s.name for s in saes], cored, "core", failures)
     progress.end("core")
+    loads = _log_loads(eng, loads_before, len(saes))
 
     verdicts = t["verdicts"](gt, tasks, root)
     run_ref = t["leaderboard"](run, zoo.model, cfg.pretrained or name, gt, tasks, len(specs), parts, statuses, core,
                                failures, root)
     report = t["report"](run_ref, verdicts, list(plan.unreached), root)
     t["publish"](run_ref, report, verdicts, list(plan.unreached), root)
-    return _outputs(h, cfg, tasks, zoo, gt, run_ref, report, verdicts, plan, failures)
+    return _outputs(h, cfg, tasks, zoo, gt, run_ref, report, verdicts, plan, failures, loads)
+
+
+def _captured(t: dict, plan, zoo, root: str, device: str, failures: list[dict[str, str]]) -> dict:
+    """Per task: one role-position capture of every hook its plan needs, sealed (task -> store). A damaged store is
+    the store's fault: no SAE is scored on it, none is blamed."""
+    tps = list(plan.tasks)
+    preps = [t["prepare-capture"].submit(zoo.model, zoo.dataset(tp.task), tp.request, root) for tp in tps]
+    preps = [p.result() for p in preps]
+    progress.begin("capture", sum(p.n_chunks for p in preps))
+    try:
+        sealed = []
+        for tp, prep in zip(tps, preps, strict=True):
+            ds = zoo.dataset(tp.task)
+            shard = ct.capture_shard.submit(prep, zoo.model, ds, tp.request, 0, 1, root, device=device)
+            sealed.append(ct.finalize_capture.submit(prep, ds, [shard], root))
+        states = _settle(sealed)
+    finally:
+        progress.end("capture")
+    out = {}
+    for tp, state in zip(tps, states, strict=True):
+        if state.is_completed():
+            out[tp.task] = state.result()
+        else:
+            failures.append({"sae": "*", "stage": f"capture {tp.task}", "error": one_line(_error(state))})
+    return out
+
+
+def _log_loads(eng, before, n_saes: int) -> dict[str, int]:
+    """What this run read from disk, on every process doing the work (its log states it; the outputs carry it)."""
+    now = eng.loads()
+    loads = {k: now[k] - before.get(k, 0) for k in ("model", "sae", "references", "model-copy", "moved")}
+    loads["processes"] = eng.n_workers
+    log().info(f"loads: the model read {loads['model']} time(s), SAEs {loads['sae']} time(s) for {n_saes} SAE(s), "
+               f"section references {loads['references']} time(s), on {loads['processes']} worker process(es) "
+               f"({loads['model-copy']} in-memory model copies for threads, {loads['moved']} device copies)")
+    return loads
 
 
 def _outputs(h: SageHome, cfg: EvaluateConfig, tasks: list[str], zoo, gt, run_ref, report, verdicts, plan,
-             failures: list[dict[str, str]]) -> dict[str, Any] | State:
+             failures: list[dict[str, str]], loads: dict[str, int]) -> dict[str, Any] | State:
     files = sc_store.run_files(h.at(run_ref))
     out = {"run": run_ref.run, "scores": str(files["scores"]), "leaderboard": str(files["leaderboard"]),
            "report": str(h.at(report)), "n_failed": len(failures), "ground_truth": gt.path,
            "unreached": list(plan.unreached),
            "sections": {t: sorted({p.section.hook for p in gt.of_task(t)}) for t in tasks},
            "model_eval": [r for r in zoo.model_eval.rows if r["task"] in tasks] if cfg.pretrained else [],
-           "verdicts": verdicts}
+           "verdicts": verdicts, "loads": loads}
     if not failures:
         return out
     # Failed, not Completed: the UI (and a scheduler) shows the run as not fully successful; the data still holds
@@ -159,11 +209,13 @@ def _outputs(h: SageHome, cfg: EvaluateConfig, tasks: list[str], zoo, gt, run_re
                           f"run {run_ref.run} completed", data=out)
 
 
-def run_evaluate(cfg: EvaluateConfig = EvaluateConfig(), home: str | None = None, run: str | None = None) -> dict:
-    """Run the flow with Prefect's result store inside SAGE_HOME; returns its outputs (`n_failed` counts what failed:
-    the flow run itself then ends Failed). An error before any result (bad input) is raised."""
-    with results_in(SageHome(home)):
-        state = evaluate(cfg=cfg, home=home, run=run, return_state=True)
+def run_evaluate(cfg: EvaluateConfig = EvaluateConfig(), home: str | None = None, run: str | None = None,
+                 cluster: str = "threads") -> dict:
+    """Run the flow on the engine `cluster` names (`flows.engine`) with Prefect's result store inside SAGE_HOME;
+    returns its outputs (`n_failed` counts what failed: the flow run itself then ends Failed; `loads`: what was read
+    from disk). An error before any result (bad input, an unreachable scheduler) is raised."""
+    with results_in(SageHome(home)), engine.open_engine(cluster, cfg.device) as eng:
+        state = eng.flow(evaluate)(cfg=cfg, home=home, run=run, return_state=True)
     out = state.result(raise_on_failure=False)
     if isinstance(out, BaseException):
         raise out

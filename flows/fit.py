@@ -6,6 +6,7 @@ from __future__ import annotations
 from prefect import flow, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows import engine
 from flows.locate import locate
 from sage_core.config import ZooConfig
 from sage_core.ground_truth.dictionaries import METHODS
@@ -42,17 +43,22 @@ def fit_ground_truth(cfg: ZooConfig = ZooConfig(), locate_cfg: LocateConfig = Lo
     h.ensure_writable()
     root = str(h.root)
     task_names = list(tasks or cfg.tasks)
-    locations = locate(cfg=cfg, locate_cfg=locate_cfg, home=root, tasks=task_names)
+    locations = engine.current().flow(locate)(cfg=cfg, locate_cfg=locate_cfg, home=root, tasks=task_names)
     model, tok = find_model_task(cfg.model.name, root)
     datasets = in_home(make_dataset, h).map(task_names, unmapped(cfg), unmapped(tok), unmapped(root)).result()
     sections = {ds.task: select_sections(locations, ds.task, per_group, root) for ds in datasets}
     located = [ds for ds in datasets if sections[ds.task]]  # a task with no kept cross-section has nothing to fit
     requests = {ds.task: role_request(sections[ds.task]) for ds in located}
-    stores = {ds.task: in_home(ct.prepare_capture, h)(model, ds, requests[ds.task], root) for ds in located}
+    eng = engine.current()
+    # what reads the model runs on the engine (a Dask worker, on its device), never in this process
+    preps = {ds.task: in_home(ct.prepare_capture, h).submit(model, ds, requests[ds.task], root) for ds in located}
+    stores = {task: f.result() for task, f in preps.items()}
     progress.begin("capture", sum(s.n_chunks for s in stores.values()))
     try:
-        sealed = {ds.task: ct.finalize_capture(stores[ds.task], ds, [ct.capture_shard(
-            stores[ds.task], model, ds, requests[ds.task], 0, 1, root)], root) for ds in located}
+        shards = {ds.task: ct.capture_shard.submit(stores[ds.task], model, ds, requests[ds.task], 0, 1, root,
+                                                   device=eng.unit_devices(cfg.device, 1)[0]) for ds in located}
+        sealed = {ds.task: ct.finalize_capture.submit(stores[ds.task], ds, [shards[ds.task]], root) for ds in located}
+        sealed = {task: f.result() for task, f in sealed.items()}
     finally:
         progress.end("capture")
     jobs = [(ds, sealed[ds.task], s, get_task(ds.task).attribute_names()) for ds in located for s in sections[ds.task]]
@@ -60,7 +66,7 @@ def fit_ground_truth(cfg: ZooConfig = ZooConfig(), locate_cfg: LocateConfig = Lo
     try:
         parts = in_home(fit_section, h).map(unmapped(model), [j[0] for j in jobs], [j[1] for j in jobs],
                                             [j[2] for j in jobs], [j[3] for j in jobs], unmapped(list(methods)),
-                                            unmapped(root))
+                                            unmapped(root), device=eng.unit_devices(cfg.device, len(jobs)))
         out = in_home(combine_ground_truth, h)(parts, root)
     finally:
         progress.end("fit")

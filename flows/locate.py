@@ -6,6 +6,7 @@ from __future__ import annotations
 from prefect import flow, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows import engine
 from sage_core.config import ZooConfig
 from sage_core.locate.attribution import LocateConfig
 from sage_core.prompts.library import get_task
@@ -44,7 +45,8 @@ def locate(cfg: ZooConfig = ZooConfig(), locate_cfg: LocateConfig = LocateConfig
     progress.begin("locate", len(wanted))
     try:
         parts = in_home(locate_one, h).map(unmapped(model), [datasets[t] for t, _ in wanted], [a for _, a in wanted],
-                                           unmapped(locate_cfg), unmapped(root))
+                                           unmapped(locate_cfg), unmapped(root),
+                                           device=engine.current().unit_devices(cfg.device, len(wanted)))
         out = in_home(combine_locations, h)(parts, root)
     finally:
         progress.end("locate")

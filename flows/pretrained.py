@@ -11,6 +11,7 @@ from __future__ import annotations
 from prefect import flow, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows import engine
 from sage_core.config import ZooConfig
 from storage.home import SageHome
 from storage.refs import ZooRef
@@ -25,11 +26,12 @@ def prepare_pretrained(pretrained: str, cfg: ZooConfig, home: str | None = None)
     h = SageHome(home)
     h.ensure_writable()
     root, name = str(h.root), cfg.model.name
-    zt.import_model(pretrained, name, root)
+    zt.import_model(pretrained, name, root)  # here: it saves the model once (no device run)
     model, tok = zt.find_model(name, root)
     # resolved here: a task the tokenizer cannot spell fails with its one-line error, not as a missing input later
     datasets = in_home(zt.make_dataset, h).map(list(cfg.tasks), unmapped(cfg), unmapped(tok), unmapped(root)).result()
     corpus = in_home(zt.make_corpus, h)(cfg, tok, root)
-    model_eval = in_home(zt.evaluate_model, h)(model, datasets, root)
+    model_eval = in_home(zt.evaluate_model, h).submit(model, datasets, root,
+                                                      device=engine.current().unit_devices(cfg.device, 1)[0]).result()
     zt.publish_model_eval(pretrained, model_eval)
     return ZooRef(model=model, datasets=tuple(datasets), corpus=corpus, model_eval=model_eval)

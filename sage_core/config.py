@@ -10,6 +10,9 @@ from sage_core.prompts.corpus import CorpusConfig
 from sage_core.scoring.score import ScoreConfig
 from sage_core.zoo.train import SAESpec
 
+DEVICE_HELP = ("where models, SAEs and dictionaries run: cpu, cuda (every GPU), cuda:N[,cuda:M...] or auto (every "
+               "visible GPU, else the CPU); never part of a result's key")
+
 
 class PromptsConfig(BaseModel):
     """Per-task prompt datasets (clean prompts; each gets one counterfactual per attribute)."""
@@ -42,6 +45,7 @@ class ZooConfig(BaseModel):
     train: TrainConfig = TrainConfig()
     saes: SAEZooConfig = SAEZooConfig()
     heldout_fraction: float = Field(0.05, gt=0, lt=0.5, description="corpus share held out for SAE evaluation")
+    device: str = Field("auto", description=DEVICE_HELP)
 
     def check_tasks(self, names) -> None:
         """One line naming the first of `names` this zoo has no prompts for (the CLI and the flows ask the same)."""
@@ -78,13 +82,16 @@ class EvaluateConfig(BaseModel):
     core_sequences: int = Field(256, ge=1, description="held-out background sentences for the core metrics")
     projections: bool = Field(True, description="also score residual SAE families projected onto sub-layer places")
     controls: bool = Field(True, description="oracle and random-decoder reference rows")
+    device: str = Field("auto", description=DEVICE_HELP)
 
     def model_zoo(self) -> ZooConfig:
-        """The zoo config every stage runs under: the built-in zoo, or for a pretrained model the same tasks, prompt
-        and corpus settings with the model's own zoo directory name (no model or SAEs are trained for it)."""
+        """The zoo config every stage runs under (on this evaluation's device): the built-in zoo, or for a pretrained
+        model the same tasks, prompt and corpus settings with the model's own zoo directory name (no model or SAEs
+        are trained for it)."""
+        zoo = self.zoo.model_copy(update={"device": self.device})
         if self.pretrained is None:
-            return self.zoo
-        return self.zoo.model_copy(update={"model": self.zoo.model.model_copy(
+            return zoo
+        return zoo.model_copy(update={"model": zoo.model.model_copy(
             update={"name": pretrained_dir_name(self.pretrained)})})
 
 

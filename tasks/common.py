@@ -30,8 +30,10 @@ from storage.atomic import StoreError
 from storage.hashing import stable_hash, stage_code_version
 from storage.home import SageHome
 
-# reference fields that say where an output lies, not what it is (its content hash says that)
+# reference fields that say where an output lies, not what it is (its content hash says that), and the device a
+# stage runs on (every device gives the same result within float tolerance: a GPU run reuses a CPU run's outputs)
 PATH_FIELDS = frozenset({"path", "prompts_path"})
+NOT_IDENTITY = PATH_FIELDS | {"device"}
 SERIALIZER = "sage-json"
 
 
@@ -40,16 +42,16 @@ def identity(value: Any) -> Any:
     if isinstance(value, BaseModel):
         return {"__type__": type(value).__name__, **identity(value.model_dump(mode="json"))}
     if isinstance(value, dict):
-        return {str(k): identity(v) for k, v in value.items() if k not in PATH_FIELDS}
+        return {str(k): identity(v) for k, v in value.items() if k not in NOT_IDENTITY}
     if isinstance(value, list | tuple):
         return [identity(v) for v in value]
     return value
 
 
 def output_key(stage: str, inputs: dict[str, Any], modules: tuple[str, ...]) -> str:
-    """The key of a stage's output: its name, its inputs (never `home`: a moved data root keeps its keys) and the code
-    version of `modules` and every project module they import."""
-    return stable_hash(stage, {k: identity(v) for k, v in inputs.items() if k != "home"},
+    """The key of a stage's output: its name, its inputs (never `home`: a moved data root keeps its keys; never
+    `device`) and the code version of `modules` and every project module they import."""
+    return stable_hash(stage, {k: identity(v) for k, v in inputs.items() if k not in ("home", "device")},
                        stage_code_version(*modules))
 
 

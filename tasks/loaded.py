@@ -10,11 +10,13 @@ hooks. `model()` lends each concurrent user an instance of its own: the one read
 built from its weights (never deep copies, which would copy the hooks a borrower has attached at that moment), and
 takes them back afterwards.
 
-`LOADS` counts per kind what was read from disk ("model-copy": instances built in memory).
+`LOADS` counts per kind what was read from disk ("model-copy": instances built in memory; "moved": copies on a
+device of something read once to the CPU). Each process counts its own: a Dask worker's are its reads.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
@@ -25,17 +27,30 @@ from storage import zoo as zoo_store
 from storage.home import SageHome
 from storage.refs import ModelRef
 
+NO_CACHE_ENV = "SAGE_NO_LOAD_CACHE"
 LOADS: Counter[str] = Counter()
-MAX_ENTRIES = {"model": 2, "sae": 64, "references": 16}  # a long-lived worker (the watch service) stays bounded
+# "moved": device copies of what was read to the CPU (not reads: `LOADS` counts them apart)
+MAX_ENTRIES = {"model": 2, "sae": 64, "references": 16, "moved": 64}  # a long-lived worker (the watch service) stays bounded
 
 _lock = threading.RLock()
 _cache: dict[str, OrderedDict[tuple, Any]] = {kind: OrderedDict() for kind in MAX_ENTRIES}
 _loading: dict[tuple, threading.Lock] = {}
 
 
+def keeping() -> bool:
+    """False when SAGE_NO_LOAD_CACHE=1: every use reads from disk again (how loads were counted before this cache;
+    `benchmarks/scale.py` compares the two)."""
+    return os.environ.get(NO_CACHE_ENV, "") != "1"
+
+
 def once(kind: str, key: tuple, load: Callable[[], Any]) -> Any:
     """The value kept under (`kind`, `key`), loaded by exactly one thread (the others wait for it, then share it).
     A load that raises keeps nothing: the next caller tries again."""
+    if not keeping():
+        value = load()
+        with _lock:
+            LOADS[kind] += 1
+        return value
     with _lock:
         entries = _cache[kind]
         if key in entries:
@@ -58,6 +73,8 @@ def keep(kind: str, key: tuple, value: Any) -> None:
     SAE reads it to learn the content hash it is kept under)."""
     with _lock:
         LOADS[kind] += 1
+        if not keeping():
+            return
         entries = _cache[kind]
         entries[key] = value
         entries.move_to_end(key)

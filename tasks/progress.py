@@ -6,7 +6,8 @@ spread into `@task`: Prefect runs `on_completion` for cache hits too), a trainin
 progress view) see every change; inside a Prefect flow run each stage is also a progress artifact of that run, updated
 at most about once a second. Thread-safe: tasks run in threads.
 
-Begin and end nest: a stage begun again while it runs grows by the new total and ends at the matching last `end`
+In a worker process of a Dask cluster (`forward_to`), changes are not kept but sent to the flow's process, which
+applies them (`apply`). Begin and end nest: a stage begun again while it runs grows by the new total and ends at the matching last `end`
 (two flows feeding one stage at once share one bar). This module imports no Prefect: the CLI loads it before
 anything heavy; a flow run is detected only where Prefect is already imported.
 """
@@ -17,6 +18,7 @@ import logging
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -72,7 +74,12 @@ class _Stage:
 
 
 _lock = threading.RLock()
+_changed = threading.Condition(_lock)
 _stages: dict[str, _Stage] = {}
+_forward: Callable[[tuple], None] | None = None  # set in a worker process: where its changes go
+_remote = {"expected": False}  # the flow's process: changes also arrive from worker processes
+_remote_steps: dict[tuple[str, str], Callable[[int, int], None]] = {}
+REMOTE_SETTLE_S = 2.0  # at `end`, how long to wait for workers' last changes still on their way
 _listeners: list[Listener] = []
 _made: dict[tuple[str, Any], Any] = {}  # (stage, flow run id) -> its progress artifact's id
 
@@ -106,6 +113,9 @@ def begin(stage: str, total: int, note: str = "") -> None:
 def advance(stage: str, n: int = 1) -> None:
     """`n` more pieces of `stage` are done; a stage nobody began starts here, its size unknown."""
     _check(stage)
+    if _forward is not None:
+        _forward(("advance", stage, n))
+        return
     with _lock:
         s = _stages.get(stage)
         if s is None:
@@ -113,6 +123,7 @@ def advance(stage: str, n: int = 1) -> None:
             _notify(s.event("begin"))
         s.done += n
         _notify(s.event("advance"))
+        _changed.notify_all()
     _publish(s)
 
 
@@ -126,6 +137,8 @@ def end(stage: str) -> None:
         s.opens -= 1
         if s.opens > 0:
             return
+        if _remote["expected"] and s.total is not None:  # its pieces are done: their events may still be arriving
+            _changed.wait_for(lambda: s.done >= s.total, timeout=REMOTE_SETTLE_S)
         del _stages[stage]
         _notify(s.event("end"))
     _publish(s, final=True)
@@ -136,6 +149,8 @@ def step_callback(stage: str) -> Callable[[int, int], None]:
     at most every STEP_EVERY_S (and at the last step). A stage nobody began is begun with the loop's total and ended at
     its last step."""
     _check(stage)
+    if _forward is not None:
+        return _forwarded_steps(stage, _forward)
     mine = threading.Lock()
     state = {"reported": 0, "at": 0.0, "started": False, "owns": False}
 
@@ -162,6 +177,52 @@ def step_callback(stage: str) -> Callable[[int, int], None]:
             end(stage)
 
     return on_step
+
+
+def _forwarded_steps(stage: str, send: Callable[[tuple], None]) -> Callable[[int, int], None]:
+    """A worker's training loop: its steps go to the flow's process at most every STEP_EVERY_S (and the last one)."""
+    source, state = uuid.uuid4().hex, {"at": 0.0}
+
+    def on_step(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - state["at"] < STEP_EVERY_S:
+            return
+        state["at"] = now
+        send(("steps", stage, source, done, total))
+
+    return on_step
+
+
+def forward_to(send: Callable[[tuple], None] | None) -> None:
+    """In a worker process: send every change to the flow's process (`send(message)`, applied there by `apply`)
+    instead of keeping it; None keeps changes here again."""
+    global _forward
+    _forward = send
+
+
+def expect_remote(on: bool) -> None:
+    """The flow's process: changes also arrive from workers (so `end` waits a moment for the last ones)."""
+    _remote["expected"] = on
+
+
+def apply(message: tuple) -> None:
+    """A change a worker forwarded. Pieces of a stage that already ended are dropped (never a stage of its own)."""
+    kind, stage = message[0], message[1]
+    if stage not in STAGES:
+        return
+    if kind == "advance":
+        with _lock:
+            running = stage in _stages
+        if running:
+            advance(stage, int(message[2]))
+    elif kind == "steps":
+        _, _, source, done, total = message
+        with _lock:
+            on_step = _remote_steps.setdefault((stage, source), step_callback(stage))
+        on_step(int(done), int(total))
+        if done >= total:
+            with _lock:
+                _remote_steps.pop((stage, source), None)
 
 
 def hooks(stage: str) -> dict[str, list[Callable[..., None]]]:
@@ -204,6 +265,7 @@ def reset() -> None:
         _stages.clear()
         _listeners.clear()
         _made.clear()
+        _remote_steps.clear()
 
 
 def describe(e: Event) -> str:

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from flows.cli import prefect_env, view
 from flows.cli.options import (
+    Cluster,
     Home,
     Tasks,
     Tiny,
@@ -50,7 +51,8 @@ def capture_cmd(
     shards: Annotated[int | None, typer.Option(min=1, help="parallel capture shards per store (default: 2, or one "
                                                            "per GPU)")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda (every GPU), cuda:N[,cuda:M...] or auto; shards share them "
-                                             "round-robin")] = "cpu",
+                                             "round-robin")] = "auto",
+    cluster: Cluster = "threads",
     tiny: Tiny = False,
     verbose: Verbose = False,
 ) -> None:
@@ -77,18 +79,18 @@ def capture_cmd(
             hook_list = comma_list(hooks) or default_hooks(cfg.model.n_layers)
             request = CaptureRequest(hooks=hook_list, positions=positions, dtype=dtype)
             devices = resolve_devices(device)
+            from flows.engine import check_cluster, open_engine
+
+            check_cluster(cluster, device)
             n_shards = shards or (len(devices) if devices != ("cpu",) else 2)
             # the flow's tasks reuse this read of the model (tasks.loaded): it is loaded once
             check_hooks(loaded.shared_model(h, find_model(h, cfg.model.name)), hook_list)
-        from prefect.task_runners import ThreadPoolTaskRunner
-
         from flows.capture import capture
         from flows.settings import results_in
 
         prefect_env.ready(verbose)
-        with refused(), results_in(h):
-            flow = capture if n_shards <= 2 else capture.with_options(task_runner=ThreadPoolTaskRunner(n_shards))
-            stores = flow(request=request, cfg=cfg, home=str(h.root), n_shards=n_shards, devices=devices)
+        with refused(), results_in(h), open_engine(cluster, device, threads=n_shards) as eng:
+            stores = eng.flow(capture)(request=request, cfg=cfg, home=str(h.root), n_shards=n_shards, devices=devices)
     t = Table(title="activation stores")
     for col in ("task", "chunks", "path"):
         t.add_column(col)

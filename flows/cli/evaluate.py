@@ -11,6 +11,8 @@ import typer
 from flows.cli import prefect_env, render, view
 from flows.cli.options import (
     EXIT_SOME_FAILED,
+    Cluster,
+    Device,
     Home,
     Tasks,
     Tiny,
@@ -50,6 +52,8 @@ def evaluate_cmd(
                                                    "sub-layers")] = True,
     top: Top = None,
     tiny: Tiny = False,
+    cluster: Cluster = "threads",
+    device: Device = "auto",
     trust_remote_code: Annotated[bool, typer.Option(
         "--trust-remote-code", help="allow a --model whose loading runs code from its Hugging Face repository (e.g. "
                                     "Qwen/Qwen-1_8B, microsoft/phi-2)")] = False,
@@ -66,21 +70,25 @@ def evaluate_cmd(
     h = writable_home(home)
     prefect_env.environment(verbose)
     with view.start_up("libraries, the input checks, Prefect's server"):
-        cfg = _config(h, tiny, model, spec_list, task_list, per_group, projections, trust_remote_code)
+        cfg = _config(h, tiny, model, spec_list, task_list, per_group, projections, trust_remote_code, device)
+        from flows.engine import check_cluster
         from flows.evaluate import run_evaluate
 
+        with refused():
+            check_cluster(cluster, device)
         prefect_env.ready(verbose)
         t0 = time.perf_counter()
         with refused():
-            out = run_evaluate(cfg=cfg, home=str(h.root), run=run)
+            out = run_evaluate(cfg=cfg, home=str(h.root), run=run, cluster=cluster)
     _print_results(cfg, out, top, listed=bool(spec_list))
+    render.loads(out.get("loads"))
     console.print(f"evaluated in {time.perf_counter() - t0:.1f}s; report: {out['report']}/README.md")
     if out["n_failed"]:
         raise typer.Exit(EXIT_SOME_FAILED)
 
 
 def _config(h, tiny: bool, model: str | None, specs: tuple[str, ...], tasks: tuple[str, ...] | None, per_group: int,
-            projections: bool, trust_remote_code: bool):
+            projections: bool, trust_remote_code: bool, device: str):
     """The evaluation's config, every check that needs the libraries passed (the model name, the tasks the zoo has,
     every SAE spec names something), before Prefect starts."""
     from sage_core.config import EvaluateConfig, ZooConfig
@@ -92,7 +100,7 @@ def _config(h, tiny: bool, model: str | None, specs: tuple[str, ...], tasks: tup
             check_pretrained_name(pretrained, trust_remote_code)
         zoo.check_tasks(tasks)
         cfg = EvaluateConfig(zoo=zoo, pretrained=pretrained, saes=specs, tasks=tasks, per_group=per_group,
-                             projections=projections)
+                             projections=projections, device=device)
         if any(x.startswith("py:") for x in specs):
             from storage.sae_sources import PY_SPECS_ENV
 

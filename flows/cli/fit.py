@@ -7,7 +7,20 @@ from typing import Annotated
 import typer
 
 from flows.cli import prefect_env, render, view
-from flows.cli.options import Home, Tasks, Tiny, Verbose, app, check_tasks, comma_list, console, refused, writable_home
+from flows.cli.options import (
+    Cluster,
+    Device,
+    Home,
+    Tasks,
+    Tiny,
+    Verbose,
+    app,
+    check_tasks,
+    comma_list,
+    console,
+    refused,
+    writable_home,
+)
 
 
 @app.command("fit")
@@ -18,6 +31,8 @@ def fit_cmd(
                                                        "sub-layer)")] = 3,
     methods: Annotated[str, typer.Option(help="dictionary methods")] = "mean,mse,weighted",
     tiny: Tiny = False,
+    cluster: Cluster = "threads",
+    device: Device = "auto",
     verbose: Verbose = False,
 ) -> None:
     """Fit supervised dictionaries (the ground truth) at the located cross-sections and print their quality."""
@@ -33,13 +48,16 @@ def fit_cmd(
             bad = set(method_list) - set(METHODS)
             if bad or not method_list:
                 raise ValueError(f"unknown dictionary methods {sorted(bad)}; use {', '.join(METHODS)}")
-            cfg = ZooConfig.tiny() if tiny else ZooConfig()
+            cfg = (ZooConfig.tiny() if tiny else ZooConfig()).model_copy(update={"device": device})
+            from flows.engine import check_cluster, open_engine
+
+            check_cluster(cluster, device)
         from flows.fit import fit_ground_truth
         from flows.settings import results_in
 
         prefect_env.ready(verbose)
-        with refused(), results_in(h):
-            gt = fit_ground_truth(cfg=cfg, home=str(h.root), per_group=per_group, methods=method_list,
+        with refused(), results_in(h), open_engine(cluster, device) as eng:
+            gt = eng.flow(fit_ground_truth)(cfg=cfg, home=str(h.root), per_group=per_group, methods=method_list,
                                   tasks=list(task_list) if task_list else None)
     _print_quality(h.at(gt))
 

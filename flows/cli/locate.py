@@ -9,6 +9,8 @@ from rich.table import Table
 
 from flows.cli import prefect_env, view
 from flows.cli.options import (
+    Cluster,
+    Device,
     Home,
     Tasks,
     Tiny,
@@ -35,6 +37,8 @@ def locate_cmd(
     ig_steps: Annotated[int, typer.Option(help="1 = plain AtP; more = integrated-gradient AtP")] = 4,
     top: Annotated[int, typer.Option(help="components to print per attribute and group (at least 1)")] = 5,
     tiny: Tiny = False,
+    cluster: Cluster = "threads",
+    device: Device = "auto",
     verbose: Verbose = False,
 ) -> None:
     """Find where each task attribute lives (attribution patching), validated by real activation patching."""
@@ -48,17 +52,20 @@ def locate_cmd(
         from sage_core.locate.attribution import RESID_KINDS, SUBLAYER_KINDS, LocateConfig, LocateError
 
         with refused():  # the tasks and attributes: the flow's own checks answer (in one line too)
-            cfg = ZooConfig.tiny() if tiny else ZooConfig()
+            cfg = (ZooConfig.tiny() if tiny else ZooConfig()).model_copy(update={"device": device})
             lcfg = LocateConfig(share=share, cap=cap, ig_steps=ig_steps, **({"kinds": kind_list} if kind_list else {}))
             bad = set(lcfg.kinds) - set(SUBLAYER_KINDS + RESID_KINDS)
             if bad:
                 raise LocateError(f"component filter {sorted(bad)} matches nothing; use {SUBLAYER_KINDS + RESID_KINDS}")
+            from flows.engine import check_cluster, open_engine
+
+            check_cluster(cluster, device)
         from flows.locate import locate
         from flows.settings import results_in
 
         prefect_env.ready(verbose)
-        with refused(), results_in(h):
-            out = locate(cfg=cfg, locate_cfg=lcfg, home=str(h.root), attributes=list(attrs) if attrs else None,
+        with refused(), results_in(h), open_engine(cluster, device) as eng:
+            out = eng.flow(locate)(cfg=cfg, locate_cfg=lcfg, home=str(h.root), attributes=list(attrs) if attrs else None,
                          tasks=list(task_list) if task_list else None)
     _print_locations(h.at(out), top)
 

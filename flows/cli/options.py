@@ -35,6 +35,11 @@ Tiny = Annotated[bool, typer.Option(help="the --tiny zoo: toy sizes, for a smoke
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="show Prefect's logs on the console (the Prefect UI "
                                                                   "gets them anyway)")]
 Tasks = Annotated[str | None, typer.Option(help="comma-separated task names (default: all the zoo's tasks)")]
+Cluster = Annotated[str, typer.Option(help="where tasks run: threads (this process), local[:N] (a Dask cluster of N "
+                                            "worker processes here; with GPUs one per GPU) or tcp://HOST:PORT (a "
+                                            "running Dask scheduler; SAGE_HOME must be shared with its workers)")]
+Device = Annotated[str, typer.Option(help="cpu, cuda (every GPU), cuda:N[,cuda:M...] or auto (every visible GPU, "
+                                          "else the CPU)")]
 Top = Annotated[int | None, typer.Option(help="print only the best N (>= 1) trained SAEs per task (the report has "
                                               "all)")]
 

@@ -124,3 +124,11 @@ def model_eval(model: str, rows: list[dict[str, Any]]) -> None:
         console.print(f"{model} on {row['task']}: accuracy {fmt(row['accuracy'])}, logit difference "
                       f"{fmt(row['logit_diff'])} on held-out prompts"
                       + (" [yellow](too weak for its ground truth to mean much)[/]" if weak else ""), highlight=False)
+
+
+def loads(counts: dict[str, int] | None) -> None:
+    """What the run read from disk, on how many worker processes (each reads the model and an SAE at most once)."""
+    if not counts:
+        return
+    console.print(f"loads: model {counts['model']}, SAEs {counts['sae']}, section references {counts['references']} "
+                  f"on {counts['processes']} worker process(es)", highlight=False)

@@ -10,6 +10,8 @@ import typer
 
 from flows.cli import prefect_env, render, view
 from flows.cli.options import (
+    Cluster,
+    Device,
     Home,
     Tasks,
     Tiny,
@@ -33,6 +35,8 @@ def zoo_build(
     tasks: Tasks = None,
     refresh: Annotated[bool, typer.Option(help="ignore Prefect's cache (outputs complete on disk are still "
                                                "reused)")] = False,
+    cluster: Cluster = "threads",
+    device: Device = "auto",
     verbose: Verbose = False,
 ) -> None:
     """Build (once) the built-in model and SAE zoo, then print their metrics."""
@@ -49,14 +53,18 @@ def zoo_build(
                 ZooConfig.tiny() if tiny else ZooConfig()
             if task_list:
                 cfg = cfg.model_copy(update={"tasks": task_list})
+            cfg = cfg.model_copy(update={"device": device})
             plan_zoo(cfg)  # bad input fails here, before Prefect starts
+            from flows.engine import check_cluster
+
+            check_cluster(cluster, device)
         console.print(f"building zoo [bold]{cfg.model.name}[/] under {h.root} ...")
         from flows.build_zoo import run_build_zoo
 
         prefect_env.ready(verbose)
         t0 = time.perf_counter()
         with refused():
-            zoo = run_build_zoo(cfg=cfg, home=str(h.root), refresh=refresh)
+            zoo = run_build_zoo(cfg=cfg, home=str(h.root), refresh=refresh, cluster=cluster)
     console.print(f"zoo ready in {time.perf_counter() - t0:.1f}s")
     show(cfg.model.name, zoo)
     console.print(f"model and SAEs: {h.zoo_dir(cfg.model.name)}")

@@ -155,3 +155,15 @@ def test_kill_9_of_evaluate_leaves_no_prefect_server(tmp_path):
             cli.wait()
         if server is not None and _alive(server) and _is_server(server):
             os.kill(server, signal.SIGKILL)  # the orphan this test looks for: stopped by its PID
+
+
+@pytest.mark.parametrize(("cmd", "option", "value"), [
+    *[(cmd, "--cluster", "locall:2") for cmd in (["evaluate"], ["zoo", "build"], ["locate"], ["fit"], ["capture"])],
+    (["evaluate"], "--cluster", "local:0"), (["evaluate"], "--device", "cuda:3"), (["fit"], "--device", "tpu")])
+def test_a_bad_engine_or_device_is_refused_before_any_work(tmp_path, cmd, option, value):
+    home = tmp_path / "home"
+    keep = _zoo_sentinel(home)
+    r = run_in_process([*cmd, "--tiny", option, value], home)
+    assert r.returncode == 2 and one_line_error(r) and option in r.stdout, r.stdout + r.stderr[-2000:]
+    assert keep.read_bytes() == b"trained weights"
+    assert sorted(p.name for p in home.iterdir()) == ["zoo"], "nothing may be written for a bad engine"

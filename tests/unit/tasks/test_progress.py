@@ -144,6 +144,52 @@ def test_threads_advancing_at_once_lose_no_piece(events):
     assert dones == sorted(dones), "listeners see one stage's events in order"
 
 
+def test_a_worker_forwards_its_changes_and_the_flow_process_applies_them(events, monkeypatch):
+    """A Dask worker keeps nothing: its advances and training steps travel as messages (`forward_to`); the flow's
+    process applies them to its running stages (`apply`) and drops pieces of a stage that already ended."""
+    sent: list[tuple] = []
+    progress.forward_to(sent.append)
+    try:
+        progress.advance("score")
+        progress.advance("score", 2)
+        monkeypatch.setattr(progress, "STEP_EVERY_S", 3600.0)
+        on_step = progress.step_callback("zoo-saes")
+        for done in range(1, 6):
+            on_step(done, 5)
+    finally:
+        progress.forward_to(None)
+    assert events == []  # nothing kept in the worker
+    assert sent[:2] == [("advance", "score", 1), ("advance", "score", 2)]
+    steps = [m for m in sent if m[0] == "steps"]
+    assert [(m[3], m[4]) for m in steps] == [(1, 5), (5, 5)]  # throttled: the first step and the last
+
+    progress.begin("score", 3)
+    for m in sent:
+        progress.apply(m)
+    progress.end("score")
+    progress.apply(("advance", "score", 1))  # late: the stage ended, no stage of its own
+    progress.apply(("advance", "no-such-stage", 1))
+    kinds = [(e.kind, e.stage, e.done, e.total) for e in events]
+    assert ("end", "score", 3, 3) in kinds
+    assert ("begin", "zoo-saes", 0, 5) in kinds and ("end", "zoo-saes", 5, 5) in kinds  # a worker's loop, shown here
+    assert not [e for e in events if e.stage == "score" and e.kind == "begin"][1:]
+    assert progress.running() == []
+
+
+def test_end_waits_briefly_for_workers_last_pieces(events):
+    progress.expect_remote(True)
+    try:
+        progress.begin("score", 2)
+        progress.advance("score")
+        late = threading.Timer(0.2, progress.apply, args=(("advance", "score", 1),))
+        late.start()
+        progress.end("score")  # the second piece is on its way from a worker
+        late.join()
+    finally:
+        progress.expect_remote(False)
+    assert [(e.kind, e.done) for e in events][-1] == ("end", 2)
+
+
 def test_importing_progress_imports_no_prefect():
     code = "import sys, tasks.progress; print(any(m.split('.')[0] == 'prefect' for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -1,0 +1,306 @@
+"""Where a command's tasks run: `--cluster threads | local[:N] | tcp://HOST:PORT`, and on which devices.
+
+- `threads`: the flow's own process, a pool of threads (one per device, at least two).
+- `local[:N]`: a Dask cluster of N worker processes on this machine, started for the command and stopped after it.
+  With GPUs: one worker per GPU, each pinned to its GPU (dask-cuda's LocalCUDACluster where it is installed, else
+  CUDA_VISIBLE_DEVICES per worker); its tasks then run on "cuda", the one GPU the worker sees.
+- `tcp://HOST:PORT`: an existing Dask scheduler (dask-jobqueue on SLURM, dask-kubernetes, `dask scheduler`). Its
+  workers need SAGE installed and SAGE_HOME on a filesystem they all see; a task's device spec is resolved on the
+  worker that runs it.
+
+Every flow stays the one orchestrator: the engine only gives each flow a Prefect task runner (prefect-dask's
+`DaskTaskRunner` connected to the command's cluster), so Prefect's caching, retries and UI work the same on every
+engine. A Dask worker that dies mid-task loses nothing: the scheduler runs its tasks again elsewhere, and every task
+writes its output atomically under a content-addressed key. Worker processes forward their progress to the flow's
+process (`tasks.progress`) through Dask's event topics.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+from sage_core.model.devices import resolve_devices
+from storage.hashing import stable_hash
+from tasks import loaded, progress
+
+PROGRESS_TOPIC = "sage-progress"
+CONNECT_TIMEOUT_S = 10
+_ADDRESS = re.compile(r"^(tcp|tls)://[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
+
+
+class ClusterError(ValueError):
+    """A --cluster value that names no engine, or a scheduler that cannot be reached; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    kind: str  # "threads", "local" or "remote"
+    n_workers: int | None = None  # local: None = one per GPU, else one per two CPU cores
+    address: str | None = None  # remote
+
+
+def parse_cluster(spec: str) -> ClusterSpec:
+    """`threads`, `local`, `local:N` or `tcp://HOST:PORT` (one line naming the forms otherwise)."""
+    s = spec.strip()
+    if s == "threads":
+        return ClusterSpec("threads")
+    if s == "local" or s.startswith("local:"):
+        n = s.removeprefix("local").removeprefix(":")
+        if n and (not n.isdigit() or not 1 <= int(n) <= 256):
+            raise ClusterError(f"--cluster {spec}: the worker count must be a whole number from 1 to 256 "
+                               "(e.g. local:2)")
+        return ClusterSpec("local", int(n) if n else None)
+    if _ADDRESS.match(s):
+        return ClusterSpec("remote", address=s)
+    raise ClusterError(f"--cluster {spec!r} is not an engine; use threads, local, local:N or tcp://HOST:PORT "
+                       "(a running Dask scheduler)")
+
+
+def _gpu_indices(devices: tuple[str, ...]) -> list[int]:
+    return [int(d.split(":")[1]) for d in devices if d.startswith("cuda:")]
+
+
+def _loads() -> dict[str, int]:
+    """This process's reads so far (run on each worker)."""
+    return dict(loaded.LOADS)
+
+
+def _peak_rss_mib() -> float:
+    """This process's peak resident memory, MiB (Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def pickled_by_reference(prefix: tuple[str, ...] = ("flows.", "tasks.")) -> int:
+    """Let cloudpickle send SAGE's flow and task functions by reference (module + name), not by value.
+
+    A Dask submission pickles the task and the flow run's context, which holds the flow. cloudpickle sends a function
+    by reference only when its module attribute of that name is the function itself; `@flow` and `@task` replace it
+    with the Flow or Task object, so every function (and every function it refers to) travelled by value, each costing
+    a scan of sys.modules: about 0.7 s per submission in a process that has torch imported. Naming each function by
+    the path that finds it (`evaluate.fn`) makes it a reference; Prefect fixed its own keys at decoration time and
+    is unaffected. Returns how many functions were renamed."""
+    import sys
+
+    from prefect import Flow, Task
+
+    n = 0
+    for module_name, module in list(sys.modules.items()):
+        if not module_name.startswith(prefix) or module is None:
+            continue
+        for name, obj in list(vars(module).items()):
+            fn = getattr(obj, "fn", None)
+            if (isinstance(obj, Flow | Task) and getattr(fn, "__module__", None) == module_name
+                    and fn.__qualname__ == fn.__name__ == name):
+                fn.__qualname__ = f"{name}.fn"
+                n += 1
+    return n
+
+
+def _forward_progress(dask_worker) -> None:
+    """On a worker: every progress change goes to the flow's process as a Dask event."""
+    progress.forward_to(lambda message: dask_worker.log_event(PROGRESS_TOPIC, message))
+
+
+@dataclass
+class Engine:
+    """The open engine of a command: a task runner for every flow, the device each unit runs on, where an SAE's units
+    go, and how many times each thing was read from disk."""
+
+    spec: ClusterSpec
+    devices: tuple[str, ...]  # as the flow's process resolves the device spec (threads and local)
+    address: str | None = None
+    pinned: bool = False  # one GPU per worker (local with GPUs)
+    client: Any = None
+    workers: list[str] = field(default_factory=list)
+    threads: int = 2  # `threads`: the pool's size (at least one per device)
+
+    @property
+    def distributed(self) -> bool:
+        return self.client is not None
+
+    @property
+    def n_workers(self) -> int:
+        """Worker processes doing the work (the flow's process itself on `threads`)."""
+        return len(self.client.scheduler_info(n_workers=-1)["workers"]) if self.distributed else 1
+
+    def task_runner(self):
+        """A fresh task runner on this engine (one per flow run: Prefect enters and exits it with the run)."""
+        if not self.distributed:
+            from prefect.task_runners import ThreadPoolTaskRunner
+
+            return ThreadPoolTaskRunner(max_workers=max(self.threads, len(self.devices)))
+        from prefect_dask import DaskTaskRunner
+
+        return DaskTaskRunner(address=self.address)
+
+    def flow(self, f):
+        """The flow `f` with its tasks on this engine."""
+        return f.with_options(task_runner=self.task_runner())
+
+    def unit_devices(self, spec: str, n: int) -> list[str]:
+        """The device spec each of `n` units gets: round-robin over this process's devices on `threads`; the worker's
+        own GPU when workers are pinned; on a remote cluster the spec itself, resolved where the unit runs."""
+        if self.spec.kind == "remote":
+            return [spec] * n
+        devices = resolve_devices(spec)
+        if self.pinned and any(d.startswith("cuda") for d in devices):
+            return ["cuda"] * n
+        return [devices[i % len(devices)] for i in range(n)]
+
+    def placed(self, group: str):
+        """Submissions inside go preferably to one worker per `group` (an SAE's spec), so one worker scores all of
+        an SAE's units and reads it once; any worker may take them if that one is busy or gone."""
+        if not self.distributed or not self.workers:
+            return nullcontext()
+        import dask
+
+        worker = self.workers[int(stable_hash("placement", group), 16) % len(self.workers)]
+        return dask.annotate(workers=[worker], allow_other_workers=True)
+
+    def loads(self) -> Counter[str]:
+        """Reads from disk so far, summed over the flow's process and every live worker (kind -> count)."""
+        total = Counter(_loads())
+        if self.distributed:
+            for counts in self.client.run(_loads).values():
+                total.update(counts)
+        return total
+
+    def peak_memory_mib(self) -> dict[str, float]:
+        """Peak resident memory of each process doing the work (worker address, or "flow")."""
+        if not self.distributed:
+            return {"flow": _peak_rss_mib()}
+        return dict(self.client.run(_peak_rss_mib))
+
+    def worker_pids(self) -> dict[str, int]:
+        return dict(self.client.run(os.getpid)) if self.distributed else {"flow": os.getpid()}
+
+
+_current: Engine | None = None
+_lock = threading.Lock()
+
+
+def current() -> Engine:
+    """The engine opened by this command; a deployment's flow run (none opened) runs on threads."""
+    global _current
+    with _lock:
+        if _current is None:
+            _current = Engine(ClusterSpec("threads"), ("cpu",))
+        return _current
+
+
+def _local_cluster(n: int | None, devices: tuple[str, ...]):
+    """A cluster of worker processes on this machine, bound to 127.0.0.1, no dashboard; (cluster, pinned)."""
+    gpus = _gpu_indices(devices)
+    if gpus and n is not None and n != len(gpus):
+        raise ClusterError(f"--cluster local:{n} with {len(gpus)} GPU(s): a local cluster runs one worker per GPU; "
+                           f"use --cluster local, or --device cpu for {n} CPU workers")
+    if gpus:
+        try:
+            from dask_cuda import LocalCUDACluster
+        except ImportError:
+            pass
+        else:
+            return LocalCUDACluster(CUDA_VISIBLE_DEVICES=gpus, threads_per_worker=1, host="127.0.0.1",
+                                    dashboard_address=None, silence_logs=40), True
+    from distributed import Nanny, Scheduler, SpecCluster
+
+    count = len(gpus) if gpus else (n or max(1, (os.cpu_count() or 2) // 2))
+    envs = [{"CUDA_VISIBLE_DEVICES": str(g)} for g in gpus] if gpus else [{} for _ in range(count)]
+    workers = {i: {"cls": Nanny, "options": {"nthreads": 1, "host": "127.0.0.1", "env": env, "silence_logs": 40}}
+               for i, env in enumerate(envs)}
+    scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard": False}}
+    return SpecCluster(workers=workers, scheduler=scheduler, name="sage", silence_logs=40), bool(gpus)
+
+
+def _connect(address: str):
+    from distributed import Client
+
+    try:
+        return Client(address, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
+    except (OSError, TimeoutError) as exc:
+        raise ClusterError(f"--cluster {address}: no Dask scheduler answers there ({type(exc).__name__}); start one "
+                           "(`dask scheduler`, or dask-jobqueue on SLURM) or use --cluster local") from None
+
+
+def check_cluster(cluster: str, device: str) -> ClusterSpec:
+    """Every check that needs no cluster: the engine's form, and the devices where the flow's process decides them."""
+    spec = parse_cluster(cluster)
+    if spec.kind != "remote":
+        resolve_devices(device)  # a DeviceError is a ValueError: one line
+    return spec
+
+
+@contextmanager
+def open_engine(cluster: str = "threads", device: str = "cpu", threads: int = 2) -> Iterator[Engine]:
+    """The engine every flow this command runs uses, open for the block; a scheduler that cannot be reached fails here,
+    in one line, before any work. A local cluster is stopped at the end (a remote one is left running). `threads`:
+    the thread pool's size on `threads`."""
+    global _current
+    spec = check_cluster(cluster, device)
+    devices = resolve_devices(device) if spec.kind != "remote" else ()
+    with _lock:
+        previous = _current
+    if spec.kind == "threads":
+        eng = Engine(spec, devices, threads=max(2, threads))
+        cluster_obj = None
+    else:
+        cluster_obj, pinned = _local_cluster(spec.n_workers, devices) if spec.kind == "local" else (None, False)
+        address = cluster_obj.scheduler_address if cluster_obj is not None else spec.address
+        eng = Engine(spec, devices, address=address, pinned=pinned, client=_connect(address))
+        pickled_by_reference()
+    relay = _ProgressRelay(eng.client) if eng.distributed else None
+    try:
+        if eng.distributed:
+            eng.client.wait_for_workers(1, timeout=300)
+            eng.workers = sorted(eng.client.scheduler_info(n_workers=-1)["workers"])
+            eng.client.register_worker_callbacks(_forward_progress)
+        with _lock:
+            _current = eng
+        yield eng
+    finally:
+        with _lock:
+            _current = previous
+        if relay is not None:
+            relay.stop()
+        if eng.client is not None:
+            eng.client.close()
+        if cluster_obj is not None:
+            cluster_obj.close()
+
+
+class _ProgressRelay:
+    """Applies the workers' progress events in this process, on a thread of its own (the Dask client's event loop,
+    where they arrive, must not make the blocking calls a progress update may make to Prefect's API)."""
+
+    def __init__(self, client) -> None:
+        self.client = client
+        self.queue: queue.Queue = queue.Queue()
+        self.thread = threading.Thread(target=self._run, name="sage-progress-relay", daemon=True)
+        self.thread.start()
+        client.subscribe_topic(PROGRESS_TOPIC, lambda event: self.queue.put(event[1]))
+        progress.expect_remote(True)
+
+    def _run(self) -> None:
+        while True:
+            message = self.queue.get()
+            if message is None:
+                return
+            progress.apply(message)
+
+    def stop(self) -> None:
+        progress.expect_remote(False)
+        try:
+            self.client.unsubscribe_topic(PROGRESS_TOPIC)
+        finally:
+            self.queue.put(None)
+            self.thread.join(timeout=5)

@@ -1,0 +1,117 @@
+"""The engine choice (`--cluster`): its forms and one-line errors, the device each unit gets, where an SAE's units go,
+functions that travel to workers by reference, and a scheduler that cannot be reached failing before any work."""
+
+from __future__ import annotations
+
+import time
+
+import cloudpickle
+import pytest
+
+from flows import engine
+from flows.engine import ClusterError, ClusterSpec, Engine, parse_cluster
+
+
+@pytest.mark.parametrize(("spec", "want"), [
+    ("threads", ClusterSpec("threads")),
+    ("local", ClusterSpec("local", None)),
+    ("local:3", ClusterSpec("local", 3)),
+    (" local:1 ", ClusterSpec("local", 1)),
+    ("tcp://127.0.0.1:8786", ClusterSpec("remote", address="tcp://127.0.0.1:8786")),
+    ("tcp://scheduler.cluster.example:8786", ClusterSpec("remote", address="tcp://scheduler.cluster.example:8786")),
+])
+def test_parse_cluster_forms(spec, want):
+    assert parse_cluster(spec) == want
+
+
+@pytest.mark.parametrize("spec", ["thread", "local:0", "local:x", "local:-1", "local:999", "tcp://host",
+                                  "http://host:8786", "", "tcp://a b:1"])
+def test_parse_cluster_refuses_in_one_line(spec):
+    with pytest.raises(ClusterError) as e:
+        parse_cluster(spec)
+    assert "\n" not in str(e.value) and ("threads" in str(e.value) or "local:2" in str(e.value))
+
+
+def test_check_cluster_checks_devices_here_but_not_for_a_remote_cluster():
+    from sage_core.model.devices import DeviceError
+
+    with pytest.raises(DeviceError):
+        engine.check_cluster("threads", "cuda:7")  # this machine: no such GPU
+    with pytest.raises(ValueError, match="not a device"):
+        engine.check_cluster("local:2", "tpu")
+    assert engine.check_cluster("tcp://127.0.0.1:8786", "cuda:7").kind == "remote"  # resolved on its workers
+
+
+def test_unit_devices_round_robin_pinned_and_remote():
+    threads = Engine(ClusterSpec("threads"), ("cpu",))
+    assert threads.unit_devices("cpu", 3) == ["cpu"] * 3
+    assert threads.unit_devices("auto", 2) == ["cpu", "cpu"]  # no GPU here: auto is the CPU
+    remote = Engine(ClusterSpec("remote", address="tcp://h:1"), ())
+    assert remote.unit_devices("cuda:1", 2) == ["cuda:1", "cuda:1"]
+    pinned = Engine(ClusterSpec("local"), ("cpu",), pinned=True)
+    assert pinned.unit_devices("cpu", 2) == ["cpu", "cpu"]  # pinned workers still run a CPU request on the CPU
+
+
+def test_unit_devices_spread_over_gpus(monkeypatch):
+    monkeypatch.setattr(engine, "resolve_devices", lambda spec: ("cuda:0", "cuda:1") if spec != "cpu" else ("cpu",))
+    threads = Engine(ClusterSpec("threads"), ("cuda:0", "cuda:1"))
+    assert threads.unit_devices("auto", 5) == ["cuda:0", "cuda:1", "cuda:0", "cuda:1", "cuda:0"]
+    assert threads.task_runner()._max_workers >= 2
+    pinned = Engine(ClusterSpec("local"), ("cuda:0", "cuda:1"), pinned=True)
+    assert pinned.unit_devices("auto", 3) == ["cuda"] * 3  # each worker sees only its own GPU
+
+
+def test_local_cluster_refuses_a_worker_count_that_differs_from_the_gpus():
+    with pytest.raises(ClusterError, match="one worker per GPU"):
+        engine._local_cluster(3, ("cuda:0", "cuda:1"))
+
+
+def test_placement_is_stable_and_spreads():
+    eng = Engine(ClusterSpec("local", 2), ("cpu",), client=object(), workers=["tcp://a:1", "tcp://b:2"])
+    import dask
+
+    def target(group):
+        with eng.placed(group):
+            return dask.get_annotations()["workers"]
+
+    assert target("zoo:x") == target("zoo:x")
+    assert {tuple(target(f"zoo:{i}")) for i in range(20)} == {("tcp://a:1",), ("tcp://b:2",)}
+    with eng.placed("zoo:x"):
+        assert dask.get_annotations()["allow_other_workers"] is True  # a busy or lost worker does not block it
+    assert Engine(ClusterSpec("threads"), ("cpu",)).placed("zoo:x").__enter__() is None
+
+
+def test_flow_and_task_functions_travel_by_reference():
+    import flows.evaluate  # noqa: F401  (its flow and tasks are among those renamed)
+    from flows.evaluate import evaluate
+    from tasks.score import score_unit
+
+    engine.pickled_by_reference()
+    assert evaluate.fn.__qualname__ == "evaluate.fn" and score_unit.fn.__qualname__ == "score_unit.fn"
+    assert engine.pickled_by_reference() == 0  # idempotent
+    # by reference: a few hundred bytes naming the module and path, not the function's code and globals
+    for fn in (evaluate.fn, score_unit.fn):
+        blob = cloudpickle.dumps(fn)
+        assert len(blob) < 300, len(blob)
+        assert cloudpickle.loads(blob) is fn
+
+
+def test_unreachable_scheduler_fails_in_one_line_before_any_work(monkeypatch):
+    monkeypatch.setattr(engine, "CONNECT_TIMEOUT_S", 2)
+    t0 = time.perf_counter()
+    with pytest.raises(ClusterError) as e, engine.open_engine("tcp://127.0.0.1:9", "cpu"):
+        pytest.fail("the block ran without a scheduler")
+    assert "no Dask scheduler answers" in str(e.value) and "\n" not in str(e.value)
+    assert time.perf_counter() - t0 < 30
+    assert engine.current().spec.kind == "threads"  # nothing stays open
+
+
+def test_threads_engine_counts_this_process_loads():
+    from tasks import loaded
+
+    with engine.open_engine("threads", "cpu") as eng:
+        assert engine.current() is eng and not eng.distributed and eng.n_workers == 1
+        before = eng.loads()
+        loaded.once("references", ("engine-test", time.time()), lambda: 1)
+        assert eng.loads()["references"] == before["references"] + 1
+    assert engine.current() is not eng
