@@ -17,6 +17,7 @@ process (`tasks.progress`) through Dask's event topics.
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import re
@@ -107,8 +108,10 @@ def pickled_by_reference(prefix: tuple[str, ...] = ("flows.", "tasks.")) -> int:
 
 
 def _forward_progress(dask_worker) -> None:
-    """On a worker: every progress change goes to the flow's process as a Dask event."""
-    progress.forward_to(lambda message: dask_worker.log_event(PROGRESS_TOPIC, message))
+    """On a worker: every progress change goes to the flow's process as a Dask event (not on a worker thread inside
+    the flow's process itself: an in-process cluster shares its progress)."""
+    if not progress.expecting_remote():
+        progress.forward_to(lambda message: dask_worker.log_event(PROGRESS_TOPIC, message))
 
 
 @dataclass
@@ -254,6 +257,9 @@ def open_engine(cluster: str = "threads", device: str = "cpu", threads: int = 2)
         eng = Engine(spec, devices, threads=max(2, threads))
         cluster_obj = None
     else:
+        # the scheduler's and nannies' INFO lines (workers joining, leaving) would bury the run's own progress
+        logging.getLogger("distributed").setLevel(max(logging.getLogger("distributed").getEffectiveLevel(),
+                                                      logging.WARNING))
         cluster_obj, pinned = _local_cluster(spec.n_workers, devices) if spec.kind == "local" else (None, False)
         address = cluster_obj.scheduler_address if cluster_obj is not None else spec.address
         eng = Engine(spec, devices, address=address, pinned=pinned, client=_connect(address))

@@ -205,6 +205,10 @@ def expect_remote(on: bool) -> None:
     _remote["expected"] = on
 
 
+def expecting_remote() -> bool:
+    return _remote["expected"]
+
+
 def apply(message: tuple) -> None:
     """A change a worker forwarded. Pieces of a stage that already ended are dropped (never a stage of its own)."""
     kind, stage = message[0], message[1]

@@ -115,3 +115,23 @@ def test_threads_engine_counts_this_process_loads():
         loaded.once("references", ("engine-test", time.time()), lambda: 1)
         assert eng.loads()["references"] == before["references"] + 1
     assert engine.current() is not eng
+
+
+def test_a_running_scheduler_is_used_and_left_running():
+    """`tcp://HOST:PORT`: the engine connects to a scheduler someone else started (here an in-process cluster), counts
+    its workers' loads, resolves devices on the workers, and leaves the cluster running when the command ends."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, processes=False, threads_per_worker=1, dashboard_address=None,
+                      host="127.0.0.1", protocol="tcp") as cluster:
+        with engine.open_engine(cluster.scheduler_address, "auto") as eng:
+            assert eng.distributed and eng.spec.kind == "remote" and eng.n_workers == 1
+            assert eng.workers == sorted(cluster.scheduler_info["workers"])
+            assert eng.unit_devices("auto", 2) == ["auto", "auto"]  # resolved where each unit runs
+            assert isinstance(eng.loads(), dict)  # the workers answer
+            assert eng.task_runner().address == cluster.scheduler_address
+        from tasks import progress
+
+        assert progress._forward is None  # its worker runs in this process: progress stays here
+        with Client(cluster.scheduler_address, timeout=10) as c:  # still there
+            assert len(c.scheduler_info()["workers"]) == 1
