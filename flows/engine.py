@@ -214,14 +214,17 @@ def _local_cluster(n: int | None, devices: tuple[str, ...]):
             pass
         else:
             return LocalCUDACluster(CUDA_VISIBLE_DEVICES=gpus, threads_per_worker=1, host="127.0.0.1",
-                                    dashboard_address=None, silence_logs=40), True
+                                    dashboard_address="127.0.0.1:0", silence_logs=40), True
     from distributed import Nanny, Scheduler, SpecCluster
 
     count = len(gpus) if gpus else (n or max(1, (os.cpu_count() or 2) // 2))
     envs = [{"CUDA_VISIBLE_DEVICES": str(g)} for g in gpus] if gpus else [{} for _ in range(count)]
     workers = {i: {"cls": Nanny, "options": {"nthreads": 1, "host": "127.0.0.1", "env": env, "silence_logs": 40}}
                for i, env in enumerate(envs)}
-    scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard": False}}
+    # no dashboard; its HTTP endpoints (health, metrics) still listen: on 127.0.0.1 and a free port, never :8787 on
+    # every interface
+    scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard": False,
+                                               "dashboard_address": "127.0.0.1:0"}}
     return SpecCluster(workers=workers, scheduler=scheduler, name="sage", silence_logs=40), bool(gpus)
 
 
@@ -243,16 +246,39 @@ def check_cluster(cluster: str, device: str) -> ClusterSpec:
     return spec
 
 
+def warm_code_versions() -> None:
+    """Key every stage's code now, on one thread: task threads then find it computed (the parser it takes is not
+    thread-safe on CPython 3.11, and anything else parsing at that moment would race it). Read from the sources:
+    nothing is imported."""
+    from storage.hashing import ROOT, stage_code_version
+
+    for path in sorted((ROOT / "tasks").glob("*.py")):
+        if path.stem != "__init__":
+            stage_code_version(f"tasks.{path.stem}")
+
+
+@contextmanager
+def activated(eng: Engine) -> Iterator[Engine]:
+    """Make an engine that is already open the one flows use for the block (a benchmark comparing engines keeps
+    several open); the previous one is current again afterwards."""
+    global _current
+    with _lock:
+        previous, _current = _current, eng
+    try:
+        yield eng
+    finally:
+        with _lock:
+            _current = previous
+
+
 @contextmanager
 def open_engine(cluster: str = "threads", device: str = "cpu", threads: int = 2) -> Iterator[Engine]:
     """The engine every flow this command runs uses, open for the block; a scheduler that cannot be reached fails here,
     in one line, before any work. A local cluster is stopped at the end (a remote one is left running). `threads`:
     the thread pool's size on `threads`."""
-    global _current
     spec = check_cluster(cluster, device)
     devices = resolve_devices(device) if spec.kind != "remote" else ()
-    with _lock:
-        previous = _current
+    warm_code_versions()
     if spec.kind == "threads":
         eng = Engine(spec, devices, threads=max(2, threads))
         cluster_obj = None
@@ -270,17 +296,16 @@ def open_engine(cluster: str = "threads", device: str = "cpu", threads: int = 2)
             eng.client.wait_for_workers(1, timeout=300)
             eng.workers = sorted(eng.client.scheduler_info(n_workers=-1)["workers"])
             eng.client.register_worker_callbacks(_forward_progress)
-        with _lock:
-            _current = eng
-        yield eng
+        with activated(eng):
+            yield eng
     finally:
-        with _lock:
-            _current = previous
         if relay is not None:
             relay.stop()
         if eng.client is not None:
             eng.client.close()
         if cluster_obj is not None:
+            # a worker whose Prefect services still flush at exit is killed after a few seconds: expected, not news
+            logging.getLogger("distributed.nanny").setLevel(logging.ERROR)
             cluster_obj.close()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import threading
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,9 @@ def module_source(name: str) -> bytes:
     return path.read_bytes() if path else b""
 
 
+_PARSE_LOCK = threading.Lock()
+
+
 def project_imports(name: str) -> set[str]:
     """Project modules that module `name` imports (anywhere in its body, lazy imports included, type-checking-only
     imports not), by its syntax tree: `from pkg import sub` counts `pkg.sub` when that is a module."""
@@ -82,7 +86,9 @@ def project_imports(name: str) -> set[str]:
     if path is None:
         return set()
     out: set[str] = set()
-    for node in _runtime_nodes(ast.parse(module_source(name), filename=str(path))):
+    with _PARSE_LOCK:  # CPython 3.11's parser is not thread-safe (python/cpython#106905): task threads key at once
+        tree = ast.parse(module_source(name), filename=str(path))
+    for node in _runtime_nodes(tree):
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
