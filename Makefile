@@ -62,6 +62,7 @@ bench: install
 	$(PY) -m benchmarks.locate
 	$(PY) -m benchmarks.fit
 	$(PY) -m benchmarks.score
+	$(PY) -m benchmarks.scale
 
 # the Prefect UI at http://127.0.0.1:4200 (flow runs, task runs, stage progress, leaderboards, plots); a `sage` command
 # run with PREFECT_API_URL=http://127.0.0.1:4200/api reports to it, otherwise each command starts its own temporary server
