@@ -2,8 +2,9 @@
 
 zoo (built if missing) -> locate + fit the ground truth (subflow `fit`) -> resolve and check every SAE -> plan the
 scoring units -> per task: one role-position capture of every hook its cross-sections and SAEs need, and the
-cross-sections' references -> one mapped `score-unit` per (SAE or projected pair or control) x task, and
-`core-metrics` per SAE -> verdicts, leaderboard and run files, report, Prefect artifacts.
+cross-sections' references -> one `score-unit` per (SAE or projected pair or control) x task, and `core-metrics` per
+SAE, each submitted to the command's engine (`flows.engine`: threads, or a Dask cluster's workers, an SAE's units
+placed together) -> verdicts, leaderboard and run files, report, Prefect artifacts.
 
 Every compute task is cached on the content hashes of its inputs, so adding one SAE to an evaluated set runs only that
 SAE's scoring (and its core metrics): no capture, location search or fit is repeated. A failing SAE is reported as
