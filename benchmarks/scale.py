@@ -36,23 +36,14 @@ import os
 import statistics
 import tempfile
 import time
-import warnings
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-warnings.filterwarnings("ignore")
-os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="sage-bench-prefect-"))
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("TQDM_DISABLE", "1")
-os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # the local clusters' start and stop chatter
-
-from benchmarks.scale_projection import human  # noqa: E402
-from benchmarks.scale_runs import Run, evaluate_on, forget_scores, loads_line, no_cache, slots, tiny_cfg  # noqa: E402
-from sage_core.config import ZooConfig  # noqa: E402
+import benchmarks.quiet  # noqa: F401  (sets the environment before anything imports Prefect)
+from benchmarks.scale_projection import human
+from benchmarks.scale_runs import Run, evaluate_on, forget_scores, loads_line, no_cache, slots, tiny_cfg
+from sage_core.config import ZooConfig
 
 
 @dataclass

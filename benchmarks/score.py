@@ -18,22 +18,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import time
-import warnings
 
-warnings.filterwarnings("ignore")
-os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="sage-bench-prefect-"))
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("TQDM_DISABLE", "1")
-
-from sage_core.config import EvaluateConfig  # noqa: E402
-from sage_core.locate.attribution import LocateConfig  # noqa: E402
-from storage.home import SageHome  # noqa: E402
-from storage.sae_sources import list_zoo_saes  # noqa: E402
+import benchmarks.quiet  # noqa: F401  (sets the environment before anything imports Prefect)
+from sage_core.config import EvaluateConfig
+from sage_core.locate.attribution import LocateConfig
+from storage.home import SageHome
+from storage.sae_sources import list_zoo_saes
 
 
 def main() -> None:
