@@ -1,25 +1,36 @@
-"""SAE names checked without loading anything: the error every spec check raises, close matches for its hints, and
-the SAELens registry's releases and sae_ids, read from the pretrained_saes.yaml that ships with sae_lens (a wrong name
-fails in milliseconds, before any network access)."""
+"""SAE names checked without loading anything: the error every spec check raises, close matches for its hints, the
+SAELens registry's releases and sae_ids, read through sae_lens' own directory API (`get_pretrained_saes_directory()`,
+parsed once per process and cached by sae_lens), so a wrong name fails before any network access; and the releases
+of a YAML file in that registry's format (`read_registry_yaml`)."""
 
 from __future__ import annotations
 
 import difflib
-import functools
-import importlib.util
-import re
-from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
 from sage_core.zoo.sae import SAECheckError
 
 REGISTRY_HINT = "`sae_lens.loading.pretrained_saes_directory.get_pretrained_saes_directory()`"
+YAML_SCHEMA = "{release: {repo_id, model, saes: [{id, path}, ...]}}, the format of sae_lens' pretrained_saes.yaml"
 
 
 class SAESpecError(SAECheckError):
     """An SAE spec names nothing that can be loaded; the message says which forms are accepted or what is missing."""
+
+
+class SourceError(ValueError):
+    """A source of SAEs cannot be listed at all (a folder that does not exist, a malformed registry-format YAML); the
+    message is one line saying what to do."""
+
+
+class YamlRelease(NamedTuple):
+    repo_id: str
+    model: str
+    conversion_func: str | None
+    config_overrides: dict[str, Any]
+    saes: dict[str, str]  # sae_id -> its folder in the repo
 
 
 def close_matches(word: str, options: list[str], n: int = 3) -> str:
@@ -27,47 +38,26 @@ def close_matches(word: str, options: list[str], n: int = 3) -> str:
     return ", ".join(close) if close else "none"
 
 
-def _registry() -> dict[str, Any]:
-    """The full registry as sae_lens parses it (a 1.5 MB YAML: seconds; only needed once an SAE will be loaded)."""
-    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
-
+def registry_directory() -> dict[str, Any]:
+    """{release: PretrainedSAELookup(release, repo_id, model, conversion_func, saes_map {sae_id: path}, ...)}: the
+    registry shipped with the installed sae_lens. The very dict sae_lens' loaders read (not a copy), so what
+    `SAE.from_pretrained` accepts and what SAGE checks cannot differ."""
+    try:
+        from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+    except ImportError as e:
+        raise SAESpecError(f"sae_lens cannot be imported ({e}); install sae-lens>=6 to use its registry") from e
     return get_pretrained_saes_directory()
 
 
-@functools.cache
-def _registry_text() -> str:
-    spec = importlib.util.find_spec("sae_lens")  # locate the package without importing it
-    if spec is None or not spec.submodule_search_locations:
-        raise SAESpecError("sae_lens is not installed; install sae-lens>=6 to load SAEs from its registry")
-    return (Path(next(iter(spec.submodule_search_locations))) / "pretrained_saes.yaml").read_text()
-
-
-@functools.cache
 def registry_releases() -> tuple[str, ...]:
-    """Release names of the SAELens registry shipped with sae_lens (top-level keys of pretrained_saes.yaml),
-    read without parsing the whole file, so a wrong name fails in milliseconds."""
-    try:
-        names = tuple(re.findall(r"^([^\s#'\"-][^:\n]*):[ \t]*$", _registry_text(), flags=re.M))
-    except OSError:
-        names = ()
-    return names or tuple(_registry())
+    """Release names of the SAELens registry, in sae_lens' order."""
+    return tuple(registry_directory())
 
 
-@functools.cache
 def registry_sae_ids(release: str) -> tuple[str, ...]:
-    """The sae_ids of one release, parsing only that release's block of the registry."""
-    text = _registry_text()
-    start = re.search(rf"^{re.escape(release)}:[ \t]*$", text, flags=re.M)
-    if start is not None:
-        nxt = re.search(r"^[^\s#'\"-][^:\n]*:[ \t]*$", text[start.end():], flags=re.M)
-        block = text[start.start(): start.end() + nxt.start() if nxt else len(text)]
-        try:
-            entry = yaml.safe_load(block)[release]
-            return tuple(str(s["id"]) for s in entry["saes"])
-        except (yaml.YAMLError, KeyError, TypeError):
-            pass
-    directory = _registry()
-    return tuple(directory[release].saes_map) if release in directory else ()
+    """The sae_ids of one release (none for an unknown release)."""
+    info = registry_directory().get(release)
+    return tuple(info.saes_map) if info is not None else ()
 
 
 def split_registry(spec: str, releases: tuple[str, ...]) -> tuple[str, str] | None:
@@ -83,6 +73,19 @@ def split_registry(spec: str, releases: tuple[str, ...]) -> tuple[str, str] | No
     return None
 
 
+def registry_spec(release: str, sae_id: str, releases: tuple[str, ...] | None = None) -> str:
+    """The spec `load_sae_spec` reads back as (release, sae_id): `release/sae_id`, or `release:sae_id` where the
+    '/' form would split elsewhere (an id holding ':', or a release whose name continues another's). `releases`:
+    the registry's, where the caller has them already."""
+    slash = f"{release}/{sae_id}"
+    if split_registry(slash, releases if releases is not None else registry_releases()) == (release, sae_id):
+        return slash
+    if ":" not in release:
+        return f"{release}:{sae_id}"
+    raise SAESpecError(f"SAELens release {release!r} holds ':' and its SAE {sae_id!r} has no spec that reads back; "
+                       "download it and pass its directory")
+
+
 def check_registry(release: str, sae_id: str) -> None:
     releases = registry_releases()
     if release not in releases:
@@ -94,3 +97,54 @@ def check_registry(release: str, sae_id: str) -> None:
         some = close + [i for i in ids if i not in close][: max(0, 5 - len(close))]
         raise SAESpecError(f"SAELens release {release!r} has no SAE {sae_id!r}; valid ids include {some} "
                            f"({len(ids)} in all; see {REGISTRY_HINT}[{release!r}].saes_map)")
+
+
+# -- a registry-format YAML (a lab's own releases) ---------------------------------------------------------------
+def _text_field(where: str, release: str, value: Any, what: str) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)  # as sae_lens reads an int path
+    if not isinstance(value, str) or not value.strip():
+        raise SourceError(f"{where}: release {release!r} needs {what} as a non-empty string; expected {YAML_SCHEMA}")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise SourceError(f"{where}: release {release!r}: {what} {value!r} holds control characters; remove them")
+    return value.strip()
+
+
+def read_registry_yaml(text: bytes | str, where: str) -> dict[str, YamlRelease]:
+    """The releases of a YAML in SAELens' registry format; a SourceError naming the release and field that is wrong."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f"line {mark.line + 1}: " if mark is not None else ""
+        raise SourceError(f"{where} is not valid YAML ({at}{getattr(e, 'problem', None) or e}); fix the file") from e
+    if not isinstance(data, dict) or not data:
+        raise SourceError(f"{where} holds no releases; expected {YAML_SCHEMA}")
+    out = {}
+    for release, entry in data.items():
+        if not isinstance(release, str) or not release.strip() or any(ord(c) < 32 for c in release):
+            raise SourceError(f"{where}: release name {release!r} is not a plain string; expected {YAML_SCHEMA}")
+        if not isinstance(entry, dict):
+            raise SourceError(f"{where}: release {release!r} is a {type(entry).__name__}, not a mapping with repo_id, "
+                              f"model and saes; expected {YAML_SCHEMA}")
+        repo_id = _text_field(where, release, entry.get("repo_id"), "'repo_id'")
+        model = _text_field(where, release, entry.get("model"), "'model'")
+        saes = entry.get("saes")
+        if not isinstance(saes, list):
+            raise SourceError(f"{where}: release {release!r} needs 'saes' as a list of {{id, path}}; expected "
+                              f"{YAML_SCHEMA}")
+        ids: dict[str, str] = {}
+        for i, sae in enumerate(saes):
+            if not isinstance(sae, dict):
+                raise SourceError(f"{where}: release {release!r}, saes[{i}] is not a mapping with id and path")
+            sae_id = _text_field(where, release, sae.get("id"), f"saes[{i}].id")
+            if sae_id in ids:
+                raise SourceError(f"{where}: release {release!r} lists the SAE id {sae_id!r} twice")
+            ids[sae_id] = _text_field(where, release, sae.get("path"), f"saes[{i}].path")
+        func, overrides = entry.get("conversion_func"), entry.get("config_overrides")
+        if overrides is not None and not isinstance(overrides, dict):
+            raise SourceError(f"{where}: release {release!r} has config_overrides that are not a mapping")
+        if func is not None and not isinstance(func, str):
+            raise SourceError(f"{where}: release {release!r} has a conversion_func that is not a name")
+        out[release] = YamlRelease(repo_id, model, func, overrides or {}, ids)
+    return out

@@ -3,36 +3,37 @@
     zoo:<sae>  (with model_name)  or  zoo:<model>/<sae>    an SAE of the built-in zoo under SAGE_HOME
     <directory>                                            SAELens' layout: cfg.json + sae_weights.safetensors
     <release>/<sae_id>  or  <release>:<sae_id>             the SAELens registry (SAE.from_pretrained)
+    hf:<repo_id>:<folder>                                  SAELens' layout in a Hugging Face repo no shipped registry
+                                                           names (SAE.from_pretrained(repo_id, folder)); a lab's
+                                                           own releases, e.g. from a registry-format YAML
     py:<module>:<attr>                                     an SAELike object, or a zero-argument factory of one
 
 `py:` specs IMPORT AND RUN PYTHON CODE (the module, then the factory). They are refused unless the environment
 allows them (SAGE_ALLOW_PY_SPECS=1): the `sage` CLI sets it for the specs its user typed; a deployment's parameters
 are data and get it only where its operator sets the variable for the worker. The factory is called once per process.
 
-Registry names are checked against the directory that ships with sae_lens before any network access, and a hub
-that cannot be reached gives one line, fast, instead of a minute of retries. `check_specs` runs every such check
-(no weights loaded, no code run) so a spec that names nothing fails before any work.
+Registry names are checked against sae_lens' own directory before any network access, and a hub that cannot be
+reached gives one line, fast, instead of a minute of retries (`storage.sae_hub`). `check_specs` runs every such check
+(no weights loaded, no code run) so a spec that names nothing fails before any work. A registry or `hf:` SAE whose
+files are in the local Hugging Face cache gets their content hash, the one a folder or the zoo gives the same files.
 """
 
 from __future__ import annotations
 
-import hashlib
-import http.client
 import importlib
 import importlib.util
 import inspect
 import os
 import sys
 import threading
-import urllib.request
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from sage_core.zoo.sae import LoadedSAE, SAELike, sae_hook_name, wrap_sae
 from storage.atomic import is_complete
-from storage.hashing import HASH_LEN, file_hash
 from storage.home import SageHome
+from storage.sae_hub import SAE_CFG, SAE_WEIGHTS, load_hf, load_registry, split_hf
+from storage.sae_hub import sae_files_hash as _dir_weights_hash
 from storage.sae_names import (
     REGISTRY_HINT,
     SAESpecError,
@@ -42,11 +43,9 @@ from storage.sae_names import (
     split_registry,
 )
 
-SAE_CFG = "cfg.json"
-SAE_WEIGHTS = "sae_weights.safetensors"
 FORMS = ("zoo:<sae> (with a model) or zoo:<model>/<sae>; a directory with cfg.json + sae_weights.safetensors; "
-         "<release>/<sae_id> or <release>:<sae_id> from the SAELens registry; py:<module>:<attr>")
-HUB_PROBE_TIMEOUT_S = 3.0
+         "<release>/<sae_id> or <release>:<sae_id> from the SAELens registry; hf:<repo_id>:<folder>; "
+         "py:<module>:<attr>")
 PY_SPECS_ENV = "SAGE_ALLOW_PY_SPECS"
 
 
@@ -96,15 +95,6 @@ def _load_zoo(rest: str, home: SageHome, model_name: str | None) -> LoadedSAE:
 
 
 # -- directories --------------------------------------------------------------------------------------------------
-def _dir_weights_hash(path: Path) -> str:
-    """Hash of the SAE's files: the weights and the cfg (normalisation, hook and reshaping live there)."""
-    h = hashlib.sha256()
-    for f in (SAE_CFG, SAE_WEIGHTS):
-        h.update(f.encode())
-        h.update(file_hash(path / f).encode())
-    return h.hexdigest()[:HASH_LEN]
-
-
 def _check_dir(path: Path) -> None:
     missing = [f for f in (SAE_CFG, SAE_WEIGHTS) if not (path / f).is_file()]
     if missing:
@@ -125,74 +115,6 @@ def _load_dir(path: Path) -> LoadedSAE:
     if not sae_hook_name(sae):
         raise SAESpecError(f"the SAE in {path} names no hook (cfg.json metadata.hook_name); add it to cfg.json")
     return wrap_sae(sae, name=path.resolve().name, source="dir", content_hash=_dir_weights_hash(path))
-
-
-def _hub_unreachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> str | None:
-    """None when the hub's front page answers 2xx/3xx within `timeout` seconds (DNS included), else why not (it goes
-    into the error message: a DNS failure, a proxy's refusal and a 404 from a sandbox that intercepts every connection
-    need different fixes)."""
-    from huggingface_hub import constants
-
-    if constants.is_offline_mode():
-        return "HF_HUB_OFFLINE is set"
-    endpoint = (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
-    if urlparse(endpoint).scheme not in ("http", "https"):
-        return f"HF_ENDPOINT {endpoint!r} is not an http(s) URL"
-    result: list[str | None] = []
-
-    def probe() -> None:
-        try:
-            req = urllib.request.Request(endpoint + "/", method="HEAD", headers={"User-Agent": "sage-eval"})
-            with urllib.request.urlopen(req, timeout=timeout) as r:
-                result.append(None if 200 <= r.status < 400 else f"HTTP {r.status} from {endpoint}")
-        # every failure means "unreachable" (URLError and socket errors are OSErrors); its text says which
-        except (OSError, ValueError, http.client.HTTPException) as e:
-            result.append(f"{type(e).__name__}: {' '.join(str(e).split())[:200]}")
-
-    t = threading.Thread(target=probe, daemon=True)  # getaddrinfo has no timeout of its own
-    t.start()
-    t.join(timeout + 0.5)
-    return result[0] if result else f"no answer from {endpoint} within {timeout:g} s"
-
-
-_OFFLINE_LOCK = threading.Lock()
-
-
-def _from_pretrained(release: str, sae_id: str, online: bool):
-    """SAE.from_pretrained; offline, huggingface_hub's offline mode makes it read the local cache without retries."""
-    from huggingface_hub import constants
-    from sae_lens import SAE
-
-    if online:
-        return SAE.from_pretrained(release, sae_id, device="cpu")
-    with _OFFLINE_LOCK:
-        before = constants.HF_HUB_OFFLINE
-        constants.HF_HUB_OFFLINE = True
-        try:
-            return SAE.from_pretrained(release, sae_id, device="cpu")
-        finally:
-            constants.HF_HUB_OFFLINE = before
-
-
-def _load_registry(release: str, sae_id: str) -> LoadedSAE:
-    check_registry(release, sae_id)
-    unreachable = _hub_unreachable()
-    try:
-        got = _from_pretrained(release, sae_id, online=unreachable is None)
-    except Exception as e:
-        from huggingface_hub import constants
-
-        endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
-        msg = " ".join(str(e).split())[:300]
-        if unreachable is not None:
-            raise SAESpecError(f"SAELens SAE {release}/{sae_id} could not be read from the local Hugging Face cache "
-                               f"({type(e).__name__}: {msg}) and the hub ({endpoint}) is unreachable ({unreachable}); "
-                               "download it where the hub is reachable and pass its directory (sae.save_model(dir)), "
-                               "or set HF_ENDPOINT to a reachable mirror") from e
-        raise SAESpecError(f"SAELens could not load {release}/{sae_id} from the hub ({type(e).__name__}: {msg}); "
-                           "retry, or download it and pass its directory instead") from e
-    sae = got[0] if isinstance(got, tuple) else got  # sae_lens>=6 returns the SAE; <=5 returned (sae, cfg, sparsity)
-    return wrap_sae(sae, name=f"{release}/{sae_id}", source="registry")
 
 
 # -- python objects -----------------------------------------------------------------------------------------------
@@ -285,8 +207,8 @@ def _load_py(rest: str) -> LoadedSAE:
 
 # -- the one entry point ------------------------------------------------------------------------------------------
 def _classify(spec: str) -> tuple[str, Any]:
-    """(kind, what) of a spec: ("zoo", rest), ("py", rest), ("dir", path) or ("registry", (release, sae_id)); a
-    one-line SAESpecError for a spec of no accepted form."""
+    """(kind, what) of a spec: ("zoo", rest), ("py", rest), ("hf", rest), ("dir", path) or ("registry", (release,
+    sae_id)); a one-line SAESpecError for a spec of no accepted form."""
     spec = spec.strip()
     if not spec:
         raise SAESpecError(f"empty SAE spec; accepted forms: {FORMS}")
@@ -294,17 +216,20 @@ def _classify(spec: str) -> tuple[str, Any]:
         return "zoo", spec[len("zoo:"):]
     if spec.startswith("py:"):
         return "py", spec[len("py:"):]
+    if spec.startswith("hf:"):
+        return "hf", spec[len("hf:"):]
     path = Path(spec).expanduser()
     if path.is_dir():
         return "dir", path
     if path.exists():
         raise SAESpecError(f"{spec} is a file; pass the directory holding {SAE_CFG} and {SAE_WEIGHTS}")
+    if spec.startswith((".", "/", "~")):  # no release name starts so: answer without reading the registry
+        raise SAESpecError(f"no SAE directory at {spec}; accepted forms: {FORMS}")
     releases = registry_releases()
     split = split_registry(spec, releases)
     if split is not None and all(split):
         return "registry", split
-    looks_like_path = spec.startswith((".", "/", "~")) or (os.sep in spec and Path(spec.split(os.sep)[0]).is_dir())
-    if looks_like_path:
+    if os.sep in spec and Path(spec.split(os.sep)[0]).is_dir():
         raise SAESpecError(f"no SAE directory at {spec}; accepted forms: {FORMS}")
     if "/" in spec:
         release = spec.split("/", 1)[0]
@@ -326,12 +251,14 @@ def load_sae_spec(spec: str, home: SageHome | None = None, model_name: str | Non
         return _load_py(what)
     if kind == "dir":
         return _load_dir(what)
-    return _load_registry(*what)
+    if kind == "hf":
+        return load_hf(what)
+    return load_registry(*what)
 
 
 def sae_dir_of(spec: str, home: SageHome, model_name: str | None = None) -> Path | None:
     """The directory under `home` that holds a spec's files (a zoo SAE, or an SAE directory inside SAGE_HOME); None
-    for a registry or `py:` SAE and for a directory elsewhere."""
+    for a registry, `hf:` or `py:` SAE and for a directory elsewhere."""
     kind, what = _classify(spec)
     if kind == "zoo":
         return home.sae_dir(*_zoo_name(what, home, model_name))
@@ -344,8 +271,9 @@ def check_specs(specs: list[str] | tuple[str, ...], home: SageHome, model_name: 
                 zoo_names: list[str] | tuple[str, ...]) -> None:
     """Fail in one line, before any work, if a spec names nothing: `zoo:<sae>` not among `zoo_names` (the SAEs of
     `model_name`'s zoo, built or about to be), `zoo:<other model>/<sae>` not complete under `home`, a directory that
-    does not exist or lacks SAELens' files, an unknown registry release or sae_id, a `py:` spec that is not allowed or
-    whose module cannot be found. Loads no weights, calls no factory, needs no network."""
+    does not exist or lacks SAELens' files, an unknown registry release or sae_id, an `hf:` spec of the wrong form
+    (its repo is not looked up), a `py:` spec that is not allowed or whose module cannot be found. Loads no weights,
+    calls no factory, needs no network."""
     errors = []
     for spec in specs:
         try:
@@ -360,6 +288,8 @@ def check_specs(specs: list[str] | tuple[str, ...], home: SageHome, model_name: 
                 _check_py(what)
             elif kind == "dir":
                 _check_dir(what)
+            elif kind == "hf":
+                split_hf(what)
             else:
                 check_registry(*what)
         except SAESpecError as e:

@@ -35,3 +35,26 @@ def write_fake_gpt2(root: Path, tasks: tuple[str, ...], d_model: int = 64, n_lay
                                vocab_size=len(tok), bos_token_id=tok.bos_token_id,
                                eos_token_id=tok.bos_token_id)).save_pretrained(str(snap))
     return {"HF_HOME": str(root), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+def write_hub_files(root: Path, repo_id: str, files: dict[str, Path | bytes], revision: str = REVISION) -> Path:
+    """Put `files` ({path in the repo: a local file or bytes}) into repo `repo_id` of the hub cache under `root`/hub
+    as huggingface_hub lays it out (blobs/<sha256>, snapshots/<revision>/<path> linking to them, refs/main), so
+    `hf_hub_download` and `try_to_load_from_cache` find them offline; returns the snapshot folder."""
+    import hashlib
+    import os
+
+    repo = root / "hub" / f"models--{repo_id.replace('/', '--')}"
+    snap = repo / "snapshots" / revision
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(revision)
+    for rel, content in files.items():
+        data = content if isinstance(content, bytes) else Path(content).read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        link = snap / rel
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.unlink(missing_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    return snap

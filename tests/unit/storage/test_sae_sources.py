@@ -17,6 +17,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from sage_core.zoo.sae import LoadedSAE, SAECheckError, SAELike, check_sae, weights_hash, wrap_sae
 from storage.atomic import write_once
 from storage.home import SageHome
+from storage.sae_names import registry_directory, registry_spec, split_registry
 from storage.sae_sources import PY_SPECS_ENV, SAESpecError, check_specs, list_zoo_saes, load_sae_spec
 
 D_MODEL, N_HEADS, D_HEAD = 16, 2, 8
@@ -250,7 +251,10 @@ def test_unknown_release_fails_fast_without_network(monkeypatch):
         raise AssertionError("the hub was called")
 
     monkeypatch.setattr(SAE, "from_pretrained", classmethod(no_network))
-    monkeypatch.setattr("storage.sae_sources._hub_unreachable", no_network)
+    monkeypatch.setattr("storage.sae_hub._hub_unreachable", no_network)
+    # sae_lens parses its registry once per process (about a second here, beside its import): every check after
+    # that is a dict lookup
+    registry_directory()
     start = time.monotonic()
     with pytest.raises(SAESpecError, match=r"unknown SAELens release 'gpt2-smal-res-jb'.*gpt2-small-res-jb") as e:
         load_sae_spec("gpt2-smal-res-jb/blocks.0.hook_resid_pre")
@@ -270,7 +274,7 @@ def test_known_release_with_unreachable_hub_says_so(monkeypatch):
         raise OSError("cannot find the requested files in the local cache")
 
     monkeypatch.setattr(SAE, "from_pretrained", classmethod(offline_from_pretrained))
-    monkeypatch.setattr("storage.sae_sources._hub_unreachable", lambda *a, **k: "test")
+    monkeypatch.setattr("storage.sae_hub._hub_unreachable", lambda *a, **k: "test")
     start = time.monotonic()
     with pytest.raises(SAESpecError, match=r"cannot find the requested files.*hub .* is unreachable \(test\).*directory") \
             as e:
@@ -281,7 +285,7 @@ def test_known_release_with_unreachable_hub_says_so(monkeypatch):
 def test_registry_sae_is_wrapped(monkeypatch, model):
     sae = _standard(hook="blocks.1.hook_resid_pre")
     monkeypatch.setattr(SAE, "from_pretrained", classmethod(lambda cls, release, sae_id, **kw: sae))
-    monkeypatch.setattr("storage.sae_sources._hub_unreachable", lambda *a, **k: None)
+    monkeypatch.setattr("storage.sae_hub._hub_unreachable", lambda *a, **k: None)
     loaded = load_sae_spec("gpt2-small-res-jb/blocks.1.hook_resid_pre")
     assert (loaded.name, loaded.source, loaded.hook) == ("gpt2-small-res-jb/blocks.1.hook_resid_pre", "registry",
                                                          "blocks.1.hook_resid_pre")
@@ -312,7 +316,7 @@ def test_known_release_offline_end_to_end(monkeypatch, tmp_path):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-    monkeypatch.setattr("storage.sae_sources._hub_unreachable", lambda *a, **k: "test")
+    monkeypatch.setattr("storage.sae_hub._hub_unreachable", lambda *a, **k: "test")
     start = time.monotonic()
     with pytest.raises(SAESpecError, match=r"could not be read from the local Hugging Face cache \(.*\) and the hub "
                                            r".* is unreachable \(test\)") as e:
@@ -322,7 +326,7 @@ def test_known_release_offline_end_to_end(monkeypatch, tmp_path):
 
 
 def test_hub_probe_is_bounded(monkeypatch):
-    from storage.sae_sources import _hub_unreachable
+    from storage.sae_hub import _hub_unreachable
 
     monkeypatch.setenv("HF_ENDPOINT", "http://10.255.255.1:81")  # unroutable: a connect would hang without a timeout
     start = time.monotonic()
@@ -338,7 +342,7 @@ def test_an_unreachable_hub_says_why(monkeypatch):
 
     from huggingface_hub import constants
 
-    from storage.sae_sources import _hub_unreachable
+    from storage.sae_hub import _hub_unreachable
 
     def refuse(*a, **k):
         raise urllib.error.URLError("[Errno -2] Name or service not known")
@@ -356,7 +360,7 @@ def test_a_hub_that_answers_an_error_status_says_which(monkeypatch):
 
     from huggingface_hub import constants
 
-    from storage.sae_sources import _hub_unreachable
+    from storage.sae_hub import _hub_unreachable
 
     class Answer:
         status = 404
@@ -500,7 +504,7 @@ def test_check_specs_names_what_is_missing_without_loading(tmp_path, py_module, 
 
     monkeypatch.setattr(SAE, "from_pretrained", classmethod(no_loading))
     monkeypatch.setattr(SAE, "load_from_disk", classmethod(no_loading))
-    monkeypatch.setattr("storage.sae_sources._hub_unreachable", no_loading)
+    monkeypatch.setattr("storage.sae_hub._hub_unreachable", no_loading)
     _standard().save_model(tmp_path / "dir-sae")
     home = SageHome(tmp_path / "home")
     names = ["blocks.0.hook_resid_post--topk-32", "blocks.1.hook_resid_post--topk-32"]
@@ -524,3 +528,56 @@ def test_check_specs_names_what_is_missing_without_loading(tmp_path, py_module, 
         check_specs(["zoo:nope", "zoo:nada"], home, "tiny", names)
     with pytest.raises(ValueError, match="needs a model"):
         check_specs(["zoo:nope"], home, None, [])
+
+
+# -- issue #18: sae_lens' own directory, and hf:<repo_id>:<folder> ----------------------------------------------------
+def test_registry_names_come_from_sae_lens_directory(monkeypatch):
+    """What SAGE accepts is what the directory sae_lens' loaders read says, including a release added to it."""
+    from sae_lens.loading.pretrained_saes_directory import PretrainedSAELookup, get_pretrained_saes_directory
+
+    directory = get_pretrained_saes_directory()
+    assert registry_directory() is directory
+    for release, ids in {"lab": {"x/a": "p1", "b": "p2"}, "lab/x": {"a": "p3"}, "tags": {"sae:v1": "p4"}}.items():
+        monkeypatch.setitem(directory, release, PretrainedSAELookup(
+            release=release, repo_id="o/r", model="m", conversion_func=None, saes_map=ids, expected_var_explained={},
+            expected_l0={}, neuronpedia_id={}, norm_scaling_factor={}, config_overrides=None))
+    releases = tuple(directory)
+    # "lab/x/a" splits as ("lab", "x/a") first, so lab/x's SAE needs the ':' form; so does an id holding ':'
+    assert [registry_spec(r, i) for r, i in [("lab", "b"), ("lab", "x/a"), ("lab/x", "a"), ("tags", "sae:v1")]] == [
+        "lab/b", "lab/x/a", "lab/x:a", "tags:sae:v1"]
+    for r, i in [("lab", "b"), ("lab", "x/a"), ("lab/x", "a"), ("tags", "sae:v1")]:
+        assert split_registry(registry_spec(r, i), releases) == (r, i)
+    check_specs(["lab/x:a", "tags:sae:v1", "lab/b"], SageHome(), None, [])
+    with pytest.raises(SAESpecError, match=r"SAELens release 'lab' has no SAE 'c'; valid ids include"):
+        check_specs(["lab/c"], SageHome(), None, [])
+
+
+def test_hf_specs_are_checked_without_network(monkeypatch):
+    def no_network(*a, **k):
+        raise AssertionError("the hub was called")
+
+    monkeypatch.setattr(SAE, "from_pretrained", classmethod(no_network))
+    monkeypatch.setattr("storage.sae_hub._hub_unreachable", no_network)
+    check_specs(["hf:my-lab/saes:layer_3", "hf:my-lab/saes:res/l0/"], SageHome(), None, [])
+    bad = {"hf:my-lab/saes": r"is not of the form hf:<repo_id>:<folder>",
+           "hf:my-lab/saes:": r"is not of the form hf:<repo_id>:<folder>",
+           "hf:justaname:l0": r"write the repo id as <org>/<name>",
+           "hf:bad repo!/x:l0": r"'bad repo!/x' is not a Hugging Face repo id",
+           "hf:o/r:a/../../b": r"may not contain '\.\.'"}
+    for spec, message in bad.items():
+        for check in (lambda s: check_specs([s], SageHome(), None, []), load_sae_spec):
+            with pytest.raises(SAESpecError, match=message) as e:
+                check(spec)
+            assert "\n" not in str(e.value), spec
+
+
+def test_an_hf_sae_not_in_the_cache_with_the_hub_unreachable(monkeypatch, tmp_path):
+    """The real SAE.from_pretrained with a repo id no registry names, offline, with an empty cache: one line."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setattr("storage.sae_hub._hub_unreachable", lambda *a, **k: "test")
+    with pytest.raises(SAESpecError, match=r"SAELens SAE my-lab/saes/l0 could not be read from the local Hugging "
+                                           r"Face cache \(.*\) and the hub .* is unreachable \(test\)") as e:
+        load_sae_spec("hf:my-lab/saes:l0")
+    assert "\n" not in str(e.value) and not constants.HF_HUB_OFFLINE

@@ -1,0 +1,376 @@
+"""What a source of SAEs (`sage_core.watch.sources`) holds now, as `FoundSAE`s: listed without loading any weights and
+without touching the network.
+
+    registry   sae_lens' own directory, filtered by model and release patterns; spec `release/sae_id`
+    dir        a local folder or an fsspec URL of SAE directories in SAELens' layout; a local SAE's spec is its
+               directory, a remote one is first copied into a write-once, content-addressed snapshot
+               (SAGE_HOME/watched/<content hash>) and that is its spec
+    yaml       a YAML file in SAELens' registry format (local or fsspec URL); spec `hf:<repo_id>:<path>`
+
+Hooks and content hashes of hub SAEs come from the local Hugging Face cache where their files are there (else the
+hook is the sae_id when that is a TransformerLens hook name, and the hash unknown). A folder entry that cannot be
+read (cfg.json not JSON or naming no model, a name with control characters, a symlink leading out of the folder) does
+not stop the listing: it comes back in `Listing.unreadable` with its reason.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from sage_core.watch.sources import FolderSource, FoundSAE, Listing, RegistrySource, YamlSource
+from storage.atomic import StoreError, is_complete, read_marker, write_once
+from storage.hashing import HASH_LEN, stable_hash
+from storage.home import SageHome
+from storage.sae_hub import (
+    MAX_CFG_BYTES,
+    PROVENANCE_KEYS,
+    SAE_CFG,
+    SAE_WEIGHTS,
+    HubSAE,
+    cached_cfg,
+    cfg_field,
+    cfg_hook,
+    hub_content_hash,
+    read_cfg,
+    registry_location,
+    sae_files_hash,
+    split_hf,
+)
+from storage.sae_names import (
+    SAESpecError,
+    SourceError,
+    read_registry_yaml,
+    registry_directory,
+    registry_releases,
+    registry_spec,
+)
+
+WATCHED = "watched"
+_TL_HOOK = re.compile(
+    r"hook_embed|hook_pos_embed|ln_final\.hook_(scale|normalized)"
+    r"|blocks\.\d+\.(hook_(resid_pre|resid_mid|resid_post|attn_out|mlp_out|attn_in|mlp_in|q_input|k_input|v_input)"
+    r"|attn\.hook_(q|k|v|z|result|pattern|attn_scores|rot_q|rot_k)|mlp\.hook_(pre|post|pre_linear)"
+    r"|ln[12]\.hook_(scale|normalized))")
+# what tells one version of a remote file from another, by backend (first present wins)
+_VERSION_KEYS = ("ETag", "etag", "md5Hash", "md5", "crc32c", "generation", "LastModified", "last_modified", "mtime",
+                 "updated", "created")
+
+
+class _NotAnSAE(Exception):
+    """A directory holding neither of an SAE's files: not listed, not reported."""
+
+
+class _Unreadable(Exception):
+    """An entry that looks like an SAE but cannot be listed; the message is the reason."""
+
+
+# -- paths under SAGE_HOME ------------------------------------------------------------------------------------------
+def watched_root(home: SageHome) -> Path:
+    return home.root / WATCHED
+
+
+def watched_snapshot(home: SageHome, content_hash: str) -> Path:
+    """The write-once copy of a remote folder's SAE whose files hash to `content_hash` (`sae_files_hash`)."""
+    if not re.fullmatch(rf"[0-9a-f]{{{HASH_LEN}}}", content_hash):
+        raise ValueError(f"{content_hash!r} is not a content hash ({HASH_LEN} hex digits)")
+    return watched_root(home) / content_hash
+
+
+def _watched_pointer(home: SageHome, key: str) -> Path:
+    """A write-once note: the remote SAE files of this (URL, sizes, versions) are snapshot <hash> (no new copy)."""
+    return watched_root(home) / "seen" / key
+
+
+# -- the one entry point --------------------------------------------------------------------------------------------
+def list_source(source: RegistrySource | FolderSource | YamlSource, home: SageHome) -> Listing:
+    """Every SAE `source` holds now; a SourceError (one line) when the source itself cannot be read."""
+    if isinstance(source, RegistrySource):
+        return _list_registry(source)
+    if isinstance(source, FolderSource):
+        return _list_folder(source, home)
+    if isinstance(source, YamlSource):
+        return _list_yaml(source)
+    raise TypeError(f"not a source: {source!r}")
+
+
+def _matches(name: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def is_hook_name(name: str) -> bool:
+    """`name` is a TransformerLens hook name (blocks.8.hook_resid_pre, blocks.0.attn.hook_z, ...)."""
+    return _TL_HOOK.fullmatch(name) is not None
+
+
+def _hub_found(label: str, release: str, sae_id: str, spec: str, model: str, where: HubSAE) -> FoundSAE:
+    cfg = cached_cfg(where.repo_id, where.folder)
+    hook = (cfg_hook(cfg) if cfg else "") or (sae_id if is_hook_name(sae_id) else "")
+    return FoundSAE(source=label, release=release, sae_id=sae_id, spec=spec, model=model, hook=hook,
+                    content_hash=hub_content_hash(where))
+
+
+# -- the SAELens registry -------------------------------------------------------------------------------------------
+def _list_registry(src: RegistrySource) -> Listing:
+    releases = registry_releases()
+    found, unreadable = [], []
+    for release, info in registry_directory().items():
+        if not (_matches(info.model, src.models) and _matches(release, src.releases)):
+            continue
+        for sae_id in info.saes_map:
+            try:
+                spec = registry_spec(release, sae_id, releases)
+            except SAESpecError as e:  # a name no spec reads back (none in the shipped registry)
+                unreadable.append((f"{release}/{sae_id}", str(e)))
+                continue
+            found.append(_hub_found(src.label, release, sae_id, spec, info.model, registry_location(release, sae_id)))
+    return Listing(found=found, unreadable=unreadable)
+
+
+# -- a registry-format YAML -----------------------------------------------------------------------------------------
+def _fs(url: str, what: str):
+    from fsspec.core import url_to_fs
+
+    try:
+        return url_to_fs(url)
+    except ImportError as e:  # the protocol's backend is not installed
+        raise SourceError(f"cannot open {what} {url}: {e}; install that backend or fix the URL") from e
+    except ValueError as e:
+        raise SourceError(f"cannot open {what} {url}: {e}; use a path or an fsspec URL (file://, s3://, ...)") from e
+
+
+def _list_yaml(src: YamlSource) -> Listing:
+    fs, path = _fs(src.url, "YAML source")
+    try:
+        text = fs.cat_file(path)
+    except FileNotFoundError:
+        raise SourceError(f"YAML source {src.url} does not exist; fix the path or URL after yaml:") from None
+    except (OSError, ValueError) as e:
+        raise SourceError(f"YAML source {src.url} could not be read ({type(e).__name__}: {e})") from e
+    found, unreadable = [], []
+    for release, r in read_registry_yaml(text, f"YAML source {src.url}").items():
+        if not (_matches(r.model, src.models) and _matches(release, src.releases)):
+            continue
+        overrides = sorted(k for k in (r.config_overrides or {}) if k not in PROVENANCE_KEYS)
+        if r.conversion_func not in (None, "sae_lens") or overrides:
+            why = (f"conversion_func {r.conversion_func!r}" if r.conversion_func not in (None, "sae_lens")
+                   else f"config_overrides {overrides}")
+            unreadable.append((f"{src.url}#{release}", f"{why}: only releases sae_lens loads as they are (cfg.json + "
+                                                       "sae_weights.safetensors, no overrides) are watched from a YAML"))
+            continue
+        for sae_id, path in r.saes.items():
+            try:
+                repo_id, folder = split_hf(f"{r.repo_id}:{path}")
+            except SAESpecError as e:
+                raise SourceError(f"YAML source {src.url}: release {release!r}, SAE {sae_id!r}: {e}") from e
+            found.append(_hub_found(src.label, release, sae_id, f"hf:{repo_id}:{folder}", r.model,
+                                    HubSAE(repo_id, folder, {})))
+    return Listing(found=found, unreadable=unreadable)
+
+
+# -- a watched folder -----------------------------------------------------------------------------------------------
+def _hostile(name: str) -> str | None:
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return "its name holds control characters; rename it"
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "its name is not valid UTF-8; rename it"
+    return None
+
+
+def _skipped_name(name: str) -> bool:
+    """Hidden entries and write-once temporaries (`<name>.partial-<owner>`): never SAEs of their own."""
+    return name.startswith(".") or ".partial-" in name or ".stale-" in name
+
+
+def _sae_fields(cfg_bytes: bytes) -> tuple[str, str]:
+    """(model, hook) of a cfg.json; _Unreadable with the reason otherwise."""
+    try:
+        cfg = read_cfg(cfg_bytes)
+    except ValueError as e:
+        raise _Unreadable(str(e)) from e
+    model, hook = cfg_field(cfg, "model_name"), cfg_hook(cfg)
+    if not model:
+        raise _Unreadable("cfg.json names no model (metadata.model_name); add it")
+    if _hostile(model) or _hostile(hook):
+        raise _Unreadable("cfg.json's model or hook name holds control characters")
+    return model, hook
+
+
+def _inside(p: Path, real_root: Path) -> bool:
+    try:
+        return p.resolve().is_relative_to(real_root)
+    except (OSError, RuntimeError):  # a symlink loop
+        return False
+
+
+def _local_sae(label: str, d: Path, real_root: Path) -> FoundSAE:
+    files = [d / SAE_CFG, d / SAE_WEIGHTS]
+    there = [f.exists() or f.is_symlink() for f in files]
+    if not any(there):
+        raise _NotAnSAE
+    if not all(there):
+        raise _Unreadable(f"missing {files[there.index(False)].name}; an SAE directory holds {SAE_CFG} and "
+                          f"{SAE_WEIGHTS}")
+    for f in files:
+        if f.is_symlink() and not _inside(f, real_root):
+            raise _Unreadable(f"{f.name} is a symlink leading outside the watched folder; not followed")
+        if not f.is_file():
+            raise _Unreadable(f"{f.name} is not a file")
+    try:
+        if files[0].stat().st_size > MAX_CFG_BYTES:
+            raise _Unreadable(f"cfg.json is {files[0].stat().st_size} bytes, not an SAE config (a few KB)")
+        model, hook = _sae_fields(files[0].read_bytes())
+        content_hash = sae_files_hash(d)
+    except OSError as e:
+        raise _Unreadable(f"could not be read ({e.strerror or e})") from e
+    return FoundSAE(source=label, sae_id=str(d), spec=str(d), model=model, hook=hook, content_hash=content_hash)
+
+
+def _list_local(label: str, root: Path) -> Listing:
+    if not root.exists():
+        raise SourceError(f"watched folder {root} does not exist; create it (mkdir -p {root}) or fix the path after "
+                          "dir:")
+    if not root.is_dir():
+        raise SourceError(f"watched folder {root} is a file; pass the folder that holds the SAE directories")
+    real = root.resolve()
+    dirs, unreadable = [], []
+    if (root / SAE_CFG).exists() or (root / SAE_WEIGHTS).exists():
+        dirs = [root]  # the folder is itself an SAE directory
+    else:
+        try:
+            entries = sorted(os.scandir(root), key=lambda e: e.name)
+        except OSError as e:
+            raise SourceError(f"watched folder {root} could not be listed ({e.strerror or e}); fix its permissions"
+                              ) from e
+        for entry in entries:
+            why = _hostile(entry.name)
+            if why:
+                unreadable.append((f"{root}/{ascii(entry.name)}", why))
+                continue
+            p = root / entry.name
+            if _skipped_name(entry.name) or not p.is_dir():
+                continue
+            if entry.is_symlink() and not _inside(p, real):
+                unreadable.append((str(p), "a symlink leading outside the watched folder; not followed"))
+            else:
+                dirs.append(p)
+    found = []
+    for d in dirs:
+        try:
+            found.append(_local_sae(label, d, real))
+        except _NotAnSAE:
+            continue
+        except _Unreadable as e:
+            unreadable.append((str(d), str(e)))
+    return Listing(found=found, unreadable=unreadable)
+
+
+def _version(info: dict[str, Any]) -> str | None:
+    for k in _VERSION_KEYS:
+        if info.get(k) not in (None, ""):
+            return f"{k}={info[k]}"
+    return None
+
+
+def _snapshot(fs, d: str, cfg_bytes: bytes, infos: list[dict[str, Any]], home: SageHome) -> Path:
+    """The write-once local copy of a remote SAE directory, named by its content hash. Where the backend reports a
+    version of both files (an ETag, an mtime, ...), a note keyed by URL, sizes and versions saves the next listing
+    the download; without one every listing copies the files again to learn their hash."""
+    url = fs.unstrip_protocol(d)
+    versions = [_version(i) for i in infos]
+    pointer = None
+    if all(versions):
+        pointer = _watched_pointer(home, stable_hash(url, [(i.get("size"), v) for i, v in zip(infos, versions, strict=True)]))
+        if is_complete(pointer):
+            try:
+                snap = watched_snapshot(home, str(read_marker(pointer).get("snapshot", "")))
+            except (ValueError, StoreError):  # a note that names no snapshot: copy again
+                snap = None
+            if snap is not None and is_complete(snap):
+                return snap
+    watched_root(home).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".incoming-", dir=watched_root(home)) as tmp:
+        t = Path(tmp)
+        (t / SAE_CFG).write_bytes(cfg_bytes)
+        fs.get_file(f"{d}/{SAE_WEIGHTS}", str(t / SAE_WEIGHTS))
+        snap = watched_snapshot(home, sae_files_hash(t))
+        if not is_complete(snap):
+            with write_once(snap, {"kind": "watched-sae", "url": url}) as out:
+                for f in (SAE_CFG, SAE_WEIGHTS):
+                    os.replace(t / f, out / f)
+    if pointer is not None and not is_complete(pointer):
+        with write_once(pointer, {"kind": "watched-pointer", "url": url, "snapshot": snap.name}):
+            pass  # the marker is the note
+    return snap
+
+
+def _remote_sae(label: str, fs, d: str, home: SageHome) -> FoundSAE:
+    infos = []
+    for name in (SAE_CFG, SAE_WEIGHTS):
+        try:
+            infos.append(fs.info(f"{d}/{name}"))
+        except FileNotFoundError:
+            infos.append(None)
+    if not any(infos):
+        raise _NotAnSAE
+    if not all(infos):
+        raise _Unreadable(f"missing {SAE_CFG if infos[0] is None else SAE_WEIGHTS}; an SAE directory holds "
+                          f"{SAE_CFG} and {SAE_WEIGHTS}")
+    if any(i.get("type") != "file" for i in infos):
+        raise _Unreadable(f"{SAE_CFG} or {SAE_WEIGHTS} is not a file")
+    if (infos[0].get("size") or 0) > MAX_CFG_BYTES:
+        raise _Unreadable(f"cfg.json is {infos[0]['size']} bytes, not an SAE config (a few KB)")
+    try:
+        cfg_bytes = fs.cat_file(f"{d}/{SAE_CFG}")
+        model, hook = _sae_fields(cfg_bytes)
+        snap = _snapshot(fs, d, cfg_bytes, infos, home)
+    except (_Unreadable, StoreError):  # a full or unwritable SAGE_HOME stops the listing
+        raise
+    except Exception as e:  # backends raise their own errors (botocore, aiohttp, ...): this entry is unreadable
+        raise _Unreadable(f"could not be read or copied ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from e
+    return FoundSAE(source=label, sae_id=fs.unstrip_protocol(d), spec=str(snap), model=model, hook=hook,
+                    content_hash=sae_files_hash(snap))
+
+
+def _list_folder(src: FolderSource, home: SageHome) -> Listing:
+    from fsspec.implementations.local import LocalFileSystem
+
+    fs, root = _fs(src.url, "watched folder")
+    if isinstance(fs, LocalFileSystem):
+        return _list_local(src.label, Path(root))
+    root = root.rstrip("/") or "/"
+    try:
+        if not fs.isdir(root):
+            raise SourceError(f"watched folder {src.url} does not exist (or is not a folder); create it or fix the "
+                              "URL after dir:")
+        entries = fs.ls(root, detail=True)
+    except (OSError, ValueError) as e:
+        raise SourceError(f"watched folder {src.url} could not be listed ({type(e).__name__}: {e})") from e
+    dirs, unreadable = [], []
+    names = {e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries}
+    if SAE_CFG in names or SAE_WEIGHTS in names:
+        dirs = [root]
+    else:
+        for e in sorted(entries, key=lambda e: e["name"]):
+            path = e["name"].rstrip("/")
+            name = path.rsplit("/", 1)[-1]
+            why = _hostile(name)
+            if why:
+                unreadable.append((f"{fs.unstrip_protocol(root)}/{ascii(name)}", why))
+            elif e.get("type") == "directory" and not _skipped_name(name):
+                dirs.append(path)
+    found = []
+    for d in dirs:
+        try:
+            found.append(_remote_sae(src.label, fs, d, home))
+        except _NotAnSAE:
+            continue
+        except _Unreadable as e:
+            unreadable.append((fs.unstrip_protocol(d), str(e)))
+    return Listing(found=found, unreadable=unreadable)
