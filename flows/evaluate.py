@@ -4,7 +4,8 @@ zoo (built if missing) -> locate + fit the ground truth (subflow `fit`) -> resol
 scoring units -> per task: one role-position capture of every hook its cross-sections and SAEs need, and the
 cross-sections' references -> one `score-unit` per (SAE or projected pair or control) x task, and `core-metrics` per
 SAE, each submitted to the command's engine (`flows.engine`: threads, or a Dask cluster's workers, an SAE's units
-placed together) -> verdicts, leaderboard and run files, report, Prefect artifacts.
+placed together) -> verdicts, leaderboard and run files, report, Prefect artifacts -> the scored SAEs into the
+ledger's evaluations (what `sage leaderboard` ranks across runs).
 
 Every compute task is cached on the content hashes of its inputs, so adding one SAE to an evaluated set runs only that
 SAE's scoring (and its core metrics): no capture, location search or fit is repeated. A failing SAE is reported as
@@ -35,9 +36,10 @@ from tasks import report as rt
 from tasks.common import ManifestSerializer, in_home, log
 from tasks.plan import check_inputs, plan_scoring
 from tasks.score import resolve_sae, sae_core_metrics, score_unit, section_references
+from tasks.watch import record_evaluations
 
 TASKS = (resolve_sae, plan_scoring, ct.prepare_capture, section_references, score_unit, sae_core_metrics,
-         rt.judge_ground_truth, rt.write_run_files, rt.write_run_report, rt.publish_run)
+         rt.judge_ground_truth, rt.write_run_files, rt.write_run_report, rt.publish_run, record_evaluations)
 
 
 def one_line(exc: BaseException) -> str:
@@ -153,7 +155,8 @@ def evaluate(cfg: EvaluateConfig = EvaluateConfig(), home: str | None = None, ru
                                failures, root)
     report = t["report"](run_ref, verdicts, list(plan.unreached), root)
     t["publish"](run_ref, report, verdicts, list(plan.unreached), root)
-    return _outputs(h, cfg, tasks, zoo, gt, run_ref, report, verdicts, plan, failures, loads)
+    recorded = t["record-evaluations"](run_ref, cfg.pretrained or name, saes, root)
+    return _outputs(h, cfg, tasks, zoo, gt, run_ref, report, verdicts, plan, failures, loads, recorded)
 
 
 def _captured(t: dict, plan, zoo, root: str, device: str, failures: list[dict[str, str]]) -> dict:
@@ -193,14 +196,15 @@ def _log_loads(eng, before, n_saes: int) -> dict[str, int]:
 
 
 def _outputs(h: SageHome, cfg: EvaluateConfig, tasks: list[str], zoo, gt, run_ref, report, verdicts, plan,
-             failures: list[dict[str, str]], loads: dict[str, int]) -> dict[str, Any] | State:
+             failures: list[dict[str, str]], loads: dict[str, int],
+             recorded: list[dict[str, Any]]) -> dict[str, Any] | State:
     files = sc_store.run_files(h.at(run_ref))
     out = {"run": run_ref.run, "scores": str(files["scores"]), "leaderboard": str(files["leaderboard"]),
            "report": str(h.at(report)), "n_failed": len(failures), "ground_truth": gt.path,
            "unreached": list(plan.unreached),
            "sections": {t: sorted({p.section.hook for p in gt.of_task(t)}) for t in tasks},
            "model_eval": [r for r in zoo.model_eval.rows if r["task"] in tasks] if cfg.pretrained else [],
-           "verdicts": verdicts, "loads": loads}
+           "verdicts": verdicts, "loads": loads, "saes": recorded, "failures": failures}
     if not failures:
         return out
     # Failed, not Completed: the UI (and a scheduler) shows the run as not fully successful; the data still holds

@@ -98,3 +98,18 @@ class EvaluateConfig(BaseModel):
 def pretrained_dir_name(name: str) -> str:
     """A pretrained model's directory under zoo/ ("EleutherAI/pythia-70m" -> "EleutherAI__pythia-70m")."""
     return name.replace("/", "__")
+
+
+class WatchConfig(BaseModel):
+    """A watch run: how each group of new SAEs is evaluated (`evaluate`: the zoo, tasks, scoring and device; its
+    `saes` and `pretrained` are set per group by the watch), how long a claim holds, how many SAEs one run takes on."""
+
+    model_config = ConfigDict(extra="forbid")
+    evaluate: EvaluateConfig = EvaluateConfig()
+    lease_hours: float = Field(12.0, gt=0, description="a claim older than this is taken to belong to a dead run")
+    max_new: int | None = Field(None, ge=1, description="evaluate at most this many new SAEs per run; the rest wait "
+                                                        "for the next run (default: all)")
+
+    @classmethod
+    def tiny(cls) -> WatchConfig:
+        return cls(evaluate=EvaluateConfig(zoo=ZooConfig.tiny()))

@@ -1,0 +1,280 @@
+"""The ledger: `SAGE_HOME/ledger.sqlite`, the one mutable state under SAGE_HOME (everything else is write-once).
+
+    saes         one row per SAE a watch source listed: who it is (source, release, sae_id), how to load it (spec),
+                 its model, hook and weights' content hash where known, first and last seen, its status
+                 (new | evaluating | evaluated | failed | skipped) with the reason, the run that scored it and its
+                 name in that run, and, while a watch run evaluates it, which run claimed it until when
+    evaluations  append-only: one row per SAE a run scored (every `sage evaluate` and every watch run), by content hash
+
+SQLite in WAL mode (readers never wait for the writer), a versioned schema (`PRAGMA user_version`, migrated forward
+when opened), and every decision that writes taken inside one `BEGIN IMMEDIATE` transaction: two watch runs at once
+serialise on it, so an SAE is claimed by exactly one of them; a claim expires after its lease, so a run that died does
+not hold its SAEs for ever.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import polars as pl
+
+from sage_core.watch.plan import Decision, Outcome, SeenRow, decide
+from sage_core.watch.sources import FoundSAE
+from storage.atomic import StoreError
+from storage.home import SageHome
+
+LEDGER_FILE = "ledger.sqlite"
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_S = 60.0
+STATUSES = ("new", "evaluating", "evaluated", "failed", "skipped")
+
+_SCHEMA_V1 = f"""
+CREATE TABLE saes (
+    source        TEXT NOT NULL,
+    release       TEXT NOT NULL,
+    sae_id        TEXT NOT NULL,
+    spec          TEXT NOT NULL,
+    model         TEXT NOT NULL,
+    hook          TEXT NOT NULL DEFAULT '',
+    content_hash  TEXT,
+    first_seen    TEXT NOT NULL,
+    last_seen     TEXT NOT NULL,
+    status        TEXT NOT NULL CHECK (status IN {STATUSES!r}),
+    reason        TEXT NOT NULL DEFAULT '',
+    run           TEXT,
+    sae           TEXT,
+    claimed_by    TEXT,
+    claimed_until TEXT,
+    PRIMARY KEY (source, release, sae_id)
+);
+CREATE TABLE evaluations (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    content_hash  TEXT NOT NULL,
+    model         TEXT NOT NULL,
+    run           TEXT NOT NULL,
+    sae           TEXT NOT NULL,
+    spec          TEXT NOT NULL,
+    source        TEXT NOT NULL,
+    status        TEXT NOT NULL CHECK (status IN ('evaluated', 'failed')),
+    reason        TEXT NOT NULL DEFAULT '',
+    evaluated_at  TEXT NOT NULL,
+    UNIQUE (content_hash, run, sae)
+);
+CREATE INDEX evaluations_by_hash ON evaluations (content_hash, status);
+CREATE INDEX evaluations_by_model ON evaluations (model);
+"""
+MIGRATIONS = {1: _SCHEMA_V1}  # version -> the script that brings version-1 to it
+
+EVALUATION_SCHEMA = {"content_hash": pl.String, "model": pl.String, "run": pl.String, "sae": pl.String,
+                     "spec": pl.String, "source": pl.String, "status": pl.String, "reason": pl.String,
+                     "evaluated_at": pl.String}
+SAE_COLUMNS = ("source", "release", "sae_id", "spec", "model", "hook", "content_hash", "first_seen", "last_seen",
+               "status", "reason", "run", "sae", "claimed_by", "claimed_until")
+
+
+def now_utc() -> str:
+    """ISO-8601 UTC to the microsecond: sorts as time does."""
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+class LedgerError(StoreError):
+    """The ledger cannot be opened or read; the message says what to do."""
+
+
+class Ledger:
+    """One connection per call (sqlite3 connections are not shared across threads or processes)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        with self._connect() as db:
+            self._migrate(db)
+
+    @classmethod
+    def of(cls, home: SageHome) -> Ledger:
+        return cls(home.root / LEDGER_FILE)
+
+    # -- connection and schema -----------------------------------------------------------------------------------
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        try:
+            db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        except sqlite3.Error as e:
+            raise LedgerError(f"cannot open the ledger {self.path} ({e}); check SAGE_HOME is writable") from e
+        try:
+            db.row_factory = sqlite3.Row
+            if db.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":
+                raise LedgerError(f"the ledger {self.path} cannot use WAL mode (a network filesystem?); put SAGE_HOME "
+                                  "on a local disk")
+            db.execute("PRAGMA foreign_keys=ON")
+            yield db
+        except sqlite3.DatabaseError as e:
+            if isinstance(e, sqlite3.OperationalError) and "locked" in str(e):
+                raise LedgerError(f"the ledger {self.path} stayed locked for {BUSY_TIMEOUT_S:g} s; another watch "
+                                  "run holds it: retry when it is done") from e
+            raise LedgerError(f"the ledger {self.path} is damaged ({type(e).__name__}: {e}); move it aside and "
+                              "rerun: the next watch run lists every SAE as new again") from e
+        finally:
+            db.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One IMMEDIATE transaction: the write lock is taken before anything is read, so a decision and what it
+        writes are never interleaved with another process's."""
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version == SCHEMA_VERSION:
+            return
+        if version > SCHEMA_VERSION:
+            raise LedgerError(f"the ledger {self.path} has schema version {version}, newer than this SAGE's "
+                              f"{SCHEMA_VERSION}; upgrade SAGE")
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            version = db.execute("PRAGMA user_version").fetchone()[0]  # another process may have migrated meanwhile
+            for v in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[v].split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version={v}")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def schema_version(self) -> int:
+        with self._connect() as db:
+            return db.execute("PRAGMA user_version").fetchone()[0]
+
+    def integrity(self) -> str:
+        with self._connect() as db:
+            return db.execute("PRAGMA integrity_check").fetchone()[0]
+
+    # -- watch runs ----------------------------------------------------------------------------------------------
+    def _seen(self, db: sqlite3.Connection, found: list[FoundSAE]) -> dict[tuple[str, str, str], SeenRow]:
+        out = {}
+        for f in found:
+            row = db.execute("SELECT * FROM saes WHERE source=? AND release=? AND sae_id=?", f.key).fetchone()
+            if row is not None:
+                out[f.key] = SeenRow(**{k: row[k] for k in SeenRow.model_fields})
+        return out
+
+    def _scored(self, db: sqlite3.Connection, hashes: set[str]) -> dict[str, tuple[str, str]]:
+        """content hash -> (run, sae) of its latest successful evaluation, for the hashes asked about."""
+        out = {}
+        for h in hashes:
+            row = db.execute("SELECT run, sae FROM evaluations WHERE content_hash=? AND status='evaluated' "
+                             "ORDER BY evaluated_at DESC, id DESC LIMIT 1", (h,)).fetchone()
+            if row is not None:
+                out[h] = (row["run"], row["sae"])
+        return out
+
+    def plan(self, found: list[FoundSAE], owner: str, limit: int | None = None) -> list[Decision]:
+        """What each found SAE is to this run (`sage_core.watch.plan.decide`), read only: a dry run."""
+        with self._connect() as db:
+            return decide(found, self._seen(db, found), self._scored(db, _hashes(found)), owner, now_utc(), limit)
+
+    def claim(self, found: list[FoundSAE], owner: str, lease_hours: float,
+              limit: int | None = None) -> list[Decision]:
+        """Decide and record, in one transaction: every found SAE is seen now; those to evaluate are claimed by
+        `owner` for `lease_hours` (another run sees them as busy); unchanged copies of weights already scored are
+        recorded as evaluated by the run that scored them."""
+        stamp = now_utc()
+        until = (datetime.fromisoformat(stamp) + timedelta(hours=lease_hours)).isoformat(timespec="microseconds")
+        with self._write() as db:
+            decisions = decide(found, self._seen(db, found), self._scored(db, _hashes(found)), owner, stamp, limit)
+            for d in decisions:
+                f = d.found
+                db.execute("INSERT INTO saes (source, release, sae_id, spec, model, hook, content_hash, first_seen, "
+                           "last_seen, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'new') "
+                           "ON CONFLICT (source, release, sae_id) DO UPDATE SET last_seen=excluded.last_seen, "
+                           "spec=excluded.spec, model=excluded.model, hook=excluded.hook",
+                           (*f.key, f.spec, f.model, f.hook, f.content_hash, stamp, stamp))
+                if d.action == "evaluate":
+                    db.execute("UPDATE saes SET status='evaluating', reason=?, content_hash=?, claimed_by=?, "
+                               "claimed_until=? WHERE source=? AND release=? AND sae_id=?",
+                               (d.reason, f.content_hash, owner, until, *f.key))
+                elif d.action == "same-weights":
+                    db.execute("UPDATE saes SET status='evaluated', reason=?, content_hash=?, run=?, sae=?, "
+                               "claimed_by=NULL, claimed_until=NULL WHERE source=? AND release=? AND sae_id=?",
+                               (d.reason, f.content_hash, d.run, d.sae, *f.key))
+        return decisions
+
+    def settle(self, owner: str, outcomes: list[Outcome]) -> int:
+        """Record what became of the SAEs `owner` claimed; an SAE whose claim passed to another run (the lease
+        expired) is left to that run. Returns how many rows were settled."""
+        stamp, n = now_utc(), 0
+        with self._write() as db:
+            for o in outcomes:
+                f = o.found
+                cur = db.execute("UPDATE saes SET status=?, reason=?, run=?, sae=?, content_hash=COALESCE(?, "
+                                 "content_hash), claimed_by=NULL, claimed_until=NULL WHERE source=? AND release=? "
+                                 "AND sae_id=? AND (claimed_by=? OR claimed_by IS NULL)",
+                                 (o.status, o.reason, o.run, o.sae, o.content_hash, *f.key, owner))
+                n += cur.rowcount
+                if o.status in ("evaluated", "failed") and o.run and o.sae and (o.content_hash or f.content_hash):
+                    _append(db, o.content_hash or f.content_hash, o.model or f.model, o.run, o.sae, f.spec,
+                            f.source, o.status, o.reason, stamp, name_source=True)
+        return n
+
+    def release(self, owner: str) -> int:
+        """Give back every claim `owner` still holds (a run that stops early): they are new again for the next."""
+        with self._write() as db:
+            return db.execute("UPDATE saes SET status='new', claimed_by=NULL, claimed_until=NULL "
+                              "WHERE claimed_by=? AND status='evaluating'", (owner,)).rowcount
+
+    # -- evaluations of any run -----------------------------------------------------------------------------------
+    def record_run(self, run: str, model: str, rows: list[dict[str, str]], source: str = "evaluate") -> int:
+        """Append one evaluation per SAE a run scored: rows of {content_hash, sae, spec, status, reason}. A run
+        recorded again (a cached rerun) adds nothing. Returns how many rows were added."""
+        stamp, n = now_utc(), 0
+        with self._write() as db:
+            for r in rows:
+                n += _append(db, r["content_hash"], model, run, r["sae"], r["spec"], r.get("source", source),
+                             r["status"], r.get("reason", ""), stamp)
+        return n
+
+    def evaluations(self, model: str | None = None) -> pl.DataFrame:
+        """Every evaluation recorded (of `model` only, when given), oldest first."""
+        cols = ", ".join(EVALUATION_SCHEMA)
+        with self._connect() as db:
+            if model is None:
+                rows = db.execute(f"SELECT {cols} FROM evaluations ORDER BY evaluated_at, id").fetchall()
+            else:
+                rows = db.execute(f"SELECT {cols} FROM evaluations WHERE model=? ORDER BY evaluated_at, id",
+                                  (model,)).fetchall()
+        return pl.DataFrame([dict(r) for r in rows], schema=EVALUATION_SCHEMA, orient="row")
+
+    def saes(self, status: str | None = None) -> pl.DataFrame:
+        """The SAEs watch runs have seen (with `status` only, when given)."""
+        with self._connect() as db:
+            q = f"SELECT {', '.join(SAE_COLUMNS)} FROM saes"
+            rows = (db.execute(q + " WHERE status=? ORDER BY source, release, sae_id", (status,)) if status
+                    else db.execute(q + " ORDER BY source, release, sae_id")).fetchall()
+        return pl.DataFrame([dict(r) for r in rows], schema={c: pl.String for c in SAE_COLUMNS}, orient="row")
+
+
+def _hashes(found: list[FoundSAE]) -> set[str]:
+    return {f.content_hash for f in found if f.content_hash}
+
+
+def _append(db: sqlite3.Connection, content_hash: str, model: str, run: str, sae: str, spec: str, source: str,
+            status: str, reason: str, stamp: str, name_source: bool = False) -> int:
+    """One evaluation, once; `name_source`: the watch knows where the SAE came from better than the evaluation it
+    ran (which recorded it first, as "evaluate"), so its source and spec replace those."""
+    on_conflict = ("DO UPDATE SET source=excluded.source, spec=excluded.spec" if name_source else "DO NOTHING")
+    return db.execute("INSERT INTO evaluations (content_hash, model, run, sae, spec, source, status, reason, "
+                      "evaluated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (content_hash, run, sae) "
+                      + on_conflict, (content_hash, model, run, sae, spec, source, status, reason, stamp)).rowcount
+

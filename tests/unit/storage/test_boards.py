@@ -1,0 +1,143 @@
+"""The leaderboard across runs read from real run directories (`storage.scores.write_run`), one of them then damaged.
+
+The ledger's evaluations are built by hand here (the columns `storage.ledger.Ledger.evaluations` returns)."""
+
+from __future__ import annotations
+
+import os
+
+import polars as pl
+import pytest
+
+from sage_core.scoring.leaderboard import LeaderboardRow
+from sage_core.scoring.rows import SCORE_SCHEMA
+from storage import boards
+from storage.boards import across_runs
+from storage.home import SageHome
+
+EV_SCHEMA = {"content_hash": pl.String, "model": pl.String, "run": pl.String, "sae": pl.String, "spec": pl.String,
+             "source": pl.String, "status": pl.String, "reason": pl.String, "evaluated_at": pl.String}
+TEXT = {"sae", "task", "kind", "mapping", "status"}
+BOARD = {c: pl.String if c in TEXT else pl.Int64 if c == "n_sections" else pl.Float64
+         for c in LeaderboardRow.model_fields}
+A = "blocks.0.hook_resid_pre--topk-64"
+B = "blocks.1.hook_mlp_out--relu-128"
+HOOKS = {A: "blocks.0.hook_resid_pre", B: "blocks.1.hook_mlp_out"}
+
+
+def _board(rows):
+    out = [LeaderboardRow(sae=sae, task="ioi", kind=kind, mapping="native" if kind == "trained" else "control",
+                          status="ok", n_sections=1, summary=s, l0=5.0).model_dump() for sae, kind, s in rows]
+    return pl.DataFrame(out, schema=BOARD)
+
+
+def _scores(saes):
+    return pl.DataFrame([{"sae": s, "task": "ioi", "hook": HOOKS[s], "head": None, "role": "END", "mapping": "native",
+                          "metric": "summary", "value": 0.5} for s in saes], schema=SCORE_SCHEMA)
+
+
+def _failures(rows=()):
+    return pl.DataFrame(list(rows), schema={"sae": pl.String, "stage": pl.String, "error": pl.String}, orient="row")
+
+
+@pytest.fixture()
+def home(tmp_path):
+    """r1 scored A (0.4) and B (0.6); r2 scored a changed copy of A under the same name (0.7) and failed on C."""
+    from storage.scores import write_run
+
+    h = SageHome(tmp_path / "home")
+    write_run(h.scores_dir("r1"), _scores([A, B]),
+              _board([(A, "trained", 0.4), (B, "trained", 0.6), ("control:oracle", "oracle", 0.9),
+                      ("control:random", "random", 0.1)]), _failures(), {"run": "r1", "model": "sage-tiny"})
+    write_run(h.scores_dir("r2"), _scores([A]),
+              _board([(A, "trained", 0.7), ("control:oracle", "oracle", 0.95), ("control:random", "random", 0.2)]),
+              _failures([("C", "resolve", "cfg.json is missing")]), {"run": "r2", "model": "sage-tiny"})
+    return h
+
+
+def _ev(*rows):
+    return pl.DataFrame([{"content_hash": c, "model": "sage-tiny", "run": run, "sae": sae, "spec": f"dir:/x/{sae}",
+                          "source": "dir:/x", "status": st, "reason": "", "evaluated_at": f"2024-06-0{day}T00:00:00Z"}
+                         for c, run, sae, st, day in rows], schema=EV_SCHEMA)
+
+
+LEDGER = _ev(("a-old", "r1", A, "evaluated", 1), ("b", "r1", B, "evaluated", 1), ("a-new", "r2", A, "evaluated", 2),
+             ("c", "r2", "C", "failed", 2))
+
+
+def _tree(root):
+    return sorted((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in root.rglob("*"))
+
+
+def test_two_runs_both_hashes_of_one_name_are_ranked_with_their_hooks(home):
+    before = _tree(home.root)
+    out = across_runs(home, LEDGER)
+    assert out.warnings == []
+    got = out.rows.select("content_hash", "run", "sae", "hook", "task", "summary", "rank").rows()
+    assert got == [("a-new", "r2", A, HOOKS[A], "ioi", 0.7, 1), ("b", "r1", B, HOOKS[B], "ioi", 0.6, 2),
+                   ("a-old", "r1", A, HOOKS[A], "ioi", 0.4, 3),
+                   ("c", "r2", "C", None, None, None, None)]
+    failed = out.rows.filter(pl.col("content_hash") == "c")
+    assert failed["status"].to_list() == ["failed: resolve: cfg.json is missing"]
+    assert out.controls.select("run", "kind", "summary").rows() == [("r2", "oracle", 0.95), ("r2", "random", 0.2)]
+    assert _tree(home.root) == before, "reading writes nothing"
+
+
+def test_each_run_is_read_once(home, monkeypatch):
+    reads = []
+    real = boards.read_run_tables
+    monkeypatch.setattr(boards, "read_run_tables", lambda h, run: reads.append(run) or real(h, run))
+    across_runs(home, LEDGER)
+    assert sorted(reads) == ["r1", "r2"]
+
+
+def test_a_damaged_run_is_left_out_and_named_and_earlier_results_stand(home):
+    target = home.scores_dir("r2") / "leaderboard.parquet"
+    os.chmod(target, 0o644)
+    with open(target, "r+b") as f:
+        f.seek(20)
+        f.write(b"\x00garbage\x00")
+    out = across_runs(home, LEDGER)
+    assert len(out.warnings) == 1 and out.warnings[0].startswith("run r2 could not be read")
+    assert "leaderboard.parquet" in out.warnings[0] and "\n" not in out.warnings[0]
+    # a-new's only result was in r2: gone; the failed C needs no file and stays (without its reason)
+    got = out.rows.select("content_hash", "run", "summary", "rank", "status").rows()
+    assert got == [("b", "r1", 0.6, 1, "ok"), ("a-old", "r1", 0.4, 2, "ok"),
+                   ("c", "r2", None, None, "failed in run r2")]
+    assert out.controls["run"].unique().to_list() == ["r1"]
+
+
+def test_a_re_evaluation_in_a_damaged_run_falls_back_to_the_earlier_one(home):
+    import shutil
+
+    shutil.rmtree(home.scores_dir("r2"))
+    ledger = _ev(("b", "r1", B, "evaluated", 1), ("b", "r2", B, "evaluated", 2))
+    out = across_runs(home, ledger)
+    assert out.rows.select("content_hash", "run", "summary").rows() == [("b", "r1", 0.6)]
+    assert len(out.warnings) == 1 and "run r2 could not be read" in out.warnings[0]
+    assert "earlier results of its SAEs stand" in out.warnings[0]
+
+
+def test_a_failed_run_that_wrote_no_directory_is_no_warning(home):
+    out = across_runs(home, _ev(("b", "r1", B, "evaluated", 1), ("z", "crashed", "Z", "failed", 2)))
+    assert out.warnings == []
+    assert out.rows.select("content_hash", "rank", "status").rows() == [("b", 1, "ok"),
+                                                                        ("z", None, "failed in run crashed")]
+
+
+def test_model_and_task_filters_and_unknown_ones_list_the_known(home):
+    ledger = pl.concat([LEDGER, _ev(("g", "g1", "gpt-sae", "failed", 3)).with_columns(pl.lit("gpt2").alias("model"))])
+    only = across_runs(home, ledger, model="gpt2")
+    assert only.rows.select("content_hash", "status").rows() == [("g", "failed in run g1")]
+    assert across_runs(home, ledger, model="sage-tiny", task="ioi").rows.height == 4
+    with pytest.raises(ValueError, match=r"unknown --model 'gpt-2': the ledger has evaluations for gpt2, sage-tiny "
+                                         r"\(closest: gpt2\)"):
+        across_runs(home, ledger, model="gpt-2")
+    with pytest.raises(ValueError, match=r"unknown --task 'gendered': the runs in the ledger scored ioi$"):
+        across_runs(home, ledger, task="gendered")
+
+
+def test_run_file_names_match_the_writer():
+    from storage.scores import RUN_FILES
+
+    assert boards.RUN_FILES == RUN_FILES
