@@ -41,7 +41,7 @@ def watch_cmd(
 
     with refused():
         for s in source:
-            parse_source(s)
+            _check_local(parse_source(s))
     from storage.home import SageHome
 
     h = SageHome(home)
@@ -68,6 +68,21 @@ def watch_cmd(
                   + ("" if dry_run else "; `sage leaderboard` ranks them among all"))
     if out["counts"]["failed"] or out["source_errors"]:
         raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def _check_local(src) -> None:
+    """A local folder or file the user typed that is not there: one line now, not a failed source after start-up."""
+    from pathlib import Path
+
+    url = getattr(src, "url", None)
+    if url is None or "://" in url:
+        return
+    path = Path(url).expanduser()
+    want_dir = src.kind == "dir"
+    if not (path.is_dir() if want_dir else path.is_file()):
+        what = "folder" if want_dir else "YAML file"
+        raise ValueError(f"{src.kind}:{url}: no {what} there; check the path (a {what} of SAEs in SAELens' layout"
+                         + (")" if want_dir else " in the SAELens registry format)"))
 
 
 def _print(out: dict[str, Any]) -> None:
