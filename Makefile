@@ -2,6 +2,7 @@
 #   make run    install everything into .venv, build the built-in zoo (once), evaluate every zoo SAE on every task,
 #               print the leaderboard (best TOP trained SAEs per task + controls) and where the full report is
 #   make test   install what is missing, then lint and run every test (slow ones included)
+# and a standing service: `make serve` / `make serve-stop` (README "A standing service: watch for new SAEs")
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -16,7 +17,13 @@ PIP := $(PY) -m pip --disable-pip-version-check
 QUIET_PIP := 2>&1 | grep -v "is neither a file nor a directory" || true
 STAMP := $(VENV)/.sage-installed
 
-.PHONY: run test install lint bench clean-data ui
+# the standing service's ports, on 127.0.0.1: the Prefect server (API and UI) and its PostgreSQL (5433: a system
+# cluster may hold 5432)
+PREFECT_PORT ?= 4200
+PG_PORT ?= 5433
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo -n)
+
+.PHONY: run test install lint bench clean-data ui postgresql serve serve-stop serve-status
 
 # the install is a stage of `make run` like the others: one line when it starts, one with its duration when it ends
 STAGE_LINE = echo "[sage $$(date +%H:%M:%S)] install:"
@@ -53,21 +60,47 @@ run: install
 lint: install
 	$(VENV)/bin/ruff check sage_core storage tasks flows report tests benchmarks
 
-test: install lint
+test: install lint postgresql
 	$(PY) -m pytest -q tests
 
-bench: install
+bench: install postgresql
 	$(PY) -m benchmarks.zoo
 	$(PY) -m benchmarks.capture
 	$(PY) -m benchmarks.locate
 	$(PY) -m benchmarks.fit
 	$(PY) -m benchmarks.score
 	$(PY) -m benchmarks.scale
+	$(PY) -m benchmarks.service
 
 # the Prefect UI at http://127.0.0.1:4200 (flow runs, task runs, stage progress, leaderboards, plots); a `sage` command
 # run with PREFECT_API_URL=http://127.0.0.1:4200/api reports to it, otherwise each command starts its own temporary server
 ui: install
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(VENV)/bin/prefect server start --host 127.0.0.1
 
-clean-data:
+# PostgreSQL, Prefect's database for the standing service (its test too): the Debian package where it is missing
+postgresql:
+	@if [ -n "$$SAGE_PG_BIN" ] || ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || \
+	  command -v postgres >/dev/null; then :; elif command -v apt-get >/dev/null; then echo "installing PostgreSQL (apt-get install postgresql) ..."; \
+	  $(SUDO) apt-get update -qq >/dev/null && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null 2>&1 || \
+	  { echo "could not install PostgreSQL: run 'apt-get install postgresql' as root, then make again"; exit 1; }; \
+	else echo "PostgreSQL not found: install it (>= 13), or set SAGE_PG_BIN to the directory of its postgres and initdb"; \
+	  exit 1; fi
+
+# the standing service: PostgreSQL (data under SAGE_HOME/service), the Prefect server on it, the work pool, every
+# deployment of prefect.yaml (watch-nightly runs at 03:00 UTC) and one process worker, all on 127.0.0.1
+# SERVE_ARGS: more options of `sage serve start`, e.g. SERVE_ARGS="--deployment watch-nightly" deploys only that one
+serve: install postgresql
+	@SAGE_HOME=$(SAGE_HOME) $(VENV)/bin/sage serve start --port $(PREFECT_PORT) --pg-port $(PG_PORT) $(SERVE_ARGS)
+
+# stops what `make serve` started, by the pids it recorded: worker, server, PostgreSQL; safe to run twice
+serve-stop:
+	@if [ -x $(VENV)/bin/sage ]; then SAGE_HOME=$(SAGE_HOME) $(VENV)/bin/sage serve stop; \
+	else echo "nothing to stop: $(VENV) is not installed"; fi
+
+serve-status:
+	@SAGE_HOME=$(SAGE_HOME) $(VENV)/bin/sage serve status
+
+# a running service holds its database under SAGE_HOME: stop it first
+clean-data: serve-stop
 	rm -rf $(SAGE_HOME)

@@ -8,7 +8,7 @@ bad arguments before torch, TransformerLens, SAELens or Prefect are imported.
 
 from __future__ import annotations
 
-from flows.cli import capture, evaluate, fit, leaderboard, locate, report, schema, watch, zoo  # noqa: F401  (each registers its commands)
+from flows.cli import capture, evaluate, fit, leaderboard, locate, report, schema, serve, watch, zoo  # noqa: F401  (each registers its commands)
 from flows.cli.options import app
 
 __all__ = ["app", "main"]

@@ -53,3 +53,48 @@ def test_torch_lower_bound_makes_torch_load_safe():
     deps = tomllib.loads((Path(__file__).parents[3] / "pyproject.toml").read_text())["project"]["dependencies"]
     torch = next(Requirement(d) for d in deps if Requirement(d).name == "torch")
     assert not torch.specifier.contains("2.5.1") and torch.specifier.contains("2.6.0"), str(torch.specifier)
+
+
+def _deployment(name: str) -> dict:
+    spec = yaml.safe_load((Path(__file__).parents[3] / "prefect.yaml").read_text())
+    return next(d for d in spec["deployments"] if d["name"] == name)
+
+
+def test_watch_nightly_runs_the_watch_flow_every_night_at_three_utc():
+    """Active, and Prefect's own scheduler code reads the cron as 03:00 UTC each day (hand-computed dates)."""
+    import asyncio
+    from datetime import UTC, datetime
+
+    from prefect.server.schemas.schedules import CronSchedule
+
+    dep = _deployment("watch-nightly")
+    assert dep["entrypoint"] == "flows/watch.py:watch"
+    assert dep["work_pool"]["name"] == "sage-process"
+    assert dep["work_pool"]["job_variables"]["env"]["SAGE_HOME"] == "{{ $SAGE_HOME }}"
+    [sched] = dep["schedules"]
+    assert sched["active"] is True
+    dates = asyncio.run(CronSchedule(cron=sched["cron"], timezone=sched["timezone"])
+                        .get_dates(n=2, start=datetime(2024, 6, 1, 12, 0, tzinfo=UTC)))
+    assert [d.isoformat() for d in dates] == ["2024-06-02T03:00:00+00:00", "2024-06-03T03:00:00+00:00"]
+
+
+def test_watch_nightly_sources_are_valid_once_deployed(monkeypatch):
+    """`prefect deploy` fills {{ $SAGE_HOME }} from the environment (as `make serve` sets it), with the function it
+    uses; every source then parses, and the inbox is the one under that SAGE_HOME."""
+    from prefect.utilities.templating import apply_values
+
+    from sage_core.watch.sources import FolderSource, RegistrySource, parse_source
+
+    monkeypatch.setenv("SAGE_HOME", "/srv/sage")
+    dep = apply_values(_deployment("watch-nightly"), {}, remove_notset=False)
+    sources = [parse_source(s) for s in dep["parameters"]["sources"]]
+    assert sources == [FolderSource(url="/srv/sage/inbox"), RegistrySource(models=("gpt2-small",))]
+    assert dep["work_pool"]["job_variables"]["env"]["SAGE_HOME"] == "/srv/sage"
+
+
+def test_no_deployment_is_left_without_a_schedule_by_mistake():
+    """Only the watch is scheduled; the other deployments run when started (UI, CLI), and none has an inactive
+    schedule left over."""
+    spec = yaml.safe_load((Path(__file__).parents[3] / "prefect.yaml").read_text())
+    scheduled = {d["name"]: [s.get("active", True) for s in d.get("schedules") or []] for d in spec["deployments"]}
+    assert {n: a for n, a in scheduled.items() if a} == {"watch-nightly": [True]}
