@@ -51,9 +51,9 @@ def read_run_tables(home: SageHome, run: str) -> RunTables:
 def ledger_evaluations(home: SageHome) -> pl.DataFrame | None:
     """Every evaluation the ledger of `home` records (`storage.ledger.Ledger.evaluations`); None when `home` has no
     ledger yet (none is created: looking never writes one)."""
-    from storage.ledger import LEDGER_FILE, Ledger
+    from storage.ledger import Ledger
 
-    path = home.root / LEDGER_FILE
+    path = home.ledger_path()
     if not path.is_file():
         return None
     return Ledger(path).evaluations()

@@ -173,3 +173,17 @@ class SageHome:
     # prefect
     def prefect_results(self) -> Path:
         return self.root / ".prefect-results"
+
+    # the watch service: its ledger (the one mutable file), remote SAEs copied once, the default watched folder, and
+    # what `make serve` runs (PostgreSQL's data, pid files, logs)
+    def ledger_path(self) -> Path:
+        return self.root / "ledger.sqlite"
+
+    def watched_root(self) -> Path:
+        return self.root / "watched"
+
+    def inbox(self) -> Path:
+        return self.root / "inbox"
+
+    def service_dir(self) -> Path:
+        return self.root / "service"

@@ -27,7 +27,6 @@ from sage_core.watch.sources import FoundSAE
 from storage.atomic import StoreError
 from storage.home import SageHome
 
-LEDGER_FILE = "ledger.sqlite"
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 60.0
 STATUSES = ("new", "evaluating", "evaluated", "failed", "skipped")
@@ -95,7 +94,7 @@ class Ledger:
 
     @classmethod
     def of(cls, home: SageHome) -> Ledger:
-        return cls(home.root / LEDGER_FILE)
+        return cls(home.ledger_path())
 
     # -- connection and schema -----------------------------------------------------------------------------------
     @contextmanager

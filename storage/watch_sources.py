@@ -50,7 +50,6 @@ from storage.sae_names import (
     registry_spec,
 )
 
-WATCHED = "watched"
 _TL_HOOK = re.compile(
     r"hook_embed|hook_pos_embed|ln_final\.hook_(scale|normalized)"
     r"|blocks\.\d+\.(hook_(resid_pre|resid_mid|resid_post|attn_out|mlp_out|attn_in|mlp_in|q_input|k_input|v_input)"
@@ -71,7 +70,7 @@ class _Unreadable(Exception):
 
 # -- paths under SAGE_HOME ------------------------------------------------------------------------------------------
 def watched_root(home: SageHome) -> Path:
-    return home.root / WATCHED
+    return home.watched_root()
 
 
 def watched_snapshot(home: SageHome, content_hash: str) -> Path:

@@ -16,7 +16,7 @@ from sage_core.watch.plan import Decision, Outcome, decide
 from sage_core.watch.sources import FoundSAE, parse_source
 from storage import scores as sc_store
 from storage.home import SageHome
-from storage.ledger import LEDGER_FILE, Ledger, now_utc
+from storage.ledger import Ledger, now_utc
 from storage.pretrained_models import why_not_loadable
 from storage.refs import RunRef, SAERef
 from storage.watch_sources import list_source
@@ -39,7 +39,7 @@ def claim_new(found: list[FoundSAE], owner: str, cfg: WatchConfig, dry_run: bool
     """What each found SAE is to this run; unless a dry run, recorded and the new ones claimed (one transaction)."""
     h = SageHome(home)
     if dry_run:
-        if not (h.root / LEDGER_FILE).is_file():  # a dry run creates nothing: with no ledger, nothing was seen
+        if not h.ledger_path().is_file():  # a dry run creates nothing: with no ledger, nothing was seen
             return decide(found, {}, {}, owner, now_utc(), cfg.max_new)
         return Ledger.of(h).plan(found, owner, cfg.max_new)
     return Ledger.of(h).claim(found, owner, cfg.lease_hours, cfg.max_new)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tests.acceptance.cli import one_line_error, run, run_in_process
+from tests.acceptance.cli import one_line_error, run_in_process
 
 pytestmark = pytest.mark.acceptance
 
@@ -45,7 +45,8 @@ def test_a_dry_run_lists_what_is_new_and_writes_nothing(tmp_path):
     _sae_dir(inbox / "lab-sae-a")
     _sae_dir(inbox / "lab-sae-b", model="no-such-model")
     home = tmp_path / "home"
-    r = run(["watch", "--tiny", "--dry-run", "--source", f"dir:{inbox}"], home, timeout=300)
+    # in this process (the session's Prefect server, torch imported once): a subprocess spends its time importing
+    r = run_in_process(["watch", "--tiny", "--dry-run", "--source", f"dir:{inbox}"], home)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "2 SAE(s) listed, 2 new" in r.stdout
     assert "lab-sae-a" in r.stdout and "lab-sae-b" in r.stdout and "never seen" in r.stdout
