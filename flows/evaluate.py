@@ -29,6 +29,7 @@ from sage_core.config import EvaluateConfig
 from storage import scores as sc_store
 from storage.atomic import StoreError
 from storage.home import SageHome
+from storage.pretrained_models import model_label
 from storage.sae_sources import list_zoo_saes
 from tasks import capture as ct
 from tasks import progress
@@ -155,7 +156,7 @@ def evaluate(cfg: EvaluateConfig = EvaluateConfig(), home: str | None = None, ru
                                failures, root)
     report = t["report"](run_ref, verdicts, list(plan.unreached), root)
     t["publish"](run_ref, report, verdicts, list(plan.unreached), root)
-    recorded = t["record-evaluations"](run_ref, cfg.pretrained or name, saes, root)
+    recorded = t["record-evaluations"](run_ref, model_label(cfg.pretrained) if cfg.pretrained else name, saes, root)
     return _outputs(h, cfg, tasks, zoo, gt, run_ref, report, verdicts, plan, failures, loads, recorded)
 
 

@@ -1,10 +1,9 @@
 """The standing service (`make serve`, `sage serve`): PostgreSQL with its data under SAGE_HOME, the Prefect server on
 it, the work pool, the deployments of prefect.yaml and one process worker, all on 127.0.0.1 with analytics off.
 
-Each long-running process is started in its own session, and recorded (pid and kernel start time, so a reused pid is
-never taken for it) in SAGE_HOME/service/<name>.pid; `stop` ends them by those pids only, worker first (its flow runs
-with it), then the server, then PostgreSQL. Logs sit beside the pid files. PostgreSQL refuses to run as root: as root it
-runs as the `postgres` system user, which owns its data directory. Stdlib only at import, so `sage serve` answers fast.
+Each process runs in its own session, recorded (pid and kernel start time: a reused pid is never taken for it) in
+SAGE_HOME/service/<name>.pid; `stop` ends them by those pids: worker (and its flow runs), server, PostgreSQL (as the
+`postgres` user when we are root: it refuses root). Stdlib only at import. Process management, beside the CLI it serves.
 """
 
 from __future__ import annotations
@@ -248,10 +247,9 @@ def _init_postgres(svc: Service, data: Path, bindir: Path) -> None:
             raise ServiceError(f"the postgres user cannot reach {data}: {closed} is closed to other users; put "
                                f"SAGE_HOME elsewhere or open it (chmod o+x {closed})")
     secret = svc.dir / "postgres.secret"
-    secret.write_text(secrets.token_urlsafe(24))
-    secret.chmod(0o600)
+    _write_private(secret, secrets.token_urlsafe(24))
     pwfile = svc.dir / ".pwfile"  # not in data/: initdb wants that empty
-    pwfile.write_text(secret.read_text())
+    _write_private(pwfile, secret.read_text())
     if as_user:
         os.chown(pwfile, as_user["user"], as_user["group"])
     try:
@@ -365,11 +363,17 @@ def _worker_online(svc: Service) -> bool:
         return False
 
 
+def _write_private(path: Path, text: str) -> None:  # readable by its owner only, never for an instant by others
+    path.unlink(missing_ok=True)
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+        f.write(text)
+
+
 def start(svc: Service) -> dict[str, float]:
     """Start whatever of the service is not running (a second `make serve` reuses what runs and deploys again);
     returns each step's seconds. A step that fails stops what this call started and says what to do."""
     svc.home.ensure_writable()
-    svc.dir.mkdir(parents=True, exist_ok=True)
+    svc.dir.mkdir(mode=0o711, parents=True, exist_ok=True)  # postgres may pass through to its data, not list it
     svc.inbox.mkdir(exist_ok=True)  # the nightly run's default source: present from the start, not a source error
     before = {n for n, pid in status(svc).items() if pid is not None}
     steps: dict[str, float] = {}

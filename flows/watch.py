@@ -23,13 +23,14 @@ from flows import engine
 from flows.evaluate import evaluate, one_line
 from flows.settings import results_in
 from sage_core.config import WatchConfig
-from sage_core.watch.plan import Decision, Outcome, by_model
+from sage_core.watch.plan import Outcome, by_model, name_batches, outcomes_of, summarize
 from sage_core.watch.sources import FoundSAE, parse_source
 from storage.home import SageHome
 from tasks import watch as wt
 from tasks.common import ManifestSerializer, in_home, log
 
-TASKS = (wt.list_sae_source, wt.claim_new, wt.check_model, wt.settle, wt.release_claims, wt.publish_watch)
+TASKS = (wt.list_sae_source, wt.claim_new, wt.check_model, wt.check_hub, wt.settle, wt.release_claims,
+         wt.publish_watch)
 
 
 def watch_run_name() -> str:
@@ -78,76 +79,56 @@ def watch(sources: list[str] | None = None, cfg: WatchConfig = WatchConfig(), dr
                                                                           else ""))
     outcomes: list[Outcome] = []
     if not dry_run:
+        zoo_model = cfg.evaluate.zoo.model.name
+        checked = {m: t["check-model"](m, zoo_model, root) for m in dict.fromkeys(f.model for f in new)}
         try:
-            for model, group in by_model(new).items():
-                outcomes += _evaluate_group(t, model, group, cfg, root)
+            for label, group in by_model(new, {m: c[0] for m, c in checked.items()}).items():
+                outcomes += _evaluate_group(t, label, checked[group[0].model][1], group, cfg, root)
         except BaseException:
-            t["release-claims"](owner, root)  # the next run takes them on
+            t["settle"](owner, outcomes, root)  # what is done stays done; the rest is the next run's
+            t["release-claims"](owner, root)
             raise
         t["settle"](owner, outcomes, root)
-    summary = _summary(texts, decisions, outcomes, unreadable, source_errors, dry_run)
+    summary = summarize(texts, decisions, outcomes, unreadable, source_errors, dry_run)
     summary["artifact"] = t["publish-watch"](summary, root)
     return summary
 
 
-def _evaluate_group(t: dict, model: str, group: list[FoundSAE], cfg: WatchConfig, root: str) -> list[Outcome]:
-    """One `evaluate` of a model's new SAEs; each SAE's outcome from its results (evaluated, failed at load or
-    scoring, or skipped: its hook holds none of the kept cross-sections)."""
-    zoo_model = cfg.evaluate.zoo.model.name
-    why = t["check-model"](model, zoo_model, root)
+def _evaluate_group(t: dict, model: str, why: str | None, group: list[FoundSAE], cfg: WatchConfig,
+                    root: str) -> list[Outcome]:
+    """The `evaluate` subflow on a model's new SAEs (several where two share a name); each SAE's outcome from its
+    results. A model that cannot be loaded here (`why`), or hub SAEs whose weights are neither cached nor reachable,
+    are skipped with the reason; an evaluation that stopped fails its SAEs without a result (tried again next run)."""
     if why is not None:
         log().warning(f"watch: {len(group)} SAE(s) of {model} skipped: {why}")
         return [Outcome(found=f, status="skipped", reason=why, model=model) for f in group]
-    ecfg = cfg.evaluate.model_copy(update={"saes": tuple(f.spec for f in group),
-                                           "pretrained": None if model == zoo_model else model})
-    state = engine.current().flow(evaluate)(cfg=ecfg, home=root, return_state=True)
-    out = state.result(raise_on_failure=False)
-    if isinstance(out, BaseException):  # the whole evaluation stopped (a bad input, a model that would not load)
-        return [Outcome(found=f, status="failed", reason=one_line(out), model=model) for f in group]
-    scored = {r["spec"]: r for r in out["saes"]}
-    load_errors = {f["sae"]: f["error"] for f in out["failures"] if f["stage"] == "load"}
-    unreached = {}
-    for u in out["unreached"]:
-        unreached.setdefault(u["sae"], []).append(u["task"])
     outcomes = []
-    for f in group:
-        r = scored.get(f.spec)
-        if r is not None:
-            outcomes.append(Outcome(found=f, status=r["status"], reason=r["reason"], run=out["run"], sae=r["sae"],
-                                    content_hash=r["content_hash"], model=model))
-        elif f.spec in load_errors:
-            outcomes.append(Outcome(found=f, status="failed", reason=load_errors[f.spec], model=model))
+    uncached = [f for f in group if f.release and f.content_hash is None]  # registry / YAML SAEs not in the cache
+    hub_down = t["check-hub"]() if uncached else None
+    if hub_down is not None:
+        outcomes += [Outcome(found=f, status="skipped", model=model, reason=hub_down) for f in uncached]
+        group = [f for f in group if f not in uncached]
+    zoo_model = cfg.evaluate.zoo.model.name
+    for batch in name_batches(group):
+        ecfg = cfg.evaluate.model_copy(update={"saes": tuple(f.spec for f in batch),
+                                               "pretrained": None if model == zoo_model else model})
+        state = engine.current().flow(evaluate)(cfg=ecfg, home=root, return_state=True)
+        out = state.result(raise_on_failure=False)
+        if isinstance(out, BaseException):  # the whole evaluation stopped (a bad input, a model that would not load)
+            outcomes += [Outcome(found=f, status="failed", reason=f"the evaluation stopped: {one_line(out)}",
+                                 model=model) for f in batch]
         else:
-            outcomes.append(Outcome(found=f, status="skipped", model=model, run=out["run"],
-                                    reason=f"its hook {f.hook or '(unknown)'} holds none of the kept cross-sections "
-                                           f"of the tasks; nothing to score it against"))
+            outcomes += outcomes_of(batch, out, model)
     return outcomes
-
-
-def _summary(sources: list[str], decisions: list[Decision], outcomes: list[Outcome], unreadable: list[dict],
-             source_errors: list[dict], dry_run: bool) -> dict[str, Any]:
-    def row(f: FoundSAE, **kw) -> dict[str, Any]:
-        return {"source": f.source, "release": f.release, "sae_id": f.sae_id, "spec": f.spec, "model": f.model,
-                "hook": f.hook, "content_hash": f.content_hash, **kw}
-
-    done = [row(o.found, status=o.status, reason=o.reason, run=o.run, sae=o.sae,
-                content_hash=o.content_hash or o.found.content_hash) for o in outcomes]
-    others = [row(d.found, status=d.action, reason=d.reason, run=d.run, sae=d.sae) for d in decisions
-              if d.action != "evaluate" or dry_run]
-    counts = {k: sum(r["status"] == k for r in done) for k in ("evaluated", "failed", "skipped")}
-    counts |= {k: sum(d.action == k for d in decisions)
-               for k in ("evaluate", "same-weights", "unchanged", "busy", "deferred")}
-    return {"sources": sources, "dry_run": dry_run, "listed": len(decisions), "new": counts.pop("evaluate"),
-            "counts": counts, "outcomes": done, "not_new": others, "unreadable": unreadable,
-            "source_errors": source_errors, "runs": sorted({r["run"] for r in done if r["run"]})}
 
 
 def run_watch(sources: list[str], cfg: WatchConfig = WatchConfig(), dry_run: bool = False, home: str | None = None,
               cluster: str = "threads") -> dict[str, Any]:
     """The flow on the engine `cluster` names, Prefect's result store inside SAGE_HOME; its summary. An error before
     any result (a bad source, an unreachable scheduler) is raised."""
+    flow_ = watch.with_options(persist_result=False) if dry_run else watch  # a dry run leaves SAGE_HOME as it was
     with results_in(SageHome(home)), engine.open_engine(cluster, cfg.evaluate.device) as eng:
-        state = eng.flow(watch)(sources=sources, cfg=cfg, dry_run=dry_run, home=home, return_state=True)
+        state = eng.flow(flow_)(sources=sources, cfg=cfg, dry_run=dry_run, home=home, return_state=True)
     out = state.result(raise_on_failure=False)
     if isinstance(out, BaseException):
         raise out

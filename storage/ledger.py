@@ -111,11 +111,15 @@ class Ledger:
             db.execute("PRAGMA foreign_keys=ON")
             yield db
         except sqlite3.DatabaseError as e:
-            if isinstance(e, sqlite3.OperationalError) and "locked" in str(e):
+            text = str(e)
+            if "locked" in text:
                 raise LedgerError(f"the ledger {self.path} stayed locked for {BUSY_TIMEOUT_S:g} s; another watch "
                                   "run holds it: retry when it is done") from e
-            raise LedgerError(f"the ledger {self.path} is damaged ({type(e).__name__}: {e}); move it aside and "
-                              "rerun: the next watch run lists every SAE as new again") from e
+            if "not a database" in text or "malformed" in text:
+                raise LedgerError(f"the ledger {self.path} is damaged ({text}); move it aside and rerun: the next "
+                                  "watch run lists every SAE as new again") from e
+            raise LedgerError(f"the ledger {self.path} could not be used ({type(e).__name__}: {text}); check the "
+                              "disk has room and SAGE_HOME is writable, then retry") from e
         finally:
             db.close()
 
@@ -219,7 +223,7 @@ class Ledger:
                 f = o.found
                 cur = db.execute("UPDATE saes SET status=?, reason=?, run=?, sae=?, content_hash=COALESCE(?, "
                                  "content_hash), claimed_by=NULL, claimed_until=NULL WHERE source=? AND release=? "
-                                 "AND sae_id=? AND (claimed_by=? OR claimed_by IS NULL)",
+                                 "AND sae_id=? AND claimed_by=? AND status='evaluating'",
                                  (o.status, o.reason, o.run, o.sae, o.content_hash, *f.key, owner))
                 n += cur.rowcount
                 if o.status in ("evaluated", "failed") and o.run and o.sae and (o.content_hash or f.content_hash):

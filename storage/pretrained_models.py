@@ -25,6 +25,25 @@ def official_name(name: str) -> str | None:
         return None
 
 
+def model_label(model: str, zoo_model: str | None = None) -> str:
+    """The one name a model's results are kept under: the built-in zoo's own, else TransformerLens' official name
+    (gpt2-small -> gpt2), else the name as given."""
+    if model == zoo_model:
+        return model
+    return official_name(model) or model
+
+
+def hub_unreachable_reason() -> str | None:
+    """None if the Hugging Face hub answers now, else a sentence for an SAE whose weights are not cached."""
+    from storage.sae_hub import _hub_unreachable
+
+    why = _hub_unreachable()
+    if why is None:
+        return None
+    return (f"its weights are not in the local Hugging Face cache and the hub is unreachable ({why}); download them "
+            "where the hub is reachable (same HF_HOME) and the next watch run evaluates it")
+
+
 def _in_hf_cache(repo_id: str) -> bool:
     from huggingface_hub import try_to_load_from_cache
 

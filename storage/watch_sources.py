@@ -179,6 +179,8 @@ def _hostile(name: str) -> str | None:
         name.encode("utf-8")
     except UnicodeEncodeError:
         return "its name is not valid UTF-8; rename it"
+    if name != name.strip():
+        return "its name begins or ends with whitespace (an SAE spec strips it: another directory would load); rename it"
     return None
 
 
@@ -237,6 +239,9 @@ def _list_local(label: str, root: Path) -> Listing:
                           "dir:")
     if not root.is_dir():
         raise SourceError(f"watched folder {root} is a file; pass the folder that holds the SAE directories")
+    # absolute: an SAE's key and spec are the same from the CLI's directory and a worker's, and a spec never reads as
+    # another form (a folder named `zoo:x` or `py:m:f` under a relative root)
+    root = Path(os.path.abspath(root))
     real = root.resolve()
     dirs, unreadable = [], []
     if (root / SAE_CFG).exists() or (root / SAE_WEIGHTS).exists():

@@ -16,8 +16,8 @@ from sage_core.watch.plan import Decision, Outcome, decide
 from sage_core.watch.sources import FoundSAE, parse_source
 from storage import scores as sc_store
 from storage.home import SageHome
-from storage.ledger import Ledger, now_utc
-from storage.pretrained_models import why_not_loadable
+from storage.ledger import Ledger, LedgerError, now_utc
+from storage.pretrained_models import hub_unreachable_reason, model_label, why_not_loadable
 from storage.refs import RunRef, SAERef
 from storage.watch_sources import list_source
 from tasks.common import UNCACHED, log
@@ -46,9 +46,16 @@ def claim_new(found: list[FoundSAE], owner: str, cfg: WatchConfig, dry_run: bool
 
 
 @task(name="check-model", task_run_name="check-model {model}", **UNCACHED)
-def check_model(model: str, zoo_model: str, home: str) -> str | None:
-    """None if `model` can be loaded here, else why not (its SAEs are then skipped, not failed)."""
-    return why_not_loadable(model, SageHome(home), zoo_model)
+def check_model(model: str, zoo_model: str, home: str) -> tuple[str, str | None]:
+    """(the model's label: TransformerLens' official name for an alias, so gpt2-small and gpt2 are one model; None if
+    it can be loaded here, else why not: its SAEs are then skipped, not failed)."""
+    return model_label(model, zoo_model), why_not_loadable(model, SageHome(home), zoo_model)
+
+
+@task(name="check-hub", task_run_name="check-hub", **UNCACHED)
+def check_hub() -> str | None:
+    """None if SAE weights that are not in the local Hugging Face cache can be downloaded now, else why not."""
+    return hub_unreachable_reason()
 
 
 @task(name="settle", task_run_name="settle {owner}", **UNCACHED)
@@ -84,7 +91,11 @@ def record_evaluations(run: RunRef, model_label: str, saes: list[SAERef], home: 
     h = SageHome(home)
     _, board, _ = sc_store.read_run(h.at(run))
     rows = scored_saes(board, saes)
-    added = Ledger.of(h).record_run(run.run, model_label, rows)
+    try:
+        added = Ledger.of(h).record_run(run.run, model_label, rows)
+    except LedgerError as e:  # the run's files are written and whole: a ledger it cannot reach does not undo them
+        log().warning(f"ledger: run {run.run} not recorded ({e}); `sage leaderboard` will not show it")
+        return rows
     log().info(f"ledger: {added} evaluation(s) of run {run.run} recorded ({len(rows) - added} already there)")
     return rows
 

@@ -64,7 +64,7 @@ def watch_cmd(
         with refused():
             out = run_watch(list(source), cfg=cfg, dry_run=dry_run, home=str(h.root), cluster=cluster)
     _print(out)
-    console.print(f"watched in {time.perf_counter() - t0:.1f}s; ledger: {h.root / 'ledger.sqlite'}"
+    console.print(f"watched in {time.perf_counter() - t0:.1f}s; ledger: {h.ledger_path()}"
                   + ("" if dry_run else "; `sage leaderboard` ranks them among all"))
     if out["counts"]["failed"] or out["source_errors"]:
         raise typer.Exit(EXIT_SOME_FAILED)

@@ -1,5 +1,5 @@
-"""The plan of a watch run, pure: what each found SAE is to this run (`decide`), what became of it (`Outcome`), and
-how the SAEs to evaluate group by model.
+"""The plan of a watch run, pure: what each found SAE is to this run (`decide`), how the SAEs to evaluate are batched
+(`name_batches`), what became of each (`outcomes_of`, from an evaluation's outputs) and the run's summary.
 
 An SAE is new when it was never seen or its weights' content hash changed. New weights that some run already scored
 (an unchanged copy of a zoo SAE in a watched folder, say) are not scored again: they are recorded as evaluated by that
@@ -8,12 +8,13 @@ run. An SAE skipped before (its model could not be loaded here) is looked at aga
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from sage_core.watch.sources import FoundSAE
 
+RECHECK = "skipped before "  # the reason of a skipped SAE looked at again: it yields to new ones under a limit
 Action = Literal["evaluate", "same-weights", "unchanged", "busy", "deferred"]
 Status = Literal["new", "evaluated", "failed", "skipped"]
 
@@ -78,11 +79,13 @@ def _one(f: FoundSAE, seen: SeenRow | None, scored: dict[str, tuple[str, str]], 
     if seen.status == "evaluated":
         return Decision(found=f, action="unchanged", run=seen.run, sae=seen.sae,
                         reason=f"unchanged; evaluated in run {seen.run}")
+    if seen.status == "failed" and seen.run is None:  # no result at all (the evaluation stopped): not the SAE's verdict
+        return Decision(found=f, action="evaluate", reason=f"failed before any result ({seen.reason}); tried again")
     if seen.status == "failed":
         return Decision(found=f, action="unchanged", run=seen.run, sae=seen.sae,
-                        reason=f"unchanged; failed before ({seen.reason}); new weights are evaluated again")
+                        reason=f"unchanged; failed in run {seen.run} ({seen.reason}); new weights are evaluated again")
     if seen.status == "skipped":
-        return Decision(found=f, action="evaluate", reason=f"skipped before ({seen.reason}); checked again")
+        return Decision(found=f, action="evaluate", reason=f"{RECHECK}({seen.reason}); checked again")
     return Decision(found=f, action="evaluate", reason="seen before, not evaluated yet")
 
 
@@ -90,24 +93,98 @@ def decide(found: list[FoundSAE], seen: dict[tuple[str, str, str], SeenRow], sco
            owner: str, now: str, limit: int | None = None) -> list[Decision]:
     """One decision per found SAE (the first of duplicates): `seen` is the ledger's rows by key, `scored` the run and
     name of the latest successful evaluation of each content hash, `now` an ISO-8601 UTC time (claims are compared
-    as strings of that form). At most `limit` are evaluated; the rest are deferred to the next run."""
-    out, keys, n = [], set(), 0
+    as strings of that form). At most `limit` are evaluated, new ones before skipped ones looked at again (those may
+    be many and would otherwise take every place for ever); the rest are deferred to the next run."""
+    out, keys = [], set()
     for f in found:
-        if f.key in keys:
-            continue
-        keys.add(f.key)
-        d = _one(f, seen.get(f.key), scored, owner, now)
-        if d.action == "evaluate":
-            n += 1
-            if limit is not None and n > limit:
-                d = Decision(found=f, action="deferred", reason=f"over this run's limit of {limit}; left for the next")
-        out.append(d)
+        if f.key not in keys:
+            keys.add(f.key)
+            out.append(_one(f, seen.get(f.key), scored, owner, now))
+    if limit is None:
+        return out
+    todo = [i for i, d in enumerate(out) if d.action == "evaluate"]
+    todo.sort(key=lambda i: out[i].reason.startswith(RECHECK))  # stable: listing order within each kind
+    for i in todo[limit:]:
+        out[i] = Decision(found=out[i].found, action="deferred", reason=f"over this run's limit of {limit}; left for "
+                                                                         "the next")
     return out
 
 
-def by_model(found: list[FoundSAE]) -> dict[str, list[FoundSAE]]:
-    """The SAEs to evaluate grouped by the model they read, in the order first seen (one evaluation per model)."""
+def by_model(found: list[FoundSAE], label: dict[str, str] | None = None) -> dict[str, list[FoundSAE]]:
+    """The SAEs to evaluate grouped by the model they read (by `label[model]` where given: aliases of one model, such
+    as gpt2-small and gpt2, are one group), in the order first seen (one evaluation per model)."""
     out: dict[str, list[FoundSAE]] = {}
     for f in found:
-        out.setdefault(f.model, []).append(f)
+        out.setdefault((label or {}).get(f.model, f.model), []).append(f)
     return out
+
+
+def run_name_of(f: FoundSAE) -> str:
+    """The name an SAE gets in an evaluation: a directory's own name (`storage.sae_sources`), else its spec."""
+    return f.spec.rstrip("/").rsplit("/", 1)[-1] if not f.release and f.spec.startswith("/") else f.spec
+
+
+def name_batches(group: list[FoundSAE]) -> list[list[FoundSAE]]:
+    """The group split into as few evaluations as keep every SAE's name unique within one (two watched folders may
+    both hold a `layer3/`): a run's rows are told apart by name."""
+    batches: list[tuple[set[str], list[FoundSAE]]] = []
+    for f in group:
+        name = run_name_of(f)
+        batch = next((b for b in batches if name not in b[0]), None)
+        if batch is None:
+            batch = (set(), [])
+            batches.append(batch)
+        batch[0].add(name)
+        batch[1].append(f)
+    return [b[1] for b in batches]
+
+
+def outcomes_of(group: list[FoundSAE], out: dict[str, Any], model: str) -> list[Outcome]:
+    """Each SAE's outcome from an evaluation's outputs (`flows.evaluate`): `saes` (what it scored, by spec), `failures`
+    (stage "load": the SAE's own; sae "*": an input stage's), `unreached` (SAEs whose hook holds no kept
+    cross-section). A result stands (evaluated, or failed in scoring: the SAE's verdict); no result because an input
+    stage failed is a failure without a run, tried again next time; no result because nothing could score it is a
+    skip, with that reason."""
+    scored = {r["spec"]: r for r in out["saes"]}
+    load_errors = {x["sae"]: x["error"] for x in out["failures"] if x["stage"] == "load"}
+    inputs_failed = "; ".join(f"{x['stage']}: {x['error']}" for x in out["failures"] if x["sae"] == "*")
+    unreached: dict[str, list[str]] = {}
+    for u in out["unreached"]:
+        unreached.setdefault(u["sae"], []).append(u["task"])
+    outcomes = []
+    for f in group:
+        r = scored.get(f.spec)
+        name = run_name_of(f)
+        if r is not None:
+            outcomes.append(Outcome(found=f, status=r["status"], reason=r["reason"], run=out["run"], sae=r["sae"],
+                                    content_hash=r["content_hash"], model=model))
+        elif f.spec in load_errors:
+            outcomes.append(Outcome(found=f, status="failed", reason=load_errors[f.spec], run=out["run"], model=model))
+        elif name in unreached:
+            outcomes.append(Outcome(found=f, status="skipped", model=model, run=out["run"],
+                                    reason=f"its hook {f.hook or '(unknown)'} holds none of the kept cross-sections "
+                                           f"of {', '.join(sorted(unreached[name]))}: nothing to score it against"))
+        else:
+            outcomes.append(Outcome(found=f, status="failed", model=model,
+                                    reason=f"not scored: {inputs_failed or 'the evaluation gave no result for it'}"))
+    return outcomes
+
+
+def summarize(sources: list[str], decisions: list[Decision], outcomes: list[Outcome], unreadable: list[dict],
+              source_errors: list[dict], dry_run: bool) -> dict[str, Any]:
+    """What a watch run returns and publishes: every SAE with what it was to this run and why, and the counts."""
+    def row(f: FoundSAE, **kw) -> dict[str, Any]:
+        return {"source": f.source, "release": f.release, "sae_id": f.sae_id, "spec": f.spec, "model": f.model,
+                "hook": f.hook, "content_hash": f.content_hash, **kw}
+
+    done = [row(o.found, status=o.status, reason=o.reason, run=o.run, sae=o.sae,
+                content_hash=o.content_hash or o.found.content_hash, model=o.model or o.found.model)
+            for o in outcomes]
+    others = [row(d.found, status=d.action, reason=d.reason, run=d.run, sae=d.sae) for d in decisions
+              if d.action != "evaluate" or dry_run]
+    counts = {k: sum(r["status"] == k for r in done) for k in ("evaluated", "failed", "skipped")}
+    counts |= {k: sum(d.action == k for d in decisions)
+               for k in ("evaluate", "same-weights", "unchanged", "busy", "deferred")}
+    return {"sources": sources, "dry_run": dry_run, "listed": len(decisions), "new": counts.pop("evaluate"),
+            "counts": counts, "outcomes": done, "not_new": others, "unreadable": unreadable,
+            "source_errors": source_errors, "runs": sorted({r["run"] for r in done if r["run"]})}

@@ -109,7 +109,7 @@ class FoundSAE(BaseModel):
 
 class Listing(BaseModel):
     """What listing one source gave: the SAEs found, and the entries that look like SAEs but cannot be read, each as
-    (its path or name, a one-line reason), which a watch records as skipped instead of failing the whole listing."""
+    (its path or name, a one-line reason), which a watch reports (summary, artifact) instead of failing the listing."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     found: list[FoundSAE] = Field(default_factory=list)

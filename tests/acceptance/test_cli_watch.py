@@ -50,4 +50,4 @@ def test_a_dry_run_lists_what_is_new_and_writes_nothing(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "2 SAE(s) listed, 2 new" in r.stdout
     assert "lab-sae-a" in r.stdout and "lab-sae-b" in r.stdout and "never seen" in r.stdout
-    assert not (home / "ledger.sqlite").exists()
+    assert not home.exists() or not any(home.iterdir()), sorted(map(str, home.rglob("*")))

@@ -6,6 +6,7 @@ artifact names the evaluated SAE's rank."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -120,7 +121,8 @@ def test_new_saes_are_evaluated_the_rest_skipped_or_left(watched, monkeypatch):
     with get_client(sync_client=True) as client:
         arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[WATCH_ARTIFACT_KEY])))
     md = max(arts, key=lambda a: a.created).data
-    assert "changed" in md and " of " in md and "not in the local Hugging Face cache" in md
+    assert re.search(r"^\| changed \| sage-test \| [^|]+ \| \w+ \| \d+ of \d+ \| [0-9.]+ \| run-", md, re.M), md
+    assert "not in the local Hugging Face cache" in md
 
     again = _watch(home, cfg, inbox)  # the next run evaluates nothing
     assert again["counts"]["evaluated"] == 0 and again["runs"] == []

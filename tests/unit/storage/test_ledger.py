@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import sqlite3
-import time
 
 import pytest
 
@@ -87,6 +86,26 @@ def test_expired_claims_pass_on_and_the_old_owner_cannot_settle(tmp_path):
     assert led.settle("dead-run", [Outcome(found=f, status="failed", reason="late")]) == 0
     assert led.settle("live-run", [Outcome(found=f, status="evaluated", run="r", sae="s")]) == 1
     assert led.release("live-run") == 0
+    # the dead run comes back after the live one settled: it cannot overwrite that result
+    assert led.settle("dead-run", [Outcome(found=f, status="failed", reason="late", run="r-old", sae="s")]) == 0
+    row = led.saes().to_dicts()[0]
+    assert (row["status"], row["run"]) == ("evaluated", "r")
+
+
+class _FullDisk(sqlite3.Connection):
+    def execute(self, sql, *args):
+        if sql.startswith("BEGIN"):
+            raise sqlite3.OperationalError("database or disk is full")
+        return super().execute(sql, *args)
+
+
+def test_a_ledger_that_cannot_be_written_is_not_called_damaged(tmp_path, monkeypatch):
+    led = Ledger.of(SageHome(tmp_path))
+    connect = sqlite3.connect
+    monkeypatch.setattr(sqlite3, "connect", lambda *a, **kw: connect(*a, **kw, factory=_FullDisk))
+    with pytest.raises(LedgerError) as err:
+        led.claim([found(1)], "w", lease_hours=1)
+    assert "disk is full" in str(err.value) and "damaged" not in str(err.value) and "\n" not in str(err.value)
 
 
 def test_plan_writes_nothing(tmp_path):
@@ -96,20 +115,22 @@ def test_plan_writes_nothing(tmp_path):
 
 
 def _claimer(path: str, owner: str, n: int, batch: int, barrier, out) -> None:
+    """Claim every SAE, batch by batch, each batch at the same moment as the other process (a barrier per batch),
+    then settle what was won."""
     led = Ledger(path)
     fs = [found(i) for i in range(n)]
-    if owner.endswith("1"):
-        fs.reverse()  # the two runs meet in the middle, batch after batch
     mine: set[str] = set()
-    barrier.wait()
+    busy = 0
     for start in range(0, n, batch):
+        barrier.wait()
         for d in led.claim(fs[start:start + batch], owner, lease_hours=1):
             if d.action == "evaluate":
                 mine.add(d.found.sae_id)
-        time.sleep(0.02)  # a run's work between claims, which lets the other run's transactions in
-    led.settle(owner, [Outcome(found=found(int(s.rsplit("-", 1)[1])), status="evaluated", run=owner,
-                               sae=s.rsplit("/", 1)[1]) for s in sorted(mine)])
-    out.put((owner, sorted(mine)))
+            busy += d.action in ("busy", "unchanged")  # unchanged: the winner has settled it already
+    won = [f for f in fs if f.sae_id in mine]
+    settled = led.settle(owner, [Outcome(found=f, status="evaluated", run=owner, sae=f.sae_id.rsplit("/", 1)[1])
+                                 for f in won])
+    out.put((owner, sorted(mine), settled, busy))
 
 
 def test_two_processes_never_claim_the_same_sae(tmp_path):
@@ -120,13 +141,16 @@ def test_two_processes_never_claim_the_same_sae(tmp_path):
     procs = [ctx.Process(target=_claimer, args=(path, f"watch-{k}", 60, 3, barrier, out)) for k in range(2)]
     for p in procs:
         p.start()
-    got = dict(out.get(timeout=120) for _ in procs)
+    results = [out.get(timeout=120) for _ in procs]
+    got = {owner: mine for owner, mine, _, _ in results}
+    assert all(settled == len(mine) for _, mine, settled, _ in results)
+    # every SAE was decided by both at the same moment: one claimed it, the other saw it claimed (or settled)
+    assert sum(busy for *_, busy in results) == 60
     for p in procs:
         p.join(timeout=60)
         assert p.exitcode == 0
     a, b = got["watch-0"], got["watch-1"]
     assert not set(a) & set(b) and len(a) + len(b) == 60
-    assert a and b, "the two runs did not interleave: the test proved nothing"
     led = Ledger(path)
     assert led.integrity() == "ok"
     assert led.saes("evaluated").height == 60 and led.evaluations().height == 60

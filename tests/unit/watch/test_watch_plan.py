@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sage_core.watch.plan import SeenRow, by_model, decide
+from sage_core.watch.plan import Outcome, SeenRow, by_model, decide, name_batches, outcomes_of, run_name_of, summarize
 from sage_core.watch.sources import FoundSAE
 
 NOW = "2026-11-30T03:00:00.000000+00:00"
@@ -36,7 +36,7 @@ def test_changed_weights_are_new_and_unchanged_ones_are_not():
 
 
 def test_failed_waits_for_new_weights_and_skipped_is_checked_again():
-    failed = SeenRow(status="failed", reason="boom", content_hash="h1")
+    failed = SeenRow(status="failed", reason="boom", content_hash="h1", run="run-x", sae="a")
     assert one(found("a", "h1"), failed).action == "unchanged"
     assert one(found("a", "h2"), failed).action == "evaluate"
     assert one(found("a", "h1"), SeenRow(status="skipped", reason="no model", content_hash="h1")).action == "evaluate"
@@ -64,3 +64,60 @@ def test_by_model_keeps_first_seen_order():
     fs = [found("a", model="m2"), found("b", model="m1"), found("c", model="m2")]
     groups = by_model(fs)
     assert list(groups) == ["m2", "m1"] and [f.sae_id for f in groups["m2"]] == ["/inbox/a", "/inbox/c"]
+
+
+def test_a_failure_without_a_result_is_tried_again_a_scored_failure_is_not():
+    assert one(found("a", "h1"), SeenRow(status="failed", reason="worker died", content_hash="h1")).action == "evaluate"
+    scored = SeenRow(status="failed", reason="NaN in W_dec", content_hash="h1", run="run-x", sae="a")
+    assert one(found("a", "h1"), scored).action == "unchanged"
+
+
+def test_under_a_limit_new_saes_go_before_skipped_ones_looked_at_again():
+    skipped = SeenRow(status="skipped", reason="no gpt2 here", content_hash=None)
+    fs = [found(f"s{i}", None) for i in range(3)] + [found("n1", "1"), found("n2", "2")]
+    seen = {f.key: skipped for f in fs[:3]}
+    ds = decide(fs, seen, {}, "me", NOW, limit=3)
+    assert {d.found.sae_id.rsplit("/", 1)[1]: d.action for d in ds} == {
+        "s0": "evaluate", "s1": "deferred", "s2": "deferred", "n1": "evaluate", "n2": "evaluate"}
+
+
+def test_name_batches_keep_names_unique_per_evaluation():
+    a = FoundSAE(source="dir:/labA", sae_id="/labA/layer3", spec="/labA/layer3", model="m")
+    b = FoundSAE(source="dir:/labB", sae_id="/labB/layer3", spec="/labB/layer3", model="m")
+    c = FoundSAE(source="dir:/labB", sae_id="/labB/layer4/", spec="/labB/layer4/", model="m")
+    r = FoundSAE(source="registry:m:*", release="rel", sae_id="layer3", spec="rel/layer3", model="m")
+    assert [run_name_of(x) for x in (a, c, r)] == ["layer3", "layer4", "rel/layer3"]
+    assert name_batches([a, b, c, r]) == [[a, c, r], [b]]
+
+
+def _out(**kw):
+    return {"run": "run-7", "saes": [], "failures": [], "unreached": [], **kw}
+
+
+def test_outcomes_of_an_evaluation():
+    ok, bad, lost, far, gone = (found(n, f"h-{n}") for n in ("ok", "bad", "lost", "far", "gone"))
+    out = _out(saes=[{"spec": ok.spec, "sae": "ok", "status": "evaluated", "reason": "", "content_hash": "c-ok"},
+                     {"spec": bad.spec, "sae": "bad", "status": "failed", "reason": "NaN", "content_hash": "c-bad"}],
+               failures=[{"sae": lost.spec, "stage": "load", "error": "d_in 16 != 32"},
+                         {"sae": "*", "stage": "capture ioi", "error": "disk full"}],
+               unreached=[{"sae": "far", "task": "sva", "hook": "h"}, {"sae": "far", "task": "ioi", "hook": "h"}])
+    got = {o.found.sae_id.rsplit("/", 1)[1]: o for o in outcomes_of([ok, bad, lost, far, gone], out, "sage-tiny")}
+    assert (got["ok"].status, got["ok"].run, got["ok"].content_hash, got["ok"].model) == (
+        "evaluated", "run-7", "c-ok", "sage-tiny")
+    assert (got["bad"].status, got["bad"].reason, got["bad"].run) == ("failed", "NaN", "run-7")
+    assert (got["lost"].status, got["lost"].reason, got["lost"].run) == ("failed", "d_in 16 != 32", "run-7")
+    assert got["far"].status == "skipped" and "of ioi, sva" in got["far"].reason
+    assert (got["gone"].status, got["gone"].run) == ("failed", None)  # tried again: an input stage failed
+    assert "capture ioi: disk full" in got["gone"].reason
+
+
+def test_summarize_counts_every_sae_once():
+    fs = [found("a", "1"), found("b", "2"), found("c", "3")]
+    ds = decide(fs, {fs[2].key: SeenRow(status="evaluated", content_hash="3", run="r0", sae="c")}, {}, "me", NOW)
+    outs = [Outcome(found=fs[0], status="evaluated", run="r1", sae="a", model="sage-tiny"),
+            Outcome(found=fs[1], status="skipped", reason="no model")]
+    s = summarize(["dir:/inbox"], ds, outs, [], [], dry_run=False)
+    assert (s["listed"], s["new"], s["runs"]) == (3, 2, ["r1"])
+    assert s["counts"] == {"evaluated": 1, "failed": 0, "skipped": 1, "same-weights": 0, "unchanged": 1, "busy": 0,
+                           "deferred": 0}
+    assert [r["sae_id"] for r in s["not_new"]] == ["/inbox/c"]
