@@ -36,17 +36,18 @@ def watch_markdown(summary: dict[str, Any], ranks: pl.DataFrame, when: str) -> s
                  f"{c['deferred']} deferred to the next run.", ""]
     evaluated = [o for o in summary["outcomes"] if o["status"] == "evaluated"]
     if evaluated:
-        lines += ["## Evaluated, and their rank among every SAE evaluated for the model", ""]
+        lines += ["## Evaluated, and their rank among every SAE of the model scored against the same ground truth", ""]
         by_hash = {h: [r for r in ranks.to_dicts() if r["content_hash"] == h]
                    for h in {o["content_hash"] for o in evaluated}}
         rows = []
         for o in evaluated:
             for r in sorted(by_hash.get(o["content_hash"], []), key=lambda r: r["task"] or ""):
                 rank = f"{r['rank']} of {r['n_ranked']}" if r.get("rank") is not None else "unranked"
-                rows.append([_name(o), o["model"], o["hook"], r["task"], rank, r.get("summary"), o["run"]])
+                rows.append([_name(o), o["model"], o["hook"], r["task"], rank, r.get("summary"), o["run"],
+                             r.get("ground_truth")])
             if not by_hash.get(o["content_hash"]):
-                rows.append([_name(o), o["model"], o["hook"], "", "not on the leaderboard", None, o["run"]])
-        lines += _table(["SAE", "model", "hook", "task", "rank", "summary", "run"], rows)
+                rows.append([_name(o), o["model"], o["hook"], "", "not on the leaderboard", None, o["run"], None])
+        lines += _table(["SAE", "model", "hook", "task", "rank", "summary", "run", "ground truth"], rows)
     for status, heading in (("failed", "Failed"), ("skipped", "Skipped")):
         these = [o for o in summary["outcomes"] if o["status"] == status]
         if these:

@@ -1,5 +1,6 @@
 """The leaderboard across runs, read from disk: the runs' parquet files that the ledger's evaluations name, each read
-once and checked against its run's marker, combined by `sage_core.scoring.across`.
+once and checked against its run's marker, and the ground truth each run scored each task against (from its marker
+and the fit flow's ground-truth records), combined by `sage_core.scoring.across`.
 
 Reads only, never writes. A run directory that is missing or damaged is left out and named in a warning line: the
 SAEs it scored fall back to their previous result where there is one; a failed evaluation needs no files and stays.
@@ -8,12 +9,13 @@ SAEs it scored fall back to their previous result where there is one; a failed e
 from __future__ import annotations
 
 import difflib
+import json
 from typing import NamedTuple
 
 import polars as pl
 
 from sage_core.scoring import across
-from storage.atomic import StoreError
+from storage.atomic import StoreError, read_marker
 from storage.home import SageHome
 from storage.integrity import read_parquet
 
@@ -24,13 +26,15 @@ RUN_FILES = {"scores": "scores.parquet", "leaderboard": "leaderboard.parquet", "
 
 class AcrossRuns(NamedTuple):
     rows: pl.DataFrame  # `across.combine`'s rows (with each SAE's `hook`), limited to the task asked for
-    controls: pl.DataFrame  # `across.controls`: the latest run's oracle / random rows per (model, task)
-    warnings: list[str]  # one line per run whose files could not be read
+    controls: pl.DataFrame  # `across.controls`: per (model, task, ground truth) its latest run's oracle / random rows
+    warnings: list[str]  # one line per run whose files could not be read, or ground truth whose parts could not be
+    groups: pl.DataFrame  # `across.ground_truth_groups`: the tables to show, the most recent ground truth first
 
 
 class RunTables(NamedTuple):
     board: pl.DataFrame  # leaderboard.parquet with a `hook` column (a trained SAE's own hook, from its native scores)
     failures: pl.DataFrame  # failures.parquet: sae, stage, error
+    ground_truth: str | None  # the marker's `ground_truth`: its GroundTruthRef's path under SAGE_HOME (None: no such)
 
 
 def read_run_tables(home: SageHome, run: str) -> RunTables:
@@ -45,7 +49,67 @@ def read_run_tables(home: SageHome, run: str) -> RunTables:
     board = board.join(hooks, on="sae", how="left", maintain_order="left")
     cols = board.columns
     board = board.select(*cols[:cols.index("sae") + 1], "hook", *(c for c in cols if c not in ("sae", "hook")))
-    return RunTables(board, read_parquet(files["failures"], d))
+    gt = read_marker(d).get("ground_truth")
+    return RunTables(board, read_parquet(files["failures"], d), gt if isinstance(gt, str) and gt else None)
+
+
+def _parts_by_task(manifest: object) -> tuple[str, dict[str, list[str]]] | None:
+    """A recorded GroundTruthRef (as `storage.refs.dump` wrote it) -> (its path, its parts' hashes per task); None
+    for anything else or a part without a task and hash."""
+    if not isinstance(manifest, dict) or manifest.get("ref") != "ground-truth" or not isinstance(
+            manifest.get("path"), str) or not isinstance(manifest.get("parts", []), list):
+        return None
+    by_task: dict[str, list[str]] = {}
+    for p in manifest.get("parts", []):
+        if not (isinstance(p, dict) and p.get("ref") == "ground-truth-part" and isinstance(p.get("task"), str)
+                and isinstance(p.get("hash"), str) and p["hash"]):
+            return None
+        by_task.setdefault(p["task"], []).append(p["hash"])
+    return manifest["path"], by_task
+
+
+def recorded_ground_truths(home: SageHome) -> dict[str, dict[str, list[str]]]:
+    """Per ground-truth path (a GroundTruthRef's `path`, as a run's marker names it): its parts' content hashes per
+    task, from the fit flow's records (`storage.ground_truth.write_gt_record`). Read as JSON, not through
+    `storage.records` (whose `storage.refs` loads TransformerLens); a record that does not parse is skipped. The
+    parts' directories need not still exist: their hashes name them."""
+    d = home.ground_truth_record("_").parent
+    out: dict[str, dict[str, list[str]]] = {}
+    for p in sorted(d.glob("*.json")) if d.is_dir() else []:
+        try:
+            rec = json.loads(p.read_text())
+        except (OSError, ValueError):
+            continue
+        found = _parts_by_task(rec.get("manifest") if isinstance(rec, dict) else None)
+        if found is not None:
+            out.setdefault(found[0], found[1])
+    return out
+
+
+def ground_truth_keys(home: SageHome, tables: dict[str, RunTables]) -> tuple[pl.DataFrame, list[str]]:
+    """Per (run, task) of each run's board (`across.GROUND_TRUTH_SCHEMA`): the key of the ground truth it scored that
+    task against, `across.ground_truth_key` of the parts of that task in the GroundTruthRef its marker names. Where
+    those parts cannot be read, the marker's `ground_truth` path itself (or "run:<run>" for a marker naming none:
+    ranked only among itself), with a warning line per such path."""
+    recorded = recorded_ground_truths(home) if tables else {}
+    rows: list[dict[str, str]] = []
+    unread: dict[str | None, list[str]] = {}
+    for run, t in sorted(tables.items()):
+        parts = recorded.get(t.ground_truth) if t.ground_truth else None
+        if parts is None:
+            unread.setdefault(t.ground_truth, []).append(run)
+        for task in t.board.get_column("task").drop_nulls().unique().sort().to_list():
+            key = (across.ground_truth_key(parts.get(task, [])) if parts is not None
+                   else t.ground_truth or f"run:{run}")
+            rows.append({"run": run, "task": task, "ground_truth": key})
+    where = home.relative(home.ground_truth_record("_").parent)
+    warnings = [f"run(s) {', '.join(runs)}: the parts of ground truth {gt} could not be read (no record under {where} "
+                f"names it); their results are keyed by that path, so runs that used the same cross-sections may be "
+                f"shown apart" if gt else
+                f"run(s) {', '.join(runs)} record no ground truth in their marker (written by an older SAGE); each "
+                f"run's results are ranked only among themselves"
+                for gt, runs in sorted(unread.items(), key=lambda kv: kv[1])]
+    return pl.DataFrame(rows, schema=across.GROUND_TRUTH_SCHEMA), warnings
 
 
 def ledger_evaluations(home: SageHome) -> pl.DataFrame | None:
@@ -74,38 +138,34 @@ def _known(flag: str, name: str, known: list[str], where: str) -> ValueError:
 
 def across_runs(home: SageHome, evaluations: pl.DataFrame, model: str | None = None,
                 task: str | None = None) -> AcrossRuns:
-    """Every SAE the ledger's `evaluations` (`across.EVALUATION_SCHEMA`) name for `model` (default: every model),
-    each by the latest result for its content hash, on `task` (default: every task), ranked per (model, task).
+    """Every SAE the ledger's `evaluations` (`across.EVALUATION_SCHEMA`) name for `model` (default: every model), on
+    `task` (default: every task), each by the latest result for its content hash on that task, ranked per (model,
+    task, ground truth).
 
-    An unknown model or task is a one-line ValueError listing the known ones. Each run is read at most once; when the
-    run holding an SAE's latest result cannot be read, that result is dropped and the one before it stands."""
+    An unknown model or task is a one-line ValueError listing the known ones. Every run the evaluations name is read
+    once (an older run may hold the only result on a task); a run that cannot be read is left out, and the SAEs it
+    scored keep their results from other runs."""
     evaluations = across.checked_evaluations(evaluations)
     if model is not None:
         models = sorted(evaluations.get_column("model").drop_nulls().unique().to_list())
         if model not in models:
             raise _known("--model", model, models, "the ledger has evaluations for")
         evaluations = evaluations.filter(pl.col("model") == model)
-    tables: dict[str, RunTables | None] = {}
+    tables: dict[str, RunTables] = {}
     errors: dict[str, str] = {}
-    dropped: set[str] = set()
-    while True:
-        latest = across.latest_per_hash(evaluations)
-        for run in latest.get_column("run").unique().sort().to_list():
-            if run not in tables:
-                try:
-                    tables[run] = read_run_tables(home, run)
-                except (StoreError, ValueError, OSError) as exc:
-                    tables[run], errors[run] = None, " ".join(str(exc).split())
-        bad = [r for r, t in tables.items() if t is None]
-        lost = (pl.col("status") == "evaluated") & pl.col("run").is_in(bad)
-        if evaluations.filter(lost).is_empty():
-            break
-        dropped |= set(evaluations.filter(lost).get_column("run").to_list())
-        evaluations = evaluations.filter(~lost)
-    good = {r: t for r, t in tables.items() if t is not None}
-    boards = {r: t.board for r, t in good.items()}
-    rows = across.combine(latest, boards, {r: t.failures for r, t in good.items()})
-    ctrl = across.controls(latest, boards)
+    for run in evaluations.get_column("run").drop_nulls().unique().sort().to_list():
+        try:
+            tables[run] = read_run_tables(home, run)
+        except (StoreError, ValueError, OSError) as exc:
+            errors[run] = " ".join(str(exc).split())
+    # a result whose run cannot be read is dropped (a failure needs no files: it stays, without its reason)
+    lost = (pl.col("status") == "evaluated") & pl.col("run").is_in(sorted(errors))
+    dropped = set(evaluations.filter(lost).get_column("run").to_list())
+    evaluations = evaluations.filter(~lost)
+    ground_truths, gt_warnings = ground_truth_keys(home, tables)
+    boards = {r: t.board for r, t in tables.items()}
+    rows = across.combine(evaluations, boards, {r: t.failures for r, t in tables.items()}, ground_truths)
+    ctrl = across.controls(evaluations, boards, ground_truths)
     if task is not None:
         tasks = sorted(set(rows.get_column("task").drop_nulls().to_list())
                        | set(ctrl.get_column("task").drop_nulls().to_list()))
@@ -118,4 +178,4 @@ def across_runs(home: SageHome, evaluations: pl.DataFrame, model: str | None = N
                 + ("its results are left out (earlier results of its SAEs stand where there are some)"
                    if r in dropped else "its failures are listed without their reasons")
                 for r in sorted(errors) if r in dropped or _exists(home, r)]
-    return AcrossRuns(rows, ctrl, warnings)
+    return AcrossRuns(rows, ctrl, warnings + gt_warnings, across.ground_truth_groups(rows, ctrl))

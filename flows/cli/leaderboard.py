@@ -1,4 +1,5 @@
-"""`sage leaderboard`: every SAE ever evaluated, by the latest result for its weights, ranked per model and task."""
+"""`sage leaderboard`: every SAE ever evaluated, by the latest result for its weights on each task, ranked per model,
+task and ground truth."""
 
 from __future__ import annotations
 
@@ -12,17 +13,23 @@ from flows.cli.options import Home, app, check_top, fail, refused
 Model = Annotated[str | None, typer.Option(help="only this model: the label its runs were made with, e.g. sage-tiny "
                                                 "or gpt2 (default: every model in the ledger)")]
 Task = Annotated[str | None, typer.Option(help="only this task, e.g. ioi (default: every task)")]
-Top = Annotated[int | None, typer.Option(help="print only the best N (>= 1) SAEs per model and task (default: all)")]
+Top = Annotated[int | None, typer.Option(help="print only the best N (>= 1) SAEs per table (model, task and ground "
+                                              "truth; default: all)")]
 
 
 @app.command("leaderboard")
 def leaderboard_cmd(home: Home = None, model: Model = None, task: Task = None, top: Top = None) -> None:
-    """Every SAE ever evaluated (by `sage evaluate` or `sage watch`), each by the latest result for its weights'
-    content hash, ranked per model and task by summary.
+    """Every SAE ever evaluated (by `sage evaluate` or `sage watch`), on each task by the latest run that scored its
+    weights' content hash there (a later run that failed on a task, or did not score it, hides nothing), ranked by
+    summary.
 
-    Rank 1 is the best summary; SAEs with equal summaries share the lowest rank of their group (1, 2, 2, 4); an SAE
-    without a result (failed, or reached no cross-section) is listed under the table, unranked. The oracle and random
-    controls of the latest run are the reference lines. Reads the ledger and the runs' files; changes nothing.
+    Runs that scored a task against different ground truths (another location search, per_group or task subset: other
+    cross-sections and dictionaries) give summaries that are not comparable: each ground truth gets its own table and
+    ranking, titled with its key (a hash of its cross-sections' dictionaries) and the runs it shows, the most recent
+    run's first. Rank 1 is the best summary; SAEs with equal summaries share the lowest rank of their group (1, 2, 2,
+    4); an SAE without a result (failed, or reached no cross-section) is listed under its table, unranked. The oracle
+    and random controls of the latest run with that ground truth are the reference lines. Reads the ledger and the
+    runs' files; changes nothing.
 
     Exit codes: 0 shown; 2 nothing to show yet (no ledger, or an empty one: run `sage evaluate` or `sage watch`
     first), or an unknown --model or --task (the line lists the known ones)."""

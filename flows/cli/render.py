@@ -135,9 +135,40 @@ def loads(counts: dict[str, int] | None) -> None:
 
 
 def across_runs(result, top: int | None = None) -> None:
-    """`storage.boards.AcrossRuns`: per (model, task) the ranked SAEs (best `top`), the ones without a rank, the
-    latest run's controls as reference lines; then SAEs with no result on any task, and the runs that could not be
-    read."""
+    """`storage.boards.AcrossRuns`: per (model, task) one table per ground truth (the most recent run's first; a note
+    when there are several: their summaries are not comparable), each with its ranked SAEs (best `top`), the ones
+    without a rank and the controls of its latest run as reference lines; then SAEs with no result on any task, and
+    the warnings."""
+    import polars as pl
+    from rich.markup import escape
+
+    rows, ctrl, groups = result.rows, result.controls, result.groups
+    for model, task in groups.select("model", "task").unique(maintain_order=True).iter_rows():
+        these = groups.filter((pl.col("model") == model) & (pl.col("task") == task))
+        if these.height > 1:
+            console.print(f"{model} on {task}: {these.height} ground truths; scores against different ground truths "
+                          "are not comparable; each table ranks its own (the most recent run's first)",
+                          highlight=False)
+        for key, runs in these.select("ground_truth", "runs").iter_rows():
+            mine = (pl.col("model") == model) & (pl.col("task") == task) & pl.col("ground_truth").eq_missing(key)
+            _across_table(model, task, key, runs, rows.filter(mine), ctrl.filter(mine), top)
+    for r in rows.filter(pl.col("task").is_null()).iter_rows(named=True):
+        console.print(f"no result: {r['model']} {escape(r['sae'])} ({r['content_hash'][:10]}, {escape(r['source'])}, "
+                      f"run {escape(r['run'])}): [red]{escape(str(r['status'])[:200])}[/]", soft_wrap=True,
+                      highlight=False)
+    for w in result.warnings:
+        console.print(f"[yellow]warning:[/] {escape(w)}", soft_wrap=True, highlight=False)
+
+
+def _runs(runs: list[str]) -> str:
+    """The runs a table shows, oldest first; a long list keeps the first and the latest two."""
+    shown = runs if len(runs) <= 4 else [runs[0], "...", *runs[-2:]]
+    return ("run " if len(runs) == 1 else "runs ") + ", ".join(shown) + (f"; {len(runs)} in all" if len(runs) > 4
+                                                                          else "")
+
+
+def _across_table(model: str, task: str, key: str | None, runs: list[str], here, refs, top: int | None) -> None:
+    """One ground truth's table of `across_runs`: `here` its SAE rows, `refs` its controls."""
     import polars as pl
     from rich import box
     from rich.markup import escape
@@ -145,39 +176,29 @@ def across_runs(result, top: int | None = None) -> None:
     from report.tables import fmt
     from sage_core.model.hooks import short_hook
 
-    rows, ctrl = result.rows, result.controls
-    pairs = pl.concat([rows.select("model", "task"), ctrl.select("model", "task")]).drop_nulls().unique()
+    gt = f"ground truth {key or 'unknown'}"
     heads = ["rank", "SAE", "hash", "source", "hook / mapping", "summary", "EV", "L0", "F1", "MCC", "run", "evaluated"]
-    for model, task in pairs.sort("model", "task").iter_rows():
-        here = rows.filter((pl.col("model") == model) & (pl.col("task") == task))
-        ranked = here.filter(pl.col("rank").is_not_null())
-        t = _table(f"{model} on {task}: every SAE evaluated, latest result per content hash", heads,
-                   ("SAE", "hash", "source", "hook / mapping", "run", "evaluated"))
-        t.box, t.pad_edge, t.collapse_padding = box.SIMPLE_HEAD, False, True
-        for col in ("SAE", "source"):
-            t.columns[heads.index(col)].overflow = "fold"
-        for r in ranked.head(top or ranked.height).iter_rows(named=True):
-            where = f"{short_hook(r['hook'])} {r['mapping']}" if r.get("hook") else str(r["mapping"])
-            t.add_row(str(r["rank"]), escape(short_sae(r["sae"])), r["content_hash"][:10], escape(r["source"] or ""),
-                      escape(where), fmt(r["summary"]), fmt(r["explained_variance"]), fmt(r["l0"]),
-                      fmt(r["f1_mean"]), fmt(r["mcc"]), escape(r["run"]), _when(r["evaluated_at"]))
-        console.print(t)
-        if top and ranked.height > top:
-            console.print(f"best {top} of {ranked.height} ranked SAEs shown", highlight=False)
-        for r in here.filter(pl.col("rank").is_null()).iter_rows(named=True):
-            console.print(f"  not ranked on {task}: {escape(r['sae'])} ({r['content_hash'][:10]}, run "
-                          f"{escape(r['run'])}): [red]{escape(str(r['status'])[:200])}[/]", soft_wrap=True,
-                          highlight=False)
-        refs = ctrl.filter((pl.col("model") == model) & (pl.col("task") == task))
-        if not refs.is_empty():
-            parts = ", ".join(f"{k} {fmt(s)}" for k, s in refs.select("kind", "summary").iter_rows())
-            console.print(f"controls on {task} (run {escape(refs['run'][0])}): {parts}", highlight=False)
-    for r in rows.filter(pl.col("task").is_null()).iter_rows(named=True):
-        console.print(f"no result: {r['model']} {escape(r['sae'])} ({r['content_hash'][:10]}, {escape(r['source'])}, "
-                      f"run {escape(r['run'])}): [red]{escape(str(r['status'])[:200])}[/]", soft_wrap=True,
+    ranked = here.filter(pl.col("rank").is_not_null())
+    t = _table(escape(f"{model} on {task}, {gt} ({_runs(runs)}): latest result per SAE weights"), heads,
+               ("SAE", "hash", "source", "hook / mapping", "run", "evaluated"))
+    t.box, t.pad_edge, t.collapse_padding = box.SIMPLE_HEAD, False, True
+    for col in ("SAE", "source"):
+        t.columns[heads.index(col)].overflow = "fold"
+    for r in ranked.head(top or ranked.height).iter_rows(named=True):
+        where = f"{short_hook(r['hook'])} {r['mapping']}" if r.get("hook") else str(r["mapping"])
+        t.add_row(str(r["rank"]), escape(short_sae(r["sae"])), r["content_hash"][:10], escape(r["source"] or ""),
+                  escape(where), fmt(r["summary"]), fmt(r["explained_variance"]), fmt(r["l0"]),
+                  fmt(r["f1_mean"]), fmt(r["mcc"]), escape(r["run"]), _when(r["evaluated_at"]))
+    console.print(t)
+    if top and ranked.height > top:
+        console.print(f"best {top} of {ranked.height} ranked SAEs shown", highlight=False)
+    for r in here.filter(pl.col("rank").is_null()).iter_rows(named=True):
+        console.print(f"  not ranked on {task}: {escape(r['sae'])} ({r['content_hash'][:10]}, run "
+                      f"{escape(r['run'])}): [red]{escape(str(r['status'])[:200])}[/]", soft_wrap=True,
                       highlight=False)
-    for w in result.warnings:
-        console.print(f"[yellow]warning:[/] {escape(w)}", soft_wrap=True, highlight=False)
+    if not refs.is_empty():
+        parts = ", ".join(f"{k} {fmt(s)}" for k, s in refs.select("kind", "summary").iter_rows())
+        console.print(f"controls on {task}, {gt} (run {escape(refs['run'][0])}): {parts}", highlight=False)
 
 
 def _when(stamp: str | None) -> str:

@@ -135,3 +135,44 @@ def _hash_is(h: str):
     import polars as pl
 
     return pl.col("content_hash") == h
+
+
+def test_a_registry_sae_in_the_local_hf_cache_is_evaluated_through_from_pretrained(watched, tmp_path, monkeypatch):
+    """The registry source end to end, offline: a release naming an SAE of the built-in model (its files in a Hugging
+    Face cache built here) is listed with its content hash, loaded by `SAE.from_pretrained`, scored and recorded."""
+    from huggingface_hub import constants
+    from sae_lens import SAE as SAELensSAE
+    from sae_lens.loading.pretrained_saes_directory import PretrainedSAELookup, get_pretrained_saes_directory
+
+    from storage.home import SageHome
+    from storage.ledger import Ledger
+    from storage.sae_sources import _dir_weights_hash
+    from tests.acceptance.hf_cache import write_hub_files
+
+    home, cfg, _ = watched
+    src = _copy(SageHome(home).sae_dir(cfg.evaluate.zoo.model.name, SAE), tmp_path / "published", scale=1.25)
+    write_hub_files(tmp_path / "hf", "sage-lab/saes", {f"l0/{f}": src / f for f in ("cfg.json",
+                                                                                    "sae_weights.safetensors")})
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setitem(get_pretrained_saes_directory(), "sage-lab-res", PretrainedSAELookup(
+        release="sage-lab-res", repo_id="sage-lab/saes", model=cfg.evaluate.zoo.model.name, conversion_func=None,
+        saes_map={"layer0": "l0"}, expected_var_explained={}, expected_l0={}, neuronpedia_id={},
+        norm_scaling_factor={}, config_overrides=None))
+    calls = []
+    real = SAELensSAE.from_pretrained.__func__
+
+    def spy(cls, release, sae_id, **kw):
+        calls.append((release, sae_id))
+        return real(cls, release, sae_id, **kw)
+
+    monkeypatch.setattr(SAELensSAE, "from_pretrained", classmethod(spy))
+    from flows.watch import run_watch
+
+    out = run_watch([f"registry:{cfg.evaluate.zoo.model.name}:sage-lab-*"], cfg=cfg, home=str(home))
+    [o] = out["outcomes"]
+    assert (o["status"], o["spec"], o["content_hash"]) == ("evaluated", "sage-lab-res/layer0", _dir_weights_hash(src))
+    assert ("sage-lab-res", "layer0") in calls
+    ev = Ledger.of(SageHome(home)).evaluations().filter(_hash_is(_dir_weights_hash(src)))
+    assert ev["source"].to_list() == [f"registry:{cfg.evaluate.zoo.model.name}:sage-lab-*"]

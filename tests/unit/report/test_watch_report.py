@@ -27,11 +27,11 @@ def test_ranks_reasons_and_counts():
     outs = [outcome("lab-a", "evaluated", run="run-1", h="h1"), outcome("lab-b", "failed", reason="NaN | in W_dec"),
             outcome("lab-c", "skipped", reason="weights of gpt2 not cached", model="gpt2-small")]
     ranks = pl.DataFrame({"content_hash": ["h1", "h1"], "task": ["sva", "ioi"], "rank": [2, 5], "n_ranked": [9, 9],
-                          "summary": [0.61234, 0.4]})
+                          "summary": [0.61234, 0.4], "ground_truth": ["3f2a91c0", "77aa0b12"]})
     md = watch_markdown(summary(outs), ranks, "2026-11-30 03:00")
     assert "1 evaluated, 1 failed, 1 skipped" in md and "3 unchanged" in md
-    ioi, sva = md.index("| lab-a | sage-tiny | blocks.0.hook_resid_post | ioi | 5 of 9 | 0.400 | run-1 |"), \
-        md.index("| lab-a | sage-tiny | blocks.0.hook_resid_post | sva | 2 of 9 | 0.612 | run-1 |")
+    ioi, sva = md.index("| lab-a | sage-tiny | blocks.0.hook_resid_post | ioi | 5 of 9 | 0.400 | run-1 | 77aa0b12 |"), \
+        md.index("| lab-a | sage-tiny | blocks.0.hook_resid_post | sva | 2 of 9 | 0.612 | run-1 | 3f2a91c0 |")
     assert ioi < sva  # tasks in order
     assert "NaN \\| in W_dec" in md  # a '|' in a reason stays inside its cell
     assert "weights of gpt2 not cached" in md and "hub down" in md

@@ -1,4 +1,5 @@
-"""The leaderboard across runs (issue #18 item 4) against hand-built ledgers and boards, with hand-computed ranks."""
+"""The leaderboard across runs (issue #18 item 4) against hand-built ledgers and boards, with hand-computed ranks: the
+latest result per (model, content hash, task), ranks per ground truth."""
 
 from __future__ import annotations
 
@@ -8,7 +9,16 @@ import random
 import polars as pl
 import pytest
 
-from sage_core.scoring.across import PREPENDED, combine, controls, latest_per_hash, ranks_of
+from sage_core.scoring.across import (
+    GROUND_TRUTH_SCHEMA,
+    PREPENDED,
+    combine,
+    controls,
+    ground_truth_groups,
+    ground_truth_key,
+    latest_per_hash,
+    ranks_of,
+)
 from sage_core.scoring.leaderboard import LeaderboardRow
 
 # the ledger's evaluations as storage.ledger.Ledger.evaluations returns them (built by hand: no ledger here)
@@ -43,6 +53,11 @@ def board(*rows: tuple) -> pl.DataFrame:
                              l0=None if summary is None or math.isnan(summary) else 10 * summary)
         out.append(row.model_dump())
     return pl.DataFrame(out, schema=BOARD)
+
+
+def gts(*rows: tuple[str, str, str]) -> pl.DataFrame:
+    """(run, task, ground-truth key) -> the ground truth each run scored each task against."""
+    return pl.DataFrame(list(rows), schema=GROUND_TRUTH_SCHEMA, orient="row")
 
 
 def picked(latest: pl.DataFrame) -> dict[str, tuple[str, str]]:
@@ -179,3 +194,109 @@ def test_ranks_of_gives_the_rank_among_all_and_how_many_are_ranked():
     new = ranks_of(out, ["hn", "hx"])
     assert new.select("content_hash", "rank", "n_ranked").rows() == [("hn", 2, 4), ("hx", None, 0)]
     assert ranks_of(out, []).is_empty()
+
+
+# -- the latest result per (model, content hash, task) ------------------------------------------------------------
+def test_a_later_run_on_fewer_tasks_keeps_the_earlier_rows_of_the_others():
+    # r1 scored h on ioi and sva, r2 (later) on ioi only: ioi from r2, sva still from r1
+    e = ev(("h", "r1", "a", "evaluated", 1), ("h", "r2", "a", "evaluated", 2))
+    out = combine(e, {"r1": board(("a", "ioi", 0.4), ("a", "sva", 0.6)), "r2": board(("a", "ioi", 0.5))})
+    assert out.select("task", "run", "summary", "l0", "rank").rows() == [("ioi", "r2", 0.5, 5.0, 1),
+                                                                          ("sva", "r1", 0.6, 6.0, 1)]
+
+
+def test_a_later_failed_row_on_a_task_hides_no_earlier_ok_row_on_it():
+    # r2 failed h on ioi but scored sva; b (0.45, r1) ranks against h's r1 result (0.4) on ioi, not against a failure
+    e = ev(("h", "r1", "a", "evaluated", 1), ("hb", "r1", "b", "evaluated", 1),
+           ("h", "r2", "a", "evaluated", 2))
+    r1 = board(("a", "ioi", 0.4), ("b", "ioi", 0.45))
+    r2 = board(("a", "ioi", None, "trained", "failed: nan loss"), ("a", "sva", 0.3))
+    out = combine(e, {"r1": r1, "r2": r2})
+    assert out.select("sae", "task", "run", "status", "rank").rows() == [
+        ("b", "ioi", "r1", "ok", 1), ("a", "ioi", "r1", "ok", 2), ("a", "sva", "r2", "ok", 1)]
+
+
+def test_a_task_only_ever_failed_keeps_its_latest_failed_row_unranked():
+    e = ev(("h", "r1", "a", "evaluated", 1), ("h", "r2", "a", "failed", 2, "sage-tiny", "load: oom"))
+    r1 = board(("a", "ioi", None, "trained", "failed: first"), ("a", "sva", 0.2))
+    r2 = board(("a", "ioi", None, "trained", "failed: second"))
+    out = combine(e, {"r1": r1, "r2": r2})
+    assert out.select("task", "run", "status", "rank").rows() == [("ioi", "r2", "failed: second", None),
+                                                                   ("sva", "r1", "ok", 1)]
+
+
+def test_a_later_run_that_reached_no_task_hides_nothing_and_adds_no_row():
+    e = ev(("h", "r1", "a", "evaluated", 1), ("h", "r2", "a", "evaluated", 2), ("h", "r3", "a", "failed", 3))
+    out = combine(e, {"r1": board(("a", "ioi", 0.4)), "r2": board(), "r3": board()})
+    assert out.select("task", "run", "status", "rank").rows() == [("ioi", "r1", "ok", 1)]
+
+
+# -- ranks per ground truth ---------------------------------------------------------------------------------------
+def test_key_is_the_sorted_part_hashes_hashed():
+    # sha256(b"p1\np2") = b98d8487...; sha256(b"") = e3b0c442...
+    assert ground_truth_key(["p2", "p1"]) == ground_truth_key(["p1", "p2"]) == "b98d8487"
+    assert ground_truth_key([]) == "e3b0c442"
+
+
+def _three_runs():
+    """r1 and r3 scored ioi against ground truth G1, r2 against G2; on G1: a .9, c .7, e .6; on G2: d .8, b .5."""
+    e = ev(("ha", "r1", "a", "evaluated", 1), ("he", "r1", "e", "evaluated", 1), ("hb", "r2", "b", "evaluated", 2),
+           ("hd", "r2", "d", "evaluated", 2), ("hc", "r3", "c", "evaluated", 3))
+    boards = {"r1": board(("a", "ioi", 0.9), ("e", "ioi", 0.6), ("control:oracle", "ioi", 0.95, "oracle")),
+              "r2": board(("b", "ioi", 0.5), ("d", "ioi", 0.8), ("control:oracle", "ioi", 0.85, "oracle")),
+              "r3": board(("c", "ioi", 0.7), ("control:oracle", "ioi", 0.97, "oracle"))}
+    return e, boards, gts(("r1", "ioi", "G1"), ("r2", "ioi", "G2"), ("r3", "ioi", "G1"))
+
+
+def test_ranks_are_per_ground_truth():
+    e, boards, g = _three_runs()
+    out = combine(e, boards, ground_truths=g)
+    assert out.select("ground_truth", "sae", "run", "rank").rows() == [
+        ("G1", "a", "r1", 1), ("G1", "c", "r3", 2), ("G1", "e", "r1", 3), ("G2", "d", "r2", 1), ("G2", "b", "r2", 2)]
+    assert out.columns[:len(PREPENDED)] == list(PREPENDED) and "ground_truth" in PREPENDED
+    # no ground truths given: one group per (model, task), as if every run were comparable
+    assert combine(e, boards).select("sae", "rank").rows() == [("a", 1), ("d", 2), ("c", 3), ("e", 4), ("b", 5)]
+
+
+def test_ranks_of_counts_within_the_own_ground_truth():
+    e, boards, g = _three_runs()
+    new = ranks_of(combine(e, boards, ground_truths=g), {"hc", "hb"})
+    assert new.select("content_hash", "ground_truth", "rank", "n_ranked").rows() == [("hc", "G1", 2, 3),
+                                                                                     ("hb", "G2", 2, 2)]
+
+
+def test_an_sae_re_scored_against_another_ground_truth_moves_to_it():
+    # ha: r1 (G1, day 1), then r9 (G2, day 4): its latest ioi result is against G2, ranked there only
+    e, boards, g = _three_runs()
+    e = pl.concat([e, ev(("ha", "r9", "a", "evaluated", 4))])
+    boards["r9"] = board(("a", "ioi", 0.1))
+    out = combine(e, boards, ground_truths=pl.concat([g, gts(("r9", "ioi", "G2"))]))
+    assert out.select("ground_truth", "sae", "run", "rank").rows() == [
+        ("G1", "c", "r3", 1), ("G1", "e", "r1", 2), ("G2", "d", "r2", 1), ("G2", "b", "r2", 2), ("G2", "a", "r9", 3)]
+
+
+def test_controls_are_the_latest_run_of_each_ground_truth():
+    e, boards, g = _three_runs()
+    out = controls(e, boards, g)
+    assert out.select("ground_truth", "run", "summary").rows() == [("G1", "r3", 0.97), ("G2", "r2", 0.85)]
+
+
+def test_groups_most_recent_first_with_the_runs_they_show():
+    e, boards, g = _three_runs()
+    rows, ctrl = combine(e, boards, ground_truths=g), controls(e, boards, g)
+    got = ground_truth_groups(rows, ctrl)
+    # G1: r1 (day 1: a, e) and r3 (day 3: c, controls) -> latest day 3, first; G2: r2 (day 2)
+    assert got.select("ground_truth", "runs", "latest").rows() == [
+        ("G1", ["r1", "r3"], "2024-06-03T03:00:00.000000+00:00"), ("G2", ["r2"], "2024-06-02T03:00:00.000000+00:00")]
+
+
+def test_groups_hold_a_ground_truth_of_controls_only_when_the_task_has_no_sae_row():
+    # r2 (G2) re-scored b, whose r1 (G1) row it replaces: G1 keeps only r1's controls -> no table; on sva no SAE
+    # reached a result: its controls' table stays
+    e = ev(("hb", "r1", "b", "evaluated", 1), ("hb", "r2", "b", "evaluated", 2))
+    boards = {"r1": board(("b", "ioi", 0.4), ("control:oracle", "ioi", 0.9, "oracle")),
+              "r2": board(("b", "ioi", 0.6), ("control:oracle", "ioi", 0.8, "oracle"),
+                          ("control:oracle", "sva", 0.7, "oracle"))}
+    g = gts(("r1", "ioi", "G1"), ("r2", "ioi", "G2"), ("r2", "sva", "S2"))
+    got = ground_truth_groups(combine(e, boards, ground_truths=g), controls(e, boards, g))
+    assert got.select("task", "ground_truth", "runs").rows() == [("ioi", "G2", ["r2"]), ("sva", "S2", ["r2"])]

@@ -1,4 +1,6 @@
-"""The leaderboard across runs read from real run directories (`storage.scores.write_run`), one of them then damaged.
+"""The leaderboard across runs read from real run directories (`storage.scores.write_run`), one of them then damaged,
+and the ground truth each run scored against, from records the fit flow's writer wrote
+(`storage.ground_truth.write_gt_record`).
 
 The ledger's evaluations are built by hand here (the columns `storage.ledger.Ledger.evaluations` returns)."""
 
@@ -9,6 +11,7 @@ import os
 import polars as pl
 import pytest
 
+from sage_core.scoring import across
 from sage_core.scoring.leaderboard import LeaderboardRow
 from sage_core.scoring.rows import SCORE_SCHEMA
 from storage import boards
@@ -22,7 +25,13 @@ BOARD = {c: pl.String if c in TEXT else pl.Int64 if c == "n_sections" else pl.Fl
          for c in LeaderboardRow.model_fields}
 A = "blocks.0.hook_resid_pre--topk-64"
 B = "blocks.1.hook_mlp_out--relu-128"
-HOOKS = {A: "blocks.0.hook_resid_pre", B: "blocks.1.hook_mlp_out"}
+HOOKS = {A: "blocks.0.hook_resid_pre", B: "blocks.1.hook_mlp_out", "D": "blocks.0.hook_resid_pre"}
+# r1 used ground truth gt-ab1 (ioi and sva), r2 gt-ab2 (ioi only): the same ioi parts, so one key for ioi; r3 gt-c
+# (other ioi parts). Keys by hand: sha256("p-ioi-1\np-ioi-2")[:8], sha256("p-ioi-3")[:8]
+KEY_AB, KEY_C = "2f88f530", "14518afd"
+GROUND_TRUTHS = {"ground_truth/gt-ab1": [("ioi", "p-ioi-1"), ("ioi", "p-ioi-2"), ("sva", "p-sva-1")],
+                 "ground_truth/gt-ab2": [("ioi", "p-ioi-2"), ("ioi", "p-ioi-1")],
+                 "ground_truth/gt-c": [("ioi", "p-ioi-3")]}
 
 
 def _board(rows):
@@ -40,18 +49,37 @@ def _failures(rows=()):
     return pl.DataFrame(list(rows), schema={"sae": pl.String, "stage": pl.String, "error": pl.String}, orient="row")
 
 
-@pytest.fixture()
-def home(tmp_path):
-    """r1 scored A (0.4) and B (0.6); r2 scored a changed copy of A under the same name (0.7) and failed on C."""
+def _record_ground_truths(h):
+    """The fit flow's records, by its own writer: one GroundTruthRef per path in `GROUND_TRUTHS`."""
+    from sage_core.ground_truth.sections import CrossSection
+    from storage.ground_truth import write_gt_record
+    from storage.refs import GroundTruthPartRef, GroundTruthRef
+
+    for i, (path, parts) in enumerate(GROUND_TRUTHS.items()):
+        refs = tuple(GroundTruthPartRef(path=f"ground_truth/parts/{p}", hash=p, task=t,
+                                        section=CrossSection(hook="blocks.0.hook_resid_pre", role="END"))
+                     for t, p in parts)
+        write_gt_record(h, f"fit-key-{i}", GroundTruthRef(path=path, hash=f"h{i}", parts=refs))
+
+
+def _write(h, run, rows, failures=(), ground_truth="ground_truth/gt-ab1"):
     from storage.scores import write_run
 
+    meta = {"run": run, "model": "sage-tiny"} | ({"ground_truth": ground_truth} if ground_truth else {})
+    write_run(h.scores_dir(run), _scores([s for s, k, _ in rows if k == "trained"]), _board(rows),
+              _failures(failures), meta)
+
+
+@pytest.fixture()
+def home(tmp_path):
+    """r1 scored A (0.4) and B (0.6); r2 scored a changed copy of A under the same name (0.7) and failed on C; both
+    against the same ioi ground truth."""
     h = SageHome(tmp_path / "home")
-    write_run(h.scores_dir("r1"), _scores([A, B]),
-              _board([(A, "trained", 0.4), (B, "trained", 0.6), ("control:oracle", "oracle", 0.9),
-                      ("control:random", "random", 0.1)]), _failures(), {"run": "r1", "model": "sage-tiny"})
-    write_run(h.scores_dir("r2"), _scores([A]),
-              _board([(A, "trained", 0.7), ("control:oracle", "oracle", 0.95), ("control:random", "random", 0.2)]),
-              _failures([("C", "resolve", "cfg.json is missing")]), {"run": "r2", "model": "sage-tiny"})
+    _record_ground_truths(h)
+    _write(h, "r1", [(A, "trained", 0.4), (B, "trained", 0.6), ("control:oracle", "oracle", 0.9),
+                     ("control:random", "random", 0.1)])
+    _write(h, "r2", [(A, "trained", 0.7), ("control:oracle", "oracle", 0.95), ("control:random", "random", 0.2)],
+           [("C", "resolve", "cfg.json is missing")], "ground_truth/gt-ab2")
     return h
 
 
@@ -73,13 +101,14 @@ def test_two_runs_both_hashes_of_one_name_are_ranked_with_their_hooks(home):
     before = _tree(home.root)
     out = across_runs(home, LEDGER)
     assert out.warnings == []
-    got = out.rows.select("content_hash", "run", "sae", "hook", "task", "summary", "rank").rows()
-    assert got == [("a-new", "r2", A, HOOKS[A], "ioi", 0.7, 1), ("b", "r1", B, HOOKS[B], "ioi", 0.6, 2),
-                   ("a-old", "r1", A, HOOKS[A], "ioi", 0.4, 3),
-                   ("c", "r2", "C", None, None, None, None)]
+    got = out.rows.select("content_hash", "run", "sae", "hook", "task", "ground_truth", "summary", "rank").rows()
+    assert got == [("a-new", "r2", A, HOOKS[A], "ioi", KEY_AB, 0.7, 1), ("b", "r1", B, HOOKS[B], "ioi", KEY_AB, 0.6, 2),
+                   ("a-old", "r1", A, HOOKS[A], "ioi", KEY_AB, 0.4, 3),
+                   ("c", "r2", "C", None, None, None, None, None)]
     failed = out.rows.filter(pl.col("content_hash") == "c")
     assert failed["status"].to_list() == ["failed: resolve: cfg.json is missing"]
     assert out.controls.select("run", "kind", "summary").rows() == [("r2", "oracle", 0.95), ("r2", "random", 0.2)]
+    assert out.groups.select("task", "ground_truth", "runs").rows() == [("ioi", KEY_AB, ["r1", "r2"])]
     assert _tree(home.root) == before, "reading writes nothing"
 
 
@@ -135,6 +164,57 @@ def test_model_and_task_filters_and_unknown_ones_list_the_known(home):
         across_runs(home, ledger, model="gpt-2")
     with pytest.raises(ValueError, match=r"unknown --task 'gendered': the runs in the ledger scored ioi$"):
         across_runs(home, ledger, task="gendered")
+
+
+def test_recorded_ground_truths_reads_the_writers_records(home):
+    assert boards.recorded_ground_truths(home) == {
+        "ground_truth/gt-ab1": {"ioi": ["p-ioi-1", "p-ioi-2"], "sva": ["p-sva-1"]},
+        "ground_truth/gt-ab2": {"ioi": ["p-ioi-2", "p-ioi-1"]}, "ground_truth/gt-c": {"ioi": ["p-ioi-3"]}}
+    (home.ground_truth_record("torn")).write_text('{"key": "torn", "manifest": {"ref": "ground-tr')
+    assert len(boards.recorded_ground_truths(home)) == 3, "a torn record is skipped"
+
+
+def test_another_ground_truth_is_ranked_apart_with_its_own_controls(home):
+    # r3 (day 3) scored D (0.9, better than every other) against other ioi cross-sections: rank 1 of its own
+    _write(home, "r3", [("D", "trained", 0.9), ("control:oracle", "oracle", 0.99), ("control:random", "random", 0.3)],
+           ground_truth="ground_truth/gt-c")
+    out = across_runs(home, pl.concat([LEDGER, _ev(("d", "r3", "D", "evaluated", 3))]))
+    assert out.warnings == []
+    assert out.rows.select("ground_truth", "content_hash", "rank").rows() == [
+        (KEY_C, "d", 1), (KEY_AB, "a-new", 1), (KEY_AB, "b", 2), (KEY_AB, "a-old", 3), (None, "c", None)]
+    assert out.controls.select("ground_truth", "run", "kind", "summary").rows() == [
+        (KEY_C, "r3", "oracle", 0.99), (KEY_C, "r3", "random", 0.3), (KEY_AB, "r2", "oracle", 0.95),
+        (KEY_AB, "r2", "random", 0.2)]
+    assert out.groups.select("ground_truth", "runs").rows() == [(KEY_C, ["r3"]), (KEY_AB, ["r1", "r2"])]
+    ranks = across.ranks_of(out.rows, {"d", "b"})
+    assert ranks.select("content_hash", "ground_truth", "rank", "n_ranked").rows() == [("d", KEY_C, 1, 1),
+                                                                                     ("b", KEY_AB, 2, 3)]
+
+
+def test_an_sae_keeps_its_task_that_a_later_run_did_not_score(home):
+    # r1 scored b on ioi only; r4 (later) re-scored b on sva only: both tasks listed, each from its run; sva's key is
+    # gt-ab1's sva parts: sha256("p-sva-1")[:8]
+    from storage.scores import write_run
+
+    on_sva = pl.col("task").str.replace("ioi", "sva")
+    write_run(home.scores_dir("r4"), _scores([B]).with_columns(on_sva), _board([(B, "trained", 0.3)]).with_columns(
+        on_sva), _failures(), {"run": "r4", "model": "sage-tiny", "ground_truth": "ground_truth/gt-ab1"})
+    out = across_runs(home, _ev(("b", "r1", B, "evaluated", 1), ("b", "r4", B, "evaluated", 4)))
+    assert out.rows.select("task", "run", "ground_truth", "summary", "rank").rows() == [
+        ("ioi", "r1", KEY_AB, 0.6, 1), ("sva", "r4", "09b6ca75", 0.3, 1)]
+
+
+def test_unreadable_ground_truth_parts_fall_back_to_the_path_with_a_warning(home):
+    _write(home, "r5", [("D", "trained", 0.9)], ground_truth="ground_truth/gone")
+    _write(home, "r6", [("D", "trained", 0.8)], ground_truth=None)
+    ledger = pl.concat([LEDGER, _ev(("d5", "r5", "D", "evaluated", 3), ("d6", "r6", "D", "evaluated", 3))])
+    out = across_runs(home, ledger)
+    got = out.rows.filter(pl.col("task").is_not_null()).select("content_hash", "ground_truth", "rank").rows()
+    assert got == [("a-new", KEY_AB, 1), ("b", KEY_AB, 2), ("a-old", KEY_AB, 3), ("d5", "ground_truth/gone", 1),
+                   ("d6", "run:r6", 1)]
+    assert len(out.warnings) == 2 and not any("\n" in w for w in out.warnings)
+    assert out.warnings[0].startswith("run(s) r5: the parts of ground truth ground_truth/gone could not be read")
+    assert out.warnings[1].startswith("run(s) r6 record no ground truth")
 
 
 def test_run_file_names_match_the_writer():
