@@ -138,7 +138,8 @@ def _free_port(taken: set[int]) -> int:
             return port
 
 
-def _api(url: str, path: str, body: dict | None = None):
+def api(url: str, path: str, body: dict | None = None):
+    """GET (or POST `body` to) the Prefect server's REST API at `url`; the JSON answer."""
     req = urllib.request.Request(f"{url}{path}", data=None if body is None else json.dumps(body).encode(),
                                  method="GET" if body is None else "POST",
                                  headers={"Content-Type": "application/json"})
@@ -146,8 +147,9 @@ def _api(url: str, path: str, body: dict | None = None):
         return json.load(r)
 
 
-def _flow_log(api_url: str, run_id: str) -> str:
-    logs = _api(api_url, "/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}, "sort": "TIMESTAMP_ASC"})
+def flow_log(api_url: str, run_id: str) -> str:
+    """A flow run's log, oldest first."""
+    logs = api(api_url, "/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}, "sort": "TIMESTAMP_ASC"})
     return "\n".join(entry["message"] for entry in logs)
 
 
@@ -164,8 +166,8 @@ def run_deployment(api_url: str, env: dict[str, str], params: dict) -> WatchRun:
     run_id = re.search(r"UUID: ([0-9a-f-]{36})", r.stdout)
     if run_id is None:
         raise RuntimeError(f"`prefect deployment run` made no flow run: {(r.stdout + r.stderr)[-2000:]}")
-    run = _api(api_url, f"/flow_runs/{run_id[1]}")
-    log = _flow_log(api_url, run_id[1])
+    run = api(api_url, f"/flow_runs/{run_id[1]}")
+    log = flow_log(api_url, run_id[1])
     if run["state_type"] != "COMPLETED":
         raise RuntimeError(f"the watch run ended {run['state_type']}: {log[-3000:]}")
     return WatchRun(wall, *flow_run_times(run), *watch_counts(log))

@@ -58,3 +58,18 @@ def write_hub_files(root: Path, repo_id: str, files: dict[str, Path | bytes], re
         link.unlink(missing_ok=True)
         link.symlink_to(os.path.relpath(blob, link.parent))
     return snap
+
+
+def spy_from_pretrained(monkeypatch) -> list[tuple[str, str]]:
+    """Every `SAE.from_pretrained(release, sae_id)` call from now on, in order (the real one still runs)."""
+    from sae_lens import SAE
+
+    calls: list[tuple[str, str]] = []
+    real = SAE.from_pretrained.__func__
+
+    def spy(cls, release, sae_id, **kw):
+        calls.append((release, sae_id))
+        return real(cls, release, sae_id, **kw)
+
+    monkeypatch.setattr(SAE, "from_pretrained", classmethod(spy))
+    return calls

@@ -18,11 +18,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from benchmarks.service import api, flow_log
 from flows import service
 from storage.home import SageHome
 
@@ -120,14 +120,6 @@ def test_the_service_environment_is_its_own(home):
 
 # ---- the service, end to end ----------------------------------------------------------------------------------------
 
-def _api(url: str, path: str, body: dict | None = None):
-    req = urllib.request.Request(f"{url}{path}", data=None if body is None else json.dumps(body).encode(),
-                                 method="GET" if body is None else "POST",
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as r:
-        return json.load(r)
-
-
 def _make(target: str, home: Path, env: dict, **variables) -> subprocess.CompletedProcess:
     # -o: the install stamp counts as up to date (pytest runs in that environment already; no reinstall mid-test);
     # an outer `make test`'s flags and jobserver stay out
@@ -157,12 +149,7 @@ def _run_deployment(api_url: str, env: dict, params: dict) -> tuple[str, str]:
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=560)
     run_id = re.search(r"UUID: ([0-9a-f-]{36})", r.stdout)
     assert run_id, r.stdout + r.stderr
-    return run_id[1], _api(api_url, f"/flow_runs/{run_id[1]}")["state_type"]
-
-
-def _flow_log(api_url: str, run_id: str) -> str:
-    logs = _api(api_url, "/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}, "sort": "TIMESTAMP_ASC"})
-    return "\n".join(entry["message"] for entry in logs)
+    return run_id[1], api(api_url, f"/flow_runs/{run_id[1]}")["state_type"]
 
 
 def _completed_watch_runs_in_postgres(svc: service.Service) -> int:
@@ -229,7 +216,7 @@ def test_make_serve_runs_watch_nightly_on_postgres_end_to_end(home, tiny_zoo, tm
             assert _alive(*pids[name]), name
 
         # what was served: the nightly schedule is active, its default sources use this SAGE_HOME
-        [dep] = _api(svc.api_url, "/deployments/filter", {"deployments": {"name": {"any_": ["watch-nightly"]}}})
+        [dep] = api(svc.api_url, "/deployments/filter", {"deployments": {"name": {"any_": ["watch-nightly"]}}})
         assert [(s["schedule"]["cron"], s["active"]) for s in dep["schedules"]] == [("0 3 * * *", True)]
         assert dep["parameters"]["sources"][0] == f"dir:{home}/inbox" and (home / "inbox").is_dir()
         assert dep["work_pool_name"] == "sage-process"
@@ -247,8 +234,8 @@ def test_make_serve_runs_watch_nightly_on_postgres_end_to_end(home, tiny_zoo, tm
         params = {"sources": [f"dir:{inbox}"], "cfg": cfg.model_dump(mode="json")}
 
         first, state = timed("watch run 1", lambda: _run_deployment(svc.api_url, client_env, params))
-        assert state == "COMPLETED", _flow_log(svc.api_url, first)
-        assert "1 SAE(s) listed, 1 new" in _flow_log(svc.api_url, first)
+        assert state == "COMPLETED", flow_log(svc.api_url, first)
+        assert "1 SAE(s) listed, 1 new" in flow_log(svc.api_url, first)
         ledger = Ledger.of(SageHome(home))
         [row] = ledger.saes().to_dicts()
         assert (row["sae_id"], row["status"]) == (str(dropped), "evaluated") and row["run"]
@@ -258,8 +245,8 @@ def test_make_serve_runs_watch_nightly_on_postgres_end_to_end(home, tiny_zoo, tm
         assert ev["sae"] in set(leaderboard["sae"])
 
         second, state = timed("watch run 2", lambda: _run_deployment(svc.api_url, client_env, params))
-        assert state == "COMPLETED", _flow_log(svc.api_url, second)
-        assert "1 SAE(s) listed, 0 new" in _flow_log(svc.api_url, second)
+        assert state == "COMPLETED", flow_log(svc.api_url, second)
+        assert "1 SAE(s) listed, 0 new" in flow_log(svc.api_url, second)
         assert ledger.evaluations().height == 1
         [again] = ledger.saes().to_dicts()
         assert (again["status"], again["run"]) == ("evaluated", row["run"])

@@ -10,7 +10,7 @@ import socket
 import pytest
 import torch
 from huggingface_hub import constants
-from sae_lens import SAE, StandardSAE, StandardSAEConfig
+from sae_lens import StandardSAE, StandardSAEConfig
 from sae_lens.loading.pretrained_saes_directory import PretrainedSAELookup, get_pretrained_saes_directory
 from sae_lens.saes.sae import SAEMetadata
 
@@ -22,7 +22,7 @@ from storage.hashing import stable_hash
 from storage.home import SageHome
 from storage.sae_sources import SAESpecError, check_specs, load_sae_spec
 from storage.watch_sources import list_source
-from tests.acceptance.hf_cache import write_hub_files
+from tests.acceptance.hf_cache import spy_from_pretrained, write_hub_files
 
 REPO = "sage-lab/sage-test-saes"
 RELEASE = "sage-test-res"
@@ -60,14 +60,7 @@ def hub(tmp_path, monkeypatch):
         raise AssertionError("the network was used")
 
     monkeypatch.setattr(socket.socket, "connect", no_network)
-    calls = []
-    real = SAE.from_pretrained.__func__
-
-    def spy(cls, release, sae_id, **kw):
-        calls.append((release, sae_id))
-        return real(cls, release, sae_id, **kw)
-
-    monkeypatch.setattr(SAE, "from_pretrained", classmethod(spy))
+    calls = spy_from_pretrained(monkeypatch)
     model = build_model(model_cfg, d_vocab=40)
     return sae, src, calls, model, SageHome(tmp_path / "home")
 

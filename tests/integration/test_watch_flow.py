@@ -141,13 +141,12 @@ def test_a_registry_sae_in_the_local_hf_cache_is_evaluated_through_from_pretrain
     """The registry source end to end, offline: a release naming an SAE of the built-in model (its files in a Hugging
     Face cache built here) is listed with its content hash, loaded by `SAE.from_pretrained`, scored and recorded."""
     from huggingface_hub import constants
-    from sae_lens import SAE as SAELensSAE
     from sae_lens.loading.pretrained_saes_directory import PretrainedSAELookup, get_pretrained_saes_directory
 
     from storage.home import SageHome
     from storage.ledger import Ledger
     from storage.sae_sources import _dir_weights_hash
-    from tests.acceptance.hf_cache import write_hub_files
+    from tests.acceptance.hf_cache import spy_from_pretrained, write_hub_files
 
     home, cfg, _ = watched
     src = _copy(SageHome(home).sae_dir(cfg.evaluate.zoo.model.name, SAE), tmp_path / "published", scale=1.25)
@@ -160,14 +159,7 @@ def test_a_registry_sae_in_the_local_hf_cache_is_evaluated_through_from_pretrain
         release="sage-lab-res", repo_id="sage-lab/saes", model=cfg.evaluate.zoo.model.name, conversion_func=None,
         saes_map={"layer0": "l0"}, expected_var_explained={}, expected_l0={}, neuronpedia_id={},
         norm_scaling_factor={}, config_overrides=None))
-    calls = []
-    real = SAELensSAE.from_pretrained.__func__
-
-    def spy(cls, release, sae_id, **kw):
-        calls.append((release, sae_id))
-        return real(cls, release, sae_id, **kw)
-
-    monkeypatch.setattr(SAELensSAE, "from_pretrained", classmethod(spy))
+    calls = spy_from_pretrained(monkeypatch)
     from flows.watch import run_watch
 
     out = run_watch([f"registry:{cfg.evaluate.zoo.model.name}:sage-lab-*"], cfg=cfg, home=str(home))
