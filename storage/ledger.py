@@ -22,6 +22,7 @@ from pathlib import Path
 
 import polars as pl
 
+from sage_core.scoring.across import EVALUATION_SCHEMA  # what `sage leaderboard` reads, one definition
 from sage_core.watch.plan import Decision, Outcome, SeenRow, decide
 from sage_core.watch.sources import FoundSAE
 from storage.atomic import StoreError
@@ -68,9 +69,6 @@ CREATE INDEX evaluations_by_model ON evaluations (model);
 """
 MIGRATIONS = {1: _SCHEMA_V1}  # version -> the script that brings version-1 to it
 
-EVALUATION_SCHEMA = {"content_hash": pl.String, "model": pl.String, "run": pl.String, "sae": pl.String,
-                     "spec": pl.String, "source": pl.String, "status": pl.String, "reason": pl.String,
-                     "evaluated_at": pl.String}
 SAE_COLUMNS = ("source", "release", "sae_id", "spec", "model", "hook", "content_hash", "first_seen", "last_seen",
                "status", "reason", "run", "sae", "claimed_by", "claimed_until")
 
