@@ -41,20 +41,20 @@ def background_sentence(rng: random.Random) -> str:
     sg, pl = rng.choice(NOUNS)
     k = rng.randrange(8)
     if k == 0:
-        return f"{name} {rng.choice(VERBS_PAST)} the {sg} near the {rng.choice(PLACES)} ."
+        return f"{name} {rng.choice(VERBS_PAST)} the {sg} near the {rng.choice(PLACES)}."
     if k == 1:
-        return f"The {sg} near the {rng.choice(PLACES)} is {rng.choice(ADJECTIVES)} ."
+        return f"The {sg} near the {rng.choice(PLACES)} is {rng.choice(ADJECTIVES)}."
     if k == 2:
-        return f"The {pl} are very {rng.choice(ADJECTIVES)} ."
+        return f"The {pl} are very {rng.choice(ADJECTIVES)}."
     if k == 3:
-        return f"{name} said that {'he' if male else 'she'} {rng.choice(VERBS_PAST)} the {rng.choice(OBJECTS)} ."
+        return f"{name} said that {'he' if male else 'she'} {rng.choice(VERBS_PAST)} the {rng.choice(OBJECTS)}."
     if k == 4:
-        return f"In {rng.randrange(11, 19)}{rng.randrange(0, 100):02d} , {name} went to the {rng.choice(PLACES)} ."
+        return f"In {rng.randrange(11, 19)}{rng.randrange(0, 100):02d}, {name} went to the {rng.choice(PLACES)}."
     if k == 5:
-        return f"{name} and {other} walked to the {rng.choice(PLACES)} ."
+        return f"{name} and {other} walked to the {rng.choice(PLACES)}."
     if k == 6:
-        return f"{name} gave the {rng.choice(OBJECTS)} to {other} ."
-    return f"The {pl} near the {sg} are {rng.choice(ADJECTIVES)} ."
+        return f"{name} gave the {rng.choice(OBJECTS)} to {other}."
+    return f"The {pl} near the {sg} are {rng.choice(ADJECTIVES)}."
 
 
 def task_sentence(task: Task, rng: random.Random, seed: int) -> str:
@@ -62,7 +62,7 @@ def task_sentence(task: Task, rng: random.Random, seed: int) -> str:
     while True:
         a = task.sample(rng)
         if task.split_of(a, seed) == "train":
-            return task.render(a) + " " + task.continuation(a, rng)
+            return task.render(a) + task.answer_prefix + task.continuation(a, rng)
 
 
 def build_corpus(tasks: list[Task], cfg: CorpusConfig, dataset_seed: int) -> list[str]:

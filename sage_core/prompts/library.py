@@ -1,7 +1,8 @@
 """The built-in task suite and its registry. Each task is data (templates, vocabularies) plus its answer rule.
 
-Vocabularies are chosen so every item is one token for the built-in word-level tokenizer; for a BPE tokenizer the
-engine checks each filler and answer and names any that split.
+Vocabularies are chosen so every item is one token for the built-in word-level tokenizer; for a published tokenizer
+`sage_core.prompts.adapt` keeps the items it spells as one token in context. Templates read as natural text
+(punctuation attached, as in the IOI literature).
 """
 
 from __future__ import annotations
@@ -45,12 +46,15 @@ class IOITask(Task):
         AttributeSpec(name="Pos", description="ABB (IO first) or BAB (S first)", swaps_roles=("IO", "S1")),
     )
     roles: ClassVar[tuple[str, ...]] = ("IO", "S1", "S2", "END")
+    slot_fields: ClassVar[dict[str, tuple[str, ...]]] = {"A": ("names",), "B": ("names",), "C": ("names",),
+                                                         "PLACE": ("places",), "OBJECT": ("objects",)}
+    answer_field: ClassVar[str | None] = "names"
 
     templates: list[str] = Field(default_factory=lambda: [
-        "When {A} and {B} went to the {PLACE} , {C} gave a {OBJECT} to",
-        "Then , {A} and {B} had a lot of fun at the {PLACE} . {C} gave a {OBJECT} to",
-        "After {A} and {B} went to the {PLACE} , {C} handed a {OBJECT} to",
-        "While {A} and {B} were working at the {PLACE} , {C} gave a {OBJECT} to",
+        "When {A} and {B} went to the {PLACE}, {C} gave a {OBJECT} to",
+        "Then, {A} and {B} had a lot of fun at the {PLACE}. {C} gave a {OBJECT} to",
+        "After {A} and {B} went to the {PLACE}, {C} handed a {OBJECT} to",
+        "While {A} and {B} were working at the {PLACE}, {C} gave a {OBJECT} to",
     ])
     names: list[str] = Field(default_factory=lambda: MALE_NAMES + FEMALE_NAMES)
     places: list[str] = Field(default_factory=lambda: list(PLACES))
@@ -99,6 +103,10 @@ class GreaterThanTask(Task):
         AttributeSpec(name="century", description="the start year's first two digits"),
     )
     roles: ClassVar[tuple[str, ...]] = ("CC", "YY", "END")
+    slot_fields: ClassVar[dict[str, tuple[str, ...]]] = {"EVENT": ("events",), "CC": ("centuries",),
+                                                         "YY": ("years",), "CC2": ("centuries",)}
+    answer_field: ClassVar[str | None] = "years"
+    answer_prefix: ClassVar[str] = ""  # the end year's last two digits follow its century directly: "17" + "33"
 
     templates: list[str] = Field(default_factory=lambda: [
         "The {EVENT} lasted from the year {CC}{YY} to the year {CC2}",
@@ -120,6 +128,9 @@ class GreaterThanTask(Task):
     def answers(self, a: Assignment) -> tuple[str, str]:
         yy = int(a.attrs["YY"])
         return f"{yy + 1:02d}", f"{yy - 1:02d}"
+
+    def answer_items(self, a: Assignment, word: str) -> set[tuple[str, str]]:  # noqa: ARG002 - the start year is blamed
+        return {("years", a.attrs["YY"])}
 
     def continuation(self, a: Assignment, rng: random.Random) -> str:
         # end year YY+k with k ~ Geometric(1/2): YY+1 is the mode, every continuation is greater
@@ -152,12 +163,15 @@ class GenderedPronounTask(Task):
     name: ClassVar[str] = "gendered_pronoun"
     attributes: ClassVar[tuple[AttributeSpec, ...]] = (AttributeSpec(name="gender", description="the name's gender"),)
     roles: ClassVar[tuple[str, ...]] = ("NAME", "END")
+    slot_fields: ClassVar[dict[str, tuple[str, ...]]] = {"NAME": ("male", "female"), "PLACE": ("places",),
+                                                         "OBJECT": ("objects",)}
+    answer_field: ClassVar[str | None] = "pronouns"
 
     templates: list[str] = Field(default_factory=lambda: [
         "{NAME} went to the {PLACE} because",
-        "When {NAME} saw the {OBJECT} at the {PLACE} ,",
-        "{NAME} was very tired , so",
-        "After {NAME} found the {OBJECT} ,",
+        "When {NAME} saw the {OBJECT} at the {PLACE},",
+        "{NAME} was very tired, so",
+        "After {NAME} found the {OBJECT},",
     ])
     male: list[str] = Field(default_factory=lambda: list(MALE_NAMES))
     female: list[str] = Field(default_factory=lambda: list(FEMALE_NAMES))
@@ -203,6 +217,8 @@ class SubjectVerbAgreementTask(Task):
         AttributeSpec(name="attractor_number", description="singular or plural attractor noun"),
     )
     roles: ClassVar[tuple[str, ...]] = ("SUBJ", "ATTR", "END")
+    slot_fields: ClassVar[dict[str, tuple[str, ...]]] = {"SUBJ": ("nouns",), "ATTR": ("nouns",)}
+    answer_field: ClassVar[str | None] = "verbs"
 
     templates: list[str] = Field(default_factory=lambda: [
         "The {SUBJ} near the {ATTR}",

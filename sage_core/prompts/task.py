@@ -26,6 +26,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
 SLOT_RE = re.compile(r"\{([A-Z_0-9]+)\}")
+WORD_RE = re.compile(r"\w+|[^\w\s]")  # a word or one punctuation mark, as the built-in tokenizer splits text
 
 
 class TaskError(ValueError):
@@ -59,6 +60,12 @@ class Task(BaseModel, ABC):
     attributes: ClassVar[tuple[AttributeSpec, ...]]
     roles: ClassVar[tuple[str, ...]]
 
+    # which vocabulary field fills each slot (what `sage_core.prompts.adapt` drops a word from); how an answer follows
+    # the prompt (a space before a word; nothing after a number's first digits)
+    slot_fields: ClassVar[dict[str, tuple[str, ...]]] = {}
+    answer_field: ClassVar[str | None] = None
+    answer_prefix: ClassVar[str] = " "
+
     templates: list[str]
     test_fraction: float = Field(0.25, ge=0.05, le=0.5, description="share of attribute-value combinations held out")
 
@@ -78,6 +85,15 @@ class Task(BaseModel, ABC):
     def split_key(self, a: Assignment) -> tuple[str, ...]:
         """The attribute-value combination that decides train/test membership."""
 
+    def answer_items(self, a: Assignment, word: str) -> set[tuple[str, str]]:  # noqa: ARG002 - subclasses read `a`
+        """The vocabulary items to blame when the answer `word` of prompt `a` is not one token."""
+        field = self.answer_field
+        if field is None:
+            return set()
+        value = getattr(self, field)
+        words = set(value.values()) if isinstance(value, dict) else {w for v in value for w in _flatten_words(v)}
+        return {(field, word)} if word in words else set()
+
     def continuation(self, a: Assignment, rng: random.Random) -> str:  # noqa: ARG002 - subclasses may draw
         """The next word in training text; by default the correct answer."""
         return self.answers(a)[0]
@@ -87,7 +103,7 @@ class Task(BaseModel, ABC):
         """Every word the task can produce (templates, fillers, answers) — the tokenizer must know each one."""
         words: set[str] = set()
         for t in self.templates:
-            words.update(w for w in SLOT_RE.sub(" ", t).split())
+            words.update(WORD_RE.findall(SLOT_RE.sub(" ", t)))
         for field in type(self).model_fields:
             value = getattr(self, field)
             if isinstance(value, dict):
@@ -110,7 +126,7 @@ class Task(BaseModel, ABC):
         return "test" if stable_digest(self.name, str(seed), *self.split_key(a)) < self.test_fraction else "train"
 
     def render(self, a: Assignment) -> str:
-        return SLOT_RE.sub(lambda m: a.slots[m.group(1)], self.templates[a.template])
+        return render_spans(self.templates[a.template], a.slots)[0]
 
 
 def stable_digest(*parts: str) -> float:
@@ -140,60 +156,91 @@ class Tokenized(BaseModel):
     cf_answer_token: int
 
 
-def _n_tokens(tokenizer: Any, text: str) -> int:
-    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+class TokenFault(TaskError):
+    """One word of a prompt is not one token in context: `slot` names where (None for an answer), `word` what."""
+
+    def __init__(self, message: str, slot: str | None, word: str):
+        super().__init__(message)
+        self.slot, self.word = slot, word
 
 
-def _last_token(tokenizer: Any, text: str) -> int:
-    return tokenizer(text, add_special_tokens=False)["input_ids"][-1]
-
-
-def tokenize_assignment(task: Task, a: Assignment, tokenizer: Any) -> Tokenized:
-    """Tokenise with BOS first and find each slot's token position.
-
-    Works for any HF tokenizer: a slot's position is found by tokenising the prefix before and after it, and a filler or
-    answer that is not exactly one token is an error (SAGE's roles are single positions).
-    """
-    template = task.templates[a.template]
-    text = ""
-    slot_pos: dict[str, int] = {}
-    pieces = SLOT_RE.split(template)  # literal, slot, literal, slot, ...
-    for i, piece in enumerate(pieces):
+def render_spans(template: str, slots: dict[str, str]) -> tuple[str, dict[str, tuple[int, int]]]:
+    """The prompt's text and each slot's character span in it."""
+    text, spans = "", {}
+    for i, piece in enumerate(SLOT_RE.split(template)):  # literal, slot, literal, slot, ...
         if i % 2 == 0:
             text += piece
-            continue
-        before = _n_tokens(tokenizer, text)
-        text += a.slots[piece]
-        after = _n_tokens(tokenizer, text)
-        if after - before != 1:
-            raise TaskError(
-                f"task {task.name!r}: the tokenizer splits {a.slots[piece]!r} (slot {piece}) into {after - before} "
-                f"tokens; use single-token vocabulary for this tokenizer"
-            )
-        unk = getattr(tokenizer, "unk_token_id", None)
-        if unk is not None and _last_token(tokenizer, text) == unk:
-            raise TaskError(
-                f"task {task.name!r}: the tokenizer does not know {a.slots[piece]!r} (slot {piece}); "
-                f"add it to the tokenizer's vocabulary or drop it from the task"
-            )
-        slot_pos[piece] = before + 1  # +1 for BOS
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    answer, competing = task.answers(a)
-    ans_ids = []
-    for word in (answer, competing):
-        ext = tokenizer(text + " " + word, add_special_tokens=False)["input_ids"]
-        if len(ext) != len(ids) + 1 or ext[: len(ids)] != ids:
-            raise TaskError(
-                f"task {task.name!r}: answer {word!r} is not a single token after the prompt for this tokenizer; "
-                f"use single-token answers"
-            )
-        ans_ids.append(ext[-1])
+        else:
+            spans[piece] = (len(text), len(text) + len(slots[piece]))
+            text += slots[piece]
+    return text, spans
+
+
+def _encode(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    if not getattr(tokenizer, "is_fast", False):
+        raise TaskError("SAGE finds role positions from token offsets, which only a fast (Rust) Hugging Face "
+                        "tokenizer gives; load the model's tokenizer with use_fast=True")
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    return enc["input_ids"], [tuple(o) for o in enc["offset_mapping"]]
+
+
+def word_token(text: str, offsets: list[tuple[int, int]], start: int, end: int) -> int | None:
+    """The index of the one token that spells text[start:end] (a space or `▁` before the word may belong to it, as
+    in byte-level BPE and sentencepiece), or None when the word is split or shares a token with other characters."""
+    hits = [i for i, (a, b) in enumerate(offsets) if a < end and b > start and b > a]
+    if len(hits) != 1:
+        return None
+    a, b = offsets[hits[0]]
+    return hits[0] if b <= end and not text[a:start].strip() else None
+
+
+def _tokenize(task: Task, a: Assignment, tokenizer: Any) -> tuple[Tokenized | None, list[TokenFault]]:
+    text, spans = render_spans(task.templates[a.template], a.slots)
+    ids, offsets = _encode(tokenizer, text)
+    unk = getattr(tokenizer, "unk_token_id", None)
+    faults: list[TokenFault] = []
+    slot_pos: dict[str, int] = {}
+    for slot, (start, end) in spans.items():
+        i = word_token(text, offsets, start, end)
+        if i is None or ids[i] == unk:
+            why = "does not know" if i is not None else "does not spell as one token"
+            faults.append(TokenFault(f"task {task.name!r}: the tokenizer {why} {a.slots[slot]!r} (slot {slot}) in "
+                                     f"{text!r}; drop that word from the task for this tokenizer", slot, a.slots[slot]))
+        else:
+            slot_pos[slot] = i + 1  # +1 for BOS
+    answer_ids = []
+    for word in task.answers(a):
+        ext, _ = _encode(tokenizer, text + task.answer_prefix + word)
+        if len(ext) != len(ids) + 1 or ext[: len(ids)] != ids or ext[-1] == unk:
+            faults.append(TokenFault(f"task {task.name!r}: answer {word!r} is not one token after {text!r} for this "
+                                     "tokenizer; drop that word from the task for this tokenizer", None, word))
+        else:
+            answer_ids.append(ext[-1])
+    if faults:
+        return None, faults
     bos = tokenizer.bos_token_id
     if bos is None:
         raise TaskError("the tokenizer has no bos_token; SAGE prompts start with BOS")
-    return Tokenized(
-        text=text, tokens=[bos, *ids], slot_pos=slot_pos, answer_token=ans_ids[0], cf_answer_token=ans_ids[1]
-    )
+    return Tokenized(text=text, tokens=[bos, *ids], slot_pos=slot_pos, answer_token=answer_ids[0],
+                     cf_answer_token=answer_ids[1]), []
+
+
+def token_faults(task: Task, a: Assignment, tokenizer: Any) -> list[TokenFault]:
+    """Every word of the prompt `a` (slot fillers and answers) that is not one token where it stands."""
+    return _tokenize(task, a, tokenizer)[1]
+
+
+def tokenize_assignment(task: Task, a: Assignment, tokenizer: Any) -> Tokenized:
+    """Tokenise with BOS first and find each slot's token position from the tokenizer's character offsets.
+
+    Works for any fast HF tokenizer (word-level, byte-level BPE, sentencepiece): a slot's role is the token whose
+    span covers the slot's word. A filler that is not exactly one token in context, an unknown word, or an answer that
+    is not one token after the prompt raises `TokenFault` naming the word (SAGE's roles are single positions).
+    """
+    tok, faults = _tokenize(task, a, tokenizer)
+    if faults:
+        raise faults[0]
+    return tok
 
 
 # -- dataset generation --------------------------------------------------------------------------------------------
@@ -243,20 +290,29 @@ def generate_prompts(task: Task, cfg: DatasetConfig, tokenizer: Any, max_len: in
     rows: list[dict[str, Any]] = []
     attempts = 0
     limit = 50 * (cfg.n_train + cfg.n_test) + 1000
+    rejected, last_fault = 0, None
     while have["train"] < want["train"] or have["test"] < want["test"]:
         attempts += 1
         if attempts > limit:
+            why = f" ({rejected} rejected, the last because {last_fault})" if rejected else ""
             raise TaskError(
-                f"task {task.name!r}: could only make {have} distinct prompts of {want}; ask for fewer prompts"
+                f"task {task.name!r}: could only make {have} distinct prompts of {want}{why}; ask for fewer prompts"
             )
         a = task.sample(rng)
         split = task.split_of(a, cfg.seed)
         text = task.render(a)
         if have[split] >= want[split] or text in seen:
             continue
+        try:  # a word the tokenizer splits only beside certain others (a year after some centuries) is rare here:
+            # `adapt_task` dropped the words that fail; such a prompt is not made, and counted
+            tok = tokenize_assignment(task, a, tokenizer)
+            cfs = [_counterfactual(task, a, spec.name, tok, tokenizer, rng)
+                   for spec in (task.attributes if cfg.counterfactuals else ())]
+        except TokenFault as e:
+            rejected, last_fault = rejected + 1, e
+            continue
         seen.add(text)
         have[split] += 1
-        tok = tokenize_assignment(task, a, tokenizer)
         if max_len is not None and len(tok.tokens) > max_len:
             raise TaskError(
                 f"task {task.name!r}: prompt of {len(tok.tokens)} tokens exceeds the model's n_ctx={max_len}; "
@@ -264,14 +320,25 @@ def generate_prompts(task: Task, cfg: DatasetConfig, tokenizer: Any, max_len: in
             )
         clean_id = f"{task.name}-{split}-{have[split] - 1:06d}"
         rows.append(_row(task, clean_id, split, a, tok, None, None))
-        if not cfg.counterfactuals:
-            continue
-        for spec in task.attributes:
-            b = task.counterfactual(a, spec.name, rng)
-            tb = tokenize_assignment(task, b, tokenizer)
-            check_pair(task, spec.name, a, b, tok, tb)
+        for spec, (b, tb) in zip(task.attributes if cfg.counterfactuals else (), cfs, strict=True):
             rows.append(_row(task, f"{clean_id}-cf-{spec.name}", split, b, tb, clean_id, spec.name))
     return pl.DataFrame(rows, schema=prompt_schema(task), orient="row")
+
+
+def _counterfactual(task: Task, a: Assignment, attribute: str, ta: Tokenized, tokenizer: Any,
+                    rng: random.Random, tries: int = 20) -> tuple[Assignment, Tokenized]:
+    """A counterfactual of `a` for `attribute` that the tokenizer spells (another draw where one is not)."""
+    fault = None
+    for _ in range(tries):
+        b = task.counterfactual(a, attribute, rng)
+        try:
+            tb = tokenize_assignment(task, b, tokenizer)
+        except TokenFault as e:
+            fault = e
+            continue
+        check_pair(task, attribute, a, b, ta, tb)
+        return b, tb
+    raise fault
 
 
 def _row(task: Task, pid: str, split: str, a: Assignment, tok: Tokenized, pair_of: str | None, pair_attr: str | None):

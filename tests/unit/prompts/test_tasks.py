@@ -121,18 +121,18 @@ def test_prompt_longer_than_n_ctx_is_refused(tokenizer):
         generate_prompts(get_task("ioi"), DatasetConfig(task="ioi", n_train=2, n_test=2), tokenizer, max_len=8)
 
 
-def test_tokenizer_that_splits_a_name_is_refused(tokenizer):
-    task = get_task("ioi", names=["Mary", "John", "Zebedee"])  # Zebedee is not in the vocabulary -> <unk>, 1 token
-    class Splitting:
-        """A tokenizer that splits one name into two tokens, like a BPE would."""
+def test_a_slow_tokenizer_is_refused_in_one_line(tokenizer):
+    class Slow:
+        """A tokenizer without character offsets (a Python 'slow' one)."""
 
         bos_token_id = tokenizer.bos_token_id
+        is_fast = False
 
-        def __call__(self, text, add_special_tokens=False):
-            return tokenizer(text.replace("Zebedee", "Mary John"), add_special_tokens=False)
+        def __call__(self, text, **kw):
+            return tokenizer(text, **kw)
 
-    with pytest.raises(TaskError, match="splits 'Zebedee'.*into 2 tokens"):
-        generate_prompts(task, DatasetConfig(task="ioi", n_train=30, n_test=10), Splitting())
+    with pytest.raises(TaskError, match="only a fast .* tokenizer gives; load the model's tokenizer with use_fast"):
+        generate_prompts(get_task("ioi"), DatasetConfig(task="ioi", n_train=2, n_test=2), Slow())
 
 
 def test_word_unknown_to_the_tokenizer_is_refused(tokenizer):

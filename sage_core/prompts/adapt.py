@@ -1,0 +1,132 @@
+"""Fit a task's vocabulary to a tokenizer: keep the words it spells as one token in context, say what was dropped.
+
+A published tokenizer spells most task words as one token with their leading space, but not all (GPT-2 splits some
+names at the start of a sentence, and some years after some centuries; a sentencepiece tokenizer that splits numbers
+digit by digit cannot pose greater-than at all). The task's own sampler draws probe prompts (and their
+counterfactuals); every word that is not one token where it stands is implicated, and words are dropped greedily, the
+one failing in the largest share of its probes first, until no probe fails. A word that fails only beside some others
+(a year after one century) is thus dropped only where dropping its partner costs more. The task runs while each word
+list keeps `MIN_WORDS` words and each answer word (a pronoun, a verb form) stays one token; otherwise it is skipped with
+a one-line reason.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from sage_core.prompts.task import Assignment, Task, TaskError, token_faults
+
+MIN_WORDS = 4  # per word list: two names to pose a prompt, a third for a counterfactual, one more to hold out
+N_PROBES = 1500  # sampled prompts (each with one counterfactual per attribute) a task is probed with
+
+Item = tuple[str, str]  # (vocabulary field, word)
+
+
+class Adaptation(BaseModel):
+    """What fitting a task to a tokenizer kept and dropped; `skipped` says why the task cannot be posed, if so."""
+
+    model_config = ConfigDict(frozen=True)
+    task: str
+    kept: dict[str, int]
+    dropped: dict[str, list[str]]
+    skipped: str | None = None
+
+    @property
+    def n_dropped(self) -> int:
+        return sum(len(v) for v in self.dropped.values())
+
+    def summary(self) -> str:
+        if self.skipped:
+            return f"{self.task}: skipped ({self.skipped})"
+        if not self.n_dropped:
+            return f"{self.task}: every word is one token"
+        parts = ", ".join(f"{len(v)} of {self.kept[f] + len(v)} {f}" for f, v in self.dropped.items())
+        return f"{self.task}: dropped {parts} that the tokenizer splits"
+
+
+def item_words(value: Any) -> set[str]:
+    """The words a vocabulary item puts into a prompt (a name; a noun's two forms; a number as two digits)."""
+    if isinstance(value, int):
+        return {f"{value:02d}"}
+    if isinstance(value, str):
+        return {value}
+    if isinstance(value, list | tuple):
+        return set().union(*(item_words(v) for v in value))
+    return set()
+
+
+def _slot_items(task: Task, a: Assignment) -> list[Item]:
+    return [(f, a.slots[s]) for s, fields in task.slot_fields.items() if s in a.slots for f in fields
+            if a.slots[s] in _field_words(task, f)]
+
+
+def _field_words(task: Task, field: str) -> set[str]:
+    value = getattr(task, field)
+    return set(value.values()) if isinstance(value, dict) else item_words(value)
+
+
+def _implicated(task: Task, a: Assignment, tokenizer: Any) -> tuple[list[Item], set[Item]]:
+    """Every item the probe `a` uses, and those of them that are not one token there (every failing slot, not only
+    the first: a year split together with its century implicates both)."""
+    used = _slot_items(task, a) + [x for w in task.answers(a) for x in task.answer_items(a, w)]
+    bad: set[Item] = set()
+    for fault in token_faults(task, a, tokenizer):
+        if fault.slot is None:
+            bad |= set(task.answer_items(a, fault.word))
+        else:
+            bad |= {(f, fault.word) for f in task.slot_fields.get(fault.slot, ()) if fault.word in _field_words(task, f)}
+    return used, bad
+
+
+def _drop_order(probes: list[tuple[list[Item], set[Item]]]) -> list[Item]:
+    """Items to drop, greedily: the one failing in the largest share of the probes that use it, until every failing
+    probe has lost one of its implicated items (ties broken by name: the same drops on every machine)."""
+    uses = Counter(x for used, _ in probes for x in set(used))
+    open_faults = [bad for _, bad in probes if bad]
+    dropped: list[Item] = []
+    while open_faults:
+        count = Counter(x for bad in open_faults for x in bad)
+        worst = max(count, key=lambda x: (count[x] / uses[x], count[x], x))
+        dropped.append(worst)
+        open_faults = [bad for bad in open_faults if worst not in bad]
+    return dropped
+
+
+def adapt_task(task: Task, tokenizer: Any, n_probes: int = N_PROBES, seed: int = 0) -> tuple[Task | None, Adaptation]:
+    """The task with only the words `tokenizer` spells as one token in context (None when it cannot be posed), and
+    what was kept and dropped."""
+    rng = random.Random(f"adapt:{task.name}:{seed}")
+    probes = []
+    for _ in range(n_probes):
+        a = task.sample(rng)
+        probes.append(_implicated(task, a, tokenizer))
+        for spec in task.attributes:
+            probes.append(_implicated(task, task.counterfactual(a, spec.name, rng), tokenizer))
+    dropped: dict[str, set[str]] = {}
+    for field, word in _drop_order(probes):
+        dropped.setdefault(field, set()).add(word)
+    update, kept, skipped = {}, {}, None
+    for field in sorted({f for fs in task.slot_fields.values() for f in fs} | {task.answer_field} - {None}):
+        value, gone = getattr(task, field), dropped.get(field, set())
+        if isinstance(value, dict):  # answer words the task cannot do without
+            kept[field] = len(value) - len(gone)
+            if gone and skipped is None:
+                skipped = f"its answer word(s) {sorted(gone)} are not one token for this tokenizer"
+            continue
+        left = [v for v in value if not item_words(v) & gone]
+        update[field], kept[field] = left, len(left)
+        if len(left) < MIN_WORDS and skipped is None:
+            skipped = (f"only {len(left)} of its {len(value)} {field} are one token for this tokenizer (it needs "
+                       f"{MIN_WORDS})")
+    report = Adaptation(task=task.name, kept=kept, dropped={f: sorted(w) for f, w in sorted(dropped.items())},
+                        skipped=skipped)
+    if skipped:
+        return None, report
+    try:
+        return task.model_copy(update=update), report
+    except TaskError as e:  # pragma: no cover - model_copy does not validate; kept for subclasses that do
+        return None, report.model_copy(update={"skipped": str(e)})
