@@ -15,6 +15,7 @@ anything heavy; a flow run is detected only where Prefect is already imported.
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import threading
 import time
@@ -65,7 +66,7 @@ class _Stage:
     done: int = 0
     opens: int = 1
     artifacts: dict[Any, Any] = field(default_factory=dict)  # flow run id -> its key in _made
-    published: float = 0.0
+    published: float = -math.inf  # never published yet (monotonic() may be small: it counts from boot)
     note: str = ""
 
     def event(self, kind: Literal["begin", "advance", "end"]) -> Event:
@@ -152,7 +153,7 @@ def step_callback(stage: str) -> Callable[[int, int], None]:
     if _forward is not None:
         return _forwarded_steps(stage, _forward)
     mine = threading.Lock()
-    state = {"reported": 0, "at": 0.0, "started": False, "owns": False}
+    state = {"reported": 0, "at": -math.inf, "started": False, "owns": False}
 
     def on_step(done: int, total: int) -> None:
         now = time.monotonic()
@@ -181,7 +182,8 @@ def step_callback(stage: str) -> Callable[[int, int], None]:
 
 def _forwarded_steps(stage: str, send: Callable[[tuple], None]) -> Callable[[int, int], None]:
     """A worker's training loop: its steps go to the flow's process at most every STEP_EVERY_S (and the last one)."""
-    source, state = uuid.uuid4().hex, {"at": 0.0}
+    # -inf, not 0.0: monotonic() counts from an arbitrary point (boot on Linux), so the first step always goes
+    source, state = uuid.uuid4().hex, {"at": -math.inf}
 
     def on_step(done: int, total: int) -> None:
         now = time.monotonic()

@@ -94,8 +94,9 @@ def test_a_late_subscriber_sees_the_running_stages_and_unsubscribing_stops_event
     unsubscribe()  # twice is harmless
 
 
-def test_step_callback_begins_throttles_and_ends_a_stage_nobody_began(events, monkeypatch):
-    clock = [100.0]
+@pytest.mark.parametrize("boot", [0.05, 100.0], ids=["just-booted", "up-a-while"])
+def test_step_callback_begins_throttles_and_ends_a_stage_nobody_began(events, monkeypatch, boot):
+    clock = [boot]  # monotonic() counts from boot: the first step goes however small it is
     monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
     on_step = progress.step_callback("zoo-model")
     for done in range(1, 1001):  # a thousand steps within one instant: only the first is passed on
@@ -153,9 +154,11 @@ def test_a_worker_forwards_its_changes_and_the_flow_process_applies_them(events,
         progress.advance("score")
         progress.advance("score", 2)
         monkeypatch.setattr(progress, "STEP_EVERY_S", 3600.0)
-        on_step = progress.step_callback("zoo-saes")
-        for done in range(1, 6):
-            on_step(done, 5)
+        with monkeypatch.context() as young:  # a machine booted a second ago: monotonic() is small, not 0
+            young.setattr(progress.time, "monotonic", lambda: 1.0)
+            on_step = progress.step_callback("zoo-saes")
+            for done in range(1, 6):
+                on_step(done, 5)
     finally:
         progress.forward_to(None)
     assert events == []  # nothing kept in the worker
