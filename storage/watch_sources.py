@@ -1,16 +1,18 @@
-"""What a source of SAEs (`sage_core.watch.sources`) holds now, as `FoundSAE`s: listed without loading any weights and
-without touching the network.
+"""What a source of SAEs (`sage_core.watch.sources`) holds now, as `FoundSAE`s: listed without loading any weights
+(`hub:` reads the Hub's API and each SAE's cfg.json; the registry and YAML sources touch no network).
 
     registry   sae_lens' own directory, filtered by model and release patterns; spec `release/sae_id`
     dir        a local folder or an fsspec URL of SAE directories in SAELens' layout; a local SAE's spec is its
                directory, a remote one is first copied into a write-once, content-addressed snapshot
                (SAGE_HOME/watched/<content hash>) and that is its spec
     yaml       a YAML file in SAELens' registry format (local or fsspec URL); spec `hf:<repo_id>:<path>`
+    hub        Hugging Face repos read through the Hub's API (`storage.hub_listing`, the one source that uses the
+               network); spec `hf:<repo_id>:<folder>`, as a YAML's
 
-Hooks and content hashes of hub SAEs come from the local Hugging Face cache where their files are there (else the
-hook is the sae_id when that is a TransformerLens hook name, and the hash unknown). A folder entry that cannot be
-read (cfg.json not JSON or naming no model, a name with control characters, a symlink leading out of the folder) does
-not stop the listing: it comes back in `Listing.unreadable` with its reason.
+Hooks and content hashes of registry and YAML SAEs come from the local Hugging Face cache where their files are there
+(else the hook is the sae_id when that is a TransformerLens hook name, and the hash unknown). A folder entry that
+cannot be read (cfg.json not JSON or naming no model, a name with control characters, a symlink leading out of the
+folder) does not stop the listing: it comes back in `Listing.unreadable` with its reason.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from sage_core.watch.sources import FolderSource, FoundSAE, Listing, RegistrySource, YamlSource
+from sage_core.watch.sources import AnySource, FolderSource, FoundSAE, HubSource, Listing, RegistrySource, YamlSource
 from storage.atomic import StoreError, is_complete, read_marker, write_once
 from storage.hashing import HASH_LEN, stable_hash
 from storage.home import SageHome
@@ -86,7 +88,7 @@ def _watched_pointer(home: SageHome, key: str) -> Path:
 
 
 # -- the one entry point --------------------------------------------------------------------------------------------
-def list_source(source: RegistrySource | FolderSource | YamlSource, home: SageHome) -> Listing:
+def list_source(source: AnySource, home: SageHome) -> Listing:
     """Every SAE `source` holds now; a SourceError (one line) when the source itself cannot be read."""
     if isinstance(source, RegistrySource):
         return _list_registry(source)
@@ -94,6 +96,10 @@ def list_source(source: RegistrySource | FolderSource | YamlSource, home: SageHo
         return _list_folder(source, home)
     if isinstance(source, YamlSource):
         return _list_yaml(source)
+    if isinstance(source, HubSource):
+        from storage.hub_listing import list_hub
+
+        return list_hub(source)
     raise TypeError(f"not a source: {source!r}")
 
 

@@ -13,7 +13,9 @@ from flows.cli.options import EXIT_SOME_FAILED, Cluster, Device, Home, Tiny, Ver
 Sources = Annotated[list[str] | None, typer.Option(
     "--source", help="where to look (repeat for several): registry:<model>[:<release>] (the SAELens registry, fnmatch "
                      "patterns), dir:<path or fsspec URL> (a folder of SAE directories in SAELens' layout), "
-                     "yaml:<path or URL> (a registry-format YAML of your own releases)")]
+                     "yaml:<path or URL> (a registry-format YAML of your own releases), hub:author=<name> or "
+                     "hub:library=saelens [,repo=<pattern>][,model=<pattern>] (Hugging Face repos of SAEs in SAELens' "
+                     "layout, read from the Hub's API, HF_ENDPOINT honoured)")]
 
 
 @app.command("watch")
@@ -35,8 +37,8 @@ def watch_cmd(
     An SAE whose model cannot be loaded here is skipped with the reason, not failed. Exit codes: 0 done (nothing new
     is done too); 2 bad input; 3 finished, but some SAEs or sources failed (each is listed)."""
     if not source:
-        fail("no --source given: pass --source dir:<folder>, --source registry:<model> or --source yaml:<file> "
-             "(repeat for several)")
+        fail("no --source given: pass --source dir:<folder>, --source registry:<model>, --source yaml:<file> or "
+             "--source hub:author=<name> (repeat for several)")
     from sage_core.watch.sources import parse_source
 
     with refused():

@@ -3,6 +3,11 @@
     registry:<model>[:<release>]   the SAELens registry shipped with sae_lens (fnmatch patterns, ',' between several)
     dir:<path or fsspec URL>       a watched folder of SAE directories in SAELens' layout (cfg.json + weights)
     yaml:<path or fsspec URL>      a YAML file in the SAELens registry format, for a lab's own releases
+    hub:<key>=<value>[,...]        Hugging Face repos of SAEs in SAELens' layout, listed through the Hub's API:
+                                   author=<user or org> and/or library=<tag> (e.g. library=saelens: the repos tagged
+                                   `library_name: saelens`), then optionally repo=<pattern> (on the repo id, or on
+                                   its name after '/' when the pattern holds no '/') and model=<pattern> (on the
+                                   model cfg.json names), each repeatable; e.g. hub:author=jbloom,repo=*GPT2*
 
 `parse_source` reads that text form (the CLI's --source and a deployment's parameters); listing a source is storage's
 (`storage.watch_sources.list_source`, which returns a `Listing`), deciding what is new is `sage_core.watch.plan`'s.
@@ -10,11 +15,15 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
-SOURCE_FORMS = "registry:<model>[:<release>], dir:<path or URL>, yaml:<path or URL> (patterns may use * and ?)"
+SOURCE_FORMS = ("registry:<model>[:<release>], dir:<path or URL>, yaml:<path or URL>, hub:author=<name>|library=<tag>"
+                "[,repo=<pattern>][,model=<pattern>] (patterns may use * and ?)")
+HUB_KEYS = ("author", "library", "repo", "model")
+_HUB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # what the Hub accepts as a user, org or tag name
 
 
 def _patterns(value: str) -> tuple[str, ...]:
@@ -71,11 +80,69 @@ class YamlSource(_Source):
         return f"yaml:{self.url}"
 
 
-Source = Annotated[RegistrySource | FolderSource | YamlSource, Field(discriminator="kind")]
+class HubSource(_Source):
+    """The SAE folders (cfg.json + sae_weights.safetensors, at any depth) of the Hugging Face repos an author owns
+    and/or a library tag marks, whose repo id and model match; read from the Hub's API at each listing, so a repo
+    published today is found by tonight's watch."""
+
+    kind: Literal["hub"] = "hub"
+    author: str | None = Field(None, description="a Hub user or organisation: its repos")
+    library: str | None = Field(None, description="a tag the repos carry (library_name: saelens gives 'saelens')")
+    repos: tuple[str, ...] = Field(("*",), min_length=1, description="fnmatch patterns on repo ids ('<author>/"
+                                                                      "<name>'; without '/', on the name)")
+    models: tuple[str, ...] = Field(("*",), min_length=1, description="fnmatch patterns on cfg.json's model name")
+
+    @field_validator("author", "library")
+    @classmethod
+    def _hub_name(cls, v: str | None) -> str | None:
+        if v is not None and not _HUB_NAME.fullmatch(v):
+            raise ValueError(f"{v!r} is not a Hub user, organisation or tag name (letters, digits, '.', '_', '-')")
+        return v
+
+    @field_validator("repos", "models")
+    @classmethod
+    def _printable(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not p or any(ord(c) < 32 for c in p) for p in v):
+            raise ValueError("a pattern may be neither empty nor hold control characters")
+        return v
+
+    @model_validator(mode="after")
+    def _narrowed(self) -> HubSource:
+        if self.author is None and self.library is None:  # every repo of the Hub would be listed
+            raise ValueError("a hub source needs author=<name> or library=<tag> (e.g. hub:library=saelens)")
+        return self
+
+    @property
+    def label(self) -> str:
+        parts = [f"author={self.author}"] if self.author else []
+        parts += [f"library={self.library}"] if self.library else []
+        parts += [f"repo={p}" for p in self.repos if self.repos != ("*",)]
+        parts += [f"model={p}" for p in self.models if self.models != ("*",)]
+        return "hub:" + ",".join(parts)
+
+
+def _hub(rest: str) -> HubSource:
+    fields: dict[str, list[str]] = {k: [] for k in HUB_KEYS}
+    for part in rest.split(","):
+        key, eq, value = part.partition("=")
+        key, value = key.strip(), value.strip()
+        if not eq or key not in fields or not value:
+            raise ValueError(f"cannot read {part.strip()!r} in hub:{rest}: write <key>=<value> pairs joined by ',', "
+                             f"keys {', '.join(HUB_KEYS)} (e.g. hub:library=saelens,model=gpt2-small)")
+        fields[key].append(value)
+    for key in ("author", "library"):
+        if len(fields[key]) > 1:
+            raise ValueError(f"hub:{rest} names {key}= twice; use one hub source for each")
+    return HubSource(author=next(iter(fields["author"]), None), library=next(iter(fields["library"]), None),
+                     repos=tuple(fields["repo"]) or ("*",), models=tuple(fields["model"]) or ("*",))
+
+
+AnySource = RegistrySource | FolderSource | YamlSource | HubSource
+Source = Annotated[AnySource, Field(discriminator="kind")]
 SOURCES: TypeAdapter = TypeAdapter(Source)
 
 
-def parse_source(text: str) -> RegistrySource | FolderSource | YamlSource:
+def parse_source(text: str) -> AnySource:
     """The typed source a `--source` text names; a ValueError saying the accepted forms otherwise."""
     kind, sep, rest = text.strip().partition(":")
     if not sep or not rest.strip():
@@ -87,6 +154,8 @@ def parse_source(text: str) -> RegistrySource | FolderSource | YamlSource:
         return FolderSource(url=rest.strip())
     if kind == "yaml":
         return YamlSource(url=rest.strip())
+    if kind == "hub":
+        return _hub(rest)
     raise ValueError(f"unknown source kind {kind!r} in {text!r}; accepted: {SOURCE_FORMS}")
 
 
@@ -95,8 +164,9 @@ class FoundSAE(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     source: str = Field(description="the source's label (`RegistrySource.label`, ...)")
-    release: str = Field("", description="the registry or YAML release; '' for a folder")
-    sae_id: str = Field(description="the release's sae_id, or the SAE directory's path or URL")
+    release: str = Field("", description="the registry or YAML release, the hub repo id; '' for a folder")
+    sae_id: str = Field(description="the release's sae_id, the hub repo's SAE folder, or the SAE directory's path or "
+                                    "URL")
     spec: str = Field(description="what `storage.sae_sources.load_sae_spec` loads")
     model: str = Field(description="the model it was trained on (registry `model`, cfg.json's model_name)")
     hook: str = Field("", description="the hook it reads; '' where the source does not say")

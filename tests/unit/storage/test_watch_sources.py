@@ -19,7 +19,7 @@ from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_direc
 from sae_lens.saes.sae import SAEMetadata
 from safetensors.torch import load_file, save_file
 
-from sage_core.watch.sources import FolderSource, RegistrySource, YamlSource, parse_source
+from sage_core.watch.sources import FolderSource, HubSource, RegistrySource, YamlSource, parse_source
 from storage.atomic import is_complete
 from storage.home import SageHome
 from storage.sae_names import split_registry
@@ -292,12 +292,23 @@ def test_parse_source_forms():
     assert parse_source("dir:/data/saes") == FolderSource(url="/data/saes")
     assert parse_source("dir:s3://bucket/saes").label == "dir:s3://bucket/saes"
     assert parse_source("yaml:memory://x/lab.yaml") == YamlSource(url="memory://x/lab.yaml")
+    assert parse_source("hub:author=jbloom") == HubSource(author="jbloom")
+    h = parse_source(" hub:library=saelens, repo=*gpt2*,repo=my-lab/*, model=gpt2-small ")
+    assert (h.author, h.library, h.repos, h.models) == (None, "saelens", ("*gpt2*", "my-lab/*"), ("gpt2-small",))
+    assert h.label == "hub:library=saelens,repo=*gpt2*,repo=my-lab/*,model=gpt2-small"
+    assert parse_source(h.label) == h  # a label reads back as its source
+    assert parse_source("hub:author=my-lab,library=saelens").label == "hub:author=my-lab,library=saelens"
 
 
 @pytest.mark.parametrize("text, message", [
     ("", "cannot read source"), ("registry", "cannot read source"), ("registry:", "cannot read source"),
     ("registry: , ", "empty pattern list"), ("ftp:/x", "unknown source kind 'ftp'"),
     ("dir:/a\nb", "control characters"),
+    ("hub:", "cannot read source"), ("hub:jbloom", r"cannot read 'jbloom' in hub:jbloom: write <key>=<value> pairs"),
+    ("hub:author=", "cannot read 'author='"), ("hub:owner=x", "keys author, library, repo, model"),
+    ("hub:repo=x/*", "needs author=<name> or library=<tag>"), ("hub:author=a,author=b", "names author= twice"),
+    ("hub:author=bad name", "not a Hub user, organisation or tag name"),
+    ("hub:author=a,model=x\ty", "control characters"),
 ])
 def test_parse_source_errors(text, message):
     with pytest.raises(ValueError, match=message):
