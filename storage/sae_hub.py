@@ -27,6 +27,7 @@ SAE_CFG = "cfg.json"
 SAE_WEIGHTS = "sae_weights.safetensors"
 HF_FORM = "hf:<repo_id>:<folder>"
 HUB_PROBE_TIMEOUT_S = 3.0
+OFFLINE_SET = "HF_HUB_OFFLINE is set"  # why the hub is not asked, where the user switched it off
 MAX_CFG_BYTES = 1 << 20  # an SAE's cfg.json is a few KB; a bigger one is not read
 
 
@@ -179,7 +180,7 @@ def _hub_unreachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> str | None:
     from huggingface_hub import constants
 
     if constants.is_offline_mode():
-        return "HF_HUB_OFFLINE is set"
+        return OFFLINE_SET
     endpoint = (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
     if urlparse(endpoint).scheme not in ("http", "https"):
         return f"HF_ENDPOINT {endpoint!r} is not an http(s) URL"
@@ -228,6 +229,11 @@ def _load_hub(label: str, release: str, sae_id: str, where: HubSAE, source: str)
 
         endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
         msg = " ".join(str(e).split())[:300]
+        if unreachable == OFFLINE_SET:  # the user's own switch (usual on an offline cluster): not a network fault
+            raise SAESpecError(f"SAELens SAE {label} could not be read from the local Hugging Face cache "
+                               f"({type(e).__name__}: {msg}) and {OFFLINE_SET}, so the hub was not asked; unset it "
+                               "where the hub is reachable, or download the SAE there and pass its directory "
+                               "(sae.save_model(dir))") from e
         if unreachable is not None:
             raise SAESpecError(f"SAELens SAE {label} could not be read from the local Hugging Face cache "
                                f"({type(e).__name__}: {msg}) and the hub ({endpoint}) is unreachable ({unreachable}); "

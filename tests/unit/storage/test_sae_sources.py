@@ -311,18 +311,22 @@ def test_directory_without_saelens_files(tmp_path):
         load_sae_spec(str(tmp_path / "cfg-only"))
 
 
-def test_known_release_offline_end_to_end(monkeypatch, tmp_path):
-    """The real SAE.from_pretrained in huggingface_hub's offline mode, with an empty cache: one line, no retries."""
+@pytest.mark.parametrize("offline_env", [False, True], ids=["online-env", "HF_HUB_OFFLINE-env"])
+def test_known_release_offline_end_to_end(monkeypatch, tmp_path, offline_env):
+    """The real SAE.from_pretrained in huggingface_hub's offline mode, with an empty cache: one line, no retries;
+    whatever HF_HUB_OFFLINE the environment set is what it is after the call."""
     from huggingface_hub import constants
 
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline_env)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     monkeypatch.setattr("storage.sae_hub._hub_unreachable", lambda *a, **k: "test")
     start = time.monotonic()
     with pytest.raises(SAESpecError, match=r"could not be read from the local Hugging Face cache \(.*\) and the hub "
                                            r".* is unreachable \(test\)") as e:
         load_sae_spec("gpt2-small-res-jb/blocks.0.hook_resid_pre")
-    assert "\n" not in str(e.value) and time.monotonic() - start < 20  # the registry YAML parse takes a few seconds
-    assert not constants.HF_HUB_OFFLINE  # offline mode was only for the call
+    assert "\n" not in str(e.value)
+    assert time.monotonic() - start < 20  # the registry YAML parse takes a few seconds
+    assert constants.HF_HUB_OFFLINE is offline_env  # offline mode was only for the call
 
 
 def test_hub_probe_is_bounded(monkeypatch):
@@ -571,13 +575,35 @@ def test_hf_specs_are_checked_without_network(monkeypatch):
             assert "\n" not in str(e.value), spec
 
 
-def test_an_hf_sae_not_in_the_cache_with_the_hub_unreachable(monkeypatch, tmp_path):
+@pytest.mark.parametrize("offline_env", [False, True], ids=["online-env", "HF_HUB_OFFLINE-env"])
+def test_an_hf_sae_not_in_the_cache_with_the_hub_unreachable(monkeypatch, tmp_path, offline_env):
     """The real SAE.from_pretrained with a repo id no registry names, offline, with an empty cache: one line."""
     from huggingface_hub import constants
 
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline_env)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     monkeypatch.setattr("storage.sae_hub._hub_unreachable", lambda *a, **k: "test")
     with pytest.raises(SAESpecError, match=r"SAELens SAE my-lab/saes/l0 could not be read from the local Hugging "
                                            r"Face cache \(.*\) and the hub .* is unreachable \(test\)") as e:
         load_sae_spec("hf:my-lab/saes:l0")
-    assert "\n" not in str(e.value) and not constants.HF_HUB_OFFLINE
+    assert "\n" not in str(e.value)
+    assert constants.HF_HUB_OFFLINE is offline_env
+
+
+def test_an_sae_not_in_the_cache_with_hf_hub_offline_set_says_to_unset_it(monkeypatch, tmp_path):
+    """HF_HUB_OFFLINE in the environment (usual on an offline cluster): the hub is never asked, and the one line says
+    that switch, not the network, kept the SAE out."""
+    from huggingface_hub import constants
+
+    def no_network(*a, **k):
+        raise AssertionError("the hub was probed")
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setattr("urllib.request.urlopen", no_network)
+    for spec in ("hf:my-lab/saes:l0", "gpt2-small-res-jb/blocks.0.hook_resid_pre"):
+        with pytest.raises(SAESpecError, match=r"could not be read from the local Hugging Face cache \(.*\) and "
+                                               r"HF_HUB_OFFLINE is set, so the hub was not asked; unset it") as e:
+            load_sae_spec(spec)
+        assert "\n" not in str(e.value), spec
+        assert constants.HF_HUB_OFFLINE is True
