@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sage_core.locate.attribution import LocateConfig
 from sage_core.model.transformer import ModelConfig, TrainConfig
 from sage_core.prompts.corpus import CorpusConfig
+from sage_core.prompts.corpus_spec import (
+    DEFAULT_CONTEXT,
+    DEFAULT_TOKENS,
+    PRETRAINED_DEFAULT,
+    SYNTAX,
+    CorpusSpec,
+    default_spec,
+)
 from sage_core.scoring.score import ScoreConfig
 from sage_core.zoo.train import SAESpec
 
@@ -80,9 +88,25 @@ class EvaluateConfig(BaseModel):
     per_group: int = Field(2, ge=1, description="kept cross-sections per attribute and group (residual/sub-layer)")
     score: ScoreConfig = ScoreConfig()
     core_sequences: int = Field(256, ge=1, description="held-out background sentences for the core metrics")
+    corpus: str | None = Field(None, description=f"the text the core metrics are computed on: {SYNTAX} (default: "
+                                                 f"builtin for the built-in model, {PRETRAINED_DEFAULT} for a "
+                                                 "pretrained one)")
+    corpus_tokens: int = Field(DEFAULT_TOKENS, ge=2, description="tokens of a text: or hf: corpus the core metrics "
+                                                                "read (its first N, in whole sequences)")
+    corpus_context: int = Field(DEFAULT_CONTEXT, ge=2, description="tokens per sequence of a text: or hf: corpus, BOS "
+                                                                  "first (at most the model's n_ctx)")
     projections: bool = Field(True, description="also score residual SAE families projected onto sub-layer places")
     controls: bool = Field(True, description="oracle and random-decoder reference rows")
     device: str = Field("auto", description=DEVICE_HELP)
+
+    @field_validator("corpus")
+    @classmethod
+    def _corpus_parses(cls, v: str | None) -> str | None:
+        return None if v is None else str(CorpusSpec.parse(v))
+
+    def core_corpus(self) -> CorpusSpec:
+        """The corpus of the core metrics: the one given, else the default for this model."""
+        return CorpusSpec.parse(self.corpus or default_spec(self.pretrained))
 
     def model_zoo(self) -> ZooConfig:
         """The zoo config every stage runs under (on this evaluation's device): the built-in zoo, or for a pretrained
