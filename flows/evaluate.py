@@ -32,6 +32,7 @@ from storage.home import SageHome
 from storage.pretrained_models import model_label
 from storage.sae_sources import list_zoo_saes
 from tasks import capture as ct
+from tasks import corpus as corpus_tasks
 from tasks import progress
 from tasks import report as rt
 from tasks.common import ManifestSerializer, in_home, log
@@ -40,7 +41,8 @@ from tasks.score import resolve_sae, sae_core_metrics, score_unit, section_refer
 from tasks.watch import record_evaluations
 
 TASKS = (resolve_sae, plan_scoring, ct.prepare_capture, section_references, score_unit, sae_core_metrics,
-         rt.judge_ground_truth, rt.write_run_files, rt.write_run_report, rt.publish_run, record_evaluations)
+         rt.judge_ground_truth, rt.write_run_files, rt.write_run_report, rt.publish_run, record_evaluations,
+         corpus_tasks.prepare_corpus)
 
 
 def one_line(exc: BaseException) -> str:
@@ -96,6 +98,9 @@ def evaluate(cfg: EvaluateConfig = EvaluateConfig(), home: str | None = None, ru
         zoo = eng.flow(prepare_pretrained)(pretrained=cfg.pretrained, cfg=zcfg, home=root)
     else:
         zoo = zoo_if_whole(zcfg, h) or eng.flow(build_zoo)(cfg=zcfg, home=root)
+    # the core metrics' text (`--corpus`), before the long stages: text that cannot be read fails the run now
+    corpus = t["prepare-corpus"](cfg.core_corpus(), cfg.corpus_tokens, cfg.corpus_context, zoo.model, zoo.corpus,
+                                 cfg.core_sequences, root)
     gt = (ground_truth_if_whole(zcfg, cfg.locate, h, cfg.per_group, tasks=tasks)
           or eng.flow(fit_ground_truth)(cfg=zcfg, locate_cfg=cfg.locate, home=root, per_group=cfg.per_group,
                                         tasks=tasks))
@@ -112,8 +117,8 @@ def evaluate(cfg: EvaluateConfig = EvaluateConfig(), home: str | None = None, ru
 
     stores = _captured(t, plan, zoo, root, one, failures)
     referencing = {tp.task: t["section-references"].submit(zoo.model, zoo.dataset(tp.task), stores[tp.task],
-                                                           list(tp.parts), cfg.score.max_test, zoo.corpus,
-                                                           cfg.core_sequences, root, device=one)
+                                                           list(tp.parts), cfg.score.max_test, corpus.ref,
+                                                           corpus.n_sequences, root, device=one)
                    for tp in plan.tasks if tp.task in stores}
     refs = {}
     for task_name, state in zip(referencing, _settle(list(referencing.values())), strict=True):
@@ -133,7 +138,7 @@ def evaluate(cfg: EvaluateConfig = EvaluateConfig(), home: str | None = None, ru
             scored.append(t["score-unit"].submit(u, zoo.model, ds, store, ref, name, cfg.score, root, device=dev))
     for s, dev in zip(saes, unit_devices[len(jobs):], strict=True):
         with eng.placed(s.spec):
-            cored.append(t["core-metrics"].submit(s, zoo.model, zoo.corpus, cfg.core_sequences, name, root,
+            cored.append(t["core-metrics"].submit(s, zoo.model, corpus.ref, corpus.n_sequences, name, root,
                                                    device=dev))
     parts, statuses = [], []
     for (u, ds, _, _), state in zip(jobs, _settle(scored), strict=True):
@@ -153,7 +158,7 @@ def evaluate(cfg: EvaluateConfig = EvaluateConfig(), home: str | None = None, ru
 
     verdicts = t["verdicts"](gt, tasks, root)
     run_ref = t["leaderboard"](run, zoo.model, cfg.pretrained or name, gt, tasks, len(specs), parts, statuses, core,
-                               failures, root)
+                               failures, root, corpus=corpus.about)
     report = t["report"](run_ref, verdicts, list(plan.unreached), root)
     t["publish"](run_ref, report, verdicts, list(plan.unreached), root)
     recorded = t["record-evaluations"](run_ref, model_label(cfg.pretrained) if cfg.pretrained else name, saes, root)

@@ -25,6 +25,15 @@ PROJECTION_NOTE = ("`projection` rows map a pair of residual SAEs onto a sub-lay
                    "`projection`, which also reaches the attention heads.")
 
 
+def corpus_line(about: dict[str, Any]) -> str:
+    """The text of the core metrics in words (`sage_core.prompts.corpus_spec.describe`): `hf:NeelNanda/pile-10k:train:
+    text (revision 1a2b3c4d5e6f), 131072 tokens in 1024 sequences of 128 tokens (BOS first)`."""
+    where = str(about.get("spec", MISSING)) + (f" ({about['content']})" if about.get("content") else "")
+    shape = (f"{about.get('sequences')} sequences of {about['length']} tokens (BOS first)" if about.get("length")
+             else f"{about.get('sequences')} held-out sentences")
+    return f"{where}, {about.get('tokens')} tokens in {shape}"
+
+
 def _meta_lines(leaderboard: pl.DataFrame, meta: dict, tasks: list[str]) -> list[str]:
     n_saes = meta.get("n_saes", leaderboard.get_column("sae").n_unique() if "sae" in leaderboard.columns else 0)
     meta_tasks = meta.get("tasks", tasks)
@@ -32,7 +41,8 @@ def _meta_lines(leaderboard: pl.DataFrame, meta: dict, tasks: list[str]) -> list
         meta_tasks = ", ".join(str(t) for t in meta_tasks)
     parts = [f"**Model:** {meta.get('model', MISSING)}", f"**Tasks:** {meta_tasks or MISSING}",
              f"**SAEs:** {n_saes}", f"**Created:** {meta.get('created', MISSING)}"]
-    lines = [". ".join(parts) + ".", "",
+    corpus = [f"**Core metrics on:** {md_escape(corpus_line(meta['corpus']))}.", ""] if meta.get("corpus") else []
+    lines = [". ".join(parts) + ".", "", *corpus,
              "Columns are means over each SAE's cross-sections (CE rec. and L0 on background text); n = the task's "
              f"cross-sections the SAE reaches; `{MISSING}` = not measured. Sorted by summary score.", ""]
     if "mapping" in leaderboard.columns and (leaderboard["mapping"] == "projection").any():

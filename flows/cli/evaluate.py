@@ -12,6 +12,8 @@ from flows.cli import prefect_env, render, view
 from flows.cli.options import (
     EXIT_SOME_FAILED,
     Cluster,
+    Corpus,
+    CorpusTokens,
     Device,
     Home,
     Tasks,
@@ -19,6 +21,7 @@ from flows.cli.options import (
     Top,
     Verbose,
     app,
+    check_corpus,
     check_run,
     check_tasks,
     check_top,
@@ -52,6 +55,8 @@ def evaluate_cmd(
                                                    "sub-layers")] = True,
     top: Top = None,
     tiny: Tiny = False,
+    corpus: Corpus = None,
+    corpus_tokens: CorpusTokens = None,
     cluster: Cluster = "threads",
     device: Device = "auto",
     trust_remote_code: Annotated[bool, typer.Option(
@@ -65,12 +70,14 @@ def evaluate_cmd(
     stages failed: every good result is written and the failures are listed."""
     check_top(top)
     check_run(run)
+    check_corpus(corpus, corpus_tokens, model)
     task_list, spec_list = comma_list(tasks), comma_list(saes) or ()
     check_tasks(task_list)
     h = writable_home(home)
     prefect_env.environment(verbose)
     with view.start_up("libraries, the input checks, Prefect's server"):
-        cfg = _config(h, tiny, model, spec_list, task_list, per_group, projections, trust_remote_code, device)
+        cfg = _config(h, tiny, model, spec_list, task_list, per_group, projections, trust_remote_code, device,
+                      corpus, corpus_tokens)
         from flows.engine import check_cluster
         from flows.evaluate import run_evaluate
 
@@ -88,10 +95,13 @@ def evaluate_cmd(
 
 
 def _config(h, tiny: bool, model: str | None, specs: tuple[str, ...], tasks: tuple[str, ...] | None, per_group: int,
-            projections: bool, trust_remote_code: bool, device: str):
+            projections: bool, trust_remote_code: bool, device: str, corpus: str | None = None,
+            corpus_tokens: int | None = None):
     """The evaluation's config, every check that needs the libraries passed (the model name, the tasks the zoo has,
-    every SAE spec names something), before Prefect starts."""
+    every SAE spec names something, the corpus's text can be read), before Prefect starts."""
     from sage_core.config import EvaluateConfig, ZooConfig
+    from sage_core.prompts.corpus_spec import CorpusSpec
+    from storage.text_corpus import absolute, check_readable
 
     with refused():
         zoo = ZooConfig.tiny() if tiny else ZooConfig()
@@ -99,8 +109,13 @@ def _config(h, tiny: bool, model: str | None, specs: tuple[str, ...], tasks: tup
         if pretrained is not None:
             check_pretrained_name(pretrained, trust_remote_code)
         zoo.check_tasks(tasks)
+        spec = None if corpus is None else str(absolute(CorpusSpec.parse(corpus)))  # a path from here, not the cwd
         cfg = EvaluateConfig(zoo=zoo, pretrained=pretrained, saes=specs, tasks=tasks, per_group=per_group,
-                             projections=projections, device=device)
+                             projections=projections, device=device, corpus=spec,
+                             **({"corpus_tokens": corpus_tokens} if corpus_tokens is not None else {}))
+        if corpus_tokens is not None and not cfg.core_corpus().real_text:
+            raise ValueError("--corpus-tokens applies to a text: or hf: corpus; the built-in one is read as held-out "
+                             "sentences")
         if any(x.startswith("py:") for x in specs):
             from storage.sae_sources import PY_SPECS_ENV
 
@@ -108,6 +123,7 @@ def _config(h, tiny: bool, model: str | None, specs: tuple[str, ...], tasks: tup
         from tasks.plan import check_inputs
 
         check_inputs(cfg, h, None)  # the flow's own checks (run names were checked above)
+        check_readable(h, cfg.core_corpus())  # a file that is not text, a dataset out of reach: now, not mid-run
     return cfg
 
 
@@ -144,3 +160,16 @@ def _print_results(cfg, out: dict, top: int | None, listed: bool) -> None:
         render.failures(out["n_failed"], read_failures(out["report"]))
     render.unreached(out.get("unreached", []), out.get("sections", {}), listed)
     render.model_eval(cfg.pretrained, out.get("model_eval", []))
+    _print_corpus(out)
+
+
+def _print_corpus(out: dict) -> None:
+    """Which text the core metrics were computed on (the run's record holds it; the report names it too)."""
+    from pathlib import Path
+
+    from report.summary import corpus_line
+    from storage.scores import read_run_meta
+
+    about = read_run_meta(Path(out["leaderboard"]).parent).get("corpus")
+    if about:
+        console.print(f"core metrics on: {corpus_line(about)}", soft_wrap=True, highlight=False)

@@ -42,6 +42,14 @@ Device = Annotated[str, typer.Option(help="cpu, cuda (every GPU), cuda:N[,cuda:M
                                           "else the CPU)")]
 Top = Annotated[int | None, typer.Option(help="print only the best N (>= 1) trained SAEs per task (the report has "
                                               "all)")]
+Corpus = Annotated[str | None, typer.Option(help="the text of the core metrics (CE loss recovered, KL, EV, L0, dead "
+                                                 "share): builtin, text:PATH (a UTF-8 file) or hf:DATASET[:SPLIT[:COLUMN]]"
+                                                 " (a Hugging Face dataset, streamed; split train, column text). "
+                                                 "Default: builtin for the built-in model, hf:NeelNanda/pile-10k for a "
+                                                 "--model")]
+CorpusTokens = Annotated[int | None, typer.Option(help="tokens of a text: or hf: corpus the core metrics read: its "
+                                                       "first N, in sequences of 128 (at most the model's n_ctx), BOS "
+                                                       "first (default 131072)")]
 
 
 def comma_list(text: str | None) -> tuple[str, ...] | None:
@@ -94,6 +102,18 @@ def check_tasks(names: tuple[str, ...] | None) -> None:
     with refused():
         for t in names or ():
             get_task(t)
+
+
+def check_corpus(corpus: str | None, tokens: int | None, model: str | None) -> None:
+    """A malformed --corpus, or --corpus-tokens where the corpus is the built-in one (no torch: the spec is pure)."""
+    from sage_core.prompts.corpus_spec import CorpusSpec
+
+    with refused():
+        spec = CorpusSpec.parse(corpus) if corpus is not None else None
+    if tokens is not None and tokens < 2:
+        fail(f"--corpus-tokens {tokens}: give a number of tokens, at least one sequence's")
+    if tokens is not None and model is None and (spec is None or not spec.real_text):
+        fail("--corpus-tokens applies to a text: or hf: corpus; the built-in one is read as held-out sentences")
 
 
 def check_run(run: str | None) -> None:

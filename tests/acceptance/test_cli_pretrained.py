@@ -1,5 +1,6 @@
 """`sage evaluate --model gpt2` through the real `HookedTransformer.from_pretrained` path, offline: a tiny random-weight
-"gpt2" in a local Hugging Face cache, and a SAELens-layout SAE directory at one of its hooks."""
+"gpt2" in a local Hugging Face cache, a SAELens-layout SAE directory at one of its hooks, and the core metrics on a
+text file (`--corpus text:FILE`: offline, the default hf:NeelNanda/pile-10k cannot be read)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,18 @@ from tests.acceptance.hf_cache import write_fake_gpt2
 pytestmark = [pytest.mark.acceptance, pytest.mark.slow]
 
 HOOKS = ("blocks.0.hook_resid_pre", "blocks.0.hook_resid_post", "blocks.1.hook_resid_post")
+CORPUS_TOKENS = 1024  # 16 sequences of 64 tokens: the tiny gpt2's n_ctx is 64
+PARAGRAPH = ("In {year}, the old library near the river reopened after a long winter. Mary said that the new reading "
+             "room was quiet and bright, and John went to the park because he wanted to read outside. The keys near "
+             "the cabinet are on the table, where the volunteers left them after the meeting. Visitors walked to the "
+             "store for coffee, then returned to sort the donated books by subject. By the end of the week the "
+             "shelves were full again, and the town council thanked everyone who helped.\n\n")
+
+
+def write_text(path: Path) -> Path:
+    """A small English text (about 1,400 words), enough for CORPUS_TOKENS."""
+    path.write_text("".join(PARAGRAPH.format(year=1900 + 7 * i) for i in range(18)), encoding="utf-8")
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +44,9 @@ def pretrained_run(tmp_path_factory):
         dirs.append(root / f"sae-{hook}")
         sae.save_model(dirs[-1])
     home = root / "home"
+    text = write_text(root / "library.txt")
     r = run(["evaluate", "--tiny", "--model", "gpt2", "--saes", ",".join(map(str, dirs)), "--tasks", "ioi",
-             "--per-group", "1"], home, env=env)
+             "--per-group", "1", "--corpus", f"text:{text}", "--corpus-tokens", str(CORPUS_TOKENS)], home, env=env)
     return home, root, env, r
 
 
@@ -72,6 +86,30 @@ def test_saes_at_the_kept_residual_cross_sections_are_scored(pretrained_run):
             assert f"not scored on ioi: sae-{h} (no kept cross-section at {h}" in r.stdout, r.stdout
 
 
+def test_the_core_metrics_are_computed_on_the_given_text_and_the_report_names_it(pretrained_run):
+    home, root, _, r = pretrained_run
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    text = root / "library.txt"
+    named = f"text:{text} (sha256 "
+    shape = f"{CORPUS_TOKENS} tokens in 16 sequences of 64 tokens (BOS first)"
+    readme = Path(r.stdout.split("report:")[-1].split()[0]).read_text()
+    line = next(ln for ln in readme.splitlines() if ln.startswith("**Core metrics on:**"))
+    assert named in line and shape in line, line
+    assert f"core metrics on: {named}" in r.stdout and shape in r.stdout, r.stdout
+    # the text, cut by the model's tokenizer, is what the core metrics read: one corpus holds it, BOS first
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(home / "zoo" / "gpt2" / "model" / "tokenizer"))
+    tables = [pl.read_parquet(p) for p in (home / "datasets" / "corpus").glob("*/corpus.parquet")]
+    real = [t for t in tables if t.height == 16 and {len(x) for x in t["tokens"].to_list()} == {64}]
+    assert len(real) == 1, [t.shape for t in tables]
+    assert {x[0] for x in real[0]["tokens"].to_list()} == {tok.bos_token_id}
+    want = tok(text.read_text(), add_special_tokens=False)["input_ids"][:63]
+    assert real[0]["tokens"][0].to_list()[1:] == want
+    board = pl.read_parquet(Path(r.stdout.split("report:")[-1].split()[0]).parent / "leaderboard.parquet")
+    assert board.filter(pl.col("kind") == "trained")["ce_loss_recovered"].is_not_null().any()
+
+
 def test_pretrained_model_without_saes_or_with_a_typo_fails_in_one_line(pretrained_run, tmp_path):
     _, _, env, _ = pretrained_run
     r = run(["evaluate", "--model", "gpt2"], tmp_path / "h1", timeout=300, env=env)
@@ -79,6 +117,15 @@ def test_pretrained_model_without_saes_or_with_a_typo_fails_in_one_line(pretrain
     r = run(["evaluate", "--model", "gtp2", "--saes", "x/y"], tmp_path / "h2", timeout=300, env=env)
     assert r.returncode == 2 and one_line_error(r) and "gpt2" in r.stdout, r.stdout + r.stderr[-2000:]
     assert not (tmp_path / "h1" / "zoo").exists() and not (tmp_path / "h2" / "zoo").exists()
+
+
+def test_offline_without_a_corpus_the_default_dataset_fails_in_one_line_naming_a_text_file(pretrained_run, tmp_path):
+    _, root, env, _ = pretrained_run
+    sae = root / f"sae-{HOOKS[0]}"
+    r = run(["evaluate", "--model", "gpt2", "--saes", str(sae)], tmp_path / "h", timeout=300, env=env)
+    assert r.returncode == 2 and one_line_error(r), r.stdout + r.stderr[-2000:]
+    assert "NeelNanda/pile-10k" in r.stdout and "--corpus text:" in r.stdout, r.stdout
+    assert not (tmp_path / "h" / "zoo").exists()  # refused before the model is imported
 
 
 def test_a_tokenizer_that_cannot_spell_a_name_fails_in_one_line_and_writes_no_scores(tmp_path):
@@ -91,7 +138,8 @@ def test_a_tokenizer_that_cannot_spell_a_name_fails_in_one_line_and_writes_no_sc
     home = tmp_path / "home"
     sae = tmp_path / "sae"  # a spec that names something: the SAE specs are checked before the model is loaded
     StandardSAE(StandardSAEConfig(d_in=64, d_sae=128, metadata=SAEMetadata(hook_name=HOOKS[0]))).save_model(sae)
-    r = run(["evaluate", "--tiny", "--model", "gpt2", "--saes", str(sae), "--tasks", "ioi"], home, env=env)
+    r = run(["evaluate", "--tiny", "--model", "gpt2", "--saes", str(sae), "--tasks", "ioi", "--corpus",
+             f"text:{write_text(tmp_path / 'text.txt')}", "--corpus-tokens", str(CORPUS_TOKENS)], home, env=env)
     assert r.returncode == 2 and one_line_error(r), r.stdout + r.stderr[-2000:]
     assert "tokenizer does not know" in r.stdout and any(n in r.stdout for n in FEMALE_NAMES), r.stdout
     assert not (home / "scores").exists() and not (home / "reports").exists()
