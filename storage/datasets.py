@@ -9,7 +9,7 @@ from pathlib import Path
 
 import polars as pl
 
-from storage.atomic import is_whole, write_once
+from storage.atomic import is_whole, read_marker, write_once
 from storage.home import SageHome
 from storage.integrity import read_parquet
 from storage.records import file_ref
@@ -43,8 +43,11 @@ def read_corpus(path: str | Path) -> pl.DataFrame:
 
 
 def prompts_ref(home: SageHome, task: str, key: str) -> DatasetRef:
-    """The prompt table of `task` written under the stage key `key`."""
-    return file_ref(home, DatasetRef, home.prompts_path(task, key), task=task)
+    """The prompt table of `task` written under the stage key `key`, with what its marker says of posing the task
+    on the tokenizer (skipped: why not; note: the words it dropped)."""
+    path = home.prompts_path(task, key)
+    posed = read_marker(path.parent).get("posed", {})
+    return file_ref(home, DatasetRef, path, task=task, skipped=posed.get("skipped"), note=posed.get("note", ""))
 
 
 def corpus_ref(home: SageHome, key: str) -> CorpusRef:

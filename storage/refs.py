@@ -37,6 +37,8 @@ class DatasetRef(Ref):
 
     ref: Literal["dataset"] = "dataset"
     task: str
+    skipped: str | None = None  # why the model's tokenizer cannot pose the task (the table is then empty)
+    note: str = ""  # what fitting the task's vocabulary to the tokenizer dropped
 
 
 class CorpusRef(Ref):

@@ -19,8 +19,9 @@ from sage_core.model.hooks import short_sae
 from sage_core.model.pretrained import TRUST_ENV, check_remote_code
 from sage_core.model.tokenizer import build_tokenizer
 from sage_core.prompts import corpus as corpus_mod
+from sage_core.prompts.adapt import pose_task
 from sage_core.prompts.library import get_task
-from sage_core.prompts.task import DatasetConfig, generate_prompts
+from sage_core.prompts.task import DatasetConfig
 from sage_core.zoo import train as sae_zoo
 from storage import records
 from storage import zoo as zoo_store
@@ -85,8 +86,11 @@ def make_dataset(task_name: str, cfg: ZooConfig, tokenizer: TokenizerRef, home: 
     dcfg = DatasetConfig(task=task_name, n_train=cfg.prompts.n_train, n_test=cfg.prompts.n_test, seed=cfg.prompts.seed)
     if needs_build(h.dataset_dir(task_name, key)):
         tok = zoo_store.load_tokenizer(h.at(tokenizer))
-        df = generate_prompts(get_task(task_name), dcfg, tok, max_len=cfg.model.n_ctx)
-        write_prompts(h, task_name, key, df, meta={"config": dcfg.model_dump(), "tokenizer": tokenizer.hash})
+        df, posed = pose_task(get_task(task_name), dcfg, tok, max_len=cfg.model.n_ctx)
+        log().info(f"prompts: {posed.summary()}")
+        write_prompts(h, task_name, key, df, meta={
+            "config": dcfg.model_dump(), "tokenizer": tokenizer.hash,
+            "posed": {"skipped": posed.skipped, "note": posed.summary(), **posed.model_dump(include={"kept", "dropped"})}})
     return prompts_ref(h, task_name, key)
 
 
@@ -202,6 +206,8 @@ def evaluate_model(model: ModelRef, datasets: list[DatasetRef], home: str, devic
     rows = []
     with loaded.model(h, model, one_device(device)) as m:
         for ds in datasets:
+            if ds.skipped:  # a task the tokenizer cannot pose has no prompts to measure
+                continue
             df = read_prompts(h.at(ds)).filter((pl.col("split") == "test") & pl.col("pair_of").is_null())
             logits = model_mod.final_logits(m, df["tokens"].to_list(), m.tokenizer.pad_token_id)
             met = model_mod.answer_metrics(logits, torch.as_tensor(df["answer_token"].to_list()),

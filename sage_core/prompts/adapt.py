@@ -16,9 +16,19 @@ import random
 from collections import Counter
 from typing import Any
 
+import polars as pl
 from pydantic import BaseModel, ConfigDict
 
-from sage_core.prompts.task import Assignment, Task, TaskError, token_faults
+from sage_core.prompts.task import (
+    Assignment,
+    DatasetConfig,
+    PromptTooLong,
+    Task,
+    TaskError,
+    generate_prompts,
+    prompt_schema,
+    token_faults,
+)
 
 MIN_WORDS = 4  # per word list: two names to pose a prompt, a third for a counterfactual, one more to hold out
 N_PROBES = 1500  # sampled prompts (each with one counterfactual per attribute) a task is probed with
@@ -126,7 +136,20 @@ def adapt_task(task: Task, tokenizer: Any, n_probes: int = N_PROBES, seed: int =
                         skipped=skipped)
     if skipped:
         return None, report
-    try:
-        return task.model_copy(update=update), report
-    except TaskError as e:  # pragma: no cover - model_copy does not validate; kept for subclasses that do
-        return None, report.model_copy(update={"skipped": str(e)})
+    return task.model_copy(update=update), report
+
+
+def pose_task(task: Task, cfg: DatasetConfig, tokenizer: Any, max_len: int | None = None,
+              ) -> tuple[pl.DataFrame, Adaptation]:
+    """The task's prompt table on `tokenizer` after fitting its vocabulary, and what fitting it did. A task that cannot
+    be posed (too few words left, an answer that splits, splits that cannot be filled) gives an empty table and says
+    why in `Adaptation.skipped`; a prompt longer than the model's context is a setting to change and raises."""
+    adapted, report = adapt_task(task, tokenizer, seed=cfg.seed)
+    if adapted is not None:
+        try:
+            return generate_prompts(adapted, cfg, tokenizer, max_len), report
+        except PromptTooLong:
+            raise
+        except TaskError as e:
+            report = report.model_copy(update={"skipped": " ".join(str(e).split())})
+    return pl.DataFrame(schema=prompt_schema(task)), report

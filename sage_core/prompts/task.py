@@ -33,6 +33,10 @@ class TaskError(ValueError):
     """A task definition or its tokenisation is unusable; the message says what to change."""
 
 
+class PromptTooLong(TaskError):
+    """A prompt exceeds the model's context: a setting to change, never a task to skip."""
+
+
 class AttributeSpec(BaseModel):
     """One task attribute. `swaps_roles` names two roles whose positions the counterfactual exchanges (IOI's Pos)."""
 
@@ -314,7 +318,7 @@ def generate_prompts(task: Task, cfg: DatasetConfig, tokenizer: Any, max_len: in
         seen.add(text)
         have[split] += 1
         if max_len is not None and len(tok.tokens) > max_len:
-            raise TaskError(
+            raise PromptTooLong(
                 f"task {task.name!r}: prompt of {len(tok.tokens)} tokens exceeds the model's n_ctx={max_len}; "
                 f"shorten the templates or raise n_ctx"
             )
