@@ -93,7 +93,7 @@ def gpt2_per_sae(home: Path, device: str, n: int, layers: int = GPT2.n_layers, v
     mib = save_gpt2(home, cfg, vocab)
     saes = home.parent / "gpt2-saes"
     base = EvaluateConfig(zoo=ZooConfig.tiny(), pretrained=GPT2_NAME, tasks=("ioi",), locate=LCFG, per_group=1,
-                          core_sequences=32, device=device)
+                          core_sequences=32, device=device, min_task_accuracy=0.0)  # random weights do no task
     full = layers == GPT2.n_layers and vocab == GPT2_VOCAB
     shape = (f"{layers} layers, d_model 768, 12 heads, d_mlp 3072, d_vocab {vocab or 'of the tokenizer'}"
              + ("" if full else ": REDUCED from GPT-2 small's 12 layers and 50257 tokens for a CPU run"))

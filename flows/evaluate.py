@@ -26,6 +26,7 @@ from flows.fit import fit_ground_truth, ground_truth_if_whole
 from flows.pretrained import prepare_pretrained
 from flows.settings import results_in
 from sage_core.config import EvaluateConfig
+from sage_core.prompts.task_status import TaskStatus, task_statuses
 from storage import scores as sc_store
 from storage.atomic import StoreError
 from storage.home import SageHome
@@ -101,9 +102,12 @@ def evaluate(cfg: EvaluateConfig = EvaluateConfig(), home: str | None = None, ru
     # the core metrics' text (`--corpus`), before the long stages: text that cannot be read fails the run now
     corpus = t["prepare-corpus"](cfg.core_corpus(), cfg.corpus_tokens, cfg.corpus_context, zoo.model, zoo.corpus,
                                  cfg.core_sequences, root)
-    gt = (ground_truth_if_whole(zcfg, cfg.locate, h, cfg.per_group, tasks=tasks)
-          or eng.flow(fit_ground_truth)(cfg=zcfg, locate_cfg=cfg.locate, home=root, per_group=cfg.per_group,
-                                        tasks=tasks))
+    posed = _task_statuses(zoo, tasks, cfg, cfg.pretrained or name)
+    tasks = [s.task for s in posed if s.runs]  # the others get no ground truth; every SAE still gets core metrics
+    gt = None if not tasks else (
+        ground_truth_if_whole(zcfg, cfg.locate, h, cfg.per_group, tasks=tasks)
+        or eng.flow(fit_ground_truth)(cfg=zcfg, locate_cfg=cfg.locate, home=root, per_group=cfg.per_group,
+                                      tasks=tasks))
     failures: list[dict[str, str]] = []
 
     specs = list(cfg.saes) or [f"zoo:{n}" for n in list_zoo_saes(h, name)]
@@ -158,11 +162,21 @@ def evaluate(cfg: EvaluateConfig = EvaluateConfig(), home: str | None = None, ru
 
     verdicts = t["verdicts"](gt, tasks, root)
     run_ref = t["leaderboard"](run, zoo.model, cfg.pretrained or name, gt, tasks, len(specs), parts, statuses, core,
-                               failures, root, corpus=corpus.about)
+                               failures, root, corpus=corpus.about, task_status=[s.model_dump() for s in posed])
     report = t["report"](run_ref, verdicts, list(plan.unreached), root)
     t["publish"](run_ref, report, verdicts, list(plan.unreached), root)
     recorded = t["record-evaluations"](run_ref, model_label(cfg.pretrained) if cfg.pretrained else name, saes, root)
-    return _outputs(h, cfg, tasks, zoo, gt, run_ref, report, verdicts, plan, failures, loads, recorded)
+    return _outputs(h, cfg, tasks, zoo, gt, run_ref, report, verdicts, plan, failures, loads, recorded, posed)
+
+
+def _task_statuses(zoo, tasks: list[str], cfg: EvaluateConfig, model: str) -> list[TaskStatus]:
+    """Which tasks the model's tokenizer poses and the model does (`sage_core.prompts.task_status`), each said in the
+    log; the run's files, its report and the CLI say it again."""
+    statuses = task_statuses(tasks, {d.task: d.skipped for d in zoo.datasets}, {d.task: d.note for d in zoo.datasets},
+                             {r["task"]: r for r in zoo.model_eval.rows}, cfg.min_task_accuracy)
+    for s in statuses:
+        (log().info if s.runs else log().warning)(s.line(model))
+    return statuses
 
 
 def _captured(t: dict, plan, zoo, root: str, device: str, failures: list[dict[str, str]]) -> dict:
@@ -203,13 +217,14 @@ def _log_loads(eng, before, n_saes: int) -> dict[str, int]:
 
 def _outputs(h: SageHome, cfg: EvaluateConfig, tasks: list[str], zoo, gt, run_ref, report, verdicts, plan,
              failures: list[dict[str, str]], loads: dict[str, int],
-             recorded: list[dict[str, Any]]) -> dict[str, Any] | State:
+             recorded: list[dict[str, Any]], posed: list[TaskStatus]) -> dict[str, Any] | State:
     files = sc_store.run_files(h.at(run_ref))
     out = {"run": run_ref.run, "scores": str(files["scores"]), "leaderboard": str(files["leaderboard"]),
-           "report": str(h.at(report)), "n_failed": len(failures), "ground_truth": gt.path,
+           "report": str(h.at(report)), "n_failed": len(failures), "ground_truth": gt.path if gt else None,
            "unreached": list(plan.unreached),
-           "sections": {t: sorted({p.section.hook for p in gt.of_task(t)}) for t in tasks},
-           "model_eval": [r for r in zoo.model_eval.rows if r["task"] in tasks] if cfg.pretrained else [],
+           "sections": {t: sorted({p.section.hook for p in gt.of_task(t)}) for t in tasks} if gt else {},
+           "model_eval": list(zoo.model_eval.rows) if cfg.pretrained else [],
+           "task_status": [s.model_dump() for s in posed],
            "verdicts": verdicts, "loads": loads, "saes": recorded, "failures": failures}
     if not failures:
         return out

@@ -34,6 +34,21 @@ def corpus_line(about: dict[str, Any]) -> str:
     return f"{where}, {about.get('tokens')} tokens in {shape}"
 
 
+def task_status_lines(rows: list[dict[str, Any]] | None, model: str | None) -> list[str]:
+    """Which tasks ran on the model, and why the others did not (not posed by its tokenizer, not done by the model),
+    with what fitting each task's words to the tokenizer dropped."""
+    from sage_core.prompts.task_status import TaskStatus
+
+    if not rows:
+        return []
+    lines = ["**Tasks on this model:**", ""]
+    for r in rows:
+        s = TaskStatus.model_validate(r)
+        vocab = f" Vocabulary: {s.vocabulary}." if s.vocabulary and s.status != "not posed" else ""
+        lines.append(f"- {md_escape(s.line(model or MISSING))}.{md_escape(vocab)}")
+    return [*lines, ""]
+
+
 def _meta_lines(leaderboard: pl.DataFrame, meta: dict, tasks: list[str]) -> list[str]:
     n_saes = meta.get("n_saes", leaderboard.get_column("sae").n_unique() if "sae" in leaderboard.columns else 0)
     meta_tasks = meta.get("tasks", tasks)
@@ -42,7 +57,7 @@ def _meta_lines(leaderboard: pl.DataFrame, meta: dict, tasks: list[str]) -> list
     parts = [f"**Model:** {meta.get('model', MISSING)}", f"**Tasks:** {meta_tasks or MISSING}",
              f"**SAEs:** {n_saes}", f"**Created:** {meta.get('created', MISSING)}"]
     corpus = [f"**Core metrics on:** {md_escape(corpus_line(meta['corpus']))}.", ""] if meta.get("corpus") else []
-    lines = [". ".join(parts) + ".", "", *corpus,
+    lines = [". ".join(parts) + ".", "", *corpus, *task_status_lines(meta.get("task_status"), meta.get("model")),
              "Columns are means over each SAE's cross-sections (CE rec. and L0 on background text); n = the task's "
              f"cross-sections the SAE reaches; `{MISSING}` = not measured. Sorted by summary score.", ""]
     if "mapping" in leaderboard.columns and (leaderboard["mapping"] == "projection").any():

@@ -15,6 +15,7 @@ from sage_core.prompts.corpus_spec import (
     CorpusSpec,
     default_spec,
 )
+from sage_core.prompts.task_status import MIN_ACCURACY
 from sage_core.scoring.score import ScoreConfig
 from sage_core.zoo.train import SAESpec
 
@@ -95,6 +96,9 @@ class EvaluateConfig(BaseModel):
                                                                 "read (its first N, in whole sequences)")
     corpus_context: int = Field(DEFAULT_CONTEXT, ge=2, description="tokens per sequence of a text: or hf: corpus, BOS "
                                                                   "first (at most the model's n_ctx)")
+    min_task_accuracy: float = Field(MIN_ACCURACY, ge=0, le=1, description="a task runs when the model's accuracy on "
+                                     "its held-out prompts reaches this (chance: 0.5); 0 runs every task the tokenizer "
+                                     "poses (benchmarks on random weights, toy models)")
     projections: bool = Field(True, description="also score residual SAE families projected onto sub-layer places")
     controls: bool = Field(True, description="oracle and random-decoder reference rows")
     device: str = Field("auto", description=DEVICE_HELP)
@@ -136,4 +140,4 @@ class WatchConfig(BaseModel):
 
     @classmethod
     def tiny(cls) -> WatchConfig:
-        return cls(evaluate=EvaluateConfig(zoo=ZooConfig.tiny()))
+        return cls(evaluate=EvaluateConfig(zoo=ZooConfig.tiny(), min_task_accuracy=0.0))

@@ -108,13 +108,14 @@ def _plan_name(parameters: dict) -> str:
 
 
 @task(name="plan-units", task_run_name=_plan_name, **UNCACHED)
-def plan_scoring(saes: list[SAERef], ground_truth: GroundTruthRef, tasks: list[str], model: ModelRef,
+def plan_scoring(saes: list[SAERef], ground_truth: GroundTruthRef | None, tasks: list[str], model: ModelRef,
                  cfg: EvaluateConfig, home: str) -> ScoringPlan:
     """The run's scoring units, and per task the units that reach its kept cross-sections. A bracket whose projector
     P_c is the identity (read from the model's weights) is scored once, as projection.
 
     Not cached: it is cheap, and its inputs (the resolved SAEs) come from an uncached step."""
-    sections = [p.section for p in ground_truth.parts if p.task in tasks]
+    parts_of = ground_truth.of_task if ground_truth else (lambda _t: [])  # no task ran: core metrics only
+    sections = [p.section for p in (ground_truth.parts if ground_truth else ()) if p.task in tasks]
     brackets = sublayer_brackets(sections) if cfg.projections else []
     if brackets:
         weights = loaded.shared_model(SageHome(home), model)
@@ -124,7 +125,7 @@ def plan_scoring(saes: list[SAERef], ground_truth: GroundTruthRef, tasks: list[s
     units = plan_units(saes, sections, cfg, same)
     plans, empty, unreached = [], [], []
     for t in tasks:
-        parts = ground_truth.of_task(t)
+        parts = parts_of(t)
         if not parts:
             empty.append(t)
             continue

@@ -45,29 +45,34 @@ def _leaderboard_name(parameters: dict) -> str:
 
 
 @task(name="verdicts", task_run_name=_n_tasks, **UNCACHED)
-def judge_ground_truth(ground_truth: GroundTruthRef, tasks: list[str], home: str) -> list[dict[str, Any]]:
-    """Per (task, attribute): does any kept cross-section's dictionary meet the quality bar, and if not, why."""
+def judge_ground_truth(ground_truth: GroundTruthRef | None, tasks: list[str], home: str) -> list[dict[str, Any]]:
+    """Per (task, attribute): does any kept cross-section's dictionary meet the quality bar, and if not, why (none
+    where no task ran)."""
+    if ground_truth is None:
+        return []
     quality = read_quality(SageHome(home).at(ground_truth))
     return ground_truth_verdicts(quality).filter(pl.col("task").is_in(tasks)).to_dicts()
 
 
-def run_key(model: ModelRef, ground_truth: GroundTruthRef, parts: list[ScorePartRef], core: list[CoreRef],
+def run_key(model: ModelRef, ground_truth: GroundTruthRef | None, parts: list[ScorePartRef], core: list[CoreRef],
             failures: list[dict[str, str]], corpus: dict[str, Any] | None = None) -> str:
     """What a run scored: the model, the ground truth, every scoring part and core metric by content (and the text
     of the core metrics), and what failed (not the wording of its error, which may name a temporary path or a hub's
     passing state)."""
-    return output_key("evaluate", dict(model=model, ground_truth=ground_truth.hash, parts=sorted(p.hash for p in parts),
+    return output_key("evaluate", dict(model=model, ground_truth=ground_truth.hash if ground_truth else None, parts=sorted(p.hash for p in parts),
                                        failures=sorted((f["sae"], f["stage"]) for f in failures),
                                        core=[{"sae": c.sae, **c.metrics} for c in core], corpus=corpus),
                       ("tasks.report",))
 
 
 @task(name="leaderboard", task_run_name=_leaderboard_name, **stage_options())
-def write_run_files(run: str | None, model: ModelRef, model_label: str, ground_truth: GroundTruthRef, tasks: list[str],
-                    n_saes: int, parts: list[ScorePartRef], units: list[dict[str, str]], core: list[CoreRef],
-                    failures: list[dict[str, str]], home: str, corpus: dict[str, Any] | None = None) -> RunRef:
+def write_run_files(run: str | None, model: ModelRef, model_label: str, ground_truth: GroundTruthRef | None,
+                    tasks: list[str], n_saes: int, parts: list[ScorePartRef], units: list[dict[str, str]],
+                    core: list[CoreRef], failures: list[dict[str, str]], home: str, corpus: dict[str, Any] | None = None,
+                    task_status: list[dict[str, Any]] | None = None) -> RunRef:
     """The leaderboard of the scored parts, the unit statuses and the core metrics -> scores/<run>/ (scores,
-    leaderboard, failures; the run's description in its marker, with `corpus`: the text of the core metrics). `run`
+    leaderboard, failures; the run's description in its marker, with `corpus`: the text of the core metrics, and
+    `task_status`: which tasks ran on the model and why the others did not). `run`
     None: named `run-<key>` by what was scored. An SAE that failed to load gets a failed row on every task."""
     h = SageHome(home)
     key = run_key(model, ground_truth, parts, core, failures, corpus)
@@ -79,8 +84,8 @@ def write_run_files(run: str | None, model: ModelRef, model_label: str, ground_t
     board = leaderboard(scores, pl.DataFrame(units, schema=UNIT_SCHEMA),
                         core_df.drop([c for c in CE_COLUMNS if c in core_df.columns]))
     meta = {"run": run, "run_key": key, "model": model_label, "model_hash": model.hash, "tasks": tasks,
-            "n_saes": n_saes, "created": time.strftime("%Y-%m-%d %H:%M:%S"), "ground_truth": ground_truth.path,
-            **({"corpus": corpus} if corpus else {})}
+            "n_saes": n_saes, "created": time.strftime("%Y-%m-%d %H:%M:%S"), "ground_truth": ground_truth.path if ground_truth else None,
+            **({"corpus": corpus} if corpus else {}), **({"task_status": task_status} if task_status else {})}
     d = sc_store.write_run(h.scores_dir(run), scores, board, pl.DataFrame(failures, schema=FAILURE_SCHEMA), meta)
     return dir_ref(h, RunRef, d, run=run)
 

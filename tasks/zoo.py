@@ -311,12 +311,8 @@ def record_zoo(zoo: ZooRef, key: str, home: str) -> ZooRef:
 
 @task(name="publish-model-eval", task_run_name="publish-model-eval {pretrained}", **UNCACHED)
 def publish_model_eval(pretrained: str, model_eval: TableRef) -> None:
-    """A pretrained model's task metrics as an artifact, and a warning for each task it hardly solves."""
+    """A pretrained model's task metrics as an artifact (the evaluation says which tasks it does)."""
     key = f"pretrained-{artifact_slug(pretrained)}-task-metrics"
     for k in (key, "pretrained-task-metrics"):
         create_table_artifact(key=k, table=rounded(model_eval.rows),
                               description=f"{pretrained}: accuracy and logit difference per task (held-out prompts)")
-    for row in model_eval.rows:
-        if row["accuracy"] < 0.6:
-            log().warning(f"{pretrained} solves {row['task']} on only {row['accuracy']:.0%} of test prompts; its "
-                          "ground truth there says little")

@@ -57,6 +57,10 @@ def evaluate_cmd(
     tiny: Tiny = False,
     corpus: Corpus = None,
     corpus_tokens: CorpusTokens = None,
+    min_task_accuracy: Annotated[float | None, typer.Option(
+        min=0.0, max=1.0, help="score a task only where the model's held-out accuracy reaches this (default 0.6; "
+                               "chance is 0.5; 0 with --tiny): below it the task is reported as not done by the "
+                               "model")] = None,
     cluster: Cluster = "threads",
     device: Device = "auto",
     trust_remote_code: Annotated[bool, typer.Option(
@@ -77,7 +81,7 @@ def evaluate_cmd(
     prefect_env.environment(verbose)
     with view.start_up("libraries, the input checks, Prefect's server"):
         cfg = _config(h, tiny, model, spec_list, task_list, per_group, projections, trust_remote_code, device,
-                      corpus, corpus_tokens)
+                      corpus, corpus_tokens, min_task_accuracy)
         from flows.engine import check_cluster
         from flows.evaluate import run_evaluate
 
@@ -96,11 +100,12 @@ def evaluate_cmd(
 
 def _config(h, tiny: bool, model: str | None, specs: tuple[str, ...], tasks: tuple[str, ...] | None, per_group: int,
             projections: bool, trust_remote_code: bool, device: str, corpus: str | None = None,
-            corpus_tokens: int | None = None):
+            corpus_tokens: int | None = None, min_task_accuracy: float | None = None):
     """The evaluation's config, every check that needs the libraries passed (the model name, the tasks the zoo has,
     every SAE spec names something, the corpus's text can be read), before Prefect starts."""
     from sage_core.config import EvaluateConfig, ZooConfig
     from sage_core.prompts.corpus_spec import CorpusSpec
+    from sage_core.prompts.task_status import MIN_ACCURACY
     from storage.text_corpus import absolute, check_readable
 
     with refused():
@@ -112,6 +117,9 @@ def _config(h, tiny: bool, model: str | None, specs: tuple[str, ...], tasks: tup
         spec = None if corpus is None else str(absolute(CorpusSpec.parse(corpus)))  # a path from here, not the cwd
         cfg = EvaluateConfig(zoo=zoo, pretrained=pretrained, saes=specs, tasks=tasks, per_group=per_group,
                              projections=projections, device=device, corpus=spec,
+                             # a toy model does no task: --tiny scores every task the tokenizer poses
+                             min_task_accuracy=(min_task_accuracy if min_task_accuracy is not None
+                                                else 0.0 if tiny else MIN_ACCURACY),
                              **({"corpus_tokens": corpus_tokens} if corpus_tokens is not None else {}))
         if corpus_tokens is not None and not cfg.core_corpus().real_text:
             raise ValueError("--corpus-tokens applies to a text: or hf: corpus; the built-in one is read as held-out "
@@ -159,7 +167,7 @@ def _print_results(cfg, out: dict, top: int | None, listed: bool) -> None:
 
         render.failures(out["n_failed"], read_failures(out["report"]))
     render.unreached(out.get("unreached", []), out.get("sections", {}), listed)
-    render.model_eval(cfg.pretrained, out.get("model_eval", []))
+    render.task_status(cfg.pretrained or cfg.zoo.model.name, out.get("task_status", []))
     _print_corpus(out)
 
 

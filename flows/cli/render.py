@@ -115,15 +115,19 @@ def unreached(items: list[dict[str, Any]], sections: dict[str, list[str]], liste
                           soft_wrap=True, highlight=False)
 
 
-def model_eval(model: str, rows: list[dict[str, Any]]) -> None:
-    """A pretrained model: can it do the task at all?"""
-    from report.tables import fmt
+def task_status(model: str, rows: list[dict[str, Any]]) -> None:
+    """Which tasks ran on the model and why the others did not (the tokenizer cannot pose it, or the model does not do
+    it), with the words fitting each task to the tokenizer dropped."""
+    from rich.markup import escape
+
+    from sage_core.prompts.task_status import TaskStatus
 
     for row in rows:
-        weak = row["accuracy"] < 0.6
-        console.print(f"{model} on {row['task']}: accuracy {fmt(row['accuracy'])}, logit difference "
-                      f"{fmt(row['logit_diff'])} on held-out prompts"
-                      + (" [yellow](too weak for its ground truth to mean much)[/]" if weak else ""), highlight=False)
+        s = TaskStatus.model_validate(row)
+        colour = "" if s.runs else "[yellow]"
+        console.print(f"{colour}{escape(s.line(model))}{'[/]' if colour else ''}", soft_wrap=True, highlight=False)
+        if s.vocabulary and not s.vocabulary.endswith("every word is one token") and s.status != "not posed":
+            console.print(f"  vocabulary: {escape(s.vocabulary)}", soft_wrap=True, highlight=False)
 
 
 def loads(counts: dict[str, int] | None) -> None:

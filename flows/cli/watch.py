@@ -53,9 +53,11 @@ def watch_cmd(
     prefect_env.environment(verbose)
     with view.start_up("libraries, the sources, Prefect's server"):
         from sage_core.config import EvaluateConfig, WatchConfig, ZooConfig
+        from sage_core.prompts.task_status import MIN_ACCURACY
 
         with refused():
-            cfg = WatchConfig(evaluate=EvaluateConfig(zoo=ZooConfig.tiny() if tiny else ZooConfig(), device=device),
+            cfg = WatchConfig(evaluate=EvaluateConfig(zoo=ZooConfig.tiny() if tiny else ZooConfig(), device=device,
+                                                      min_task_accuracy=0.0 if tiny else MIN_ACCURACY),
                               max_new=max_new)
             from flows.engine import check_cluster
             from flows.watch import run_watch

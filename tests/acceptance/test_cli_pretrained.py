@@ -10,12 +10,15 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from sage_core.prompts.library import FEMALE_NAMES
 from tests.acceptance.cli import one_line_error, run
 from tests.acceptance.hf_cache import write_fake_gpt2
 
 pytestmark = [pytest.mark.acceptance, pytest.mark.slow]
 
 HOOKS = ("blocks.0.hook_resid_pre", "blocks.0.hook_resid_post", "blocks.1.hook_resid_post")
+# the tokenizer lacks every female name (IOI keeps the male ones) and "are" (an answer of SVA, which it cannot pose)
+DROPPED = frozenset(FEMALE_NAMES) | {"are"}
 CORPUS_TOKENS = 1024  # 16 sequences of 64 tokens: the tiny gpt2's n_ctx is 64
 PARAGRAPH = ("In {year}, the old library near the river reopened after a long winter. Mary said that the new reading "
              "room was quiet and bright, and John went to the park because he wanted to read outside. The keys near "
@@ -36,7 +39,7 @@ def pretrained_run(tmp_path_factory):
     from sae_lens.saes.sae import SAEMetadata
 
     root = tmp_path_factory.mktemp("pretrained")
-    env = write_fake_gpt2(root / "hf", tasks=("ioi", "sva"))
+    env = write_fake_gpt2(root / "hf", tasks=("ioi", "sva"), drop=DROPPED)
     dirs = []
     for hook in HOOKS:  # every residual point: the search keeps a residual cross-section per attribute
         sae = StandardSAE(StandardSAEConfig(d_in=64, d_sae=128,
@@ -45,7 +48,7 @@ def pretrained_run(tmp_path_factory):
         sae.save_model(dirs[-1])
     home = root / "home"
     text = write_text(root / "library.txt")
-    r = run(["evaluate", "--tiny", "--model", "gpt2", "--saes", ",".join(map(str, dirs)), "--tasks", "ioi",
+    r = run(["evaluate", "--tiny", "--model", "gpt2", "--saes", ",".join(map(str, dirs)), "--tasks", "ioi,sva",
              "--per-group", "1", "--corpus", f"text:{text}", "--corpus-tokens", str(CORPUS_TOKENS)], home, env=env)
     return home, root, env, r
 
@@ -61,7 +64,7 @@ def test_evaluate_a_from_pretrained_model(pretrained_run):
     board = pl.read_parquet(report.parent / "leaderboard.parquet")
     assert set(board["sae"]) >= {"control:oracle", "control:random"}
     assert "gpt2" in (report.parent / "README.md").read_text()
-    assert "gpt2 on ioi: accuracy " in r.stdout  # whether the model can do the task at all
+    assert "ioi: ran on gpt2 (accuracy " in r.stdout  # whether the model can do the task at all
     # the prompts were tokenised by the imported model's own tokenizer (pad == BOS there, as in GPT-2)
     from transformers import AutoTokenizer
 
@@ -128,18 +131,16 @@ def test_offline_without_a_corpus_the_default_dataset_fails_in_one_line_naming_a
     assert not (tmp_path / "h" / "zoo").exists()  # refused before the model is imported
 
 
-def test_a_tokenizer_that_cannot_spell_a_name_fails_in_one_line_and_writes_no_scores(tmp_path):
-    from sae_lens import StandardSAE, StandardSAEConfig
-    from sae_lens.saes.sae import SAEMetadata
-
-    from sage_core.prompts.library import FEMALE_NAMES
-
-    env = write_fake_gpt2(tmp_path / "hf", tasks=("ioi", "sva"), drop=frozenset(FEMALE_NAMES))
-    home = tmp_path / "home"
-    sae = tmp_path / "sae"  # a spec that names something: the SAE specs are checked before the model is loaded
-    StandardSAE(StandardSAEConfig(d_in=64, d_sae=128, metadata=SAEMetadata(hook_name=HOOKS[0]))).save_model(sae)
-    r = run(["evaluate", "--tiny", "--model", "gpt2", "--saes", str(sae), "--tasks", "ioi", "--corpus",
-             f"text:{write_text(tmp_path / 'text.txt')}", "--corpus-tokens", str(CORPUS_TOKENS)], home, env=env)
-    assert r.returncode == 2 and one_line_error(r), r.stdout + r.stderr[-2000:]
-    assert "tokenizer does not know" in r.stdout and any(n in r.stdout for n in FEMALE_NAMES), r.stdout
-    assert not (home / "scores").exists() and not (home / "reports").exists()
+def test_a_task_the_tokenizer_cannot_pose_is_skipped_and_the_others_run(pretrained_run):
+    home, _, _, r = pretrained_run
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    out = " ".join(r.stdout.split())
+    assert "sva: not posed on gpt2 (its answer word(s) ['are'] are not one token for this tokenizer)" in out, out
+    assert "ioi: ran on gpt2 (accuracy" in out and "dropped 16 of 32 names that the tokenizer splits" in out, out
+    report = Path(r.stdout.split("report:")[-1].split()[0])
+    text = " ".join(report.read_text().split())
+    assert "**Tasks on this model:**" in text and "sva: not posed on gpt2" in text
+    scores = pl.read_parquet(report.parent / "scores.parquet")
+    assert set(scores["task"]) == {"ioi"}  # no ground truth, no scores for the task that was not posed
+    prompts = pl.read_parquet(next((home / "datasets" / "ioi").glob("*/prompts.parquet")))
+    assert not set(prompts["attr_IO"]) & set(FEMALE_NAMES)

@@ -229,6 +229,7 @@ def test_make_serve_runs_watch_nightly_on_postgres_end_to_end(home, tiny_zoo, tm
         for part in ("zoo", "datasets"):
             shutil.copytree(zoo_home / part, home / part)
         cfg = WatchConfig(evaluate=EvaluateConfig(zoo=zoo_cfg, tasks=("ioi",), per_group=1, core_sequences=32,
+                                                  min_task_accuracy=0.0,
                                                   locate=LocateConfig(n_pairs=8, n_validate_top=2,
                                                                       n_validate_random=1, ig_steps=2)))
         params = {"sources": [f"dir:{inbox}"], "cfg": cfg.model_dump(mode="json")}

@@ -23,7 +23,8 @@ LCFG = LocateConfig(n_pairs=8, n_validate_top=2, n_validate_random=1, ig_steps=2
 def _cfg(zoo_cfg):
     from sage_core.config import EvaluateConfig
 
-    return EvaluateConfig(zoo=zoo_cfg, locate=LCFG, per_group=1, core_sequences=32, device="cpu")
+    return EvaluateConfig(zoo=zoo_cfg, locate=LCFG, per_group=1, core_sequences=32, device="cpu",
+                          min_task_accuracy=0.0)
 
 
 def _rescore(home: Path) -> None:

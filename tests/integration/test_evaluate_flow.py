@@ -34,7 +34,8 @@ def _evaluate(home: Path, zoo_cfg, saes=(), core_sequences: int = 32) -> dict:
     from flows.evaluate import run_evaluate
     from sage_core.config import EvaluateConfig
 
-    cfg = EvaluateConfig(zoo=zoo_cfg, saes=tuple(saes), locate=LCFG, per_group=1, core_sequences=core_sequences)
+    cfg = EvaluateConfig(zoo=zoo_cfg, saes=tuple(saes), locate=LCFG, per_group=1, core_sequences=core_sequences,
+                         min_task_accuracy=0.0)
     return run_evaluate(cfg, home=str(home))
 
 

@@ -24,7 +24,8 @@ SAE = "blocks.0.hook_resid_post--topk-64"
 def _cfg(zoo_cfg):
     from sage_core.config import EvaluateConfig, WatchConfig
 
-    return WatchConfig(evaluate=EvaluateConfig(zoo=zoo_cfg, locate=LCFG, per_group=1, core_sequences=32))
+    return WatchConfig(evaluate=EvaluateConfig(zoo=zoo_cfg, locate=LCFG, per_group=1, core_sequences=32,
+                                                min_task_accuracy=0.0))
 
 
 def _copy(src: Path, dst: Path, scale: float | None = None, model: str | None = None) -> Path:
