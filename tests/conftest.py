@@ -49,3 +49,13 @@ def tiny_zoo(prefect_harness, tmp_path_factory):
         first = build_zoo(cfg=cfg, home=str(home), return_state=True)
         second = build_zoo(cfg=cfg, home=str(home), return_state=True)
     return home, cfg, first, second
+
+
+@pytest.fixture(scope="session")
+def gpt2_small_hf(tmp_path_factory):
+    """A Hugging Face cache holding GPT-2 small's configuration and real tokenizer with random weights (500 MB, a few
+    seconds: written once per session): (its root, the environment that makes `from_pretrained("gpt2")` read it)."""
+    from tests.acceptance.hf_cache import write_gpt2_small
+
+    root = tmp_path_factory.mktemp("gpt2-small-hf")
+    return root, write_gpt2_small(root)
