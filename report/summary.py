@@ -16,7 +16,16 @@ import polars as pl
 
 from report.controls import controls_verdict, random_floor_lines
 from report.notes import UNREACHED_TEXT, above_one_lines, failure_lines, unreached_lines
-from report.tables import HEADERS, MISSING, NAME_COLUMNS, markdown_table, md_escape, table_cells, task_names
+from report.tables import (
+    HEADERS,
+    MISSING,
+    NAME_COLUMNS,
+    fmt,
+    markdown_table,
+    md_escape,
+    table_cells,
+    task_names,
+)
 from report.verdicts import BAR_TEXT, verdict_line
 
 PROJECTION_NOTE = ("`projection` rows map a pair of residual SAEs onto a sub-layer as P_c(SAE(after) - SAE(before)). "
@@ -32,6 +41,22 @@ def corpus_line(about: dict[str, Any]) -> str:
     shape = (f"{about.get('sequences')} sequences of {about['length']} tokens (BOS first)" if about.get("length")
              else f"{about.get('sequences')} held-out sentences")
     return f"{where}, {about.get('tokens')} tokens in {shape}"
+
+
+CORE_COLUMNS = (("ce_loss_recovered", "CE rec."), ("kl", "KL"), ("core_explained_variance", "EV"),
+                ("core_l0", "L0"), ("dead_share", "dead"))
+
+
+def core_lines(rows: list[dict[str, Any]] | None) -> list[str]:
+    """Every SAE's core metrics on the run's text, as a table: what a run shows where no task ran on the model."""
+    if not rows:
+        return []
+    head = ["SAE", *(h for _, h in CORE_COLUMNS)]
+    lines = ["## Core metrics", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in sorted(rows, key=lambda r: str(r.get("sae"))):
+        cells = [md_escape(str(r.get("sae"))), *(fmt(r.get(k)) for k, _ in CORE_COLUMNS)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def task_status_lines(rows: list[dict[str, Any]] | None, model: str | None) -> list[str]:
@@ -97,7 +122,7 @@ def summary_markdown(leaderboard: pl.DataFrame, failures: pl.DataFrame, meta: di
     for task in tasks:
         lines += _task_lines(leaderboard, task, (plots or {}).get(task, []), verdicts)
     if not tasks:
-        lines += ["No leaderboard rows.", ""]
+        lines += ["No leaderboard rows.", "", *core_lines(meta.get("core"))]
     above = above_one_lines(leaderboard, verdicts)
     if above:
         lines += ["## Figures above 1", "", "These are ratios, not shares:", "", *above, ""]

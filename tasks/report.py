@@ -85,7 +85,9 @@ def write_run_files(run: str | None, model: ModelRef, model_label: str, ground_t
                         core_df.drop([c for c in CE_COLUMNS if c in core_df.columns]))
     meta = {"run": run, "run_key": key, "model": model_label, "model_hash": model.hash, "tasks": tasks,
             "n_saes": n_saes, "created": time.strftime("%Y-%m-%d %H:%M:%S"), "ground_truth": ground_truth.path if ground_truth else None,
-            **({"corpus": corpus} if corpus else {}), **({"task_status": task_status} if task_status else {})}
+            **({"corpus": corpus} if corpus else {}), **({"task_status": task_status} if task_status else {}),
+            # the core metrics of every SAE, also where no task ran (the leaderboard then has no rows)
+            "core": [{"sae": c.sae, **c.metrics} for c in core]}
     d = sc_store.write_run(h.scores_dir(run), scores, board, pl.DataFrame(failures, schema=FAILURE_SCHEMA), meta)
     return dir_ref(h, RunRef, d, run=run)
 

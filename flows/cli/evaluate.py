@@ -155,12 +155,22 @@ def check_pretrained_name(name: str, trust_remote_code: bool = False) -> None:
 
 
 def _print_results(cfg, out: dict, top: int | None, listed: bool) -> None:
+    from pathlib import Path
+
     import polars as pl
 
     from report.verdicts import VERDICT_SCHEMA
 
     board = pl.read_parquet(out["leaderboard"])
-    render.leaderboard(board, list(cfg.tasks or cfg.zoo.tasks), top)
+    ran = [s["task"] for s in out.get("task_status", []) if s["status"] == "ran"]
+    if ran:
+        render.leaderboard(board, ran, top)
+    else:  # no task ran on this model: its SAEs' core metrics are the run's result
+        from report.summary import core_lines
+        from storage.scores import read_run_meta
+
+        console.print("\n".join(core_lines(read_run_meta(Path(out["leaderboard"]).parent).get("core"))),
+                      highlight=False, markup=False)
     render.verdicts(pl.DataFrame(out["verdicts"], schema=VERDICT_SCHEMA))
     if out["n_failed"]:
         from storage.reports import read_failures

@@ -1,4 +1,5 @@
-"""`sage report`: an evaluation's leaderboard, and where its report (markdown, parquet, plots) is."""
+"""`sage report`: an evaluation's leaderboard, which tasks ran on its model, and where its report (markdown, parquet,
+plots) is."""
 
 from __future__ import annotations
 
@@ -27,4 +28,13 @@ def report_cmd(
         where = h.report_dir(run) if run else latest_report(h.reports_root())
         _, board = read_report(where)
     render.leaderboard(board, None, top)
+    from storage.scores import read_run_meta
+
+    with refused():
+        meta = read_run_meta(h.scores_dir(where.name))
+    render.task_status(meta.get("model", "the model"), meta.get("task_status", []))
+    if board.is_empty() and meta.get("core"):  # no task ran on the model: its SAEs' core metrics are the result
+        from report.summary import core_lines
+
+        console.print("\n".join(core_lines(meta["core"])), highlight=False, markup=False)
     console.print(f"report: {where}/README.md")

@@ -55,7 +55,7 @@ class Adaptation(BaseModel):
         if not self.n_dropped:
             return f"{self.task}: every word is one token"
         parts = ", ".join(f"{len(v)} of {self.kept[f] + len(v)} {f}" for f, v in self.dropped.items())
-        return f"{self.task}: dropped {parts} that the tokenizer splits"
+        return f"{self.task}: dropped {parts} that the tokenizer does not spell as one token"
 
 
 def item_words(value: Any) -> set[str]:
