@@ -71,6 +71,7 @@ bench: install postgresql
 	$(PY) -m benchmarks.score
 	$(PY) -m benchmarks.scale
 	$(PY) -m benchmarks.service
+	$(PY) -m benchmarks.pretrained
 
 # the Prefect UI at http://127.0.0.1:4200 (flow runs, task runs, stage progress, leaderboards, plots); a `sage` command
 # run with PREFECT_API_URL=http://127.0.0.1:4200/api reports to it, otherwise each command starts its own temporary server
