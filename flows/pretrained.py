@@ -2,8 +2,8 @@
 
 The model is saved once under zoo/<name>/model (config, processed weights, tokenizer), so location search, ground
 truth and scoring load it exactly like the built-in model and key their results on its content hash. The tasks' prompt
-datasets and the background corpus are built with its own tokenizer; a task whose names or answers its tokenizer
-splits fails with the word to drop. No model or SAE is trained: the SAEs to score come from `--saes`.
+datasets and the background corpus are built with its own tokenizer (each task keeps the words it spells as one token;
+a task it cannot pose is recorded as such). No model or SAE is trained: the SAEs to score come from `--saes`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ def prepare_pretrained(pretrained: str, cfg: ZooConfig, home: str | None = None)
     root, name = str(h.root), cfg.model.name
     zt.import_model(pretrained, name, root)  # here: it saves the model once (no device run)
     model, tok = zt.find_model(name, root)
-    # resolved here: a task the tokenizer cannot spell fails with its one-line error, not as a missing input later
+    # each task posed on the model's own tokenizer: words it does not spell as one token dropped, a task it cannot
+    # pose recorded as such (the evaluation skips it and says why)
     datasets = in_home(zt.make_dataset, h).map(list(cfg.tasks), unmapped(cfg), unmapped(tok), unmapped(root)).result()
     corpus = in_home(zt.make_corpus, h)(cfg, tok, root)
     model_eval = in_home(zt.evaluate_model, h).submit(model, datasets, root,

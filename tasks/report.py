@@ -55,13 +55,16 @@ def judge_ground_truth(ground_truth: GroundTruthRef | None, tasks: list[str], ho
 
 
 def run_key(model: ModelRef, ground_truth: GroundTruthRef | None, parts: list[ScorePartRef], core: list[CoreRef],
-            failures: list[dict[str, str]], corpus: dict[str, Any] | None = None) -> str:
+            failures: list[dict[str, str]], corpus: dict[str, Any] | None = None,
+            task_status: list[dict[str, Any]] | None = None) -> str:
     """What a run scored: the model, the ground truth, every scoring part and core metric by content (and the text
     of the core metrics), and what failed (not the wording of its error, which may name a temporary path or a hub's
     passing state)."""
     return output_key("evaluate", dict(model=model, ground_truth=ground_truth.hash if ground_truth else None, parts=sorted(p.hash for p in parts),
                                        failures=sorted((f["sae"], f["stage"]) for f in failures),
-                                       core=[{"sae": c.sae, **c.metrics} for c in core], corpus=corpus),
+                                       core=[{"sae": c.sae, **c.metrics} for c in core], corpus=corpus,
+                                       # which tasks ran: a run where none did is still told apart by them
+                                       tasks=sorted((r["task"], r["status"]) for r in task_status or ())),
                       ("tasks.report",))
 
 
@@ -75,7 +78,7 @@ def write_run_files(run: str | None, model: ModelRef, model_label: str, ground_t
     `task_status`: which tasks ran on the model and why the others did not). `run`
     None: named `run-<key>` by what was scored. An SAE that failed to load gets a failed row on every task."""
     h = SageHome(home)
-    key = run_key(model, ground_truth, parts, core, failures, corpus)
+    key = run_key(model, ground_truth, parts, core, failures, corpus, task_status)
     run = run or f"run-{key[:12]}"
     scores = pl.concat([sc_store.read_part(h.at(p)) for p in parts]) if parts else score_frame([])
     units = [*units, *({"sae": f["sae"], "task": t, "kind": "trained", "mapping": "native",

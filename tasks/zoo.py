@@ -90,7 +90,8 @@ def make_dataset(task_name: str, cfg: ZooConfig, tokenizer: TokenizerRef, home: 
         log().info(f"prompts: {posed.summary()}")
         write_prompts(h, task_name, key, df, meta={
             "config": dcfg.model_dump(), "tokenizer": tokenizer.hash,
-            "posed": {"skipped": posed.skipped, "note": posed.summary(), **posed.model_dump(include={"kept", "dropped"})}})
+            "posed": {"skipped": posed.skipped, "note": posed.detail(),
+                      **posed.model_dump(include={"kept", "removed", "dropped"})}})
     return prompts_ref(h, task_name, key)
 
 

@@ -166,11 +166,10 @@ def _print_results(cfg, out: dict, top: int | None, listed: bool) -> None:
     if ran:
         render.leaderboard(board, ran, top)
     else:  # no task ran on this model: its SAEs' core metrics are the run's result
-        from report.summary import core_lines
         from storage.scores import read_run_meta
 
-        console.print("\n".join(core_lines(read_run_meta(Path(out["leaderboard"]).parent).get("core"))),
-                      highlight=False, markup=False)
+        render.core_metrics(cfg.pretrained or cfg.zoo.model.name,
+                            read_run_meta(Path(out["leaderboard"]).parent).get("core", []))
     render.verdicts(pl.DataFrame(out["verdicts"], schema=VERDICT_SCHEMA))
     if out["n_failed"]:
         from storage.reports import read_failures

@@ -126,8 +126,20 @@ def task_status(model: str, rows: list[dict[str, Any]]) -> None:
         s = TaskStatus.model_validate(row)
         colour = "" if s.runs else "[yellow]"
         console.print(f"{colour}{escape(s.line(model))}{'[/]' if colour else ''}", soft_wrap=True, highlight=False)
-        if s.vocabulary and not s.vocabulary.endswith("every word is one token") and s.status != "not posed":
+        if s.vocabulary.startswith("dropped"):
             console.print(f"  vocabulary: {escape(s.vocabulary)}", soft_wrap=True, highlight=False)
+
+
+def core_metrics(model: str, rows: list[dict[str, Any]]) -> None:
+    """Every SAE's core metrics on the run's text: the result of a run where no task ran on the model."""
+    from report.summary import CORE_COLUMNS
+    from report.tables import fmt
+
+    t = _table(f"core metrics of the SAEs of {model} (no task ran on it)", ["SAE", *(h for _, h in CORE_COLUMNS)],
+               ("SAE",))
+    for r in sorted(rows, key=lambda r: str(r.get("sae"))):
+        t.add_row(str(r.get("sae")), *(fmt(r.get(k)) for k, _ in CORE_COLUMNS))
+    console.print(t)
 
 
 def loads(counts: dict[str, int] | None) -> None:

@@ -28,13 +28,14 @@ def report_cmd(
         where = h.report_dir(run) if run else latest_report(h.reports_root())
         _, board = read_report(where)
     render.leaderboard(board, None, top)
+    from storage.atomic import StoreError
     from storage.scores import read_run_meta
 
-    with refused():
+    try:
         meta = read_run_meta(h.scores_dir(where.name))
+    except StoreError:  # the run's files are gone: the report still has its leaderboard
+        meta = {}
     render.task_status(meta.get("model", "the model"), meta.get("task_status", []))
     if board.is_empty() and meta.get("core"):  # no task ran on the model: its SAEs' core metrics are the result
-        from report.summary import core_lines
-
-        console.print("\n".join(core_lines(meta["core"])), highlight=False, markup=False)
+        render.core_metrics(meta.get("model", "the model"), meta["core"])
     console.print(f"report: {where}/README.md")

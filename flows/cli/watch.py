@@ -8,7 +8,21 @@ from typing import Annotated, Any
 import typer
 
 from flows.cli import prefect_env, view
-from flows.cli.options import EXIT_SOME_FAILED, Cluster, Device, Home, Tiny, Verbose, app, console, fail, refused
+from flows.cli.options import (
+    EXIT_SOME_FAILED,
+    Cluster,
+    Corpus,
+    CorpusTokens,
+    Device,
+    Home,
+    Tiny,
+    Verbose,
+    app,
+    check_corpus,
+    console,
+    fail,
+    refused,
+)
 
 Sources = Annotated[list[str] | None, typer.Option(
     "--source", help="where to look (repeat for several): registry:<model>[:<release>] (the SAELens registry, fnmatch "
@@ -27,6 +41,8 @@ def watch_cmd(
     tiny: Tiny = False,
     max_new: Annotated[int | None, typer.Option(min=1, help="evaluate at most N new SAEs this run; the rest wait "
                                                             "for the next")] = None,
+    corpus: Corpus = None,
+    corpus_tokens: CorpusTokens = None,
     cluster: Cluster = "threads",
     device: Device = "auto",
     verbose: Verbose = False,
@@ -39,6 +55,7 @@ def watch_cmd(
     if not source:
         fail("no --source given: pass --source dir:<folder>, --source registry:<model>, --source yaml:<file> or "
              "--source hub:author=<name> (repeat for several)")
+    check_corpus(corpus, corpus_tokens, "any")  # a published model's SAEs may come: --corpus-tokens applies then
     from sage_core.watch.sources import parse_source
 
     with refused():
@@ -53,11 +70,18 @@ def watch_cmd(
     prefect_env.environment(verbose)
     with view.start_up("libraries, the sources, Prefect's server"):
         from sage_core.config import EvaluateConfig, WatchConfig, ZooConfig
+        from sage_core.prompts.corpus_spec import CorpusSpec
         from sage_core.prompts.task_status import MIN_ACCURACY
 
         with refused():
+            from storage.text_corpus import absolute
+
+            # the core metrics' text for every evaluation (offline, a published model's default hub dataset cannot be
+            # read: --corpus text:FILE)
+            text = {} if corpus is None else {"corpus": str(absolute(CorpusSpec.parse(corpus)))}
             cfg = WatchConfig(evaluate=EvaluateConfig(zoo=ZooConfig.tiny() if tiny else ZooConfig(), device=device,
-                                                      min_task_accuracy=0.0 if tiny else MIN_ACCURACY),
+                                                      min_task_accuracy=0.0 if tiny else MIN_ACCURACY, **text,
+                                                      **({"corpus_tokens": corpus_tokens} if corpus_tokens else {})),
                               max_new=max_new)
             from flows.engine import check_cluster
             from flows.watch import run_watch

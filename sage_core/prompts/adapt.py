@@ -41,21 +41,27 @@ class Adaptation(BaseModel):
 
     model_config = ConfigDict(frozen=True)
     task: str
-    kept: dict[str, int]
-    dropped: dict[str, list[str]]
+    kept: dict[str, int]  # items left per vocabulary field (a noun's pair is one item)
+    removed: dict[str, int] = {}  # items dropped per field
+    dropped: dict[str, list[str]]  # the words that were not one token, per field
     skipped: str | None = None
 
     @property
     def n_dropped(self) -> int:
-        return sum(len(v) for v in self.dropped.values())
+        return sum(self.removed.values())
+
+    def detail(self) -> str:
+        """What fitting did, without the task's name: 'dropped 7 of 16 female (Emma, ...) that ...'."""
+        if self.skipped:
+            return f"skipped ({self.skipped})"
+        if not self.n_dropped:
+            return "every word is one token"
+        parts = ", ".join(f"{n} of {self.kept[f] + n} {f} ({', '.join(self.dropped[f][:8])}"
+                          f"{', ...' if len(self.dropped[f]) > 8 else ''})" for f, n in self.removed.items() if n)
+        return f"dropped {parts} that the tokenizer does not spell as one token"
 
     def summary(self) -> str:
-        if self.skipped:
-            return f"{self.task}: skipped ({self.skipped})"
-        if not self.n_dropped:
-            return f"{self.task}: every word is one token"
-        parts = ", ".join(f"{len(v)} of {self.kept[f] + len(v)} {f}" for f, v in self.dropped.items())
-        return f"{self.task}: dropped {parts} that the tokenizer does not spell as one token"
+        return f"{self.task}: {self.detail()}"
 
 
 def item_words(value: Any) -> set[str]:
@@ -118,8 +124,14 @@ def adapt_task(task: Task, tokenizer: Any, n_probes: int = N_PROBES, seed: int =
             probes.append(_implicated(task, task.counterfactual(a, spec.name, rng), tokenizer))
     dropped: dict[str, set[str]] = {}
     for field, word in _drop_order(probes):
+        # a word that fails in a slot fails in every field that slot draws from (a name both male and female)
+        for fields in task.slot_fields.values():
+            if field in fields:
+                for f in fields:
+                    if word in _field_words(task, f):
+                        dropped.setdefault(f, set()).add(word)
         dropped.setdefault(field, set()).add(word)
-    update, kept, skipped = {}, {}, None
+    update, kept, removed, skipped = {}, {}, {}, None
     for field in sorted({f for fs in task.slot_fields.values() for f in fs} | {task.answer_field} - {None}):
         value, gone = getattr(task, field), dropped.get(field, set())
         if isinstance(value, dict):  # answer words the task cannot do without
@@ -128,12 +140,12 @@ def adapt_task(task: Task, tokenizer: Any, n_probes: int = N_PROBES, seed: int =
                 skipped = f"its answer word(s) {sorted(gone)} are not one token for this tokenizer"
             continue
         left = [v for v in value if not item_words(v) & gone]
-        update[field], kept[field] = left, len(left)
+        update[field], kept[field], removed[field] = left, len(left), len(value) - len(left)
         if len(left) < MIN_WORDS and skipped is None:
             skipped = (f"only {len(left)} of its {len(value)} {field} are one token for this tokenizer (it needs "
                        f"{MIN_WORDS})")
-    report = Adaptation(task=task.name, kept=kept, dropped={f: sorted(w) for f, w in sorted(dropped.items())},
-                        skipped=skipped)
+    report = Adaptation(task=task.name, kept=kept, removed=removed,
+                        dropped={f: sorted(w) for f, w in sorted(dropped.items())}, skipped=skipped)
     if skipped:
         return None, report
     return task.model_copy(update=update), report
@@ -144,12 +156,13 @@ def pose_task(task: Task, cfg: DatasetConfig, tokenizer: Any, max_len: int | Non
     """The task's prompt table on `tokenizer` after fitting its vocabulary, and what fitting it did. A task that cannot
     be posed (too few words left, an answer that splits, splits that cannot be filled) gives an empty table and says
     why in `Adaptation.skipped`; a prompt longer than the model's context is a setting to change and raises."""
-    adapted, report = adapt_task(task, tokenizer, seed=cfg.seed)
-    if adapted is not None:
-        try:
+    report = Adaptation(task=task.name, kept={}, dropped={})
+    try:
+        adapted, report = adapt_task(task, tokenizer, seed=cfg.seed)
+        if adapted is not None:
             return generate_prompts(adapted, cfg, tokenizer, max_len), report
-        except PromptTooLong:
-            raise
-        except TaskError as e:
-            report = report.model_copy(update={"skipped": " ".join(str(e).split())})
+    except PromptTooLong:
+        raise
+    except TaskError as e:  # a tokenizer without offsets or BOS, a vocabulary too thin to draw from
+        report = report.model_copy(update={"skipped": " ".join(str(e).split())})
     return pl.DataFrame(schema=prompt_schema(task)), report

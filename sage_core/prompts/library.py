@@ -143,7 +143,10 @@ class GreaterThanTask(Task):
         cc, yy = int(a.attrs["century"]), int(a.attrs["YY"])
         if attribute == "YY":
             # far enough that the two answers are clearly ordered
-            yy = rng.choice([y for y in self.years if abs(y - yy) >= 10])
+            far = [y for y in self.years if abs(y - yy) >= 10]
+            if not far:
+                raise TaskError(f"task {self.name!r}: no year at least 10 from {yy}; keep years farther apart")
+            yy = rng.choice(far)
         elif attribute == "century":
             cc = rng.choice([c for c in self.centuries if c != cc])
         else:

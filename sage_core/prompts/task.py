@@ -33,6 +33,10 @@ class TaskError(ValueError):
     """A task definition or its tokenisation is unusable; the message says what to change."""
 
 
+class PairFault(TaskError):
+    """A counterfactual the tokenizer spells with another length or other role positions: draw another."""
+
+
 class PromptTooLong(TaskError):
     """A prompt exceeds the model's context: a setting to change, never a task to skip."""
 
@@ -269,7 +273,7 @@ def role_positions(a: Assignment, tok: Tokenized) -> dict[str, int]:
 def check_pair(task: Task, attribute: str, a: Assignment, b: Assignment, ta: Tokenized, tb: Tokenized) -> None:
     """Enforce the counterfactual contract: same length, same role positions, only `attribute` changed."""
     if len(ta.tokens) != len(tb.tokens):
-        raise TaskError(f"task {task.name!r}: counterfactual for {attribute!r} changes the token length")
+        raise PairFault(f"task {task.name!r}: counterfactual for {attribute!r} changes the token length")
     changed = {k for k in a.attrs if a.attrs[k] != b.attrs[k]}
     if changed != {attribute}:
         raise TaskError(f"task {task.name!r}: counterfactual for {attribute!r} changes attributes {sorted(changed)}")
@@ -279,7 +283,7 @@ def check_pair(task: Task, attribute: str, a: Assignment, b: Assignment, ta: Tok
         r1, r2 = swap
         pb = {**pb, r1: pb[r2], r2: pb[r1]}
     if pa != pb:
-        raise TaskError(f"task {task.name!r}: counterfactual for {attribute!r} moves role positions {pa} -> {pb}")
+        raise PairFault(f"task {task.name!r}: counterfactual for {attribute!r} moves role positions {pa} -> {pb}")
 
 
 def generate_prompts(task: Task, cfg: DatasetConfig, tokenizer: Any, max_len: int | None = None) -> pl.DataFrame:
@@ -312,8 +316,9 @@ def generate_prompts(task: Task, cfg: DatasetConfig, tokenizer: Any, max_len: in
             tok = tokenize_assignment(task, a, tokenizer)
             cfs = [_counterfactual(task, a, spec.name, tok, tokenizer, rng)
                    for spec in (task.attributes if cfg.counterfactuals else ())]
-        except TokenFault as e:
+        except (TokenFault, PairFault) as e:
             rejected, last_fault = rejected + 1, e
+            seen.add(text)  # tried: never tokenised again
             continue
         seen.add(text)
         have[split] += 1
@@ -337,10 +342,10 @@ def _counterfactual(task: Task, a: Assignment, attribute: str, ta: Tokenized, to
         b = task.counterfactual(a, attribute, rng)
         try:
             tb = tokenize_assignment(task, b, tokenizer)
-        except TokenFault as e:
+            check_pair(task, attribute, a, b, ta, tb)
+        except (TokenFault, PairFault) as e:
             fault = e
             continue
-        check_pair(task, attribute, a, b, ta, tb)
         return b, tb
     raise fault
 

@@ -33,7 +33,7 @@ class TaskStatus(BaseModel):
 
     def line(self, model: str) -> str:
         figures = (f"accuracy {self.accuracy:.2f}, logit diff {self.logit_diff:.2f}"
-                   if self.accuracy is not None and self.logit_diff is not None else "")
+                   if self.accuracy is not None and self.logit_diff is not None else "no accuracy measured")
         if self.status == "not posed":
             return f"{self.task}: not posed on {model} ({self.reason})"
         if self.status == "not done":
@@ -55,7 +55,7 @@ def task_statuses(tasks: Iterable[str], skipped: Mapping[str, str | None], notes
         acc, ld = m.get("accuracy"), m.get("logit_diff")
         acc = None if acc is None or math.isnan(acc) else float(acc)
         ld = None if ld is None or math.isnan(ld) else float(ld)
-        if acc is None or acc < min_accuracy:
+        if min_accuracy > 0 and (acc is None or acc < min_accuracy):
             why = (f"accuracy below the bar of {min_accuracy:.2f} (chance is 0.50); lower it with "
                    "--min-task-accuracy to score anyway" if acc is not None else "no accuracy was measured")
             out.append(TaskStatus(task=t, status="not done", reason=why, accuracy=acc, logit_diff=ld, vocabulary=note))

@@ -143,11 +143,13 @@ def outcomes_of(group: list[FoundSAE], out: dict[str, Any], model: str) -> list[
     """Each SAE's outcome from an evaluation's outputs (`flows.evaluate`): `saes` (what it scored, by spec), `failures`
     (stage "load": the SAE's own; sae "*": an input stage's), `unreached` (SAEs whose hook holds no kept
     cross-section). A result stands (evaluated, or failed in scoring: the SAE's verdict); no result because an input
-    stage failed is a failure without a run, tried again next time; no result because nothing could score it is a
-    skip, with that reason."""
+    stage failed is a failure without a run, tried again next time; no result because nothing could score it (its hook
+    holds no kept cross-section, or no task runs on the model: `task_status`) is a skip, with that reason."""
     scored = {r["spec"]: r for r in out["saes"]}
     load_errors = {x["sae"]: x["error"] for x in out["failures"] if x["stage"] == "load"}
     inputs_failed = "; ".join(f"{x['stage']}: {x['error']}" for x in out["failures"] if x["sae"] == "*")
+    status = out.get("task_status") or []
+    no_task = bool(status) and not any(t["status"] == "ran" for t in status)  # core metrics were all it could do
     unreached: dict[str, list[str]] = {}
     for u in out["unreached"]:
         unreached.setdefault(u["sae"], []).append(u["task"])
@@ -160,6 +162,11 @@ def outcomes_of(group: list[FoundSAE], out: dict[str, Any], model: str) -> list[
                                     content_hash=r["content_hash"], model=model))
         elif f.spec in load_errors:
             outcomes.append(Outcome(found=f, status="failed", reason=load_errors[f.spec], run=out["run"], model=model))
+        elif no_task:
+            outcomes.append(Outcome(found=f, status="skipped", model=model, run=out["run"],
+                                    reason=f"no task runs on {model} (" + "; ".join(f"{t['task']}: {t['status']}"
+                                                                          for t in status)
+                                           + "): its core metrics are in the run, there is nothing to score it against"))
         elif name in unreached:
             outcomes.append(Outcome(found=f, status="skipped", model=model, run=out["run"],
                                     reason=f"its hook {f.hook or '(unknown)'} holds none of the kept cross-sections "

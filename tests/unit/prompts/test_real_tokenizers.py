@@ -21,14 +21,16 @@ ROLE_SLOTS = {"ioi": {"IO": "attr_IO", "S1": "attr_S", "S2": "attr_S"}, "sva": {
 @pytest.fixture(scope="module")
 def tokenizers(tokenizer):
     lines = build_corpus([get_task(t) for t in TASKS], CorpusConfig(n_task_sentences=300, n_background=600), 0)
-    return {"gpt2": gpt2_tokenizer(), "sentencepiece": sentencepiece_tokenizer(lines), "builtin": tokenizer}
+    # a small sentencepiece vocabulary splits rarer words (some names, plural nouns): the task drops them or is skipped
+    return {"gpt2": gpt2_tokenizer(), "sentencepiece": sentencepiece_tokenizer(lines),
+            "sentencepiece-400": sentencepiece_tokenizer(lines, vocab_size=400), "builtin": tokenizer}
 
 
 def _word(tok, token_id: int) -> str:
     return tok.decode([token_id]).strip().lstrip("▁")
 
 
-@pytest.mark.parametrize("family", ["gpt2", "sentencepiece", "builtin"])
+@pytest.mark.parametrize("family", ["gpt2", "sentencepiece", "sentencepiece-400", "builtin"])
 @pytest.mark.parametrize("name", sorted(TASKS))
 def test_every_role_is_the_token_spelling_its_word(tokenizers, family, name):
     tok = tokenizers[family]
@@ -52,6 +54,14 @@ def test_every_role_is_the_token_spelling_its_word(tokenizers, family, name):
             assert _word(tok, r[col])
         if r["pair_of"]:
             assert len(t) == len(clean[r["pair_of"]]["tokens"])
+
+
+def test_a_small_sentencepiece_vocabulary_drops_split_words_and_skips_sva(tokenizers):
+    tok = tokenizers["sentencepiece-400"]
+    reports = {n: adapt_task(get_task(n), tok)[1] for n in TASKS}
+    assert reports["ioi"].skipped is None and reports["ioi"].removed["names"] > 0
+    assert all(len(tok(" " + w, add_special_tokens=False)["input_ids"]) > 1 for w in reports["ioi"].dropped["names"])
+    assert "nouns" in reports["sva"].skipped and "\n" not in reports["sva"].skipped
 
 
 def test_gpt2_poses_every_task_and_says_what_it_dropped(tokenizers):
@@ -116,3 +126,34 @@ def test_unfilled_split_is_a_skip_but_a_long_prompt_is_an_error(tokenizer):
     task = get_task("sva", nouns=[("key", "keys"), ("dog", "dogs"), ("box", "boxes"), ("cat", "cats")])
     df, posed = pose_task(task, DatasetConfig(task="sva", n_train=400, n_test=400), tokenizer)
     assert df.height == 0 and "could only make" in posed.skipped
+
+
+def test_drops_are_counted_in_items_and_a_word_leaves_every_field_of_its_slot(tokenizer):
+    from sage_core.model.tokenizer import build_tokenizer
+    from sage_core.prompts.corpus import background_vocabulary
+
+    sva = get_task("sva")
+    tok = build_tokenizer((background_vocabulary() | sva.vocabulary()) - {"keys", "dogs"})
+    _, report = adapt_task(sva, tok)
+    assert report.removed == {"nouns": 2} and "dropped 2 of 16 nouns (dogs, keys)" in report.summary()
+    both = get_task("gendered_pronoun", male=["John", "James", "Robert", "Alex", "Paul"],
+                    female=["Mary", "Sarah", "Linda", "Alex", "Kate"])  # a name given to both
+    tok = build_tokenizer((background_vocabulary() | both.vocabulary()) - {"Alex"})
+    adapted, report = adapt_task(both, tok)
+    assert "Alex" not in adapted.male and "Alex" not in adapted.female
+    assert report.removed["male"] == report.removed["female"] == 1
+
+
+def test_what_cannot_pose_a_task_skips_it_and_never_fails_the_run(tokenizer):
+    class Slow:  # no character offsets
+        bos_token_id = tokenizer.bos_token_id
+        is_fast = False
+
+        def __call__(self, text, **kw):
+            return tokenizer(text, **kw)
+
+    df, posed = pose_task(get_task("ioi"), DatasetConfig(task="ioi", n_train=4, n_test=4), Slow())
+    assert df.height == 0 and "fast" in posed.skipped
+    close = get_task("greater_than", years=[40, 41, 42, 43, 44])  # no year 10 from another: no YY counterfactual
+    df, posed = pose_task(close, DatasetConfig(task="greater_than", n_train=4, n_test=4), tokenizer)
+    assert df.height == 0 and "no year at least 10" in posed.skipped

@@ -28,6 +28,9 @@ def test_the_bar_lowered_to_zero_runs_every_posed_task():
     assert all(s.runs for s in out)
 
 
-def test_a_missing_or_nan_accuracy_is_not_done():
-    out = task_statuses(["ioi", "sva"], {}, {}, {"sva": {"accuracy": math.nan, "logit_diff": math.nan}}, 0.0)
+def test_a_missing_or_nan_accuracy_is_not_done_unless_the_bar_is_zero():
+    metrics = {"sva": {"accuracy": math.nan, "logit_diff": math.nan}}
+    out = task_statuses(["ioi", "sva"], {}, {}, metrics)
     assert [s.status for s in out] == ["not done", "not done"] and out[1].accuracy is None
+    assert out[0].line("m") == "ioi: not done by m (no accuracy measured; no accuracy was measured)"
+    assert all(s.runs for s in task_statuses(["ioi", "sva"], {}, {}, metrics, 0.0))  # 0 runs every posed task

@@ -111,6 +111,17 @@ def test_outcomes_of_an_evaluation():
     assert "capture ioi: disk full" in got["gone"].reason
 
 
+def test_where_no_task_runs_on_the_model_each_sae_is_skipped_with_the_reason_not_failed():
+    x = found("x", "h-x")
+    status = [{"task": "ioi", "status": "not done"}, {"task": "greater_than", "status": "not posed"}]
+    out = _out(saes=[], failures=[], unreached=[], task_status=status)
+    (o,) = outcomes_of([x], out, "gpt2")
+    assert (o.status, o.run) == ("skipped", "run-7")
+    assert "no task runs on gpt2 (ioi: not done; greater_than: not posed)" in o.reason and "core metrics" in o.reason
+    out["task_status"] = [{"task": "ioi", "status": "ran"}]  # a task ran but left the SAE out: an input's failure
+    assert outcomes_of([x], out, "gpt2")[0].status == "failed"
+
+
 def test_summarize_counts_every_sae_once():
     fs = [found("a", "1"), found("b", "2"), found("c", "3")]
     ds = decide(fs, {fs[2].key: SeenRow(status="evaluated", content_hash="3", run="r0", sae="c")}, {}, "me", NOW)
