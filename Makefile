@@ -1,7 +1,8 @@
 # SAGE — two commands on a fresh machine:
 #   make run    install everything into .venv, build the built-in zoo (once), evaluate every zoo SAE on every task,
 #               print the leaderboard (best TOP trained SAEs per task + controls) and where the full report is
-#   make test   install what is missing, then lint and run every test (slow ones included)
+#   make test   install what is missing, then lint and run every test (slow ones included; the runs at GPT-2 small's
+#               real shape are in make bench)
 # and a standing service: `make serve` / `make serve-stop` (README "A standing service: watch for new SAEs")
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -60,8 +61,10 @@ run: install
 lint: install
 	$(VENV)/bin/ruff check sage_core storage tasks flows report tests benchmarks
 
+# every test but the end-to-end runs at GPT-2 small's real shape (marker real_shape: minutes on a CPU), which
+# `make bench` runs
 test: install lint postgresql
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests -m "not real_shape"
 
 bench: install postgresql
 	$(PY) -m benchmarks.zoo
@@ -72,6 +75,7 @@ bench: install postgresql
 	$(PY) -m benchmarks.scale
 	$(PY) -m benchmarks.service
 	$(PY) -m benchmarks.pretrained
+	$(PY) -m pytest -q tests -m real_shape
 
 # the Prefect UI at http://127.0.0.1:4200 (flow runs, task runs, stage progress, leaderboards, plots); a `sage` command
 # run with PREFECT_API_URL=http://127.0.0.1:4200/api reports to it, otherwise each command starts its own temporary server
