@@ -30,7 +30,7 @@ from storage.refs import ModelRef
 NO_CACHE_ENV = "SAGE_NO_LOAD_CACHE"
 LOADS: Counter[str] = Counter()
 # "moved": device copies of what was read to the CPU (not reads: `LOADS` counts them apart)
-MAX_ENTRIES = {"model": 2, "sae": 64, "references": 16, "moved": 64}  # a long-lived worker (the watch service) stays bounded
+MAX_ENTRIES = {"model": 2, "sae": 64, "references": 16, "moved": 64, "zero-ce": 256}  # a long-lived worker (the watch service) stays bounded
 
 _lock = threading.RLock()
 _cache: dict[str, OrderedDict[tuple, Any]] = {kind: OrderedDict() for kind in MAX_ENTRIES}

@@ -26,7 +26,7 @@ from sage_core.model.hooks import short_hook
 from sage_core.model.transformer import pad_sequences
 from sage_core.prompts.library import get_task
 from sage_core.scoring import mapping as mp
-from sage_core.scoring.core import core_metrics
+from sage_core.scoring.core import core_metrics, zero_ablation_ce
 from sage_core.scoring.rows import Kind, MappingName, sufficiency_closeness
 from sage_core.scoring.score import (
     ScoreConfig,
@@ -273,6 +273,9 @@ def sae_core_metrics(sae: SAERef, model: ModelRef, corpus: CorpusRef, n_sequence
         with loaded.model(h, model, dev) as m:
             pad = m.tokenizer.pad_token_id
             tokens = pad_sequences(_heldout(h, corpus, n_sequences), pad)
-            metrics = core_metrics(m, s.hook, s.encode, s.decode, s.d_sae, tokens, pad)
+            # the zero-ablation pass does not depend on the SAE: once per model, hook, text and device in a process
+            zero = loaded.once("zero-ce", (model.hash, s.hook, corpus.hash, n_sequences, str(dev)),
+                               lambda: zero_ablation_ce(m, s.hook, tokens, pad))
+            metrics = core_metrics(m, s.hook, s.encode, s.decode, s.d_sae, tokens, pad, ce_zero=zero)
         sc_store.write_core(d, metrics, {"sae": sae.name, "hash": sae.hash})
     return dir_ref(h, CoreRef, d, sae=sae.name, metrics=sc_store.read_core(d))

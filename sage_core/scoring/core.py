@@ -31,9 +31,12 @@ def core_metrics(
     tokens: Int[Tensor, "b pos"],
     pad_id: int,
     batch_size: int = 128,
+    ce_zero: float | None = None,
 ) -> dict[str, float]:
     """`encode` / `decode` take flat (n, d_in) activations (hook_z flattened over heads) on the model's device and
-    return there (a `LoadedSAE`'s do, wherever the SAE sits). `tokens` may be on the CPU: each batch is moved."""
+    return there (a `LoadedSAE`'s do, wherever the SAE sits). `tokens` may be on the CPU: each batch is moved.
+    `ce_zero`: the zero-ablation CE of these tokens at this hook (`zero_ablation_ce`) where the caller has it: it
+    does not depend on the SAE, so scoring several SAEs at a hook runs that pass once."""
     dev = model_device(model)
     ce = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
     kl_sum, n_pred = 0.0, 0
@@ -59,17 +62,14 @@ def core_metrics(
             out[keep] = recon[keep].to(a.dtype)
             return out
 
-        def zero(a, hook, keep=keep):  # noqa: ARG001 - TransformerLens passes hook= by keyword
-            out = a.clone()
-            out[keep] = 0
-            return out
-
         clean_logits = model(t)
         sae_logits = model.run_with_hooks(t, fwd_hooks=[(hook, splice)])
-        zero_logits = model.run_with_hooks(t, fwd_hooks=[(hook, zero)])
+        passes = [("clean", clean_logits), ("sae", sae_logits)]
+        if ce_zero is None:
+            passes.append(("zero", model.run_with_hooks(t, fwd_hooks=[(hook, _zero_hook(keep))])))
         target = t[:, 1:]
         mask = real[:, 1:]
-        for name, lg in (("clean", clean_logits), ("sae", sae_logits), ("zero", zero_logits)):
+        for name, lg in passes:
             lp = lg[:, :-1].log_softmax(-1)
             ce[name] += -(lp.gather(-1, target[..., None]).squeeze(-1)[mask]).sum().item()
         lp_c, lp_s = clean_logits[:, :-1].log_softmax(-1), sae_logits[:, :-1].log_softmax(-1)
@@ -85,6 +85,7 @@ def core_metrics(
         fired |= (f != 0).any(0).to(dev)
     sst = sst_x2 - (sum_x.pow(2).sum().item() / max(n_act, 1))
     clean, sae, zero_ = (ce[k] / max(n_pred, 1) for k in ("clean", "sae", "zero"))
+    zero_ = zero_ if ce_zero is None else ce_zero
     return {
         "ce_clean": clean, "ce_with_sae": sae, "ce_zero_ablation": zero_,
         "ce_loss_recovered": ce_recovered(clean, zero_, sae),
@@ -93,3 +94,31 @@ def core_metrics(
         "core_l0": l0_sum / max(n_act, 1),
         "dead_share": 1 - fired.float().mean().item(),
     }
+
+
+def _zero_hook(keep: Tensor) -> Callable:
+    def zero(a, hook):  # noqa: ARG001 - TransformerLens passes hook= by keyword
+        out = a.clone()
+        out[keep] = 0
+        return out
+
+    return zero
+
+
+@torch.no_grad()
+def zero_ablation_ce(model: HookedTransformer, hook: str, tokens: Int[Tensor, "b pos"], pad_id: int,
+                     batch_size: int = 128) -> float:
+    """Mean next-token CE with the hook's activation zero-ablated at every real position but BOS (what
+    `core_metrics` computes as `ce_zero_ablation`, the same batches summed the same way)."""
+    dev = model_device(model)
+    total, n_pred = 0.0, 0
+    for i in range(0, len(tokens), batch_size):
+        t = trim_padding(tokens[i : i + batch_size], pad_id).to(dev)
+        real = real_mask(t, pad_id)
+        keep = real.clone()
+        keep[:, 0] = False
+        lp = model.run_with_hooks(t, fwd_hooks=[(hook, _zero_hook(keep))])[:, :-1].log_softmax(-1)
+        mask = real[:, 1:]
+        total += -(lp.gather(-1, t[:, 1:, None]).squeeze(-1)[mask]).sum().item()
+        n_pred += int(mask.sum())
+    return total / max(n_pred, 1)

@@ -152,15 +152,38 @@ def projected(after: tuple[Tensor, Tensor, Tensor], before: tuple[Tensor, Tensor
 
 
 @torch.no_grad()
-def affine_decoder(sae) -> tuple[Float[Tensor, "m d_in"], Float[Tensor, " d_in"]]:
+def affine_decoder(sae, probes: int = 64) -> tuple[Float[Tensor, "m d_in"], Float[Tensor, " d_in"]]:
     """(directions, bias) with decode(f) = f @ directions + bias, read off any SAE with an affine decoder (SAELens'
-    decoders are; scaling factors and normalisation folded in) by decoding the zero code and the unit codes, on the
-    SAE's device (`sae_device`)."""
+    decoders are; scaling factors and normalisation folded in), on the SAE's device (`sae_device`).
+
+    Where the SAE's own W_dec is those directions (SAELens' standard, TopK and JumpReLU decoders without run-time
+    rescaling), it is taken as it is once `probes` random codes that together touch every feature once decode to
+    f @ W_dec + bias within float32 rounding; otherwise the directions are read by decoding the unit codes (d_sae²·d_in
+    multiply-adds: 0.93 TFLOP at width 24576, what the check spares)."""
     dev = sae_device(sae)
     bias = sae.decode(torch.zeros(1, sae.d_sae, device=dev))[0]
+    w = getattr(sae, "W_dec", None)
+    if w is None and callable(getattr(sae, "decoder", None)):
+        w = sae.decoder()
+    if isinstance(w, Tensor) and tuple(w.shape) == (sae.d_sae, bias.shape[-1]):
+        w = w.detach().to(device=bias.device, dtype=bias.dtype)
+        codes = _partition_codes(sae.d_sae, min(probes, sae.d_sae), bias.device).to(bias.dtype)
+        want = sae.decode(codes) - bias
+        scale = want.abs().max().clamp_min(1e-12)
+        if torch.allclose(codes @ w, want, rtol=1e-4, atol=1e-5 * float(scale)):
+            return w.clone(), bias  # a copy: what scoring does with it never touches the SAE
     rows = [sae.decode(_unit_rows(i, min(i + 4096, sae.d_sae), sae.d_sae, dev)) - bias
             for i in range(0, sae.d_sae, 4096)]
     return torch.cat(rows), bias
+
+
+def _partition_codes(n: int, k: int, device: torch.device) -> Tensor:
+    """k codes over n features, each feature active (a positive random value) in exactly one of them: a decoder that
+    differs from W_dec at any feature's row differs on some code."""
+    gen = torch.Generator().manual_seed(0)
+    out = torch.zeros(k, n)
+    out[torch.randperm(n, generator=gen) % k, torch.arange(n)] = torch.rand(n, generator=gen) + 0.5
+    return out.to(device)
 
 
 def _unit_rows(start: int, stop: int, n: int, device: torch.device) -> Tensor:

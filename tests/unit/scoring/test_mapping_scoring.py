@@ -248,3 +248,28 @@ def test_random_control_interpretability_does_not_read_the_prompt(tiny):
             assert r[f"f1:{attr}={v}"] == pytest.approx(2 * p / (1 + p)), (attr, v)
     # the reconstruction metrics still use the per-prompt least-squares codes (the decoder's best)
     assert (rnd.codes > 0).sum(1).float().mean() > 0 and not (rnd.codes[0] > 0).eq(rnd.codes > 0).all()
+
+
+@pytest.mark.parametrize("arch", ["standard", "topk-rescaled", "scaled-out"])
+def test_affine_decoder_takes_w_dec_only_where_it_is_the_decoder(arch):
+    """The fast path (W_dec as it is) must agree with decoding the unit codes, also where W_dec is not the decoder's
+    directions (TopK rescaling acts by decoder norms; a run-time output scale): there the unit codes are read."""
+    from sae_lens import StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    from sage_core.zoo.sae import wrap_sae
+
+    torch.manual_seed(0)
+    meta = SAEMetadata(hook_name="blocks.0.hook_resid_post")
+    sae = (TopKSAE(TopKSAEConfig(d_in=8, d_sae=300, k=4, rescale_acts_by_decoder_norm=True, metadata=meta))
+           if arch == "topk-rescaled" else StandardSAE(StandardSAEConfig(d_in=8, d_sae=300, metadata=meta)))
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.normal_()
+    if arch == "scaled-out":
+        sae.run_time_activation_norm_fn_out = lambda x: 2.0 * x  # affine, but not f @ W_dec + b_dec
+    loaded = wrap_sae(sae, "s", "object")
+    dirs, bias = mp.affine_decoder(loaded)
+    units = torch.eye(300)
+    assert torch.allclose(dirs, loaded.decode(units) - loaded.decode(torch.zeros(1, 300))[0], atol=1e-5)
+    assert torch.equal(dirs, sae.W_dec.detach()) == (arch == "standard")  # W_dec itself where it is the decoder
