@@ -414,7 +414,8 @@ def main() -> None:
 
     with recording("pretrained"):
         print(f"load average at the start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} (1, 5, 15 min; other work "
-              "on this machine slows both sides of a round alike: the ratio is taken within each round)")
+              "on this machine slows the two sides unequally, the baseline's one 2-thread loop more: compare runs made "
+              "at a like load)")
         drive(args)
         print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
