@@ -56,9 +56,15 @@ def final_logits_with(
     batch_size: int = 128,
 ) -> Float[Tensor, "n vocab"]:
     """Logits at each prompt's last position with every intervention applied (several at once when given), on the
-    model's device; intervention values may sit on any device (they are moved to the activation they replace)."""
-    out = []
+    model's device; intervention values may sit on any device (they are moved to the activation they replace).
+
+    Only what the interventions can change is run per prompt: the blocks before the first intervened one run once per
+    distinct prompt (a call often holds each prompt several times, once per edit), and the unembedding only at the
+    last position (a published model's vocabulary makes it a third of a pass at every position)."""
     dev = model_device(model)
+    start = first_block(model, interventions)
+    prefix = _prefixes(model, seqs, pad_id, start, batch_size) if start else None
+    out = []
     for i in range(0, len(seqs), batch_size):
         sl = slice(i, i + batch_size)
         toks = pad_sequences(seqs[sl], pad_id).to(dev)
@@ -77,10 +83,47 @@ def final_logits_with(
                 return a
 
             hooks.append((iv.section.hook, put))
-        logits = model.run_with_hooks(toks, fwd_hooks=hooks)
-        last = torch.as_tensor([len(s) - 1 for s in seqs[sl]], device=logits.device)
-        out.append(logits[rows.to(logits.device), last])
+        last = torch.as_tensor([len(s) - 1 for s in seqs[sl]], device=dev)
+        if prefix is None:
+            resid = model.run_with_hooks(toks, fwd_hooks=hooks, stop_at_layer=model.cfg.n_layers)
+        else:
+            resid = model.run_with_hooks(prefix(sl, toks.shape[1]), fwd_hooks=hooks, start_at_layer=start,
+                                         stop_at_layer=model.cfg.n_layers)
+        at_last = resid[rows.to(resid.device), last.to(resid.device)]
+        # the final norm, unembedding and any logit soft cap, by the model itself, at one position
+        out.append(model(at_last[:, None, :], start_at_layer=model.cfg.n_layers)[:, 0])
     return torch.cat(out)
+
+
+def first_block(model: HookedTransformer, interventions: Sequence[Intervention]) -> int:
+    """The first block an intervention sits in (0 where one is before the blocks, or where the model cannot start a
+    pass part-way: a shortformer's position embedding, or left padding that needs an attention mask)."""
+    tok = getattr(model, "tokenizer", None)
+    if model.cfg.positional_embedding_type == "shortformer" or getattr(tok, "padding_side", "right") == "left":
+        return 0
+    layers = [int(h.split(".")[1]) if h.startswith("blocks.") else 0 for h in (iv.section.hook for iv in interventions)]
+    return min(layers, default=0)
+
+
+def _prefixes(model: HookedTransformer, seqs: Sequence[Sequence[int]], pad_id: int, start: int, batch_size: int):
+    """The residual stream entering block `start` of each distinct prompt, computed once (right padding and causal
+    attention: a real position never sees the padding, so a prompt's prefix does not depend on what it is padded to);
+    returns a function giving the rows of a slice of `seqs`, padded to a length."""
+    dev = model_device(model)
+    index: dict[tuple[int, ...], int] = {}
+    for s in seqs:
+        index.setdefault(tuple(s), len(index))
+    uniq = list(index)
+    width = max(len(s) for s in uniq)
+    parts = [model(pad_sequences(uniq[i:i + batch_size], pad_id, width).to(dev), stop_at_layer=start)
+             for i in range(0, len(uniq), batch_size)]
+    resid = torch.cat(parts)
+    which = torch.as_tensor([index[tuple(s)] for s in seqs], device=resid.device)
+
+    def rows(sl: slice, length: int) -> Tensor:
+        return resid[which[sl], :length]
+
+    return rows
 
 
 def mean_ld(logits: Tensor, answer: Int[Tensor, " n"], competing: Int[Tensor, " n"]) -> float:
