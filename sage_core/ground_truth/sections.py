@@ -21,7 +21,7 @@ from transformer_lens import HookedTransformer
 
 from sage_core.ground_truth.dictionaries import Dictionary
 from sage_core.model.devices import model_device
-from sage_core.model.transformer import pad_sequences
+from sage_core.model.transformer import pad_sequences, start_block
 
 
 class CrossSection(BaseModel):
@@ -96,13 +96,8 @@ def final_logits_with(
 
 
 def first_block(model: HookedTransformer, interventions: Sequence[Intervention]) -> int:
-    """The first block an intervention sits in (0 where one is before the blocks, or where the model cannot start a
-    pass part-way: a shortformer's position embedding, or left padding that needs an attention mask)."""
-    tok = getattr(model, "tokenizer", None)
-    if model.cfg.positional_embedding_type == "shortformer" or getattr(tok, "padding_side", "right") == "left":
-        return 0
-    layers = [int(h.split(".")[1]) if h.startswith("blocks.") else 0 for h in (iv.section.hook for iv in interventions)]
-    return min(layers, default=0)
+    """The first block an intervention sits in (`start_block`)."""
+    return start_block(model, [iv.section.hook for iv in interventions])
 
 
 def _prefixes(model: HookedTransformer, seqs: Sequence[Sequence[int]], pad_id: int, start: int, batch_size: int):

@@ -80,6 +80,16 @@ def pad_sequences(seqs: Sequence[Sequence[int]], pad_id: int, length: int | None
     return out
 
 
+def start_block(model: HookedTransformer, hooks: Sequence[str]) -> int:
+    """The first block any of `hooks` sits in: a forward pass whose changes are all there can run the blocks before it
+    once and start from their residual (`stop_at_layer` / `start_at_layer`). 0 where a hook is before the blocks, or
+    where the model cannot start part-way: a shortformer's position embedding, or left padding (an attention mask)."""
+    tok = getattr(model, "tokenizer", None)
+    if model.cfg.positional_embedding_type == "shortformer" or getattr(tok, "padding_side", "right") == "left":
+        return 0
+    return min((int(h.split(".")[1]) if h.startswith("blocks.") else 0 for h in hooks), default=0)
+
+
 def lm_loss(model: HookedTransformer, tokens: Int[Tensor, "b pos"], pad_id: int) -> Tensor:
     """Next-token cross-entropy, ignoring targets that are padding."""
     logits = model(tokens, return_type="logits")

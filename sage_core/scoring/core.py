@@ -17,7 +17,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from sage_core.model.devices import model_device
-from sage_core.model.transformer import real_mask, trim_padding
+from sage_core.model.transformer import real_mask, start_block, trim_padding
 from sage_core.zoo.train import ce_recovered
 
 
@@ -62,11 +62,12 @@ def core_metrics(
             out[keep] = recon[keep].to(a.dtype)
             return out
 
-        clean_logits = model(t)
-        sae_logits = model.run_with_hooks(t, fwd_hooks=[(hook, splice)])
+        run = _from_hook_block(model, t, hook)  # the blocks before the hook's run once for the passes
+        clean_logits = run([])
+        sae_logits = run([(hook, splice)])
         passes = [("clean", clean_logits), ("sae", sae_logits)]
         if ce_zero is None:
-            passes.append(("zero", model.run_with_hooks(t, fwd_hooks=[(hook, _zero_hook(keep))])))
+            passes.append(("zero", run([(hook, _zero_hook(keep))])))
         target = t[:, 1:]
         mask = real[:, 1:]
         for name, lg in passes:
@@ -96,6 +97,16 @@ def core_metrics(
     }
 
 
+def _from_hook_block(model: HookedTransformer, t: Tensor, hook: str) -> Callable[[list], Tensor]:
+    """Logits of `t` with given hooks, every pass starting from one run of the blocks before `hook`'s (which no hook at
+    `hook` can change)."""
+    start = start_block(model, [hook])
+    if not start:
+        return lambda hooks: model.run_with_hooks(t, fwd_hooks=hooks)
+    resid = model(t, stop_at_layer=start)
+    return lambda hooks: model.run_with_hooks(resid, fwd_hooks=hooks, start_at_layer=start)
+
+
 def _zero_hook(keep: Tensor) -> Callable:
     def zero(a, hook):  # noqa: ARG001 - TransformerLens passes hook= by keyword
         out = a.clone()
@@ -117,7 +128,7 @@ def zero_ablation_ce(model: HookedTransformer, hook: str, tokens: Int[Tensor, "b
         real = real_mask(t, pad_id)
         keep = real.clone()
         keep[:, 0] = False
-        lp = model.run_with_hooks(t, fwd_hooks=[(hook, _zero_hook(keep))])[:, :-1].log_softmax(-1)
+        lp = _from_hook_block(model, t, hook)([(hook, _zero_hook(keep))])[:, :-1].log_softmax(-1)
         mask = real[:, 1:]
         total += -(lp.gather(-1, t[:, 1:, None]).squeeze(-1)[mask]).sum().item()
         n_pred += int(mask.sum())
