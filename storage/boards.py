@@ -29,12 +29,15 @@ class AcrossRuns(NamedTuple):
     controls: pl.DataFrame  # `across.controls`: per (model, task, ground truth) its latest run's oracle / random rows
     warnings: list[str]  # one line per run whose files could not be read, or ground truth whose parts could not be
     groups: pl.DataFrame  # `across.ground_truth_groups`: the tables to show, the most recent ground truth first
+    # per model, from its latest run: each task that did not run there and why (not posed, not done)
+    not_run: tuple[str, ...] = ()
 
 
 class RunTables(NamedTuple):
     board: pl.DataFrame  # leaderboard.parquet with a `hook` column (a trained SAE's own hook, from its native scores)
     failures: pl.DataFrame  # failures.parquet: sae, stage, error
     ground_truth: str | None  # the marker's `ground_truth`: its GroundTruthRef's path under SAGE_HOME (None: no such)
+    task_status: tuple[dict, ...] = ()  # the marker's `task_status`: which tasks ran on the run's model, and why not
 
 
 def read_run_tables(home: SageHome, run: str) -> RunTables:
@@ -49,8 +52,10 @@ def read_run_tables(home: SageHome, run: str) -> RunTables:
     board = board.join(hooks, on="sae", how="left", maintain_order="left")
     cols = board.columns
     board = board.select(*cols[:cols.index("sae") + 1], "hook", *(c for c in cols if c not in ("sae", "hook")))
-    gt = read_marker(d).get("ground_truth")
-    return RunTables(board, read_parquet(files["failures"], d), gt if isinstance(gt, str) and gt else None)
+    marker = read_marker(d)
+    gt, status = marker.get("ground_truth"), marker.get("task_status")
+    return RunTables(board, read_parquet(files["failures"], d), gt if isinstance(gt, str) and gt else None,
+                     tuple(r for r in status if isinstance(r, dict)) if isinstance(status, list) else ())
 
 
 def _parts_by_task(manifest: object) -> tuple[str, dict[str, list[str]]] | None:
@@ -178,4 +183,23 @@ def across_runs(home: SageHome, evaluations: pl.DataFrame, model: str | None = N
                 + ("its results are left out (earlier results of its SAEs stand where there are some)"
                    if r in dropped else "its failures are listed without their reasons")
                 for r in sorted(errors) if r in dropped or _exists(home, r)]
-    return AcrossRuns(rows, ctrl, warnings + gt_warnings, across.ground_truth_groups(rows, ctrl))
+    return AcrossRuns(rows, ctrl, warnings + gt_warnings, across.ground_truth_groups(rows, ctrl),
+                      _not_run(evaluations, tables))
+
+
+def _not_run(evaluations: pl.DataFrame, tables: dict[str, RunTables]) -> tuple[str, ...]:
+    """Per model, the tasks its latest readable run did not score, each with why (`task_status` lines)."""
+    from sage_core.prompts.task_status import TaskStatus
+
+    out = []
+    latest = (evaluations.filter(pl.col("run").is_in(list(tables))).sort("evaluated_at")
+              .group_by("model", maintain_order=True).agg(pl.col("run").last()))
+    for model, run in latest.sort("model").iter_rows():
+        for r in tables[run].task_status:
+            try:
+                s = TaskStatus.model_validate(r)
+            except ValueError:
+                continue
+            if not s.runs:
+                out.append(f"{s.line(model)} (run {run})")
+    return tuple(out)

@@ -172,6 +172,8 @@ def across_runs(result, top: int | None = None) -> None:
         console.print(f"no result: {r['model']} {escape(r['sae'])} ({r['content_hash'][:10]}, {escape(r['source'])}, "
                       f"run {escape(r['run'])}): [red]{escape(str(r['status'])[:200])}[/]", soft_wrap=True,
                       highlight=False)
+    for line in result.not_run:  # a task the latest run of a model could not pose or the model does not do
+        console.print(f"[yellow]{escape(line)}[/]", soft_wrap=True, highlight=False)
     for w in result.warnings:
         console.print(f"[yellow]warning:[/] {escape(w)}", soft_wrap=True, highlight=False)
 

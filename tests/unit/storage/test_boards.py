@@ -221,3 +221,19 @@ def test_run_file_names_match_the_writer():
     from storage.scores import RUN_FILES
 
     assert boards.RUN_FILES == RUN_FILES
+
+
+def test_the_tasks_a_model_s_latest_run_did_not_score_are_named_with_why(home):
+    from storage.scores import write_run
+
+    status = [{"task": "ioi", "status": "ran", "accuracy": 0.9, "logit_diff": 2.0},
+              {"task": "sva", "status": "not posed", "reason": "only 2 of its 16 nouns are one token"},
+              {"task": "gendered_pronoun", "status": "not done", "reason": "accuracy below the bar",
+               "accuracy": 0.5, "logit_diff": 0.0}]
+    write_run(home.scores_dir("r3"), _scores([A]), _board([(A, "trained", 0.5)]), _failures(),
+              {"run": "r3", "model": "sage-tiny", "ground_truth": "ground_truth/gt-ab1", "task_status": status})
+    out = across_runs(home, pl.concat([LEDGER, _ev(("a-3", "r3", A, "evaluated", 3))]))
+    assert out.not_run == ("sva: not posed on sage-tiny (only 2 of its 16 nouns are one token) (run r3)",
+                           "gendered_pronoun: not done by sage-tiny (accuracy 0.50, logit diff 0.00; accuracy below "
+                           "the bar) (run r3)")
+    assert across_runs(home, LEDGER).not_run == ()  # runs that recorded no task status say nothing
