@@ -147,34 +147,6 @@ def reply(obj: dict) -> None:
     print("RESULT " + json.dumps(obj), flush=True)
 
 
-def task_run_times(flow_run_id: str, timeout_s: float = 60) -> list[tuple[str, float]]:
-    """(name, seconds) of every task run of the flow run, once Prefect has each as final and their count held still
-    for a poll (the server records states a little late)."""
-    from uuid import UUID
-
-    from prefect import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    deadline, last = time.monotonic() + timeout_s, None
-    while True:
-        runs, offset = [], 0
-        with get_client(sync_client=True) as client:
-            while True:
-                page = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(flow_run_id)])),
-                                             limit=200, offset=offset)
-                runs += page
-                offset += len(page)
-                if len(page) < 200:
-                    break
-        done = all(r.state is not None and r.state.is_final() for r in runs)
-        if done and runs and len(runs) == last:
-            return [(r.name, r.total_run_time.total_seconds()) for r in runs]
-        if time.monotonic() > deadline:
-            raise SystemExit(f"Prefect did not record every task run of flow run {flow_run_id} as final in time")
-        last = len(runs) if done else None
-        time.sleep(0.5)
-
-
 INSIDE = {"affine_decoder": ("sage_core.scoring.mapping", "affine_decoder"),
           "patched_passes": ("sage_core.scoring.score", "_logits")}
 
@@ -205,7 +177,7 @@ def sage_worker(state_path: Path) -> None:
     names), `round <i>`, `quit`."""
     import contextlib
 
-    from benchmarks.scale_runs import LCFG, evaluate_on
+    from benchmarks.scale_runs import LCFG, evaluate_on, task_run_times
     from flows.engine import open_engine
     from flows.settings import results_in
     from sage_core.config import EvaluateConfig, PromptsConfig, ZooConfig

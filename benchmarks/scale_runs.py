@@ -75,10 +75,11 @@ def evaluate_on(eng, cfg: EvaluateConfig, home: Path, timed_units: bool = True) 
     return run
 
 
-def unit_run_times(flow_run_id: str, timeout_s: float = 60) -> list[tuple[str, float]]:
-    """(name, seconds) of each scoring unit of the flow run: how long it took where it ran (Prefect's task run time),
-    once the server has every one as final and their count held still for a poll (a busy server records worker-side
-    states late)."""
+def task_run_times(flow_run_id: str, prefixes: tuple[str, ...] = ("",), timeout_s: float = 60,
+                   ) -> list[tuple[str, float]]:
+    """(name, seconds) of each task run of the flow run whose name starts with one of `prefixes` (default: every
+    one): how long it took where it ran (Prefect's task run time), once the server has every one as final and their
+    count held still for a poll (a busy server records worker-side states late)."""
     from uuid import UUID
 
     from prefect import get_client
@@ -95,15 +96,20 @@ def unit_run_times(flow_run_id: str, timeout_s: float = 60) -> list[tuple[str, f
                 offset += len(page)
                 if len(page) < 200:
                     break
-        units = [r for r in runs if r.name.startswith(UNIT_PREFIXES)]
-        done = all(r.state is not None and r.state.is_final() for r in units)
-        if done and units and len(units) == last:
-            return [(r.name, r.total_run_time.total_seconds()) for r in units]
+        wanted = [r for r in runs if r.name.startswith(prefixes)]
+        done = all(r.state is not None and r.state.is_final() for r in wanted)
+        if done and wanted and len(wanted) == last:
+            return [(r.name, r.total_run_time.total_seconds()) for r in wanted]
         if time.monotonic() > deadline:
-            raise SystemExit(f"the Prefect server did not record every scoring unit of flow run {flow_run_id} as "
-                             f"final within {timeout_s:.0f} s")
-        last = len(units) if done else None
+            raise SystemExit(f"the Prefect server did not record every task run of flow run {flow_run_id} as final "
+                             f"within {timeout_s:.0f} s")
+        last = len(wanted) if done else None
         time.sleep(0.5)
+
+
+def unit_run_times(flow_run_id: str, timeout_s: float = 60) -> list[tuple[str, float]]:
+    """(name, seconds) of each scoring unit of the flow run (`task_run_times` of the unit task runs)."""
+    return task_run_times(flow_run_id, UNIT_PREFIXES, timeout_s)
 
 
 def _set_no_cache(on: bool) -> None:
