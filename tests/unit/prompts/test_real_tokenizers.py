@@ -73,6 +73,11 @@ def test_gpt2_poses_every_task_and_says_what_it_dropped(tokenizers):
     assert reports["ioi"].n_dropped == 0 and reports["sva"].n_dropped == 0
     assert 0 < reports["greater_than"].n_dropped < 40 and reports["greater_than"].kept["centuries"] >= MIN_WORDS
     assert "years" in reports["greater_than"].summary()
+    # the figures the README quotes
+    gt = reports["greater_than"]
+    assert gt.dropped["centuries"] == ["11"] and gt.removed["centuries"] == 1 and gt.removed["years"] == 31
+    assert reports["gendered_pronoun"].dropped == {"female": ["Emma", "Grace", "Helen", "Julia", "Karen", "Linda",
+                                                              "Nancy"]}
     ioi = generate_prompts(get_task("ioi"), DatasetConfig(task="ioi", n_train=4, n_test=4), tok)
     first = ioi.filter(pl.col("pair_of").is_null()).row(0, named=True)
     assert tok.convert_ids_to_tokens(first["tokens"][first["pos_IO"]]) == "Ġ" + first["attr_IO"]
