@@ -87,16 +87,18 @@ def pick_hook(sections: Iterable[str]) -> str | None:
     return max(resid, key=lambda h: (hook_layer(h), h)) if resid else None
 
 
-def added_split(grown: list[tuple[str, float]], cached: list[tuple[str, float]], sae: str) -> dict[str, float]:
-    """The added SAE's share of a run's task-run seconds: its load (`resolve …`), its scoring units (`score …`), its
-    core metrics (`core-metrics …`) (task runs naming `sae`), and the capture's extra seconds (the capture tasks'
-    total in the run with it minus in the run without it)."""
+def added_split(grown: list[tuple[str, float]], cached: list[tuple[str, float]], sae: str,
+                units: list[dict]) -> dict[str, float]:
+    """The added SAE's share of a run's seconds: its load (the `resolve …` task run naming `sae`), the capture's extra
+    seconds (the capture tasks' total in the run with it minus in the run without it), and within its one `score-sae`
+    task run its scoring units and its core metrics (`units`: the run's `scoring.units`, as the flow timed them)."""
     def total(runs: list[tuple[str, float]], prefix: str, mine: bool | None = None) -> float:
         return sum(s for n, s in runs if n.startswith(prefix) and (mine is None or (sae in n) == mine))
 
     capture = ("prepare-capture ", "capture ", "finalize-capture ")
+    own = next((u for u in units if u["name"] == sae), {})
     return {"load": total(grown, "resolve ", True), "capture": sum(total(grown, p) - total(cached, p) for p in capture),
-            "score": total(grown, "score ", True), "core": total(grown, "core-metrics ", True)}
+            "score": own.get("score", 0.0), "core": own.get("core", 0.0)}
 
 
 def median_ratio(num: list[float], den: list[float]) -> float:
@@ -225,7 +227,7 @@ def sage_worker(state_path: Path) -> None:
                 with PeakRSS() as peak:
                     grown, grown_times = run([*state["base"], added])
                 reply({"cached": cached.wall, "grown": grown.wall, "split": added_split(grown_times, cached_times,
-                                                                                          added),
+                                                                                          added, grown.out["scoring"]["units"]),
                        "peak": peak.peak, "before": peak.start, "max_rss": max_rss(), "inside": dict(inside)})
             elif cmd == "quit":
                 break
@@ -486,7 +488,7 @@ def report(rounds: list[tuple[dict, dict]], args: argparse.Namespace, hook: str,
     print(f"3. per added {WIDTH}-wide SAE at {hook} (medians of {len(rounds)} paired round(s), K = {args.k}):")
     print(f"   SAGE: {med(per):.2f} s of wall; its own task runs (Prefect's run times): load (resolve-sae) "
           f"{split['load']:.2f} s, capture {split['capture']:+.2f} s (none: its hook is one the task's shared "
-          f"capture already holds; the capture tasks' cache hits took this much longer than without it), scoring (score-unit) {split['score']:.2f} s, core metrics {split['core']:.2f} s; "
+          f"capture already holds; the capture tasks' cache hits took this much longer than without it), scoring {split['score']:.2f} s, core metrics {split['core']:.2f} s; "
           f"{tasks:.2f} s in all: the threads engine runs scoring and core metrics at once on 2 threads, so they "
           "overlap (the rest of the wall: planning, leaderboard, report, Prefect)")
     aff, passes = (med(s["inside"].get(k, 0.0) for s in sage) for k in INSIDE)

@@ -1,13 +1,15 @@
 """Benchmark of scale-out, all figures measured in this run (issue #17 item 6):
 
-1. scoring throughput (units per second: `score-unit` and `core-metrics` task runs over the evaluate run's wall time)
+1. scoring throughput (SAEs per second: the evaluate run's SAEs over its wall time; one `score-sae` task run per SAE
+   and one for the controls)
    of the tiny zoo on `--cluster local:1` and `local:2` against `threads`, in paired rounds (each round runs every
    engine once, the ratio is taken within the round; medians over rounds). The zoo, its ground truth and the activation
    stores are built once in a temporary SAGE_HOME; each round deletes scores/, reports/ and .prefect-results/, so the
    scoring (references, units, core metrics, leaderboard, report) reruns while nothing upstream does. The engines stay
    open across rounds: worker start-up is measured once, apart, and so is each engine's first (cold) run;
-2. dispatch overhead per unit: wall per unit (round wall / units, times the engine's parallel slots) against the unit's
-   own compute (its task run's time as Prefect measured it where it ran);
+2. orchestration share of the scoring stage (issue #25 item 3): its wall time (the flow measures it, first unit
+   submitted to last settled) times the engine's parallel slots, less the units' own compute (each task run's time as
+   Prefect measured it where it ran), over that slot time; and task runs per SAE;
 3. peak memory of each process doing the work (`Engine.peak_memory_mib`);
 4. model and SAE reads from disk per run, before load-once (SAGE_NO_LOAD_CACHE=1 in the environment of the flow's
    process and of every live worker) and after it (the cold first run of each engine, then the warm rounds);
@@ -55,10 +57,15 @@ class EngineFigures:
     rounds: list[Run] = field(default_factory=list)
     before: Run | None = None
     peak: dict[str, float] = field(default_factory=dict)
+    torch_threads: dict[str, int] = field(default_factory=dict)
 
     def throughput(self) -> float:
-        """Units per second: median over the rounds."""
-        return statistics.median(r.units / r.wall for r in self.rounds)
+        """SAEs per second: median over the rounds."""
+        return statistics.median(_saes(r) / r.wall for r in self.rounds)
+
+    def orchestration(self) -> float:
+        """The scoring stage's orchestration share: median over the rounds."""
+        return statistics.median(r.orchestration_share(self.slots) for r in self.rounds)
 
     def compute_per_unit(self) -> float:
         """A unit's own compute where it ran (Prefect's task run time): median over the rounds of each round's median."""
@@ -67,6 +74,10 @@ class EngineFigures:
     def overhead_per_unit(self) -> float:
         """Wall per unit times the units run at once, less the unit's own compute."""
         return statistics.median(r.wall / r.units for r in self.rounds) * self.slots - self.compute_per_unit()
+
+
+def _saes(run) -> int:
+    return sum(1 for u in run.out["scoring"]["units"] if u["name"] != "controls")
 
 
 def _reset_peak() -> bool:
@@ -111,6 +122,8 @@ def throughput_part(home: Path, clusters: list[str], rounds: int) -> dict[str, E
                 figs[name].rounds.append(evaluate_on(eng, cfg, home))
         for name, eng in engines.items():
             figs[name].peak = eng.peak_memory_mib()
+            figs[name].torch_threads = {("flow" if w == "flow" else f"worker {i}"): n for i, (w, n)
+                                        in enumerate(sorted(eng.torch_threads().items()))}
         for name, eng in engines.items():  # last: reading everything again raises the peaks measured above
             no_cache(eng, True)
             try:
@@ -124,22 +137,26 @@ def throughput_part(home: Path, clusters: list[str], rounds: int) -> dict[str, E
 
 def report_throughput(figs: dict[str, EngineFigures], clusters: list[str], fresh_peaks: bool) -> None:
     base = figs[clusters[0]]
-    print(f"== 1. scoring throughput, tiny zoo ({base.rounds[0].units} scoring units per run: score-unit + "
-          f"core-metrics task runs), {len(base.rounds)} paired rounds, this machine ({os.cpu_count()} CPU cores)")
+    n_saes = _saes(base.rounds[0])
+    print(f"== 1. scoring throughput, tiny zoo ({n_saes} SAEs, {base.rounds[0].units} scoring task runs per run: one "
+          f"score-sae per SAE and one for the controls), {len(base.rounds)} paired rounds, this machine "
+          f"({os.cpu_count()} CPU cores)")
     for name in clusters:
         f = figs[name]
-        per_round = [r.units / r.wall / (b.units / b.wall) for r, b in zip(f.rounds, base.rounds, strict=True)]
+        per_round = [b.wall / r.wall for r, b in zip(f.rounds, base.rounds, strict=True)]
         print(f"{name:>10}: start-up {f.startup:5.1f} s, cold first run {f.cold.wall:5.1f} s; warm runs median "
-              f"{statistics.median(r.wall for r in f.rounds):5.1f} s = {f.throughput():.2f} units/s; vs "
-              f"{clusters[0]} {statistics.median(per_round):.2f}x (rounds {', '.join(f'{x:.2f}' for x in per_round)})")
-    print("== 2. dispatch overhead per unit (medians over the rounds)")
+              f"{statistics.median(r.wall for r in f.rounds):5.1f} s = {f.throughput():.2f} SAEs/s; vs "
+              f"{clusters[0]} {statistics.median(per_round):.2f}x (rounds {', '.join(f'{x:.2f}' for x in per_round)}); "
+              f"torch threads per process {f.torch_threads}")
+    print("== 2. orchestration share of the scoring stage (goal <= 10%; medians over the rounds)")
     for name in clusters:
         f = figs[name]
-        compute, over = f.compute_per_unit(), f.overhead_per_unit()
-        print(f"{name:>10}: wall per unit x {f.slots} slot(s) = {compute + over:.3f} s against its own compute "
-              f"{compute:.3f} s (task run time where it ran): {(compute + over) / compute:.1f}x, overhead "
-              f"{over:+.3f} s per unit (dispatch, and the run's references, leaderboard and report spread over its "
-              f"units)")
+        stage = statistics.median(r.stage_wall for r in f.rounds)
+        compute = statistics.median(sum(r.unit_times) for r in f.rounds)
+        print(f"{name:>10}: stage wall {stage:.2f} s x {f.slots} slot(s) = {stage * f.slots:.2f} s against its "
+              f"units' own compute {compute:.2f} s (task run times where they ran): orchestration "
+              f"{100 * f.orchestration():.1f}% (rounds {', '.join(f'{100 * r.orchestration_share(f.slots):.1f}%' for r in f.rounds)}); "
+              f"{f.rounds[0].units / _saes(f.rounds[0]):.2f} task runs per SAE")
     print(f"== 3. peak resident memory per process doing the work (MiB, over the cold run and the rounds"
           f"{'' if fresh_peaks else '; could not reset: since each process started'})")
     for name in clusters:

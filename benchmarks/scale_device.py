@@ -111,16 +111,16 @@ def gpt2_per_sae(home: Path, device: str, n: int, layers: int = GPT2.n_layers, v
         grown = evaluate_on(eng, base.model_copy(update={"saes": tuple(specs)}), home)
     per = (grown.wall - cached.wall) / n
     new = {Path(spec).name for spec in specs[1:]}
-    score, core = ([sec for name, sec in grown.named_unit_times if name.startswith(kind) and new & set(name.split())]
-                   for kind in ("score ", "core-metrics "))
+    mine = [u for u in grown.out["scoring"]["units"] if u["name"] in new]  # each new SAE's one score-sae task run
+    score, core = ([u[kind] for u in mine] for kind in ("score", "core"))
     print(f"first evaluation of the model on ioi with a probe SAE (its fixed cost): {first.wall:.1f} s; cross-sections "
           f"{', '.join(first.out['sections']['ioi'])}")
     print(f"{n + 1} SAEs of width {SAE_WIDTH} (TopK k={SAE_K}) at {hook}"
           f"{'' if resid else ' (no residual cross-section was kept: the SAEs reach none, core metrics only)'} "
           f"written in {written:.1f} s")
     print(f"seconds per SAE on {device}: {per:.2f} s  (1 SAE, every stage cached: {cached.wall:.1f} s; + {n} new SAEs: "
-          f"{grown.wall:.1f} s); the new SAEs' task runs took, per SAE where they ran, score-unit {sum(score) / n:.2f} s "
-          f"({len(score)} runs), core-metrics {sum(core) / n:.2f} s ({len(core)} runs)")
+          f"{grown.wall:.1f} s); inside each new SAE's one task run, where it ran: scoring {sum(score) / n:.2f} s, "
+          f"core metrics {sum(core) / n:.2f} s ({len(mine)} runs)")
     return {"device": device, "per_sae": per, "fixed": first.wall, "n": n, "full": full}
 
 

@@ -17,7 +17,7 @@ from sage_core.locate.attribution import LocateConfig
 
 LCFG = LocateConfig(n_pairs=8, n_validate_top=2, n_validate_random=1, ig_steps=2)
 SCORING_DIRS = ("scores", "reports", ".prefect-results")
-UNIT_PREFIXES = ("score ", "core-metrics ")  # task run names of score-unit and core-metrics (tasks/score.py)
+UNIT_PREFIXES = ("score ",)  # task run names of score-sae, one per SAE and one for the controls (tasks/score.py)
 LOAD_KINDS = ("model", "sae", "references", "model-copy", "moved")
 
 
@@ -51,6 +51,15 @@ class Run:
     @property
     def loads(self) -> dict[str, int]:
         return self.out["loads"]
+
+    @property
+    def stage_wall(self) -> float:
+        """The scoring stage's wall time, as the flow measured it (first unit submitted to last settled)."""
+        return self.out["scoring"]["wall_s"]
+
+    def orchestration_share(self, slots: int) -> float:
+        """The share of the scoring stage's slot time (wall x units run at once) not spent in a unit's own run."""
+        return 1 - sum(self.unit_times) / (self.stage_wall * slots)
 
 
 def evaluate_on(eng, cfg: EvaluateConfig, home: Path, timed_units: bool = True) -> Run:

@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sage_core.model.devices import resolve_devices
-from storage.hashing import stable_hash
 from tasks import loaded, progress
 
 PROGRESS_TOPIC = "sage-progress"
@@ -141,7 +140,7 @@ class Engine:
         if not self.distributed:
             from prefect.task_runners import ThreadPoolTaskRunner
 
-            return ThreadPoolTaskRunner(max_workers=max(self.threads, len(self.devices)))
+            return ThreadPoolTaskRunner(max_workers=self.parallel)
         from prefect_dask import DaskTaskRunner
 
         return DaskTaskRunner(address=self.address)
@@ -160,15 +159,33 @@ class Engine:
             return ["cuda"] * n
         return [devices[i % len(devices)] for i in range(n)]
 
-    def placed(self, group: str):
-        """Submissions inside go preferably to one worker per `group` (an SAE's spec), so one worker scores all of
-        an SAE's units and reads it once; any worker may take them if that one is busy or gone."""
+    def assign(self, groups: list[str]) -> dict[str, str | None]:
+        """A worker for each group (an SAE's spec): sorted, then cut into one contiguous, even share per worker, so
+        SAEs whose specs sort together (one hook's) meet on one worker, which keeps what they share, and every
+        worker gets a share. None on threads."""
         if not self.distributed or not self.workers:
+            return {g: None for g in groups}
+        order = sorted(set(groups))
+        n = len(self.workers)
+        return {g: self.workers[i * n // len(order)] for i, g in enumerate(order)}
+
+    def placed(self, worker: str | None):
+        """Submissions inside go preferably to `worker` (from `assign`); any worker may take them if that one is
+        busy or gone."""
+        if worker is None:
             return nullcontext()
         import dask
 
-        worker = self.workers[int(stable_hash("placement", group), 16) % len(self.workers)]
         return dask.annotate(workers=[worker], allow_other_workers=True)
+
+    @property
+    def parallel(self) -> int:
+        """Units run at once in this process (`threads`: the pool's size)."""
+        return max(self.threads, len(self.devices))
+
+    def torch_threads(self) -> dict[str, int]:
+        """Torch's intra-op threads in each process doing the work."""
+        return dict(self.client.run(torch_threads)) if self.distributed else {"flow": torch_threads()}
 
     def loads(self) -> Counter[str]:
         """Reads from disk so far, summed over the flow's process and every live worker (kind -> count)."""
@@ -201,6 +218,31 @@ def current() -> Engine:
         return _current
 
 
+def cpu_share(parallel: int) -> int:
+    """Torch threads for each of `parallel` CPU users of this machine's cores (at least one)."""
+    return max(1, (os.cpu_count() or 1) // max(1, parallel))
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+@contextmanager
+def _torch_threads_for(parallel: int) -> Iterator[None]:
+    """`threads`: torch's intra-op pool is per process, and each of the `parallel` task threads that runs a torch op
+    gets a team of that size; so each gets its share of the cores while the engine is open (then back as it was)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(cpu_share(parallel))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _local_cluster(n: int | None, devices: tuple[str, ...]):
     """A cluster of worker processes on this machine, bound to 127.0.0.1, no dashboard; (cluster, pinned)."""
     gpus = _gpu_indices(devices)
@@ -218,7 +260,10 @@ def _local_cluster(n: int | None, devices: tuple[str, ...]):
     from distributed import Nanny, Scheduler, SpecCluster
 
     count = len(gpus) if gpus else (n or max(1, (os.cpu_count() or 2) // 2))
-    envs = [{"CUDA_VISIBLE_DEVICES": str(g)} for g in gpus] if gpus else [{} for _ in range(count)]
+    # each CPU worker's torch gets its share of the cores: N workers never run N x cores threads between them
+    share = str(cpu_share(count))
+    envs = ([{"CUDA_VISIBLE_DEVICES": str(g)} for g in gpus] if gpus else
+            [{"OMP_NUM_THREADS": share, "MKL_NUM_THREADS": share} for _ in range(count)])
     workers = {i: {"cls": Nanny, "options": {"nthreads": 1, "host": "127.0.0.1", "env": env, "silence_logs": 40}}
                for i, env in enumerate(envs)}
     # no dashboard; its HTTP endpoints (health, metrics) still listen: on 127.0.0.1 and a free port, never :8787 on
@@ -296,7 +341,7 @@ def open_engine(cluster: str = "threads", device: str = "cpu", threads: int = 2)
             eng.client.wait_for_workers(1, timeout=300)
             eng.workers = sorted(eng.client.scheduler_info(n_workers=-1)["workers"])
             eng.client.register_worker_callbacks(_forward_progress)
-        with activated(eng):
+        with activated(eng), (nullcontext() if eng.distributed else _torch_threads_for(eng.parallel)):
             yield eng
     finally:
         if relay is not None:

@@ -2,18 +2,19 @@
 
 zoo (built if missing) -> locate + fit the ground truth (subflow `fit`) -> resolve and check every SAE -> plan the
 scoring units -> per task: one role-position capture of every hook its cross-sections and SAEs need, and the
-cross-sections' references -> one `score-unit` per (SAE or projected pair or control) x task, and `core-metrics` per
-SAE, each submitted to the command's engine (`flows.engine`: threads, or a Dask cluster's workers, an SAE's units
-placed together) -> verdicts, leaderboard and run files, report, Prefect artifacts -> the scored SAEs into the
+cross-sections' references -> one `score-sae` per SAE (its units on every task: native, and the projected pairs it
+closes; then its core metrics) and one for the controls, each submitted to the command's engine (`flows.engine`:
+threads, or a Dask cluster's workers, each taking an even share of the SAEs, one hook's together) -> verdicts, leaderboard and run files, report, Prefect artifacts -> the scored SAEs into the
 ledger's evaluations (what `sage leaderboard` ranks across runs).
 
-Every compute task is cached on the content hashes of its inputs, so adding one SAE to an evaluated set runs only that
-SAE's scoring (and its core metrics): no capture, location search or fit is repeated. A failing SAE is reported as
+Every result is cached on the content hashes of its inputs (a score part per unit and task, core metrics per SAE),
+so adding one SAE to an evaluated set runs only that SAE's scoring (and its core metrics): no capture, location search or fit is repeated. A failing SAE is reported as
 failed and the rest of the run completes. The flow only wires tasks; what failed where is its bookkeeping.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from prefect import flow
@@ -28,7 +29,6 @@ from flows.settings import results_in
 from sage_core.config import EvaluateConfig
 from sage_core.prompts.task_status import TaskStatus, task_statuses
 from storage import scores as sc_store
-from storage.atomic import StoreError
 from storage.home import SageHome
 from storage.pretrained_models import model_label
 from storage.sae_sources import list_zoo_saes
@@ -37,11 +37,11 @@ from tasks import corpus as corpus_tasks
 from tasks import progress
 from tasks import report as rt
 from tasks.common import ManifestSerializer, in_home, log
-from tasks.plan import check_inputs, plan_scoring
-from tasks.score import resolve_sae, sae_core_metrics, score_unit, section_references
+from tasks.plan import check_inputs, plan_scoring, sae_works
+from tasks.score import JobOutcome, SAEOutcome, SAEWork, TaskInputs, resolve_sae, score_sae, section_references
 from tasks.watch import record_evaluations
 
-TASKS = (resolve_sae, plan_scoring, ct.prepare_capture, section_references, score_unit, sae_core_metrics,
+TASKS = (resolve_sae, plan_scoring, ct.prepare_capture, section_references, score_sae,
          rt.judge_ground_truth, rt.write_run_files, rt.write_run_report, rt.publish_run, record_evaluations,
          corpus_tasks.prepare_corpus)
 
@@ -111,9 +111,11 @@ def evaluate(cfg: EvaluateConfig = EvaluateConfig(), home: str | None = None, ru
     failures: list[dict[str, str]] = []
 
     specs = list(cfg.saes) or [f"zoo:{n}" for n in list_zoo_saes(h, name)]
+    # one worker per share of the specs, sorted (one hook's SAEs together): it resolves them, keeps them, scores them
+    worker_of = eng.assign(specs)
     resolving = []
-    for spec in specs:  # on the worker that will score the SAE: the read that resolves it is its only one there
-        with eng.placed(spec):
+    for spec in specs:
+        with eng.placed(worker_of[spec]):
             resolving.append(t["resolve-sae"].submit(spec, zoo.model, name, root))
     saes = _kept(specs, resolving, "load", failures)
     plan = t["plan-units"].submit(saes, gt, tasks, zoo.model, cfg, root).result()
@@ -124,40 +126,16 @@ def evaluate(cfg: EvaluateConfig = EvaluateConfig(), home: str | None = None, ru
                                                            list(tp.parts), cfg.score.max_test, corpus.ref,
                                                            corpus.n_sequences, root, device=one)
                    for tp in plan.tasks if tp.task in stores}
-    refs = {}
+    inputs = {}
     for task_name, state in zip(referencing, _settle(list(referencing.values())), strict=True):
         if state.is_completed():
-            refs[task_name] = state.result()
+            inputs[task_name] = TaskInputs(dataset=zoo.dataset(task_name), store=stores[task_name],
+                                           refs=state.result())
         else:  # a task's references are its inputs' (store, ground truth): no SAE is to blame
             failures.append({"sae": "*", "stage": f"references {task_name}", "error": one_line(_error(state))})
-    jobs = [(u, zoo.dataset(tp.task), stores[tp.task], refs[tp.task]) for tp in plan.tasks if tp.task in refs
-            for u in tp.units]
-
-    progress.begin("score", len(jobs))
-    progress.begin("core", len(saes))
-    unit_devices = eng.unit_devices(cfg.device, len(jobs) + len(saes))
-    scored, cored = [], []
-    for (u, ds, store, ref), dev in zip(jobs, unit_devices, strict=False):
-        with eng.placed(u.saes[0].spec if u.saes else u.name):  # an SAE's units go where it was resolved
-            scored.append(t["score-unit"].submit(u, zoo.model, ds, store, ref, name, cfg.score, root, device=dev))
-    for s, dev in zip(saes, unit_devices[len(jobs):], strict=True):
-        with eng.placed(s.spec):
-            cored.append(t["core-metrics"].submit(s, zoo.model, corpus.ref, corpus.n_sequences, name, root,
-                                                   device=dev))
-    parts, statuses = [], []
-    for (u, ds, _, _), state in zip(jobs, _settle(scored), strict=True):
-        error = None if state.is_completed() else _error(state)
-        statuses.append({"sae": u.name, "task": ds.task, "kind": u.kind, "mapping": u.mapping,
-                         "status": "ok" if error is None else f"failed: {one_line(error)}"})
-        if error is None:
-            parts.append(state.result())
-        elif isinstance(error, StoreError):  # a damaged input (store, references, ground truth): never the SAE's fault
-            failures.append({"sae": "*", "stage": f"input of {u.name} on {ds.task}", "error": one_line(error)})
-        else:
-            failures.append({"sae": u.name, "stage": f"score {ds.task}", "error": one_line(error)})
-    progress.end("score")
-    core = _kept([s.name for s in saes], cored, "core", failures)
-    progress.end("core")
+    works = [w.model_copy(update={"jobs": tuple(j for j in w.jobs if j.task in inputs)}) for w in sae_works(plan, saes)]
+    parts, statuses, core, scoring = _scored(t, eng, works, worker_of, zoo.model, inputs, name, cfg, corpus,
+                                                       root, failures)
     loads = _log_loads(eng, loads_before, len(saes))
 
     verdicts = t["verdicts"](gt, tasks, root)
@@ -166,7 +144,55 @@ def evaluate(cfg: EvaluateConfig = EvaluateConfig(), home: str | None = None, ru
     report = t["report"](run_ref, verdicts, list(plan.unreached), root)
     t["publish"](run_ref, report, verdicts, list(plan.unreached), root)
     recorded = t["record-evaluations"](run_ref, model_label(cfg.pretrained) if cfg.pretrained else name, saes, root)
-    return _outputs(h, cfg, tasks, zoo, gt, run_ref, report, verdicts, plan, failures, loads, recorded, posed)
+    return _outputs(h, cfg, tasks, zoo, gt, run_ref, report, verdicts, plan, failures, loads, recorded, posed,
+                    scoring)
+
+
+def _scored(t: dict, eng, works: list[SAEWork], worker_of: dict, model, inputs: dict[str, TaskInputs], name: str,
+            cfg: EvaluateConfig, corpus, root: str, failures: list[dict[str, str]]):
+    """One `score-sae` task run per SAE (and one for the controls), each where its SAE was resolved; then per unit
+    and task a status row, and the parts and core metrics that completed."""
+    started = time.perf_counter()
+    progress.begin("score", sum(len(w.jobs) for w in works))
+    progress.begin("core", sum(w.sae is not None for w in works))
+    devices = eng.unit_devices(cfg.device, len(works))
+    # the largest first (the controls score on every task): the last to finish is a short one, no slot idles long
+    works = sorted(works, key=lambda w: -len(w.jobs))
+    futures = []
+    for w, dev in zip(works, devices, strict=True):
+        with eng.placed(worker_of.get(w.group)):
+            futures.append(t["score-sae"].submit(w, model, inputs, name, cfg.score, corpus.ref, corpus.n_sequences,
+                                                 root, device=dev))
+    outcomes = []
+    for w, state in zip(works, _settle(futures), strict=True):
+        if state.is_completed():
+            outcomes.append(state.result())
+        else:  # raised past its units (a lasting I/O error after retries): every one of its results is missing
+            error = one_line(_error(state))
+            outcomes.append(SAEOutcome(name=w.name, parts=tuple(JobOutcome(job=j, error=error) for j in w.jobs),
+                                       core_error=error if w.sae is not None else None))
+    progress.end("score")
+    progress.end("core")
+    wall = time.perf_counter() - started
+    parts, statuses, core, seconds = [], [], [], []
+    for o in outcomes:
+        for p in o.parts:
+            u, task_name = p.job.unit, p.job.task
+            statuses.append({"sae": u.name, "task": task_name, "kind": u.kind, "mapping": u.mapping,
+                             "status": "ok" if p.error is None else f"failed: {p.error}"})
+            if p.part is not None:
+                parts.append(p.part)
+            elif p.input_fault:
+                failures.append({"sae": "*", "stage": f"input of {u.name} on {task_name}", "error": p.error})
+            else:
+                failures.append({"sae": u.name, "stage": f"score {task_name}", "error": p.error})
+        if o.core is not None:
+            core.append(o.core)
+        elif o.core_error is not None:
+            failures.append({"sae": o.name, "stage": "core", "error": o.core_error})
+        seconds.append({"name": o.name, "units": len(o.parts), "built": o.built, **o.seconds})
+    # the stage's wall and, per dispatched unit, its results, those computed now and its seconds (benchmarks read it)
+    return parts, statuses, core, {"wall_s": wall, "units": seconds}
 
 
 def _task_statuses(zoo, tasks: list[str], cfg: EvaluateConfig, model: str) -> list[TaskStatus]:
@@ -217,7 +243,8 @@ def _log_loads(eng, before, n_saes: int) -> dict[str, int]:
 
 def _outputs(h: SageHome, cfg: EvaluateConfig, tasks: list[str], zoo, gt, run_ref, report, verdicts, plan,
              failures: list[dict[str, str]], loads: dict[str, int],
-             recorded: list[dict[str, Any]], posed: list[TaskStatus]) -> dict[str, Any] | State:
+             recorded: list[dict[str, Any]], posed: list[TaskStatus],
+             scoring: dict[str, Any]) -> dict[str, Any] | State:
     files = sc_store.run_files(h.at(run_ref))
     out = {"run": run_ref.run, "scores": str(files["scores"]), "leaderboard": str(files["leaderboard"]),
            "report": str(h.at(report)), "n_failed": len(failures), "ground_truth": gt.path if gt else None,
@@ -225,7 +252,8 @@ def _outputs(h: SageHome, cfg: EvaluateConfig, tasks: list[str], zoo, gt, run_re
            "sections": {t: sorted({p.section.hook for p in gt.of_task(t)}) for t in tasks} if gt else {},
            "model_eval": list(zoo.model_eval.rows) if cfg.pretrained else [],
            "task_status": [s.model_dump() for s in posed],
-           "verdicts": verdicts, "loads": loads, "saes": recorded, "failures": failures}
+           "verdicts": verdicts, "loads": loads, "saes": recorded, "failures": failures,
+           "scoring": scoring}
     if not failures:
         return out
     # Failed, not Completed: the UI (and a scheduler) shows the run as not fully successful; the data still holds

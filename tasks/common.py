@@ -238,6 +238,13 @@ class StageCache(CachePolicy):
 LASTING_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
 
 
+def is_transient(exc: BaseException | None) -> bool:
+    """An I/O hiccup a retry may mend (raw, or behind the StoreError a store write turns it into)."""
+    if isinstance(exc, StoreError):
+        return _transient(exc.__cause__)
+    return _transient(exc)
+
+
 def _transient(exc: BaseException | None) -> bool:
     if isinstance(exc, TimeoutError):
         return True
@@ -249,9 +256,7 @@ def transient_only(_task, _task_run, state) -> bool:
     """Retry I/O hiccups (a shared filesystem, a busy disk), raw or behind the StoreError a store write turns them
     into; never retry a bad input, a bug, a full or read-only disk."""
     exc = state.result(raise_on_failure=False)
-    if isinstance(exc, StoreError):
-        return _transient(exc.__cause__)
-    return isinstance(exc, BaseException) and _transient(exc)
+    return isinstance(exc, BaseException) and is_transient(exc)
 
 
 def stage_options(check: Check | None = whole_dir,

@@ -32,8 +32,14 @@ LOADS: Counter[str] = Counter()
 # "moved": device copies of what was read to the CPU (not reads: `LOADS` counts them apart)
 MAX_ENTRIES = {"model": 2, "sae": 64, "references": 16, "moved": 64, "zero-ce": 256}  # a long-lived worker (the watch service) stays bounded
 
+# and by size: a worker scoring hundreds of 24576-wide SAEs (150 MiB each on GPT-2 small) keeps a flat footprint,
+# while a run's small SAEs all stay (each read once). SAGE_KEEP_MIB overrides it.
+MAX_BYTES = {"sae": 1024 << 20, "moved": 1024 << 20}
+KEEP_ENV = "SAGE_KEEP_MIB"
+
 _lock = threading.RLock()
 _cache: dict[str, OrderedDict[tuple, Any]] = {kind: OrderedDict() for kind in MAX_ENTRIES}
+_sizes: dict[str, dict[tuple, int]] = {kind: {} for kind in MAX_BYTES}
 _loading: dict[tuple, threading.Lock] = {}
 
 
@@ -78,8 +84,28 @@ def keep(kind: str, key: tuple, value: Any) -> None:
         entries = _cache[kind]
         entries[key] = value
         entries.move_to_end(key)
-        while len(entries) > MAX_ENTRIES[kind]:
-            entries.popitem(last=False)
+        if kind in _sizes:
+            _sizes[kind][key] = nbytes(value)
+        while len(entries) > MAX_ENTRIES[kind] or (len(entries) > 1 and _over_budget(kind)):
+            old, _ = entries.popitem(last=False)
+            _sizes.get(kind, {}).pop(old, None)
+
+
+def nbytes(value: Any) -> int:
+    """The bytes of the tensors `value` holds (a LoadedSAE's torch module; references' tensors), 0 if unknown."""
+    import torch
+
+    inner = getattr(value, "sae", value)
+    if isinstance(inner, torch.nn.Module):
+        return sum(t.numel() * t.element_size() for t in (*inner.parameters(), *inner.buffers()))
+    return 0
+
+
+def _over_budget(kind: str) -> bool:
+    if kind not in _sizes:
+        return False
+    cap = int(os.environ[KEEP_ENV]) << 20 if os.environ.get(KEEP_ENV, "").isdigit() else MAX_BYTES[kind]
+    return sum(_sizes[kind].values()) > cap
 
 
 class _ModelPool:
@@ -123,4 +149,6 @@ def clear() -> None:
     with _lock:
         for entries in _cache.values():
             entries.clear()
+        for sizes in _sizes.values():
+            sizes.clear()
         LOADS.clear()

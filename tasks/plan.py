@@ -22,7 +22,7 @@ from storage.refs import GroundTruthPartRef, GroundTruthRef, ModelRef, SAERef
 from storage.sae_sources import check_specs, list_zoo_saes
 from tasks import loaded
 from tasks.common import UNCACHED
-from tasks.score import ScoringUnit
+from tasks.score import SAEWork, ScoringUnit, UnitJob
 
 
 def check_inputs(cfg: EvaluateConfig, home: SageHome, run: str | None) -> None:
@@ -136,3 +136,20 @@ def plan_scoring(saes: list[SAERef], ground_truth: GroundTruthRef | None, tasks:
         unreached += [{"sae": u.name, "task": t, "hook": u.saes[0].hook} for u in units
                       if u.kind == "trained" and u.mapping == "native" and u not in reaching]
     return ScoringPlan(units=tuple(units), tasks=tuple(plans), empty=tuple(empty), unreached=tuple(unreached))
+
+
+def sae_works(plan: ScoringPlan, saes: list[SAERef]) -> list[SAEWork]:
+    """The dispatched units: per SAE, its native units and the projected pairs it closes (the pair's later SAE) on
+    every task, and its core metrics; then the controls on every task, as one more."""
+    jobs: dict[str, list[UnitJob]] = {s.name: [] for s in saes}
+    for tp in plan.tasks:
+        for u in tp.units:
+            owner = u.saes[-1].name if u.saes else CONTROLS
+            jobs.setdefault(owner, []).append(UnitJob(unit=u, task=tp.task))
+    out = [SAEWork(name=s.name, sae=s, jobs=tuple(jobs[s.name]), group=s.spec) for s in saes]
+    if jobs.get(CONTROLS):
+        out.append(SAEWork(name=CONTROLS, jobs=tuple(jobs[CONTROLS]), group=CONTROLS))
+    return out
+
+
+CONTROLS = "controls"

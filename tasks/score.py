@@ -14,6 +14,8 @@ tensors are written.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import polars as pl
 import torch
@@ -41,6 +43,7 @@ from sage_core.zoo.sae import LoadedSAE, check_sae
 from storage import ground_truth as gt_store
 from storage import scores as sc_store
 from storage.activations import ActivationStore
+from storage.atomic import StoreError
 from storage.datasets import read_corpus, read_prompts
 from storage.home import SageHome
 from storage.records import dir_ref
@@ -57,10 +60,12 @@ from storage.refs import (
 )
 from storage.sae_sources import load_sae_spec, sae_dir_of
 from tasks import loaded, progress
-from tasks.common import UNCACHED, needs_build, stage_options, task_key
+from tasks.common import UNCACHED, is_transient, needs_build, output_key, stage_options, task_key
 
 
 class ScoringUnit(BaseModel):
+    """What one leaderboard row scores (see the module's docstring); a `SAEWork` dispatches several."""
+
     model_config = ConfigDict(frozen=True)
     name: str
     kind: Kind
@@ -85,15 +90,62 @@ class ScoringUnit(BaseModel):
         return self.name
 
 
+class TaskInputs(BaseModel):
+    """What scoring on one task reads: its prompts, its activation store and its cross-sections' references."""
+
+    model_config = ConfigDict(frozen=True)
+    dataset: DatasetRef
+    store: StoreRef
+    refs: ReferencesRef
+
+
+class UnitJob(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    unit: ScoringUnit
+    task: str
+
+
+class SAEWork(BaseModel):
+    """The unit of work that is dispatched: one SAE's units on every task and its core metrics (`sae`), or the
+    controls (`sae` None). `group` places it: SAEs at one hook go to one worker, which keeps what they share."""
+
+    model_config = ConfigDict(frozen=True)
+    name: str
+    sae: SAERef | None = None
+    jobs: tuple[UnitJob, ...] = ()
+    group: str = ""
+
+    @property
+    def label(self) -> str:
+        """`<name> on <tasks>[ + core]`: the Prefect UI's name of its task run."""
+        tasks = sorted({j.task for j in self.jobs})
+        short = short_hook(self.sae.hook) + self.name[len(self.sae.hook):] if (
+            self.sae is not None and self.name.startswith(self.sae.hook)) else self.name
+        what = " on " + ", ".join(tasks) if tasks else ""
+        return f"{short}{what}{' + core' if self.sae is not None else ''}"
+
+
+class JobOutcome(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    job: UnitJob
+    part: ScorePartRef | None = None
+    error: str | None = None
+    input_fault: bool = False  # a damaged input (store, references): never the SAE's fault
+
+
+class SAEOutcome(BaseModel):
+    """What a `SAEWork` gave: per unit and task a part or an error, its core metrics, and where its time went."""
+
+    model_config = ConfigDict(frozen=True)
+    name: str
+    parts: tuple[JobOutcome, ...] = ()
+    core: CoreRef | None = None
+    core_error: str | None = None
+    seconds: dict[str, float] = {}
+    built: int = 0  # parts computed now (the rest were whole on disk)
+
+
 # -- task run names (the Prefect UI lists task runs by these) ------------------------------------------------------
-def _score_name(parameters: dict) -> str:
-    return f"score {parameters['unit'].label} on {parameters['refs'].task}"
-
-
-def _core_name(parameters: dict) -> str:
-    return f"core-metrics {parameters['sae'].name}"
-
-
 def _references_name(parameters: dict) -> str:
     return f"references {parameters['dataset'].task}"
 
@@ -150,7 +202,8 @@ def _best_method(quality: pl.DataFrame) -> str:
         pl.col("edit_accuracy").fill_nan(None).alias("_e"))
     per = q.group_by("method").agg(pl.mean_horizontal(pl.col("_s").mean(), pl.col("_n").mean(),
                                                       pl.col("_e").mean()).alias("score"))
-    return per.sort("score", descending=True, nulls_last=True)["method"][0]
+    # ties (equal scores, or none) go to the first method by name: identical runs judge against the same dictionary
+    return per.sort(["score", "method"], descending=[True, False], nulls_last=True)["method"][0]
 
 
 def _heldout(h: SageHome, corpus: CorpusRef, n: int) -> list[list[int]]:
@@ -219,15 +272,26 @@ def unit_codes(unit: ScoringUnit, section: CrossSection, role: int, store: Activ
     return mp.projected(parts[0], parts[1], q)
 
 
-@task(name="score-unit", task_run_name=_score_name, **stage_options(), **progress.hooks("score"))
-def score_unit(unit: ScoringUnit, model: ModelRef, dataset: DatasetRef, store: StoreRef, refs: ReferencesRef,
-               model_name: str, cfg: ScoreConfig, home: str, device: str = "cpu") -> ScorePartRef:
-    """Every metric of one unit at every cross-section of one task it reaches -> scores/parts/<key>/."""
-    # the code version is part of the key: a scoring change must never be answered from an older scoring's files
-    key = task_key(score_unit, locals())  # first line: locals() are the parameters
-    h = SageHome(home)
-    d = h.score_part(key)
-    if needs_build(d):
+def part_key(unit: ScoringUnit, model: ModelRef, inputs: TaskInputs, model_name: str, cfg: ScoreConfig) -> str:
+    """The key of one unit's rows on one task: its inputs' content and this module's code (a scoring change is never
+    answered from an older scoring's files); never the device or the SAE unit it was dispatched in."""
+    return output_key("score-unit", dict(unit=unit, model=model, dataset=inputs.dataset, store=inputs.store,
+                                         refs=inputs.refs, model_name=model_name, cfg=cfg), (__name__,))
+
+
+def core_key(sae: SAERef, model: ModelRef, corpus: CorpusRef, n_sequences: int, model_name: str) -> str:
+    return output_key("core-metrics", dict(sae=sae, model=model, corpus=corpus, n_sequences=n_sequences,
+                                           model_name=model_name), (__name__,))
+
+
+def score_part(h: SageHome, unit: ScoringUnit, model: ModelRef, inputs: TaskInputs, model_name: str,
+               cfg: ScoreConfig, device: str = "cpu") -> tuple[ScorePartRef, bool]:
+    """Every metric of one unit at every cross-section of one task it reaches -> scores/parts/<key>/ (reused when
+    whole); and whether it was computed now."""
+    dataset, store, refs = inputs.dataset, inputs.store, inputs.refs
+    d = h.score_part(part_key(unit, model, inputs, model_name, cfg))
+    fresh = needs_build(d)
+    if fresh:
         dev = one_device(device)
         attributes = get_task(refs.task).attribute_names()
         df = read_prompts(h.at(dataset))
@@ -257,16 +321,14 @@ def score_unit(unit: ScoringUnit, model: ModelRef, dataset: DatasetRef, store: S
                         "role": section.role, "mapping": unit.mapping}
                 out += [{**base, "metric": k, "value": float(v)} for k, v in metrics.items()]
         sc_store.write_part(d, out, {"unit": unit.name, "task": refs.task})
-    return dir_ref(h, ScorePartRef, d, sae=unit.name, task=refs.task)
+    return dir_ref(h, ScorePartRef, d, sae=unit.name, task=refs.task), fresh
 
 
-@task(name="core-metrics", task_run_name=_core_name, **stage_options(), **progress.hooks("core"))
-def sae_core_metrics(sae: SAERef, model: ModelRef, corpus: CorpusRef, n_sequences: int, model_name: str,
-                     home: str, device: str = "cpu") -> CoreRef:
-    """One SAE spliced into the model on held-out background text: CE loss recovered, KL, EV, L0, dead share."""
-    key = task_key(sae_core_metrics, locals())  # first line: locals() are the parameters
-    h = SageHome(home)
-    d = h.core_metrics(key)
+def sae_core_metrics(h: SageHome, sae: SAERef, model: ModelRef, corpus: CorpusRef, n_sequences: int,
+                     model_name: str, device: str = "cpu") -> CoreRef:
+    """One SAE spliced into the model on held-out background text: CE loss recovered, KL, EV, L0, dead share (reused
+    when whole)."""
+    d = h.core_metrics(core_key(sae, model, corpus, n_sequences, model_name))
     if needs_build(d):
         dev = one_device(device)
         s = loaded_sae(h, sae, model_name, dev)
@@ -278,4 +340,53 @@ def sae_core_metrics(sae: SAERef, model: ModelRef, corpus: CorpusRef, n_sequence
                                lambda: zero_ablation_ce(m, s.hook, tokens, pad))
             metrics = core_metrics(m, s.hook, s.encode, s.decode, s.d_sae, tokens, pad, ce_zero=zero)
         sc_store.write_core(d, metrics, {"sae": sae.name, "hash": sae.hash})
+    # the numbers are read from the checked files, never carried from a cache record
     return dir_ref(h, CoreRef, d, sae=sae.name, metrics=sc_store.read_core(d))
+
+
+# -- the dispatched unit: one SAE ----------------------------------------------------------------------------------
+def _work_name(parameters: dict) -> str:
+    return f"score {parameters['work'].label}"
+
+
+def _failure(job: UnitJob, exc: BaseException) -> JobOutcome:
+    return JobOutcome(job=job, error=" ".join(str(exc).split())[:400] or type(exc).__name__,
+                      input_fault=isinstance(exc, StoreError))
+
+
+@task(name="score-sae", task_run_name=_work_name, **UNCACHED)
+def score_sae(work: SAEWork, model: ModelRef, inputs: dict[str, TaskInputs], model_name: str, cfg: ScoreConfig,
+              corpus: CorpusRef, n_sequences: int, home: str, device: str = "cpu") -> SAEOutcome:
+    """Everything scored for one SAE, on one device: its units on every task (native, and the projected pairs it
+    closes), then its core metrics; or the controls on every task. Each result is cached on its own content key
+    (`part_key`, `core_key`), so a rerun or a partly failed run reuses what is whole and a new SAE computes only its
+    own. A unit that fails is reported and the others go on; an I/O hiccup is raised, so Prefect retries the SAE
+    (what it finished is reused)."""
+    h = SageHome(home)
+    parts, timing = [], {"score": 0.0, "core": 0.0}
+    built = 0
+    for job in work.jobs:
+        t0 = time.perf_counter()
+        try:
+            part, fresh = score_part(h, job.unit, model, inputs[job.task], model_name, cfg, device)
+            parts.append(JobOutcome(job=job, part=part))
+            built += fresh
+        except Exception as exc:  # noqa: BLE001 (reported per unit; transient I/O goes to Prefect's retry)
+            if is_transient(exc):
+                raise
+            parts.append(_failure(job, exc))
+        timing["score"] += time.perf_counter() - t0
+        progress.advance("score")
+    core, core_error = None, None
+    if work.sae is not None:
+        t0 = time.perf_counter()
+        try:
+            core = sae_core_metrics(h, work.sae, model, corpus, n_sequences, model_name, device)
+        except Exception as exc:  # noqa: BLE001
+            if is_transient(exc):
+                raise
+            core_error = " ".join(str(exc).split())[:400] or type(exc).__name__
+        timing["core"] = time.perf_counter() - t0
+        progress.advance("core")
+    return SAEOutcome(name=work.name, parts=tuple(parts), core=core, core_error=core_error, seconds=timing,
+                      built=built)

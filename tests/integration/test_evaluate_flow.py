@@ -233,16 +233,20 @@ def test_the_run_reads_in_the_prefect_ui(full_run):
     flow_run = _flow_run_named(run)  # named from its results at the end (no --run given)
     saes = list_zoo_saes(SageHome(home), cfg.model.name)
     kept = [t for t, hooks in out["sections"].items() if hooks]
-    must = ({f"resolve zoo:{n}" for n in saes} | {f"core-metrics {n}" for n in saes}
-            | {f"references {t}" for t in kept}
+    must = ({f"resolve zoo:{n}" for n in saes} | {f"references {t}" for t in kept}
             | {f"plan-units {len(cfg.tasks)} tasks", f"verdicts {len(cfg.tasks)} tasks", f"report {run}",
                f"publish {run}", "leaderboard (run named by its results)"})
     names = _task_run_names(flow_run.id, must)
     assert must <= names, sorted(must - names)
+    # one task run per SAE, its tasks and core metrics in its name, and one for the controls
     scored = sorted(n for n in names if n.startswith("score "))
-    assert scored and all(" on " in n and n.rsplit(" on ", 1)[1] in kept for n in scored), scored
+    assert len(scored) == len(saes) + 1, scored
+    assert sum(n.endswith(" + core") for n in scored) == len(saes), scored
+    assert all(set(n.removesuffix(" + core").rsplit(" on ", 1)[1].split(", ")) <= set(kept)
+               for n in scored if " on " in n), scored
     assert any(n.startswith("score L") and "--" in n for n in scored), scored  # native SAEs by their short hook
-    assert not [n for n in names if n.startswith(("score-unit-", "resolve-sae-"))], names
+    assert f"score controls on {', '.join(sorted(kept))}" in scored, scored
+    assert not [n for n in names if n.startswith(("score-unit", "score-sae-", "resolve-sae-", "core-metrics"))], names
 
     keys = {what: (artifact_key(run, what), latest_key(what)) for what in ("leaderboard", "summary", "plots")}
     with get_client(sync_client=True) as client:

@@ -12,17 +12,18 @@ BASE = "sage-bench-gpt2-small-res/base-0"
 
 
 def test_the_added_saes_share_is_its_own_task_runs_and_the_captures_extra_seconds():
-    cached = [(f"resolve {BASE}", 1.0), (f"score {BASE} on ioi", 2.0), (f"core-metrics {BASE}", 3.0),
+    cached = [(f"resolve {BASE}", 1.0), (f"score {BASE} on ioi, sva + core", 5.0),
               ("prepare-capture ioi", 0.25), ("capture ioi shard 0/1", 0.5), ("finalize-capture ioi", 0.25),
               ("references ioi", 0.1), ("leaderboard x", 0.4)]
-    grown = [*cached[:3], (f"resolve {SAE}", 1.5), (f"score {SAE} on ioi", 4.0), (f"score {SAE} on sva", 1.0),
-             (f"core-metrics {SAE}", 6.0), ("prepare-capture ioi", 0.25), ("capture ioi shard 0/1", 1.0),
+    grown = [*cached[:2], (f"resolve {SAE}", 1.5), (f"score {SAE} on ioi, sva + core", 11.2),
+             ("prepare-capture ioi", 0.25), ("capture ioi shard 0/1", 1.0),
              ("finalize-capture ioi", 0.5), ("references ioi", 0.1), ("leaderboard x", 0.6)]
-    split = added_split(grown, cached, SAE)
-    # load 1.5; scoring 4 + 1 on two tasks; core 6; capture (0.25 + 1 + 0.5) - (0.25 + 0.5 + 0.25) = 0.75
+    units = [{"name": BASE, "score": 2.0, "core": 3.0}, {"name": SAE, "score": 5.0, "core": 6.0}]
+    split = added_split(grown, cached, SAE, units)
+    # load 1.5; scoring 5 and core 6 as its unit timed them; capture (0.25 + 1 + 0.5) - (0.25 + 0.5 + 0.25) = 0.75
     assert split == pytest.approx({"load": 1.5, "capture": 0.75, "score": 5.0, "core": 6.0})
     # the base SAE's runs and the run-level tasks (references, leaderboard) are not the added SAE's
-    assert added_split(cached, cached, SAE) == {"load": 0.0, "capture": 0.0, "score": 0.0, "core": 0.0}
+    assert added_split(cached, cached, SAE, units[:1]) == {"load": 0.0, "capture": 0.0, "score": 0.0, "core": 0.0}
 
 
 def test_the_ratio_is_the_median_of_the_paired_rounds():

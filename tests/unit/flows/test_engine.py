@@ -66,31 +66,46 @@ def test_local_cluster_refuses_a_worker_count_that_differs_from_the_gpus():
         engine._local_cluster(3, ("cuda:0", "cuda:1"))
 
 
-def test_placement_is_stable_and_spreads():
+def test_assignment_gives_each_worker_an_even_share_with_one_hooks_specs_together():
     eng = Engine(ClusterSpec("local", 2), ("cpu",), client=object(), workers=["tcp://a:1", "tcp://b:2"])
     import dask
 
-    def target(group):
-        with eng.placed(group):
-            return dask.get_annotations()["workers"]
-
-    assert target("zoo:x") == target("zoo:x")
-    assert {tuple(target(f"zoo:{i}")) for i in range(20)} == {("tcp://a:1",), ("tcp://b:2",)}
-    with eng.placed("zoo:x"):
+    specs = [f"zoo:blocks.{i // 3}.hook_resid_pre--topk-{i}" for i in range(6)][::-1]
+    worker_of = eng.assign(specs)
+    assert worker_of == eng.assign(sorted(specs))  # stable: the order given does not matter
+    assert {w for s, w in worker_of.items() if "blocks.0." in s} == {"tcp://a:1"}
+    assert {w for s, w in worker_of.items() if "blocks.1." in s} == {"tcp://b:2"}
+    # one hook's SAEs only: still split, so no worker stands idle
+    same = eng.assign([f"r/blocks.0.hook_resid_pre/{i}" for i in range(4)])
+    assert sorted(same.values()) == ["tcp://a:1", "tcp://a:1", "tcp://b:2", "tcp://b:2"]
+    with eng.placed("tcp://b:2"):
+        assert dask.get_annotations()["workers"] == ["tcp://b:2"]
         assert dask.get_annotations()["allow_other_workers"] is True  # a busy or lost worker does not block it
-    assert Engine(ClusterSpec("threads"), ("cpu",)).placed("zoo:x").__enter__() is None
+    threads = Engine(ClusterSpec("threads"), ("cpu",))
+    assert threads.assign(["zoo:x"]) == {"zoo:x": None} and threads.placed(None).__enter__() is None
+
+
+def test_torch_threads_share_the_cores_between_units_run_at_once(monkeypatch):
+    monkeypatch.setattr(engine.os, "cpu_count", lambda: 8)
+    assert (engine.cpu_share(2), engine.cpu_share(3), engine.cpu_share(16), engine.cpu_share(0)) == (4, 2, 1, 8)
+    import torch
+
+    before = torch.get_num_threads()
+    with engine._torch_threads_for(4):
+        assert torch.get_num_threads() == 2
+    assert torch.get_num_threads() == before
 
 
 def test_flow_and_task_functions_travel_by_reference():
     import flows.evaluate  # noqa: F401  (its flow and tasks are among those renamed)
     from flows.evaluate import evaluate
-    from tasks.score import score_unit
+    from tasks.score import score_sae
 
     engine.pickled_by_reference()
-    assert evaluate.fn.__qualname__ == "evaluate.fn" and score_unit.fn.__qualname__ == "score_unit.fn"
+    assert evaluate.fn.__qualname__ == "evaluate.fn" and score_sae.fn.__qualname__ == "score_sae.fn"
     assert engine.pickled_by_reference() == 0  # idempotent
     # by reference: a few hundred bytes naming the module and path, not the function's code and globals
-    for fn in (evaluate.fn, score_unit.fn):
+    for fn in (evaluate.fn, score_sae.fn):
         blob = cloudpickle.dumps(fn)
         assert len(blob) < 300, len(blob)
         assert cloudpickle.loads(blob) is fn

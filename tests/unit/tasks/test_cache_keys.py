@@ -43,10 +43,29 @@ def _keys() -> dict[str, str]:
     from tasks import fit, locate, score, zoo
 
     tasks = [zoo.make_tokenizer, zoo.train_model, zoo.train_sae, zoo.capture_sae_activations, locate.locate_one,
-             fit.fit_section, score.score_unit, score.section_references, score.sae_core_metrics]
+             fit.fit_section, score.section_references]
     from tasks.common import task_key
 
-    return {t.name: task_key(t, _inputs()) for t in tasks}
+    keys = {t.name: task_key(t, _inputs()) for t in tasks}
+    sae, model, inputs, corpus = _scoring_inputs()
+    unit = score.ScoringUnit(name=sae.name, kind="trained", mapping="native", saes=(sae,))
+    keys["score-unit"] = score.part_key(unit, model, inputs, "m", score.ScoreConfig())
+    keys["core-metrics"] = score.core_key(sae, model, corpus, 8, "m")
+    return keys
+
+
+def _scoring_inputs():
+    from storage.refs import CorpusRef, DatasetRef, ModelRef, ReferencesRef, SAERef, StoreRef
+    from tasks.score import TaskInputs
+
+    sae = SAERef(spec="zoo:x", name="x", hook="blocks.0.hook_resid_post", hash="h-x", arch="topk", d_sae=8, d_in=4,
+                 source="zoo")
+    model = ModelRef(path="zoo/m/model", hash="h-model")
+    inputs = TaskInputs(dataset=DatasetRef(path="datasets/ioi/p.parquet", hash="d", task="ioi"),
+                        store=StoreRef(path="activations/s", hash="s", n_chunks=1, model_hash="h-model",
+                                       dataset_hash="d"),
+                        refs=ReferencesRef(path="scores/references/r", hash="r", task="ioi"))
+    return sae, model, inputs, CorpusRef(path="corpus/c.parquet", hash="c")
 
 
 def test_a_scoring_change_moves_the_score_keys_and_not_the_zoo_keys(edit_module):
@@ -83,14 +102,22 @@ def test_a_zoo_code_change_moves_the_zoo_key(edit_module):
 
 def test_keys_ignore_the_data_root_and_paths_but_not_content():
     from storage.refs import ModelRef
+    from tasks import score
     from tasks.common import task_key
-    from tasks.score import sae_core_metrics as t
 
-    a = {"sae_m": {"name": "s", "hash": "1"}, "model": ModelRef(path="zoo/m/model", hash="m"), "home": "/x"}
+    t = score.section_references
+    a = {"dataset": {"name": "s", "hash": "1"}, "model": ModelRef(path="zoo/m/model", hash="m"), "home": "/x"}
     moved = {**a, "home": "/elsewhere", "model": ModelRef(path="other/place", hash="m")}
     other = {**a, "model": ModelRef(path="zoo/m/model", hash="m2")}
     assert task_key(t, a) == task_key(t, moved)
     assert task_key(t, a) != task_key(t, other)
+    sae, model, inputs, corpus = _scoring_inputs()
+    unit = score.ScoringUnit(name=sae.name, kind="trained", mapping="native", saes=(sae,))
+    relocated = inputs.model_copy(update={"store": inputs.store.model_copy(update={"path": "elsewhere/s"})})
+    changed = inputs.model_copy(update={"store": inputs.store.model_copy(update={"hash": "s2"})})
+    key = score.part_key(unit, model, inputs, "m", score.ScoreConfig())
+    assert key == score.part_key(unit, model.model_copy(update={"path": "x"}), relocated, "m", score.ScoreConfig())
+    assert key != score.part_key(unit, model, changed, "m", score.ScoreConfig())
 
 
 def test_closure_follows_from_imports_and_skips_type_checking_ones():

@@ -118,8 +118,7 @@ def test_builtin_hands_on_the_zoo_corpus_and_keeps_the_core_metrics_key(home):
 
 def test_the_corpus_moves_the_core_metrics_key(home, tmp_path):
     from storage.refs import SAERef
-    from tasks.common import task_key
-    from tasks.score import sae_core_metrics
+    from tasks.score import core_key
 
     a, c = tmp_path / "a.txt", tmp_path / "c.txt"
     a.write_text(_text(600))
@@ -129,8 +128,7 @@ def test_the_corpus_moves_the_core_metrics_key(home, tmp_path):
                  source="zoo")
 
     def key(corpus) -> str:
-        return task_key(sae_core_metrics, dict(sae=sae, model=model, corpus=corpus.ref, n_sequences=corpus.n_sequences,
-                                               model_name="m", home=str(home.root), device="cpu"))
+        return core_key(sae, model, corpus.ref, corpus.n_sequences, "m")
 
     builtin = prepare_corpus.fn(CorpusSpec.parse("builtin"), 4096, 128, model, _builtin(home), 256, str(home.root))
     keys = {key(builtin), key(_prepare(home, f"text:{a}", model)), key(_prepare(home, f"text:{c}", model))}

@@ -155,6 +155,28 @@ def test_the_cache_is_bounded_least_recently_used_first(tmp_path, monkeypatch):
     assert reads == ["a", "b", "c", "b"] and loaded.LOADS["references"] == 4
 
 
+def test_saes_are_kept_within_a_byte_budget_so_a_worker_stays_flat(monkeypatch):
+    import torch
+
+    def sae(mib: int) -> SimpleNamespace:
+        module = torch.nn.Linear(1, 1, bias=False)
+        module.weight = torch.nn.Parameter(torch.zeros(mib << 18))  # float32: `mib` MiB
+        return SimpleNamespace(sae=module)
+
+    assert loaded.nbytes(sae(3)) == 3 << 20 and loaded.nbytes(object()) == 0
+    monkeypatch.setitem(loaded.MAX_BYTES, "sae", 10 << 20)
+    for i in range(5):
+        loaded.keep("sae", (f"h{i}", f"s{i}"), sae(4))
+    # 4 MiB each under a 10 MiB budget: the two most recent stay, the older ones go (read again if asked)
+    assert list(loaded._cache["sae"]) == [("h3", "s3"), ("h4", "s4")]
+    assert sum(loaded._sizes["sae"].values()) == 8 << 20
+    monkeypatch.setenv(loaded.KEEP_ENV, "1")  # the operator's setting: 1 MiB; the newest is always kept
+    loaded.keep("sae", ("h5", "s5"), sae(4))
+    assert list(loaded._cache["sae"]) == [("h5", "s5")]
+    loaded.clear()
+    assert not loaded._sizes["sae"]
+
+
 def _sae_dir(tmp_path, seed: int = 0):
     import torch
     from sae_lens import StandardSAE, StandardSAEConfig

@@ -73,16 +73,43 @@ def test_sae_families():
 
 
 def test_task_run_names_say_what_a_run_does():
-    from storage.refs import DatasetRef, ReferencesRef
+    from storage.refs import DatasetRef
     from tasks import plan, report, score
     from tasks.plan import plan_units
 
     unit = next(u for u in plan_units(SAES, SECTIONS, EvaluateConfig()) if u.mapping == "native")
-    refs = ReferencesRef(path="scores/references/k", hash="r", task="ioi")
-    assert score._score_name({"unit": unit, "refs": refs}) == "score L0.resid_pre--topk-512 on ioi"
-    assert score._core_name({"sae": SAES[0]}) == "core-metrics blocks.0.hook_resid_pre--topk-512"
+    work = score.SAEWork(name=SAES[0].name, sae=SAES[0], jobs=(score.UnitJob(unit=unit, task="ioi"),
+                                                               score.UnitJob(unit=unit, task="sva")))
+    assert score._work_name({"work": work}) == "score L0.resid_pre--topk-512 on ioi, sva + core"
+    controls = score.SAEWork(name="controls", jobs=(score.UnitJob(unit=unit, task="ioi"),))
+    assert score._work_name({"work": controls}) == "score controls on ioi"
     ds = DatasetRef(path="datasets/ioi/k/prompts.parquet", hash="d", task="ioi")
     assert score._references_name({"dataset": ds}) == "references ioi"
     assert plan._plan_name({"tasks": ["ioi", "gender", "sva", "capital"]}) == "plan-units 4 tasks"
     assert report._leaderboard_name({"run": "nightly"}) == "leaderboard nightly"
     assert score.resolve_sae.task_run_name.format(spec="zoo:x") == "resolve zoo:x"
+
+
+def test_one_dispatched_unit_per_sae_holds_its_units_on_every_task_and_the_pairs_it_closes():
+    from sage_core.model.capture import CaptureRequest
+    from storage.refs import GroundTruthPartRef
+    from tasks.plan import ScoringPlan, TaskPlan, plan_units, sae_works
+
+    units = tuple(plan_units(SAES, SECTIONS, EvaluateConfig()))
+    part = GroundTruthPartRef(path="ground_truth/p", hash="g", task="ioi", section=SECTIONS[0])
+    tps = tuple(TaskPlan(task=t, parts=(part,), request=CaptureRequest(hooks=("x",), positions="roles"), units=units)
+                for t in ("ioi", "sva"))
+    works = sae_works(ScoringPlan(units=units, tasks=tps), SAES)
+    assert [w.name for w in works] == [s.name for s in SAES] + ["controls"]
+    by = {w.name: w for w in works}
+    first, second = by[SAES[0].name], by[SAES[1].name]
+    assert first.sae == SAES[0] and {(j.unit.name, j.task) for j in first.jobs} == {(SAES[0].name, "ioi"),
+                                                                                  (SAES[0].name, "sva")}
+    # a pair goes with its later SAE: each (unit, task) is dispatched exactly once
+    assert {j.unit.mapping for j in second.jobs} == {"native", "projection", "difference"}
+    every = [(j.unit.name, j.task) for w in works for j in w.jobs]
+    assert sorted(every) == sorted((u.name, t) for u in units for t in ("ioi", "sva"))
+    assert by["controls"].sae is None and {j.unit.kind for j in by["controls"].jobs} == {"oracle", "random"}
+    # an SAE that reaches no task still gets its core metrics
+    alone = sae_works(ScoringPlan(units=units, tasks=()), SAES[:1])
+    assert [(w.name, w.jobs) for w in alone] == [(SAES[0].name, ())]

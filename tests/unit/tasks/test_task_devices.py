@@ -18,8 +18,8 @@ from storage.refs import ReferencesRef, SAERef
 from tasks import capture, fit, loaded, locate, score, zoo
 
 COMPUTE_TASKS = [zoo.train_model, zoo.evaluate_model, zoo.capture_sae_activations, zoo.train_sae, zoo.evaluate_saes,
-                 zoo.import_model, locate.locate_one, fit.fit_section, score.section_references, score.score_unit,
-                 score.sae_core_metrics, capture.capture_shard]
+                 zoo.import_model, locate.locate_one, fit.fit_section, score.section_references, score.score_sae,
+                 capture.capture_shard]
 
 
 @pytest.mark.parametrize("t", COMPUTE_TASKS, ids=lambda t: t.name)
