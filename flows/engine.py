@@ -24,12 +24,12 @@ import re
 import threading
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from sage_core.model.devices import resolve_devices
-from tasks import loaded, progress
+from tasks import loaded, progress, remote
 
 PROGRESS_TOPIC = "sage-progress"
 CONNECT_TIMEOUT_S = 10
@@ -169,19 +169,23 @@ class Engine:
         n = len(self.workers)
         return {g: self.workers[i * n // len(order)] for i, g in enumerate(order)}
 
-    def placed(self, worker: str | None):
-        """Submissions inside go preferably to `worker` (from `assign`); any worker may take them if that one is
-        busy or gone."""
-        if worker is None:
-            return nullcontext()
-        import dask
-
-        return dask.annotate(workers=[worker], allow_other_workers=True)
-
     @property
     def parallel(self) -> int:
         """Units run at once in this process (`threads`: the pool's size)."""
         return max(self.threads, len(self.devices))
+
+    @contextmanager
+    def per_sae_runner(self) -> Iterator[Any]:
+        """For the tasks dispatched once per SAE (`tasks.remote`): on a cluster, a thread pool in the flow's process
+        whose task runs send their bodies to the workers (two in flight per worker, so none waits between SAEs);
+        None on threads (the flow's own runner)."""
+        if not self.distributed:
+            yield None
+            return
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        with ThreadPoolTaskRunner(max_workers=2 * max(1, len(self.workers))) as runner:
+            yield runner
 
     def torch_threads(self) -> dict[str, int]:
         """Torch's intra-op threads in each process doing the work."""
@@ -341,7 +345,8 @@ def open_engine(cluster: str = "threads", device: str = "cpu", threads: int = 2)
             eng.client.wait_for_workers(1, timeout=300)
             eng.workers = sorted(eng.client.scheduler_info(n_workers=-1)["workers"])
             eng.client.register_worker_callbacks(_forward_progress)
-        with activated(eng), (nullcontext() if eng.distributed else _torch_threads_for(eng.parallel)):
+        with (activated(eng), remote.dispatching_to(eng.client) if eng.distributed else
+              _torch_threads_for(eng.parallel)):
             yield eng
     finally:
         if relay is not None:

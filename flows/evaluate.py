@@ -57,6 +57,11 @@ def flow_run_name() -> str:
     return flow_run.parameters.get("run") or "evaluate (named when scored)"
 
 
+def _submit(runner, task, **parameters):
+    """`task` submitted on `runner` (the engine's per-SAE pool: `flows.engine.per_sae_runner`), or on the flow's own."""
+    return runner.submit(task, parameters) if runner is not None else task.submit(**parameters)
+
+
 def _settle(futures: list) -> list[State]:
     for f in futures:
         f.wait()
@@ -113,11 +118,10 @@ def evaluate(cfg: EvaluateConfig = EvaluateConfig(), home: str | None = None, ru
     specs = list(cfg.saes) or [f"zoo:{n}" for n in list_zoo_saes(h, name)]
     # one worker per share of the specs, sorted (one hook's SAEs together): it resolves them, keeps them, scores them
     worker_of = eng.assign(specs)
-    resolving = []
-    for spec in specs:
-        with eng.placed(worker_of[spec]):
-            resolving.append(t["resolve-sae"].submit(spec, zoo.model, name, root))
-    saes = _kept(specs, resolving, "load", failures)
+    with eng.per_sae_runner() as runner:
+        resolving = [_submit(runner, t["resolve-sae"], spec=spec, model=zoo.model, model_name=name, home=root,
+                             worker=worker_of[spec]) for spec in specs]
+        saes = _kept(specs, resolving, "load", failures)
     plan = t["plan-units"].submit(saes, gt, tasks, zoo.model, cfg, root).result()
     failures += [{"sae": "*", "stage": "fit", "error": f"task {e}: no cross-section was kept"} for e in plan.empty]
 
@@ -150,21 +154,21 @@ def evaluate(cfg: EvaluateConfig = EvaluateConfig(), home: str | None = None, ru
 
 def _scored(t: dict, eng, works: list[SAEWork], worker_of: dict, model, inputs: dict[str, TaskInputs], name: str,
             cfg: EvaluateConfig, corpus, root: str, failures: list[dict[str, str]]):
-    """One `score-sae` task run per SAE (and one for the controls), each where its SAE was resolved; then per unit
-    and task a status row, and the parts and core metrics that completed."""
+    """One `score-sae` task run per SAE (and one for the controls), each sent to the worker that resolved its SAE;
+    then per unit and task a status row, and the parts and core metrics that completed."""
     started = time.perf_counter()
     progress.begin("score", sum(len(w.jobs) for w in works))
     progress.begin("core", sum(w.sae is not None for w in works))
     devices = eng.unit_devices(cfg.device, len(works))
     # the largest first (the controls score on every task): the last to finish is a short one, no slot idles long
     works = sorted(works, key=lambda w: -len(w.jobs))
-    futures = []
-    for w, dev in zip(works, devices, strict=True):
-        with eng.placed(worker_of.get(w.group)):
-            futures.append(t["score-sae"].submit(w, model, inputs, name, cfg.score, corpus.ref, corpus.n_sequences,
-                                                 root, device=dev))
+    with eng.per_sae_runner() as runner:
+        futures = [_submit(runner, t["score-sae"], work=w, model=model, inputs=inputs, model_name=name,
+                           cfg=cfg.score, corpus=corpus.ref, n_sequences=corpus.n_sequences, home=root,
+                           worker=worker_of.get(w.group), device=dev) for w, dev in zip(works, devices, strict=True)]
+        states = _settle(futures)
     outcomes = []
-    for w, state in zip(works, _settle(futures), strict=True):
+    for w, state in zip(works, states, strict=True):
         if state.is_completed():
             outcomes.append(state.result())
         else:  # raised past its units (a lasting I/O error after retries): every one of its results is missing

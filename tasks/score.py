@@ -59,7 +59,7 @@ from storage.refs import (
     StoreRef,
 )
 from storage.sae_sources import load_sae_spec, sae_dir_of
-from tasks import loaded, progress
+from tasks import loaded, progress, remote
 from tasks.common import UNCACHED, is_transient, needs_build, output_key, stage_options, task_key
 
 
@@ -152,11 +152,16 @@ def _references_name(parameters: dict) -> str:
 
 # -- resolving SAEs ------------------------------------------------------------------------------------------------
 @task(name="resolve-sae", task_run_name="resolve {spec}", **{**UNCACHED, "retries": 0})
-def resolve_sae(spec: str, model: ModelRef, model_name: str, home: str) -> SAERef:
+def resolve_sae(spec: str, model: ModelRef, model_name: str, home: str, worker: str | None = None) -> SAERef:
     """Load and check one SAE against the model before any compute; raises a one-line error if it cannot be scored.
 
     Never cached: a spec names files (or code) that can change; the content hash it returns keys everything after.
-    This load is the run's only one: the loaded SAE is kept for the tasks that score it (`tasks.loaded`)."""
+    This load is the run's only one: the loaded SAE is kept for the tasks that score it (`tasks.loaded`), on `worker`
+    (`tasks.remote`), where they go too."""
+    return remote.compute(_resolve, spec, model, model_name, home, worker=worker)
+
+
+def _resolve(spec: str, model: ModelRef, model_name: str, home: str) -> SAERef:
     h = SageHome(home)
     sae = load_sae_spec(spec, h, model_name)
     check_sae(sae, loaded.shared_model(h, model))
@@ -356,12 +361,19 @@ def _failure(job: UnitJob, exc: BaseException) -> JobOutcome:
 
 @task(name="score-sae", task_run_name=_work_name, **UNCACHED)
 def score_sae(work: SAEWork, model: ModelRef, inputs: dict[str, TaskInputs], model_name: str, cfg: ScoreConfig,
-              corpus: CorpusRef, n_sequences: int, home: str, device: str = "cpu") -> SAEOutcome:
+              corpus: CorpusRef, n_sequences: int, home: str, worker: str | None = None,
+              device: str = "cpu") -> SAEOutcome:
     """Everything scored for one SAE, on one device: its units on every task (native, and the projected pairs it
     closes), then its core metrics; or the controls on every task. Each result is cached on its own content key
     (`part_key`, `core_key`), so a rerun or a partly failed run reuses what is whole and a new SAE computes only its
     own. A unit that fails is reported and the others go on; an I/O hiccup is raised, so Prefect retries the SAE
-    (what it finished is reused)."""
+    (what it finished is reused). The work runs on `worker` (`tasks.remote`), where the SAE was resolved."""
+    return remote.compute(_score_work, work, model, inputs, model_name, cfg, corpus, n_sequences, home, device,
+                          worker=worker)
+
+
+def _score_work(work: SAEWork, model: ModelRef, inputs: dict[str, TaskInputs], model_name: str, cfg: ScoreConfig,
+                corpus: CorpusRef, n_sequences: int, home: str, device: str) -> SAEOutcome:
     h = SageHome(home)
     parts, timing = [], {"score": 0.0, "core": 0.0}
     built = 0

@@ -55,7 +55,7 @@ def _kill_a_scoring_worker(eng, done: dict) -> None:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not done.get("stop"):
         for worker, keys in eng.client.processing().items():
-            if any(str(k).startswith("score_sae") for k in keys) and worker in pids:
+            if any(str(k).startswith("_score_work") for k in keys) and worker in pids:
                 os.kill(pids[worker], signal.SIGKILL)
                 done["killed"] = pids[worker]
                 return
