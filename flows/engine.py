@@ -26,6 +26,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from sage_core.model.devices import resolve_devices
@@ -227,6 +228,12 @@ def cpu_share(parallel: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, parallel))
 
 
+def _set_torch_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
+
+
 def torch_threads() -> int:
     import torch
 
@@ -264,10 +271,8 @@ def _local_cluster(n: int | None, devices: tuple[str, ...]):
     from distributed import Nanny, Scheduler, SpecCluster
 
     count = len(gpus) if gpus else (n or max(1, (os.cpu_count() or 2) // 2))
-    # each CPU worker's torch gets its share of the cores: N workers never run N x cores threads between them
-    share = str(cpu_share(count))
-    envs = ([{"CUDA_VISIBLE_DEVICES": str(g)} for g in gpus] if gpus else
-            [{"OMP_NUM_THREADS": share, "MKL_NUM_THREADS": share} for _ in range(count)])
+    # each CPU worker's torch threads are set once it runs (`open_engine`): N workers share the cores
+    envs = [{"CUDA_VISIBLE_DEVICES": str(g)} for g in gpus] if gpus else [{} for _ in range(count)]
     workers = {i: {"cls": Nanny, "options": {"nthreads": 1, "host": "127.0.0.1", "env": env, "silence_logs": 40}}
                for i, env in enumerate(envs)}
     # no dashboard; its HTTP endpoints (health, metrics) still listen: on 127.0.0.1 and a free port, never :8787 on
@@ -345,6 +350,8 @@ def open_engine(cluster: str = "threads", device: str = "cpu", threads: int = 2)
             eng.client.wait_for_workers(1, timeout=300)
             eng.workers = sorted(eng.client.scheduler_info(n_workers=-1)["workers"])
             eng.client.register_worker_callbacks(_forward_progress)
+            if spec.kind == "local" and not pinned:  # Dask's nannies start torch on 1 thread: give each its share
+                eng.client.register_worker_callbacks(partial(_set_torch_threads, cpu_share(len(eng.workers))))
         with (activated(eng), remote.dispatching_to(eng.client) if eng.distributed else
               _torch_threads_for(eng.parallel)):
             yield eng
