@@ -60,6 +60,13 @@ def file_digest(path: str | Path, st: os.stat_result | None = None) -> str:
     return _digests[k]
 
 
+def json_digest(value: Any) -> str:
+    """xxh3-128 hex digest of a JSON value's canonical form (sorted keys, no whitespace): what a JSON record (a flow
+    record, `storage.records`) was when written, whatever its indentation on disk."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=True)
+    return xxhash.xxh3_128(text.encode()).hexdigest()
+
+
 def _load_marker(path: Path) -> dict[str, Any] | None:
     """The marker of directory `path` as a dict, None if absent or unreadable (remembered per stat signature)."""
     p = Path(path) / MARKER
@@ -197,7 +204,18 @@ def _remove_abandoned(final: Path) -> None:
     for tag in ("partial", "stale"):
         for p in final.parent.glob(f"{final.name}.{tag}-*"):
             if _abandoned(p, tag):
-                shutil.rmtree(p, ignore_errors=True)
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:  # a single file built beside its place (the ledger)
+                    p.unlink(missing_ok=True)
+
+
+def partial_sibling(final: Path) -> Path:
+    """Where this process builds `final` before moving it into place: `<name>.partial-<host>-<pid>-<tag>` beside it;
+    one left by a process that died on this host is removed first (never a live writer's)."""
+    final = Path(final)
+    _remove_abandoned(final)
+    return final.parent / f"{final.name}.partial-{_owner()}"
 
 
 def _record_files(tmp: Path) -> dict[str, dict[str, Any]]:

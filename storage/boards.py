@@ -9,7 +9,6 @@ SAEs it scored fall back to their previous result where there is one; a failed e
 from __future__ import annotations
 
 import difflib
-import json
 from typing import NamedTuple
 
 import polars as pl
@@ -17,7 +16,7 @@ import polars as pl
 from sage_core.scoring import across
 from storage.atomic import StoreError, read_marker
 from storage.home import SageHome
-from storage.integrity import read_parquet
+from storage.integrity import read_parquet, read_record_json
 
 # scores/<run>/'s files, as `storage.scores.RUN_FILES` names them (importing that module loads TransformerLens, ten
 # seconds: too slow for a command that only reads three tables; a test holds the two equal)
@@ -75,28 +74,42 @@ def _parts_by_task(manifest: object) -> tuple[str, dict[str, list[str]]] | None:
 
 def recorded_ground_truths(home: SageHome) -> dict[str, dict[str, list[str]]]:
     """Per ground-truth path (a GroundTruthRef's `path`, as a run's marker names it): its parts' content hashes per
-    task, from the fit flow's records (`storage.ground_truth.write_gt_record`). Read as JSON, not through
-    `storage.records` (whose `storage.refs` loads TransformerLens); a record that does not parse is skipped. The
-    parts' directories need not still exist: their hashes name them."""
+    task, from the fit flow's records (`storage.ground_truth.write_gt_record`) that verify (`ground_truth_records`)."""
+    return ground_truth_records(home)[0]
+
+
+# what to do about a ground-truth record that does not verify, seen from `sage leaderboard`
+GT_RECORD_FIX = ("it is not used (the runs that scored against its ground truth are keyed by that path); rerun `sage "
+                 "fit` or `sage evaluate` for its model to rewrite it")
+
+
+def ground_truth_records(home: SageHome) -> tuple[dict[str, dict[str, list[str]]], list[str]]:
+    """`recorded_ground_truths`, and one line per record that does not verify (unreadable, edited since it was
+    written, or without a checksum: `storage.integrity.read_record_json`), which is left out rather than read as fact.
+    Read as JSON, not through `storage.records` (whose `storage.refs` loads TransformerLens). The parts' directories
+    need not still exist: their hashes name them, and the record's checksum vouches for the hashes."""
     d = home.ground_truth_record("_").parent
     out: dict[str, dict[str, list[str]]] = {}
+    problems: list[str] = []
     for p in sorted(d.glob("*.json")) if d.is_dir() else []:
         try:
-            rec = json.loads(p.read_text())
-        except (OSError, ValueError):
+            rec = read_record_json(p, GT_RECORD_FIX)
+        except StoreError as exc:
+            problems.append(" ".join(str(exc).split()))
             continue
-        found = _parts_by_task(rec.get("manifest") if isinstance(rec, dict) else None)
+        found = _parts_by_task(rec["manifest"])
         if found is not None:
             out.setdefault(found[0], found[1])
-    return out
+    return out, problems
 
 
 def ground_truth_keys(home: SageHome, tables: dict[str, RunTables]) -> tuple[pl.DataFrame, list[str]]:
     """Per (run, task) of each run's board (`across.GROUND_TRUTH_SCHEMA`): the key of the ground truth it scored that
     task against, `across.ground_truth_key` of the parts of that task in the GroundTruthRef its marker names. Where
     those parts cannot be read, the marker's `ground_truth` path itself (or "run:<run>" for a marker naming none:
-    ranked only among itself), with a warning line per such path."""
-    recorded = recorded_ground_truths(home) if tables else {}
+    ranked only among itself), with a warning line per such path, after one per ground-truth record that does not
+    verify."""
+    recorded, problems = ground_truth_records(home) if tables else ({}, [])
     rows: list[dict[str, str]] = []
     unread: dict[str | None, list[str]] = {}
     for run, t in sorted(tables.items()):
@@ -108,12 +121,13 @@ def ground_truth_keys(home: SageHome, tables: dict[str, RunTables]) -> tuple[pl.
                    else t.ground_truth or f"run:{run}")
             rows.append({"run": run, "task": task, "ground_truth": key})
     where = home.relative(home.ground_truth_record("_").parent)
-    warnings = [f"run(s) {', '.join(runs)}: the parts of ground truth {gt} could not be read (no record under {where} "
-                f"names it); their results are keyed by that path, so runs that used the same cross-sections may be "
-                f"shown apart" if gt else
-                f"run(s) {', '.join(runs)} record no ground truth in their marker (written by an older SAGE); each "
-                f"run's results are ranked only among themselves"
-                for gt, runs in sorted(unread.items(), key=lambda kv: kv[1])]
+    warnings = problems + [
+        f"run(s) {', '.join(runs)}: the parts of ground truth {gt} could not be read (no verified record under {where} "
+        f"names it); their results are keyed by that path, so runs that used the same cross-sections may be shown "
+        f"apart" if gt else
+        f"run(s) {', '.join(runs)} record no ground truth in their marker (written by an older SAGE); each run's "
+        f"results are ranked only among themselves"
+        for gt, runs in sorted(unread.items(), key=lambda kv: kv[1])]
     return pl.DataFrame(rows, schema=across.GROUND_TRUTH_SCHEMA), warnings
 
 

@@ -10,10 +10,17 @@ SQLite in WAL mode (readers never wait for the writer), a versioned schema (`PRA
 when opened), and every decision that writes taken inside one `BEGIN IMMEDIATE` transaction: two watch runs at once
 serialise on it, so an SAE is claimed by exactly one of them; a claim expires after its lease, so a run that died does
 not hold its SAEs for ever.
+
+The ledger is never taken on trust: it is created whole (built beside its path, then linked into place, so no reader
+ever finds a half-made or empty one), and every open checks it first: a file that exists but is empty or no SQLite
+database, or one that SQLite's `PRAGMA integrity_check` finds damaged, is a one-line LedgerError saying to restore it
+or move it aside, never read as "nothing evaluated yet" or as a wrong row. Nothing is ever written over a damaged one.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,7 +32,7 @@ import polars as pl
 from sage_core.scoring.across import EVALUATION_SCHEMA  # what `sage leaderboard` reads, one definition
 from sage_core.watch.plan import Decision, Outcome, SeenRow, decide
 from sage_core.watch.sources import FoundSAE
-from storage.atomic import StoreError
+from storage.atomic import StoreError, partial_sibling
 from storage.home import SageHome
 
 SCHEMA_VERSION = 1
@@ -82,12 +89,20 @@ class LedgerError(StoreError):
     """The ledger cannot be opened or read; the message says what to do."""
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"
+# what to do with a damaged ledger: it is the history of every evaluation, so it is never rebuilt over
+DAMAGED_FIX = ("restore it from a backup, or move it aside to start a new history (the next watch run then lists every "
+               "SAE as new again)")
+
+
 class Ledger:
     """One connection per call (sqlite3 connections are not shared across threads or processes)."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        with self._connect() as db:
+        if not self.path.exists() and not self.path.is_symlink():
+            self._create()
+        with self._connect(check=True) as db:
             self._migrate(db)
 
     @classmethod
@@ -95,14 +110,96 @@ class Ledger:
         return cls(home.ledger_path())
 
     # -- connection and schema -----------------------------------------------------------------------------------
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
+    def _damaged(self, what: str) -> LedgerError:
+        return LedgerError(f"the ledger {self.path} is damaged ({what}); {DAMAGED_FIX}")
+
+    def _create(self) -> None:
+        """A new ledger, whole: built (schema and WAL mode) in a sibling file, then hard-linked to its path, which
+        fails if another process created it first (theirs is kept). A crash leaves no ledger, never an empty one."""
+        tmp = partial_sibling(self.path)
         try:
-            db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            db = sqlite3.connect(tmp, isolation_level=None)
+            try:
+                self._migrate(db)  # in the default rollback mode: at COMMIT everything is in the file itself
+                db.execute("PRAGMA journal_mode=WAL")  # persistent: recorded in the file's header
+            finally:
+                db.close()
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            try:
+                os.link(tmp, self.path)
+            except FileExistsError:
+                pass  # another process created it meanwhile: that one is the ledger
+            except OSError as e:
+                if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
+                    raise
+                self._copy_new(tmp)  # a filesystem without hard links
+        except (OSError, sqlite3.Error) as e:
+            raise LedgerError(f"cannot create the ledger {self.path} ({e}); check SAGE_HOME is writable and its disk "
+                              "has room") from e
+        finally:
+            for suffix in ("", "-journal", "-wal", "-shm"):
+                Path(f"{tmp}{suffix}").unlink(missing_ok=True)
+
+    def _copy_new(self, tmp: Path) -> None:
+        """`tmp` copied to the ledger's path unless a file is there already (a reader may glimpse it half-copied)."""
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(tmp.read_bytes())
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:
+            self.path.unlink(missing_ok=True)  # ours, just made, never whole: no history in it
+            raise
+
+    def _check_file(self) -> None:
+        """An existing ledger is a SQLite database: not empty (its history gone), not something else."""
+        try:
+            with open(self.path, "rb") as f:
+                head = f.read(len(SQLITE_HEADER))
+        except FileNotFoundError as e:
+            raise LedgerError(f"the ledger {self.path} is missing (moved or deleted while in use); rerun the "
+                              "command") from e
+        except OSError as e:
+            raise LedgerError(f"cannot read the ledger {self.path} ({e.strerror or e}); check SAGE_HOME") from e
+        if not head:
+            wal = Path(f"{self.path}-wal")
+            if not (wal.is_file() and wal.stat().st_size > 0):  # else SQLite's write-ahead log holds its pages
+                raise self._damaged("it is empty, 0 bytes: every evaluation it recorded is gone")
+        elif head != SQLITE_HEADER:
+            raise self._damaged("not a SQLite database")
+
+    def _check_integrity(self, db: sqlite3.Connection) -> None:
+        """SQLite's own check of every page, row and index; anything but "ok" is damage."""
+        rows = [r[0] for r in db.execute("PRAGMA integrity_check(20)").fetchall()]
+        if rows != ["ok"]:
+            more = f"; and {len(rows) - 1} more problem(s)" if len(rows) > 1 else ""
+            raise self._damaged(f"integrity_check: {' '.join(str(rows[0]).split())}{more}")
+
+    @contextmanager
+    def _connect(self, check: bool = False) -> Iterator[sqlite3.Connection]:
+        """A connection in WAL mode; `check`: SQLite's integrity check first, before anything could write."""
+        self._check_file()  # every time: a file emptied or replaced since the last call is not read as a ledger
+        try:
+            # mode=rw: opening never creates a ledger (`_create` does, whole); a moved one is missing, not new
+            db = sqlite3.connect(f"{self.path.absolute().as_uri()}?mode=rw", timeout=BUSY_TIMEOUT_S,
+                                 isolation_level=None, uri=True)
         except sqlite3.Error as e:
+            if not self.path.exists():
+                raise LedgerError(f"the ledger {self.path} is missing (moved or deleted while in use); rerun the "
+                                  "command") from e
             raise LedgerError(f"cannot open the ledger {self.path} ({e}); check SAGE_HOME is writable") from e
         try:
             db.row_factory = sqlite3.Row
+            if check:
+                self._check_integrity(db)
             if db.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":
                 raise LedgerError(f"the ledger {self.path} cannot use WAL mode (a network filesystem?); put SAGE_HOME "
                                   "on a local disk")
@@ -114,8 +211,7 @@ class Ledger:
                 raise LedgerError(f"the ledger {self.path} stayed locked for {BUSY_TIMEOUT_S:g} s; another watch "
                                   "run holds it: retry when it is done") from e
             if "not a database" in text or "malformed" in text:
-                raise LedgerError(f"the ledger {self.path} is damaged ({text}); move it aside and rerun: the next "
-                                  "watch run lists every SAE as new again") from e
+                raise self._damaged(text) from e
             raise LedgerError(f"the ledger {self.path} could not be used ({type(e).__name__}: {text}); check the "
                               "disk has room and SAGE_HOME is writable, then retry") from e
         finally:

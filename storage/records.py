@@ -1,7 +1,8 @@
 """Flow records: what a finished flow produced (its typed references), keyed on everything that decides it.
 
 A later run with the same key reads the record instead of walking the flow's cached tasks one by one (each a Prefect
-cache lookup). A record is trusted only while every directory it names is still complete on disk.
+cache lookup). A record is trusted only while its own checksum matches (it holds the digest of what it records) and
+every directory it names is still complete on disk.
 """
 
 from __future__ import annotations
@@ -13,19 +14,24 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from storage import refs
-from storage.atomic import StoreError, is_whole, read_marker, verify_dir
+from storage.atomic import DIGEST, StoreError, is_whole, json_digest, read_marker, verify_dir
 from storage.hashing import dir_hash, file_hash
 from storage.home import SageHome
+from storage.integrity import read_record_json
 
 
 def write_record(path: Path, key: str, value: Any) -> Path:
-    """Atomically (write + rename) record `value` (typed references, `storage.refs`, or plain JSON) under `key`; a
-    reader never sees half a record."""
+    """Atomically (write + rename) record `value` (typed references, `storage.refs`, or plain JSON) under `key`, with
+    the digest of what it records (`storage.atomic.json_digest`): a reader never sees half a record, and one whose
+    content changed after it was written (an edited number, a part's hash) is never taken for it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # the digest of what a reader parses back (tuples as lists, other values as their str), not of `value` itself
+    payload = json.loads(json.dumps({"key": key, "manifest": refs.dump(value)}, default=str))
+    rec = {**payload, "digest_algorithm": DIGEST, "digest": json_digest(payload)}
     tmp = path.with_name(f"{path.name}.partial-{os.getpid()}")  # one per process: two writers never share it
     try:
-        tmp.write_text(json.dumps({"key": key, "manifest": refs.dump(value)}, indent=1, default=str))
+        tmp.write_text(json.dumps(rec, indent=1))
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)  # a failed write (a full disk) leaves nothing behind
@@ -33,16 +39,16 @@ def write_record(path: Path, key: str, value: Any) -> Path:
 
 
 def read_record(path: Path, key: str | None, whole: Callable[[Any], bool], kind: type | None = None) -> Any:
-    """The recorded value (references revived) if `path` holds a record for `key` (None: any key), of type `kind`
-    when given, and `whole(value)` says everything it names is still on disk; None otherwise (missing, unreadable,
-    another key or type, something gone)."""
+    """The recorded value (references revived) if `path` holds a record for `key` (None: any key) whose checksum
+    matches, of type `kind` when given, and `whole(value)` says everything it names is still on disk; None otherwise
+    (missing, unreadable, edited, without a checksum, another key or type, something gone: its stage rewrites it)."""
     path = Path(path)
     if not path.is_file():
         return None
     try:
-        rec = json.loads(path.read_text())
-        value = refs.revive(rec["manifest"]) if isinstance(rec, dict) and "manifest" in rec else None
-    except (ValueError, KeyError, TypeError):  # torn, edited, or naming a reference it does not fit
+        rec = read_record_json(path)
+        value = refs.revive(rec["manifest"])
+    except (StoreError, ValueError, KeyError, TypeError):  # torn, edited, or naming a reference it does not fit
         return None
     if value is None or (key is not None and rec.get("key") != key):
         return None
@@ -51,6 +57,24 @@ def read_record(path: Path, key: str | None, whole: Callable[[Any], bool], kind:
     if kind is None and not isinstance(value, dict):
         return None
     return value if whole(value) else None
+
+
+def checked_record(path: Path, kind: type, fix: str) -> Any:
+    """The value recorded at `path` (references revived) for a command that shows it: None when there is no record,
+    else the value once its checksum matches and it is a `kind`; a record that does not verify is a StoreError in one
+    line naming it and what is wrong, then `fix` (what to do), never shown as it is."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return None
+    rec = read_record_json(path, fix)
+    try:
+        value = refs.revive(rec["manifest"])
+    except (ValueError, TypeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise StoreError(f"{path} names a reference it does not fit ({first}); {fix}") from exc
+    if not isinstance(value, kind):
+        raise StoreError(f"{path} records a {type(value).__name__}, not a {kind.__name__}; {fix}")
+    return value
 
 
 def all_complete(dirs: Iterable[str | Path]) -> bool:

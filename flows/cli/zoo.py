@@ -95,7 +95,7 @@ def zoo_info(
 ) -> None:
     """Print the zoo's task performance and SAE metrics."""
     from storage.home import SageHome
-    from storage.records import read_record
+    from storage.records import checked_record
     from storage.refs import ZooRef
 
     h = SageHome(home)
@@ -103,7 +103,8 @@ def zoo_info(
     if not models:
         fail(f"no zoo under {h.root}; build one with `sage zoo build`")
     for name in models:
-        zoo = read_record(h.zoo_record(name), None, lambda _: True, ZooRef)
+        with refused():  # a record that does not verify is one line, never shown as the zoo's metrics
+            zoo = checked_record(h.zoo_record(name), ZooRef, "run `sage zoo build` to rewrite it")
         if zoo is None:
             console.print(f"[yellow]{name}: no finished build yet (run `sage zoo build`)[/]")
             continue

@@ -237,3 +237,21 @@ def test_the_tasks_a_model_s_latest_run_did_not_score_are_named_with_why(home):
                            "gendered_pronoun: not done by sage-tiny (accuracy 0.50, logit diff 0.00; accuracy below "
                            "the bar) (run r3)")
     assert across_runs(home, LEDGER).not_run == ()  # runs that recorded no task status say nothing
+
+
+def test_an_edited_ground_truth_record_is_named_and_not_used(home):
+    # a part hash changed in gt-ab2's record (still valid JSON) would silently give r2 another ioi key; the record no
+    # longer verifies, so it is named in a warning and r2's results are keyed by their ground truth's path
+    [rec] = [p for p in home.ground_truth_record("_").parent.glob("*.json") if "gt-ab2" in p.read_text()]
+    text = rec.read_text()
+    assert text.count('"p-ioi-2"') == 1
+    rec.write_text(text.replace('"p-ioi-2"', '"p-ioi-7"'))
+    assert "ground_truth/gt-ab2" not in boards.recorded_ground_truths(home)
+    out = across_runs(home, LEDGER)
+    keys = dict(out.rows.filter(pl.col("task").is_not_null()).select("run", "ground_truth").unique().rows())
+    assert keys == {"r1": KEY_AB, "r2": "ground_truth/gt-ab2"}
+    assert not any("\n" in w for w in out.warnings)
+    [named] = [w for w in out.warnings if str(rec) in w or home.relative(rec) in w]
+    assert "changed since it was written" in named
+    assert any(w.startswith("run(s) r2: the parts of ground truth ground_truth/gt-ab2 could not be read")
+               for w in out.warnings)

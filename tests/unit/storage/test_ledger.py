@@ -155,3 +155,79 @@ def test_two_processes_never_claim_the_same_sae(tmp_path):
     assert led.integrity() == "ok"
     assert led.saes("evaluated").height == 60 and led.evaluations().height == 60
     assert led.evaluations().group_by("content_hash").len()["len"].max() == 1
+
+
+def _ledger_with_history(tmp_path):
+    led = Ledger.of(SageHome(tmp_path))
+    led.record_run("r1", "sage-tiny", [{"content_hash": f"{i:016x}", "sae": f"sae-{i}", "spec": f"zoo:sae-{i}",
+                                        "status": "evaluated"} for i in range(1, 4)])
+    assert not led.path.with_name("ledger.sqlite-wal").exists()  # every connection closed: all in the main file
+    return led
+
+
+def test_a_changed_byte_that_integrity_check_catches_is_refused(tmp_path):
+    """One byte of a content hash changed in the evaluations table (its indexes keep the old one): SQLite reads the
+    row as it is, so the leaderboard would show a wrong hash; PRAGMA integrity_check sees the row and index differ."""
+    led = _ledger_with_history(tmp_path)
+    good = led.path.read_bytes()
+    hit = None
+    for at in (i for i in range(len(good)) if good.startswith(b"0000000000000002", i)):
+        bad = bytearray(good)
+        bad[at + 15] = ord("9")
+        led.path.write_bytes(bytes(bad))
+        with sqlite3.connect(led.path) as db:
+            if "0000000000000009" in [r[0] for r in db.execute("SELECT content_hash FROM evaluations")]:
+                hit = bytes(bad)
+                break
+    assert hit is not None, "no copy of the hash in the table itself"
+    with sqlite3.connect(led.path) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] != "ok"
+    with pytest.raises(LedgerError) as err:
+        Ledger(led.path).evaluations()
+    msg = str(err.value)
+    assert "\n" not in msg and str(led.path) in msg and "damaged" in msg and "integrity_check" in msg
+    assert "restore it from a backup" in msg and "move it aside" in msg
+    assert led.path.read_bytes() == hit, "nothing written over it"
+
+
+def test_a_zero_byte_ledger_is_not_an_empty_history(tmp_path):
+    from storage.boards import ledger_evaluations
+
+    led = _ledger_with_history(tmp_path)
+    led.path.write_bytes(b"")
+    for read in (lambda: Ledger(led.path).evaluations(), lambda: ledger_evaluations(SageHome(tmp_path))):
+        with pytest.raises(LedgerError) as err:
+            read()
+        msg = str(err.value)
+        assert "\n" not in msg and str(led.path) in msg and "0 bytes" in msg and "restore it from a backup" in msg
+    assert led.path.read_bytes() == b"", "the damaged ledger is not recreated"
+    with pytest.raises(LedgerError, match="0 bytes"):
+        led.claim([found(1)], "w", lease_hours=1)
+    assert led.path.read_bytes() == b""
+
+
+def test_sage_leaderboard_on_a_damaged_ledger_is_one_line(tmp_path):
+    from tests.acceptance.cli import one_line_error, run_in_process
+
+    led = _ledger_with_history(tmp_path)
+    led.path.write_bytes(b"")
+    r = run_in_process(["leaderboard"], tmp_path)
+    assert r.returncode == 2 and one_line_error(r), r.stdout
+    assert "nothing evaluated yet" not in r.stdout and "0 bytes" in r.stdout
+
+
+def test_a_ledger_is_created_whole_or_not_at_all(tmp_path, monkeypatch):
+    """The ledger is built beside its path and linked into place: a crash while it is created leaves no ledger (and no
+    zero-byte file that the next open would have to call damaged), and an existing file is never replaced."""
+    path = tmp_path / "ledger.sqlite"
+
+    def boom(*a, **kw):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("storage.ledger.os.link", boom)
+    with pytest.raises(LedgerError, match="No space left"):
+        Ledger(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    assert Ledger(path).schema_version() == SCHEMA_VERSION
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ledger.sqlite"]
