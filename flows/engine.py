@@ -24,7 +24,7 @@ import re
 import threading
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -188,9 +188,11 @@ class Engine:
         with ThreadPoolTaskRunner(max_workers=2 * max(1, len(self.workers))) as runner:
             yield runner
 
-    def torch_threads(self) -> dict[str, int]:
-        """Torch's intra-op threads in each process doing the work."""
-        return dict(self.client.run(torch_threads)) if self.distributed else {"flow": torch_threads()}
+    def torch_threads(self) -> dict[str, int | str]:
+        """Torch's intra-op threads in each process doing the work (`threads`: shared by the SAEs scored at once)."""
+        if self.distributed:
+            return dict(self.client.run(torch_threads))
+        return {"flow": f"{os.cpu_count()} cores / SAEs scored at once (tasks.remote.sharing_cores)"}
 
     def loads(self) -> Counter[str]:
         """Reads from disk so far, summed over the flow's process and every live worker (kind -> count)."""
@@ -238,20 +240,6 @@ def torch_threads() -> int:
     import torch
 
     return torch.get_num_threads()
-
-
-@contextmanager
-def _torch_threads_for(parallel: int) -> Iterator[None]:
-    """`threads`: torch's intra-op pool is per process, and each of the `parallel` task threads that runs a torch op
-    gets a team of that size; so each gets its share of the cores while the engine is open (then back as it was)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(cpu_share(parallel))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _local_cluster(n: int | None, devices: tuple[str, ...]):
@@ -352,8 +340,7 @@ def open_engine(cluster: str = "threads", device: str = "cpu", threads: int = 2)
             eng.client.register_worker_callbacks(_forward_progress)
             if spec.kind == "local" and not pinned:  # Dask's nannies start torch on 1 thread: give each its share
                 eng.client.register_worker_callbacks(partial(_set_torch_threads, cpu_share(len(eng.workers))))
-        with (activated(eng), remote.dispatching_to(eng.client) if eng.distributed else
-              _torch_threads_for(eng.parallel)):
+        with activated(eng), (remote.dispatching_to(eng.client) if eng.distributed else nullcontext()):
             yield eng
     finally:
         if relay is not None:

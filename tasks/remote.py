@@ -8,7 +8,9 @@ the worker the engine chose as a plain Dask call (`compute`): the worker does th
 model, the SAE), and needs no access to Prefect's API. A worker that dies mid-call loses nothing: Dask runs the call
 again elsewhere and every result is written atomically under its content key.
 
-The engine (`flows.engine`) sets the Dask client while it is open; without one, `compute` calls in this process.
+The engine (`flows.engine`) sets the Dask client while it is open; without one, `compute` calls in this process, with
+torch's threads shared between the calls running at once (`sharing_cores`). A Dask worker gets its share of the cores
+from the engine.
 """
 
 from __future__ import annotations
@@ -38,6 +40,32 @@ def dispatching_to(client: Any) -> Iterator[None]:
             _client = before
 
 
+_running = 0
+
+
+@contextmanager
+def sharing_cores() -> Iterator[None]:
+    """Torch threads for this thread while the block runs: the cores shared by the calls running at once in this
+    process (`threads`: one SAE alone gets every core, two get half each). Torch keeps the count per thread once set,
+    so each call sets its own; it is put back afterwards."""
+    import os
+
+    import torch
+
+    global _running
+    with _lock:
+        _running += 1
+        share = max(1, (os.cpu_count() or 1) // _running)
+    before = torch.get_num_threads()
+    torch.set_num_threads(share)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+        with _lock:
+            _running -= 1
+
+
 def distributed() -> bool:
     return _client is not None
 
@@ -47,7 +75,8 @@ def compute(fn: Callable[..., T], *args: Any, worker: str | None = None, **kwarg
     cluster; its exception is raised here as it was raised there. `fn` must be importable by name on the workers."""
     client = _client
     if client is None:
-        return fn(*args, **kwargs)
+        with sharing_cores():
+            return fn(*args, **kwargs)
     where = {"workers": [worker], "allow_other_workers": True} if worker else {}
     future = client.submit(fn, *args, key=f"{fn.__name__}-{uuid.uuid4().hex}", pure=False, **where, **kwargs)
     try:

@@ -66,3 +66,32 @@ def test_with_a_cluster_the_call_goes_to_the_worker_named_and_raises_as_it_raise
     assert first["pure"] is False and first["key"].startswith("_pid_and-") and first["key"] != second["key"]
     assert first["workers"] == ["tcp://w:1"] and first["allow_other_workers"] is True
     assert second["workers"] is None and second["allow_other_workers"] is None  # Dask refuses the one without the other
+
+
+def test_calls_run_here_share_the_cores_and_give_them_back(monkeypatch):
+    import threading
+
+    import torch
+
+    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    before = torch.get_num_threads()
+    seen, inside, go = {}, threading.Barrier(2), threading.Event()
+
+    def one(name: str) -> None:
+        with remote.sharing_cores():
+            inside.wait()  # both running: each has half the cores
+            seen[name] = torch.get_num_threads()
+            go.wait()
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in "ab"]
+    for t in threads:
+        t.start()
+    while len(seen) < 2:
+        pass
+    go.set()
+    for t in threads:
+        t.join()
+    assert sorted(seen.values()) in ([2, 2], [2, 4])  # the first may have started alone, with every core
+    with remote.sharing_cores():
+        assert torch.get_num_threads() == 4  # alone: every core
+    assert torch.get_num_threads() == before
