@@ -24,7 +24,7 @@ import re
 import threading
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -302,12 +302,14 @@ def warm_code_versions() -> None:
 @contextmanager
 def activated(eng: Engine) -> Iterator[Engine]:
     """Make an engine that is already open the one flows use for the block (a benchmark comparing engines keeps
-    several open); the previous one is current again afterwards."""
+    several open), the per-SAE work (`tasks.remote`) going to its workers or staying here; the previous one is current
+    again afterwards."""
     global _current
     with _lock:
         previous, _current = _current, eng
     try:
-        yield eng
+        with remote.dispatching_to(eng.client if eng.distributed else None):
+            yield eng
     finally:
         with _lock:
             _current = previous
@@ -340,7 +342,7 @@ def open_engine(cluster: str = "threads", device: str = "cpu", threads: int = 2)
             eng.client.register_worker_callbacks(_forward_progress)
             if spec.kind == "local" and not pinned:  # Dask's nannies start torch on 1 thread: give each its share
                 eng.client.register_worker_callbacks(partial(_set_torch_threads, cpu_share(len(eng.workers))))
-        with activated(eng), (remote.dispatching_to(eng.client) if eng.distributed else nullcontext()):
+        with activated(eng):
             yield eng
     finally:
         if relay is not None:

@@ -139,3 +139,16 @@ def test_a_running_scheduler_is_used_and_left_running():
         assert progress._forward is None  # its worker runs in this process: progress stays here
         with Client(cluster.scheduler_address, timeout=10) as c:  # still there
             assert len(c.scheduler_info()["workers"]) == 1
+
+
+def test_the_per_sae_work_follows_the_activated_engine_not_the_last_opened():
+    from tasks import remote
+
+    cluster = Engine(ClusterSpec("local", 2), ("cpu",), client=object(), workers=["tcp://a:1"])
+    threads = Engine(ClusterSpec("threads"), ("cpu",))
+    with engine.activated(cluster):
+        assert remote._client is cluster.client
+        with engine.activated(threads):  # a benchmark running threads while a cluster is open
+            assert not remote.distributed()
+        assert remote._client is cluster.client
+    assert not remote.distributed()
