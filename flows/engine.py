@@ -267,7 +267,12 @@ def _local_cluster(n: int | None, devices: tuple[str, ...]):
     # every interface
     scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard": False,
                                                "dashboard_address": "127.0.0.1:0"}}
-    return SpecCluster(workers=workers, scheduler=scheduler, name="sage", silence_logs=40), bool(gpus)
+    # Dask's nannies set MALLOC_TRIM_THRESHOLD_, which turns off glibc's adaptive mmap threshold: every large tensor
+    # is then mapped and zeroed anew, 10-15% of a CPU worker's torch time (benchmarks/scale.py, heavy units)
+    import dask
+
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+        return SpecCluster(workers=workers, scheduler=scheduler, name="sage", silence_logs=40), bool(gpus)
 
 
 def _connect(address: str):
