@@ -486,11 +486,12 @@ def report(rounds: list[tuple[dict, dict]], args: argparse.Namespace, hook: str,
     base = {k: med(b[k] for b in bare) for k in ("load", "capture", "encode_decode", "core", "clean")}
     ratio = median_ratio(per, walls)
     print(f"3. per added {WIDTH}-wide SAE at {hook} (medians of {len(rounds)} paired round(s), K = {args.k}):")
-    print(f"   SAGE: {med(per):.2f} s of wall; its own task runs (Prefect's run times): load (resolve-sae) "
-          f"{split['load']:.2f} s, capture {split['capture']:+.2f} s (none: its hook is one the task's shared "
-          f"capture already holds; the capture tasks' cache hits took this much longer than without it), scoring {split['score']:.2f} s, core metrics {split['core']:.2f} s; "
-          f"{tasks:.2f} s in all: the threads engine runs scoring and core metrics at once on 2 threads, so they "
-          "overlap (the rest of the wall: planning, leaderboard, report, Prefect)")
+    print(f"   SAGE: {med(per):.2f} s of wall; its own work: load (its resolve-sae task run) {split['load']:.2f} s, "
+          f"capture {split['capture']:+.2f} s (none: its hook is one the task's shared capture already holds; the "
+          f"capture tasks' cache hits took this much longer than without it), and in its one score-sae task run "
+          f"scoring {split['score']:.2f} s then core metrics {split['core']:.2f} s (one after the other, with every "
+          f"core); {tasks:.2f} s in all (the rest of the wall: planning, leaderboard, report, Prefect); marginal cost "
+          f"(wall per added SAE / its own work) {med(per) / tasks:.2f} (issue #25 item 1: goal <= 1.3)")
     aff, passes = (med(s["inside"].get(k, 0.0) for s in sage) for k in INSIDE)
     print(f"   inside its scoring: {aff:.2f} s reading the SAE's decoder directions (sage_core.scoring.mapping."
           f"affine_decoder; decoding the {WIDTH} x {WIDTH} identity instead would be "

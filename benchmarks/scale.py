@@ -8,14 +8,16 @@
    scoring (references, units, core metrics, leaderboard, report) reruns while nothing upstream does. The engines stay
    open across rounds: worker start-up is measured once, apart, and so is each engine's first (cold) run;
 2. orchestration share of the scoring stage (issue #25 item 3): its wall time (the flow measures it, first unit
-   submitted to last settled) times the engine's parallel slots, less the units' own compute (each task run's time as
-   Prefect measured it where it ran), over that slot time; and task runs per SAE;
+   submitted to last settled) times the engine's parallel slots, less the units' own compute (each unit's scoring and
+   core metrics as it timed them where it ran), over that slot time; and task runs per SAE;
 3. peak memory of each process doing the work (`Engine.peak_memory_mib`);
 4. model and SAE reads from disk per run, before load-once (SAGE_NO_LOAD_CACHE=1 in the environment of the flow's
    process and of every live worker) and after it (the cold first run of each engine, then the warm rounds);
 5. device figures (`benchmarks/scale_device.py`): the built-in evaluation on `--device` against the CPU; seconds per
    SAE for a GPT-2-small-shaped model (random weights) with 24576-wide SAEs in SAELens layout at one residual hook;
-   the activation store's write throughput against the disk's raw sequential write (dd). Without a CUDA GPU they run
+   `threads` against `local:2` on those heavy units (issue #25 item 4: new SAEs every round, paired rounds, each
+   engine's torch threads per process printed); the activation store's write throughput against the disk's raw
+   sequential write (dd). Without a CUDA GPU they run
    on the CPU at a reduced size (below), which proves the code and gives CPU figures only;
 6. projections from the measured figures (`benchmarks/scale_projection.py`): how the cost grows with SAEs x tasks x
    workers, and the wall time for every GPT-2-small residual SAE in the SAELens registry on 1 and 8 GPUs.
@@ -27,7 +29,8 @@ results/scale-gpu.md; on a lent GPU, run the device parts alone (sized for a few
 
     python -m benchmarks.scale [--rounds 3] [--clusters threads,local:1,local:2] [--device cpu|cuda]
                                [--gpt2-saes N] [--gpt2-layers N] [--gpt2-vocab N] [--store-mib N]
-                               [--skip throughput,device,gpt2,store]
+                               [--heavy-saes N] [--heavy-clusters threads,local:2] [--heavy-rounds N]
+                               [--skip throughput,device,gpt2,heavy,store]
     python -m benchmarks.scale --skip throughput --rounds 2        # on a lent GPU
 """
 
@@ -44,7 +47,7 @@ from pathlib import Path
 
 import benchmarks.quiet  # noqa: F401  (sets the environment before anything imports Prefect)
 from benchmarks.scale_projection import human
-from benchmarks.scale_runs import Run, evaluate_on, forget_scores, loads_line, no_cache, slots, tiny_cfg
+from benchmarks.scale_runs import Run, evaluate_on, forget_scores, loads_line, no_cache, slots, task_run_times, tiny_cfg
 from sage_core.config import ZooConfig
 
 
@@ -58,6 +61,7 @@ class EngineFigures:
     before: Run | None = None
     peak: dict[str, float] = field(default_factory=dict)
     torch_threads: dict[str, int] = field(default_factory=dict)
+    marginal: list[tuple[float, float]] = field(default_factory=list)  # (wall grown - wall cached, own task time)
 
     def throughput(self) -> float:
         """SAEs per second: median over the rounds."""
@@ -74,6 +78,34 @@ class EngineFigures:
     def overhead_per_unit(self) -> float:
         """Wall per unit times the units run at once, less the unit's own compute."""
         return statistics.median(r.wall / r.units for r in self.rounds) * self.slots - self.compute_per_unit()
+
+
+def marginal_cost(eng, cfg, home: Path, rounds: int, tag: str) -> list[tuple[float, float]]:
+    """Issue #25 item 1, per round: the evaluated zoo again (every result cached: the run's fixed start-up) and the
+    zoo plus one SAE no run has scored (a perturbed copy of a zoo SAE at its hook): (the difference of the two walls,
+    that SAE's own task time: its `resolve` and `score` task runs where they ran)."""
+    from benchmarks.memory import write_copy
+    from storage.home import SageHome
+    from storage.sae_sources import list_zoo_saes
+
+    h = SageHome(home)
+    names = list_zoo_saes(h, cfg.zoo.model.name)
+    zoo = tuple(f"zoo:{n}" for n in names)
+    out = []
+    for i in range(rounds):
+        marker = f"-new-{artifact_safe(tag)}-{i}"  # in its directory's name, so in its task runs' names
+        name = f"{names[i % len(names)]}{marker}"
+        new = write_copy(h.root / "zoo" / cfg.zoo.model.name / "saes" / names[i % len(names)],
+                         home.parent / "new-saes" / name, 0.01, 7000 + i)
+        cached = evaluate_on(eng, cfg.model_copy(update={"saes": zoo}), home, timed_units=False)
+        grown = evaluate_on(eng, cfg.model_copy(update={"saes": (*zoo, str(new))}), home, timed_units=False)
+        own = [sec for n, sec in task_run_times(grown.flow_run_id, ("resolve ", "score ")) if marker in n]
+        out.append((grown.wall - cached.wall, sum(own)))
+    return out
+
+
+def artifact_safe(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in text)
 
 
 def _saes(run) -> int:
@@ -121,6 +153,8 @@ def throughput_part(home: Path, clusters: list[str], rounds: int) -> dict[str, E
                 forget_scores(home)
                 figs[name].rounds.append(evaluate_on(eng, cfg, home))
         for name, eng in engines.items():
+            figs[name].marginal = marginal_cost(eng, cfg, home, rounds, name)
+        for name, eng in engines.items():
             figs[name].peak = eng.peak_memory_mib()
             figs[name].torch_threads = {("flow" if w == "flow" else f"worker {i}"): n for i, (w, n)
                                         in enumerate(sorted(eng.torch_threads().items()))}
@@ -152,11 +186,20 @@ def report_throughput(figs: dict[str, EngineFigures], clusters: list[str], fresh
     for name in clusters:
         f = figs[name]
         stage = statistics.median(r.stage_wall for r in f.rounds)
-        compute = statistics.median(sum(r.unit_times) for r in f.rounds)
+        compute = statistics.median(r.unit_compute for r in f.rounds)
         print(f"{name:>10}: stage wall {stage:.2f} s x {f.slots} slot(s) = {stage * f.slots:.2f} s against its "
-              f"units' own compute {compute:.2f} s (task run times where they ran): orchestration "
+              f"units' own compute {compute:.2f} s (as each timed its work where it ran): orchestration "
               f"{100 * f.orchestration():.1f}% (rounds {', '.join(f'{100 * r.orchestration_share(f.slots):.1f}%' for r in f.rounds)}); "
-              f"{f.rounds[0].units / _saes(f.rounds[0]):.2f} task runs per SAE")
+              f"{(f.rounds[0].units + _saes(f.rounds[0])) / _saes(f.rounds[0]):.2f} task runs per SAE (its resolve-sae "
+              f"and score-sae, and the controls' score-sae shared)")
+    print("== 2b. marginal cost of one new SAE (issue #25 item 1, goal <= 1.3): (wall of the evaluated set plus one "
+          "new SAE - wall of the set alone, every result cached) / the new SAE's own task time (resolve + score)")
+    for name in clusters:
+        m = figs[name].marginal
+        if m:
+            ratios = [d / own for d, own in m]
+            print(f"{name:>10}: median {statistics.median(ratios):.2f} (rounds "
+                  f"{', '.join(f'{d:.2f} s / {own:.2f} s = {d / own:.2f}' for d, own in m)})")
     print(f"== 3. peak resident memory per process doing the work (MiB, over the cold run and the rounds"
           f"{'' if fresh_peaks else '; could not reset: since each process started'})")
     for name in clusters:
@@ -195,7 +238,11 @@ def main() -> None:
     ap.add_argument("--gpt2-layers", type=int, default=12 if gpu else 2, help="layers of the GPT-2-shaped model")
     ap.add_argument("--gpt2-vocab", type=int, default=50257 if gpu else 0, help="its d_vocab (0: the tokenizer's)")
     ap.add_argument("--store-mib", type=int, default=2048 if gpu else 256, help="MiB written per store round")
-    ap.add_argument("--skip", default="", help="comma-separated parts to skip: throughput,device,gpt2,store")
+    ap.add_argument("--heavy-saes", type=int, default=4, help="new 24576-wide SAEs per run, engines compared")
+    ap.add_argument("--heavy-clusters", default="threads,local:2", help="engines compared on heavy units")
+    ap.add_argument("--heavy-rounds", type=int, default=2, help="paired rounds of the heavy-unit comparison")
+    ap.add_argument("--skip", default="",
+                    help="comma-separated parts to skip: throughput,device,gpt2,heavy,store")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     clusters = args.clusters.split(",")
@@ -225,6 +272,9 @@ def main() -> None:
             per_sae = None
             if "gpt2" not in skip and args.gpt2_saes:
                 per_sae = dev.gpt2_per_sae(home, args.device, args.gpt2_saes, args.gpt2_layers, args.gpt2_vocab)
+                if "heavy" not in skip and args.heavy_saes:
+                    dev.gpt2_engines(home, per_sae, args.heavy_clusters.split(","), args.heavy_rounds,
+                                     args.heavy_saes)
             if "store" not in skip:
                 dev.store_vs_dd(Path(tmp), args.store_mib, args.rounds)
         dev.projections(figs, clusters, per_sae, args.device)

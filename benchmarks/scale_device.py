@@ -9,6 +9,7 @@ back through `SAE.load_from_disk` like any directory spec).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import statistics
@@ -93,7 +94,8 @@ def gpt2_per_sae(home: Path, device: str, n: int, layers: int = GPT2.n_layers, v
     mib = save_gpt2(home, cfg, vocab)
     saes = home.parent / "gpt2-saes"
     base = EvaluateConfig(zoo=ZooConfig.tiny(), pretrained=GPT2_NAME, tasks=("ioi",), locate=LCFG, per_group=1,
-                          core_sequences=32, device=device, min_task_accuracy=0.0)  # random weights do no task
+                          core_sequences=32, device=device, min_task_accuracy=0.0,  # random weights do no task
+                          corpus="builtin")  # the stand-in speaks the built-in tokenizer: its corpus, offline
     full = layers == GPT2.n_layers and vocab == GPT2_VOCAB
     shape = (f"{layers} layers, d_model 768, 12 heads, d_mlp 3072, d_vocab {vocab or 'of the tokenizer'}"
              + ("" if full else ": REDUCED from GPT-2 small's 12 layers and 50257 tokens for a CPU run"))
@@ -121,7 +123,50 @@ def gpt2_per_sae(home: Path, device: str, n: int, layers: int = GPT2.n_layers, v
     print(f"seconds per SAE on {device}: {per:.2f} s  (1 SAE, every stage cached: {cached.wall:.1f} s; + {n} new SAEs: "
           f"{grown.wall:.1f} s); inside each new SAE's one task run, where it ran: scoring {sum(score) / n:.2f} s, "
           f"core metrics {sum(core) / n:.2f} s ({len(mine)} runs)")
-    return {"device": device, "per_sae": per, "fixed": first.wall, "n": n, "full": full}
+    return {"device": device, "per_sae": per, "fixed": first.wall, "n": n, "full": full, "hook": hook,
+            "base": specs[0], "saes": saes, "cfg": base}
+
+
+def gpt2_engines(home: Path, done: dict, clusters: list[str], rounds: int, n: int) -> None:
+    """Heavy units (issue #25 item 4): the same GPT-2-shaped evaluation (after `gpt2_per_sae`, which left every
+    stage but the SAEs' own cached) with `n` new 24576-wide SAEs on each engine, in paired rounds (new SAEs every
+    round and engine: nothing of theirs is cached). Per SAE = (the run with them - the run without them) / n; the
+    ratio to the first engine is taken within each round. Each engine's torch threads per process are printed."""
+    from flows.engine import open_engine
+
+    base = done["cfg"].model_copy(update={"device": "cpu"})
+    per: dict[str, list[float]] = {c: [] for c in clusters}
+    own: dict[str, list[float]] = {c: [] for c in clusters}  # each new SAE's work as its unit timed it
+    threads: dict[str, dict] = {}
+    with contextlib.ExitStack() as stack:
+        engines = {c: stack.enter_context(open_engine(c, "cpu")) for c in clusters}
+        for c, eng in engines.items():  # each engine's first run reads the model into its processes: not timed
+            evaluate_on(eng, base.model_copy(update={"saes": (done["base"],)}), home, timed_units=False)
+            threads[c] = eng.torch_threads()
+        seed = 1000
+        for _ in range(rounds):
+            for c, eng in engines.items():
+                specs = []
+                for _i in range(n):
+                    seed += 1
+                    specs.append(write_sae(done["saes"] / f"heavy-{seed}", done["hook"], seed))
+                cached = evaluate_on(eng, base.model_copy(update={"saes": (done["base"],)}), home, timed_units=False)
+                grown = evaluate_on(eng, base.model_copy(update={"saes": (done["base"], *specs)}), home,
+                                    timed_units=False)
+                per[c].append((grown.wall - cached.wall) / n)
+                names = {Path(spec).name for spec in specs}
+                own[c] += [u["score"] + u["core"] for u in grown.out["scoring"]["units"] if u["name"] in names]
+                for spec in specs:
+                    shutil.rmtree(spec, ignore_errors=True)
+    first = clusters[0]
+    print(f"heavy units: {n} new {SAE_WIDTH}-wide SAEs per run on the GPT-2-shaped model, {rounds} paired round(s), "
+          f"{os.cpu_count()} CPU cores")
+    for c in clusters:
+        ratios = [b / x for x, b in zip(per[c], per[first], strict=True)]
+        print(f"{c:>10}: {statistics.median(per[c]):.2f} s per SAE (rounds {', '.join(f'{x:.2f}' for x in per[c])}); "
+              f"speed vs {first} {statistics.median(ratios):.2f}x (>= 1 is as fast or faster); each SAE's own work "
+              f"(scoring + core metrics, where it ran) {statistics.median(own[c]):.2f} s; torch threads per process "
+              f"{threads[c]}")
 
 
 def _dd(path: Path, mib: int, flag: str) -> float:

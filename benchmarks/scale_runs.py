@@ -57,9 +57,15 @@ class Run:
         """The scoring stage's wall time, as the flow measured it (first unit submitted to last settled)."""
         return self.out["scoring"]["wall_s"]
 
+    @property
+    def unit_compute(self) -> float:
+        """The scoring units' own compute, summed: each one's scoring and core metrics as it timed them where it ran
+        (a task run's time would count its wait for a busy Dask worker too)."""
+        return sum(u.get("score", 0.0) + u.get("core", 0.0) for u in self.out["scoring"]["units"])
+
     def orchestration_share(self, slots: int) -> float:
-        """The share of the scoring stage's slot time (wall x units run at once) not spent in a unit's own run."""
-        return 1 - sum(self.unit_times) / (self.stage_wall * slots)
+        """The share of the scoring stage's slot time (wall x units run at once) not spent in a unit's own work."""
+        return 1 - self.unit_compute / (self.stage_wall * slots)
 
 
 def evaluate_on(eng, cfg: EvaluateConfig, home: Path, timed_units: bool = True) -> Run:
