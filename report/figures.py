@@ -17,15 +17,25 @@ KIND_COLOURS = {"trained": "#4c72b0", "oracle": "#55a868", "random": "#c44e52"}
 OTHER_COLOUR = "#8c8c8c"
 F1_PREFIX = "f1:"
 ANNOTATE_MAX_CELLS = 200
+# SAE rows per figure: a task with more SAEs gets one figure per page, each legible and of bounded size (one figure
+# of every row grew the report process by ~1.6 MiB per SAE, and Agg refuses images over 2^16 px)
+PAGE_ROWS = 40
 
 
-def metric_panels(leaderboard: pl.DataFrame, task: str, metrics: tuple[str, ...] | list[str]) -> Figure:
+def pages(n: int, per: int = PAGE_ROWS) -> list[slice]:
+    """The row slices of `n` rows cut into pages of at most `per` (one empty page for none)."""
+    return [slice(i, i + per) for i in range(0, n, per)] or [slice(0, 0)]
+
+
+def metric_panels(leaderboard: pl.DataFrame, task: str, metrics: tuple[str, ...] | list[str],
+                  page: slice = slice(None)) -> Figure:
     """One task's leaderboard metrics as side-by-side bar panels sharing one SAE axis (best summary at the top).
 
     One figure instead of one per metric: the SAE names are laid out once, and a reader compares an SAE across
-    metrics along one row. Controls are coloured apart; a missing value is marked "n/a" at zero.
+    metrics along one row. Controls are coloured apart; a missing value is marked "n/a" at zero. `page`: which of the
+    ranked rows (`pages`).
     """
-    rows = task_rows(leaderboard, task)[::-1]  # barh draws index 0 at the bottom
+    rows = task_rows(leaderboard, task)[page][::-1]  # barh draws index 0 at the bottom
     metrics = [m for m in metrics if m in leaderboard.columns] or ["summary"]
     names = [str(r["sae"]) for r in rows]
     n = max(len(rows), 1)

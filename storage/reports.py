@@ -14,7 +14,7 @@ from pathlib import Path
 
 import polars as pl
 
-from report.figures import f1_heatmap, metric_panels
+from report.figures import f1_heatmap, metric_panels, pages
 from report.notes import kept_hooks
 from report.summary import summary_markdown
 from report.tables import ranked_saes
@@ -31,9 +31,12 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]+", "_", str(name)).strip("_") or "_"
 
 
-def plot_paths(task: str) -> dict[str, str]:
-    """Relative paths (inside the report) of a task's plots: per-metric bars and the F1 heatmap."""
-    return {"metrics": f"plots/{_slug(task)}-metrics.png", "f1-heatmap": f"plots/{_slug(task)}-f1-heatmap.png"}
+def plot_paths(task: str, page: int = 0) -> dict[str, str]:
+    """Relative paths (inside the report) of a task's plots: per-metric bars and the F1 heatmap (page 0; a later
+    page of a task with more SAEs than a figure shows gets `-<page + 1>`)."""
+    more = f"-{page + 1}" if page else ""
+    return {"metrics": f"plots/{_slug(task)}-metrics{more}.png",
+            "f1-heatmap": f"plots/{_slug(task)}-f1-heatmap{more}.png"}
 
 
 def _save(fig, path: Path) -> None:
@@ -65,19 +68,19 @@ def write_report(out_dir: Path, scores: pl.DataFrame, leaderboard: pl.DataFrame,
         (tmp / "plots").mkdir()
         embedded: dict[str, list[str]] = {}
         for task in tasks:
-            paths = plot_paths(task)
             embedded[task] = []
             in_board = leaderboard.height > 0 and task in leaderboard.get_column("task").to_list()
-            if in_board:
-                _save(metric_panels(leaderboard, task, PLOT_METRICS), tmp / paths["metrics"])
-                embedded[task].append(paths["metrics"])
-            order = None
-            if in_board:  # heatmap rows: best summary first, then any SAE only in `scores`
-                order = ranked_saes(leaderboard, task)
-                extra = scores.filter(pl.col("task") == task).get_column("sae").unique(maintain_order=True)
-                order += [s for s in extra.to_list() if s not in order]
-            _save(f1_heatmap(scores, task, order), tmp / paths["f1-heatmap"])
-            embedded[task].append(paths["f1-heatmap"])
+            # heatmap rows: best summary first, then any SAE only in `scores`
+            ranked = ranked_saes(leaderboard, task) if in_board else []
+            extra = scores.filter(pl.col("task") == task).get_column("sae").unique(maintain_order=True)
+            order = ranked + [s for s in extra.to_list() if s not in ranked]
+            for k, page in enumerate(pages(len(order))):
+                paths = plot_paths(task, k)
+                if in_board and (k == 0 or page.start < len(ranked)):
+                    _save(metric_panels(leaderboard, task, PLOT_METRICS, page), tmp / paths["metrics"])
+                    embedded[task].append(paths["metrics"])
+                _save(f1_heatmap(scores, task, order[page]), tmp / paths["f1-heatmap"])
+                embedded[task].append(paths["f1-heatmap"])
         scores.write_parquet(tmp / "scores.parquet")
         leaderboard.write_parquet(tmp / "leaderboard.parquet")
         if failures is not None and failures.height:

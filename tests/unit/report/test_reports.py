@@ -337,3 +337,26 @@ def test_no_stage_code_version_follows_the_report_wording():
     assert module_closure("report.atp") == ("report.atp",)
     reached = module_closure("report.tables", "report.figures")
     assert not {"report.controls", "report.summary", "report.notes", "sage_core.scoring.leaderboard"} & set(reached)
+
+
+def test_a_task_with_many_saes_gets_pages_of_bounded_figures(tmp_path):
+    import polars as pl
+
+    from report.figures import PAGE_ROWS, pages
+    from storage.reports import report_plots, write_report
+
+    assert pages(0) == [slice(0, 0)] and pages(3, 2) == [slice(0, 2), slice(2, 4)]
+    n = PAGE_ROWS + 5
+    board = pl.concat([_leaderboard().filter(pl.col("sae") == _leaderboard()["sae"][0])
+                       .with_columns(pl.lit(f"sae-{i:03d}").alias("sae"), pl.lit(i / n).alias("summary"))
+                       for i in range(n)])
+    scores = pl.concat([_scores().filter(pl.col("sae") == _scores()["sae"][0])
+                        .with_columns(pl.lit(f"sae-{i:03d}").alias("sae")) for i in range(n)])
+    out = write_report(tmp_path / "r", scores, board, None, {"run": "many"})
+    plots = report_plots(out)
+    assert [p for p in plots if p.startswith("plots/ioi-")] == [
+        "plots/ioi-metrics.png", "plots/ioi-f1-heatmap.png", "plots/ioi-metrics-2.png", "plots/ioi-f1-heatmap-2.png"]
+    from PIL import Image
+
+    first, second = (Image.open(out / p) for p in ("plots/ioi-f1-heatmap.png", "plots/ioi-f1-heatmap-2.png"))
+    assert second.height < first.height  # 5 rows against 40: each page's size follows its own rows
