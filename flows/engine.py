@@ -75,9 +75,16 @@ def _loads() -> dict[str, int]:
 
 
 def _peak_rss_mib() -> float:
-    """This process's peak resident memory, MiB (Linux reports KiB)."""
+    """This process's peak resident memory, MiB: Linux's VmHWM (ru_maxrss of a process started by fork and exec
+    counts its parent's peak too: a Dask worker would report the flow process's), else ru_maxrss."""
     import resource
 
+    try:
+        for line in open("/proc/self/status", encoding="ascii"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
