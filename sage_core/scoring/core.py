@@ -70,10 +70,11 @@ def core_metrics(
             passes.append(("zero", run([(hook, _zero_hook(keep))])))
         target = t[:, 1:]
         mask = real[:, 1:]
+        log_probs = {}  # each pass's log-softmax once: over a 50257-token vocabulary it is most of the arithmetic
         for name, lg in passes:
-            lp = lg[:, :-1].log_softmax(-1)
+            lp = log_probs[name] = lg[:, :-1].log_softmax(-1)
             ce[name] += -(lp.gather(-1, target[..., None]).squeeze(-1)[mask]).sum().item()
-        lp_c, lp_s = clean_logits[:, :-1].log_softmax(-1), sae_logits[:, :-1].log_softmax(-1)
+        lp_c, lp_s = log_probs["clean"], log_probs["sae"]
         kl = F.kl_div(lp_s, lp_c, log_target=True, reduction="none").sum(-1)
         kl_sum += kl[mask].sum().item()
         n_pred += int(mask.sum())
