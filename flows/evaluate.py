@@ -38,7 +38,8 @@ from tasks import progress
 from tasks import report as rt
 from tasks.common import ManifestSerializer, in_home, log
 from tasks.plan import check_inputs, plan_scoring, sae_works
-from tasks.score import JobOutcome, SAEOutcome, SAEWork, TaskInputs, resolve_sae, score_sae, section_references
+from tasks.score import resolve_sae, score_sae, section_references
+from tasks.units import JobOutcome, SAEOutcome, SAEWork, TaskInputs
 from tasks.watch import record_evaluations
 
 TASKS = (resolve_sae, plan_scoring, ct.prepare_capture, section_references, score_sae,

@@ -1,6 +1,6 @@
 """The text the core metrics are computed on (`--corpus`, `sage_core.prompts.corpus_spec`): the built-in corpus as the
 zoo built it, or real text (a file, a Hugging Face dataset) tokenized by the model's own tokenizer into sequences of
-fixed length, BOS first, written once in the corpus layout (split "heldout"), so `core-metrics` and
+fixed length, BOS first, written once in the corpus layout (split "heldout"), so the core metrics and
 `section-references` read it unchanged. The prepared corpus's key is its plan (the spec without a file's path, the
 sequences' length and number, the text's content hash or revision, the tokenizer's hash) and this code: its
 CorpusRef's content hash then keys the core metrics.

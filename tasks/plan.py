@@ -22,7 +22,7 @@ from storage.refs import GroundTruthPartRef, GroundTruthRef, ModelRef, SAERef
 from storage.sae_sources import check_specs, list_zoo_saes
 from tasks import loaded
 from tasks.common import UNCACHED
-from tasks.score import SAEWork, ScoringUnit, UnitJob
+from tasks.units import SAEWork, ScoringUnit, UnitJob
 
 
 def check_inputs(cfg: EvaluateConfig, home: SageHome, run: str | None) -> None:
