@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import benchmarks.quiet  # noqa: F401  (sets the environment before anything imports Prefect)
+from benchmarks.memory import reset_peak
 from benchmarks.scale_projection import human
 from benchmarks.scale_runs import Run, evaluate_on, forget_scores, loads_line, no_cache, slots, task_run_times, tiny_cfg
 from sage_core.config import ZooConfig
@@ -87,13 +88,14 @@ def marginal_cost(eng, cfg, home: Path, rounds: int, tag: str) -> list[tuple[flo
     from benchmarks.memory import write_copy
     from storage.home import SageHome
     from storage.sae_sources import list_zoo_saes
+    from tasks.common import artifact_slug
 
     h = SageHome(home)
     names = list_zoo_saes(h, cfg.zoo.model.name)
     zoo = tuple(f"zoo:{n}" for n in names)
     out = []
     for i in range(rounds):
-        marker = f"-new-{artifact_safe(tag)}-{i}"  # in its directory's name, so in its task runs' names
+        marker = f"-new-{artifact_slug(tag)}-{i}"  # in its directory's name, so in its task runs' names
         name = f"{names[i % len(names)]}{marker}"
         new = write_copy(h.root / "zoo" / cfg.zoo.model.name / "saes" / names[i % len(names)],
                          home.parent / "new-saes" / name, 0.01, 7000 + i)
@@ -104,29 +106,16 @@ def marginal_cost(eng, cfg, home: Path, rounds: int, tag: str) -> list[tuple[flo
     return out
 
 
-def artifact_safe(text: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in text)
-
-
 def _saes(run) -> int:
     return sum(1 for u in run.out["scoring"]["units"] if u["name"] != "controls")
 
 
-def _reset_peak() -> bool:
-    """Restart this process's peak-memory count from its present size (Linux: ru_maxrss and VmHWM follow)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
-
-
 def reset_peaks(engines: dict) -> bool:
     """Peaks from now on, in the flow's process (it built the zoo) and every worker; False where it cannot be done."""
-    ok = _reset_peak()
+    ok = reset_peak()
     for eng in engines.values():
         if eng.distributed:
-            ok = all(eng.client.run(_reset_peak).values()) and ok
+            ok = all(eng.client.run(reset_peak).values()) and ok
     return ok
 
 
