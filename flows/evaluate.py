@@ -36,7 +36,7 @@ from tasks import capture as ct
 from tasks import corpus as corpus_tasks
 from tasks import progress
 from tasks import report as rt
-from tasks.common import ManifestSerializer, in_home, log
+from tasks.common import ManifestSerializer, in_home, log, one_line
 from tasks.plan import check_inputs, plan_scoring, sae_works
 from tasks.score import resolve_sae, score_sae, section_references
 from tasks.units import JobOutcome, SAEOutcome, SAEWork, TaskInputs
@@ -45,10 +45,6 @@ from tasks.watch import record_evaluations
 TASKS = (resolve_sae, plan_scoring, ct.prepare_capture, section_references, score_sae,
          rt.judge_ground_truth, rt.write_run_files, rt.write_run_report, rt.publish_run, record_evaluations,
          corpus_tasks.prepare_corpus)
-
-
-def one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:400] or type(exc).__name__
 
 
 def flow_run_name() -> str:

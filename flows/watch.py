@@ -20,14 +20,14 @@ from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import engine
-from flows.evaluate import evaluate, one_line
+from flows.evaluate import evaluate
 from flows.settings import results_in
 from sage_core.config import WatchConfig
 from sage_core.watch.plan import Outcome, by_model, name_batches, outcomes_of, summarize
 from sage_core.watch.sources import FoundSAE, parse_source
 from storage.home import SageHome
 from tasks import watch as wt
-from tasks.common import ManifestSerializer, in_home, log
+from tasks.common import ManifestSerializer, in_home, log, one_line
 
 TASKS = (wt.list_sae_source, wt.claim_new, wt.check_model, wt.check_hub, wt.settle, wt.release_claims,
          wt.publish_watch)

@@ -98,6 +98,11 @@ def rounded(rows: list[dict[str, Any]], digits: int = 4) -> list[dict[str, Any]]
     return [{k: round(v, digits) if isinstance(v, float) else v for k, v in r.items()} for r in rows]
 
 
+def one_line(exc: BaseException) -> str:
+    """An error as one line of at most 400 characters (its type when it says nothing)."""
+    return " ".join(str(exc).split())[:400] or type(exc).__name__
+
+
 def needs_build(path: Path) -> bool:
     """True if the write-once output at `path` must be (re)computed; a damaged one is named in one log line (its
     writer then replaces it: `storage.atomic` never keeps a directory that fails its checksums)."""

@@ -60,7 +60,7 @@ from storage.refs import (
 )
 from storage.sae_sources import load_sae_spec, sae_dir_of
 from tasks import loaded, progress, remote
-from tasks.common import UNCACHED, is_transient, needs_build, output_key, stage_options, task_key
+from tasks.common import UNCACHED, is_transient, needs_build, one_line, output_key, stage_options, task_key
 from tasks.units import JobOutcome, SAEOutcome, SAEWork, ScoringUnit, TaskInputs, UnitJob  # noqa: F401  (re-exported)
 
 
@@ -274,8 +274,7 @@ def _work_name(parameters: dict) -> str:
 
 
 def _failure(job: UnitJob, exc: BaseException) -> JobOutcome:
-    return JobOutcome(job=job, error=" ".join(str(exc).split())[:400] or type(exc).__name__,
-                      input_fault=isinstance(exc, StoreError))
+    return JobOutcome(job=job, error=one_line(exc), input_fault=isinstance(exc, StoreError))
 
 
 @task(name="score-sae", task_run_name=_work_name, **UNCACHED)
@@ -316,7 +315,7 @@ def _score_work(work: SAEWork, model: ModelRef, inputs: dict[str, TaskInputs], m
         except Exception as exc:  # noqa: BLE001
             if is_transient(exc):
                 raise
-            core_error = " ".join(str(exc).split())[:400] or type(exc).__name__
+            core_error = one_line(exc)
         timing["core"] = time.perf_counter() - t0
         progress.advance("core")
     return SAEOutcome(name=work.name, parts=tuple(parts), core=core, core_error=core_error, seconds=timing,
