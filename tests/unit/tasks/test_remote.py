@@ -70,6 +70,7 @@ def test_with_a_cluster_the_call_goes_to_the_worker_named_and_raises_as_it_raise
 
 def test_calls_run_here_share_the_cores_and_give_them_back(monkeypatch):
     import threading
+    import time
 
     import torch
 
@@ -79,15 +80,16 @@ def test_calls_run_here_share_the_cores_and_give_them_back(monkeypatch):
 
     def one(name: str) -> None:
         with remote.sharing_cores():
-            inside.wait()  # both running: each has half the cores
+            inside.wait(timeout=30)  # both running: each has half the cores
             seen[name] = torch.get_num_threads()
-            go.wait()
+            go.wait(timeout=30)
 
     threads = [threading.Thread(target=one, args=(n,)) for n in "ab"]
     for t in threads:
         t.start()
-    while len(seen) < 2:
-        pass
+    deadline = time.monotonic() + 30  # a thread that failed must fail the test, not hang it
+    while len(seen) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
     go.set()
     for t in threads:
         t.join()
