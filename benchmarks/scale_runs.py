@@ -145,7 +145,7 @@ def no_cache(eng, on: bool) -> None:
 
 def slots(eng) -> int:
     """How many units the engine runs at once: the thread pool's size on `threads`, else one per worker."""
-    return max(eng.threads, len(eng.devices)) if not eng.distributed else eng.n_workers
+    return eng.parallel if not eng.distributed else eng.n_workers
 
 
 def loads_line(loads: dict[str, int]) -> str:
