@@ -30,11 +30,11 @@ from storage.refs import ModelRef
 NO_CACHE_ENV = "SAGE_NO_LOAD_CACHE"
 LOADS: Counter[str] = Counter()
 # "moved": device copies of what was read to the CPU (not reads: `LOADS` counts them apart)
-MAX_ENTRIES = {"model": 2, "sae": 64, "references": 16, "moved": 64, "zero-ce": 256}  # a long-lived worker (the watch service) stays bounded
+MAX_ENTRIES = {"model": 2, "sae": 64, "references": 16, "moved": 64, "zero-ce": 256, "core-reference": 16, "prefixes": 4}  # a long-lived worker (the watch service) stays bounded
 
 # and by size: a worker scoring hundreds of 24576-wide SAEs (150 MiB each on GPT-2 small) keeps a flat footprint,
 # while a run's small SAEs all stay (each read once). SAGE_KEEP_MIB overrides it.
-MAX_BYTES = {"sae": 1024 << 20, "moved": 1024 << 20}
+MAX_BYTES = {"sae": 1024 << 20, "moved": 1024 << 20, "core-reference": 1024 << 20}
 KEEP_ENV = "SAGE_KEEP_MIB"
 
 _lock = threading.RLock()
@@ -74,6 +74,12 @@ def once(kind: str, key: tuple, load: Callable[[], Any]) -> Any:
         return value
 
 
+def peek(kind: str, key: tuple) -> Any:
+    """The value kept under (`kind`, `key`), or None; loads nothing."""
+    with _lock:
+        return _cache[kind].get(key) if keeping() else None
+
+
 def keep(kind: str, key: tuple, value: Any) -> None:
     """Keep `value`, just read from disk, as if `once` had loaded it (a task that had to read it anyway: resolving an
     SAE reads it to learn the content hash it is kept under)."""
@@ -95,6 +101,9 @@ def nbytes(value: Any) -> int:
     """The bytes of the tensors `value` holds (a LoadedSAE's torch module; references' tensors), 0 if unknown."""
     import torch
 
+    own = getattr(value, "nbytes", None)  # a value that counts its own (a core reference)
+    if isinstance(own, int):
+        return own
     inner = getattr(value, "sae", value)
     if isinstance(inner, torch.nn.Module):
         return sum(t.numel() * t.element_size() for t in (*inner.parameters(), *inner.buffers()))

@@ -23,12 +23,12 @@ import polars as pl
 import torch
 from prefect import task
 
-from sage_core.ground_truth.sections import CrossSection, build_sets, section_slice, split_rows
+from sage_core.ground_truth.sections import CrossSection, PrefixCache, build_sets, section_slice, split_rows
 from sage_core.model.devices import one_device
 from sage_core.model.transformer import pad_sequences
 from sage_core.prompts.library import get_task
 from sage_core.scoring import mapping as mp
-from sage_core.scoring.core import core_metrics, zero_ablation_ce
+from sage_core.scoring.core import core_metrics, core_reference
 from sage_core.scoring.rows import sufficiency_closeness
 from sage_core.scoring.score import (
     ScoreConfig,
@@ -228,6 +228,8 @@ def score_part(h: SageHome, unit: ScoringUnit, model: ModelRef, inputs: TaskInpu
         decoders = {sae.name: tuple(t.to(dev) for t in mp.affine_decoder(sae)) for sae in saes}
         weights = loaded.shared_model(h, model, dev)
         out = []
+        # every SAE scored at a cross-section patches the same prompts: their blocks before it run once per process
+        prefixes = loaded.once("prefixes", (model.hash, str(dev)), PrefixCache)
         with loaded.model(h, model, dev) as m:
             pad = m.tokenizer.pad_token_id
             for ref in loaded_references(h, refs, dev):
@@ -240,7 +242,7 @@ def score_part(h: SageHome, unit: ScoringUnit, model: ModelRef, inputs: TaskInpu
                 _, _, clean, pairs = build_sets(df, hook_acts, section, attributes, "test", cfg.max_test, device=dev)
                 codes = unit_codes(unit, section, role, s, saes, decoders, weights, ref, labels, sec_acts, cfg)
                 sc_pairs = {p.attribute: (codes.rows(p.x), codes.rows(p.xp)) for p in rows.pairs}
-                metrics = score_section(m, ref, clean, pairs, codes.rows(rows.clean), sc_pairs, pad, cfg)
+                metrics = score_section(m, ref, clean, pairs, codes.rows(rows.clean), sc_pairs, pad, cfg, prefixes)
                 base = {"sae": unit.name, "task": refs.task, "hook": section.hook, "head": section.head,
                         "role": section.role, "mapping": unit.mapping}
                 out += [{**base, "metric": k, "value": float(v)} for k, v in metrics.items()]
@@ -259,10 +261,17 @@ def sae_core_metrics(h: SageHome, sae: SAERef, model: ModelRef, corpus: CorpusRe
         with loaded.model(h, model, dev) as m:
             pad = m.tokenizer.pad_token_id
             tokens = pad_sequences(_heldout(h, corpus, n_sequences), pad)
-            # the zero-ablation pass does not depend on the SAE: once per model, hook, text and device in a process
-            zero = loaded.once("zero-ce", (model.hash, s.hook, corpus.hash, n_sequences, str(dev)),
-                               lambda: zero_ablation_ce(m, s.hook, tokens, pad))
-            metrics = core_metrics(m, s.hook, s.encode, s.decode, s.d_sae, tokens, pad, ce_zero=zero)
+            # the clean and zero-ablated passes do not depend on the SAE: once per model, hook, text and device in a
+            # process (kept within a byte budget; the zero-ablation CE, one number, even when the rest is not)
+            key = (model.hash, s.hook, corpus.hash, n_sequences, str(dev))
+
+            def reference():
+                ref = core_reference(m, s.hook, tokens, pad, ce_zero=loaded.peek("zero-ce", key))
+                loaded.keep("zero-ce", key, ref.ce_zero)
+                return ref
+
+            metrics = core_metrics(m, s.hook, s.encode, s.decode, s.d_sae, tokens, pad,
+                                   reference=loaded.once("core-reference", key, reference))
         sc_store.write_core(d, metrics, {"sae": sae.name, "hash": sae.hash})
     # the numbers are read from the checked files, never carried from a cache record
     return dir_ref(h, CoreRef, d, sae=sae.name, metrics=sc_store.read_core(d))

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Int
+from jaxtyping import Float, Int
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 from transformer_lens import HookedTransformer, HookedTransformerConfig
@@ -88,6 +88,20 @@ def start_block(model: HookedTransformer, hooks: Sequence[str]) -> int:
     if model.cfg.positional_embedding_type == "shortformer" or getattr(tok, "padding_side", "right") == "left":
         return 0
     return min((int(h.split(".")[1]) if h.startswith("blocks.") else 0 for h in hooks), default=0)
+
+
+def final_norm(model: HookedTransformer, resid: Float[Tensor, "... d"]) -> Float[Tensor, "... d"]:
+    """The final residual through the model's final norm (the unembedding's input)."""
+    return model.ln_final(resid) if model.cfg.normalization_type is not None else resid
+
+
+def unembed(model: HookedTransformer, h: Float[Tensor, "... d"]) -> Float[Tensor, "... vocab"]:
+    """Logits of the unembedding's input `h` as the model's forward computes them (W_U, b_U, then any logit soft
+    cap), without TransformerLens' `Unembed`, which copies W_U transposed on every call (154 MB for GPT-2 small: a
+    patched pass at a few positions spent most of its time there)."""
+    logits = F.linear(h, model.unembed.W_U.T, model.unembed.b_U)
+    cap = getattr(model.cfg, "output_logits_soft_cap", 0.0) or 0.0
+    return cap * torch.tanh(logits / cap) if cap > 0 else logits
 
 
 def lm_loss(model: HookedTransformer, tokens: Int[Tensor, "b pos"], pad_id: int) -> Tensor:

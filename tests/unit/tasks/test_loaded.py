@@ -177,6 +177,21 @@ def test_saes_are_kept_within_a_byte_budget_so_a_worker_stays_flat(monkeypatch):
     assert not loaded._sizes["sae"]
 
 
+def test_core_references_count_their_own_bytes_and_stay_within_their_budget(monkeypatch):
+    """The clean passes kept per model, hook and text (`sage_core.scoring.core.CoreReference`) weigh what they hold;
+    `peek` reads a kept value without loading one."""
+    def ref(mib: int) -> SimpleNamespace:
+        return SimpleNamespace(nbytes=mib << 20)
+
+    assert loaded.nbytes(ref(5)) == 5 << 20
+    monkeypatch.setitem(loaded.MAX_BYTES, "core-reference", 10 << 20)
+    assert loaded.peek("core-reference", ("a",)) is None
+    for name in "abc":
+        loaded.keep("core-reference", (name,), ref(4))
+    assert list(loaded._cache["core-reference"]) == [("b",), ("c",)]
+    assert loaded.peek("core-reference", ("a",)) is None and loaded.peek("core-reference", ("c",)).nbytes == 4 << 20
+
+
 def _sae_dir(tmp_path, seed: int = 0):
     import torch
     from sae_lens import StandardSAE, StandardSAEConfig
