@@ -10,6 +10,8 @@ The patch takes x''s activation at the same role (for IOI's Pos that is another 
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
@@ -21,7 +23,7 @@ from transformer_lens import HookedTransformer
 
 from sage_core.ground_truth.dictionaries import Dictionary
 from sage_core.model.devices import model_device
-from sage_core.model.transformer import pad_sequences, start_block
+from sage_core.model.transformer import final_norm, pad_sequences, start_block, unembed
 
 
 class CrossSection(BaseModel):
@@ -54,16 +56,19 @@ def final_logits_with(
     interventions: Sequence[Intervention],
     pad_id: int,
     batch_size: int = 128,
+    prefixes: PrefixCache | None = None,
 ) -> Float[Tensor, "n vocab"]:
     """Logits at each prompt's last position with every intervention applied (several at once when given), on the
     model's device; intervention values may sit on any device (they are moved to the activation they replace).
 
     Only what the interventions can change is run per prompt: the blocks before the first intervened one run once per
-    distinct prompt (a call often holds each prompt several times, once per edit), and the unembedding only at the
-    last position (a published model's vocabulary makes it a third of a pass at every position)."""
+    distinct prompt (a call often holds each prompt several times, once per edit; `prefixes`, where the caller keeps
+    one for this model, holds them across calls: every SAE scored at a cross-section patches the same prompts), and
+    the unembedding only at the last position (a published model's vocabulary makes it a third of a pass at every
+    position)."""
     dev = model_device(model)
     start = first_block(model, interventions)
-    prefix = _prefixes(model, seqs, pad_id, start, batch_size) if start else None
+    prefix = _prefixes(model, seqs, pad_id, start, batch_size, prefixes) if start else None
     out = []
     for i in range(0, len(seqs), batch_size):
         sl = slice(i, i + batch_size)
@@ -90,8 +95,7 @@ def final_logits_with(
             resid = model.run_with_hooks(prefix(sl, toks.shape[1]), fwd_hooks=hooks, start_at_layer=start,
                                          stop_at_layer=model.cfg.n_layers)
         at_last = resid[rows.to(resid.device), last.to(resid.device)]
-        # the final norm, unembedding and any logit soft cap, by the model itself, at one position
-        out.append(model(at_last[:, None, :], start_at_layer=model.cfg.n_layers)[:, 0])
+        out.append(unembed(model, final_norm(model, at_last)))
     return torch.cat(out)
 
 
@@ -100,7 +104,34 @@ def first_block(model: HookedTransformer, interventions: Sequence[Intervention])
     return start_block(model, [iv.section.hook for iv in interventions])
 
 
-def _prefixes(model: HookedTransformer, seqs: Sequence[Sequence[int]], pad_id: int, start: int, batch_size: int):
+class PrefixCache:
+    """Residual streams entering a block, per set of distinct prompts, for one model on one device: kept least
+    recently used first within `max_bytes` (the newest always), shared by threads."""
+
+    def __init__(self, max_bytes: int = 512 << 20):
+        self.max_bytes = max_bytes
+        self._kept: OrderedDict[tuple, Tensor] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> Tensor | None:
+        with self._lock:
+            if key in self._kept:
+                self._kept.move_to_end(key)
+            return self._kept.get(key)
+
+    def put(self, key: tuple, resid: Tensor) -> None:
+        with self._lock:
+            self._kept[key] = resid
+            while len(self._kept) > 1 and self.nbytes > self.max_bytes:
+                self._kept.popitem(last=False)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self._kept.values())
+
+
+def _prefixes(model: HookedTransformer, seqs: Sequence[Sequence[int]], pad_id: int, start: int, batch_size: int,
+              cache: PrefixCache | None = None):
     """The residual stream entering block `start` of each distinct prompt, computed once (right padding and causal
     attention: a real position never sees the padding, so a prompt's prefix does not depend on what it is padded to);
     returns a function giving the rows of a slice of `seqs`, padded to a length."""
@@ -110,9 +141,13 @@ def _prefixes(model: HookedTransformer, seqs: Sequence[Sequence[int]], pad_id: i
         index.setdefault(tuple(s), len(index))
     uniq = list(index)
     width = max(len(s) for s in uniq)
-    parts = [model(pad_sequences(uniq[i:i + batch_size], pad_id, width).to(dev), stop_at_layer=start)
-             for i in range(0, len(uniq), batch_size)]
-    resid = torch.cat(parts)
+    key = (start, pad_id, tuple(uniq))
+    resid = cache.get(key) if cache is not None else None
+    if resid is None:
+        resid = torch.cat([model(pad_sequences(uniq[i:i + batch_size], pad_id, width).to(dev), stop_at_layer=start)
+                           for i in range(0, len(uniq), batch_size)])
+        if cache is not None:
+            cache.put(key, resid)
     which = torch.as_tensor([index[tuple(s)] for s in seqs], device=resid.device)
 
     def rows(sl: slice, length: int) -> Tensor:

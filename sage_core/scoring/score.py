@@ -46,6 +46,7 @@ from sage_core.ground_truth.sections import (
     CrossSection,
     Intervention,
     PairSet,
+    PrefixCache,
     final_logits_with,
     mean_ld,
     necessity,
@@ -59,7 +60,7 @@ from sage_core.scoring.metrics import (
     edit_magnitude,
     explained_variance,
     f1_scores,
-    greedy_edit,
+    greedy_edits,
     mean_l0,
     summarise_f1,
 )
@@ -103,9 +104,9 @@ class SectionReference(BaseModel):
             "background_mean": self.background_mean.to(device)})
 
 
-def _logits(model, tokens, positions, section, values, pad_id) -> Tensor:
+def _logits(model, tokens, positions, section, values, pad_id, prefixes: PrefixCache | None = None) -> Tensor:
     ivs = [] if values is None else [Intervention(section=section, positions=positions, values=values)]
-    return final_logits_with(model, tokens, ivs, pad_id)
+    return final_logits_with(model, tokens, ivs, pad_id, prefixes=prefixes)
 
 
 def reference(model: HookedTransformer, section: CrossSection, dic: Dictionary, clean: CleanSet,
@@ -228,8 +229,10 @@ def score_section(
     sc_pairs: dict[str, tuple[SectionCodes, SectionCodes]],
     pad_id: int,
     cfg: ScoreConfig = ScoreConfig(),
+    prefixes: PrefixCache | None = None,
 ) -> dict[str, float]:
-    """Every metric of one mapped SAE at one cross-section; `sc_pairs[attr] = (codes on x, codes on x')`."""
+    """Every metric of one mapped SAE at one cross-section; `sc_pairs[attr] = (codes on x, codes on x')`.
+    `prefixes`: the model's kept prefixes (`final_logits_with`), where the caller scores several SAEs."""
     section, dic = ref.section, ref.dictionary
     out: dict[str, float] = {}
     recon = sc_clean.reconstruction()
@@ -240,7 +243,7 @@ def score_section(
     n = len(clean.tokens)
     err = clean.acts - recon
     both = torch.cat([recon, dic.mean.to(err.device) + (err - err.mean(0))])
-    logits = _logits(model, clean.tokens * 2, clean.positions * 2, section, both, pad_id)
+    logits = _logits(model, clean.tokens * 2, clean.positions * 2, section, both, pad_id, prefixes)
     ld_recon = mean_ld(logits[:n], clean.answer, clean.competing)
     ld_int = mean_ld(logits[n:], clean.answer, clean.competing)
     out["sufficiency"] = sufficiency(ld_recon, ref.ld_clean)
@@ -257,14 +260,11 @@ def score_section(
         if ps.attribute not in sc_pairs or ps.attribute not in ref.patched_argmax:
             continue
         cx, cxp = sc_pairs[ps.attribute]
-        edited, removed = [], []
-        for k in cfg.ks:
-            e, _, r = greedy_edit(ps.acts, ps.cf_acts, cx.codes, cxp.codes, cx.decoder, k)
-            edited.append(e)
-            removed.append(r)
+        runs = greedy_edits(ps.acts, ps.cf_acts, cx.codes, cxp.codes, cx.decoder, cfg.ks)
+        edited, removed = [e for e, _, _ in runs], [r for _, _, r in runs]
         p = len(ps.tokens)
         am = _logits(model, ps.tokens * len(cfg.ks), ps.positions * len(cfg.ks), section, torch.cat(edited),
-                     pad_id).argmax(-1)
+                     pad_id, prefixes).argmax(-1)
         floor = ref.floor[ps.attribute]
         for j, k in enumerate(cfg.ks):
             a = (am[j * p:(j + 1) * p] == ref.patched_argmax[ps.attribute].to(am.device)).float().mean().item()

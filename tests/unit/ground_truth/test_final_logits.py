@@ -57,3 +57,38 @@ def test_first_block_is_the_earliest_intervened_one(model):
 
     assert first_block(model, [iv("blocks.2.hook_resid_pre"), iv("blocks.1.hook_attn_out")]) == 1
     assert first_block(model, [iv("hook_pos_embed")]) == 0 and first_block(model, []) == 0
+
+
+def test_kept_prefixes_give_the_same_logits_without_running_the_blocks_before_again(model):
+    """Every SAE scored at a cross-section patches the same prompts: with a `PrefixCache` the blocks before the
+    intervened one run for the first call only, and later calls (other values) give the whole pass's logits."""
+    from sage_core.ground_truth.sections import PrefixCache
+
+    torch.manual_seed(1)
+    seqs = [[1, 5, 6, 7, 8], [1, 9, 10, 11]] * 2
+    cache, prefix_runs = PrefixCache(), []
+    handle = model.blocks[0].register_forward_hook(lambda *a: prefix_runs.append(1))
+    try:
+        for _ in range(3):
+            ivs = [Intervention(section=CrossSection(hook="blocks.2.hook_resid_pre", role="X"),
+                                positions=[len(s) - 2 for s in seqs], values=torch.randn(len(seqs), 16))]
+            got = final_logits_with(model, seqs, ivs, pad_id=0, prefixes=cache)
+            handle.remove()
+            want = _reference(model, seqs, ivs, pad_id=0)
+            handle = model.blocks[0].register_forward_hook(lambda *a: prefix_runs.append(1))
+            assert torch.allclose(got, want, atol=1e-5)
+    finally:
+        handle.remove()
+    assert len(prefix_runs) == 1 and len(cache._kept) == 1
+
+
+def test_a_prefix_cache_keeps_the_newest_within_its_bytes():
+    from sage_core.ground_truth.sections import PrefixCache
+
+    cache = PrefixCache(max_bytes=10 << 20)
+    for i in range(4):
+        cache.put((i,), torch.zeros(1 << 20))  # 4 MiB each
+    assert list(cache._kept) == [(2,), (3,)] and cache.get((0,)) is None and cache.get((3,)) is not None
+    tiny = PrefixCache(max_bytes=1)
+    tiny.put(("a",), torch.zeros(4))
+    assert tiny.get(("a",)) is not None  # the newest always stays
