@@ -12,6 +12,7 @@ tensors on that device.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -120,6 +121,19 @@ def greedy_edit(
     Each step applies argmin_v ‖e + v - t‖² = ‖e - t‖² + 2⟨e - t, v⟩ + ‖v‖², only if it strictly decreases the distance
     (ties -> removes before adds, lower j first). Returns (edited e, moves used, removed weight Σ_removed codes_x[j]‖D_j‖).
     """
+    return greedy_edits(base, target, codes_x, codes_xp, decoder, (k,))[0]
+
+
+def greedy_edits(
+    base: Float[Tensor, "p d"],
+    target: Float[Tensor, "p d"],
+    codes_x: Float[Tensor, "p m"],
+    codes_xp: Float[Tensor, "p m"],
+    decoder: Float[Tensor, "m d"],
+    ks: Sequence[int],
+) -> list[tuple[Float[Tensor, "p d"], Int[Tensor, " p"], Float[Tensor, " p"]]]:
+    """`greedy_edit` at every budget in `ks`, in one greedy run to the largest: the first k steps of a run are the
+    whole run with budget k, so each budget's result is the state after its k-th step."""
     p, m = codes_x.shape
     e = base.to(_F64).clone()
     t = target.to(_F64)
@@ -131,7 +145,15 @@ def greedy_edit(
     n_moves = torch.zeros(p, dtype=torch.long, device=e.device)
     removed = torch.zeros(p, dtype=_F64, device=e.device)
     rows = torch.arange(p, device=e.device)
-    for _ in range(max(k, 0)):
+    budgets = {max(k, 0) for k in ks}
+    at: dict[int, tuple] = {}
+
+    def snapshot() -> tuple:  # copies: `removed` and `n_moves` change in place
+        return e.to(base.dtype, copy=True), n_moves.clone(), removed.to(base.dtype, copy=True)
+
+    for step in range(max(budgets, default=0)):
+        if step in budgets:
+            at[step] = snapshot()
         if not bool(avail.any()):
             break
         proj = (e - t) @ dec.T  # (p, m) ⟨e - t, D_j⟩
@@ -142,13 +164,14 @@ def greedy_edit(
         if not bool(go.any()):
             break  # no row can improve; e no longer changes
         feat = best % m
-        step = torch.where(go, coef[rows, best], torch.zeros_like(best_delta))
-        e = e + step[:, None] * dec[feat]
+        step_size = torch.where(go, coef[rows, best], torch.zeros_like(best_delta))
+        e = e + step_size[:, None] * dec[feat]
         avail[rows[go], best[go]] = False
         n_moves += go.long()
         is_remove = go & (best < m)
         removed += torch.where(is_remove, cx[rows, feat] * dec_norm[feat], torch.zeros_like(removed))
-    return e.to(base.dtype), n_moves, removed.to(base.dtype)
+    last = snapshot()  # the largest budget's, and every budget the run stopped short of
+    return [at.get(max(k, 0), last) for k in ks]
 
 
 def edit_magnitude(

@@ -180,6 +180,22 @@ def test_greedy_edit_matches_brute_force_greedy():
             assert float(removed[i]) == pytest.approx(br, abs=1e-12)
 
 
+def test_greedy_edits_at_several_budgets_match_one_run_each():
+    """One greedy run to the largest budget gives every budget's result (what score_section asks for, ks 1, 2, 4, 8),
+    including budgets the run stops short of and a budget of 0."""
+    from sage_core.scoring.metrics import greedy_edits
+
+    torch.manual_seed(4)
+    for _ in range(10):
+        base, target, cx, cxp, dec = _random_case()
+        ks = (0, 1, 2, 4, 8, 50)
+        for k, (e, n, r) in zip(ks, greedy_edits(base, target, cx, cxp, dec, ks), strict=True):
+            we, wn, wr = greedy_edit(base, target, cx, cxp, dec, k)
+            torch.testing.assert_close(e, we)
+            assert torch.equal(n, wn)
+            torch.testing.assert_close(r, wr)
+
+
 def _exhaustive_best(base, target, codes_x, codes_xp, decoder, k):
     moves = [v for _, _, v in _moves(codes_x, codes_xp, decoder)]
     best = _dist(base, target)
