@@ -505,8 +505,11 @@ def report(rounds: list[tuple[dict, dict]], args: argparse.Namespace, hook: str,
           f"{'met' if ratio <= 1.5 else 'NOT met'})")
     also = [w + b["clean"] for w, b in zip(walls, bare, strict=True)]
     print(f"   for comparison, not the baseline: the bare loop with the clean pass that CE loss recovered and KL also "
-          f"need (SAGE's core metrics run it with each SAE's spliced pass; the zero-ablated pass once per hook; "
-          f"{base['clean']:.2f} s more) takes {med(also):.2f} s: SAGE / that = {median_ratio(per, also):.2f}x")
+          f"need ({base['clean']:.2f} s more) takes {med(also):.2f} s: SAGE / that = {median_ratio(per, also):.2f}x. "
+          "SAGE runs the clean and zero-ablated passes once per model, hook and text and keeps what the core metrics "
+          "need of them (sage_core.scoring.core.CoreReference), and the blocks before a cross-section once per "
+          "prompt set (PrefixCache): the first SAE at a hook pays them, so round 1 here (its hook's first added SAE "
+          "in this worker) costs more than the later rounds")
     print(f"peak memory (RSS): SAGE's process {mib(max(first['max_rss'], *(s['max_rss'] for s in sage)))} (whole "
           f"process: the first evaluation included), {mib(med(s['peak'] for s in sage))} during the run with the "
           f"added SAE (from {mib(med(s['before'] for s in sage))} before it); the baseline's process "
