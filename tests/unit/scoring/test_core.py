@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from sage_core.model.transformer import ModelConfig, build_model, final_norm, real_mask, unembed
 from sage_core.scoring.core import core_metrics, core_reference
