@@ -1,10 +1,18 @@
-"""Content hashes: of configs (canonical JSON), of files and directories, and of the code that produced a result."""
+"""Content hashes: of configs (canonical JSON), of files and directories, and of the code that produced a result.
+
+A file's content hash is of its canonical content where its format has one, not of its bytes: a JSON file as JSON
+with sorted keys and no whitespace, a safetensors file with its header's metadata sorted by key and its tensor
+entries in data order (dtype, shape and offsets), its data as written. The same SAE or dictionary written again with
+its keys in another order (safetensors writes its metadata in a random order per process) keeps its hash; a file
+safetensors wrote without metadata hashes as its bytes, so the hub's sha256 of an SAE's weights is their hash too.
+"""
 
 from __future__ import annotations
 
 import ast
 import hashlib
 import json
+import struct
 import threading
 from functools import cache
 from pathlib import Path
@@ -41,14 +49,89 @@ def file_hash(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()[:HASH_LEN]
 
 
+MAX_JSON_BYTES = 64 << 20  # a bigger .json file is hashed as its bytes, not parsed
+MAX_SAFETENSORS_HEADER = 100 << 20  # safetensors' own limit on a header
+
+
+def json_content_hash(data: bytes) -> str:
+    """Hash of a JSON document's content: the value with its objects' keys sorted, without whitespace. Bytes that
+    are not JSON (or nest deeper than the parser goes) hash as themselves."""
+    try:
+        text = json.dumps(json.loads(data), sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                          allow_nan=True)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return hashlib.sha256(data).hexdigest()[:HASH_LEN]
+    return hashlib.sha256(text.encode()).hexdigest()[:HASH_LEN]
+
+
+_ENTRY = ("dtype", "shape", "data_offsets")
+
+
+def _canonical_header(raw: bytes) -> bytes | None:
+    """A safetensors header in canonical form: `__metadata__` first with its keys sorted, then each tensor's entry
+    (dtype, shape, data_offsets) in data order, compact, padded with spaces to 8 bytes, as safetensors writes it; None
+    for a header that is not one."""
+    try:
+        header = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    if not isinstance(header, dict):
+        return None
+    meta = header.pop("__metadata__", None)
+    if meta is not None and not isinstance(meta, dict):
+        return None
+    entries = []
+    for name, info in header.items():
+        if not (isinstance(info, dict) and set(info) == set(_ENTRY) and isinstance(info["data_offsets"], list)
+                and len(info["data_offsets"]) == 2 and all(isinstance(o, int) for o in info["data_offsets"])):
+            return None
+        entries.append((info["data_offsets"][0], info["data_offsets"][1], name, {k: info[k] for k in _ENTRY}))
+    out: dict[str, Any] = {} if meta is None else {"__metadata__": dict(sorted(meta.items()))}
+    out.update((name, info) for *_, name, info in sorted(entries, key=lambda e: e[:3]))
+    text = json.dumps(out, separators=(",", ":"), ensure_ascii=False).encode()
+    return text + b" " * (-len(text) % 8)
+
+
+def safetensors_content_hash(path: str | Path, chunk: int = 1 << 20) -> str:
+    """sha256 of a safetensors file with its header in canonical form (`_canonical_header`), its data as written: a
+    file whose header is already canonical (safetensors wrote it, without metadata) hashes as its bytes. A file that
+    is not safetensors hashes as its bytes."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+        if not 0 < n <= min(MAX_SAFETENSORS_HEADER, path.stat().st_size - 8):
+            return file_hash(path)
+        canonical = _canonical_header(f.read(n))
+        if canonical is None:
+            return file_hash(path)
+        h = hashlib.sha256(struct.pack("<Q", len(canonical)) + canonical)
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()[:HASH_LEN]
+
+
+def content_file_hash(path: str | Path) -> str:
+    """A file's content hash: of its canonical content for JSON and safetensors files (by suffix), else of its
+    bytes (`file_hash`)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        return safetensors_content_hash(path)
+    if suffix == ".json" and path.stat().st_size <= MAX_JSON_BYTES:
+        return json_content_hash(path.read_bytes())
+    return file_hash(path)
+
+
 def dir_hash(path: str | Path, exclude: tuple[str, ...] = ("_COMPLETE.json",)) -> str:
-    """Hash of every file's relative path and content under `path` (sorted; names in `exclude` skipped). The
-    write-once marker is not content (it holds the time of writing): a rewrite of the same files keeps the hash."""
+    """Hash of every file's relative path and content (`content_file_hash`) under `path` (sorted; names in `exclude`
+    skipped). The write-once marker is not content (it holds the time of writing): a rewrite of the same files keeps
+    the hash, and so does one that writes a config's keys or a safetensors file's metadata in another order."""
     root = Path(path)
     h = hashlib.sha256()
     for p in sorted(q for q in root.rglob("*") if q.is_file() and q.name not in exclude):
         h.update(str(p.relative_to(root)).encode())
-        h.update(file_hash(p).encode())
+        h.update(content_file_hash(p).encode())
     return h.hexdigest()[:HASH_LEN]
 
 

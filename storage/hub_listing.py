@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from sage_core.watch.sources import FoundSAE, HubSource, Listing
-from storage.hashing import HASH_LEN, file_hash
+from storage.hashing import HASH_LEN, json_content_hash, safetensors_content_hash
 from storage.sae_hub import (
     MAX_CFG_BYTES,
     SAE_CFG,
@@ -67,8 +67,9 @@ def _repo_matches(repo_id: str, patterns: tuple[str, ...]) -> bool:
 
 
 def files_hash(cfg_sha256: str, weights_sha256: str) -> str:
-    """`sae_hub.sae_files_hash` of an SAE directory from its two files' sha256 (hex, whole or cut to
-    `hashing.file_hash`'s length), without the files."""
+    """`sae_hub.sae_files_hash` of an SAE directory from its two files' content hashes (hex, whole or cut to
+    `hashing.file_hash`'s length: the cfg's `json_content_hash`, the weights' sha256, which is their content hash
+    where safetensors wrote them without metadata), without the files."""
     h = hashlib.sha256()
     for name, digest in ((SAE_CFG, cfg_sha256), (SAE_WEIGHTS, weights_sha256)):
         h.update(name.encode())
@@ -183,8 +184,8 @@ def _hub_sae(label: str, endpoint: str, repo_id: str, sha: str | None, folder: s
     if lfs is not None and lfs.sha256:
         weights_sha = lfs.sha256
     elif (weights_entry.size or 0) <= MAX_PLAIN_WEIGHTS_BYTES:
-        weights_sha = file_hash(_download(endpoint, repo_id, sha, f"{folder}/{SAE_WEIGHTS}"))
+        weights_sha = safetensors_content_hash(_download(endpoint, repo_id, sha, f"{folder}/{SAE_WEIGHTS}"))
     else:
         raise _Unreadable(f"{SAE_WEIGHTS} is {weights_entry.size} bytes outside LFS: the hub gives no sha256 of it")
     return FoundSAE(source=label, release=repo_id, sae_id=folder, spec=f"hf:{repo_id}:{folder}", model=model,
-                    hook=hook, content_hash=files_hash(hashlib.sha256(cfg_bytes).hexdigest(), weights_sha))
+                    hook=hook, content_hash=files_hash(json_content_hash(cfg_bytes), weights_sha))

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 from urllib.parse import urlparse
 
 from sage_core.zoo.sae import LoadedSAE, wrap_sae
-from storage.hashing import HASH_LEN, file_hash, stable_hash
+from storage.hashing import HASH_LEN, content_file_hash, stable_hash
 from storage.sae_names import SAESpecError, check_registry, registry_directory
 
 SAE_CFG = "cfg.json"
@@ -36,8 +36,9 @@ _HASHES: dict[tuple, str] = {}
 
 
 def sae_files_hash(path: str | Path) -> str:
-    """Hash of an SAE directory's files, the weights and the cfg (normalisation, hook and reshaping live there): the
-    same files give the same hash in a folder, the zoo or the Hugging Face cache. Remembered per process while both
+    """Hash of an SAE directory's files, the weights and the cfg (normalisation, hook and reshaping live there), each
+    by its canonical content (`storage.hashing.content_file_hash`: the cfg's keys in any order): the same files give
+    the same hash in a folder, the zoo or the Hugging Face cache. Remembered per process while both
     files keep their stat signature (a watch lists the same cached SAEs every run)."""
     path = Path(path)
     stats = [(path / f).stat() for f in (SAE_CFG, SAE_WEIGHTS)]
@@ -46,7 +47,7 @@ def sae_files_hash(path: str | Path) -> str:
         h = hashlib.sha256()
         for f in (SAE_CFG, SAE_WEIGHTS):
             h.update(f.encode())
-            h.update(file_hash(path / f).encode())
+            h.update(content_file_hash(path / f).encode())
         _HASHES[key] = h.hexdigest()[:HASH_LEN]
     return _HASHES[key]
 

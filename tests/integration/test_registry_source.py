@@ -5,6 +5,7 @@ through the real `SAE.from_pretrained` with the same hash."""
 from __future__ import annotations
 
 import hashlib
+import json
 import socket
 
 import pytest
@@ -29,12 +30,19 @@ RELEASE = "sage-test-res"
 HOOK = "blocks.0.hook_resid_post"
 
 
+def _sha(name: str, data: bytes) -> str:
+    if name == "cfg.json":
+        data = json.dumps(json.loads(data), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
 def _files_hash(d) -> str:
-    """The content hash by hand: sha256 over each file's name and its own truncated sha256."""
+    """The content hash by hand: sha256 over each file's name and its own truncated sha256 (cfg.json's of its JSON
+    with sorted keys, no whitespace: the content, not the order it was written in)."""
     h = hashlib.sha256()
     for name in ("cfg.json", "sae_weights.safetensors"):
         h.update(name.encode())
-        h.update(hashlib.sha256((d / name).read_bytes()).hexdigest()[:16].encode())
+        h.update(_sha(name, (d / name).read_bytes()).encode())
     return h.hexdigest()[:16]
 
 

@@ -38,12 +38,19 @@ def _save(d, seed=0, hook="blocks.0.hook_resid_post", model="sage-test"):
     return d
 
 
+def _sha(name: str, data: bytes) -> str:
+    if name == "cfg.json":
+        data = json.dumps(json.loads(data), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
 def _hash(files: dict[str, bytes]) -> str:
-    """The content hash by hand: sha256 over each file's name and its own truncated sha256."""
+    """The content hash by hand: sha256 over each file's name and its own truncated sha256 (cfg.json's of its JSON
+    with sorted keys, no whitespace: the content, not the order it was written in)."""
     h = hashlib.sha256()
     for name in FILES:
         h.update(name.encode())
-        h.update(hashlib.sha256(files[name]).hexdigest()[:16].encode())
+        h.update(_sha(name, files[name]).encode())
     return h.hexdigest()[:16]
 
 
