@@ -17,15 +17,12 @@ from typing import Any
 import polars as pl
 
 from report.tables import rounded
+from sage_core.scoring import definitions as defs
 
 # the table artifact's columns, in order (leaderboard column -> artifact column)
 ARTIFACT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("sae", "sae"), ("task", "task"), ("kind", "kind"), ("mapping", "mapping"), ("status", "status"),
-    ("n_sections", "n"), ("summary", "summary"), ("explained_variance", "explained_variance"), ("l0", "l0"),
-    ("sufficiency", "sufficiency"), ("faithfulness", "faithfulness"), ("necessity", "necessity"),
-    ("edit_accuracy_k4", "edit_accuracy_k4"), ("f1_mean", "f1_mean"), ("mcc", "mcc"),
-    ("ce_loss_recovered", "ce_loss_recovered"),
-)
+    ("n_sections", "n"), *((n, n) for n in defs.names(table=True)))  # the tables' metrics, by their full names
 TEXT_COLUMNS = ("sae", "task", "kind", "mapping", "status")
 # artifact -> its stable key, which always holds the latest run's; a run's own key is `<stable>-run-<run>`
 LATEST_KEYS = {"leaderboard": "sae-leaderboard", "summary": "sae-evaluation-summary", "plots": "sae-evaluation-plots"}

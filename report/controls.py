@@ -12,30 +12,14 @@ from typing import Any
 import polars as pl
 
 from report.tables import fmt, num
+from sage_core.scoring import definitions as defs
 from sage_core.scoring.leaderboard import CORE_METRICS, LEADERBOARD_METRICS
 
-# which way is better for a metric: higher unless named here
-LOWER_IS_BETTER = ("l0", "edit_magnitude_k4", "kl", "dead_share")
-CLOSER_TO_ONE = ("sufficiency",)  # overshooting the clean logit difference is as far off as falling short
-# why the random control is (or is not) a floor for a metric; metrics not named here compare its decoder, with the
-# best codes that decoder allows, against the trained SAE's
-CONTROL_NOTES = {
-    "f1_mean": "its active features are fixed before it sees a prompt, so its F1 is chance: 2p / (1 + p) for a value "
-               "of share p (0.667 for a balanced binary attribute); at or below it, no feature tells the value "
-               "better than an always-on one",
-    "coverage": "share of values with F1 >= 0.6, which chance F1 already reaches for a balanced binary attribute "
-                "(0.667): coverage cannot separate SAEs on binary attributes",
-    "l0": "set by construction (random_k codes per prompt): a sparsity setting, not a quality comparison",
-    "mcc": "decoder directions only",
-    # edit accuracy counts the prompts whose prediction the patch leaves alone: where that floor is high, an edit
-    # that does little scores high, so the control can match an SAE here and the gain is the comparison to read
-    "edit_accuracy_k1": "agreement with the ground-truth patch includes the no-intervention floor (prompts the patch "
-                        "does not change): where the floor is high a small edit scores high; compare edit_gain_k4",
-    "edit_accuracy_k4": "agreement with the ground-truth patch includes the no-intervention floor (prompts the patch "
-                        "does not change): where the floor is high a small edit scores high; compare edit_gain_k4",
-    "edit_magnitude_k4": "weight an edit removes relative to the supervised edit's share (0): an edit that removes "
-                         "little is small whether or not it follows the patch; read it beside edit_gain_k4",
-}
+# which way is better, and why the random control is (or is not) a floor, as each metric defines it; metrics without
+# a note compare the control's decoder, with the best codes that decoder allows, against the trained SAE's
+LOWER_IS_BETTER = tuple(m.name for m in defs.METRICS.values() if m.better == "lower")
+CLOSER_TO_ONE = tuple(m.name for m in defs.METRICS.values() if m.better == "closer to 1")
+CONTROL_NOTES = {m.name: m.control_note for m in defs.METRICS.values() if m.control_note}
 NOT_MEASURED = "not measured for the random control (core metrics: native SAEs on background text only)"
 RANDOM_FLOOR_SCHEMA = {"task": pl.String, "metric": pl.String, "better": pl.String, "random": pl.Float64,
                        "n_trained": pl.Int64, "n_better": pl.Int64, "share_better": pl.Float64, "note": pl.String}

@@ -14,19 +14,13 @@ import polars as pl
 
 from report.tables import first_line, md_escape, num
 from sage_core.model.hooks import short_hook
+from sage_core.scoring import definitions as defs
 
 MAX_NAMES = 8  # SAEs named per group before "and N more": a zoo of 30 stays a few lines
 
-# Metrics whose formula is a ratio that can exceed 1 (sage_core.ground_truth.sections, sage_core.scoring.score and
-# sage_core.zoo.train.ce_recovered); every other figure is a share, a correlation or clipped, and stays <= 1.
-ABOVE_ONE = {
-    "sufficiency": "LD_recon / LD_clean: with the reconstruction in place, the logit difference overshoots the clean "
-                   "one. Closer to 1 is better (1.21 is as far off as 0.79); the ground truth's bar only asks >= 0.8",
-    "faithfulness": "(LD_recon - LD_meanabl) / (LD_clean - LD_meanabl): the same overshoot, measured from the "
-                    "mean-ablation baseline; the summary clips it to 1",
-    "ce_loss_recovered": "(CE_zero - CE_sae) / (CE_zero - CE_clean): with the SAE spliced in, the model's loss on "
-                         "background text is lower than the clean model's",
-}
+# Metrics whose formula is a ratio that can exceed 1, with why (each metric's definition says whether it is bounded
+# above); every other figure is a share, a correlation or clipped, and stays <= 1.
+ABOVE_ONE = {m.name: m.range_note for m in defs.METRICS.values() if m.high is None and m.range_note}
 UNREACHED_TEXT = ("an SAE is scored on a task only at the task's kept cross-sections its hook holds (a projection pair: "
                   "the sub-layer it brackets); these hold none, so they have no row for that task")
 

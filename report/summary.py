@@ -27,6 +27,7 @@ from report.tables import (
     task_names,
 )
 from report.verdicts import BAR_TEXT, verdict_line
+from sage_core.scoring import definitions as defs
 
 PROJECTION_NOTE = ("`projection` rows map a pair of residual SAEs onto a sub-layer as P_c(SAE(after) - SAE(before)). "
                    "Where P_c is the identity (the sub-layer's stacked W_O or W_out has full rank, so it writes the "
@@ -43,8 +44,7 @@ def corpus_line(about: dict[str, Any]) -> str:
     return f"{where}, {about.get('tokens')} tokens in {shape}"
 
 
-CORE_COLUMNS = (("ce_loss_recovered", "CE rec."), ("kl", "KL"), ("core_explained_variance", "EV"),
-                ("core_l0", "L0"), ("dead_share", "dead"))
+CORE_COLUMNS = tuple((n, defs.get(n).title) for n in defs.names("core"))  # every core metric, as defined
 
 
 def core_lines(rows: list[dict[str, Any]] | None) -> list[str]:

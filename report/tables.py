@@ -13,23 +13,15 @@ from typing import Any
 
 import polars as pl
 
+from sage_core.scoring import definitions as defs
+
 MISSING = "–"
 DECIMALS = 3  # every table's figures: enough to tell SAEs apart, few enough to read
 
-# (leaderboard column, table header) in table order; `n` is the count of cross-sections the SAE reaches.
+# (leaderboard column, table header) in table order: `n` (the count of cross-sections the SAE reaches), then the
+# metrics defined to be shown in tables (sage_core.scoring.definitions)
 TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("n_sections", "n"),
-    ("summary", "summary"),
-    ("explained_variance", "EV"),
-    ("sufficiency", "suff."),
-    ("faithfulness", "faith."),
-    ("necessity", "nec."),
-    ("edit_accuracy_k4", "edit@4"),
-    ("f1_mean", "F1"),
-    ("mcc", "MCC"),
-    ("ce_loss_recovered", "CE rec."),
-    ("l0", "L0"),
-)
+    ("n_sections", "n"), *((n, defs.get(n).title) for n in defs.names(table=True)))
 COUNT_COLUMNS = ("n_sections",)  # integers: shown without decimals
 NAME_COLUMNS = 4  # rank, SAE, kind, mapping
 HEADERS = ("rank", "SAE", "kind", "mapping") + tuple(h for _, h in TABLE_COLUMNS)

@@ -8,20 +8,19 @@ metrics on background text.
 from __future__ import annotations
 
 import polars as pl
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 
+from sage_core.scoring import definitions as defs
 from sage_core.scoring.rows import SCORE_SCHEMA, Kind, MappingName, ScoreRow, score_frame, sufficiency_closeness
 
 __all__ = ["SCORE_SCHEMA", "Kind", "MappingName", "ScoreRow", "score_frame", "sufficiency_closeness"]
 
 
-LEADERBOARD_METRICS = ("summary", "explained_variance", "l0", "sufficiency", "faithfulness", "necessity",
-                       "edit_accuracy_k1",
-                       "edit_accuracy_k4", "edit_gain_k4", "edit_magnitude_k4", "f1_mean", "coverage", "mcc")
-CORE_METRICS = ("ce_loss_recovered", "kl", "core_explained_variance", "core_l0", "dead_share")
+LEADERBOARD_METRICS = defs.names("task")
+CORE_METRICS = defs.names("core")
 
 
-class LeaderboardRow(BaseModel):
+class _Row(BaseModel):
     sae: str
     task: str
     kind: Kind
@@ -29,26 +28,22 @@ class LeaderboardRow(BaseModel):
                                              "identity, difference equals projection and is scored once, as projection")
     status: str = Field(description="'ok', or 'failed: <reason>'")
     n_sections: int = Field(description="cross-sections of the task this SAE reaches (its hook, or by projection)")
-    summary: float | None = Field(description="mean of the normalised parts; see sage_core.scoring.score")
-    explained_variance: float | None = None
-    l0: float | None = None
-    sufficiency: float | None = None
-    faithfulness: float | None = Field(None, description="(LD_recon - LD_meanabl) / (LD_clean - LD_meanabl)")
-    necessity: float | None = None
-    edit_accuracy_k1: float | None = None
-    edit_accuracy_k4: float | None = None
-    edit_gain_k4: float | None = None
-    edit_magnitude_k4: float | None = None
-    f1_mean: float | None = None
-    coverage: float | None = None
-    mcc: float | None = None
-    ce_loss_recovered: float | None = Field(None, description="core metrics on background text (native SAEs only)")
-    kl: float | None = None
-    core_explained_variance: float | None = None
-    core_l0: float | None = None
-    dead_share: float | None = None
-    oracle_same: float | None = Field(None, description="the oracle's summary over the same cross-sections")
-    random_same: float | None = Field(None, description="the random control's summary over the same cross-sections")
+
+
+def _field(m: defs.Metric):
+    where = ("mean over the cross-sections the SAE reaches" if m.scope == "task"
+             else "core metric on background text (native SAEs only)")
+    return (float | None, Field(None, title=m.title, description=f"{m.description}; {where}; range "
+                                                                 f"{m.range_text()}, {m.better} is better"))
+
+
+# one column per defined metric (sage_core.scoring.definitions), then the controls over the same cross-sections
+LeaderboardRow = create_model(
+    "LeaderboardRow", __base__=_Row,
+    **{m.name: _field(m) for m in defs.METRICS.values()},
+    oracle_same=(float | None, Field(None, description="the oracle's summary over the same cross-sections")),
+    random_same=(float | None, Field(None, description="the random control's summary over the same cross-sections")),
+)
 
 
 def json_schemas() -> dict[str, dict]:

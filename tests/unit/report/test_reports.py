@@ -127,12 +127,12 @@ def test_summary_markdown_tables_controls_and_failures():
     md = summary_markdown(_leaderboard(), FAILURES, META)
     assert md.startswith("# SAGE report: unit-run")
     assert "sage-tiny" in md and "ioi, greater_than" in md and "**SAEs:** 4" in md and "2025-01-01" in md
-    assert md.count("| rank | SAE | kind | mapping | n | summary | EV | suff. | faith. | nec. | edit@4 | F1 | MCC | "
-                    "CE rec. | L0 |") == 2
+    assert md.count("| rank | SAE | kind | mapping | n | summary | EV | L0 | suff. | faith. | nec. | edit@4 | F1 | "
+                    "MCC | CE rec. |") == 2
     ioi = md.split("## ioi")[1].split("## greater_than")[0].split("**Controls:**")[0]  # the leaderboard table
     rows = [ln for ln in ioi.splitlines() if ln.startswith("| ") and "rank" not in ln]
     assert [r.split("|")[2].strip() for r in rows] == ["oracle-sae", "sae-a", "sae-b", "random-sae"]
-    assert rows[0].startswith("| 1 | oracle-sae | oracle | native | 2 | 0.900 | 0.900 | 0.910 | 0.905 | 0.920 |")
+    assert rows[0].startswith("| 1 | oracle-sae | oracle | native | 2 | 0.900 | 0.900 | – | 0.910 | 0.905 | 0.920 |")
     assert "| – |" in rows[2]  # sae-b's NaN edit accuracy
     assert md.count("**Controls:** ✅") == 2
     assert "## Failed SAEs" in md and "broken-sae" in md and "d_in 64 != 128" in md and "Traceback" not in md
