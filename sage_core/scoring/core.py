@@ -3,7 +3,8 @@ model at its hook, at every real position but BOS.
 
 - CE loss recovered = (CE_zero - CE_sae) / (CE_zero - CE_clean), zero = the hook's activation zero-ablated;
 - KL = mean over real next-token positions of KL(p_clean || p_sae);
-- explained variance, L0 and dead share (never-active latents) of the SAE on those positions.
+- explained variance, L0, dead share (never-active latents) and L2 ratio (mean ||x_hat|| / ||x||) of the SAE on those
+  positions.
 
 Everything that does not depend on the SAE is a `CoreReference`, computed once per model, hook and text: the
 residual entering the hook's block, the clean and zero-ablated CE, and what KL needs of the clean pass. KL needs the
@@ -121,7 +122,7 @@ def core_metrics(
     sae_sum, kl_sum = 0.0, 0.0
     sse = sst_x2 = 0.0
     sum_x = None
-    n_act, l0_sum = 0, 0.0
+    n_act, l0_sum, l2_sum = 0, 0.0, 0.0
     fired = torch.zeros(d_sae, dtype=torch.bool, device=dev)
     for b in ref.batches:
         t = b.tokens.to(dev)
@@ -159,6 +160,8 @@ def core_metrics(
         sum_x = xs.sum(0) if sum_x is None else sum_x + xs.sum(0)
         n_act += len(xs)
         l0_sum += (f != 0).sum().item()
+        norm = xs.norm(dim=1)
+        l2_sum += torch.where(norm > 0, r.norm(dim=1) / norm.clamp_min(1e-300), 1.0).sum().item()
         fired |= (f != 0).any(0).to(dev)
     sst = sst_x2 - (sum_x.pow(2).sum().item() / max(n_act, 1))
     n = max(ref.n_pred, 1)
@@ -170,6 +173,7 @@ def core_metrics(
         "core_explained_variance": 1 - sse / max(sst, 1e-12),
         "core_l0": l0_sum / max(n_act, 1),
         "dead_share": 1 - fired.float().mean().item(),
+        "l2_ratio": l2_sum / max(n_act, 1),
     }
 
 

@@ -158,3 +158,7 @@ register(Metric(name="core_l0", title="L0", scope="core", low=0, high=None, bett
                 description="mean number of active features per token of background text"))
 register(Metric(name="dead_share", title="dead", scope="core", low=0, high=1, better="lower",
                 description="share of features never active on the background text"))
+register(Metric(name="l2_ratio", title="L2 ratio", scope="core", low=0, high=None, better="closer to 1",
+                description="mean ||x_hat|| / ||x|| per token of background text: below 1 the SAE shrinks "
+                            "activations (SAEBench's l2_ratio)",
+                range_note="||x_hat|| / ||x||: a reconstruction longer than its input is above 1"))

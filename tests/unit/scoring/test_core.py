@@ -111,3 +111,19 @@ def test_a_reference_computed_apart_changes_nothing(model):
     other = core_reference(model, "blocks.0.hook_resid_pre", tokens, PAD)
     with pytest.raises(AssertionError, match="blocks.0.hook_resid_pre"):
         core_metrics(model, hook, enc, dec, 24, tokens, pad_id=PAD, reference=other)
+
+
+def test_l2_ratio_is_the_mean_norm_ratio_of_reconstruction_to_input(model):
+    """SAEBench's l2_ratio by hand: the activations the SAE sees at the hook (every real position but BOS), then
+    mean ||dec(enc(x))|| / ||x||; an SAE that halves its input gives 0.5."""
+    tokens, (enc, dec) = _tokens(8), _sae(9)
+    hook = "blocks.1.hook_resid_pre"
+    _, cache = model.run_with_cache(tokens, names_filter=hook)
+    keep = real_mask(tokens, PAD)
+    keep[:, 0] = False
+    x = cache[hook][keep]
+    want = (dec(enc(x)).norm(dim=1) / x.norm(dim=1)).mean().item()
+    got = core_metrics(model, hook, enc, dec, 24, tokens, pad_id=PAD, batch_size=4)
+    assert got["l2_ratio"] == pytest.approx(want, rel=1e-5)
+    half = core_metrics(model, hook, lambda a: a, lambda f: f / 2, 16, tokens, pad_id=PAD)
+    assert half["l2_ratio"] == pytest.approx(0.5, rel=1e-6)
