@@ -31,7 +31,7 @@ from sage_core.prompts.task_status import TaskStatus, task_statuses
 from storage import scores as sc_store
 from storage.home import SageHome
 from storage.pretrained_models import model_label
-from storage.sae_sources import list_zoo_saes
+from storage.sae_sources import distinct_specs, list_zoo_saes
 from tasks import capture as ct
 from tasks import corpus as corpus_tasks
 from tasks import progress
@@ -112,7 +112,8 @@ def evaluate(cfg: EvaluateConfig = EvaluateConfig(), home: str | None = None, ru
                                       tasks=tasks))
     failures: list[dict[str, str]] = []
 
-    specs = list(cfg.saes) or [f"zoo:{n}" for n in list_zoo_saes(h, name)]
+    # each SAE once (two specs of one SAE are one; two SAEs of one name were refused by `check_inputs`)
+    specs = distinct_specs(cfg.saes, h, name) if cfg.saes else [f"zoo:{n}" for n in list_zoo_saes(h, name)]
     # one worker per share of the specs, sorted (one hook's SAEs together): it resolves them, keeps them, scores them
     worker_of = eng.assign(specs)
     with eng.per_sae_runner() as runner:

@@ -32,7 +32,16 @@ from typing import Any
 from sage_core.zoo.sae import LoadedSAE, SAELike, sae_hook_name, wrap_sae
 from storage.atomic import is_complete
 from storage.home import SageHome
-from storage.sae_hub import SAE_CFG, SAE_WEIGHTS, load_hf, load_registry, split_hf
+from storage.sae_hub import (
+    SAE_CFG,
+    SAE_WEIGHTS,
+    HubSAE,
+    hub_content_hash,
+    load_hf,
+    load_registry,
+    registry_location,
+    split_hf,
+)
 from storage.sae_hub import sae_files_hash as _dir_weights_hash
 from storage.sae_names import (
     REGISTRY_HINT,
@@ -298,3 +307,72 @@ def check_specs(specs: list[str] | tuple[str, ...], home: SageHome, model_name: 
         raise SAESpecError(errors[0])
     if errors:
         raise SAESpecError(f"{len(errors)} SAE specs name nothing: " + "; ".join(errors))
+
+
+# -- names ----------------------------------------------------------------------------------------------------------
+def _spec_name(spec: str, home: SageHome, model_name: str | None) -> tuple[str, str, Any]:
+    """(name, where, kind-and-what) of a spec: the name its resolved SAE carries (what `load_sae_spec` gives it:
+    units, core metrics and rows are keyed by it) and where its files are (a resolved path, or the spec itself)."""
+    kind, what = _classify(spec)
+    if kind == "zoo":
+        model, name = _zoo_name(what, home, model_name)
+        path = home.sae_dir(model, name)
+        return name, str(path.resolve()), (kind, path)
+    if kind == "dir":
+        return what.resolve().name, str(what.resolve()), (kind, what)
+    if kind == "py":
+        return what.split(":")[-1], f"py:{what}", (kind, what)
+    if kind == "hf":
+        repo_id, folder = split_hf(what)
+        return f"{repo_id}/{folder}", f"hf:{repo_id}:{folder}", ("hub", HubSAE(repo_id, folder, {}))
+    release, sae_id = what
+    return f"{release}/{sae_id}", f"{release}/{sae_id}", ("registry", (release, sae_id))
+
+
+def _spec_hash(found: tuple[str, Any]) -> str | None:
+    """The content hash a spec's SAE will carry where it is known without loading it or running code: a complete zoo
+    SAE's or a directory's files, a hub SAE whose files are in the local cache; None otherwise."""
+    kind, what = found
+    try:
+        if kind == "zoo":
+            return _dir_weights_hash(what) if is_complete(what) else None
+        if kind == "dir":
+            return _dir_weights_hash(what)
+        if kind == "hub":
+            return hub_content_hash(what)
+        if kind == "registry":
+            return hub_content_hash(registry_location(*what))
+    except (OSError, KeyError, ValueError):
+        return None
+    return None
+
+
+def distinct_specs(specs: list[str] | tuple[str, ...], home: SageHome, model_name: str | None) -> list[str]:
+    """`specs` with each SAE once, in order; a one-line SAESpecError, before any work, when two specs name different
+    SAEs that would carry the same name (two directories called alike, a directory named like a zoo SAE, two `py:`
+    factories of one attribute name): an evaluation keys its units, core metrics and rows by name and would merge
+    them. Two specs of one SAE (the same spec, the same path, or files of the same content hash) are one. Run
+    `check_specs` first: every spec must name something. Hashes only the files of specs whose names clash."""
+    named = [(spec, *_spec_name(spec, home, model_name)) for spec in specs]
+    counts: dict[str, int] = {}
+    for _, name, _, _ in named:
+        counts[name] = counts.get(name, 0) + 1
+    hashes: dict[str, str | None] = {}
+    first: dict[str, tuple[str, str, str | None]] = {}
+    out = []
+    for spec, name, where, found in named:
+        h = None
+        if counts[name] > 1:
+            h = hashes[where] if where in hashes else hashes.setdefault(where, _spec_hash(found))
+        if name not in first:
+            first[name] = (spec, where, h)
+            out.append(spec)
+            continue
+        spec0, where0, h0 = first[name]
+        if where == where0 or (h is not None and h == h0):
+            continue  # the same SAE again: evaluated once
+        raise SAESpecError(
+            f"SAE specs {spec0!r} and {spec!r} are two different SAEs with the same name {name!r} (content hashes "
+            f"{h0 or 'unknown'} and {h or 'unknown'}); an evaluation keys its results by name and would merge them: "
+            "copy one into a directory of another name and pass that, or evaluate them in separate runs")
+    return out

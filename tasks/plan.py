@@ -19,7 +19,7 @@ from sage_core.scoring import mapping as mp
 from sage_core.zoo.plan import plan_zoo
 from storage.home import SageHome, check_run_name
 from storage.refs import GroundTruthPartRef, GroundTruthRef, ModelRef, SAERef
-from storage.sae_sources import check_specs, list_zoo_saes
+from storage.sae_sources import check_specs, distinct_specs, list_zoo_saes
 from tasks import loaded
 from tasks.common import UNCACHED
 from tasks.units import SAEWork, ScoringUnit, UnitJob
@@ -27,7 +27,8 @@ from tasks.units import SAEWork, ScoringUnit, UnitJob
 
 def check_inputs(cfg: EvaluateConfig, home: SageHome, run: str | None) -> None:
     """One-line errors, before any work: a bad run name (a deployment parameter too: never joined into a path
-    unchecked), a pretrained model without SAEs, a spec that names nothing."""
+    unchecked), a pretrained model without SAEs, a spec that names nothing, two specs of different SAEs that share a
+    name (`distinct_specs`: results are keyed by name)."""
     if run is not None:
         check_run_name(run)
     if cfg.pretrained and not cfg.saes:
@@ -39,6 +40,7 @@ def check_inputs(cfg: EvaluateConfig, home: SageHome, run: str | None) -> None:
         zoo_names = [] if cfg.pretrained else sorted({s.name for s in plan_zoo(cfg.zoo).specs}
                                                      | set(list_zoo_saes(home, name)))
         check_specs(list(cfg.saes), home, name, zoo_names)
+        distinct_specs(list(cfg.saes), home, name)
 
 
 def sae_family(s: SAERef) -> str:
