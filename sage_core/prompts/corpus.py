@@ -11,8 +11,8 @@ import random
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sage_core.prompts.library import FEMALE_NAMES, MALE_NAMES, NOUNS, OBJECTS, PLACES
 from sage_core.prompts.task import Task
+from sage_core.prompts.tasks.vocab import FEMALE_NAMES, MALE_NAMES, NOUNS, OBJECTS, PLACES
 
 ADJECTIVES = ["big", "small", "old", "new", "red", "happy", "quiet", "busy"]
 VERBS_PAST = ["saw", "liked", "found", "visited", "painted", "cleaned"]

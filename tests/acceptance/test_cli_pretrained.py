@@ -10,7 +10,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from sage_core.prompts.library import FEMALE_NAMES
+from sage_core.prompts.tasks.vocab import FEMALE_NAMES
 from tests.acceptance.cli import one_line_error, run
 from tests.acceptance.hf_cache import write_fake_gpt2
 

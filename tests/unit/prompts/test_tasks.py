@@ -70,7 +70,7 @@ def test_greater_than_answers(tables, tokenizer):
 
 
 def test_pronoun_and_sva_answers(tables, tokenizer):
-    from sage_core.prompts.library import FEMALE_NAMES, MALE_NAMES
+    from sage_core.prompts.tasks.vocab import FEMALE_NAMES, MALE_NAMES
 
     for r in tables["gendered_pronoun"].iter_rows(named=True):
         name = _word(tokenizer, r["tokens"][r["pos_NAME"]])
