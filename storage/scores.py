@@ -9,7 +9,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ from sage_core.ground_truth.sections import CrossSection
 from sage_core.scoring.rows import score_frame
 from sage_core.scoring.score import SectionReference
 from storage import ground_truth as gt_store
-from storage.atomic import StoreError, is_complete, read_marker, write_once
+from storage.atomic import MARKER, StoreError, cached_marker, is_complete, read_marker, write_once
 from storage.hashing import stable_hash
 from storage.integrity import load_safetensors, read_json, read_parquet
 
@@ -94,22 +96,54 @@ def frames_digest(*frames: pl.DataFrame | None) -> str:
     return stable_hash([None if f is None else [str(f.schema), f.to_dict(as_series=False)] for f in frames])
 
 
-def refuse_other_run(d: Path, identity: dict[str, str]) -> bool:
-    """True when `d` is already complete with this `identity` (an identical rerun: reuse it), False when it is absent
-    or incomplete; a StoreError naming another --run when it holds another evaluation, which is never kept silently
-    while this run's results are published, nor overwritten."""
-    if not Path(d).exists():
-        return False
-    if not is_complete(d):  # another run's directory that is damaged (or not SAGE's): never written over
-        raise StoreError(f"{d} exists but is not a whole evaluation (damaged or foreign); pass another --run (e.g. "
-                         f"--run {Path(d).name}-2), or delete that directory to replace it")
-    old = read_marker(d)
-    same = (old.get("run_key") == identity["run_key"] if old.get("run_key") and identity.get("run_key")
+def _same_run(old: dict[str, Any], identity: dict[str, str]) -> bool:
+    return (old.get("run_key") == identity["run_key"] if old.get("run_key") and identity.get("run_key")
             else old.get("content") == identity["content"])
-    if not same:
-        raise StoreError(f"{Path(d).parent.name}/{Path(d).name} ({d}) already holds another evaluation; pass another "
-                         f"--run (e.g. --run {Path(d).name}-2), or delete that directory to replace it")
-    return True
+
+
+def refuse_other_run(d: Path, identity: dict[str, str]) -> bool:
+    """True when `d` is already complete with this `identity` (an identical rerun: reuse it), False when it is to be
+    written: absent, or this run's own directory left damaged or incomplete (its marker names this run: the write
+    replaces it, so a rerun rebuilds what `sage leaderboard` or `sage report` found damaged). A directory whose marker
+    cannot be read (so whose it is cannot be told) is moved aside to `<name>.damaged-<time>`, never deleted, and
+    written anew. A StoreError naming another --run when it holds another evaluation, whole or damaged, which is never
+    kept silently while this run's results are published, nor overwritten."""
+    d = Path(d)
+    if not d.exists() and not d.is_symlink():
+        return False
+    old = cached_marker(d) if d.is_dir() and not d.is_symlink() else None
+    if old is None:
+        if not d.is_dir() or d.is_symlink() or _holds_results(d):  # not a run's: never moved, never written over
+            raise StoreError(f"{d} exists but is not a whole evaluation (damaged or foreign); pass another --run "
+                             f"(e.g. --run {d.name}-2), or move that directory away to replace it")
+        _move_aside(d)
+        return False
+    whole = is_complete(d)
+    if not _same_run(old, identity):
+        state = "already holds" if whole else "holds a damaged copy of"
+        raise StoreError(f"{d.parent.name}/{d.name} ({d}) {state} another evaluation; pass another --run (e.g. "
+                         f"--run {d.name}-2), or delete that directory to replace it")
+    return whole
+
+
+def _holds_results(d: Path) -> bool:
+    """Some directory below `d` is a complete SAGE output (a zoo, a model): `d` is no run directory."""
+    return any(n in names for root, _, names in os.walk(d) if Path(root) != d
+               for n in (MARKER, "_MODEL_COMPLETE.json"))
+
+
+def _move_aside(d: Path) -> Path:
+    """`d` (no readable marker: damaged, or not SAGE's) renamed to a sibling `<name>.damaged-<UTC time>`; a StoreError
+    in one line when even that fails."""
+    aside = d.with_name(f"{d.name}.damaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}")
+    try:
+        os.replace(d, aside)
+    except OSError as exc:
+        raise StoreError(f"{d} exists but is not a whole evaluation (no readable marker) and could not be moved aside "
+                         f"({exc.strerror or exc}); move or delete it, then rerun") from exc
+    logging.getLogger("sage").warning(f"{d} was not a whole evaluation (no readable marker): moved aside to "
+                                      f"{aside.name}, and written anew")
+    return aside
 
 
 RUN_FILES = {"scores": "scores.parquet", "leaderboard": "leaderboard.parquet", "failures": "failures.parquet"}
