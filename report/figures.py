@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from report.tables import num, task_rows
+from sage_core.scoring import definitions as defs
 
 KIND_COLOURS = {"trained": "#4c72b0", "oracle": "#55a868", "random": "#c44e52"}
 OTHER_COLOUR = "#8c8c8c"
@@ -41,28 +42,37 @@ def metric_panels(leaderboard: pl.DataFrame, task: str, metrics: tuple[str, ...]
     n = max(len(rows), 1)
     # Fixed margins from the longest name: constrained layout measured every text and cost ~0.25 s per figure.
     left_in = 0.5 + 0.062 * max((len(s) for s in names), default=4)
-    panel_in, height = 1.9, 0.24 * n + 1.3
+    panel_in, height = 1.9, 0.24 * n + 1.6
     width = left_in + panel_in * len(metrics) + 0.3
     # Not sharey: only the first panel carries y ticks (the others' tick artists cost ~40% of the drawing).
     fig = Figure(figsize=(width, height))
     axes = fig.subplots(1, len(metrics), squeeze=False)
     fig.subplots_adjust(left=left_in / width, right=1 - 0.3 / width, bottom=0.75 / height,
-                        top=1 - 0.55 / height, wspace=0.12)
+                        top=1 - 0.85 / height, wspace=0.12)  # room for a two-line title (an unbounded range)
     ys = np.arange(len(rows))
     colours = [KIND_COLOURS.get(str(r.get("kind") or ""), OTHER_COLOUR) for r in rows]
     for ax, metric in zip(axes[0], metrics, strict=True):
         vals = np.array([num(r.get(metric)) for r in rows], dtype=float)
-        finite = vals[~np.isnan(vals)]
-        ax.barh(ys, np.nan_to_num(vals, nan=0.0), color=colours, height=0.75)
+        lo_clip, hi_clip = robust_limits(vals, metric)
+        shown = np.clip(np.nan_to_num(vals, nan=0.0), lo_clip, hi_clip)
+        ax.barh(ys, shown, color=colours, height=0.75)
         for y in ys[np.isnan(vals)]:
             ax.text(0, y, " n/a", va="center", ha="left", fontsize=6, color=OTHER_COLOUR, style="italic")
+        finite = shown[~np.isnan(vals)]
         lo = min(0.0, float(finite.min())) if finite.size else 0.0
         hi = max(1.0 if finite.size and finite.max() > 0.5 else 0.0, float(finite.max()) if finite.size else 1.0)
         span = (hi - lo) or 1.0
         ax.set_xlim(lo - 0.05 * span, hi + 0.05 * span)
+        # a value beyond the axis is drawn to its edge and written out, so one outlier does not flatten every bar
+        for y, v in zip(ys, vals, strict=True):
+            if not np.isnan(v) and (v < lo_clip or v > hi_clip):
+                edge = lo_clip if v < lo_clip else hi_clip
+                ax.text(edge, y, f"{'◀' if v < lo_clip else ''}{v:.4g}{'▶' if v > hi_clip else ''}", va="center",
+                        ha="left" if v < lo_clip else "right", fontsize=6, color="white", fontweight="bold")
         ax.axvline(0, color="black", linewidth=0.6)
         ax.grid(axis="x", alpha=0.3)
-        ax.set_title(metric, fontsize=9)
+        clipped = bool(np.any((vals < lo_clip) | (vals > hi_clip)))
+        ax.set_title(_panel_title(metric, clipped), fontsize=9)
         ax.tick_params(axis="x", labelsize=7)
         ax.set_ylim(-0.6, len(rows) - 0.4)
         ax.set_yticks([])
@@ -75,6 +85,28 @@ def metric_panels(leaderboard: pl.DataFrame, task: str, metrics: tuple[str, ...]
         axes[0][0].text(0.5, 0.5, "no SAEs for this task", ha="center", va="center", transform=axes[0][0].transAxes)
     fig.suptitle(f"{task}: leaderboard metrics (means over each SAE's cross-sections)", fontsize=10)
     return fig
+
+
+def robust_limits(vals: np.ndarray, metric: str) -> tuple[float, float]:
+    """The axis range of a metric's panel: a metric defined as bounded (sage_core.scoring.definitions) shows every
+    value; an unbounded side is cut at 3 interquartile ranges beyond the quartiles (at least 0.25 wide), so a
+    necessity of -663 is marked at the edge instead of squeezing every other bar to nothing."""
+    m = defs.METRICS.get(metric)
+    finite = vals[np.isfinite(vals)]
+    if m is None or m.bounded or finite.size < 4:
+        return -np.inf, np.inf
+    q1, q3 = np.percentile(finite, [25, 75])
+    reach = 3 * max(q3 - q1, 0.25)
+    lo = -np.inf if m.low is not None else min(q1 - reach, 0.0)
+    hi = np.inf if m.high is not None else max(q3 + reach, 1.0)
+    return float(lo), float(hi)
+
+
+def _panel_title(metric: str, clipped: bool) -> str:
+    m = defs.METRICS.get(metric)
+    if m is None or m.bounded:
+        return metric
+    return f"{metric}\nrange {m.range_text()}" + ("; axis cut" if clipped else "")
 
 
 def _parse_f1(metric: str) -> tuple[str, str]:

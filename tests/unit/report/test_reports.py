@@ -96,13 +96,30 @@ def test_f1_heatmap_shows_the_matrix():
     assert not empty.axes[0].images
 
 
+def test_an_unbounded_metrics_outlier_is_marked_at_the_axis_edge_not_stretching_it():
+    """necessity -663.6 for one projection (seen on greater_than): the other bars stay readable, the outlier is
+    written out at the edge and the title says the axis is cut; a bounded metric is never cut."""
+    board = pl.concat([_leaderboard().with_columns(pl.col("sae") + f"-{i}") for i in range(2)])
+    board = board.with_columns(pl.when(pl.col("sae") == "sae-a-0").then(-663.6).otherwise(pl.col("necessity"))
+                               .alias("necessity"))
+    fig = metric_panels(board, "ioi", ["necessity", "mcc"])
+    nec, mcc = (ax for ax in fig.axes if ax.get_title())
+    assert nec.get_xlim()[0] > -10 and nec.get_title() == "necessity\nrange (-inf, 1]; axis cut"
+    assert any("663.6" in t.get_text() and "◀" in t.get_text() for t in nec.texts)
+    assert min(bar.get_width() for bar in nec.patches) >= nec.get_xlim()[0]  # the outlier's bar ends at the edge
+    assert mcc.get_title() == "mcc" and not any("◀" in t.get_text() for t in mcc.texts)
+    plt.close("all")
+
+
 def test_metric_panels_one_panel_per_metric_sorted_by_summary_with_controls_apart():
     fig = metric_panels(_leaderboard(), "ioi", PLOT_METRICS)
     axes = [ax for ax in fig.axes if ax.get_title()]
-    assert [ax.get_title() for ax in axes] == [m for m in PLOT_METRICS if m in _leaderboard().columns]
+    titles = [ax.get_title().split("\n")[0] for ax in axes]  # an unbounded metric's range on a second line
+    assert titles == [m for m in PLOT_METRICS if m in _leaderboard().columns]
+    assert axes[titles.index("necessity")].get_title() == "necessity\nrange (-inf, 1]"
     labels = [t.get_text() for t in axes[0].get_yticklabels()]
     assert labels == ["random-sae", "sae-b", "sae-a", "oracle-sae"]  # best summary at the top (drawn last)
-    edit = axes[[ax.get_title() for ax in axes].index("edit_accuracy_k4")]
+    edit = axes[titles.index("edit_accuracy_k4")]
     widths = [bar.get_width() for bar in edit.patches]
     assert widths == [0.1, 0.0, 0.6, 0.9]  # sae-b's NaN drawn as zero and marked
     assert any("n/a" in t.get_text() for t in edit.texts)
