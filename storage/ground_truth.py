@@ -14,6 +14,7 @@ from storage.home import SageHome
 from storage.integrity import load_safetensors, read_parquet
 from storage.records import read_record, refs_whole, write_record
 from storage.refs import GroundTruthRef
+from storage.tables import write_parquet
 
 QUALITY_COLUMNS = ["task", "attribute", "hook", "head", "role", "method", "sufficiency", "necessity", "edit_accuracy",
                    "no_intervention", "n_test", "n_edit", "n_unseen"]
@@ -32,7 +33,7 @@ def write_section(d: Path, dictionaries: dict, rows: list[dict], provenance: dic
                 meta = {"method": method, "weights": json.dumps(dic.weights), **{k: str(v) for k, v in
                                                                                  provenance.items()}}
                 save_file(tensors, str(tmp / f"{method}.safetensors"), metadata=meta)
-            pl.DataFrame(rows).select(QUALITY_COLUMNS).write_parquet(tmp / "quality.parquet")
+            write_parquet(pl.DataFrame(rows).select(QUALITY_COLUMNS), tmp / "quality.parquet")
     return d
 
 
@@ -66,7 +67,7 @@ def read_quality(d: str | Path) -> pl.DataFrame:
 def combine(final: Path, parts: list[str]) -> Path:
     if not is_whole(final):
         with write_once(final, {"parts": parts}, kind="ground-truth") as tmp:
-            pl.concat([read_quality(p) for p in parts], how="diagonal_relaxed").write_parquet(tmp / "quality.parquet")
+            write_parquet(pl.concat([read_quality(p) for p in parts], how="diagonal_relaxed"), tmp / "quality.parquet")
     return final
 
 

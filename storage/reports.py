@@ -21,6 +21,7 @@ from report.tables import ranked_saes
 from storage.atomic import MARKER, StoreError, is_complete, read_marker, verify_file, write_once
 from storage.integrity import read_parquet
 from storage.scores import frames_digest, refuse_other_run
+from storage.tables import write_parquet
 
 PLOT_METRICS = ("summary", "explained_variance", "sufficiency", "necessity", "edit_accuracy_k4", "f1_mean", "mcc")
 PLOT_DPI = 110
@@ -81,10 +82,10 @@ def write_report(out_dir: Path, scores: pl.DataFrame, leaderboard: pl.DataFrame,
                     embedded[task].append(paths["metrics"])
                 _save(f1_heatmap(scores, task, order[page]), tmp / paths["f1-heatmap"])
                 embedded[task].append(paths["f1-heatmap"])
-        scores.write_parquet(tmp / "scores.parquet")
-        leaderboard.write_parquet(tmp / "leaderboard.parquet")
+        write_parquet(scores, tmp / "scores.parquet")
+        write_parquet(leaderboard, tmp / "leaderboard.parquet")
         if failures is not None and failures.height:
-            failures.write_parquet(tmp / "failures.parquet")
+            write_parquet(failures, tmp / "failures.parquet")
         md = summary_markdown(leaderboard, failures, meta, plots=embedded, verdicts=verdicts, unreached=unreached,
                               kept=kept_hooks(scores))
         (tmp / "README.md").write_text(md)

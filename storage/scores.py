@@ -25,6 +25,7 @@ from storage import ground_truth as gt_store
 from storage.atomic import MARKER, StoreError, cached_marker, is_complete, read_marker, write_once
 from storage.hashing import stable_hash
 from storage.integrity import load_safetensors, read_json, read_parquet
+from storage.tables import write_parquet
 
 
 def write_references(d: Path, refs: list[SectionReference], gt_paths: dict[str, str], meta: dict[str, Any]) -> Path:
@@ -83,7 +84,7 @@ def read_core(d: Path) -> dict[str, float]:
 def write_part(d: Path, rows: list[dict], meta: dict[str, Any]) -> Path:
     if not is_complete(d):
         with write_once(d, meta) as tmp:
-            score_frame(rows).write_parquet(tmp / "scores.parquet")
+            write_parquet(score_frame(rows), tmp / "scores.parquet")
     return d
 
 
@@ -163,7 +164,7 @@ def write_run(d: Path, scores: pl.DataFrame, board: pl.DataFrame, failures: pl.D
     if not refuse_other_run(d, identity):
         with write_once(d, {**meta, **identity}) as tmp:
             for df, name in zip((scores, board, failures), RUN_FILES.values(), strict=True):
-                df.write_parquet(tmp / name)
+                write_parquet(df, tmp / name)
     return d
 
 
