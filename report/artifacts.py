@@ -16,14 +16,14 @@ from typing import Any
 
 import polars as pl
 
-from report.tables import rounded
-from sage_core.scoring import definitions as defs
+from report.tables import RANK_COLUMNS, rounded, short_sae, task_names, task_rows
 
-# the table artifact's columns, in order (leaderboard column -> artifact column)
+# the table artifact's columns, in order (leaderboard column -> artifact column): per task its ranking, as the report's
+# first table (the summary and its parts; the other metrics are in the summary artifact and the run's parquet)
 ARTIFACT_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("sae", "sae"), ("task", "task"), ("kind", "kind"), ("mapping", "mapping"), ("status", "status"),
-    ("n_sections", "n"), *((n, n) for n in defs.names(table=True)))  # the tables' metrics, by their full names
-TEXT_COLUMNS = ("sae", "task", "kind", "mapping", "status")
+    ("task", "task"), ("rank", "rank"), ("sae", "sae"), ("kind", "kind"), ("mapping", "mapping"),
+    *((c, "n" if c == "n_sections" else c) for c, _ in RANK_COLUMNS), ("status", "status"))
+TEXT_COLUMNS = ("task", "kind", "mapping", "status")
 # artifact -> its stable key, which always holds the latest run's; a run's own key is `<stable>-run-<run>`
 LATEST_KEYS = {"leaderboard": "sae-leaderboard", "summary": "sae-evaluation-summary", "plots": "sae-evaluation-plots"}
 MAX_RUN_SLUG = 48  # longer run names are cut (and hashed, so two runs never share a key)
@@ -32,24 +32,33 @@ MAX_EMBEDDED_BYTES = 8 << 20  # PNG bytes embedded in one artifact; beyond it a 
 
 
 def leaderboard_rows(board: pl.DataFrame) -> list[dict[str, Any]]:
-    """The leaderboard as table-artifact rows: `ARTIFACT_COLUMNS` in order, figures rounded to 3 decimals (as in the
-    markdown report), n as an integer; a missing column, null or NaN is None (the UI shows an empty cell)."""
+    """The leaderboard as table-artifact rows: task by task, each in the report's rank order (trained SAEs ranked by
+    summary, the controls after them without a rank), `ARTIFACT_COLUMNS` in order, short SAE names, figures rounded to
+    3 decimals (as in the markdown report), n as an integer; a missing column, null or NaN is None (an empty cell)."""
     missing = [c for c in ("sae", "task") if c not in board.columns]
     if missing:
         raise ValueError(f"the leaderboard lacks {', '.join(missing)}: pass the table "
                          f"sage_core.scoring.leaderboard.leaderboard builds")
     rows = []
-    for r in board.to_dicts():
-        out: dict[str, Any] = {}
-        for col, name in ARTIFACT_COLUMNS:
-            v = r.get(col)
-            if col in TEXT_COLUMNS:
-                out[name] = None if v is None else str(v)
-            elif col == "n_sections":
-                out[name] = None if rounded(v) is None else int(v)
-            else:
-                out[name] = rounded(v)
-        rows.append(out)
+    for task in task_names(board):
+        rank = 0
+        for r in task_rows(board, task):
+            control = r.get("kind") in ("oracle", "random")
+            rank += not control
+            out: dict[str, Any] = {}
+            for col, name in ARTIFACT_COLUMNS:
+                v = r.get(col)
+                if col == "rank":
+                    out[name] = None if control else rank
+                elif col == "sae":
+                    out[name] = short_sae(str(v))
+                elif col in TEXT_COLUMNS:
+                    out[name] = None if v is None else str(v)
+                elif col == "n_sections":
+                    out[name] = None if rounded(v) is None else int(v)
+                else:
+                    out[name] = rounded(v)
+            rows.append(out)
     return rows
 
 

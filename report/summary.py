@@ -83,8 +83,10 @@ def _meta_lines(leaderboard: pl.DataFrame, meta: dict, tasks: list[str]) -> list
              f"**SAEs:** {n_saes}", f"**Created:** {meta.get('created', MISSING)}"]
     corpus = [f"**Core metrics on:** {md_escape(corpus_line(meta['corpus']))}.", ""] if meta.get("corpus") else []
     lines = [". ".join(parts) + ".", "", *corpus, *task_status_lines(meta.get("task_status"), meta.get("model")),
-             "Columns are means over each SAE's cross-sections (CE rec. and L0 on background text); n = the task's "
-             f"cross-sections the SAE reaches; `{MISSING}` = not measured. Sorted by summary score.", ""]
+             "Per task, the ranking (the summary and its parts), then the other metrics of the same SAEs in the same "
+             "order. Figures are means over each SAE's cross-sections (CE rec.: on background text); n = the task's "
+             f"cross-sections the SAE reaches; `{MISSING}` = not measured. Trained SAEs are ranked by summary; the "
+             "controls follow them (rank `ctrl`).", ""]
     if "mapping" in leaderboard.columns and (leaderboard["mapping"] == "projection").any():
         lines += [PROJECTION_NOTE, ""]
     return lines

@@ -18,13 +18,30 @@ from sage_core.scoring import definitions as defs
 MISSING = "–"
 DECIMALS = 3  # every table's figures: enough to tell SAEs apart, few enough to read
 
-# (leaderboard column, table header) in table order: `n` (the count of cross-sections the SAE reaches), then the
-# metrics defined to be shown in tables (sage_core.scoring.definitions)
-TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("n_sections", "n"), *((n, defs.get(n).title) for n in defs.names(table=True)))
+# (leaderboard column, table header). Per task two tables: the ranking (the summary, its parts as the metric
+# definitions name them, and `n`, the count of cross-sections the SAE reaches: narrow enough for a 1600 px page), then
+# the other metrics defined to be shown in tables (sage_core.scoring.definitions).
+RANK_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("n_sections", "n"), ("summary", "summary"),
+    *((m.name, m.title) for m in defs.METRICS.values() if m.in_summary))
+DETAIL_COLUMNS: tuple[tuple[str, str], ...] = tuple(
+    (n, defs.get(n).title) for n in defs.names(table=True) if n not in dict(RANK_COLUMNS))
+TABLE_COLUMNS = RANK_COLUMNS + DETAIL_COLUMNS  # every column a table shows, ranking first
 COUNT_COLUMNS = ("n_sections",)  # integers: shown without decimals
 NAME_COLUMNS = 4  # rank, SAE, kind, mapping
-HEADERS = ("rank", "SAE", "kind", "mapping") + tuple(h for _, h in TABLE_COLUMNS)
+HEADERS = ("rank", "SAE", "kind", "mapping") + tuple(h for _, h in RANK_COLUMNS)
+DETAIL_HEADERS = ("rank", "SAE") + tuple(h for _, h in DETAIL_COLUMNS)
+CONTROL_RANK = "ctrl"  # the controls' rank cell: they are listed after the ranked SAEs, not among them
+
+
+def short_sae(name: str) -> str:
+    """blocks.0.hook_resid_pre--topk-512 -> L0.resid_pre topk-512 (zoo names); other names unchanged."""
+    from sage_core.model.hooks import short_hook
+
+    if "--" in name:
+        hook, rest = name.split("--", 1)
+        return f"{short_hook(hook)} {rest}"
+    return name
 
 
 def num(v: Any) -> float:
@@ -64,10 +81,12 @@ def task_names(leaderboard: pl.DataFrame) -> list[str]:
 
 
 def task_rows(leaderboard: pl.DataFrame, task: str) -> list[dict[str, Any]]:
-    """The task's rows, sorted by summary descending (missing summaries last, then by name)."""
-    def key(r: dict[str, Any]) -> tuple[bool, float, str]:
+    """The task's rows: the trained SAEs by summary descending (missing summaries last, then by name), then the
+    controls (oracle, then random), so no control takes a rank."""
+    def key(r: dict[str, Any]) -> tuple[int, bool, float, str]:
         v = num(r.get("summary"))
-        return math.isnan(v), 0.0 if math.isnan(v) else -v, str(r.get("sae"))
+        control = {"oracle": 1, "random": 2}.get(str(r.get("kind")), 0)
+        return control, math.isnan(v), 0.0 if math.isnan(v) else -v, str(r.get("sae"))
 
     return sorted(leaderboard.filter(pl.col("task") == task).to_dicts(), key=key)
 
@@ -77,12 +96,17 @@ def ranked_saes(leaderboard: pl.DataFrame, task: str) -> list[str]:
     return [str(r["sae"]) for r in task_rows(leaderboard, task)]
 
 
-def table_cells(leaderboard: pl.DataFrame, task: str) -> list[list[str]]:
-    """One row of cells per SAE of the task, in rank order, under `HEADERS`."""
-    out = []
-    for i, r in enumerate(task_rows(leaderboard, task), start=1):
-        cells = [str(i), str(r.get("sae")), str(r.get("kind") or MISSING), str(r.get("mapping") or MISSING)]
-        cells += [_cell(col, r.get(col)) for col, _ in TABLE_COLUMNS]
+def table_cells(leaderboard: pl.DataFrame, task: str, detail: bool = False) -> list[list[str]]:
+    """One row of cells per SAE of the task, in rank order, under `HEADERS` (the ranking) or, with `detail`,
+    `DETAIL_HEADERS` (the other metrics). SAE names are short (`short_sae`); controls carry `CONTROL_RANK`."""
+    out, rank = [], 0
+    for r in task_rows(leaderboard, task):
+        control = r.get("kind") in ("oracle", "random")
+        rank += not control
+        cells = [CONTROL_RANK if control else str(rank), short_sae(str(r.get("sae")))]
+        if not detail:
+            cells += [str(r.get("kind") or MISSING), str(r.get("mapping") or MISSING)]
+        cells += [_cell(col, r.get(col)) for col, _ in (DETAIL_COLUMNS if detail else RANK_COLUMNS)]
         out.append(cells)
     return out
 
@@ -98,8 +122,13 @@ def first_line(s: Any) -> str:
 
 
 def markdown_table(leaderboard: pl.DataFrame, task: str) -> list[str]:
-    """The task's leaderboard as markdown table lines (names left-aligned, figures right-aligned)."""
-    lines = ["| " + " | ".join(HEADERS) + " |",
-             "|" + "|".join("---:" if i == 0 or i >= NAME_COLUMNS else "---" for i in range(len(HEADERS))) + "|"]
-    lines += ["| " + " | ".join(md_escape(c) for c in cells) + " |" for cells in table_cells(leaderboard, task)]
-    return lines
+    """The task's two tables as markdown lines (names left-aligned, figures right-aligned): the ranking, then the
+    other metrics of the same SAEs in the same order."""
+    def table(headers: tuple[str, ...], names: int, detail: bool) -> list[str]:
+        return ["| " + " | ".join(headers) + " |",
+                "|" + "|".join("---:" if i == 0 or i >= names else "---" for i in range(len(headers))) + "|",
+                *("| " + " | ".join(md_escape(c) for c in cells) + " |"
+                  for cells in table_cells(leaderboard, task, detail))]
+
+    return [*table(HEADERS, NAME_COLUMNS, False), "", "Other metrics (same order):", "",
+            *table(DETAIL_HEADERS, 2, True)]

@@ -21,8 +21,8 @@ from report.artifacts import (
 
 PNG = b"\x89PNG\r\n\x1a\n"
 KEY = re.compile(r"^[a-z0-9-]+$")  # prefect.types.names: lowercase letters, numbers and dashes only
-COLUMNS = ["sae", "task", "kind", "mapping", "status", "n", "summary", "explained_variance", "l0", "sufficiency",
-           "faithfulness", "necessity", "edit_accuracy_k4", "f1_mean", "mcc", "ce_loss_recovered"]
+COLUMNS = ["task", "rank", "sae", "kind", "mapping", "n", "summary", "faithfulness", "necessity", "edit_gain_k4",
+           "f1_mean", "mcc", "status"]
 
 
 def _board() -> pl.DataFrame:
@@ -40,17 +40,26 @@ def _board() -> pl.DataFrame:
 def test_leaderboard_rows_are_rounded_complete_and_in_order():
     rows = leaderboard_rows(_board())
     assert [c for _, c in ARTIFACT_COLUMNS] == COLUMNS
-    assert [list(r) for r in rows] == [COLUMNS, COLUMNS]  # kl, oracle_same: not in the table
+    assert [list(r) for r in rows] == [COLUMNS, COLUMNS]  # kl, oracle_same, EV: in the report, not this table
     a, b = rows
-    assert a["summary"] == 0.871 and a["explained_variance"] == 0.912 and a["l0"] == 12.346
-    assert a["sufficiency"] == 1.215 and a["faithfulness"] == 1.0 and a["f1_mean"] == 0.667
-    assert a["mcc"] == 0.1 and repr(a["ce_loss_recovered"]) == "0.0"  # -0.00049: never "-0.0"
+    assert a["rank"] == 1 and a["sae"] == "L0.resid_pre topk-64"  # short names
+    assert a["summary"] == 0.871 and a["faithfulness"] == 1.0 and a["f1_mean"] == 0.667 and a["mcc"] == 0.1
     assert a["n"] == 3 and isinstance(a["n"], int)
-    assert a["necessity"] is None and a["edit_accuracy_k4"] is None  # NaN and null: an empty cell, never NaN
-    assert b["status"] == "failed: ValueError: boom" and b["summary"] is None and b["n"] == 0
+    assert a["necessity"] is None and a["edit_gain_k4"] is None  # NaN and missing: an empty cell, never NaN
+    assert b["status"] == "failed: ValueError: boom" and b["summary"] is None and b["n"] == 0 and b["rank"] == 2
     for v in (x for r in rows for x in r.values() if isinstance(x, float)):
         assert len(repr(v).split(".")[-1]) <= 3, v  # never 0.8707809924535784
     json.dumps(rows, allow_nan=False)  # a table artifact is JSON
+
+
+def test_each_task_is_ranked_apart_with_the_controls_after_its_saes():
+    board = pl.DataFrame([dict(sae=s, task=t, kind=k, mapping="native", status="ok", n_sections=1, summary=v)
+                          for t in ("ioi", "sva") for s, k, v in (("control:oracle", "oracle", 0.9), ("a", "trained", 0.2),
+                                                                   ("b", "trained", 0.5), ("control:random", "random", 0.1))])
+    rows = leaderboard_rows(board)
+    assert [(r["task"], r["rank"], r["sae"]) for r in rows] == [
+        (t, rank, s) for t in ("ioi", "sva")
+        for rank, s in ((1, "b"), (2, "a"), (None, "control:oracle"), (None, "control:random"))]
 
 
 def test_leaderboard_rows_agree_with_the_markdown_report():
@@ -58,7 +67,7 @@ def test_leaderboard_rows_agree_with_the_markdown_report():
 
     board = _board()
     row = leaderboard_rows(board)[0]
-    for col in ("summary", "explained_variance", "sufficiency", "f1_mean", "l0", "ce_loss_recovered"):
+    for col in ("summary", "faithfulness", "f1_mean", "mcc"):
         assert fmt(board[col][0]) == f"{row[col]:.3f}", col
 
 

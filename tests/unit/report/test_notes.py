@@ -105,4 +105,4 @@ def test_a_ground_truth_sufficiency_above_one_is_explained_too():
 def test_only_ratios_that_can_exceed_one_are_listed():
     """Necessity is 1 - |...| / |...| and explained variance 1 - SSE / SST: neither exceeds 1, so neither is a
     ratio the note must explain; F1, MCC, edit accuracy and the summary are shares or clipped."""
-    assert set(ABOVE_ONE) == {"sufficiency", "faithfulness", "ce_loss_recovered"}
+    assert set(ABOVE_ONE) == {"sufficiency", "faithfulness", "ce_loss_recovered", "l2_ratio"}

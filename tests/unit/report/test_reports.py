@@ -118,10 +118,10 @@ def test_metric_panels_one_panel_per_metric_sorted_by_summary_with_controls_apar
     assert titles == [m for m in PLOT_METRICS if m in _leaderboard().columns]
     assert axes[titles.index("necessity")].get_title() == "necessity\nrange (-inf, 1]"
     labels = [t.get_text() for t in axes[0].get_yticklabels()]
-    assert labels == ["random-sae", "sae-b", "sae-a", "oracle-sae"]  # best summary at the top (drawn last)
+    assert labels == ["random-sae", "oracle-sae", "sae-b", "sae-a"]  # best summary at the top, the controls apart
     edit = axes[titles.index("edit_accuracy_k4")]
     widths = [bar.get_width() for bar in edit.patches]
-    assert widths == [0.1, 0.0, 0.6, 0.9]  # sae-b's NaN drawn as zero and marked
+    assert widths == [0.1, 0.9, 0.0, 0.6]  # sae-b's NaN drawn as zero and marked
     assert any("n/a" in t.get_text() for t in edit.texts)
     colours = {lab: bar.get_facecolor() for lab, bar in zip(labels, axes[0].patches, strict=True)}
     assert colours["sae-a"] == colours["sae-b"] != colours["oracle-sae"] != colours["random-sae"]
@@ -144,13 +144,17 @@ def test_summary_markdown_tables_controls_and_failures():
     md = summary_markdown(_leaderboard(), FAILURES, META)
     assert md.startswith("# SAGE report: unit-run")
     assert "sage-tiny" in md and "ioi, greater_than" in md and "**SAEs:** 4" in md and "2025-01-01" in md
-    assert md.count("| rank | SAE | kind | mapping | n | summary | EV | L0 | suff. | faith. | nec. | edit@4 | F1 | "
-                    "MCC | CE rec. |") == 2
-    ioi = md.split("## ioi")[1].split("## greater_than")[0].split("**Controls:**")[0]  # the leaderboard table
-    rows = [ln for ln in ioi.splitlines() if ln.startswith("| ") and "rank" not in ln]
-    assert [r.split("|")[2].strip() for r in rows] == ["oracle-sae", "sae-a", "sae-b", "random-sae"]
-    assert rows[0].startswith("| 1 | oracle-sae | oracle | native | 2 | 0.900 | 0.900 | – | 0.910 | 0.905 | 0.920 |")
-    assert "| – |" in rows[2]  # sae-b's NaN edit accuracy
+    # per task the ranking (the summary and its parts) and then the other metrics, both in rank order
+    assert md.count("| rank | SAE | kind | mapping | n | summary | faith. | nec. | gain@4 | F1 | MCC |") == 2
+    assert md.count("| rank | SAE | EV | L0 | suff. | edit@4 | CE rec. |") == 2
+    ioi = md.split("## ioi")[1].split("## greater_than")[0].split("**Controls:**")[0]
+    ranking, other = ioi.split("Other metrics")
+    rows = [ln for ln in ranking.splitlines() if ln.startswith("| ") and "rank" not in ln]
+    assert [r.split("|")[2].strip() for r in rows] == ["sae-a", "sae-b", "oracle-sae", "random-sae"]
+    assert rows[0] == "| 1 | sae-a | trained | native | 2 | 0.600 | 0.605 | 0.620 | – | 0.600 | 0.600 |"
+    assert rows[2].startswith("| ctrl | oracle-sae | oracle |") and rows[3].startswith("| ctrl | random-sae |")
+    details = [ln for ln in other.splitlines() if ln.startswith("| ") and "rank" not in ln]
+    assert details[1] == "| 2 | sae-b | 0.400 | 12.000 | 0.410 | – | 0.800 |"  # sae-b's NaN edit accuracy
     assert md.count("**Controls:** ✅") == 2
     assert "## Failed SAEs" in md and "broken-sae" in md and "d_in 64 != 128" in md and "Traceback" not in md
     bad = summary_markdown(_leaderboard({**SUMMARY, "sae-b": 0.99}), FAILURES.clear(), META)
@@ -177,7 +181,7 @@ def test_summary_markdown_lists_the_ground_truth_verdicts_under_their_task():
 def test_leaderboard_text_is_aligned():
     text = leaderboard_text(_leaderboard(), "ioi")
     lines = text.splitlines()
-    assert lines[0] == "ioi" and "rank" in lines[1] and "oracle-sae" in lines[3]
+    assert lines[0] == "ioi" and "rank" in lines[1] and "sae-a" in lines[3] and "oracle-sae" in lines[5]
     assert len({len(ln) for ln in lines[1:7]} - {0}) <= 2  # header/rules/rows share columns
     assert "controls:" in lines[-1]
     assert "greater_than" in leaderboard_text(_leaderboard())
@@ -238,8 +242,8 @@ def test_nan_summary_is_listed_last_and_not_counted():
         pl.when(pl.col("sae") == "sae-b").then(float("nan")).otherwise(pl.col("summary")).alias("summary"))
     md = summary_markdown(board, FAILURES.clear(), META)
     ioi = md.split("## ioi")[1].split("## greater_than")[0].split("**Controls:**")[0]  # the leaderboard table
-    rows = [ln for ln in ioi.splitlines() if ln.startswith("| ") and "rank" not in ln]
-    assert rows[-1].split("|")[2].strip() == "sae-b" and "| – |" in rows[-1]
+    rows = [ln for ln in ioi.split("Other metrics")[0].splitlines() if ln.startswith("| ") and "rank" not in ln]
+    assert [r.split("|")[2].strip() for r in rows[:2]] == ["sae-a", "sae-b"] and rows[1].split("|")[6].strip() == "–"
     holds, text = controls_verdict(board, "ioi")
     assert holds is True and "without a summary" in text
     assert math.isnan(board.filter(pl.col("sae") == "sae-b")["summary"][0])
