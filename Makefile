@@ -95,6 +95,8 @@ postgresql:
 # the standing service: PostgreSQL (data under SAGE_HOME/service), the Prefect server on it, the work pool, every
 # deployment of prefect.yaml (watch-nightly runs at 03:00 UTC) and one process worker, all on 127.0.0.1
 # SERVE_ARGS: more options of `sage serve start`, e.g. SERVE_ARGS="--deployment watch-nightly" deploys only that one
+# The API asks for the password in SAGE_HOME/service/api.secret (0600); a second `make serve` restarts only what died
+# and marks the flow runs whose process died Crashed
 serve: install postgresql
 	@SAGE_HOME=$(SAGE_HOME) $(VENV)/bin/sage serve start --port $(PREFECT_PORT) --pg-port $(PG_PORT) $(SERVE_ARGS)
 
@@ -103,8 +105,9 @@ serve-stop:
 	@if [ -x $(VENV)/bin/sage ]; then SAGE_HOME=$(SAGE_HOME) $(VENV)/bin/sage serve stop; \
 	else echo "nothing to stop: $(VENV) is not installed"; fi
 
+# each part: up, dead (its process is gone: `make serve` restarts only what died), not answering, or stopped
 serve-status:
-	@SAGE_HOME=$(SAGE_HOME) $(VENV)/bin/sage serve status
+	@SAGE_HOME=$(SAGE_HOME) $(VENV)/bin/sage serve status --port $(PREFECT_PORT) --pg-port $(PG_PORT)
 
 # a running service holds its database under SAGE_HOME: stop it first
 clean-data: serve-stop

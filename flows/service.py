@@ -1,6 +1,12 @@
 """The standing service (`make serve`, `sage serve`): PostgreSQL with its data under SAGE_HOME, the Prefect server on
 it, the work pool, the deployments of prefect.yaml and one process worker, all on 127.0.0.1 with analytics off.
 
+Nobody but the service's owner runs code through it: the Prefect API asks for a password (Prefect's server API
+authentication; the secret in SAGE_HOME/service/api.secret, 0600, and in the service's own Prefect profile, 0600); the
+work pool's base job template takes no job variable that changes what a flow run runs (no environment, command or
+working directory from a deployment or a flow run: the worker's own environment is the flow run's); and whether `py:`
+SAE specs may run code is the worker's own setting (`--allow-py-specs`), never a flow run's.
+
 Each process runs in its own session, recorded (pid and kernel start time: a reused pid is never taken for it) in
 SAGE_HOME/service/<name>.pid; `stop` ends them by those pids: worker (and its flow runs), server, PostgreSQL (as the
 `postgres` user when we are root: it refuses root). Stdlib only at import. Process management, beside the CLI it serves.
@@ -8,6 +14,7 @@ SAGE_HOME/service/<name>.pid; `stop` ends them by those pids: worker (and its fl
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -34,6 +41,8 @@ POOL = "sage-process"
 DB_USER = "sage"
 DB_NAME = "prefect"
 STOP_ORDER = ("worker", "server", "postgres")
+API_USER = "sage"
+PY_SPECS_ENV = "SAGE_ALLOW_PY_SPECS"  # storage.sae_sources.PY_SPECS_ENV (not imported: this module is stdlib only)
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -49,6 +58,7 @@ class Service:
     pool: str = POOL
     deployments: tuple[str, ...] = ()  # names for `prefect deploy -n`; none: every deployment (--all)
     worker_limit: int | None = 1  # one flow run at a time: the runs share this machine's cores (or its GPU)
+    allow_py_specs: bool = False  # the worker's own setting: may `py:` SAE specs import and run code in its flow runs
     say: Callable[[str], None] = field(default=print, compare=False)
 
     @property
@@ -70,13 +80,39 @@ class Service:
     def log(self, name: str) -> Path:
         return self.dir / f"{name}.log"
 
+    @property
+    def prefect_home(self) -> Path:
+        return self.dir / "prefect"
+
+    @property
+    def secret_path(self) -> Path:
+        """The API's password (`user:password`, Prefect's server API auth string): readable by the owner only."""
+        return self.dir / "api.secret"
+
+    def auth(self) -> str | None:
+        """The API's auth string, None before the first `start` made it."""
+        try:
+            return self.secret_path.read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
     def env(self) -> dict[str, str]:
         """What every Prefect process of the service runs with: its own PREFECT_HOME (no user profile leaks in), this
-        server's API, analytics off, and SAGE_HOME / SAGE_REPO for prefect.yaml's templates and the flows."""
+        server's API and its password, analytics off, the UI's build under SAGE_HOME (not in the installed package),
+        SAGE_HOME / SAGE_REPO for prefect.yaml's templates and the flows, and `py:` specs allowed only where the
+        service was started with allow_py_specs (an exported SAGE_ALLOW_PY_SPECS does not reach the worker)."""
         env = dict(os.environ)
-        env.update(PREFECT_HOME=str(self.dir / "prefect"), PREFECT_API_URL=self.api_url, PREFECT_CLI_PROMPT="false",
+        env.update(PREFECT_HOME=str(self.prefect_home), PREFECT_API_URL=self.api_url, PREFECT_CLI_PROMPT="false",
                    PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1", SAGE_HOME=str(self.home.root),
-                   SAGE_REPO=str(REPO), PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
+                   SAGE_REPO=str(REPO), PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+                   PREFECT_SERVER_UI_STATIC_DIRECTORY=str(self.dir / "ui"), TQDM_DISABLE="1")
+        for name in ("PREFECT_UI_STATIC_DIRECTORY", "PREFECT_API_AUTH_STRING", "PREFECT_SERVER_API_AUTH_STRING",
+                     "PREFECT_API_KEY", PY_SPECS_ENV):
+            env.pop(name, None)
+        if self.allow_py_specs:
+            env[PY_SPECS_ENV] = "1"
+        if (auth := self.auth()) is not None:
+            env["PREFECT_API_AUTH_STRING"] = auth
         env.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")  # errors still reach server.log, access lines not
         return env
 
@@ -169,6 +205,69 @@ def stop(svc: Service) -> list[str]:
 
 def status(svc: Service) -> dict[str, int | None]:
     return {name: recorded(svc, name) for name in STOP_ORDER}
+
+
+@dataclass(frozen=True)
+class Health:
+    """One part of the service as `make serve-status` shows it."""
+    name: str
+    state: str  # "up"; "dead" (it was started and its process is gone); "not answering" (it runs, its port does not
+    #             answer); "stopped" (never started, or stopped by `make serve-stop`)
+    pid: int | None
+    where: str  # its URL or port
+    note: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "up"
+
+    def line(self) -> str:
+        pid = f"pid {self.pid}" if self.pid else ""
+        return f"{self.name:<9} {self.state:<14} {pid:<11} {self.where}{'  (' + self.note + ')' if self.note else ''}"
+
+
+def _recorded_pid(svc: Service, name: str) -> int | None:
+    """The pid in `name`'s record, alive or not (the record is left where it is)."""
+    try:
+        return int(json.loads((svc.dir / f"{name}.pid").read_text())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(2)
+        return s.connect_ex((HOST, port)) == 0
+
+
+def health(svc: Service) -> list[Health]:
+    """Each part's state, read-only: a part whose process died keeps its record (so it shows as dead) until `start`
+    restarts it."""
+    out = []
+    for name in ("postgres", "server", "worker"):
+        last = _recorded_pid(svc, name)
+        path = svc.dir / f"{name}.pid"
+        try:
+            rec = json.loads(path.read_text())
+            alive = rec.get("start") is not None and _start_time(int(rec["pid"])) == rec["start"]
+        except (OSError, ValueError, KeyError, TypeError):
+            alive = False
+        where = {"postgres": f"{HOST}:{svc.pg_port}", "server": f"{svc.ui_url} (API {svc.api_url})",
+                 "worker": f"pool {svc.pool}"}[name]
+        if not alive:
+            state = "dead" if last is not None else "stopped"
+            note = f"pid {last} exited; see {svc.log(name)}; `make serve` restarts it" if last is not None else ""
+            out.append(Health(name, state, None, where, note))
+            continue
+        if name == "postgres":
+            answers = _port_open(svc.pg_port)
+        elif name == "server":
+            answers = _get(f"{svc.api_url}/health") == 200
+        else:
+            answers = _worker_online(svc)
+        out.append(Health(name, "up" if answers else "not answering", last, where,
+                          "" if answers else f"see {svc.log(name)}; `make serve-stop` then `make serve` restarts it"))
+    return out
 
 
 def _spawn(svc: Service, name: str, cmd: list[str], env: dict[str, str] | None = None, **kw) -> int:
@@ -306,9 +405,26 @@ def prefect_cli() -> str:
     return str(Path(sys.executable).parent / "prefect")
 
 
-def _get(url: str) -> int:
+def _headers(auth: str | None) -> dict[str, str]:
+    """Prefect's server API authentication: HTTP Basic with the auth string `user:password`."""
+    headers = {"Content-Type": "application/json"}
+    if auth:
+        headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
+    return headers
+
+
+def api(svc: Service, path: str, body: object = None, method: str | None = None, timeout: float = 10):
+    """The service's REST API as its owner (with the password): the JSON answer; HTTPError as urllib raises it."""
+    req = urllib.request.Request(f"{svc.api_url}{path}", data=None if body is None else json.dumps(body).encode(),
+                                 method=method or ("GET" if body is None else "POST"), headers=_headers(svc.auth()))
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        data = r.read()
+    return json.loads(data) if data else None
+
+
+def _get(url: str, auth: str | None = None) -> int:
     try:
-        with urllib.request.urlopen(url, timeout=2) as r:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=_headers(auth)), timeout=2) as r:
             return r.status
     except urllib.error.HTTPError as e:
         return e.code
@@ -316,11 +432,32 @@ def _get(url: str) -> int:
         return 0
 
 
+def ensure_auth(svc: Service) -> str:
+    """The API's password, made once (0600, like the database's), and the service's Prefect profile (0600) that gives
+    any Prefect client run with PREFECT_HOME=SAGE_HOME/service/prefect this API and its password."""
+    auth = svc.auth()
+    if auth is None:
+        auth = f"{API_USER}:{secrets.token_urlsafe(32)}"
+        _write_private(svc.secret_path, auth + "\n")
+    os.chmod(svc.secret_path, 0o600)
+    svc.prefect_home.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(svc.prefect_home, 0o700)
+    _write_private(svc.prefect_home / "profiles.toml",
+                   f'active = "sage-service"\n\n[profiles.sage-service]\nPREFECT_API_URL = {json.dumps(svc.api_url)}\n'
+                   f"PREFECT_API_AUTH_STRING = {json.dumps(auth)}\n")
+    return auth
+
+
 def start_server(svc: Service, db_url: str) -> None:
     if recorded(svc, "server") is not None:
-        return
+        if _get(f"{svc.api_url}/work_pools/{svc.pool}") != 401:  # one an older `make serve` started without a password
+            svc.say("  the running server answers without the API password: restarting it with one")
+            _stop_one(svc, "server")
+        else:
+            return
     _check_port(svc.api_port, "the Prefect server", "PREFECT_PORT")
-    env = svc.env() | {"PREFECT_API_DATABASE_CONNECTION_URL": db_url}
+    env = svc.env() | {"PREFECT_API_DATABASE_CONNECTION_URL": db_url,
+                       "PREFECT_SERVER_API_AUTH_STRING": svc.auth() or ensure_auth(svc)}
     _spawn(svc, "server", [prefect_cli(), "server", "start", "--host", HOST, "--port", str(svc.api_port),
                            "--analytics-off"], env=env)
     _await(svc, "server", lambda: _get(f"{svc.api_url}/health") == 200, 180)
@@ -334,9 +471,27 @@ def _cli(svc: Service, args: list[str], what: str) -> None:
         raise ServiceError(f"{what} failed: {_last_line(out.stdout + out.stderr)} (full output: {svc.log('setup')})")
 
 
+def pool_template(svc: Service) -> dict:
+    """The work pool's base job template. Its job configuration names no variable: a flow run's process gets the
+    worker's environment, Prefect's default command and a fresh working directory whatever job variables a deployment
+    or a flow run carries (a flow run created through POST /flow_runs/ skips the server's check below, so the worker
+    must not read them). Its variables schema takes only what prefect.yaml's deployments set, at the values this
+    service already runs with (SAGE_HOME, TQDM_DISABLE), so the server refuses any other job variable (422)."""
+    pinned = {"SAGE_HOME": str(svc.home.root), "TQDM_DISABLE": "1"}
+    env = {"title": "Environment Variables", "type": "object", "additionalProperties": False,
+           "description": "Fixed by the service: " + ", ".join(f"{k}={v}" for k, v in pinned.items()),
+           "properties": {k: {"type": "string", "enum": [v]} for k, v in pinned.items()}}
+    return {"job_configuration": {"stream_output": True},
+            "variables": {"type": "object", "additionalProperties": False, "properties": {"env": env}}}
+
+
 def create_pool(svc: Service) -> None:
-    if _get(f"{svc.api_url}/work_pools/{svc.pool}") != 200:
-        _cli(svc, ["work-pool", "create", svc.pool, "--type", "process"], f"creating work pool {svc.pool}")
+    """Create the pool, or give an existing one (an older `make serve`'s, with Prefect's default template) this
+    service's template."""
+    template = svc.dir / "pool-template.json"
+    template.write_text(json.dumps(pool_template(svc), indent=1) + "\n")
+    _cli(svc, ["work-pool", "create", svc.pool, "--type", "process", "--base-job-template", str(template),
+               "--overwrite"], f"creating work pool {svc.pool}")
 
 
 def deploy(svc: Service) -> None:
@@ -354,13 +509,33 @@ def start_worker(svc: Service) -> None:
 
 
 def _worker_online(svc: Service) -> bool:
-    req = urllib.request.Request(f"{svc.api_url}/work_pools/{svc.pool}/workers/filter", data=b"{}", method="POST",
-                                 headers={"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(req, timeout=2) as r:
-            return any(w.get("status") == "ONLINE" for w in json.load(r))
+        return any(w.get("status") == "ONLINE" for w in api(svc, f"/work_pools/{svc.pool}/workers/filter", {},
+                                                             timeout=2))
     except (OSError, ValueError):
         return False
+
+
+ACTIVE_STATES = ("PENDING", "RUNNING", "CANCELLING")
+
+
+def crash_orphaned_runs(svc: Service) -> list[str]:
+    """Flow runs of this pool that Prefect still shows as pending or running although their process (the worker's
+    child, its pid recorded as the run's infrastructure_pid) has died, e.g. with PostgreSQL or the worker killed
+    under them: set Crashed, so `prefect deployment run --watch` and the UI see the end. Returns their names."""
+    runs = api(svc, "/flow_runs/filter", {"flow_runs": {"state": {"type": {"any_": list(ACTIVE_STATES)}}},
+                                          "work_pools": {"name": {"any_": [svc.pool]}}})
+    crashed = []
+    for run in runs:
+        pid = str(run.get("infrastructure_pid") or "").rsplit(":", 1)[-1]
+        if not pid.isdigit() or _start_time(int(pid)) is not None:
+            continue  # not started by a worker yet, or still running
+        api(svc, f"/flow_runs/{run['id']}/set_state",
+            {"state": {"type": "CRASHED", "name": "Crashed",
+                       "message": f"its process (pid {pid}) died while the run was {run['state_type'].lower()} "
+                                  "(found by `make serve`)"}, "force": True})
+        crashed.append(run["name"])
+    return crashed
 
 
 def _write_private(path: Path, text: str) -> None:  # readable by its owner only, never for an instant by others
@@ -375,6 +550,7 @@ def start(svc: Service) -> dict[str, float]:
     svc.home.ensure_writable()
     svc.dir.mkdir(mode=0o711, parents=True, exist_ok=True)  # postgres may pass through to its data, not list it
     svc.inbox.mkdir(exist_ok=True)  # the nightly run's default source: present from the start, not a source error
+    ensure_auth(svc)
     before = {n for n, pid in status(svc).items() if pid is not None}
     steps: dict[str, float] = {}
 
@@ -392,6 +568,9 @@ def start(svc: Service) -> dict[str, float]:
         step("work-pool", lambda: create_pool(svc))
         step("deploy", lambda: deploy(svc))
         step("worker", lambda: start_worker(svc))
+        crashed = step("recover", lambda: crash_orphaned_runs(svc))
+        if crashed:
+            svc.say(f"  {len(crashed)} flow run(s) whose process had died are now Crashed: {', '.join(crashed)}")
     except BaseException:
         for name in STOP_ORDER:
             if name not in before:

@@ -34,6 +34,9 @@ def serve_start(
     deployment: Annotated[list[str] | None, typer.Option(help="deploy only this deployment of prefect.yaml "
                                                               "(repeatable; default: all of them)")] = None,
     worker_limit: Annotated[int, typer.Option(help="flow runs the worker runs at once (0: no limit)")] = 1,
+    allow_py_specs: Annotated[bool, typer.Option(help="let the worker's flow runs import and run `py:` SAE specs "
+                                                      "(code named by a run's parameters, run as this user); the "
+                                                      "worker's own setting, no flow run can change it")] = False,
 ) -> None:
     """Start what is not running yet, deploy prefect.yaml, and print where the UI is."""
     from flows.service import ServiceError, prefect_cli, start
@@ -42,7 +45,8 @@ def serve_start(
         fail(f"--port {port} / --pg-port {pg_port}: give two different ports between 1 and 65535")
     if worker_limit < 0:
         fail(f"--worker-limit {worker_limit}: give 0 (no limit) or more")
-    svc = _service(home, port, pg_port, deployments=tuple(deployment or ()), worker_limit=worker_limit or None)
+    svc = _service(home, port, pg_port, deployments=tuple(deployment or ()), worker_limit=worker_limit or None,
+                   allow_py_specs=allow_py_specs)
     console.print(f"starting the SAGE service under {svc.dir} ...")
     t0 = time.perf_counter()
     try:
@@ -51,10 +55,13 @@ def serve_start(
         fail(exc)
     cli = os.path.relpath(prefect_cli()) if prefect_cli().startswith(os.getcwd()) else prefect_cli()
     console.print(f"service up in {time.perf_counter() - t0:.1f} s\n"
-                  f"  Prefect UI:  {svc.ui_url}\n"
-                  f"  API:         PREFECT_API_URL={svc.api_url}\n"
+                  f"  Prefect UI:  {svc.ui_url} (user:password: the line in {svc.secret_path}, readable by you only)\n"
+                  f"  API:         PREFECT_API_URL={svc.api_url} with PREFECT_API_AUTH_STRING=$(cat "
+                  f"{svc.secret_path}), or PREFECT_HOME={svc.prefect_home} (a profile with both)\n"
                   f"  drop SAEs:   into {svc.inbox} (watch-nightly runs at 03:00 UTC; its sources: prefect.yaml)\n"
-                  f"  run now:     PREFECT_API_URL={svc.api_url} {cli} deployment run 'watch/watch-nightly'\n"
+                  f"  run now:     PREFECT_HOME={svc.prefect_home} {cli} deployment run 'watch/watch-nightly'\n"
+                  f"  py: specs:   {'allowed' if svc.allow_py_specs else 'refused'} in the worker's flow runs "
+                  f"(sage serve start --allow-py-specs)\n"
                   f"  logs:        {svc.dir}/*.log\n"
                   f"  stop:        make serve-stop SAGE_HOME={svc.home.root}", highlight=False, soft_wrap=True)
 
@@ -71,10 +78,14 @@ def serve_stop(home: Home = None) -> None:
 
 
 @serve_app.command("status")
-def serve_status(home: Home = None) -> None:
-    """Which parts of the service run, with their pids."""
-    from flows.service import status
+def serve_status(home: Home = None, port: Port = 4200, pg_port: PgPort = 5433) -> None:
+    """Each part of the service: up, dead (it was started and its process is gone: `make serve` restarts it), not
+    answering, or stopped; its pid and its URL or port. Exits 1 unless every part is up."""
+    from flows.service import health
 
-    svc = _service(home)
-    for name, pid in status(svc).items():
-        console.print(f"  {name:<9} {'pid ' + str(pid) if pid else 'not running'}", highlight=False)
+    svc = _service(home, port, pg_port)
+    parts = health(svc)
+    for part in parts:
+        console.print(f"  {part.line()}", highlight=False, soft_wrap=True)
+    if not all(p.ok for p in parts):
+        raise typer.Exit(1)

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.service import api, flow_log
 from flows import service
 from storage.home import SageHome
 
@@ -142,14 +141,25 @@ def _drop_changed_sae(zoo_home: Path, model: str, inbox: Path) -> Path:
     return dst
 
 
-def _run_deployment(api_url: str, env: dict, params: dict) -> tuple[str, str]:
+def _api(svc: service.Service, path: str, body: dict | None = None):
+    """The service's REST API as its owner (the password from SAGE_HOME/service/api.secret)."""
+    code, answer = _call(f"{svc.api_url}{path}", body, auth=_auth_of(svc))
+    assert code == 200, (code, path)
+    return answer
+
+
+def flow_log(svc: service.Service, run_id: str) -> str:
+    return flow_log_with(svc.api_url, _auth_of(svc), run_id)
+
+
+def _run_deployment(svc: service.Service, env: dict, params: dict) -> tuple[str, str]:
     """`prefect deployment run 'watch/watch-nightly'` as the README shows it; (flow run id, its final state)."""
     r = subprocess.run([service.prefect_cli(), "deployment", "run", "watch/watch-nightly", "--params",
                         json.dumps(params), "--watch", "--watch-interval", "1", "--watch-timeout", "500"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=560)
     run_id = re.search(r"UUID: ([0-9a-f-]{36})", r.stdout)
     assert run_id, r.stdout + r.stderr
-    return run_id[1], api(api_url, f"/flow_runs/{run_id[1]}")["state_type"]
+    return run_id[1], _api(svc, f"/flow_runs/{run_id[1]}")["state_type"]
 
 
 def _completed_watch_runs_in_postgres(svc: service.Service) -> int:
@@ -216,7 +226,7 @@ def test_make_serve_runs_watch_nightly_on_postgres_end_to_end(home, tiny_zoo, tm
             assert _alive(*pids[name]), name
 
         # what was served: the nightly schedule is active, its default sources use this SAGE_HOME
-        [dep] = api(svc.api_url, "/deployments/filter", {"deployments": {"name": {"any_": ["watch-nightly"]}}})
+        [dep] = _api(svc, "/deployments/filter", {"deployments": {"name": {"any_": ["watch-nightly"]}}})
         assert [(s["schedule"]["cron"], s["active"]) for s in dep["schedules"]] == [("0 3 * * *", True)]
         assert dep["parameters"]["sources"][0] == f"dir:{home}/inbox" and (home / "inbox").is_dir()
         assert dep["work_pool_name"] == "sage-process"
@@ -234,9 +244,9 @@ def test_make_serve_runs_watch_nightly_on_postgres_end_to_end(home, tiny_zoo, tm
                                                                       n_validate_random=1, ig_steps=2)))
         params = {"sources": [f"dir:{inbox}"], "cfg": cfg.model_dump(mode="json")}
 
-        first, state = timed("watch run 1", lambda: _run_deployment(svc.api_url, client_env, params))
-        assert state == "COMPLETED", flow_log(svc.api_url, first)
-        assert "1 SAE(s) listed, 1 new" in flow_log(svc.api_url, first)
+        first, state = timed("watch run 1", lambda: _run_deployment(svc, client_env, params))
+        assert state == "COMPLETED", flow_log(svc, first)
+        assert "1 SAE(s) listed, 1 new" in flow_log(svc, first)
         ledger = Ledger.of(SageHome(home))
         [row] = ledger.saes().to_dicts()
         assert (row["sae_id"], row["status"]) == (str(dropped), "evaluated") and row["run"]
@@ -245,9 +255,9 @@ def test_make_serve_runs_watch_nightly_on_postgres_end_to_end(home, tiny_zoo, tm
         _, leaderboard, _ = read_run(SageHome(home).scores_dir(row["run"]))
         assert ev["sae"] in set(leaderboard["sae"])
 
-        second, state = timed("watch run 2", lambda: _run_deployment(svc.api_url, client_env, params))
-        assert state == "COMPLETED", flow_log(svc.api_url, second)
-        assert "1 SAE(s) listed, 0 new" in flow_log(svc.api_url, second)
+        second, state = timed("watch run 2", lambda: _run_deployment(svc, client_env, params))
+        assert state == "COMPLETED", flow_log(svc, second)
+        assert "1 SAE(s) listed, 0 new" in flow_log(svc, second)
         assert ledger.evaluations().height == 1
         [again] = ledger.saes().to_dicts()
         assert (again["status"], again["run"]) == ("evaluated", row["run"])
@@ -256,8 +266,8 @@ def test_make_serve_runs_watch_nightly_on_postgres_end_to_end(home, tiny_zoo, tm
         logs = {p.name: p.read_text(errors="replace") for p in svc.dir.glob("*.log")}
         assert {"postgres.log", "server.log", "worker.log"} <= set(logs)
         assert not [n for n, text in logs.items() if "database is locked" in text]
-        secret = (svc.dir / "postgres.secret").read_text().strip()
-        assert not [n for n, text in logs.items() if secret in text]
+        for secret in ((svc.dir / "postgres.secret").read_text().strip(), _auth_of(svc).split(":", 1)[1]):
+            assert not [n for n, text in logs.items() if secret in text]
     finally:
         down = timed("make serve-stop", lambda: _make("serve-stop", home, env))
         leftover = {n: pid for n, (pid, start) in pids.items() if _alive(pid, start)}
@@ -269,3 +279,229 @@ def test_make_serve_runs_watch_nightly_on_postgres_end_to_end(home, tiny_zoo, tm
     assert not leftover
     again = _make("serve-stop", home, env)
     assert again.returncode == 0 and "nothing of the service was running" in again.stdout
+
+
+# ---- issue 27: nobody but the service's owner runs code through it (item 1); a part that died is reported and
+# restarted alone, and the runs it interrupted end Crashed (item 11); the UI's build under SAGE_HOME -------------------
+
+def test_the_service_decides_py_specs_itself_and_keeps_prefects_ui_build_under_sage_home(home, monkeypatch):
+    """An exported SAGE_ALLOW_PY_SPECS (or a Prefect auth or UI setting) never reaches the service's processes; only
+    allow_py_specs (`sage serve start --allow-py-specs`) turns `py:` specs on; the UI's build goes under SAGE_HOME."""
+    from storage.sae_sources import PY_SPECS_ENV
+
+    monkeypatch.setenv(PY_SPECS_ENV, "1")
+    monkeypatch.setenv("PREFECT_API_AUTH_STRING", "someone:else")
+    env = service.Service(home=SageHome(home)).env()
+    assert PY_SPECS_ENV not in env and "PREFECT_API_AUTH_STRING" not in env
+    assert env["PREFECT_SERVER_UI_STATIC_DIRECTORY"] == str(home / "service" / "ui")
+    assert service.Service(home=SageHome(home), allow_py_specs=True).env()[PY_SPECS_ENV] == "1"
+    assert service.PY_SPECS_ENV == PY_SPECS_ENV
+
+
+HOSTILE_JOB_VARIABLES = {"env": {"SAGE_ALLOW_PY_SPECS": "1", "PYTHONPATH": "/tmp/attacker"},
+                         "command": "sh -c 'id > /tmp/owned'", "working_dir": "/tmp/attacker"}
+
+
+def test_the_work_pool_template_lets_no_job_variable_change_what_runs(home):
+    """The worker builds a flow run's process from the pool's template and the run's job variables: with the service's
+    template, hostile ones change nothing (worker side), and the server refuses them (its own validation, as it runs
+    on POST /deployments/{id}/create_flow_run), while prefect.yaml's own deployments pass."""
+    import asyncio
+
+    import yaml
+    from prefect.utilities.schema_tools.validation import ValidationError, validate
+    from prefect.workers.process import ProcessJobConfiguration
+
+    svc = _svc(home)
+    template = service.pool_template(svc)
+    config = asyncio.run(ProcessJobConfiguration.from_template_and_values(template, HOSTILE_JOB_VARIABLES))
+    assert config.command is None and config.working_dir is None
+    assert "SAGE_ALLOW_PY_SPECS" not in config.env and config.env.get("PYTHONPATH") == os.environ.get("PYTHONPATH")
+
+    def check(job_variables):
+        validate(job_variables, template["variables"], raise_on_error=True, preprocess=True, ignore_required=False,
+                 allow_none_with_default=True)
+
+    for hostile in ({"env": HOSTILE_JOB_VARIABLES["env"]}, {"command": "x"}, {"working_dir": "/tmp"},
+                    {"env": {"SAGE_HOME": "/tmp/elsewhere"}}):
+        with pytest.raises(ValidationError):
+            check(hostile)
+    for dep in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]:
+        env = dep["work_pool"]["job_variables"]["env"]
+        check({"env": {k: v.replace("{{ $SAGE_HOME }}", str(svc.home.root)) for k, v in env.items()}})
+
+
+def test_the_api_password_and_profile_are_private_and_prefect_reads_the_profile(home):
+    """The password is made once, 0600; a Prefect client run with PREFECT_HOME=SAGE_HOME/service/prefect (as the
+    `run now:` line of `make serve` shows) gets the service's URL and password from the profile (0600 too)."""
+    svc = _svc(home)
+    svc.dir.mkdir(parents=True)
+    auth = service.ensure_auth(svc)
+    assert auth.startswith("sage:") and len(auth) > 30 and service.ensure_auth(svc) == auth  # made once
+    for path in (svc.secret_path, svc.prefect_home / "profiles.toml", svc.prefect_home):
+        assert path.stat().st_mode & 0o077 == 0, path
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")} | {"PREFECT_HOME": str(svc.prefect_home)}
+    read = subprocess.run([sys.executable, "-c", "from prefect.settings import get_current_settings as g; "
+                           "s = g().api; print(s.url, s.auth_string.get_secret_value())"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert read.stdout.split() == [svc.api_url, auth], read.stderr
+    assert svc.env()["PREFECT_API_AUTH_STRING"] == auth
+
+
+def test_status_tells_a_part_that_died_from_one_that_was_stopped(home):
+    svc = _svc(home)
+    svc.dir.mkdir(parents=True)
+    pid = service._spawn(svc, "postgres", ["sleep", "300"])
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    parts = {p.name: p for p in service.health(svc)}
+    assert (parts["postgres"].state, parts["server"].state, parts["worker"].state) == ("dead", "stopped", "stopped")
+    assert f"pid {pid} exited" in parts["postgres"].line() and f"127.0.0.1:{svc.pg_port}" in parts["postgres"].line()
+    assert (svc.dir / "postgres.pid").exists()  # still dead on the next look, until `start` restarts it
+
+
+def _auth_of(svc: service.Service) -> str | None:
+    try:
+        return (svc.dir / "api.secret").read_text().strip()
+    except FileNotFoundError:
+        return None
+
+
+def _call(url: str, body=None, auth: str | None = None, method: str | None = None) -> tuple[int, object]:
+    """(HTTP status, JSON answer or None) of one request, with HTTP Basic `auth` if given."""
+    import base64
+    import urllib.error
+    import urllib.request
+
+    headers = {"Content-Type": "application/json"}
+    if auth:
+        headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
+    req = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(), headers=headers,
+                                 method=method or ("GET" if body is None else "POST"))
+    try:
+        with urllib.request.urlopen(req, timeout=20) as r:
+            data = r.read()
+            return r.status, json.loads(data) if data else None
+    except urllib.error.HTTPError as e:
+        return e.code, None
+
+
+def _as_nobody(fn) -> dict:
+    """fn() run in a child process as `nobody` (when we are root; otherwise as ourselves, without the password): its
+    JSON-able answer."""
+    import pwd
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop every privilege, then attack
+        try:
+            os.close(r)
+            if os.geteuid() == 0:
+                pw = pwd.getpwnam("nobody")
+                os.setgroups([])
+                os.setgid(pw.pw_gid)
+                os.setuid(pw.pw_uid)
+            out = {"uid": os.getuid(), **fn()}
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent
+            out = {"error": repr(exc)}
+        os.write(w, json.dumps(out).encode())
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        text = f.read()
+    os.waitpid(pid, 0)
+    return json.loads(text)
+
+
+def _service_env(monkeypatch) -> None:
+    """None of this session's Prefect settings reach the service; its worker polls every second."""
+    for k in [k for k in os.environ if k.startswith("PREFECT_")]:
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("PREFECT_WORKER_QUERY_SECONDS", "1")
+    monkeypatch.setenv("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
+
+
+def _final_state(url: str, auth: str | None, run_id: str, timeout: float = 300) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        code, run = _call(f"{url}/flow_runs/{run_id}", auth=auth)
+        if run and run["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") or time.monotonic() > deadline:
+            return run["state_type"] if run else f"HTTP {code}"
+        time.sleep(1)
+
+
+@pytest.mark.slow
+def test_a_local_user_cannot_run_code_as_the_worker(home, monkeypatch, tmp_path_factory):
+    """The attack of issue 27 item 1: a flow run of `evaluate` with job_variables.env = {SAGE_ALLOW_PY_SPECS: 1,
+    PYTHONPATH: <attacker's folder>} and a `py:` spec whose package writes a file when imported. As `nobody` (no
+    password: the secrets are 0600) every API call is refused (401); as the owner, the server refuses those job
+    variables (422); a flow run that carries them anyway (POST /flow_runs/ skips the server's check) runs with the
+    worker's environment: the spec is refused and nothing of the attacker's is imported."""
+    try:
+        service.pg_bin()
+    except service.ServiceError as exc:
+        pytest.fail(f"{exc} (`make test` installs PostgreSQL before the tests)")
+    _service_env(monkeypatch)
+    attacker = Path(tempfile.mkdtemp(prefix="sage-attacker-"))
+    attacker.chmod(0o777)
+    (attacker / "evilpkg").mkdir()
+    marker = attacker / "owned"
+    (attacker / "evilpkg" / "__init__.py").write_text(f"import os\nopen({str(marker)!r}, 'w').write(str(os.getuid()))\n")
+    (attacker / "evilpkg" / "mod.py").write_text("def make():\n    raise SystemExit\n")
+    hostile = {"env": {"SAGE_ALLOW_PY_SPECS": "1", "PYTHONPATH": str(attacker)}}
+    params = {"cfg": {"saes": ["py:evilpkg.mod:make"]}}
+    port, pg_port = _free_port(), _free_port()
+    svc = service.Service(home=SageHome(home), api_port=port, pg_port=pg_port if pg_port != port else port + 1,
+                          deployments=("evaluate",), say=lambda s: None)
+    try:
+        service.start(svc)
+        auth = _auth_of(svc)
+        url = svc.api_url
+        _, dep = _call(f"{url}/deployments/name/evaluate/evaluate", auth=auth)
+
+        def attack() -> dict:
+            def readable(p: Path) -> bool:
+                try:
+                    p.read_bytes()
+                    return True
+                except OSError:
+                    return False
+            return {"read": sorted(p.name for p in (svc.dir / "api.secret", svc.dir / "postgres.secret",
+                                                    svc.dir / "prefect" / "profiles.toml") if readable(p)),
+                    "read deployment": _call(f"{url}/deployments/name/evaluate/evaluate")[0],
+                    "create run": _call(f"{url}/deployments/{dep['id']}/create_flow_run",
+                                        {"parameters": params, "job_variables": hostile})[0],
+                    "create run directly": _call(f"{url}/flow_runs/", {
+                        "flow_id": dep["flow_id"], "deployment_id": dep["id"], "work_pool_name": svc.pool,
+                        "parameters": params, "job_variables": hostile})[0]}
+
+        seen = _as_nobody(attack)
+        owner_create = _call(f"{url}/deployments/{dep['id']}/create_flow_run",
+                             {"parameters": params, "job_variables": hostile}, auth=auth)[0]
+        code, run = _call(f"{url}/flow_runs/", {"flow_id": dep["flow_id"], "deployment_id": dep["id"],
+                                                "work_pool_name": svc.pool, "parameters": params,
+                                                "job_variables": hostile,
+                                                "state": {"type": "SCHEDULED", "name": "Scheduled"}}, auth=auth)
+        assert code == 201, code
+        state = _final_state(url, auth, run["id"])
+        log = flow_log_with(url, auth, run["id"])
+        observed = {"nobody": seen, "owner, job variables": owner_create, "run that carries them": state,
+                    "imported the attacker's code": marker.exists(),
+                    "py: spec refused": "imports and runs Python code" in log}
+        expected = {"nobody": {"uid": 65534 if os.geteuid() == 0 else os.getuid(), "read": [],
+                               "read deployment": 401, "create run": 401, "create run directly": 401},
+                    "owner, job variables": 422, "run that carries them": "FAILED",
+                    "imported the attacker's code": False, "py: spec refused": True}
+        if os.geteuid() != 0:  # as ourselves we can read our own files; only the password's absence is tested
+            observed["nobody"].pop("read")
+            expected["nobody"].pop("read")
+        assert observed == expected, log[-3000:]
+    finally:
+        service.stop(svc)
+        shutil.rmtree(attacker, ignore_errors=True)
+
+
+def flow_log_with(url: str, auth: str | None, run_id: str) -> str:
+    _, logs = _call(f"{url}/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}, "sort": "TIMESTAMP_ASC"},
+                    auth=auth)
+    return "\n".join(entry["message"] for entry in logs or [])
