@@ -159,11 +159,12 @@ def compute(fn: Callable[..., T], *args: Any, worker: str | None = None, **kwarg
     future = _submit(client, fn, args, kwargs, pinned)
     try:
         while True:
-            try:
-                return future.result(timeout=POLL_S)
+            try:  # wait for the call to end, not for its result to arrive (that may take longer than the poll)
+                future.exception(timeout=POLL_S)
             except TimeoutError:
-                if future.done():  # the call's own TimeoutError
-                    raise
+                pass
+            else:
+                return future.result()
             live = seen.now_live(client)
             if not live and seen.gone_for() >= WORKER_WAIT_S:
                 future.cancel()

@@ -50,8 +50,8 @@ class FakeClient:
         class Future:
             key = opts["key"]
 
-            def done(self):
-                return True
+            def exception(self, timeout=None):  # noqa: ARG002
+                return outcome.get("error")
 
             def result(self, timeout=None):  # noqa: ARG002
                 if "error" in outcome:
