@@ -18,6 +18,7 @@ KIND_COLOURS = {"trained": "#4c72b0", "oracle": "#55a868", "random": "#c44e52"}
 OTHER_COLOUR = "#8c8c8c"
 F1_PREFIX = "f1:"
 ANNOTATE_MAX_CELLS = 200
+HEATMAP_COLUMNS = 32  # attribute values per heatmap: wider ones are cut into parts (a 3000 px image shrinks unread)
 # SAE rows per figure: a task with more SAEs gets one figure per page, each legible and of bounded size (one figure
 # of every row grew the report process by ~1.6 MiB per SAE, and Agg refuses images over 2^16 px)
 PAGE_ROWS = 40
@@ -143,9 +144,35 @@ def f1_matrix(scores: pl.DataFrame, task: str, saes: list[str] | None = None
     return list(rows), columns, mat
 
 
-def f1_heatmap(scores: pl.DataFrame, task: str, saes: list[str] | None = None) -> Figure:
-    """Rows = SAEs, columns = attribute values; cell = the SAE's best F1 for that value over its cross-sections."""
-    rows, columns, mat = f1_matrix(scores, task, saes)
+def heatmap_parts(scores: pl.DataFrame, task: str, max_columns: int = HEATMAP_COLUMNS) -> list[list[tuple[str, str]]]:
+    """The task's F1 columns cut into legible heatmaps: attributes whole and together while they fit `max_columns`
+    columns, an attribute with more values cut into even parts of at most that many."""
+    _, columns, _ = f1_matrix(scores, task, [])
+    attrs: dict[str, list[tuple[str, str]]] = {}
+    for c in columns:
+        attrs.setdefault(c[0], []).append(c)
+    parts: list[list[tuple[str, str]]] = []
+    cut: set[int] = set()  # parts holding a piece of a cut attribute: nothing joins them
+    for cols in attrs.values():
+        if len(cols) > max_columns:
+            k = -(-len(cols) // max_columns)
+            size = -(-len(cols) // k)
+            cut.update(range(len(parts), len(parts) + k))
+            parts += [cols[i:i + size] for i in range(0, len(cols), size)]
+        elif parts and len(parts) - 1 not in cut and len(parts[-1]) + len(cols) <= max_columns:
+            parts[-1] = parts[-1] + cols
+        else:
+            parts.append(list(cols))
+    return parts or [[]]
+
+
+def f1_heatmap(scores: pl.DataFrame, task: str, saes: list[str] | None = None,
+               columns: list[tuple[str, str]] | None = None, part: str = "") -> Figure:
+    """Rows = SAEs, columns = attribute values; cell = the SAE's best F1 for that value over its cross-sections.
+    `columns`: only these (one of `heatmap_parts`), `part` naming it in the title."""
+    rows, all_columns, full = f1_matrix(scores, task, saes)
+    keep = [j for j, c in enumerate(all_columns) if columns is None or c in columns]
+    columns, mat = [all_columns[j] for j in keep], full[:, keep]
     nr, nc = max(len(rows), 1), max(len(columns), 1)
     # Fixed margins sized from the longest labels (constrained layout cost ~1 s per heatmap).
     left_in = 0.4 + 0.062 * max((len(s) for s in rows), default=4)
@@ -159,7 +186,7 @@ def f1_heatmap(scores: pl.DataFrame, task: str, saes: list[str] | None = None) -
         ax.text(0.5, 0.5, "no per-value F1 scores", ha="center", va="center", transform=ax.transAxes)
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.set_title(f"{task}: best F1 per attribute value")
+        ax.set_title(f"{task}: best F1 per attribute value{part}")
         return fig
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#dddddd")
     im = ax.imshow(np.ma.masked_invalid(mat), cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
@@ -181,5 +208,5 @@ def f1_heatmap(scores: pl.DataFrame, task: str, saes: list[str] | None = None) -
                     color="black" if np.isnan(v) or v > 0.6 else "white")
     cax = fig.add_axes((1 - 1.1 / width, bottom_in / height, 0.15 / width, 1 - (bottom_in + 0.8) / height))
     fig.colorbar(im, cax=cax, label="best F1 (max over cross-sections)")
-    ax.set_title(f"{task}: best F1 per attribute value", pad=18)
+    ax.set_title(f"{task}: best F1 per attribute value{part}", pad=18)
     return fig

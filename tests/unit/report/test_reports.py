@@ -381,3 +381,23 @@ def test_a_task_with_many_saes_gets_pages_of_bounded_figures(tmp_path):
 
     first, second = (Image.open(out / p) for p in ("plots/ioi-f1-heatmap.png", "plots/ioi-f1-heatmap-2.png"))
     assert second.height < first.height  # 5 rows against 40: each page's size follows its own rows
+
+
+def test_wide_f1_heatmaps_are_cut_into_legible_parts():
+    """IOI's two name attributes (32 values each) and a small one: no part is wider than HEATMAP_COLUMNS, an
+    attribute wider than that is cut evenly, small attributes share a part, and every column is in exactly one."""
+    from report.figures import HEATMAP_COLUMNS, heatmap_parts
+
+    rows = [dict(sae="a", task="ioi", hook="h", head=None, role="IO", mapping="native", metric=f"f1:{attr}={v}",
+                 value=0.5) for attr, n in (("IO", 40), ("S", 10), ("Pos", 2)) for v in range(n)]
+    scores = pl.DataFrame(rows, schema={"sae": pl.String, "task": pl.String, "hook": pl.String, "head": pl.Int64,
+                                        "role": pl.String, "mapping": pl.String, "metric": pl.String,
+                                        "value": pl.Float64})
+    parts = heatmap_parts(scores, "ioi")
+    assert [len(p) for p in parts] == [20, 20, 12] and all(len(p) <= HEATMAP_COLUMNS for p in parts)
+    assert {a for a, _ in parts[2]} == {"S", "Pos"}
+    assert sorted(c for p in parts for c in p) == sorted(f1_matrix(scores, "ioi")[1])
+    fig = f1_heatmap(scores, "ioi", columns=parts[0], part=" (1 of 3)")
+    assert fig.get_size_inches()[0] < 16 and fig.axes[0].get_title().endswith("(1 of 3)")
+    assert len(fig.axes[0].get_xticklabels()) == 20
+    plt.close("all")
