@@ -1,0 +1,96 @@
+"""`sage leaderboard` reads and never writes (issue #27, "one line, not a traceback"): it needed write access to the
+data root (the ledger was opened read-write, in WAL mode, which creates and removes `ledger.sqlite-wal` and `-shm`
+beside it). The tests run as root, where a read-only directory does not stop a write, so they check what a read-only
+data root needs: nothing under it changes, and no file under it is opened for writing (SQLite's included)."""
+
+from __future__ import annotations
+
+import builtins
+import io
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from tests.acceptance.cli import run_in_process
+from tests.acceptance.test_cli_leaderboard import home  # noqa: F401  (the leaderboard's data root fixture)
+
+
+def _tree(root: Path) -> dict[str, tuple]:
+    """Every path under `root` with what a write would change: kind, size, mtime (a directory's changes when an entry
+    is created or removed in it), inode."""
+    out = {}
+    for dirpath, dirs, files in os.walk(root):
+        for name in [".", *dirs, *files]:
+            p = Path(dirpath) / name
+            st = p.lstat()
+            out[str(p.relative_to(root))] = (p.is_dir(), st.st_size, st.st_mtime_ns, st.st_ino)
+    return out
+
+
+@pytest.fixture
+def writes(monkeypatch, home):  # noqa: F811
+    """Every file under the data root opened for writing: by Python (open, os.open) and by SQLite (its URI's mode:
+    anything but a read-only open may write the database, its journal or its shared memory)."""
+    root = str(Path(home.root).resolve())
+    seen: list[str] = []
+    under = lambda p: str(Path(os.fsdecode(p)).resolve()).startswith(root)  # noqa: E731
+    real_open, real_os_open, real_connect = builtins.open, os.open, sqlite3.connect
+
+    def py_open(file, mode="r", *a, **kw):
+        if isinstance(file, str | bytes | os.PathLike) and under(file) and set(mode) & set("wax+"):
+            seen.append(f"open({file}, {mode})")
+        return real_open(file, mode, *a, **kw)
+
+    def os_open(path, flags, *a, **kw):
+        if under(path) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND):
+            seen.append(f"os.open({path}, {flags:#o})")
+        return real_os_open(path, flags, *a, **kw)
+
+    def connect(database, *a, **kw):
+        text = os.fsdecode(database) if not isinstance(database, str) else database
+        path = text.removeprefix("file:").split("?")[0]
+        from urllib.parse import unquote
+
+        path = unquote(path.removeprefix("//"))
+        if under(path) and not ("mode=ro" in text and kw.get("uri")):
+            seen.append(f"sqlite3.connect({text})")
+        return real_connect(database, *a, **kw)
+
+    monkeypatch.setattr(builtins, "open", py_open)
+    monkeypatch.setattr(io, "open", py_open)
+    monkeypatch.setattr(os, "open", os_open)
+    monkeypatch.setattr(sqlite3, "connect", connect)
+    return seen
+
+
+def test_sage_leaderboard_changes_nothing_and_opens_nothing_for_writing(home, writes):  # noqa: F811
+    before = _tree(home.root)
+    r = run_in_process(["leaderboard"], home.root)
+    assert r.returncode == 0, r.stdout
+    assert "ground truth 2f88f530" in r.stdout, r.stdout
+    assert writes == []
+    assert _tree(home.root) == before
+
+
+def test_a_ledger_being_written_is_read_with_its_write_ahead_log(home, writes):  # noqa: F811
+    """A watch run holding the ledger open (its `-wal` holds the newest rows): they are shown, and still nothing is
+    written under the data root."""
+    from storage.boards import ledger_evaluations
+    from storage.ledger import Ledger
+
+    holder = sqlite3.connect(home.ledger_path())  # keeps the log from being folded into the file on close
+    holder.execute("PRAGMA wal_autocheckpoint=0")
+    holder.execute("SELECT 1 FROM evaluations").fetchall()
+    writes.clear()
+    Ledger.of(home).record_run("nightly-3", "sage-tiny", [{"content_hash": "dddd0000", "sae": "D", "spec": "zoo:D",
+                                                          "status": "evaluated"}])
+    writes.clear()
+    assert Path(f"{home.ledger_path()}-wal").stat().st_size > 0
+    before = _tree(home.root)
+    got = ledger_evaluations(home)
+    after = _tree(home.root)
+    holder.close()
+    assert "nightly-3" in got.get_column("run").to_list() and got.height == 5
+    assert writes == [] and after == before
