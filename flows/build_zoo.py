@@ -22,9 +22,6 @@ from tasks import progress
 from tasks import zoo as zt
 from tasks.common import ManifestSerializer, in_home, output_key
 
-ZOO_TASKS = (zt.make_tokenizer, zt.make_dataset, zt.make_corpus, zt.train_model, zt.evaluate_model,
-             zt.capture_sae_activations, zt.train_sae, zt.evaluate_saes, zt.record_zoo)
-
 
 @flow(name="build-zoo", flow_run_name="build-zoo {cfg.model.name}", task_runner=ThreadPoolTaskRunner(max_workers=2),
       log_prints=True, result_serializer=ManifestSerializer())
@@ -35,30 +32,32 @@ def build_zoo(cfg: ZooConfig = ZooConfig(), home: str | None = None, refresh: bo
     h = SageHome(home)
     h.ensure_writable()
     plan = plan_zoo(cfg)  # bad input fails here, before any training
-    # refresh first: a task given its record store by `in_home` cannot be copied by `with_options` again
-    t = {task.name: in_home(task.with_options(refresh_cache=True) if refresh else task, h) for task in ZOO_TASKS}
     root = str(h.root)
+
+    def at_home(task):
+        # refresh first: a task given its record store by `in_home` cannot be copied by `with_options` again
+        return in_home(task.with_options(refresh_cache=True) if refresh else task, h)
 
     eng = engine.current()
     one = eng.unit_devices(cfg.device, 1)[0]
-    tok = t["make-tokenizer"](cfg, root)
-    datasets = t["make-dataset"].map(list(cfg.tasks), unmapped(cfg), unmapped(tok), unmapped(root))
-    corpus = t["make-corpus"](cfg, tok, root)
+    tok = at_home(zt.make_tokenizer)(cfg, root)
+    datasets = at_home(zt.make_dataset).map(list(cfg.tasks), unmapped(cfg), unmapped(tok), unmapped(root))
+    corpus = at_home(zt.make_corpus)(cfg, tok, root)
     # what reads or trains the model runs on the engine (a Dask worker, on its device), never in this process
-    model = t["train-model"].submit(cfg, tok, corpus, root, device=one).result()
-    model_eval = t["evaluate-model"].submit(model, datasets, root, device=one)
-    acts = t["capture-sae-activations"].submit(cfg, model, corpus, plan.hooks, root, device=one).result()
+    model = at_home(zt.train_model).submit(cfg, tok, corpus, root, device=one).result()
+    model_eval = at_home(zt.evaluate_model).submit(model, datasets, root, device=one)
+    acts = at_home(zt.capture_sae_activations).submit(cfg, model, corpus, plan.hooks, root, device=one).result()
     progress.begin("zoo-saes", len(plan.specs))
     try:
-        saes = t["train-sae"].map(plan.specs, unmapped(cfg), unmapped(model), unmapped(acts), unmapped(root),
+        saes = at_home(zt.train_sae).map(plan.specs, unmapped(cfg), unmapped(model), unmapped(acts), unmapped(root),
                                   device=eng.unit_devices(cfg.device, len(plan.specs))).result()
     finally:
         progress.end("zoo-saes")
-    sae_eval = t["evaluate-saes"].submit(cfg, model, saes, acts, corpus, root, device=one).result()
+    sae_eval = at_home(zt.evaluate_saes).submit(cfg, model, saes, acts, corpus, root, device=one).result()
     model_eval = model_eval.result()
     zoo = ZooRef(model=model, datasets=tuple(d.result() for d in datasets), corpus=corpus, model_eval=model_eval,
                  saes=tuple(saes), sae_eval=sae_eval)
-    return t["record-zoo"](zoo, zoo_key(cfg), root)
+    return at_home(zt.record_zoo)(zoo, zoo_key(cfg), root)
 
 
 def zoo_key(cfg: ZooConfig) -> str:
