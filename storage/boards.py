@@ -45,7 +45,17 @@ class RunTables(NamedTuple):
 
 def read_run_tables(home: SageHome, run: str) -> RunTables:
     """The leaderboard and failures of scores/<run>/, each file checked against the run's marker first; a StoreError
-    (or ValueError for a name that is no run name) in one line when the run is missing or damaged."""
+    (or ValueError for a name that is no run name) in one line when the run is missing or damaged, naming the
+    evaluation to rerun (it rebuilds the run: `storage.scores.refuse_other_run`)."""
+    try:
+        return _run_tables(home, run)
+    except StoreError as exc:  # rerunning `sage leaderboard` rebuilds nothing: the evaluation that wrote it does
+        what = str(exc).split("; rerun the command")[0]
+        raise StoreError(f"{what}; rerun the `sage evaluate` (or watch run) that wrote run {run}, with the same "
+                         "options: it rebuilds it") from exc
+
+
+def _run_tables(home: SageHome, run: str) -> RunTables:
     d = home.scores_dir(run)
     files = {what: d / name for what, name in RUN_FILES.items()}
     board = read_parquet(files["leaderboard"], d)

@@ -20,7 +20,7 @@ from report.summary import summary_markdown
 from report.tables import ranked_saes
 from storage.atomic import MARKER, StoreError, is_complete, read_marker, verify_file, write_once
 from storage.integrity import read_parquet
-from storage.scores import frames_digest, refuse_other_run
+from storage.scores import frames_digest, rebuild_hint, refuse_other_run
 from storage.tables import write_parquet
 
 PLOT_METRICS = ("summary", "explained_variance", "sufficiency", "necessity", "edit_accuracy_k4", "f1_mean", "mcc")
@@ -97,7 +97,10 @@ def read_report(out_dir: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
     out_dir = Path(out_dir)
     if not (out_dir / MARKER).is_file():
         raise StoreError(f"no complete report at {out_dir}; run `sage evaluate` first")
-    return read_parquet(out_dir / "scores.parquet", out_dir), read_parquet(out_dir / "leaderboard.parquet", out_dir)
+    try:
+        return read_parquet(out_dir / "scores.parquet", out_dir), read_parquet(out_dir / "leaderboard.parquet", out_dir)
+    except StoreError as exc:
+        raise rebuild_hint(exc, out_dir.name) from exc
 
 
 def report_plots(report_dir: Path) -> dict[str, bytes]:

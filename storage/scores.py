@@ -127,6 +127,14 @@ def refuse_other_run(d: Path, identity: dict[str, str]) -> bool:
     return whole
 
 
+def rebuild_hint(exc: StoreError, run: str) -> StoreError:
+    """A damaged run's or report's error for a command that only reads it (`sage leaderboard`, `sage report`):
+    rerunning that command rebuilds nothing, rerunning the evaluation does (`refuse_other_run`)."""
+    what = str(exc).split("; rerun the command")[0]
+    return StoreError(f"{what}; rerun the `sage evaluate` (or watch run) that wrote run {run}, with the same options: "
+                      "it rebuilds it")
+
+
 def _holds_results(d: Path) -> bool:
     """Some directory below `d` is a complete SAGE output (a zoo, a model): `d` is no run directory."""
     return any(n in names for root, _, names in os.walk(d) if Path(root) != d
@@ -172,7 +180,10 @@ def read_run(d: Path) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """(scores, leaderboard, failures) of a complete scores/<run>/."""
     if not is_complete(d):
         raise StoreError(f"no complete run at {d}; run `sage evaluate` first")
-    return tuple(read_parquet(Path(d) / f, Path(d)) for f in RUN_FILES.values())
+    try:
+        return tuple(read_parquet(Path(d) / f, Path(d)) for f in RUN_FILES.values())
+    except StoreError as exc:
+        raise rebuild_hint(exc, Path(d).name) from exc
 
 
 def read_run_meta(d: Path) -> dict[str, Any]:

@@ -88,3 +88,31 @@ def test_a_run_whose_marker_is_unreadable_is_moved_aside_and_rebuilt(tmp_path):
     write_run(d, *_frames(0.25), {"run": "r", "run_key": "k1"})
     assert is_whole(d) and read_run(d)[1]["summary"].to_list() == [0.25]
     assert len(list(d.parent.glob("r.damaged-*"))) == 1
+
+
+def test_a_damaged_run_or_report_names_the_evaluation_to_rerun(tmp_path):
+    """`sage leaderboard` and `sage report` only read: "rerun the command" (theirs) would rebuild nothing."""
+    from storage.boards import read_run_tables
+    from storage.reports import read_report
+    from storage.scores import write_run
+
+    h = SageHome(tmp_path)
+    write_run(h.scores_dir("r"), *_frames(0.25), {"run": "r", "run_key": "k1"})
+    _damage(h.scores_dir("r"), "leaderboard.parquet")
+    with pytest.raises(StoreError) as e:
+        read_run_tables(h, "r")
+    assert "\n" not in str(e.value) and "rerun the `sage evaluate`" in str(e.value) and "run r" in str(e.value)
+    assert "rerun the command" not in str(e.value) and "leaderboard.parquet" in str(e.value)
+    spec = importlib.util.spec_from_file_location(
+        "_report_tables", Path(__file__).parents[1] / "report" / "test_reports.py")
+    tables = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tables)
+    d = h.report_dir("r")
+    write_report_args = (tables._scores(), tables._leaderboard(), _frames(0.25)[2])
+    from storage.reports import write_report
+
+    write_report(d, *write_report_args, {"run": "r", "run_key": "k1"})
+    _damage(d, "leaderboard.parquet")
+    with pytest.raises(StoreError) as e:
+        read_report(d)
+    assert "rerun the `sage evaluate`" in str(e.value) and "rerun the command" not in str(e.value)
