@@ -159,7 +159,34 @@ def read_evaluations(path: Path) -> pl.DataFrame:
     read-only data root: the ledger is opened read-only and immutable (no journal, no shared memory, no lock file);
     where a writer's log (`ledger.sqlite-wal`) holds rows not yet in the file, a copy of both in a temporary directory
     elsewhere is read instead. The ledger's own checks stand: an empty file or no SQLite database, or one that
-    SQLite's integrity check finds damaged, is a one-line LedgerError, never read as "nothing evaluated"."""
+    SQLite's integrity check finds damaged, is a one-line LedgerError, never read as "nothing evaluated". A
+    writer that changed the files while they were read (a checkpoint) makes it read them again."""
+    for attempt in range(3):
+        before = _signature(path)
+        try:
+            out = _read_evaluations_once(path)
+        except StoreError:
+            if attempt < 2 and _signature(path) != before:
+                continue
+            raise
+        if attempt == 2 or _signature(path) == before:
+            return out
+    raise AssertionError("unreachable")
+
+
+def _signature(path: Path) -> tuple:
+    """What a writer changes: the ledger's and its log's size, time and inode (None for one that is not there)."""
+    out = []
+    for p in (path, Path(f"{path}-wal")):
+        try:
+            st = p.stat()
+            out.append((st.st_size, st.st_mtime_ns, st.st_ino))
+        except OSError:
+            out.append(None)
+    return tuple(out)
+
+
+def _read_evaluations_once(path: Path) -> pl.DataFrame:
     from sage_core.scoring.across import EVALUATION_SCHEMA
     from storage.ledger import DAMAGED_FIX, SCHEMA_VERSION, SQLITE_HEADER, LedgerError
 

@@ -94,3 +94,27 @@ def test_a_ledger_being_written_is_read_with_its_write_ahead_log(home, writes): 
     holder.close()
     assert "nightly-3" in got.get_column("run").to_list() and got.height == 5
     assert writes == [] and after == before
+
+
+def test_a_ledger_changed_by_a_writer_while_it_was_read_is_read_again(home, monkeypatch):  # noqa: F811
+    """A checkpoint that rewrites the file under the read-only reader is not reported as damage."""
+    from storage import boards
+    from storage.ledger import LedgerError
+
+    real, calls = boards._read_evaluations_once, []
+
+    def once(path):
+        calls.append(path)
+        if len(calls) == 1:  # a writer checkpoints meanwhile: the file changes, the torn read looks damaged
+            os.utime(path, ns=(1, 1))
+            raise LedgerError(f"the ledger {path} is damaged (database disk image is malformed)")
+        return real(path)
+
+    monkeypatch.setattr(boards, "_read_evaluations_once", once)
+    assert boards.ledger_evaluations(home).height == 4 and len(calls) == 2
+    calls.clear()
+    monkeypatch.setattr(boards, "_read_evaluations_once", lambda p: (calls.append(p), real(p))[1])
+    with pytest.raises(LedgerError, match="0 bytes"):  # damage that stays is still damage, at once
+        home.ledger_path().write_bytes(b"")
+        boards.ledger_evaluations(home)
+    assert len(calls) == 1
