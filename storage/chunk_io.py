@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import torch
 import xxhash
 import zarr
 from numcodecs import Blosc
@@ -40,14 +41,15 @@ def to_storage(x: np.ndarray, dtype: str) -> np.ndarray:
         return x.astype(np.float32, copy=False)
     if dtype == "float16":
         return x.astype(np.float16)
-    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
-    rounded = bits + 0x7FFF + ((bits >> 16) & 1)
-    return (rounded >> 16).astype(np.uint16)
+    # torch's own conversion (round to nearest even, NaN kept a NaN), its bits viewed as uint16
+    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(torch.bfloat16)
+    return t.view(torch.int16).numpy().view(np.uint16)
 
 
 def from_storage(x: np.ndarray, dtype: str) -> np.ndarray:
     if dtype == "bfloat16":
-        return (x.astype(np.uint32) << 16).view(np.float32)
+        bits = torch.from_numpy(np.ascontiguousarray(x, dtype=np.uint16).view(np.int16))
+        return bits.view(torch.bfloat16).to(torch.float32).numpy()
     return x.astype(np.float32, copy=False)
 
 

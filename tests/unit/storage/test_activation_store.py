@@ -71,9 +71,15 @@ def test_reduced_precision_within_tolerance(tmp_path, model, prompts, dtype, tol
 
 def test_bfloat16_round_trip_matches_torch():
     x = np.random.default_rng(0).standard_normal(1000).astype(np.float32) * 7
-    ours = from_storage(to_storage(x, "bfloat16"), "bfloat16")
+    # halfway cases (ties to even), infinities, NaN, the largest float32 (rounds to inf), subnormals
+    edge = np.array([1 + 2 ** -8, 1 + 3 * 2 ** -8, -(1 + 2 ** -8), np.inf, -np.inf, np.nan, 3.4028235e38, 1e-40,
+                     0.0, -0.0], dtype=np.float32)
+    x = np.concatenate([x, edge]).reshape(-1, 10)
+    stored = to_storage(x, "bfloat16")
+    assert stored.dtype == np.uint16 and stored.shape == x.shape
+    ours = from_storage(stored, "bfloat16")
     ref = torch.tensor(x).to(torch.bfloat16).to(torch.float32).numpy()
-    np.testing.assert_array_equal(ours, ref)
+    np.testing.assert_array_equal(ours, ref)  # NaN where NaN (assert_array_equal treats NaNs as equal)
 
 
 def test_role_positions_only(tmp_path, model, prompts):
