@@ -29,11 +29,11 @@ from sage_core.model.transformer import pad_sequences
 from sage_core.prompts.library import get_task
 from sage_core.scoring import mapping as mp
 from sage_core.scoring.core import core_metrics, core_reference
-from sage_core.scoring.rows import sufficiency_closeness
 from sage_core.scoring.score import (
     ScoreConfig,
     SectionReference,
     background_means,
+    best_method,
     oracle_codes,
     random_codes,
     reference,
@@ -118,18 +118,6 @@ def loaded_references(h: SageHome, ref: ReferencesRef, device: str = "cpu") -> l
 
 
 # -- references ----------------------------------------------------------------------------------------------------
-def _best_method(quality: pl.DataFrame) -> str:
-    """The dictionary method an SAE is judged against: the one whose ground truth is truest at that cross-section
-    (mean of 1 - |1 - sufficiency|, necessity and edit accuracy, over its attributes)."""
-    q = quality.with_columns(
-        sufficiency_closeness().clip(0, 1).alias("_s"), pl.col("necessity").clip(0, 1).alias("_n"),
-        pl.col("edit_accuracy").fill_nan(None).alias("_e"))
-    per = q.group_by("method").agg(pl.mean_horizontal(pl.col("_s").mean(), pl.col("_n").mean(),
-                                                      pl.col("_e").mean()).alias("score"))
-    # ties (equal scores, or none) go to the first method by name: identical runs judge against the same dictionary
-    return per.sort(["score", "method"], descending=[True, False], nulls_last=True)["method"][0]
-
-
 def _heldout(h: SageHome, corpus: CorpusRef, n: int) -> list[list[int]]:
     return read_corpus(h.at(corpus)).filter(pl.col("split") == "heldout")["tokens"].to_list()[:n]
 
@@ -158,7 +146,7 @@ def section_references(model: ModelRef, dataset: DatasetRef, store: StoreRef, pa
             for part in parts:
                 section, part_dir = part.section, h.at(part)
                 dic = gt_store.load_dictionary(gt_store.dictionary_path(
-                    part_dir, _best_method(gt_store.read_quality(part_dir)))).to(dev)
+                    part_dir, best_method(gt_store.read_quality(part_dir)))).to(dev)
                 _, _, clean, pairs = build_sets(df, s.read(section.hook), section, attributes, "test", max_test, device=dev)
                 # written from the CPU: the same files whatever the device
                 refs.append(reference(m, section, dic, clean, pairs, pair_labels, pad, bg[section.label]).to("cpu"))

@@ -34,6 +34,7 @@ written to disk).
 from __future__ import annotations
 
 import numpy as np
+import polars as pl
 import torch
 from jaxtyping import Float
 from pydantic import BaseModel, ConfigDict, Field
@@ -64,6 +65,7 @@ from sage_core.scoring.metrics import (
     mean_l0,
     summarise_f1,
 )
+from sage_core.scoring.rows import sufficiency_closeness
 
 FLOOR_ROOM = 0.9  # an attribute whose patch changes < 10% of predictions says nothing about editing
 ABLATION_ROOM = 0.1  # a cross-section whose mean ablation moves LD by < 10% says nothing about faithfulness
@@ -289,6 +291,18 @@ def score_section(
     out["mcc"], out["mean_best_cos"] = al["mcc"], al["mean_best_cos"]
     out["summary"] = summary(out, cfg.summary_k)
     return out
+
+
+def best_method(quality: pl.DataFrame) -> str:
+    """The dictionary method an SAE is judged against: the one whose ground truth is truest at that cross-section
+    (mean of 1 - |1 - sufficiency|, necessity and edit accuracy, over its attributes)."""
+    q = quality.with_columns(
+        sufficiency_closeness().clip(0, 1).alias("_s"), pl.col("necessity").clip(0, 1).alias("_n"),
+        pl.col("edit_accuracy").fill_nan(None).alias("_e"))
+    per = q.group_by("method").agg(pl.mean_horizontal(pl.col("_s").mean(), pl.col("_n").mean(),
+                                                      pl.col("_e").mean()).alias("score"))
+    # ties (equal scores, or none) go to the first method by name: identical runs judge against the same dictionary
+    return per.sort(["score", "method"], descending=[True, False], nulls_last=True)["method"][0]
 
 
 def summary(m: dict[str, float], k: int = 4) -> float:
