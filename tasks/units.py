@@ -24,13 +24,7 @@ class ScoringUnit(BaseModel):
     bracket: tuple[str, str] | None = None
 
     def reaches(self, section: CrossSection) -> bool:
-        if self.kind != "trained":
-            return True
-        if self.mapping == "native":
-            return mp.canonical_hook(section.hook) == mp.canonical_hook(self.saes[0].hook)
-        if not mp.is_sublayer(section.hook) or mp.bracket(section.hook) != self.bracket:
-            return False
-        return self.mapping == "projection" or section.head is None
+        return mp.reaches(self.kind, self.mapping, self.saes[0].hook if self.saes else None, self.bracket, section)
 
     @property
     def label(self) -> str:

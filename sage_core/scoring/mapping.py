@@ -191,3 +191,17 @@ def _unit_rows(start: int, stop: int, n: int, device: torch.device) -> Tensor:
     out = torch.zeros(stop - start, n, device=device)
     out[torch.arange(stop - start, device=device), torch.arange(start, stop, device=device)] = 1.0
     return out
+
+
+def reaches(kind: str, mapping: str, sae_hook: str | None, spans: tuple[str, str] | None,
+            section: CrossSection) -> bool:
+    """Whether a scoring unit is scored at `section`: a control everywhere; a native SAE at its own hook (hook_z and
+    its flattened forms alike); a projected pair of residual SAEs at the sub-layer places of the bracket it spans,
+    the difference mapping only where the place is not one head. `spans`: the pair's bracket (`bracket`)."""
+    if kind != "trained":
+        return True
+    if mapping == "native":
+        return canonical_hook(section.hook) == canonical_hook(sae_hook)
+    if not is_sublayer(section.hook) or bracket(section.hook) != spans:
+        return False
+    return mapping == "projection" or section.head is None
