@@ -191,11 +191,12 @@ def _across_table(model: str, task: str, key: str | None, runs: list[str], here,
     from rich import box
     from rich.markup import escape
 
-    from report.tables import fmt
+    from report.tables import RANK_COLUMNS, fmt
     from sage_core.model.hooks import short_hook
 
     gt = f"ground truth {key or 'unknown'}"
-    heads = ["rank", "SAE", "hash", "source", "hook / mapping", "summary", "EV", "L0", "F1", "MCC", "run", "evaluated"]
+    metrics = [(c, h) for c, h in RANK_COLUMNS if c != "n_sections"]  # the summary and its parts, as defined
+    heads = ["rank", "SAE", "hash", "source", "hook / mapping", *(h for _, h in metrics), "run", "evaluated"]
     ranked = here.filter(pl.col("rank").is_not_null())
     t = _table(escape(f"{model} on {task}, {gt} ({_runs(runs)}): latest result per SAE weights"), heads,
                ("SAE", "hash", "source", "hook / mapping", "run", "evaluated"))
@@ -205,8 +206,7 @@ def _across_table(model: str, task: str, key: str | None, runs: list[str], here,
     for r in ranked.head(top or ranked.height).iter_rows(named=True):
         where = f"{short_hook(r['hook'])} {r['mapping']}" if r.get("hook") else str(r["mapping"])
         t.add_row(str(r["rank"]), escape(short_sae(r["sae"])), r["content_hash"][:10], escape(r["source"] or ""),
-                  escape(where), fmt(r["summary"]), fmt(r["explained_variance"]), fmt(r["l0"]),
-                  fmt(r["f1_mean"]), fmt(r["mcc"]), escape(r["run"]), _when(r["evaluated_at"]))
+                  escape(where), *(fmt(r.get(c)) for c, _ in metrics), escape(r["run"]), _when(r["evaluated_at"]))
     console.print(t)
     if top and ranked.height > top:
         console.print(f"best {top} of {ranked.height} ranked SAEs shown", highlight=False)

@@ -82,8 +82,8 @@ def test_both_the_old_and_the_new_weights_are_listed_and_ranked(home):
     r = run(["leaderboard"], home.root, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     rows = _table_rows(r.stdout)
-    # rank, SAE (2 words: L0.resid_pre topk-64), hash, source, hook / mapping (2 words), summary, EV, L0, F1, MCC, run
-    assert [(x[0], x[3], x[4], x[7], x[12]) for x in rows] == [("1", "aaaa1111ne", "dir:/lab", "0.700", "nightly-2"),
+    # rank, SAE (2 words: L0.resid_pre topk-64), hash, source, hook / mapping (2 words), summary and its 5 parts, run
+    assert [(x[0], x[3], x[4], x[7], x[13]) for x in rows] == [("1", "aaaa1111ne", "dir:/lab", "0.700", "nightly-2"),
                                                                ("2", "bbbb0000", "evaluate", "0.600", "nightly-1"),
                                                                ("3", "aaaa0000ol", "evaluate", "0.400", "nightly-1")], \
         r.stdout
