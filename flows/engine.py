@@ -10,9 +10,12 @@
 
 Every flow stays the one orchestrator: the engine only gives each flow a Prefect task runner (prefect-dask's
 `DaskTaskRunner` connected to the command's cluster), so Prefect's caching, retries and UI work the same on every
-engine. A Dask worker that dies mid-task loses nothing: the scheduler runs its tasks again elsewhere, and every task
-writes its output atomically under a content-addressed key. Worker processes forward their progress to the flow's
-process (`tasks.progress`) through Dask's event topics.
+engine. A Dask worker that dies mid-task loses nothing: the scheduler runs its tasks again elsewhere (or on the worker
+its nanny starts in its place: `tasks.remote`), and every task writes its output atomically under a content-addressed
+key. Worker processes forward their progress to the flow's process (`tasks.progress`) through Dask's event topics.
+
+Workers on this machine use the flow's Prefect API (the CLI's temporary server): a worker with none would start a
+temporary server of its own at its first task run (tens of seconds), which a killed worker leaves running.
 """
 
 from __future__ import annotations
@@ -251,8 +254,54 @@ def torch_threads() -> int:
     return torch.get_num_threads()
 
 
-def _local_cluster(n: int | None, devices: tuple[str, ...]):
-    """A cluster of worker processes on this machine, bound to 127.0.0.1, no dashboard; (cluster, pinned)."""
+def prefect_api_url(start: bool) -> str | None:
+    """The Prefect API this process uses: PREFECT_API_URL, else the temporary server Prefect runs for it (started now
+    if `start`; the CLI starts it before any engine opens), else None."""
+    from prefect.settings import PREFECT_API_URL
+
+    if url := PREFECT_API_URL.value():
+        return url
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()  # Prefect's one instance for this process
+    if not server.running and start:
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True):  # starts it, as the first flow run would
+            pass
+    return server.api_url if server.running else None
+
+
+def _this_host() -> set[str]:
+    """This machine's addresses (every interface's, loopback included)."""
+    import psutil
+
+    return {"localhost"} | {a.address.split("%")[0] for addrs in psutil.net_if_addrs().values() for a in addrs}
+
+
+def on_this_host(workers: list[str], here: set[str]) -> bool:
+    """Every worker address (`tcp://HOST:PORT`) names a host in `here` (none: False)."""
+    hosts = {w.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]") for w in workers}
+    return bool(hosts) and all(h in here or h.startswith("127.") for h in hosts)
+
+
+@contextmanager
+def _workers_share_prefect_api(url: str | None) -> Iterator[None]:
+    """Task runs sent to the workers carry this process's Prefect settings (prefect-dask): with the API URL among
+    them, a worker starts no temporary server of its own."""
+    if url is None:
+        yield
+        return
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        yield
+
+
+def _local_cluster(n: int | None, devices: tuple[str, ...], api_url: str | None = None):
+    """A cluster of worker processes on this machine, bound to 127.0.0.1, no dashboard; (cluster, pinned). Its workers
+    use the Prefect API at `api_url` (none started of their own, which a killed worker would leave behind)."""
+    extra = {"PREFECT_API_URL": api_url} if api_url else {}
     gpus = _gpu_indices(devices)
     if gpus and n is not None and n != len(gpus):
         raise ClusterError(f"--cluster local:{n} with {len(gpus)} GPU(s): a local cluster runs one worker per GPU; "
@@ -264,12 +313,12 @@ def _local_cluster(n: int | None, devices: tuple[str, ...]):
             pass
         else:
             return LocalCUDACluster(CUDA_VISIBLE_DEVICES=gpus, threads_per_worker=1, host="127.0.0.1",
-                                    dashboard_address="127.0.0.1:0", silence_logs=40), True
+                                    dashboard_address="127.0.0.1:0", silence_logs=40, env=extra), True
     from distributed import Nanny, Scheduler, SpecCluster
 
     count = len(gpus) if gpus else (n or max(1, (os.cpu_count() or 2) // 2))
     # each CPU worker's torch threads are set once it runs (`open_engine`): N workers share the cores
-    envs = [{"CUDA_VISIBLE_DEVICES": str(g)} for g in gpus] if gpus else [{} for _ in range(count)]
+    envs = [{"CUDA_VISIBLE_DEVICES": str(g), **extra} for g in gpus] if gpus else [dict(extra) for _ in range(count)]
     workers = {i: {"cls": Nanny, "options": {"nthreads": 1, "host": "127.0.0.1", "env": env, "silence_logs": 40}}
                for i, env in enumerate(envs)}
     # no dashboard; its HTTP endpoints (health, metrics) still listen: on 127.0.0.1 and a free port, never :8787 on
@@ -339,24 +388,30 @@ def open_engine(cluster: str = "threads", device: str = "cpu", threads: int = 2)
     warm_code_versions()
     if spec.kind == "threads":
         eng = Engine(spec, devices, threads=max(2, threads))
-        cluster_obj = None
+        cluster_obj = api_url = None
     else:
         # the scheduler's and nannies' INFO lines (workers joining, leaving) would bury the run's own progress
         logging.getLogger("distributed").setLevel(max(logging.getLogger("distributed").getEffectiveLevel(),
                                                       logging.WARNING))
-        cluster_obj, pinned = _local_cluster(spec.n_workers, devices) if spec.kind == "local" else (None, False)
+        api_url = prefect_api_url(start=spec.kind == "local")
+        cluster_obj, pinned = (_local_cluster(spec.n_workers, devices, api_url) if spec.kind == "local"
+                               else (None, False))
         address = cluster_obj.scheduler_address if cluster_obj is not None else spec.address
         eng = Engine(spec, devices, address=address, pinned=pinned, client=_connect(address))
         pickled_by_reference()
     relay = _ProgressRelay(eng.client) if eng.distributed else None
     try:
+        shared_api = None
         if eng.distributed:
             eng.client.wait_for_workers(1, timeout=300)
             eng.workers = sorted(eng.client.scheduler_info(n_workers=-1)["workers"])
             eng.client.register_worker_callbacks(_forward_progress)
             if spec.kind == "local" and not pinned:  # Dask's nannies start torch on 1 thread: give each its share
                 eng.client.register_worker_callbacks(partial(_set_torch_threads, cpu_share(len(eng.workers))))
-        with activated(eng):
+            # a remote cluster's workers on this machine (`dask worker` here) can reach the temporary server too
+            if api_url and (spec.kind == "local" or on_this_host(eng.workers, _this_host())):
+                shared_api = api_url
+        with _workers_share_prefect_api(shared_api), activated(eng):
             yield eng
     finally:
         if relay is not None:

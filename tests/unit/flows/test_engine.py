@@ -152,3 +152,38 @@ def test_the_per_sae_work_follows_the_activated_engine_not_the_last_opened():
             assert not remote.distributed()
         assert remote._client is cluster.client
     assert not remote.distributed()
+
+
+def test_workers_on_this_host_are_told_apart_from_others():
+    here = {"10.0.0.5", "localhost", "::1"}
+    assert engine.on_this_host(["tcp://127.0.0.1:4000", "tcp://10.0.0.5:4001", "tcp://[::1]:4002"], here)
+    assert not engine.on_this_host(["tcp://127.0.0.1:4000", "tcp://10.0.0.6:4001"], here)
+    assert not engine.on_this_host([], here)
+    assert "127.0.0.1" in engine._this_host()
+
+
+def test_the_prefect_api_this_process_uses_is_the_one_its_task_runs_carry_to_workers():
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+        assert engine.prefect_api_url(start=False) == "http://127.0.0.1:9/api"
+        with engine._workers_share_prefect_api("http://127.0.0.1:8/api"):
+            assert PREFECT_API_URL.value() == "http://127.0.0.1:8/api"  # what prefect-dask sends with each task run
+        with engine._workers_share_prefect_api(None):
+            assert PREFECT_API_URL.value() == "http://127.0.0.1:9/api"
+
+
+@pytest.mark.slow
+def test_local_workers_use_the_flow_processes_prefect_api_and_start_no_server_of_their_own(monkeypatch):
+    """A worker with no Prefect API starts a temporary server at its first task run, which outlives the worker when it
+    is killed: a local cluster's workers get the flow process's API (here a Prefect setting only, as the CLI's
+    temporary server is) in their environment, and in the settings every task run carries to them."""
+    import os
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    url = "http://127.0.0.1:9/api"
+    monkeypatch.setattr(engine, "warm_code_versions", lambda: None)  # not what this test is about: seconds saved
+    with temporary_settings(updates={PREFECT_API_URL: url}), engine.open_engine("local:1", "cpu") as eng:
+        assert set(eng.client.run(os.getenv, "PREFECT_API_URL").values()) == {url}
+        assert PREFECT_API_URL.value() == url
