@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import re
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -33,40 +32,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from flows.cluster_spec import ClusterError, ClusterSpec, parse_cluster, probe, unreachable
 from sage_core.model.devices import resolve_devices
 from tasks import loaded, progress, remote
 
 PROGRESS_TOPIC = "sage-progress"
 CONNECT_TIMEOUT_S = 10
-_ADDRESS = re.compile(r"^(tcp|tls)://[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
-
-
-class ClusterError(ValueError):
-    """A --cluster value that names no engine, or a scheduler that cannot be reached; the message says what to do."""
-
-
-@dataclass(frozen=True)
-class ClusterSpec:
-    kind: str  # "threads", "local" or "remote"
-    n_workers: int | None = None  # local: None = one per GPU, else one per two CPU cores
-    address: str | None = None  # remote
-
-
-def parse_cluster(spec: str) -> ClusterSpec:
-    """`threads`, `local`, `local:N` or `tcp://HOST:PORT` (one line naming the forms otherwise)."""
-    s = spec.strip()
-    if s == "threads":
-        return ClusterSpec("threads")
-    if s == "local" or s.startswith("local:"):
-        n = s.removeprefix("local").removeprefix(":")
-        if n and (not n.isdigit() or not 1 <= int(n) <= 256):
-            raise ClusterError(f"--cluster {spec}: the worker count must be a whole number from 1 to 256 "
-                               "(e.g. local:2)")
-        return ClusterSpec("local", int(n) if n else None)
-    if _ADDRESS.match(s):
-        return ClusterSpec("remote", address=s)
-    raise ClusterError(f"--cluster {spec!r} is not an engine; use threads, local, local:N or tcp://HOST:PORT "
-                       "(a running Dask scheduler)")
 
 
 def _gpu_indices(devices: tuple[str, ...]) -> list[int]:
@@ -336,11 +307,11 @@ def _local_cluster(n: int | None, devices: tuple[str, ...], api_url: str | None 
 def _connect(address: str):
     from distributed import Client
 
+    probe(address, timeout=CONNECT_TIMEOUT_S)  # a host not known, or no one listening: at once, not after retries
     try:
         return Client(address, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
     except (OSError, TimeoutError) as exc:
-        raise ClusterError(f"--cluster {address}: no Dask scheduler answers there ({type(exc).__name__}); start one "
-                           "(`dask scheduler`, or dask-jobqueue on SLURM) or use --cluster local") from None
+        raise unreachable(address, type(exc).__name__) from None
 
 
 def check_cluster(cluster: str, device: str) -> ClusterSpec:

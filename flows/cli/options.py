@@ -27,17 +27,30 @@ zoo_app = typer.Typer(help="The built-in model and SAE zoo.", no_args_is_help=Tr
 app.add_typer(zoo_app, name="zoo")
 
 # results (tables, the error line) on stdout; progress and Prefect's logs on stderr. Without a terminal (a log file)
-# the leaderboard's 14 columns get the width they need
-console = Console(width=None if sys.stdout.isatty() else 200)
+# the leaderboard's 14 columns get the width they need. No emoji codes: `local:-1:` is not a thumbs-down
+console = Console(width=None if sys.stdout.isatty() else 200, emoji=False)
 
 Home = Annotated[str | None, typer.Option(envvar="SAGE_HOME", help="data root (default ./sage-data)")]
 Tiny = Annotated[bool, typer.Option(help="the --tiny zoo: toy sizes, for a smoke test in seconds")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="show Prefect's logs on the console (the Prefect UI "
                                                                   "gets them anyway)")]
 Tasks = Annotated[str | None, typer.Option(help="comma-separated task names (default: all the zoo's tasks)")]
-Cluster = Annotated[str, typer.Option(help="where tasks run: threads (this process), local[:N] (a Dask cluster of N "
-                                            "worker processes here; with GPUs one per GPU) or tcp://HOST:PORT (a "
-                                            "running Dask scheduler; SAGE_HOME must be shared with its workers)")]
+
+
+def _cluster_form(value: str) -> str:
+    """--cluster, checked as it is parsed (before any heavy import): its form, and that a named scheduler's address
+    answers (`flows.cluster_spec`: the standard library only); else one line."""
+    from flows.cluster_spec import check_form
+
+    with refused():
+        check_form(value)
+    return value
+
+
+Cluster = Annotated[str, typer.Option(callback=_cluster_form,
+                                      help="where tasks run: threads (this process), local[:N] (a Dask cluster of N "
+                                           "worker processes here; with GPUs one per GPU) or tcp://HOST:PORT (a "
+                                           "running Dask scheduler; SAGE_HOME must be shared with its workers)")]
 Device = Annotated[str, typer.Option(help="cpu, cuda (every GPU), cuda:N[,cuda:M...] or auto (every visible GPU, "
                                           "else the CPU)")]
 Top = Annotated[int | None, typer.Option(help="print only the best N (>= 1) trained SAEs per task (the report has "
