@@ -8,6 +8,7 @@ environment), so it never meets the session's `prefect_harness` server the other
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -487,11 +488,13 @@ def test_a_local_user_cannot_run_code_as_the_worker(home, monkeypatch, tmp_path_
         log = flow_log_with(url, auth, run["id"])
         observed = {"nobody": seen, "owner, job variables": owner_create, "run that carries them": state,
                     "imported the attacker's code": marker.exists(),
-                    "py: spec refused": "imports and runs Python code" in log}
+                    "py: spec refused": "imports and runs Python code" in log,
+                    "the UI's build under SAGE_HOME": (svc.dir / "ui" / "v1" / "index.html").is_file()}
         expected = {"nobody": {"uid": 65534 if os.geteuid() == 0 else os.getuid(), "read": [],
                                "read deployment": 401, "create run": 401, "create run directly": 401},
                     "owner, job variables": 422, "run that carries them": "FAILED",
-                    "imported the attacker's code": False, "py: spec refused": True}
+                    "imported the attacker's code": False, "py: spec refused": True,
+                    "the UI's build under SAGE_HOME": True}
         if os.geteuid() != 0:  # as ourselves we can read our own files; only the password's absence is tested
             observed["nobody"].pop("read")
             expected["nobody"].pop("read")
@@ -505,3 +508,66 @@ def flow_log_with(url: str, auth: str | None, run_id: str) -> str:
     _, logs = _call(f"{url}/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}, "sort": "TIMESTAMP_ASC"},
                     auth=auth)
     return "\n".join(entry["message"] for entry in logs or [])
+
+
+def _state(url: str, auth: str | None, run_id: str) -> str:
+    code, run = _call(f"{url}/flow_runs/{run_id}", auth=auth)
+    return run["state_type"] if run else f"HTTP {code}"
+
+
+@pytest.mark.slow
+def test_a_killed_postgres_is_reported_dead_and_make_serve_restarts_it_alone_and_ends_its_runs_crashed(home,
+                                                                                                     monkeypatch):
+    """Issue 27 item 11: PostgreSQL killed (SIGKILL) under a flow run that Prefect shows as Running and whose process
+    died with it. `make serve-status` says PostgreSQL is dead (exit 1); `make serve` restarts PostgreSQL alone (the
+    server and the worker keep their pids) and ends that run Crashed; then every part is up again."""
+    try:
+        service.pg_bin()
+    except service.ServiceError as exc:
+        pytest.fail(f"{exc} (`make test` installs PostgreSQL before the tests)")
+    _service_env(monkeypatch)
+    port, pg_port = _free_port(), _free_port()
+    pg_port = pg_port if pg_port != port else port + 1
+    svc = service.Service(home=SageHome(home), api_port=port, pg_port=pg_port, deployments=("evaluate",),
+                          say=lambda s: None)
+    env = dict(os.environ)
+
+    def pids() -> dict[str, int]:
+        return {n: json.loads((svc.dir / f"{n}.pid").read_text())["pid"] for n in service.STOP_ORDER}
+
+    try:
+        service.start(svc)
+        auth, url = _auth_of(svc), svc.api_url
+        _, dep = _call(f"{url}/deployments/name/evaluate/evaluate", auth=auth)
+        code, run = _call(f"{url}/deployments/{dep['id']}/create_flow_run",
+                          {"state": {"type": "RUNNING", "name": "Running"}}, auth=auth)
+        assert code == 201 and run["state_type"] == "RUNNING", (code, run)
+        its_process = subprocess.Popen(["sleep", "300"])  # the run's process, as the worker records it
+        assert _call(f"{url}/flow_runs/{run['id']}", {"infrastructure_pid": str(its_process.pid)}, auth=auth,
+                     method="PATCH")[0] == 204
+        before = pids()
+        for pid in (before["postgres"], its_process.pid):  # both die: the run can no longer say how it ended
+            os.kill(pid, signal.SIGKILL)
+        its_process.wait()
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(before["postgres"], 0)  # started by this process: reaped here
+
+        status = _make("serve-status", home, env, PREFECT_PORT=port, PG_PORT=pg_port)
+        up = _make("serve", home, env, PREFECT_PORT=port, PG_PORT=pg_port, SERVE_ARGS="--deployment evaluate")
+        after = pids() if up.returncode == 0 else {}
+        status_after = _make("serve-status", home, env, PREFECT_PORT=port, PG_PORT=pg_port)
+        observed = {
+            "status says postgres dead": re.search(r"postgres\s+dead", status.stdout) is not None,
+            "status fails": status.returncode != 0,  # sage exits 1, make then 2
+            "make serve exit": up.returncode,
+            "restarted": sorted(n for n in service.STOP_ORDER if after.get(n) != before[n]),
+            "run": _state(url, auth, run["id"]),
+            "status after": (status_after.returncode,
+                             sorted(re.findall(r"(postgres|server|worker)\s+up\b", status_after.stdout))),
+        }
+        assert observed == {"status says postgres dead": True, "status fails": True, "make serve exit": 0,
+                            "restarted": ["postgres"], "run": "CRASHED",
+                            "status after": (0, ["postgres", "server", "worker"])}, \
+            "\n".join((status.stdout, status.stderr, up.stdout, up.stderr, status_after.stdout))
+    finally:
+        service.stop(svc)
