@@ -178,7 +178,7 @@ def f1_heatmap(scores: pl.DataFrame, task: str, saes: list[str] | None = None,
     left_in = 0.4 + 0.062 * max((len(s) for s in rows), default=4)
     bottom_in = 0.4 + 0.055 * max((len(v) for _, v in columns), default=4)
     width = min(left_in + 0.36 * nc + 1.4, 40)
-    height = bottom_in + 0.24 * nr + 0.9
+    height = max(bottom_in + 0.24 * nr + 0.9, 2.4)
     fig = Figure(figsize=(width, height))
     ax = fig.add_axes((left_in / width, bottom_in / height, 1 - (left_in + 1.3) / width,
                        1 - (bottom_in + 0.8) / height))
@@ -207,6 +207,6 @@ def f1_heatmap(scores: pl.DataFrame, task: str, saes: list[str] | None = None,
             ax.text(j, i, text, ha="center", va="center", fontsize=7,
                     color="black" if np.isnan(v) or v > 0.6 else "white")
     cax = fig.add_axes((1 - 1.1 / width, bottom_in / height, 0.15 / width, 1 - (bottom_in + 0.8) / height))
-    fig.colorbar(im, cax=cax, label="best F1 (max over cross-sections)")
-    ax.set_title(f"{task}: best F1 per attribute value{part}", pad=18)
+    fig.colorbar(im, cax=cax, label="best F1")  # a short label: a few SAEs make a short figure
+    ax.set_title(f"{task}: best F1 per attribute value (max over cross-sections){part}", pad=18)
     return fig

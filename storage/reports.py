@@ -1,6 +1,7 @@
 """Evaluation reports: <out_dir>/{README.md, scores.parquet, leaderboard.parquet, failures.parquet?, plots/*.png}.
 
-Plots per task: `<task>-metrics.png` (one bar panel per metric) and `<task>-f1-heatmap.png`; figures are pyplot-free
+Plots per task: `<task>-metrics.png` (one bar panel per metric) and `<task>-f1-heatmap.png` (with `-p2`, ... where
+its attribute values are cut into several); figures are pyplot-free
 `matplotlib.figure.Figure`s (no backend, nothing to close).
 
 Written once (storage.atomic.write_once): a reader sees either no report or a whole one, and every read is checked
@@ -14,16 +15,17 @@ from pathlib import Path
 
 import polars as pl
 
-from report.figures import f1_heatmap, metric_panels, pages
+from report.figures import f1_heatmap, heatmap_parts, metric_panels, pages
 from report.notes import kept_hooks
 from report.summary import summary_markdown
 from report.tables import ranked_saes
+from sage_core.scoring import definitions as defs
 from storage.atomic import MARKER, StoreError, is_complete, read_marker, verify_file, write_once
 from storage.integrity import read_parquet
 from storage.scores import frames_digest, rebuild_hint, refuse_other_run
 from storage.tables import write_parquet
 
-PLOT_METRICS = ("summary", "explained_variance", "sufficiency", "necessity", "edit_accuracy_k4", "f1_mean", "mcc")
+PLOT_METRICS = defs.names(plotted=True)  # the metrics defined to be plotted, in their order
 PLOT_DPI = 110
 
 
@@ -32,12 +34,14 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]+", "_", str(name)).strip("_") or "_"
 
 
-def plot_paths(task: str, page: int = 0) -> dict[str, str]:
+def plot_paths(task: str, page: int = 0, part: int = 0) -> dict[str, str]:
     """Relative paths (inside the report) of a task's plots: per-metric bars and the F1 heatmap (page 0; a later
-    page of a task with more SAEs than a figure shows gets `-<page + 1>`)."""
+    page of a task with more SAEs than a figure shows gets `-<page + 1>`; a later part of a heatmap too wide for one,
+    `-p<part + 1>`)."""
     more = f"-{page + 1}" if page else ""
+    cut = f"-p{part + 1}" if part else ""
     return {"metrics": f"plots/{_slug(task)}-metrics{more}.png",
-            "f1-heatmap": f"plots/{_slug(task)}-f1-heatmap{more}.png"}
+            "f1-heatmap": f"plots/{_slug(task)}-f1-heatmap{more}{cut}.png"}
 
 
 def _save(fig, path: Path) -> None:
@@ -75,13 +79,18 @@ def write_report(out_dir: Path, scores: pl.DataFrame, leaderboard: pl.DataFrame,
             ranked = ranked_saes(leaderboard, task) if in_board else []
             extra = scores.filter(pl.col("task") == task).get_column("sae").unique(maintain_order=True)
             order = ranked + [s for s in extra.to_list() if s not in ranked]
+            parts = heatmap_parts(scores, task)
             for k, page in enumerate(pages(len(order))):
                 paths = plot_paths(task, k)
                 if in_board and (k == 0 or page.start < len(ranked)):
                     _save(metric_panels(leaderboard, task, PLOT_METRICS, page), tmp / paths["metrics"])
                     embedded[task].append(paths["metrics"])
-                _save(f1_heatmap(scores, task, order[page]), tmp / paths["f1-heatmap"])
-                embedded[task].append(paths["f1-heatmap"])
+                for j, cols in enumerate(parts):
+                    name = plot_paths(task, k, j)["f1-heatmap"]
+                    of = f" ({', '.join(dict.fromkeys(a for a, _ in cols))}; {j + 1} of {len(parts)})" if len(
+                        parts) > 1 else ""
+                    _save(f1_heatmap(scores, task, order[page], columns=cols or None, part=of), tmp / name)
+                    embedded[task].append(name)
         write_parquet(scores, tmp / "scores.parquet")
         write_parquet(leaderboard, tmp / "leaderboard.parquet")
         if failures is not None and failures.height:

@@ -401,3 +401,22 @@ def test_wide_f1_heatmaps_are_cut_into_legible_parts():
     assert fig.get_size_inches()[0] < 16 and fig.axes[0].get_title().endswith("(1 of 3)")
     assert len(fig.axes[0].get_xticklabels()) == 20
     plt.close("all")
+
+
+def test_a_report_writes_a_wide_heatmap_in_parts_and_shows_each(tmp_path):
+    """greater_than's 80 years: 3 heatmaps of at most 32 columns (plots/<task>-f1-heatmap[-p2|-p3].png), each in
+    the README, none wider than a page."""
+    from PIL import Image
+
+    years = [dict(sae=s, task="greater_than", hook="blocks.1.hook_resid_post", head=None, role="END",
+                  mapping="native", metric=f"f1:yy={y}", value=0.5) for s in SAES for y in range(10, 90)]
+    scores = pl.concat([_scores(), pl.DataFrame(years, schema=_scores().schema)])
+    out = write_report(tmp_path / "r", scores, _leaderboard(), FAILURES.clear(), META)
+    parts = sorted(p.name for p in (out / "plots").glob("greater_than-f1-heatmap*.png"))
+    assert parts == ["greater_than-f1-heatmap-p2.png", "greater_than-f1-heatmap-p3.png",
+                     "greater_than-f1-heatmap.png"]
+    readme = (out / "README.md").read_text()
+    for name in parts:
+        assert f"](plots/{name})" in readme
+        assert Image.open(out / "plots" / name).size[0] <= 1700
+    assert sorted(p.name for p in (out / "plots").glob("ioi-f1-heatmap*.png")) == ["ioi-f1-heatmap.png"]
