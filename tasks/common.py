@@ -113,17 +113,52 @@ def needs_build(path: Path) -> bool:
 
 
 # -- the result store ----------------------------------------------------------------------------------------------
+class StoredError(Exception):
+    """A task's exception as a record keeps it: its type's name (`kind`) and its message on one line. It comes back
+    as one of a fixed list of builtin kinds (a TaskError is a ValueError), never as a class a record names."""
+
+    kind: str = "Exception"
+
+
+# the builtin kinds an exception comes back as: the first in this order that its class derives from
+_STORED_KINDS: tuple[type[BaseException], ...] = (TimeoutError, OSError, ValueError, RuntimeError, TypeError,
+                                                  Exception, BaseException)
+_STORED: dict[str, type[StoredError]] = {
+    **{b.__name__: type(f"Stored{b.__name__}", (StoredError, b), {}) for b in _STORED_KINDS[:-2]},
+    "Exception": StoredError, "BaseException": StoredError}  # an interrupt does not come back as one
+
+
+def _stored_exception(exc: BaseException) -> dict[str, str]:
+    base = next(b for b in _STORED_KINDS if isinstance(exc, b))
+    return {"__exception__": getattr(exc, "kind", None) if isinstance(exc, StoredError) else type(exc).__name__,
+            "base": base.__name__, "message": " ".join(str(exc).split())[:400]}
+
+
+def _revived_exception(value: dict[str, Any]) -> Any:
+    if set(value) != {"__exception__", "base", "message"}:
+        return value
+    exc = _STORED.get(str(value["base"]), _STORED["Exception"])(str(value["message"]))
+    exc.kind = str(value["__exception__"])
+    return exc
+
+
 class ManifestSerializer(Serializer):
     """Plain JSON: typed references (`storage.refs`) and plain values in, the same out; a reference comes back as its
-    class by its `ref` tag, from a fixed list: nothing in a record can name code to import or run."""
+    class by its `ref` tag, from a fixed list: nothing in a record can name code to import or run. An exception (what
+    Prefect persists for a failed task run) is stored as its type's name and a one-line message (`StoredError`)."""
 
     type: Literal["sage-json"] = SERIALIZER
 
     def dumps(self, obj: Any) -> bytes:
-        return json.dumps(refs.dump(obj)).encode()
+        def encode(value: Any) -> Any:
+            if isinstance(value, BaseException):
+                return _stored_exception(value)
+            raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+        return json.dumps(refs.dump(obj), default=encode).encode()
 
     def loads(self, blob: bytes) -> Any:
-        return refs.revive(json.loads(blob))
+        return refs.revive(json.loads(blob, object_hook=_revived_exception))
 
 
 def serializer_of(record: bytes) -> str | None:
