@@ -6,8 +6,10 @@ not, its SAEs are skipped with the reason) -> the `evaluate` subflow on the new 
 outcome in the ledger -> the "new this run" artifact: what was evaluated, its rank among every SAE ever evaluated for
 its model, what failed or was skipped, and why.
 
-A watch run that stops with an error gives its claims back; one that dies holds them until its lease runs out
-(`WatchConfig.lease_hours`). A retry of the same flow run takes its own claims again.
+A watch run that stops with an error gives its claims back. One that dies (killed, its machine rebooted) leaves them
+held by a process that no longer runs: the next watch run on the same host takes them over at once; a run on another
+host, which cannot tell, waits until their lease runs out (`WatchConfig.lease_hours`), as it does for a claim whose
+process still runs. A retry of the same flow run takes its own claims again.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ def watch(sources: list[str] | None = None, cfg: WatchConfig = WatchConfig(), dr
         h.ensure_writable()
     root = str(h.root)
     t = {task.name: in_home(task, h) for task in TASKS}
-    listings = [t["list-source"].submit(text, root) for text in texts]
+    listings = [t["list-source"].submit(text, root, dry_run) for text in texts]
     found: list[FoundSAE] = []
     unreadable, source_errors = [], []
     for text, future in zip(texts, listings, strict=True):

@@ -11,12 +11,19 @@
 
 Hooks and content hashes of registry and YAML SAEs come from the local Hugging Face cache where their files are there
 (else the hook is the sae_id when that is a TransformerLens hook name, and the hash unknown). A folder entry that
-cannot be read (cfg.json not JSON or naming no model, a name with control characters, a symlink leading out of the
-folder) does not stop the listing: it comes back in `Listing.unreadable` with its reason.
+cannot be read does not stop the listing: whatever the cause (cfg.json not JSON, not valid UTF-8, not an object, nested
+deeper than a parser goes, too big, naming no model; a name with control characters; a symlink loop, a broken symlink
+or one leading out of the folder; a file or directory it may not read), it comes back in `Listing.unreadable` with a
+one-line reason (`_why`) and the other entries are listed. Only the folder itself (missing, not listable) or a full or
+unwritable SAGE_HOME (a remote folder's snapshots) stop a listing.
+
+`write=False` (a dry run) writes nothing under SAGE_HOME: a remote SAE already snapshotted is found through its note,
+any other is hashed in a temporary copy outside SAGE_HOME, and its spec names the snapshot a real run would write.
 """
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import os
 import re
@@ -88,12 +95,13 @@ def _watched_pointer(home: SageHome, key: str) -> Path:
 
 
 # -- the one entry point --------------------------------------------------------------------------------------------
-def list_source(source: AnySource, home: SageHome) -> Listing:
-    """Every SAE `source` holds now; a SourceError (one line) when the source itself cannot be read."""
+def list_source(source: AnySource, home: SageHome, write: bool = True) -> Listing:
+    """Every SAE `source` holds now; a SourceError (one line) when the source itself cannot be read. `write=False`:
+    nothing is written under SAGE_HOME (a dry run)."""
     if isinstance(source, RegistrySource):
         return _list_registry(source)
     if isinstance(source, FolderSource):
-        return _list_folder(source, home)
+        return _list_folder(source, home, write)
     if isinstance(source, YamlSource):
         return _list_yaml(source)
     if isinstance(source, HubSource):
@@ -199,7 +207,10 @@ def _sae_fields(cfg_bytes: bytes) -> tuple[str, str]:
     """(model, hook) of a cfg.json; _Unreadable with the reason otherwise."""
     try:
         cfg = read_cfg(cfg_bytes)
-    except ValueError as e:
+    except RecursionError as e:  # json's parser gives up past ~1000 levels ('[' * 50000): no SAE config nests so
+        raise _Unreadable("cfg.json is nested too deeply to be an SAE config (JSON deeper than the parser goes)"
+                          ) from e
+    except ValueError as e:  # not JSON, not UTF-8 (a UnicodeDecodeError is a ValueError), not an object, too big
         raise _Unreadable(str(e)) from e
     model, hook = cfg_field(cfg, "model_name"), cfg_hook(cfg)
     if not model:
@@ -209,75 +220,125 @@ def _sae_fields(cfg_bytes: bytes) -> tuple[str, str]:
     return model, hook
 
 
-def _inside(p: Path, real_root: Path) -> bool:
+def _one_line(text: str, limit: int = 200) -> str:
+    return " ".join(str(text).split())[:limit]
+
+
+def _why(e: BaseException) -> str:
+    """Why a folder entry could not be read, in one line, whatever raised (the one path every reason takes)."""
+    if isinstance(e, _Unreadable):
+        return str(e)
+    if isinstance(e, RecursionError):
+        return "nested too deeply to be read (RecursionError); not an SAE"
+    if isinstance(e, OSError):
+        if e.errno == errno.ELOOP:
+            return "a symlink loop; not followed"
+        if e.errno in (errno.EACCES, errno.EPERM):
+            return f"permission denied ({_one_line(e.filename or '')}); let SAGE read it or move it out"
+        return f"could not be read ({_one_line(e.strerror or e)})"
+    if isinstance(e, MemoryError):
+        return "too large to read"
+    return f"could not be read ({type(e).__name__}: {_one_line(e)})"
+
+
+def _link_problem(p: Path, real_root: Path) -> str | None:
+    """Why the symlink `p` is not followed: a loop, a target that is missing, or one outside the watched folder."""
     try:
-        return p.resolve().is_relative_to(real_root)
-    except (OSError, RuntimeError):  # a symlink loop
-        return False
+        target = Path(os.path.realpath(p, strict=True))
+    except RuntimeError:  # Python < 3.13 says a loop this way
+        return "a symlink loop; not followed"
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "a symlink loop; not followed"
+        if e.errno == errno.ENOENT:
+            return "a broken symlink (what it names is missing); not followed"
+        raise
+    if not target.is_relative_to(real_root):
+        return _OUTSIDE
+    return None
+
+
+_OUTSIDE = "a symlink leading outside the watched folder; not followed"
 
 
 def _local_sae(label: str, d: Path, real_root: Path) -> FoundSAE:
     files = [d / SAE_CFG, d / SAE_WEIGHTS]
-    there = [f.exists() or f.is_symlink() for f in files]
+    there = [f.is_symlink() or f.exists() for f in files]  # exists() raises where `d` may not be searched
     if not any(there):
         raise _NotAnSAE
     if not all(there):
         raise _Unreadable(f"missing {files[there.index(False)].name}; an SAE directory holds {SAE_CFG} and "
                           f"{SAE_WEIGHTS}")
     for f in files:
-        if f.is_symlink() and not _inside(f, real_root):
-            raise _Unreadable(f"{f.name} is a symlink leading outside the watched folder; not followed")
+        why = _link_problem(f, real_root) if f.is_symlink() else None
+        if why:
+            raise _Unreadable(f"{f.name} is {why}")
         if not f.is_file():
             raise _Unreadable(f"{f.name} is not a file")
-    try:
-        if files[0].stat().st_size > MAX_CFG_BYTES:
-            raise _Unreadable(f"cfg.json is {files[0].stat().st_size} bytes, not an SAE config (a few KB)")
-        model, hook = _sae_fields(files[0].read_bytes())
-        content_hash = sae_files_hash(d)
-    except OSError as e:
-        raise _Unreadable(f"could not be read ({e.strerror or e})") from e
-    return FoundSAE(source=label, sae_id=str(d), spec=str(d), model=model, hook=hook, content_hash=content_hash)
+    size = files[0].stat().st_size
+    if size > MAX_CFG_BYTES:
+        raise _Unreadable(f"cfg.json is {size} bytes, not an SAE config (a few KB)")
+    with open(files[0], "rb") as fh:
+        cfg_bytes = fh.read(MAX_CFG_BYTES + 1)  # never more, should it have grown since
+    model, hook = _sae_fields(cfg_bytes)
+    return FoundSAE(source=label, sae_id=str(d), spec=str(d), model=model, hook=hook, content_hash=sae_files_hash(d))
+
+
+def _local_entry(root: Path, real: Path, entry: os.DirEntry) -> Path | None:
+    """The directory an entry of the watched folder names, to look at as an SAE; None for an entry that is no SAE
+    directory (a file, a hidden name); _Unreadable for one that cannot be told."""
+    why = _hostile(entry.name)
+    if why:
+        raise _Unreadable(why)
+    if _skipped_name(entry.name):
+        return None
+    p = root / entry.name
+    if entry.is_symlink():
+        why = _link_problem(p, real)
+        if why and (why != _OUTSIDE or p.is_dir()):  # a link to a file elsewhere is no SAE directory: not reported
+            raise _Unreadable(why)
+        if why:
+            return None
+    return p if entry.is_dir() else None  # follows a link that stays inside: listed like the directory it names
+
+
+def _entry_label(root: Path, name: str) -> str:
+    return str(root / name) if _hostile(name) is None else f"{root}/{ascii(name)}"
 
 
 def _list_local(label: str, root: Path) -> Listing:
-    if not root.exists():
-        raise SourceError(f"watched folder {root} does not exist; create it (mkdir -p {root}) or fix the path after "
-                          "dir:")
-    if not root.is_dir():
-        raise SourceError(f"watched folder {root} is a file; pass the folder that holds the SAE directories")
-    # absolute: an SAE's key and spec are the same from the CLI's directory and a worker's, and a spec never reads as
-    # another form (a folder named `zoo:x` or `py:m:f` under a relative root)
-    root = Path(os.path.abspath(root))
-    real = root.resolve()
-    dirs, unreadable = [], []
-    if (root / SAE_CFG).exists() or (root / SAE_WEIGHTS).exists():
-        dirs = [root]  # the folder is itself an SAE directory
-    else:
+    try:
+        if not root.exists():
+            raise SourceError(f"watched folder {root} does not exist; create it (mkdir -p {root}) or fix the path "
+                              "after dir:")
+        if not root.is_dir():
+            raise SourceError(f"watched folder {root} is a file; pass the folder that holds the SAE directories")
+        # absolute: an SAE's key and spec are the same from the CLI's directory and a worker's, and a spec never
+        # reads as another form (a folder named `zoo:x` or `py:m:f` under a relative root)
+        root = Path(os.path.abspath(root))
+        real = root.resolve()
+        is_sae = any(f.is_symlink() or f.exists() for f in (root / SAE_CFG, root / SAE_WEIGHTS))
+        entries = [] if is_sae else sorted(os.scandir(root), key=lambda e: e.name)
+    except (OSError, RuntimeError) as e:
+        raise SourceError(f"watched folder {root} could not be listed ({_why(e)}); fix its permissions") from e
+    dirs: list[Path] = [root] if is_sae else []  # the folder is itself an SAE directory
+    unreadable = []
+    for entry in entries:
         try:
-            entries = sorted(os.scandir(root), key=lambda e: e.name)
-        except OSError as e:
-            raise SourceError(f"watched folder {root} could not be listed ({e.strerror or e}); fix its permissions"
-                              ) from e
-        for entry in entries:
-            why = _hostile(entry.name)
-            if why:
-                unreadable.append((f"{root}/{ascii(entry.name)}", why))
-                continue
-            p = root / entry.name
-            if _skipped_name(entry.name) or not p.is_dir():
-                continue
-            if entry.is_symlink() and not _inside(p, real):
-                unreadable.append((str(p), "a symlink leading outside the watched folder; not followed"))
-            else:
-                dirs.append(p)
+            d = _local_entry(root, real, entry)
+        except Exception as e:  # noqa: BLE001 - whatever makes one entry unreadable is reported, the rest go on
+            unreadable.append((_entry_label(root, entry.name), _why(e)))
+            continue
+        if d is not None:
+            dirs.append(d)
     found = []
     for d in dirs:
         try:
             found.append(_local_sae(label, d, real))
         except _NotAnSAE:
             continue
-        except _Unreadable as e:
-            unreadable.append((str(d), str(e)))
+        except Exception as e:  # noqa: BLE001 - as above: reported in one line
+            unreadable.append((str(d), _why(e)))
     return Listing(found=found, unreadable=unreadable)
 
 
@@ -288,22 +349,33 @@ def _version(info: dict[str, Any]) -> str | None:
     return None
 
 
-def _snapshot(fs, d: str, cfg_bytes: bytes, infos: list[dict[str, Any]], home: SageHome) -> Path:
-    """The write-once local copy of a remote SAE directory, named by its content hash. Where the backend reports a
-    version of both files (an ETag, an mtime, ...), a note keyed by URL, sizes and versions saves the next listing
-    the download; without one every listing copies the files again to learn their hash."""
+def _snapshot(fs, d: str, cfg_bytes: bytes, infos: list[dict[str, Any]], home: SageHome,
+              write: bool = True) -> tuple[Path, str]:
+    """The write-once local copy of a remote SAE directory, named by its content hash, and that hash. Where the
+    backend reports a version of both files (an ETag, an mtime, ...), a note keyed by URL, sizes and versions saves
+    the next listing the download; without one every listing copies the files again to learn their hash.
+    `write=False`: nothing is written under SAGE_HOME (the files are hashed in a temporary copy outside it; the path
+    is where a real run puts them)."""
     url = fs.unstrip_protocol(d)
     versions = [_version(i) for i in infos]
     pointer = None
     if all(versions):
-        pointer = _watched_pointer(home, stable_hash(url, [(i.get("size"), v) for i, v in zip(infos, versions, strict=True)]))
+        pointer = _watched_pointer(home, stable_hash(url, [(i.get("size"), v)
+                                                           for i, v in zip(infos, versions, strict=True)]))
         if is_complete(pointer):
             try:
                 snap = watched_snapshot(home, str(read_marker(pointer).get("snapshot", "")))
             except (ValueError, StoreError):  # a note that names no snapshot: copy again
                 snap = None
             if snap is not None and is_complete(snap):
-                return snap
+                return snap, sae_files_hash(snap)
+    if not write:
+        with tempfile.TemporaryDirectory(prefix="sage-dry-run-") as tmp:
+            t = Path(tmp)
+            (t / SAE_CFG).write_bytes(cfg_bytes)
+            fs.get_file(f"{d}/{SAE_WEIGHTS}", str(t / SAE_WEIGHTS))
+            h = sae_files_hash(t)
+        return watched_snapshot(home, h), h
     watched_root(home).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".incoming-", dir=watched_root(home)) as tmp:
         t = Path(tmp)
@@ -317,10 +389,10 @@ def _snapshot(fs, d: str, cfg_bytes: bytes, infos: list[dict[str, Any]], home: S
     if pointer is not None and not is_complete(pointer):
         with write_once(pointer, {"kind": "watched-pointer", "url": url, "snapshot": snap.name}):
             pass  # the marker is the note
-    return snap
+    return snap, sae_files_hash(snap)
 
 
-def _remote_sae(label: str, fs, d: str, home: SageHome) -> FoundSAE:
+def _remote_sae(label: str, fs, d: str, home: SageHome, write: bool = True) -> FoundSAE:
     infos = []
     for name in (SAE_CFG, SAE_WEIGHTS):
         try:
@@ -336,19 +408,14 @@ def _remote_sae(label: str, fs, d: str, home: SageHome) -> FoundSAE:
         raise _Unreadable(f"{SAE_CFG} or {SAE_WEIGHTS} is not a file")
     if (infos[0].get("size") or 0) > MAX_CFG_BYTES:
         raise _Unreadable(f"cfg.json is {infos[0]['size']} bytes, not an SAE config (a few KB)")
-    try:
-        cfg_bytes = fs.cat_file(f"{d}/{SAE_CFG}")
-        model, hook = _sae_fields(cfg_bytes)
-        snap = _snapshot(fs, d, cfg_bytes, infos, home)
-    except (_Unreadable, StoreError):  # a full or unwritable SAGE_HOME stops the listing
-        raise
-    except Exception as e:  # backends raise their own errors (botocore, aiohttp, ...): this entry is unreadable
-        raise _Unreadable(f"could not be read or copied ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from e
+    cfg_bytes = fs.cat_file(f"{d}/{SAE_CFG}")
+    model, hook = _sae_fields(cfg_bytes)
+    snap, content_hash = _snapshot(fs, d, cfg_bytes, infos, home, write)
     return FoundSAE(source=label, sae_id=fs.unstrip_protocol(d), spec=str(snap), model=model, hook=hook,
-                    content_hash=sae_files_hash(snap))
+                    content_hash=content_hash)
 
 
-def _list_folder(src: FolderSource, home: SageHome) -> Listing:
+def _list_folder(src: FolderSource, home: SageHome, write: bool = True) -> Listing:
     from fsspec.implementations.local import LocalFileSystem
 
     fs, root = _fs(src.url, "watched folder")
@@ -378,9 +445,11 @@ def _list_folder(src: FolderSource, home: SageHome) -> Listing:
     found = []
     for d in dirs:
         try:
-            found.append(_remote_sae(src.label, fs, d, home))
+            found.append(_remote_sae(src.label, fs, d, home, write))
         except _NotAnSAE:
             continue
-        except _Unreadable as e:
-            unreadable.append((fs.unstrip_protocol(d), str(e)))
+        except StoreError:  # a full or unwritable SAGE_HOME stops the listing
+            raise
+        except Exception as e:  # noqa: BLE001 - backends raise their own errors (botocore, aiohttp, ...): one line
+            unreadable.append((fs.unstrip_protocol(d), _why(e)))
     return Listing(found=found, unreadable=unreadable)

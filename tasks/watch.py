@@ -27,21 +27,23 @@ LISTING = {**UNCACHED, "retries": 3, "retry_delay_seconds": [5, 30, 120]}
 
 
 @task(name="list-source", task_run_name="list {source}", **LISTING)
-def list_sae_source(source: str, home: str) -> tuple[list[FoundSAE], list[tuple[str, str]]]:
-    """The SAEs a source lists now, and the entries it could not read (path, why) — those are skipped, not fatal."""
-    listing = list_source(parse_source(source), SageHome(home))
+def list_sae_source(source: str, home: str, dry_run: bool = False) -> tuple[list[FoundSAE], list[tuple[str, str]]]:
+    """The SAEs a source lists now, and the entries it could not read (path, why) — those are skipped, not fatal.
+    `dry_run`: nothing is written under SAGE_HOME (a remote folder's SAEs are hashed in a temporary copy)."""
+    listing = list_source(parse_source(source), SageHome(home), write=not dry_run)
     log().info(f"{source}: {len(listing.found)} SAE(s), {len(listing.unreadable)} unreadable")
     return list(listing.found), list(listing.unreadable)
 
 
 @task(name="claim-new", task_run_name="claim-new ({owner})", **UNCACHED)
 def claim_new(found: list[FoundSAE], owner: str, cfg: WatchConfig, dry_run: bool, home: str) -> list[Decision]:
-    """What each found SAE is to this run; unless a dry run, recorded and the new ones claimed (one transaction)."""
+    """What each found SAE is to this run; unless a dry run, recorded and the new ones claimed (one transaction).
+    A dry run reads the ledger read-only: it creates, migrates and writes nothing, on a read-only SAGE_HOME too."""
     h = SageHome(home)
     if dry_run:
-        if not h.ledger_path().is_file():  # a dry run creates nothing: with no ledger, nothing was seen
+        if not h.ledger_path().exists():  # a dry run creates nothing: with no ledger, nothing was seen
             return decide(found, {}, {}, owner, now_utc(), cfg.max_new)
-        return Ledger.of(h).plan(found, owner, cfg.max_new)
+        return Ledger.of(h, read_only=True).plan(found, owner, cfg.max_new)
     return Ledger.of(h).claim(found, owner, cfg.lease_hours, cfg.max_new)
 
 

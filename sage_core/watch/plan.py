@@ -4,6 +4,12 @@
 An SAE is new when it was never seen or its weights' content hash changed. New weights that some run already scored
 (an unchanged copy of a zoo SAE in a watched folder, say) are not scored again: they are recorded as evaluated by that
 run. An SAE skipped before (its model could not be loaded here) is looked at again: the model may be loadable now.
+
+An SAE another watch run claimed is busy while that run may still be working on it: until its lease runs out, unless
+the process that holds the claim is known to have ended (`Holder`; the ledger tells which holders on its own host are
+gone, `decide` only reads that): a killed watch's SAEs are taken over by the next run on its host at once, while a
+claim held by a live process, by a process on another host or by a holder that never said who it is waits for its
+lease.
 """
 
 from __future__ import annotations
@@ -19,6 +25,24 @@ Action = Literal["evaluate", "same-weights", "unchanged", "busy", "deferred"]
 Status = Literal["new", "evaluated", "failed", "skipped"]
 
 
+class Holder(BaseModel):
+    """The process that holds a watch run's claims: where it runs, its pid there and when it started, so a claim whose
+    process has ended (killed, crashed, its machine rebooted) is told apart from one whose process still works, and
+    from a new process that reuses the pid."""
+
+    model_config = ConfigDict(frozen=True)
+    host: str  # where `pid` names this process: the host's name, its machine and its pid namespace
+    pid: int
+    started: str  # when the process started, as its host counts it (boot and clock tick on Linux)
+
+    @property
+    def hostname(self) -> str:
+        return self.host.split("/", 1)[0]
+
+    def __str__(self) -> str:
+        return f"pid {self.pid} on {self.hostname}"
+
+
 class SeenRow(BaseModel):
     """What the ledger remembers of an SAE (the columns `decide` reads)."""
 
@@ -29,6 +53,16 @@ class SeenRow(BaseModel):
     sae: str | None = None
     claimed_by: str | None = None
     claimed_until: str | None = None
+    claim_host: str | None = None
+    claim_pid: int | None = None
+    claim_started: str | None = None
+
+    @property
+    def holder(self) -> Holder | None:
+        """Who holds the claim; None where the claim does not say (made before claims named their process)."""
+        if self.claim_host and self.claim_pid is not None and self.claim_started:
+            return Holder(host=self.claim_host, pid=self.claim_pid, started=self.claim_started)
+        return None
 
 
 class Decision(BaseModel):
@@ -57,13 +91,19 @@ def _short(h: str | None) -> str:
     return (h or "unknown")[:12]
 
 
-def _one(f: FoundSAE, seen: SeenRow | None, scored: dict[str, tuple[str, str]], owner: str, now: str) -> Decision:
+def _one(f: FoundSAE, seen: SeenRow | None, scored: dict[str, tuple[str, str]], owner: str, now: str,
+         gone: frozenset[Holder]) -> Decision:
     h = f.content_hash
     if seen is not None and seen.status == "evaluating" and seen.claimed_by != owner:
-        if seen.claimed_until is not None and seen.claimed_until > now:
-            return Decision(found=f, action="busy", reason=f"being evaluated by watch run {seen.claimed_by} "
+        holder = seen.holder
+        if holder is not None and holder in gone:
+            expired = f"watch run {seen.claimed_by} that claimed it ({holder}) is no longer running; evaluated again"
+        elif seen.claimed_until is not None and seen.claimed_until > now:
+            by = f" ({holder})" if holder is not None else ""
+            return Decision(found=f, action="busy", reason=f"being evaluated by watch run {seen.claimed_by}{by} "
                                                            f"(claimed until {seen.claimed_until[:19]})")
-        expired = f"the claim of watch run {seen.claimed_by} expired; evaluated again"
+        else:
+            expired = f"the claim of watch run {seen.claimed_by} expired; evaluated again"
     else:
         expired = None
     changed = seen is not None and h is not None and h != seen.content_hash
@@ -90,16 +130,20 @@ def _one(f: FoundSAE, seen: SeenRow | None, scored: dict[str, tuple[str, str]], 
 
 
 def decide(found: list[FoundSAE], seen: dict[tuple[str, str, str], SeenRow], scored: dict[str, tuple[str, str]],
-           owner: str, now: str, limit: int | None = None) -> list[Decision]:
+           owner: str, now: str, limit: int | None = None, gone: frozenset[Holder] | set[Holder] = frozenset()
+           ) -> list[Decision]:
     """One decision per found SAE (the first of duplicates): `seen` is the ledger's rows by key, `scored` the run and
     name of the latest successful evaluation of each content hash, `now` an ISO-8601 UTC time (claims are compared
-    as strings of that form). At most `limit` are evaluated, new ones before skipped ones looked at again (those may
-    be many and would otherwise take every place for ever); the rest are deferred to the next run."""
+    as strings of that form), `gone` the holders of other runs' claims known to have ended (their claims pass on at
+    once; every other claim of another run is busy until its lease runs out). At most `limit` are evaluated, new
+    ones before skipped ones looked at again (those may be many and would otherwise take every place for ever); the
+    rest are deferred to the next run."""
     out, keys = [], set()
+    gone = frozenset(gone)
     for f in found:
         if f.key not in keys:
             keys.add(f.key)
-            out.append(_one(f, seen.get(f.key), scored, owner, now))
+            out.append(_one(f, seen.get(f.key), scored, owner, now, gone))
     if limit is None:
         return out
     todo = [i for i, d in enumerate(out) if d.action == "evaluate"]

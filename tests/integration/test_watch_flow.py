@@ -1,7 +1,8 @@
 """The watch flow on the tiny zoo: a watched folder's new SAE is evaluated and ranked, an unchanged copy of weights
-already scored is not, SAEs of models that cannot be loaded here are skipped with the reason (the run goes on), an
-unreadable entry is reported, the next run evaluates nothing, a dry run writes nothing, and the "new this run"
-artifact names the evaluated SAE's rank."""
+already scored is not, SAEs of models that cannot be loaded here are skipped with the reason (the run goes on),
+unreadable entries (a deeply nested cfg.json among them) are reported while the rest are evaluated, the next run
+evaluates nothing, a dry run writes nothing, the SAEs a killed watch run claimed are evaluated by the next run at once,
+and the "new this run" artifact names the evaluated SAE's rank."""
 
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ def _copy(src: Path, dst: Path, scale: float | None = None, model: str | None = 
 @pytest.fixture(scope="module")
 def watched(tiny_zoo, tmp_path_factory):
     """The zoo SAE evaluated by `evaluate` (recorded in the ledger), then a folder with copies of it: unchanged,
-    changed, and two of models that cannot be loaded here, plus an entry that is not an SAE."""
+    changed, and two of models that cannot be loaded here, plus an entry that is not an SAE and one whose cfg.json
+    nests deeper than a JSON parser goes (issue 27 item 10: it failed the whole folder)."""
     from flows.evaluate import run_evaluate
     from storage.home import SageHome
 
@@ -61,6 +63,8 @@ def watched(tiny_zoo, tmp_path_factory):
     (inbox / "junk").mkdir()
     (inbox / "junk" / "cfg.json").write_text("{not json")
     (inbox / "junk" / "sae_weights.safetensors").write_bytes(b"")
+    _copy(src, inbox / "deep")
+    (inbox / "deep" / "cfg.json").write_text("[" * 100_000)
     return home, cfg, inbox
 
 
@@ -106,7 +110,8 @@ def test_new_saes_are_evaluated_the_rest_skipped_or_left(watched, monkeypatch):
     assert done["of-nothing"]["status"] == "skipped" and "nor a TransformerLens model" in done["of-nothing"]["reason"]
     left = _by_dir(out["not_new"])
     assert left["same"]["status"] == "same-weights" and SAE in left["same"]["reason"]
-    assert [u["path"] for u in out["unreadable"]] == [str(inbox / "junk")]
+    assert [u["path"] for u in out["unreadable"]] == [str(inbox / "deep"), str(inbox / "junk")]
+    assert out["unreadable"][0]["reason"].startswith("cfg.json is nested too deeply") and out["source_errors"] == []
     assert out["counts"] == {"evaluated": 1, "failed": 0, "skipped": 2, "same-weights": 1, "unchanged": 0,
                                   "busy": 0, "deferred": 0}
 
@@ -169,3 +174,45 @@ def test_a_registry_sae_in_the_local_hf_cache_is_evaluated_through_from_pretrain
     assert ("sage-lab-res", "layer0") in calls
     ev = Ledger.of(SageHome(home)).evaluations().filter(_hash_is(_dir_weights_hash(src)))
     assert ev["source"].to_list() == [f"registry:{cfg.evaluate.zoo.model.name}:sage-lab-*"]
+
+
+_CLAIMER = """
+import sys, time
+from sage_core.watch.sources import parse_source
+from storage.home import SageHome
+from storage.ledger import Ledger
+from storage.watch_sources import list_source
+found = list_source(parse_source(sys.argv[1]), SageHome(sys.argv[2])).found
+print([d.action for d in Ledger.of(SageHome(sys.argv[2])).claim(found, "killed-watch", lease_hours=12)], flush=True)
+time.sleep(600)
+"""
+
+
+def test_the_saes_a_killed_watch_claimed_are_evaluated_by_the_next_run(watched, tmp_path, monkeypatch):
+    """Issue 27 item 8. Before: a watch run killed after claiming its new SAEs kept them busy for the 12-hour lease;
+    the rerun finished with nothing evaluated. Now the claim names its process: the rerun on this host sees it is gone
+    and evaluates them at once."""
+    import signal
+    import subprocess
+    import sys
+
+    from storage.home import SageHome
+    from tests.acceptance.cli import ROOT
+
+    home, cfg, _ = watched
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    inbox = tmp_path / "claimed"
+    _copy(SageHome(home).sae_dir(cfg.evaluate.zoo.model.name, SAE), inbox / "orphan", scale=0.7)
+    proc = subprocess.Popen([sys.executable, "-c", _CLAIMER, f"dir:{inbox}", str(home)], stdout=subprocess.PIPE,
+                            text=True, cwd=ROOT)
+    try:
+        assert proc.stdout.readline().strip() == "['evaluate']"
+        busy = _watch(home, cfg, inbox, dry_run=True)  # its process lives: the SAE is its
+        assert [r["status"] for r in busy["not_new"]] == ["busy"]
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    out = _watch(home, cfg, inbox)
+    [o] = out["outcomes"]
+    assert o["status"] == "evaluated" and o["run"] in out["runs"], o
+    assert out["counts"]["busy"] == 0

@@ -346,3 +346,21 @@ def test_the_shipped_registry_parsed_and_filtered(home, monkeypatch):
     both = list_source(parse_source("registry:gpt2-small:gpt2-small-res-jb*"), home).found
     assert {f.release for f in both} == {"gpt2-small-res-jb", "gpt2-small-res-jb-feature-splitting"}
     assert list_source(parse_source("registry:no-such-model*"), home).found == []
+
+
+def test_a_dry_run_lists_a_remote_folder_without_writing_under_sage_home(tmp_path, home):
+    """`sage watch --dry-run` changes nothing (issue 27): a remote folder's SAE is hashed in a temporary copy outside
+    SAGE_HOME, not snapshotted into it; its hash and spec are the ones a real run gives."""
+    local = _save(tmp_path / "a")
+    base = f"memory://dry-{uuid.uuid4().hex}"
+    fs = fsspec.filesystem("memory")
+    for f in FILES:
+        fs.pipe_file(f"{base}/sae-a/{f}", (local / f).read_bytes())
+    try:
+        (dry,) = list_source(FolderSource(url=base), home, write=False).found
+        assert not home.root.exists(), sorted(map(str, home.root.rglob("*")))
+        (real,) = list_source(FolderSource(url=base), home).found
+        assert (dry.content_hash, dry.spec) == (real.content_hash, real.spec) and is_complete(real.spec)
+        assert list_source(FolderSource(url=base), home, write=False).found == [real]  # found through its note
+    finally:
+        fs.rm(base.removeprefix("memory://"), recursive=True)

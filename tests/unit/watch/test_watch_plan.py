@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from sage_core.watch.plan import Outcome, SeenRow, by_model, decide, name_batches, outcomes_of, run_name_of, summarize
+from sage_core.watch.plan import (
+    Holder,
+    Outcome,
+    SeenRow,
+    by_model,
+    decide,
+    name_batches,
+    outcomes_of,
+    run_name_of,
+    summarize,
+)
 from sage_core.watch.sources import FoundSAE
 
 NOW = "2026-11-30T03:00:00.000000+00:00"
@@ -51,6 +61,29 @@ def test_claims_of_other_runs_are_busy_until_they_expire():
     expired = held.model_copy(update={"claimed_until": EARLIER})
     d = one(found("a", "h1"), expired)
     assert d.action == "evaluate" and "expired" in d.reason
+
+
+def test_a_claim_whose_holder_has_ended_passes_on_at_once_others_wait_for_their_lease():
+    """Issue 27 item 8: a killed watch's claims were busy for the whole lease. The ledger names the holders of this
+    host that are gone; their claims pass on now, every other claim of another run waits for its lease."""
+    dead = Holder(host="box/m1/pid:[1]", pid=4242, started="boot:100")
+    live = Holder(host="box/m1/pid:[1]", pid=4243, started="boot:200")
+    held = SeenRow(status="evaluating", content_hash="h1", claimed_by="killed-run", claimed_until=LATER,
+                   claim_host=dead.host, claim_pid=dead.pid, claim_started=dead.started)
+    assert held.holder == dead and str(dead) == "pid 4242 on box"
+    f = found("a", "h1")
+    d = decide([f], {f.key: held}, {}, "me", NOW, gone={dead})[0]
+    assert d.action == "evaluate" and "watch run killed-run that claimed it (pid 4242 on box) is no longer running" \
+        in d.reason
+    busy = decide([f], {f.key: held}, {}, "me", NOW, gone={live})[0]  # its holder is not known to have ended
+    assert busy.action == "busy" and "pid 4242 on box" in busy.reason
+    assert decide([f], {f.key: held}, {}, "me", NOW)[0].action == "busy"
+    unnamed = held.model_copy(update={"claim_host": None, "claim_pid": None, "claim_started": None})  # a v1 claim
+    assert unnamed.holder is None and decide([f], {f.key: unnamed}, {}, "me", NOW, gone={dead})[0].action == "busy"
+    # a dead holder's changed weights are new, said as such; the same-weights rule still applies
+    assert decide([found("a", "h2")], {f.key: held}, {}, "me", NOW, gone={dead})[0].action == "evaluate"
+    sw = decide([found("a", "h2")], {f.key: held}, {"h2": ("run-y", "b")}, "me", NOW, gone={dead})[0]
+    assert sw.action == "same-weights"
 
 
 def test_duplicates_once_and_a_limit_defers_the_rest():
