@@ -212,7 +212,8 @@ class Health:
     """One part of the service as `make serve-status` shows it."""
     name: str
     state: str  # "up"; "dead" (it was started and its process is gone); "not answering" (it runs, its port does not
-    #             answer); "stopped" (never started, or stopped by `make serve-stop`)
+    #             answer); "alive" (the worker runs, its heartbeat unread: a part above is down); "stopped" (never
+    #             started, or stopped by `make serve-stop`)
     pid: int | None
     where: str  # its URL or port
     note: str = ""
@@ -263,6 +264,10 @@ def health(svc: Service) -> list[Health]:
             answers = _port_open(svc.pg_port)
         elif name == "server":
             answers = _get(f"{svc.api_url}/health") == 200
+        elif not all(h.ok for h in out):  # its heartbeat is read through the server and PostgreSQL
+            out.append(Health(name, "alive", last, where, "its heartbeat cannot be read while the parts above are "
+                                                         "not up"))
+            continue
         else:
             answers = _worker_online(svc)
         out.append(Health(name, "up" if answers else "not answering", last, where,
@@ -568,7 +573,11 @@ def start(svc: Service) -> dict[str, float]:
         step("work-pool", lambda: create_pool(svc))
         step("deploy", lambda: deploy(svc))
         step("worker", lambda: start_worker(svc))
-        crashed = step("recover", lambda: crash_orphaned_runs(svc))
+        try:
+            crashed = step("recover", lambda: crash_orphaned_runs(svc))
+        except (OSError, ValueError) as exc:  # the service runs; the runs are looked at again on the next start
+            crashed = []
+            svc.say(f"  recover: could not look for flow runs whose process died ({exc}); `make serve` tries again")
         if crashed:
             svc.say(f"  {len(crashed)} flow run(s) whose process had died are now Crashed: {', '.join(crashed)}")
     except BaseException:
