@@ -60,6 +60,8 @@ def read_cfg(text: bytes | str) -> dict[str, Any]:
         cfg = json.loads(text)
     except (ValueError, UnicodeDecodeError) as e:
         raise ValueError(f"cfg.json is not JSON ({' '.join(str(e).split())[:120]})") from e
+    except RecursionError as e:  # '[' * 50000 fits in MAX_CFG_BYTES and overflows the parser: one line, not a crash
+        raise ValueError("cfg.json nests too deep to be an SAE config") from e
     if not isinstance(cfg, dict):
         raise ValueError(f"cfg.json holds a JSON {type(cfg).__name__}, not an object")
     return cfg
