@@ -35,7 +35,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -138,25 +137,18 @@ def _free_port(taken: set[int]) -> int:
             return port
 
 
-def api(url: str, path: str, body: dict | None = None):
-    """GET (or POST `body` to) the Prefect server's REST API at `url`; the JSON answer."""
-    req = urllib.request.Request(f"{url}{path}", data=None if body is None else json.dumps(body).encode(),
-                                 method="GET" if body is None else "POST",
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as r:
-        return json.load(r)
+def flow_log(svc, run_id: str) -> str:
+    """A flow run's log, oldest first (the service's API asks for its password: `flows.service.api` sends it)."""
+    from flows.service import api
 
-
-def flow_log(api_url: str, run_id: str) -> str:
-    """A flow run's log, oldest first."""
-    logs = api(api_url, "/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}, "sort": "TIMESTAMP_ASC"})
+    logs = api(svc, "/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}, "sort": "TIMESTAMP_ASC"})
     return "\n".join(entry["message"] for entry in logs)
 
 
-def run_deployment(api_url: str, env: dict[str, str], params: dict) -> WatchRun:
+def run_deployment(svc, env: dict[str, str], params: dict) -> WatchRun:
     """`prefect deployment run 'watch/watch-nightly' --params ... --watch`, as the README shows it; a run that does not
     complete stops the benchmark with its log's tail."""
-    from flows.service import prefect_cli
+    from flows.service import api, prefect_cli
 
     t0 = time.perf_counter()
     r = subprocess.run([prefect_cli(), "deployment", "run", DEPLOYMENT, "--params", json.dumps(params), "--watch",
@@ -166,8 +158,8 @@ def run_deployment(api_url: str, env: dict[str, str], params: dict) -> WatchRun:
     run_id = re.search(r"UUID: ([0-9a-f-]{36})", r.stdout)
     if run_id is None:
         raise RuntimeError(f"`prefect deployment run` made no flow run: {(r.stdout + r.stderr)[-2000:]}")
-    run = api(api_url, f"/flow_runs/{run_id[1]}")
-    log = flow_log(api_url, run_id[1])
+    run = api(svc, f"/flow_runs/{run_id[1]}")
+    log = flow_log(svc, run_id[1])
     if run["state_type"] != "COMPLETED":
         raise RuntimeError(f"the watch run ended {run['state_type']}: {log[-3000:]}")
     return WatchRun(wall, *flow_run_times(run), *watch_counts(log))
@@ -243,18 +235,18 @@ def bench(home: Path, rounds: int) -> None:
 
         drop_changed_sae(home, model, svc.inbox, 0)
         print("== 3. the first two runs of the deployment")
-        first = _expect(run_deployment(svc.api_url, client_env, params), 1, "first run")
+        first = _expect(run_deployment(svc, client_env, params), 1, "first run")
         evaluations.append(n_evaluations())
         print(f"  first watch run, one dropped SAE (cold: evaluate's upstream stages run for the first time in this "
               f"home): {first.line()}")
-        second = _expect(run_deployment(svc.api_url, client_env, params), 0, "second run")
+        second = _expect(run_deployment(svc, client_env, params), 0, "second run")
         evaluations.append(n_evaluations())
         print(f"  the next run, nothing new: {second.line()}")
         for k in range(1, rounds + 1):
             drop_changed_sae(home, model, svc.inbox, k)
-            with_one.append(_expect(run_deployment(svc.api_url, client_env, params), 1, f"round {k}, new SAE"))
+            with_one.append(_expect(run_deployment(svc, client_env, params), 1, f"round {k}, new SAE"))
             evaluations.append(n_evaluations())
-            with_none.append(_expect(run_deployment(svc.api_url, client_env, params), 0, f"round {k}, nothing new"))
+            with_none.append(_expect(run_deployment(svc, client_env, params), 0, f"round {k}, nothing new"))
             evaluations.append(n_evaluations())
     finally:
         t0 = time.perf_counter()
