@@ -29,6 +29,7 @@ from flows.settings import results_in
 from sage_core.config import EvaluateConfig
 from sage_core.prompts.task_status import TaskStatus, task_statuses
 from storage import scores as sc_store
+from storage import zoo as zoo_store
 from storage.home import SageHome
 from storage.pretrained_models import model_label
 from storage.sae_sources import distinct_specs, list_zoo_saes
@@ -104,7 +105,7 @@ def evaluate(cfg: EvaluateConfig = EvaluateConfig(), home: str | None = None, ru
     # the core metrics' text (`--corpus`), before the long stages: text that cannot be read fails the run now
     corpus = t["prepare-corpus"](cfg.core_corpus(), cfg.corpus_tokens, cfg.corpus_context, zoo.model, zoo.corpus,
                                  cfg.core_sequences, root)
-    posed = _task_statuses(zoo, tasks, cfg, cfg.pretrained or name)
+    posed = _task_statuses(h, zoo, tasks, cfg, cfg.pretrained or name)
     tasks = [s.task for s in posed if s.runs]  # the others get no ground truth; every SAE still gets core metrics
     gt = None if not tasks else (
         ground_truth_if_whole(zcfg, cfg.locate, h, cfg.per_group, tasks=tasks)
@@ -197,11 +198,12 @@ def _scored(t: dict, eng, works: list[SAEWork], worker_of: dict, model, inputs: 
     return parts, statuses, core, {"wall_s": wall, "units": seconds}
 
 
-def _task_statuses(zoo, tasks: list[str], cfg: EvaluateConfig, model: str) -> list[TaskStatus]:
+def _task_statuses(h: SageHome, zoo, tasks: list[str], cfg: EvaluateConfig, model: str) -> list[TaskStatus]:
     """Which tasks the model's tokenizer poses and the model does (`sage_core.prompts.task_status`), each said in the
     log; the run's files, its report and the CLI say it again."""
     statuses = task_statuses(tasks, {d.task: d.skipped for d in zoo.datasets}, {d.task: d.note for d in zoo.datasets},
-                             {r["task"]: r for r in zoo.model_eval.rows}, cfg.min_task_accuracy)
+                             {r["task"]: r for r in zoo_store.read_zoo_table(h, zoo.model_eval)},
+                             cfg.min_task_accuracy)
     for s in statuses:
         (log().info if s.runs else log().warning)(s.line(model))
     return statuses
@@ -252,7 +254,7 @@ def _outputs(h: SageHome, cfg: EvaluateConfig, tasks: list[str], zoo, gt, run_re
            "report": str(h.at(report)), "n_failed": len(failures), "ground_truth": gt.path if gt else None,
            "unreached": list(plan.unreached),
            "sections": {t: sorted({p.section.hook for p in gt.of_task(t)}) for t in tasks} if gt else {},
-           "model_eval": list(zoo.model_eval.rows) if cfg.pretrained else [],
+           "model_eval": zoo_store.read_zoo_table(h, zoo.model_eval) if cfg.pretrained else [],
            "task_status": [s.model_dump() for s in posed],
            "verdicts": verdicts, "loads": loads, "saes": recorded, "failures": failures,
            "scoring": scoring}

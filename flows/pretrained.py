@@ -34,5 +34,5 @@ def prepare_pretrained(pretrained: str, cfg: ZooConfig, home: str | None = None)
     corpus = in_home(zt.make_corpus, h)(cfg, tok, root)
     model_eval = in_home(zt.evaluate_model, h).submit(model, datasets, root,
                                                       device=engine.current().unit_devices(cfg.device, 1)[0]).result()
-    zt.publish_model_eval(pretrained, model_eval)
+    zt.publish_model_eval(pretrained, model_eval, root)
     return ZooRef(model=model, datasets=tuple(datasets), corpus=corpus, model_eval=model_eval)

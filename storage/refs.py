@@ -46,10 +46,10 @@ class CorpusRef(Ref):
 
 
 class TableRef(Ref):
-    """A small table the zoo writes (model or SAE metrics); `rows` inline where the flow prints them."""
+    """A small table the zoo writes (model or SAE metrics). Its rows are read from the file, checked against `hash`
+    (`storage.zoo.read_zoo_table`): a cache record holds no number."""
 
     ref: Literal["table"] = "table"
-    rows: list[dict[str, Any]] = []
 
 
 class ZooActivationsRef(Ref):
@@ -139,11 +139,10 @@ class ScorePartRef(Ref):
 
 
 class CoreRef(Ref):
-    """One SAE's core metrics on background text, inline (a handful of floats)."""
+    """One SAE's core metrics on background text (read from the checked file: `storage.scores.read_core`)."""
 
     ref: Literal["core"] = "core"
     sae: str
-    metrics: dict[str, float]
 
 
 class ZooRef(BaseModel):

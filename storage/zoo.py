@@ -260,9 +260,22 @@ def trained_model_problem(home: SageHome, ref: ModelRef, key: str) -> str | None
 
 
 def write_zoo_table(home: SageHome, model: ModelRef, name: str, df: pl.DataFrame) -> TableRef:
-    """A metrics table of the zoo `model` lies in (zoo/<name>/report/<name>.parquet), its rows inline."""
+    """A metrics table of the zoo `model` lies in (zoo/<name>/report/<name>.parquet)."""
     path = write_table(home.zoo_report(zoo_name(model)) / f"{name}.parquet", df)
-    return TableRef(path=home.relative(path), hash=file_hash(path), rows=df.to_dicts())
+    return TableRef(path=home.relative(path), hash=file_hash(path))
+
+
+def read_zoo_table(home: SageHome, ref: TableRef) -> list[dict[str, Any]]:
+    """The rows of a zoo table, read from its file and checked against the reference's hash: a number is never taken
+    from a cache record, and a changed or damaged table is named in one line."""
+    path = home.at(ref)
+    try:
+        if file_hash(path) != ref.hash:
+            raise StoreError(f"{path} changed since it was written; rebuild the zoo (sage zoo build --refresh)")
+        return pl.read_parquet(path).to_dicts()
+    except OSError as exc:
+        raise StoreError(f"cannot read {path} ({type(exc).__name__}: {exc}); rebuild the zoo (sage zoo build "
+                         "--refresh)") from exc
 
 
 def write_activations(home: SageHome, name: str, key: str, tensors: dict[str, torch.Tensor],

@@ -62,7 +62,7 @@ def run_key(model: ModelRef, ground_truth: GroundTruthRef | None, parts: list[Sc
     passing state)."""
     return output_key("evaluate", dict(model=model, ground_truth=ground_truth.hash if ground_truth else None, parts=sorted(p.hash for p in parts),
                                        failures=sorted((f["sae"], f["stage"]) for f in failures),
-                                       core=[{"sae": c.sae, **c.metrics} for c in core], corpus=corpus,
+                                       core=sorted((c.sae, c.hash) for c in core), corpus=corpus,
                                        # which tasks ran: a run where none did is still told apart by them
                                        tasks=sorted((r["task"], r["status"]) for r in task_status or ())),
                       ("tasks.report",))
@@ -83,14 +83,16 @@ def write_run_files(run: str | None, model: ModelRef, model_label: str, ground_t
     scores = pl.concat([sc_store.read_part(h.at(p)) for p in parts]) if parts else score_frame([])
     units = [*units, *({"sae": f["sae"], "task": t, "kind": "trained", "mapping": "native",
                         "status": f"failed: {f['error']}"} for f in failures if f["stage"] == "load" for t in tasks)]
-    core_df = pl.DataFrame([{"sae": c.sae, **c.metrics} for c in core])
+    # the numbers from the checked files, never from a reference (a cache record holds none)
+    core_rows = [{"sae": c.sae, **sc_store.read_core(h.at(c))} for c in core]
+    core_df = pl.DataFrame(core_rows)
     board = leaderboard(scores, pl.DataFrame(units, schema=UNIT_SCHEMA),
                         core_df.drop([c for c in CE_COLUMNS if c in core_df.columns]))
     meta = {"run": run, "run_key": key, "model": model_label, "model_hash": model.hash, "tasks": tasks,
             "n_saes": n_saes, "created": time.strftime("%Y-%m-%d %H:%M:%S"), "ground_truth": ground_truth.path if ground_truth else None,
             **({"corpus": corpus} if corpus else {}), **({"task_status": task_status} if task_status else {}),
             # the core metrics of every SAE, also where no task ran (the leaderboard then has no rows)
-            "core": [{"sae": c.sae, **c.metrics} for c in core]}
+            "core": core_rows}
     d = sc_store.write_run(h.scores_dir(run), scores, board, pl.DataFrame(failures, schema=FAILURE_SCHEMA), meta)
     return dir_ref(h, RunRef, d, run=run)
 
@@ -113,7 +115,7 @@ def write_run_report(run: RunRef, verdicts: list[dict[str, Any]], unreached: lis
 @task(name="publish", task_run_name="publish {run.run}", **UNCACHED)
 def publish_run(run: RunRef, report: ReportRef, verdicts: list[dict[str, Any]], unreached: list[dict[str, str]],
                 home: str) -> list[str]:
-    """The run in the Prefect UI: the leaderboard table (rounded, with n, L0 and faithfulness), the summary and the
+    """The run in the Prefect UI: the leaderboard table (per task ranked: rank, n, the summary and its parts), the summary and the
     plots, each under this run's key and under a stable "latest" key; the flow run is named after the run."""
     h = SageHome(home)
     scores, board, failures = sc_store.read_run(h.at(run))

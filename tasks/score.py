@@ -261,8 +261,8 @@ def sae_core_metrics(h: SageHome, sae: SAERef, model: ModelRef, corpus: CorpusRe
             metrics = core_metrics(m, s.hook, s.encode, s.decode, s.d_sae, tokens, pad,
                                    reference=loaded.once("core-reference", key, reference))
         sc_store.write_core(d, metrics, {"sae": sae.name, "hash": sae.hash})
-    # the numbers are read from the checked files, never carried from a cache record
-    return dir_ref(h, CoreRef, d, sae=sae.name, metrics=sc_store.read_core(d))
+    sc_store.read_core(d)  # checked here, where a damaged file costs only this SAE; the report reads it again
+    return dir_ref(h, CoreRef, d, sae=sae.name)
 
 
 # -- the dispatched unit: one SAE ----------------------------------------------------------------------------------

@@ -292,13 +292,15 @@ def evaluate_saes(cfg: ZooConfig, model: ModelRef, saes: list[ZooSAERef], acts: 
 def record_zoo(zoo: ZooRef, key: str, home: str) -> ZooRef:
     """Record the finished build (what `zoo_if_whole` reads) and publish its tables as artifacts of the flow run,
     under keys of this zoo and the stable "latest" keys."""
+    h = SageHome(home)
     name = zoo_store.zoo_name(zoo.model)
-    zoo_store.write_zoo_record(SageHome(home), name, key, zoo)
+    zoo_store.write_zoo_record(h, name, key, zoo)
     saes = [{k: r[k] for k in ("sae", "explained_variance", "l0", "dead_share", "ce_loss_recovered")}
-            for r in (zoo.sae_eval.rows if zoo.sae_eval else [])]
+            for r in (zoo_store.read_zoo_table(h, zoo.sae_eval) if zoo.sae_eval else [])]
+    model_rows = zoo_store.read_zoo_table(h, zoo.model_eval)
     best = max(saes, key=lambda r: r["explained_variance"]) if saes else None
     for prefix in (f"zoo-{artifact_slug(name)}", "zoo"):
-        create_table_artifact(key=f"{prefix}-task-metrics", table=rounded(zoo.model_eval.rows),
+        create_table_artifact(key=f"{prefix}-task-metrics", table=rounded(model_rows),
                               description=f"Zoo model {name}: held-out accuracy and logit difference per task")
         if saes:
             create_table_artifact(key=f"{prefix}-sae-metrics", table=rounded(saes),
@@ -311,9 +313,10 @@ def record_zoo(zoo: ZooRef, key: str, home: str) -> ZooRef:
 
 
 @task(name="publish-model-eval", task_run_name="publish-model-eval {pretrained}", **UNCACHED)
-def publish_model_eval(pretrained: str, model_eval: TableRef) -> None:
+def publish_model_eval(pretrained: str, model_eval: TableRef, home: str) -> None:
     """A pretrained model's task metrics as an artifact (the evaluation says which tasks it does)."""
     key = f"pretrained-{artifact_slug(pretrained)}-task-metrics"
+    rows = zoo_store.read_zoo_table(SageHome(home), model_eval)
     for k in (key, "pretrained-task-metrics"):
-        create_table_artifact(key=k, table=rounded(model_eval.rows),
+        create_table_artifact(key=k, table=rounded(rows),
                               description=f"{pretrained}: accuracy and logit difference per task (held-out prompts)")

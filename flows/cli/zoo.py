@@ -66,16 +66,18 @@ def zoo_build(
         with refused():
             zoo = run_build_zoo(cfg=cfg, home=str(h.root), refresh=refresh, cluster=cluster)
     console.print(f"zoo ready in {time.perf_counter() - t0:.1f}s")
-    show(cfg.model.name, zoo)
+    show(h, cfg.model.name, zoo)
     console.print(f"model and SAEs: {h.zoo_dir(cfg.model.name)}")
 
 
-def show(name: str, zoo) -> None:
-    """The zoo's tables from its reference (their rows travel inline)."""
+def show(h, name: str, zoo) -> None:
+    """The zoo's tables, read from their files (checked against the reference's hashes)."""
     import polars as pl
 
-    render.zoo_tables(name, pl.DataFrame(zoo.model_eval.rows),
-                      pl.DataFrame(zoo.sae_eval.rows) if zoo.sae_eval is not None and zoo.sae_eval.rows else None)
+    from storage.zoo import read_zoo_table
+
+    saes = read_zoo_table(h, zoo.sae_eval) if zoo.sae_eval is not None else []
+    render.zoo_tables(name, pl.DataFrame(read_zoo_table(h, zoo.model_eval)), pl.DataFrame(saes) if saes else None)
 
 
 @zoo_app.command("schema")
@@ -108,5 +110,6 @@ def zoo_info(
         if zoo is None:
             console.print(f"[yellow]{name}: no finished build yet (run `sage zoo build`)[/]")
             continue
-        show(name, zoo)
+        with refused():  # a changed or damaged table: one line
+            show(h, name, zoo)
         console.print(f"model and SAEs: {h.zoo_dir(name)}")

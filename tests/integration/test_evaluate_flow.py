@@ -175,6 +175,26 @@ def test_full_run_outputs(full_run):
             assert oracle["f1_mean"] == pytest.approx(1.0), task
 
 
+def test_no_cache_record_holds_a_number_the_results_show(full_run):
+    """Issue #27 item 3: a Prefect cache record (or a flow record) holds references only; every metric, task accuracy
+    and core metric is read from its checked file, so an edited record cannot change a result."""
+    from sage_core.scoring import definitions as defs
+    from storage.home import SageHome
+    from tasks.common import result_dir
+
+    home, *_ = full_run
+    h = SageHome(home)
+    # task cache records are named by their 16-hex cache key; a flow run's persisted return value (a uuid) is that
+    # run's outputs for the caller, never read back as a result
+    cached = [p for p in result_dir(h).iterdir() if p.is_file() and len(p.name) == 16]
+    records = cached + [h.zoo_record(n) for n in h.zoo_models()]
+    assert len(cached) > 10
+    names = [*defs.METRICS, "accuracy", "logit_diff", "ce_clean", "ce_with_sae"]
+    for p in records:
+        text = p.read_text(errors="replace")
+        assert not [n for n in names if f'"{n}"' in text], (p, [n for n in names if f'"{n}"' in text])
+
+
 def test_a_run_loads_the_model_each_sae_and_each_tasks_references_once(full_run):
     """Issue #16 item 4: within one process a run reads the model from disk once, each SAE once (when it is resolved;
     every scoring unit and its core metrics reuse it) and each task's references once (shared by its units)."""
@@ -255,7 +275,7 @@ def test_the_run_reads_in_the_prefect_ui(full_run):
     by_key = {a.key: a for a in arts if a.flow_run_id == flow_run.id}
     assert {k for pair in keys.values() for k in pair} <= set(by_key), sorted(by_key)
     rows = json.loads(by_key[keys["leaderboard"][0]].data)
-    assert rows and {"n", "l0", "faithfulness", "summary"} <= set(rows[0]), rows[0]
+    assert rows and {"rank", "n", "faithfulness", "summary"} <= set(rows[0]), rows[0]
     floats = [v for r in rows for v in r.values() if isinstance(v, float)]
     assert floats and all(round(v, 3) == v for v in floats)
     assert "data:image/png;base64," in by_key[keys["plots"][0]].data
