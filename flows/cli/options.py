@@ -50,7 +50,10 @@ def _cluster_form(value: str) -> str:
 Cluster = Annotated[str, typer.Option(callback=_cluster_form,
                                       help="where tasks run: threads (this process), local[:N] (a Dask cluster of N "
                                            "worker processes here; with GPUs one per GPU) or tcp://HOST:PORT (a "
-                                           "running Dask scheduler; SAGE_HOME must be shared with its workers)")]
+                                           "running Dask scheduler; SAGE_HOME must be shared with its workers). "
+                                           "Work on a worker that dies runs again on another or its restarted "
+                                           "one; a cluster left with no worker for SAGE_WORKER_WAIT_S seconds "
+                                           "(600) fails the run's remaining SAEs in one line each")]
 Device = Annotated[str, typer.Option(help="cpu, cuda (every GPU), cuda:N[,cuda:M...] or auto (every visible GPU, "
                                           "else the CPU)")]
 Top = Annotated[int | None, typer.Option(help="print only the best N (>= 1) trained SAEs per task (the report has "
