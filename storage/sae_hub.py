@@ -61,7 +61,7 @@ def read_cfg(text: bytes | str) -> dict[str, Any]:
     except (ValueError, UnicodeDecodeError) as e:
         raise ValueError(f"cfg.json is not JSON ({' '.join(str(e).split())[:120]})") from e
     except RecursionError as e:  # '[' * 50000 fits in MAX_CFG_BYTES and overflows the parser: one line, not a crash
-        raise ValueError("cfg.json nests too deep to be an SAE config") from e
+        raise ValueError("cfg.json is nested too deeply to be an SAE config (JSON deeper than the parser goes)") from e
     if not isinstance(cfg, dict):
         raise ValueError(f"cfg.json holds a JSON {type(cfg).__name__}, not an object")
     return cfg

@@ -207,10 +207,7 @@ def _sae_fields(cfg_bytes: bytes) -> tuple[str, str]:
     """(model, hook) of a cfg.json; _Unreadable with the reason otherwise."""
     try:
         cfg = read_cfg(cfg_bytes)
-    except RecursionError as e:  # json's parser gives up past ~1000 levels ('[' * 50000): no SAE config nests so
-        raise _Unreadable("cfg.json is nested too deeply to be an SAE config (JSON deeper than the parser goes)"
-                          ) from e
-    except ValueError as e:  # not JSON, not UTF-8 (a UnicodeDecodeError is a ValueError), not an object, too big
+    except ValueError as e:  # not JSON, not UTF-8, nested too deep, not an object, too big (`read_cfg`'s one line)
         raise _Unreadable(str(e)) from e
     model, hook = cfg_field(cfg, "model_name"), cfg_hook(cfg)
     if not model:

@@ -9,8 +9,8 @@ from storage.sae_hub import read_cfg
 
 
 @pytest.mark.parametrize(("text", "why"), [
-    ("[" * 50000, "nests too deep"),
-    ('{"a": ' * 20000 + "1" + "}" * 20000, "nests too deep"),
+    ("[" * 50000, "nested too deeply"),
+    ('{"a": ' * 20000 + "1" + "}" * 20000, "nested too deeply"),
     (b"\xff\xfe{", "not JSON"),
     ("[1, 2]", "JSON list, not an object"),
     ("x" * 2_000_000, "bytes, not an SAE config"),
