@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from prefect import flow
-from prefect.states import Failed, State
+from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import engine
@@ -145,10 +145,12 @@ def evaluate(cfg: EvaluateConfig = EvaluateConfig(), home: str | None = None, ru
     run_ref = t["leaderboard"](run, zoo.model, cfg.pretrained or name, gt, tasks, len(specs), parts, statuses, core,
                                failures, root, corpus=corpus.about, task_status=[s.model_dump() for s in posed])
     report = t["report"](run_ref, verdicts, list(plan.unreached), root)
-    t["publish"](run_ref, report, verdicts, list(plan.unreached), root)
+    result = t["publish"](run_ref, report, verdicts, list(plan.unreached), root)
+    for line in result:  # the run's results in its log (task runs log warnings only: progress is in the artifacts)
+        log().info(line)
     recorded = t["record-evaluations"](run_ref, model_label(cfg.pretrained) if cfg.pretrained else name, saes, root)
     return _outputs(h, cfg, tasks, zoo, gt, run_ref, report, verdicts, plan, failures, loads, recorded, posed,
-                    scoring)
+                    scoring, result)
 
 
 def _scored(t: dict, eng, works: list[SAEWork], worker_of: dict, model, inputs: dict[str, TaskInputs], name: str,
@@ -248,7 +250,7 @@ def _log_loads(eng, before, n_saes: int) -> dict[str, int]:
 def _outputs(h: SageHome, cfg: EvaluateConfig, tasks: list[str], zoo, gt, run_ref, report, verdicts, plan,
              failures: list[dict[str, str]], loads: dict[str, int],
              recorded: list[dict[str, Any]], posed: list[TaskStatus],
-             scoring: dict[str, Any]) -> dict[str, Any] | State:
+             scoring: dict[str, Any], result: list[str]) -> State:
     files = sc_store.run_files(h.at(run_ref))
     out = {"run": run_ref.run, "scores": str(files["scores"]), "leaderboard": str(files["leaderboard"]),
            "report": str(h.at(report)), "n_failed": len(failures), "ground_truth": gt.path if gt else None,
@@ -258,13 +260,14 @@ def _outputs(h: SageHome, cfg: EvaluateConfig, tasks: list[str], zoo, gt, run_re
            "task_status": [s.model_dump() for s in posed],
            "verdicts": verdicts, "loads": loads, "saes": recorded, "failures": failures,
            "scoring": scoring}
-    if not failures:
-        return out
+    won = " | ".join(line for line in result if line.split(":", 1)[0] in tasks)  # each task's best and controls
+    if not failures:  # who won, in the flow run's state message (the UI's run page and its list show it)
+        return Completed(message=f"run {run_ref.run}: {won or 'no task was scored'}"[:1000], data=out)
     # Failed, not Completed: the UI (and a scheduler) shows the run as not fully successful; the data still holds
     # every good result, written above
     saes = sorted({f["sae"] for f in failures})
     return Failed(message=f"{len(failures)} SAE(s) or stage(s) failed ({', '.join(saes)[:300]}); the rest of "
-                          f"run {run_ref.run} completed", data=out)
+                          f"run {run_ref.run} completed: {won}"[:1000], data=out)
 
 
 def run_evaluate(cfg: EvaluateConfig = EvaluateConfig(), home: str | None = None, run: str | None = None,

@@ -114,6 +114,9 @@ class Service:
         if (auth := self.auth()) is not None:
             env["PREFECT_API_AUTH_STRING"] = auth
         env.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")  # errors still reach server.log, access lines not
+        # a task run's INFO lines (state changes, progress hooks) are most of a run's log and say nothing: the flow's
+        # own lines carry its stages and results, the progress artifacts its progress
+        env.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL", "WARNING")
         return env
 
 

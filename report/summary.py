@@ -9,6 +9,7 @@ of report.controls (and of sage_core.scoring.leaderboard), so no stage's code ve
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -23,8 +24,11 @@ from report.tables import (
     fmt,
     markdown_table,
     md_escape,
+    num,
+    short_sae,
     table_cells,
     task_names,
+    task_rows,
 )
 from report.verdicts import BAR_TEXT, verdict_line
 from sage_core.scoring import definitions as defs
@@ -57,6 +61,20 @@ def core_lines(rows: list[dict[str, Any]] | None) -> list[str]:
         cells = [md_escape(str(r.get("sae"))), *(fmt(r.get(k)) for k, _ in CORE_COLUMNS)]
         lines.append("| " + " | ".join(cells) + " |")
     return [*lines, ""]
+
+
+def task_result_line(leaderboard: pl.DataFrame, task: str) -> str:
+    """One task's result in one line: its best trained SAE and summary, the controls' summaries and whether they
+    bracket the trained SAEs (`ioi: best L0.resid_pre topk-64, summary 0.712; oracle 0.950, random 0.200; controls
+    hold`)."""
+    rows = task_rows(leaderboard, task)
+    trained = [r for r in rows if r.get("kind") == "trained" and not math.isnan(num(r.get("summary")))]
+    best = (f"best {short_sae(str(trained[0]['sae']))}, summary {fmt(trained[0]['summary'])}" if trained
+            else "no trained SAE with a summary")
+    controls = [f"{r['kind']} {fmt(r.get('summary'))}" for r in rows if r.get("kind") in ("oracle", "random")]
+    holds, _ = controls_verdict(leaderboard, task)
+    verdict = {True: "controls hold", False: "controls do not hold", None: "controls not checked"}[holds]
+    return f"{task}: {best}" + (f"; {', '.join(controls)}" if controls else "") + f"; {verdict}"
 
 
 def task_status_lines(rows: list[dict[str, Any]] | None, model: str | None) -> list[str]:

@@ -18,8 +18,9 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from report.artifacts import artifact_key, latest_key, leaderboard_rows, plots_markdown
 from report.notes import kept_hooks
-from report.summary import summary_markdown
-from report.verdicts import VERDICT_SCHEMA, ground_truth_verdicts
+from report.summary import summary_markdown, task_result_line
+from report.tables import task_names
+from report.verdicts import VERDICT_SCHEMA, ground_truth_verdicts, verdict_line
 from sage_core.scoring.leaderboard import leaderboard
 from sage_core.scoring.rows import score_frame
 from storage import scores as sc_store
@@ -133,7 +134,10 @@ def publish_run(run: RunRef, report: ReportRef, verdicts: list[dict[str, Any]], 
                                          description=f"SAGE evaluation {what}, run {run.run}")
             keys.append(key)
     _name_flow_run(run.run)
-    return keys
+    # what happened, for the flow's log and state message: one line per task, the ground truth's verdicts, the report
+    return [*(task_result_line(board, task) for task in task_names(board)),
+            *(f"ground truth {v['task']} {verdict_line(v)}" for v in _verdict_frame(verdicts).iter_rows(named=True)),
+            f"report: {h.at(report) / 'README.md'} (Prefect artifacts {', '.join(keys[::2])})"]
 
 
 def _name_flow_run(name: str) -> None:

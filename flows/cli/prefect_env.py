@@ -23,6 +23,9 @@ def environment(verbose: bool) -> None:
     env = os.environ.setdefault
     env("PREFECT_LOGGING_LEVEL", "INFO")  # flow and task run logs reach the API handler (the UI) ...
     env("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "INFO" if verbose else "WARNING")  # ... the console only with -v
+    # a task run's INFO lines ("Finished in state Completed()", two per progress hook) are most of a run's log and say
+    # nothing: progress lives in the progress artifacts, results in the flow's own lines; warnings and errors stay
+    env("PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL", "INFO" if verbose else "WARNING")
     # the temporary server logs its own shutdown races (events still in flight) as errors, and at INFO one access line
     # per API call (every log record sent): neither is the run's
     env("PREFECT_SERVER_LOGGING_LEVEL", "WARNING" if verbose else "CRITICAL")

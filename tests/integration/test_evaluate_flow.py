@@ -111,7 +111,11 @@ def full_run(tiny_zoo):
 
 
 def test_full_run_outputs(full_run):
-    assert _last_evaluate_run().state.type.value == "COMPLETED"
+    state = _last_evaluate_run().state
+    assert state.type.value == "COMPLETED"
+    # who won, at a glance: the state message names each task's best SAE, its summary and the controls
+    assert state.message.startswith("run ") and "ioi: best " in state.message and "controls" in state.message, \
+        state.message
     from storage.home import SageHome
     from storage.sae_sources import list_zoo_saes
 

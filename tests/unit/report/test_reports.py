@@ -420,3 +420,15 @@ def test_a_report_writes_a_wide_heatmap_in_parts_and_shows_each(tmp_path):
         assert f"](plots/{name})" in readme
         assert Image.open(out / "plots" / name).size[0] <= 1700
     assert sorted(p.name for p in (out / "plots").glob("ioi-f1-heatmap*.png")) == ["ioi-f1-heatmap.png"]
+
+
+def test_a_tasks_result_in_one_line_names_its_best_sae_and_the_controls():
+    from report.summary import task_result_line
+
+    line = task_result_line(_leaderboard(), "ioi")
+    assert line == "ioi: best sae-a, summary 0.600; oracle 0.900, random 0.100; controls hold"
+    worse = _leaderboard({**SUMMARY, "sae-b": 0.95})
+    assert task_result_line(worse, "ioi").endswith("best sae-b, summary 0.950; oracle 0.900, random 0.100; "
+                                                   "controls do not hold")
+    none = _leaderboard().with_columns(pl.lit(None, pl.Float64).alias("summary"))
+    assert task_result_line(none, "ioi").startswith("ioi: no trained SAE with a summary")
