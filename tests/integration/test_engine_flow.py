@@ -98,3 +98,48 @@ def test_local_cluster_scores_equal_threads_loads_once_per_worker_and_survives_k
         again = state.result()
         assert again["n_failed"] == 0
         assert Path(again["scores"]).read_bytes() == threads_scores  # the killed worker's units ran elsewhere
+
+
+def _kill_a_scoring_worker_noting_its_children(eng, done: dict) -> None:
+    """`_kill_a_scoring_worker`, noting the command lines of the worker's child processes just before the kill."""
+    import psutil
+
+    pids = eng.worker_pids()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not done.get("stop"):
+        for worker, keys in eng.client.processing().items():
+            if any(str(k).startswith("_score_work") for k in keys) and worker in pids:
+                done["children"] = [" ".join(c.cmdline()) for c in psutil.Process(pids[worker]).children(True)]
+                os.kill(pids[worker], signal.SIGKILL)
+                done["killed"] = pids[worker]
+                return
+        time.sleep(0.05)
+
+
+def test_the_only_worker_killed_mid_scoring_costs_nothing_but_time(threads_run):
+    """Issue #27 item 7: `--cluster local:1`, its one worker killed with SIGKILL while it scores. The nanny starts a
+    new worker at a new address; the units pinned to the old one waited in Dask's `no-worker` for ever. They run on
+    the new worker, the run completes with the same scores, and the killed worker left no Prefect server behind (the
+    workers use the flow process's API: none of their own)."""
+    from flows import engine
+    from flows.evaluate import evaluate
+    from flows.settings import results_in
+    from storage.home import SageHome
+
+    home, cfg, _threads_out, threads_scores = threads_run
+    _rescore(home)
+    with results_in(SageHome(home)), engine.open_engine("local:1", "cpu") as eng:
+        done: dict = {}
+        killer = threading.Thread(target=_kill_a_scoring_worker_noting_its_children, args=(eng, done), daemon=True)
+        killer.start()
+        t0 = time.monotonic()
+        state = eng.flow(evaluate)(cfg=cfg, home=str(home), run="engine-kill-only-worker", return_state=True)
+        done["stop"] = True
+        killer.join()
+        assert "killed" in done, "no scoring unit was seen running: nothing was killed"
+        assert state.is_completed(), state.message
+        assert time.monotonic() - t0 < 600
+        again = state.result()
+        assert again["n_failed"] == 0
+        assert Path(again["scores"]).read_bytes() == threads_scores
+    assert not [c for c in done["children"] if "uvicorn" in c], done["children"]  # no server of its own to orphan
