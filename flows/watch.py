@@ -114,7 +114,9 @@ def _evaluate_group(t: dict, model: str, why: str | None, group: list[FoundSAE],
     for batch in name_batches(group):
         ecfg = cfg.evaluate.model_copy(update={"saes": tuple(f.spec for f in batch),
                                                "pretrained": None if model == zoo_model else model})
-        state = engine.current().flow(evaluate)(cfg=ecfg, home=root, return_state=True)
+        # named after what it evaluates (its results rename it after its run once they are in)
+        named = evaluate.with_options(flow_run_name=_evaluation_name(model, batch))
+        state = engine.current().flow(named)(cfg=ecfg, home=root, return_state=True)
         out = state.result(raise_on_failure=False)
         if isinstance(out, BaseException):  # the whole evaluation stopped (a bad input, a model that would not load)
             outcomes += [Outcome(found=f, status="failed", reason=f"the evaluation stopped: {one_line(out)}",
@@ -124,13 +126,44 @@ def _evaluate_group(t: dict, model: str, why: str | None, group: list[FoundSAE],
     return outcomes
 
 
+def _evaluation_name(model: str, batch: list[FoundSAE]) -> str:
+    """`evaluate gpt2: res-jb/blocks.8.hook_resid_pre and 3 more (watch)`: a person reads which SAEs it scores."""
+    names = [f"{f.release}/{f.sae_id}" if f.release else (f.sae_id or f.spec).rstrip("/").rsplit("/", 1)[-1]
+             for f in batch]
+    more = f" and {len(names) - 2} more" if len(names) > 2 else ""
+    return f"evaluate {model}: {', '.join(names[:2])}{more} (watch)"[:200]
+
+
+def dry_run_watch(sources: list[str], cfg: WatchConfig = WatchConfig(), home: str | None = None) -> dict[str, Any]:
+    """What a watch run would do, without Prefect: no server started, no flow run or artifact in its API, nothing
+    written under SAGE_HOME (the listing and the ledger are read only). The flow's own steps, called directly."""
+    texts = list(sources)
+    for text in texts:
+        parse_source(text)
+    root = str(SageHome(home).root)
+    found: list[FoundSAE] = []
+    unreadable, source_errors = [], []
+    for text in texts:
+        try:
+            got, bad = wt.list_sae_source.fn(text, root, True)
+        except Exception as exc:  # noqa: BLE001 - one source down does not stop the others, as in the flow
+            source_errors.append({"source": text, "error": one_line(exc)})
+            continue
+        found += got
+        unreadable += [{"source": text, "path": p, "reason": why} for p, why in bad]
+    decisions = wt.claim_new.fn(found, _owner(), cfg, True, root)
+    return summarize(texts, decisions, [], unreadable, source_errors, True)
+
+
 def run_watch(sources: list[str], cfg: WatchConfig = WatchConfig(), dry_run: bool = False, home: str | None = None,
               cluster: str = "threads") -> dict[str, Any]:
-    """The flow on the engine `cluster` names, Prefect's result store inside SAGE_HOME; its summary. An error before
-    any result (a bad source, an unreachable scheduler) is raised."""
-    flow_ = watch.with_options(persist_result=False) if dry_run else watch  # a dry run leaves SAGE_HOME as it was
+    """The flow on the engine `cluster` names, Prefect's result store inside SAGE_HOME; its summary (a dry run:
+    `dry_run_watch`, without Prefect). An error before any result (a bad source, an unreachable scheduler) is
+    raised."""
+    if dry_run:
+        return dry_run_watch(sources, cfg, home)
     with results_in(SageHome(home)), engine.open_engine(cluster, cfg.evaluate.device) as eng:
-        state = eng.flow(flow_)(sources=sources, cfg=cfg, dry_run=dry_run, home=home, return_state=True)
+        state = eng.flow(watch)(sources=sources, cfg=cfg, dry_run=dry_run, home=home, return_state=True)
     out = state.result(raise_on_failure=False)
     if isinstance(out, BaseException):
         raise out

@@ -145,7 +145,9 @@ def _name_flow_run(name: str) -> None:
     from prefect.client.orchestration import get_client
     from prefect.runtime import flow_run
 
-    if flow_run.id is None or flow_run.name == name:
+    # only the placeholder (`flows.evaluate.flow_run_name`): a name given by the caller (a watch names its evaluations
+    # after the SAEs they score) stays
+    if flow_run.id is None or flow_run.name == name or not str(flow_run.name).endswith("(named when scored)"):
         return
     with get_client(sync_client=True) as client:
         client.update_flow_run(flow_run_id=flow_run.id, name=name)

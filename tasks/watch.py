@@ -35,7 +35,8 @@ def list_sae_source(source: str, home: str, dry_run: bool = False) -> tuple[list
     return list(listing.found), list(listing.unreadable)
 
 
-@task(name="claim-new", task_run_name="claim-new ({owner})", **UNCACHED)
+@task(name="claim-new", task_run_name=lambda parameters: f"claim-new ({len(parameters['found'])} listed)",
+      **UNCACHED)
 def claim_new(found: list[FoundSAE], owner: str, cfg: WatchConfig, dry_run: bool, home: str) -> list[Decision]:
     """What each found SAE is to this run; unless a dry run, recorded and the new ones claimed (one transaction).
     A dry run reads the ledger read-only: it creates, migrates and writes nothing, on a read-only SAGE_HOME too."""
@@ -60,12 +61,12 @@ def check_hub() -> str | None:
     return hub_unreachable_reason()
 
 
-@task(name="settle", task_run_name="settle {owner}", **UNCACHED)
+@task(name="settle", task_run_name=lambda parameters: f"settle ({len(parameters['outcomes'])} outcome(s))", **UNCACHED)
 def settle(owner: str, outcomes: list[Outcome], home: str) -> int:
     return Ledger.of(SageHome(home)).settle(owner, outcomes)
 
 
-@task(name="release-claims", task_run_name="release {owner}", **UNCACHED)
+@task(name="release-claims", task_run_name="release-claims", **UNCACHED)
 def release_claims(owner: str, home: str) -> int:
     return Ledger.of(SageHome(home)).release(owner)
 

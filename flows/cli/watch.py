@@ -87,7 +87,8 @@ def watch_cmd(
             from flows.watch import run_watch
 
             check_cluster(cluster, device)
-        prefect_env.ready(verbose)
+        if not dry_run:  # a dry run starts no server and writes nothing to Prefect's API
+            prefect_env.ready(verbose)
         t0 = time.perf_counter()
         with refused():
             out = run_watch(list(source), cfg=cfg, dry_run=dry_run, home=str(h.root), cluster=cluster)

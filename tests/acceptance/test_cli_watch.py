@@ -46,8 +46,10 @@ def test_a_dry_run_lists_what_is_new_and_writes_nothing(tmp_path):
     _sae_dir(inbox / "lab-sae-a")
     _sae_dir(inbox / "lab-sae-b", model="no-such-model")
     home = tmp_path / "home"
-    # in this process (the session's Prefect server, torch imported once): a subprocess spends its time importing
-    r = run_in_process(["watch", "--tiny", "--dry-run", "--source", f"dir:{inbox}"], home)
+    # in this process (torch imported once): a subprocess spends its time importing. No Prefect: an API that answers
+    # nothing (a closed port) does not matter to a dry run, which starts no server and creates no flow run
+    r = run_in_process(["watch", "--tiny", "--dry-run", "--source", f"dir:{inbox}"], home,
+                       env={"PREFECT_API_URL": "http://127.0.0.1:9/api"})
     assert r.returncode == 0, r.stdout + r.stderr
     assert "2 SAE(s) listed, 2 new" in r.stdout
     assert "lab-sae-a" in r.stdout and "lab-sae-b" in r.stdout and "never seen" in r.stdout

@@ -129,6 +129,13 @@ def test_new_saes_are_evaluated_the_rest_skipped_or_left(watched, monkeypatch):
     md = max(arts, key=lambda a: a.created).data
     assert re.search(r"^\| changed \| sage-test \| [^|]+ \| \w+ \| \d+ of \d+ \| [0-9.]+ \| run-", md, re.M), md
     assert "not in the local Hugging Face cache" in md
+    # names a person reads (issue #26 item 5): the evaluation by the SAEs it scores, task runs without a uuid
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs()
+        names = {r.name for r in runs} | {t.name for t in client.read_task_runs()}
+    assert "evaluate sage-test: changed (watch)" in names, sorted(names)
+    uuid_like = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+    assert not [n for n in names if uuid_like.search(n)], sorted(n for n in names if uuid_like.search(n))
 
     again = _watch(home, cfg, inbox)  # the next run evaluates nothing
     assert again["counts"]["evaluated"] == 0 and again["runs"] == []
