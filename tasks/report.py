@@ -42,7 +42,8 @@ def _n_tasks(parameters: dict) -> str:
 
 
 def _leaderboard_name(parameters: dict) -> str:
-    return f"leaderboard {parameters['run'] or '(run named by its results)'}"
+    n = parameters["n_saes"]
+    return f"leaderboard {parameters['run'] or parameters['model_label']}, {n} SAE{'s' if n != 1 else ''}"
 
 
 @task(name="verdicts", task_run_name=_n_tasks, **UNCACHED)

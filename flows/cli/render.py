@@ -80,6 +80,20 @@ def leaderboard(board, tasks: list[str] | None = None, top: int | None = None) -
         console.print(f"controls on {task}: [{colour}]{text}[/{colour}]")
 
 
+def run_header(run: str, meta: dict[str, Any], board) -> None:
+    """Which run this is: its name, model, SAEs (named, the first few), tasks and when it was made."""
+    from rich.markup import escape
+
+    names = list(dict.fromkeys(str(s) for s in (board["sae"].to_list() if "sae" in board.columns else [])
+                               if not str(s).startswith("control:")))
+    names = names or [str(c.get("sae")) for c in meta.get("core", [])]
+    shown = ", ".join(short_sae(n) for n in names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+    tasks = ", ".join(meta.get("tasks", [])) or "none"
+    console.print(f"run [bold]{escape(run)}[/]: model {escape(str(meta.get('model', '?')))}, "
+                  f"{meta.get('n_saes', len(names))} SAE(s) ({escape(shown) or 'none'}), tasks {escape(tasks)}, "
+                  f"made {escape(str(meta.get('created', '?')))}", highlight=False, soft_wrap=True)
+
+
 def verdicts(rows) -> None:
     """The ground truth's verdict per attribute (`report.verdicts.ground_truth_verdicts`), one line each."""
     from report.verdicts import BAR_TEXT, verdict_line

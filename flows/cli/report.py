@@ -27,7 +27,6 @@ def report_cmd(
     with refused():
         where = h.report_dir(run) if run else latest_report(h.reports_root())
         _, board = read_report(where)
-    render.leaderboard(board, None, top)
     from storage.atomic import StoreError
     from storage.scores import read_run_meta
 
@@ -35,7 +34,18 @@ def report_cmd(
         meta = read_run_meta(h.scores_dir(where.name))
     except StoreError:  # the run's files are gone: the report still has its leaderboard
         meta = {}
+    render.run_header(where.name, meta, board)
+    render.leaderboard(board, None, top)
     render.task_status(meta.get("model", "the model"), meta.get("task_status", []))
+    if meta.get("ground_truth"):  # the ground truth's verdicts, as the report lists them
+        import polars as pl
+
+        from report.verdicts import ground_truth_verdicts
+        from storage.ground_truth import read_quality
+
+        with refused():
+            quality = read_quality(h.root / meta["ground_truth"])
+        render.verdicts(ground_truth_verdicts(quality).filter(pl.col("task").is_in(meta.get("tasks", []))))
     if board.is_empty() and meta.get("core"):  # no task ran on the model: its SAEs' core metrics are the result
         render.core_metrics(meta.get("model", "the model"), meta["core"])
     console.print(f"report: {where}/README.md")

@@ -63,6 +63,10 @@ def test_report_prints_the_same_leaderboard(evaluated):
     assert rep.returncode == 0, rep.stdout[-3000:] + rep.stderr[-3000:]
     assert "control:oracle" in rep.stdout and "report:" in rep.stdout
     assert leaderboard_text(rep.stdout, "ioi") == leaderboard_text(r.stdout, "ioi")
+    # it names the run, its model and SAEs, and gives the ground truth's verdicts (issue #26 item 5)
+    run_name = rep.stdout.split("report:")[-1].split()[0].rstrip("/").split("/")[-2]
+    assert f"run {run_name}: model sage-test, " in rep.stdout and " SAE(s) (" in rep.stdout, rep.stdout[:2000]
+    assert "ground truth per attribute" in rep.stdout and " IO: " in rep.stdout
     assert rep.stdout.split("report:")[-1].split()[0] == r.stdout.split("report:")[-1].split()[0]
 
 
