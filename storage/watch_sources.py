@@ -28,6 +28,7 @@ import fnmatch
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -98,17 +99,46 @@ def _watched_pointer(home: SageHome, key: str) -> Path:
 def list_source(source: AnySource, home: SageHome, write: bool = True) -> Listing:
     """Every SAE `source` holds now; a SourceError (one line) when the source itself cannot be read. `write=False`:
     nothing is written under SAGE_HOME (a dry run)."""
-    if isinstance(source, RegistrySource):
-        return _list_registry(source)
-    if isinstance(source, FolderSource):
-        return _list_folder(source, home, write)
-    if isinstance(source, YamlSource):
-        return _list_yaml(source)
-    if isinstance(source, HubSource):
-        from storage.hub_listing import list_hub
+    lister = LISTERS.get(type(source))
+    if lister is None:
+        raise TypeError(f"no lister registered for {type(source).__name__} (storage.watch_sources.lists)")
+    return lister(source, home, write)
 
-        return list_hub(source)
-    raise TypeError(f"not a source: {source!r}")
+
+# how each source kind is listed (`sage_core.watch.sources` registers how it is parsed): source class -> fn(source,
+# home, write)
+LISTERS: dict[type, Callable[[Any, SageHome, bool], Listing]] = {}
+
+
+def lists(kind: type) -> Callable:
+    """Decorator: `fn(source, home, write)` lists a source of class `kind`."""
+    def register(fn: Callable[[Any, SageHome, bool], Listing]) -> Callable[[Any, SageHome, bool], Listing]:
+        LISTERS[kind] = fn
+        return fn
+
+    return register
+
+
+@lists(RegistrySource)
+def _registry_lister(source: RegistrySource, _home: SageHome, _write: bool) -> Listing:
+    return _list_registry(source)
+
+
+@lists(FolderSource)
+def _folder_lister(source: FolderSource, home: SageHome, write: bool) -> Listing:
+    return _list_folder(source, home, write)
+
+
+@lists(YamlSource)
+def _yaml_lister(source: YamlSource, _home: SageHome, _write: bool) -> Listing:
+    return _list_yaml(source)
+
+
+@lists(HubSource)
+def _hub_lister(source: HubSource, _home: SageHome, _write: bool) -> Listing:
+    from storage.hub_listing import list_hub
+
+    return list_hub(source)
 
 
 def _matches(name: str, patterns: tuple[str, ...]) -> bool:

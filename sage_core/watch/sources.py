@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
@@ -121,6 +122,39 @@ class HubSource(_Source):
         return "hub:" + ",".join(parts)
 
 
+# the source kinds: `<kind>:<rest>` -> the parser of `rest`; each kind registers its own (`source_kind`), and
+# `storage.watch_sources` registers how to list it
+PARSERS: dict[str, Callable[[str], _Source]] = {}
+
+
+def source_kind(kind: str) -> Callable:
+    """Decorator: `fn(rest)` parses a `<kind>:<rest>` source text into its typed source."""
+    def register(fn: Callable[[str], _Source]) -> Callable[[str], _Source]:
+        if kind in PARSERS:
+            raise ValueError(f"source kind {kind!r} registered twice")
+        PARSERS[kind] = fn
+        return fn
+
+    return register
+
+
+@source_kind("registry")
+def _registry(rest: str) -> RegistrySource:
+    models, _, releases = rest.partition(":")
+    return RegistrySource(models=_patterns(models), releases=_patterns(releases) if releases else ("*",))
+
+
+@source_kind("dir")
+def _folder(rest: str) -> FolderSource:
+    return FolderSource(url=rest.strip())
+
+
+@source_kind("yaml")
+def _yaml(rest: str) -> YamlSource:
+    return YamlSource(url=rest.strip())
+
+
+@source_kind("hub")
 def _hub(rest: str) -> HubSource:
     fields: dict[str, list[str]] = {k: [] for k in HUB_KEYS}
     for part in rest.split(","):
@@ -147,16 +181,9 @@ def parse_source(text: str) -> AnySource:
     kind, sep, rest = text.strip().partition(":")
     if not sep or not rest.strip():
         raise ValueError(f"cannot read source {text!r}; accepted: {SOURCE_FORMS}")
-    if kind == "registry":
-        models, _, releases = rest.partition(":")
-        return RegistrySource(models=_patterns(models), releases=_patterns(releases) if releases else ("*",))
-    if kind == "dir":
-        return FolderSource(url=rest.strip())
-    if kind == "yaml":
-        return YamlSource(url=rest.strip())
-    if kind == "hub":
-        return _hub(rest)
-    raise ValueError(f"unknown source kind {kind!r} in {text!r}; accepted: {SOURCE_FORMS}")
+    if kind not in PARSERS:
+        raise ValueError(f"unknown source kind {kind!r} in {text!r}; accepted: {SOURCE_FORMS}")
+    return PARSERS[kind](rest)
 
 
 class FoundSAE(BaseModel):
