@@ -42,7 +42,7 @@ DB_USER = "sage"
 DB_NAME = "prefect"
 STOP_ORDER = ("worker", "server", "postgres")
 API_USER = "sage"
-PY_SPECS_ENV = "SAGE_ALLOW_PY_SPECS"  # storage.sae_sources.PY_SPECS_ENV (not imported: this module is stdlib only)
+PY_SPECS_ENV = "SAGE_ALLOW_PY_SPECS"  # storage.py_specs.PY_SPECS_ENV (not imported: this module is stdlib only)
 REPO = Path(__file__).resolve().parents[1]
 
 

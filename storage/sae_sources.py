@@ -8,9 +8,10 @@
                                                            own releases, e.g. from a registry-format YAML
     py:<module>:<attr>                                     an SAELike object, or a zero-argument factory of one
 
-`py:` specs IMPORT AND RUN PYTHON CODE (the module, then the factory). They are refused unless the environment
-allows them (SAGE_ALLOW_PY_SPECS=1): the `sage` CLI sets it for the specs its user typed; a deployment's parameters
-are data and get it only where its operator sets the variable for the worker. The factory is called once per process.
+`py:` specs IMPORT AND RUN PYTHON CODE (the module, then the factory): `storage.py_specs` says when they are allowed.
+
+Each form is one class registered with `@spec_form` (`SpecForm`: how it is matched, loaded, checked, named and
+hashed), tried in the order registered; a new form is one class here.
 
 Registry names are checked against sae_lens' own directory before any network access, and a hub that cannot be
 reached gives one line, fast, instead of a minute of retries (`storage.sae_hub`). `check_specs` runs every such check
@@ -20,18 +21,14 @@ files are in the local Hugging Face cache gets their content hash, the one a fol
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import inspect
 import os
-import sys
-import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from sage_core.zoo.sae import LoadedSAE, SAELike, sae_hook_name, wrap_sae
+from sage_core.zoo.sae import LoadedSAE, sae_hook_name, wrap_sae
 from storage.atomic import is_complete
 from storage.home import SageHome
+from storage.py_specs import _check_py, _load_py
 from storage.sae_hub import (
     SAE_CFG,
     SAE_WEIGHTS,
@@ -55,7 +52,6 @@ from storage.sae_names import (
 FORMS = ("zoo:<sae> (with a model) or zoo:<model>/<sae>; a directory with cfg.json + sae_weights.safetensors; "
          "<release>/<sae_id> or <release>:<sae_id> from the SAELens registry; hf:<repo_id>:<folder>; "
          "py:<module>:<attr>")
-PY_SPECS_ENV = "SAGE_ALLOW_PY_SPECS"
 
 
 # -- zoo ----------------------------------------------------------------------------------------------------------
@@ -126,125 +122,198 @@ def _load_dir(path: Path) -> LoadedSAE:
     return wrap_sae(sae, name=path.resolve().name, source="dir", content_hash=_dir_weights_hash(path))
 
 
-# -- python objects -----------------------------------------------------------------------------------------------
-_PY_OBJECTS: dict[tuple[str, int, str], Any] = {}
-_PY_LOCK = threading.Lock()
+# -- the spec forms: one class each, registered in the order a spec is tried --------------------------------------
+# ruff: noqa: ARG002 - every form takes the one signature; most need only part of it
+class SpecForm:
+    """One way a user names an SAE. `match` reads a spec (None: not this form; a one-line SAESpecError: this form,
+    but it names nothing); the rest take what `match` read. Adding a form is one class with `@spec_form`."""
+
+    kind: ClassVar[str]
+
+    def match(self, spec: str) -> Any | None:
+        raise NotImplementedError
+
+    def load(self, what: Any, home: SageHome, model_name: str | None) -> LoadedSAE:
+        raise NotImplementedError
+
+    def check(self, what: Any, home: SageHome, model_name: str | None, zoo_names: list[str] | tuple[str, ...]) -> None:
+        """Fail in one line if `what` names nothing: no weights loaded, no code run, no network."""
+
+    def name(self, what: Any, home: SageHome, model_name: str | None) -> tuple[str, str]:
+        """(the name its resolved SAE carries, where its files are: a resolved path or the spec itself)."""
+        raise NotImplementedError
+
+    def content_hash(self, what: Any, home: SageHome, model_name: str | None) -> str | None:
+        """Its content hash where known without loading it or running code; None otherwise."""
+        return None
+
+    def directory(self, what: Any, home: SageHome, model_name: str | None) -> Path | None:
+        """The directory under `home` that holds its files, if any."""
+        return None
 
 
-def py_specs_allowed() -> bool:
-    """May `py:` specs run code in this process? Only where SAGE_ALLOW_PY_SPECS=1 (the CLI sets it for its user)."""
-    return os.environ.get(PY_SPECS_ENV) == "1"
+SPEC_FORMS: list[SpecForm] = []
 
 
-def _py_parts(rest: str) -> tuple[str, str]:
-    if rest.count(":") != 1 or not all(rest.split(":")):
-        raise SAESpecError(f"'py:{rest}' is not of the form py:<module>:<attr> (e.g. py:my_pkg.saes:make_sae)")
-    if not py_specs_allowed():
-        raise SAESpecError(f"py:{rest} imports and runs Python code, which SAE specs from parameters or config may "
-                           f"not do unless allowed: set {PY_SPECS_ENV}=1 where the flow runs (the sage CLI allows "
-                           "the py: specs you type), or save the SAE and pass its directory")
-    mod_name, attr = rest.split(":")
-    return mod_name, attr
+def spec_form(cls: type[SpecForm]) -> type[SpecForm]:
+    """Class decorator: try this form after the ones registered before it; a form with its own prefix (`<kind>:`)
+    before the forms that read any text (a directory, then the registry's `<release>:<sae_id>`)."""
+    if any(f.kind == cls.kind for f in SPEC_FORMS):
+        raise ValueError(f"SAE spec form {cls.kind!r} registered twice")
+    at = len(SPEC_FORMS)
+    if getattr(cls, "prefix", None):
+        at = next((i for i, f in enumerate(SPEC_FORMS) if not getattr(f, "prefix", None)), at)
+    SPEC_FORMS.insert(at, cls())
+    return cls
 
 
-def _check_py(rest: str) -> None:
-    """The form, the permission and that the module exists, without running the module or the factory (finding a
-    dotted module imports its parent packages)."""
-    mod_name, _ = _py_parts(rest)
-    try:
-        found = mod_name in sys.modules or importlib.util.find_spec(mod_name) is not None
-    except (ImportError, ValueError) as e:
-        raise SAESpecError(f"py:{rest}: cannot find module {mod_name!r} ({type(e).__name__}: {e}); check it is on "
-                           "PYTHONPATH") from e
-    if not found:
-        raise SAESpecError(f"py:{rest}: cannot find module {mod_name!r}; check it is on PYTHONPATH")
-    mod = sys.modules.get(mod_name)
-    if mod is not None and not hasattr(mod, rest.split(":")[1]):
-        _py_object(rest)  # raises the "has no attribute" error with the closest names
+class _Prefixed(SpecForm):
+    prefix: ClassVar[str]
+
+    def match(self, spec: str) -> str | None:
+        return spec[len(self.prefix):] if spec.startswith(self.prefix) else None
 
 
-def _py_object(rest: str) -> Any:
-    """The SAE object a `py:` spec names, its factory called at most once per process (per module object, so a
-    reloaded module is called again); every failure is one line with its cause chained."""
-    mod_name, attr = _py_parts(rest)
-    try:
-        mod = importlib.import_module(mod_name)
-    except ImportError as e:
-        raise SAESpecError(f"py:{rest}: cannot import module {mod_name!r} ({e}); check it is on PYTHONPATH") from e
-    if not hasattr(mod, attr):
-        public = [n for n in dir(mod) if not n.startswith("_")]
-        raise SAESpecError(f"py:{rest}: module {mod_name!r} has no attribute {attr!r}; closest: "
-                           f"{close_matches(attr, public)}")
-    key = (mod_name, id(mod), attr)
-    with _PY_LOCK:  # score units run in threads: the factory must still run once
-        if key not in _PY_OBJECTS:
-            _PY_OBJECTS[key] = _make_py(rest, getattr(mod, attr))
-        return _PY_OBJECTS[key]
+@spec_form
+class ZooForm(_Prefixed):
+    """zoo:<sae> (with a model) or zoo:<model>/<sae>: an SAE of the built-in zoo under SAGE_HOME."""
+
+    kind, prefix = "zoo", "zoo:"
+
+    def load(self, what, home, model_name):
+        return _load_zoo(what, home, model_name)
+
+    def check(self, what, home, model_name, zoo_names):
+        model, name = _zoo_name(what, home, model_name)
+        have = list(zoo_names) if model == model_name else list_zoo_saes(home, model)
+        if name not in have:
+            raise SAESpecError(f"zoo SAE {model}/{name} does not exist; closest: {close_matches(name, have)} "
+                               f"({len(have)} in the zoo of {model}; `sage zoo info` lists them)")
+
+    def name(self, what, home, model_name):
+        model, name = _zoo_name(what, home, model_name)
+        return name, str(home.sae_dir(model, name).resolve())
+
+    def content_hash(self, what, home, model_name):
+        path = home.sae_dir(*_zoo_name(what, home, model_name))
+        return _dir_weights_hash(path) if is_complete(path) else None
+
+    def directory(self, what, home, model_name):
+        return home.sae_dir(*_zoo_name(what, home, model_name))
 
 
-def _make_py(rest: str, obj: Any) -> Any:
-    if isinstance(obj, SAELike) and not isinstance(obj, type):
-        return obj
-    if not callable(obj):
-        raise SAESpecError(f"py:{rest} is a {type(obj).__name__}, neither an SAE (encode, decode, W_dec) nor a "
-                           "zero-argument factory of one")
-    try:
-        inspect.signature(obj).bind()
-    except TypeError as e:
-        raise SAESpecError(f"py:{rest} could not be called with no arguments ({e}); point it at an SAE object "
-                           "or a zero-argument factory") from e
-    except ValueError:  # no signature to read (some builtins): calling it is the only check
-        pass
-    try:
-        return obj()
-    except Exception as e:
-        msg = " ".join(str(e).split())[:300]
-        raise SAESpecError(f"py:{rest}: the factory raised {type(e).__name__}: {msg}") from e
+@spec_form
+class PyForm(_Prefixed):
+    """py:<module>:<attr>: an SAELike object, or a zero-argument factory of one (imports and runs code)."""
+
+    kind, prefix = "py", "py:"
+
+    def load(self, what, home, model_name):
+        return _load_py(what)
+
+    def check(self, what, home, model_name, zoo_names):
+        _check_py(what)
+
+    def name(self, what, home, model_name):
+        return what.split(":")[-1], f"py:{what}"
 
 
-def _load_py(rest: str) -> LoadedSAE:
-    obj = _py_object(rest)
-    if not isinstance(obj, SAELike):
-        missing = [m for m in ("encode", "decode", "W_dec") if not hasattr(obj, m)]
-        raise SAESpecError(f"py:{rest} gave a {type(obj).__name__} lacking {missing}: an SAE needs encode(x), "
-                           "decode(f) and W_dec (d_sae, d_in)")
-    if not sae_hook_name(obj):
-        raise SAESpecError(f"py:{rest} gave a {type(obj).__name__} with no hook_name: set obj.hook_name to the "
-                           "TransformerLens hook it reads (e.g. 'blocks.0.hook_resid_post')")
-    return wrap_sae(obj, name=rest.split(":")[1], source="object")
+@spec_form
+class HubForm(_Prefixed):
+    """hf:<repo_id>:<folder>: SAELens' layout in a Hugging Face repo no shipped registry names."""
+
+    kind, prefix = "hf", "hf:"
+
+    def load(self, what, home, model_name):
+        return load_hf(what)
+
+    def check(self, what, home, model_name, zoo_names):
+        split_hf(what)  # its repo is not looked up
+
+    def name(self, what, home, model_name):
+        repo_id, folder = split_hf(what)
+        return f"{repo_id}/{folder}", f"hf:{repo_id}:{folder}"
+
+    def content_hash(self, what, home, model_name):
+        return hub_content_hash(HubSAE(*split_hf(what), {}))
+
+
+@spec_form
+class DirForm(SpecForm):
+    """A directory in SAELens' layout: cfg.json + sae_weights.safetensors."""
+
+    kind = "dir"
+
+    def match(self, spec: str) -> Path | None:
+        path = Path(spec).expanduser()
+        if path.is_dir():
+            return path
+        if path.exists():
+            raise SAESpecError(f"{spec} is a file; pass the directory holding {SAE_CFG} and {SAE_WEIGHTS}")
+        if spec.startswith((".", "/", "~")):  # no release name starts so: answer without reading the registry
+            raise SAESpecError(f"no SAE directory at {spec}; accepted forms: {FORMS}")
+        return None
+
+    def load(self, what, home, model_name):
+        return _load_dir(what)
+
+    def check(self, what, home, model_name, zoo_names):
+        _check_dir(what)
+
+    def name(self, what, home, model_name):
+        return what.resolve().name, str(what.resolve())
+
+    def content_hash(self, what, home, model_name):
+        return _dir_weights_hash(what)
+
+    def directory(self, what, home, model_name):
+        return what.resolve() if what.resolve().is_relative_to(home.root) else None
+
+
+@spec_form
+class RegistryForm(SpecForm):
+    """<release>/<sae_id> or <release>:<sae_id>: the SAELens registry (SAE.from_pretrained)."""
+
+    kind = "registry"
+
+    def match(self, spec: str) -> tuple[str, str] | None:
+        releases = registry_releases()
+        split = split_registry(spec, releases)
+        if split is not None and all(split):
+            return split
+        if os.sep in spec and Path(spec.split(os.sep)[0]).is_dir():
+            raise SAESpecError(f"no SAE directory at {spec}; accepted forms: {FORMS}")
+        if "/" in spec:
+            release = spec.split("/", 1)[0]
+            raise SAESpecError(f"{spec!r} is neither a directory nor a known SAELens release/sae_id: unknown SAELens "
+                               f"release {release!r} (closest: {close_matches(release, list(releases))}); see "
+                               f"{REGISTRY_HINT} for the list")
+        return None
+
+    def load(self, what, home, model_name):
+        return load_registry(*what)
+
+    def check(self, what, home, model_name, zoo_names):
+        check_registry(*what)
+
+    def name(self, what, home, model_name):
+        return f"{what[0]}/{what[1]}", f"{what[0]}/{what[1]}"
+
+    def content_hash(self, what, home, model_name):
+        return hub_content_hash(registry_location(*what))
 
 
 # -- the one entry point ------------------------------------------------------------------------------------------
-def _classify(spec: str) -> tuple[str, Any]:
-    """(kind, what) of a spec: ("zoo", rest), ("py", rest), ("hf", rest), ("dir", path) or ("registry", (release,
-    sae_id)); a one-line SAESpecError for a spec of no accepted form."""
+def _classify(spec: str) -> tuple[SpecForm, Any]:
+    """(the form, what it read) of a spec, the forms tried in their order; a one-line SAESpecError for a spec of no
+    accepted form."""
     spec = spec.strip()
     if not spec:
         raise SAESpecError(f"empty SAE spec; accepted forms: {FORMS}")
-    if spec.startswith("zoo:"):
-        return "zoo", spec[len("zoo:"):]
-    if spec.startswith("py:"):
-        return "py", spec[len("py:"):]
-    if spec.startswith("hf:"):
-        return "hf", spec[len("hf:"):]
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        return "dir", path
-    if path.exists():
-        raise SAESpecError(f"{spec} is a file; pass the directory holding {SAE_CFG} and {SAE_WEIGHTS}")
-    if spec.startswith((".", "/", "~")):  # no release name starts so: answer without reading the registry
-        raise SAESpecError(f"no SAE directory at {spec}; accepted forms: {FORMS}")
-    releases = registry_releases()
-    split = split_registry(spec, releases)
-    if split is not None and all(split):
-        return "registry", split
-    if os.sep in spec and Path(spec.split(os.sep)[0]).is_dir():
-        raise SAESpecError(f"no SAE directory at {spec}; accepted forms: {FORMS}")
-    if "/" in spec:
-        release = spec.split("/", 1)[0]
-        raise SAESpecError(f"{spec!r} is neither a directory nor a known SAELens release/sae_id: unknown SAELens "
-                           f"release {release!r} (closest: {close_matches(release, list(releases))}); see "
-                           f"{REGISTRY_HINT} for the list")
+    for form in SPEC_FORMS:
+        what = form.match(spec)
+        if what is not None:
+            return form, what
     raise SAESpecError(f"cannot read SAE spec {spec!r}; accepted forms: {FORMS}")
 
 
@@ -253,27 +322,15 @@ def load_sae_spec(spec: str, home: SageHome | None = None, model_name: str | Non
 
     Run `sage_core.zoo.sae.check_sae(loaded, model)` before computing with it.
     """
-    kind, what = _classify(spec)
-    if kind == "zoo":
-        return _load_zoo(what, home or SageHome(), model_name)
-    if kind == "py":
-        return _load_py(what)
-    if kind == "dir":
-        return _load_dir(what)
-    if kind == "hf":
-        return load_hf(what)
-    return load_registry(*what)
+    form, what = _classify(spec)
+    return form.load(what, home or SageHome(), model_name)
 
 
 def sae_dir_of(spec: str, home: SageHome, model_name: str | None = None) -> Path | None:
     """The directory under `home` that holds a spec's files (a zoo SAE, or an SAE directory inside SAGE_HOME); None
     for a registry, `hf:` or `py:` SAE and for a directory elsewhere."""
-    kind, what = _classify(spec)
-    if kind == "zoo":
-        return home.sae_dir(*_zoo_name(what, home, model_name))
-    if kind == "dir" and what.resolve().is_relative_to(home.root):
-        return what.resolve()
-    return None
+    form, what = _classify(spec)
+    return form.directory(what, home, model_name)
 
 
 def check_specs(specs: list[str] | tuple[str, ...], home: SageHome, model_name: str | None,
@@ -286,21 +343,8 @@ def check_specs(specs: list[str] | tuple[str, ...], home: SageHome, model_name: 
     errors = []
     for spec in specs:
         try:
-            kind, what = _classify(spec)
-            if kind == "zoo":
-                model, name = _zoo_name(what, home, model_name)
-                have = list(zoo_names) if model == model_name else list_zoo_saes(home, model)
-                if name not in have:
-                    raise SAESpecError(f"zoo SAE {model}/{name} does not exist; closest: {close_matches(name, have)} "
-                                       f"({len(have)} in the zoo of {model}; `sage zoo info` lists them)")
-            elif kind == "py":
-                _check_py(what)
-            elif kind == "dir":
-                _check_dir(what)
-            elif kind == "hf":
-                split_hf(what)
-            else:
-                check_registry(*what)
+            form, what = _classify(spec)
+            form.check(what, home, model_name, zoo_names)
         except SAESpecError as e:
             errors.append(str(e))
     if len(errors) == 1:
@@ -311,40 +355,21 @@ def check_specs(specs: list[str] | tuple[str, ...], home: SageHome, model_name: 
 
 # -- names ----------------------------------------------------------------------------------------------------------
 def _spec_name(spec: str, home: SageHome, model_name: str | None) -> tuple[str, str, Any]:
-    """(name, where, kind-and-what) of a spec: the name its resolved SAE carries (what `load_sae_spec` gives it:
+    """(name, where, (form, what)) of a spec: the name its resolved SAE carries (what `load_sae_spec` gives it:
     units, core metrics and rows are keyed by it) and where its files are (a resolved path, or the spec itself)."""
-    kind, what = _classify(spec)
-    if kind == "zoo":
-        model, name = _zoo_name(what, home, model_name)
-        path = home.sae_dir(model, name)
-        return name, str(path.resolve()), (kind, path)
-    if kind == "dir":
-        return what.resolve().name, str(what.resolve()), (kind, what)
-    if kind == "py":
-        return what.split(":")[-1], f"py:{what}", (kind, what)
-    if kind == "hf":
-        repo_id, folder = split_hf(what)
-        return f"{repo_id}/{folder}", f"hf:{repo_id}:{folder}", ("hub", HubSAE(repo_id, folder, {}))
-    release, sae_id = what
-    return f"{release}/{sae_id}", f"{release}/{sae_id}", ("registry", (release, sae_id))
+    form, what = _classify(spec)
+    name, where = form.name(what, home, model_name)
+    return name, where, (form, what)
 
 
-def _spec_hash(found: tuple[str, Any]) -> str | None:
-    """The content hash a spec's SAE will carry where it is known without loading it or running code: a complete zoo
-    SAE's or a directory's files, a hub SAE whose files are in the local cache; None otherwise."""
-    kind, what = found
+def _spec_hash(found: tuple[SpecForm, Any], home: SageHome, model_name: str | None) -> str | None:
+    """The content hash a spec's SAE will carry where it is known without loading it or running code (a complete zoo
+    SAE's or a directory's files, a hub SAE whose files are in the local cache); None otherwise."""
+    form, what = found
     try:
-        if kind == "zoo":
-            return _dir_weights_hash(what) if is_complete(what) else None
-        if kind == "dir":
-            return _dir_weights_hash(what)
-        if kind == "hub":
-            return hub_content_hash(what)
-        if kind == "registry":
-            return hub_content_hash(registry_location(*what))
+        return form.content_hash(what, home, model_name)
     except (OSError, KeyError, ValueError):
         return None
-    return None
 
 
 def distinct_specs(specs: list[str] | tuple[str, ...], home: SageHome, model_name: str | None) -> list[str]:
@@ -363,7 +388,7 @@ def distinct_specs(specs: list[str] | tuple[str, ...], home: SageHome, model_nam
     for spec, name, where, found in named:
         h = None
         if counts[name] > 1:
-            h = hashes[where] if where in hashes else hashes.setdefault(where, _spec_hash(found))
+            h = hashes[where] if where in hashes else hashes.setdefault(where, _spec_hash(found, home, model_name))
         if name not in first:
             first[name] = (spec, where, h)
             out.append(spec)

@@ -125,7 +125,7 @@ def _config(h, tiny: bool, model: str | None, specs: tuple[str, ...], tasks: tup
             raise ValueError("--corpus-tokens applies to a text: or hf: corpus; the built-in one is read as held-out "
                              "sentences")
         if any(x.startswith("py:") for x in specs):
-            from storage.sae_sources import PY_SPECS_ENV
+            from storage.py_specs import PY_SPECS_ENV
 
             os.environ[PY_SPECS_ENV] = "1"  # the user typed these specs: their code may run (the flow checks this)
         from tasks.plan import check_inputs

@@ -288,7 +288,7 @@ def test_make_serve_runs_watch_nightly_on_postgres_end_to_end(home, tiny_zoo, tm
 def test_the_service_decides_py_specs_itself_and_keeps_prefects_ui_build_under_sage_home(home, monkeypatch):
     """An exported SAGE_ALLOW_PY_SPECS (or a Prefect auth or UI setting) never reaches the service's processes; only
     allow_py_specs (`sage serve start --allow-py-specs`) turns `py:` specs on; the UI's build goes under SAGE_HOME."""
-    from storage.sae_sources import PY_SPECS_ENV
+    from storage.py_specs import PY_SPECS_ENV
 
     monkeypatch.setenv(PY_SPECS_ENV, "1")
     monkeypatch.setenv("PREFECT_API_AUTH_STRING", "someone:else")

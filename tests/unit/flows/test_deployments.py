@@ -26,7 +26,7 @@ def test_every_deployment_entrypoint_is_a_flow_with_those_parameters():
 def test_no_deployment_lets_its_parameters_run_code():
     """`py:` SAE specs import and run code; a deployment's parameters are data, so no deployment turns them on
     (storage.sae_sources refuses them unless SAGE_ALLOW_PY_SPECS=1 where the flow runs)."""
-    from storage.sae_sources import PY_SPECS_ENV
+    from storage.py_specs import PY_SPECS_ENV
 
     spec = yaml.safe_load((Path(__file__).parents[3] / "prefect.yaml").read_text())
     for dep in spec["deployments"]:

@@ -17,8 +17,9 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from sage_core.zoo.sae import LoadedSAE, SAECheckError, SAELike, check_sae, weights_hash, wrap_sae
 from storage.atomic import write_once
 from storage.home import SageHome
+from storage.py_specs import PY_SPECS_ENV
 from storage.sae_names import registry_directory, registry_spec, split_registry
-from storage.sae_sources import PY_SPECS_ENV, SAESpecError, check_specs, list_zoo_saes, load_sae_spec
+from storage.sae_sources import SAESpecError, check_specs, list_zoo_saes, load_sae_spec
 
 D_MODEL, N_HEADS, D_HEAD = 16, 2, 8
 

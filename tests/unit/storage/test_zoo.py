@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from storage.atomic import StoreError
 from storage.home import SageHome
 from storage.records import write_record
-from storage.refs import CorpusRef, CoreRef, ModelRef, TableRef, ZooRef
+from storage.refs import CoreRef, CorpusRef, ModelRef, TableRef, ZooRef
 from storage.zoo import read_zoo_table, write_zoo_table
 from tests.acceptance.cli import one_line_error, run_in_process
 
