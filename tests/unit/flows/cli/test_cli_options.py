@@ -74,7 +74,9 @@ def test_capture_choices_are_the_capture_requests_own():
 
 
 def test_cli_runs_send_info_logs_to_the_prefect_api_and_keep_the_console_quiet():
-    """Issue #16 item 6: the API handler (the UI) gets INFO records; the console handler only warnings, unless -v."""
+    """Issue #16 item 6: the API handler (the UI) gets the flow's INFO records; the console handler only warnings,
+    unless -v. Issue #26 item 4: task runs send warnings only (their INFO lines were state changes and progress hooks),
+    INFO again with -v."""
     import json
     import os
     import subprocess
@@ -92,8 +94,9 @@ def test_cli_runs_send_info_logs_to_the_prefect_api_and_keep_the_console_quiet()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_LOGGING")}
     quiet, loud = (json.loads(subprocess.run([sys.executable, "-c", code, flag], capture_output=True, text=True,
                                              env=env, check=True).stdout) for flag in ("", "v"))
-    for run_logger in ("prefect.flow_runs", "prefect.task_runs"):
+    for run_logger, want in (("prefect.flow_runs", 20), ("prefect.task_runs", 30)):
         level, handlers = quiet[run_logger]
-        assert level == 20 and handlers == {"APILogHandler": 0}, quiet  # INFO records reach the API
+        assert level == want and handlers == {"APILogHandler": 0}, quiet  # the flow's INFO records reach the API
+    assert loud["prefect.task_runs"][0] == 20, loud
     assert quiet["root"][1] == {"PrefectConsoleHandler": 30}, quiet  # the console: warnings and errors only
     assert loud["root"][1] == {"PrefectConsoleHandler": 20}, loud
