@@ -179,14 +179,18 @@ def edit_magnitude(
     codes_x: Float[Tensor, "p m"],
     decoder: Float[Tensor, "m d"],
     supervised_share: float | Tensor,
+    decoder_norm: Float[Tensor, " m"] | None = None,
 ) -> float:
-    """Normalised share of the reconstruction's weight an edit removes, averaged over rows.
+    """Normalised share of the reconstruction's weight an edit removes, averaged over rows. `decoder_norm`: the
+    decoder rows' float64 norms where the caller has them (one per SAE and attribute, not per budget: on a
+    24576-wide SAE they cost more than the rest).
 
     s = removed_weight / Σ_j codes_x[j]·‖D_j‖ (positive codes), magnitude = (s - s_sup) / (1 - s_sup):
     0 = the supervised edit's share s_sup, 1 = removing the whole reconstruction. Rows with zero total weight (or
     s_sup = 1) are skipped; nan when no row is left.
     """
-    total = codes_x.to(_F64).clamp_min(0) @ decoder.to(_F64).norm(dim=1)  # (p,)
+    norms = decoder.to(_F64).norm(dim=1) if decoder_norm is None else decoder_norm.to(_F64)
+    total = codes_x.to(_F64).clamp_min(0) @ norms  # (p,)
     s_sup = torch.as_tensor(supervised_share, dtype=_F64, device=total.device).expand_as(total)
     keep = (total > 0) & (1 - s_sup > 1e-12)
     if not bool(keep.any()):

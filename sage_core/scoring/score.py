@@ -264,6 +264,7 @@ def score_section(
         cx, cxp = sc_pairs[ps.attribute]
         runs = greedy_edits(ps.acts, ps.cf_acts, cx.codes, cxp.codes, cx.decoder, cfg.ks)
         edited, removed = [e for e, _, _ in runs], [r for _, _, r in runs]
+        norms = cx.decoder.to(torch.float64).norm(dim=1)  # once for every budget's edit magnitude
         p = len(ps.tokens)
         am = _logits(model, ps.tokens * len(cfg.ks), ps.positions * len(cfg.ks), section, torch.cat(edited),
                      pad_id, prefixes).argmax(-1)
@@ -274,7 +275,7 @@ def score_section(
             out[f"edit_accuracy_k{k}:{ps.attribute}"] = a
             if floor < FLOOR_ROOM:
                 gain[k].append(float(np.clip((a - floor) / (1 - floor), 0, 1)))
-            mag[k].append(edit_magnitude(removed[j], cx.codes, cx.decoder, ref.supervised_share[ps.attribute]))
+            mag[k].append(edit_magnitude(removed[j], cx.codes, cx.decoder, ref.supervised_share[ps.attribute], norms))
         out[f"edit_floor:{ps.attribute}"] = floor
     for k in cfg.ks:
         out[f"edit_accuracy_k{k}"] = float(np.mean(acc[k])) if acc[k] else float("nan")

@@ -263,6 +263,9 @@ def test_edit_magnitude_by_hand():
     # per-row supervised share: row 0 at s_sup 0.5 -> 0, row 2 at s_sup 0 -> 1
     assert edit_magnitude(removed, codes, dec, torch.tensor([0.5, 0.3, 0.0])) == pytest.approx(0.5)
     assert math.isnan(edit_magnitude(removed[1:2], codes[1:2], dec, 0.25))
+    # the decoder's norms handed in (once per SAE and attribute) give the same figures
+    norms = dec.double().norm(dim=1)
+    assert edit_magnitude(removed, codes, dec, 0.25, norms) == edit_magnitude(removed, codes, dec, 0.25)
 
 
 # ---------------------------------------------------------------- alignment
