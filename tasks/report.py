@@ -42,8 +42,11 @@ def _n_tasks(parameters: dict) -> str:
 
 
 def _leaderboard_name(parameters: dict) -> str:
-    n = parameters["n_saes"]
-    return f"leaderboard {parameters['run'] or parameters['model_label']}, {n} SAE{'s' if n != 1 else ''}"
+    """`leaderboard <run>`, or, for a run named by its results, its model and how many SAEs it scores."""
+    if parameters.get("run"):
+        return f"leaderboard {parameters['run']}"
+    n = parameters.get("n_saes", 0)
+    return f"leaderboard {parameters.get('model_label', '')}, {n} SAE{'s' if n != 1 else ''}"
 
 
 @task(name="verdicts", task_run_name=_n_tasks, **UNCACHED)

@@ -110,3 +110,27 @@ def test_report_of_unknown_run_fails_with_one_line(evaluated):
     home, _ = evaluated
     r = run(["report", "nosuchrun"], home, timeout=300)
     assert r.returncode == 2 and one_line_error(r) and "nosuchrun" in r.stdout, r.stdout + r.stderr[-2000:]
+
+
+def test_the_same_evaluation_rebuilds_its_damaged_run_and_report(evaluated):
+    """Issue #27 item 9: a damaged run or report directory is rebuilt by a rerun of the same `sage evaluate` (before,
+    `sage report` said "rerun the command" and the rerun refused its own run). Last in this module: it damages the
+    fixture's run (and rebuilds it), so it shares the module's one evaluation instead of building its own."""
+    from storage.atomic import is_whole
+
+    home, first = evaluated
+    name = Path(first.stdout.split("report:")[-1].split()[0]).parent.name
+    scores, report = home / "scores" / name, home / "reports" / name
+    board = scores / "leaderboard.parquet"
+    board.write_bytes(board.read_bytes()[: board.stat().st_size // 2])
+    (report / "README.md").write_text("edited")
+    (report / "leaderboard.parquet").write_bytes(b"damaged")
+    r = run(["report", name], home, timeout=300)
+    assert r.returncode == 2 and one_line_error(r) and "rerun" in r.stdout, r.stdout
+
+    again = run(["evaluate", "--tiny", "--tasks", "ioi", "--per-group", "1"], home)  # the fixture's evaluation
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert is_whole(scores) and is_whole(report) and (report / "README.md").read_text() != "edited"
+    assert Path(again.stdout.split("report:")[-1].split()[0]).parent.name == name
+    rep = run(["report", name], home, timeout=300)
+    assert rep.returncode == 0 and "control:oracle" in rep.stdout, rep.stdout[-3000:]

@@ -485,7 +485,7 @@ def test_a_local_user_cannot_run_code_as_the_worker(home, monkeypatch, tmp_path_
                                                 "state": {"type": "SCHEDULED", "name": "Scheduled"}}, auth=auth)
         assert code == 201, code
         state = _final_state(url, auth, run["id"])
-        log = flow_log_with(url, auth, run["id"])
+        log = flow_log_with(url, auth, run["id"], waiting_for="imports and runs Python code")
         observed = {"nobody": seen, "owner, job variables": owner_create, "run that carries them": state,
                     "imported the attacker's code": marker.exists(),
                     "py: spec refused": "imports and runs Python code" in log,
@@ -504,10 +504,19 @@ def test_a_local_user_cannot_run_code_as_the_worker(home, monkeypatch, tmp_path_
         shutil.rmtree(attacker, ignore_errors=True)
 
 
-def flow_log_with(url: str, auth: str | None, run_id: str) -> str:
-    _, logs = _call(f"{url}/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}, "sort": "TIMESTAMP_ASC"},
-                    auth=auth)
-    return "\n".join(entry["message"] for entry in logs or [])
+def flow_log_with(url: str, auth: str | None, run_id: str, waiting_for: str = "", wait_s: float = 30) -> str:
+    """The flow run's log; with `waiting_for`, read again (up to `wait_s`) until it holds that text: a run's log
+    records are shipped in batches after its state, so the last ones may arrive a few seconds later."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        _, logs = _call(f"{url}/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}, "sort": "TIMESTAMP_ASC"},
+                        auth=auth)
+        text = "\n".join(entry["message"] for entry in logs or [])
+        if waiting_for in text or time.monotonic() > deadline:
+            return text
+        time.sleep(1)
 
 
 def _state(url: str, auth: str | None, run_id: str) -> str:

@@ -259,7 +259,7 @@ def test_the_run_reads_in_the_prefect_ui(full_run):
     kept = [t for t, hooks in out["sections"].items() if hooks]
     must = ({f"resolve zoo:{n}" for n in saes} | {f"references {t}" for t in kept}
             | {f"plan-units {len(cfg.tasks)} tasks", f"verdicts {len(cfg.tasks)} tasks", f"report {run}",
-               f"publish {run}", "leaderboard (run named by its results)"})
+               f"publish {run}", f"leaderboard {cfg.model.name}, {len(saes)} SAEs"})
     names = _task_run_names(flow_run.id, must)
     assert must <= names, sorted(must - names)
     # one task run per SAE, its tasks and core metrics in its name, and one for the controls

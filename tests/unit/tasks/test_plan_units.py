@@ -87,6 +87,7 @@ def test_task_run_names_say_what_a_run_does():
     assert score._references_name({"dataset": ds}) == "references ioi"
     assert plan._plan_name({"tasks": ["ioi", "gender", "sva", "capital"]}) == "plan-units 4 tasks"
     assert report._leaderboard_name({"run": "nightly"}) == "leaderboard nightly"
+    assert report._leaderboard_name({"run": None, "model_label": "gpt2", "n_saes": 3}) == "leaderboard gpt2, 3 SAEs"
     assert score.resolve_sae.task_run_name.format(spec="zoo:x") == "resolve zoo:x"
 
 
