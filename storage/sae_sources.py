@@ -22,6 +22,7 @@ files are in the local Hugging Face cache gets their content hash, the one a fol
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -124,24 +125,27 @@ def _load_dir(path: Path) -> LoadedSAE:
 
 # -- the spec forms: one class each, registered in the order a spec is tried --------------------------------------
 # ruff: noqa: ARG002 - every form takes the one signature; most need only part of it
-class SpecForm:
+class SpecForm(ABC):
     """One way a user names an SAE. `match` reads a spec (None: not this form; a one-line SAESpecError: this form,
     but it names nothing); the rest take what `match` read. Adding a form is one class with `@spec_form`."""
 
     kind: ClassVar[str]
 
+    @abstractmethod
     def match(self, spec: str) -> Any | None:
-        raise NotImplementedError
+        """What the spec names, if it is of this form."""
 
+    @abstractmethod
     def load(self, what: Any, home: SageHome, model_name: str | None) -> LoadedSAE:
-        raise NotImplementedError
+        """The SAE, loaded."""
 
+    @abstractmethod
     def check(self, what: Any, home: SageHome, model_name: str | None, zoo_names: list[str] | tuple[str, ...]) -> None:
         """Fail in one line if `what` names nothing: no weights loaded, no code run, no network."""
 
+    @abstractmethod
     def name(self, what: Any, home: SageHome, model_name: str | None) -> tuple[str, str]:
         """(the name its resolved SAE carries, where its files are: a resolved path or the spec itself)."""
-        raise NotImplementedError
 
     def content_hash(self, what: Any, home: SageHome, model_name: str | None) -> str | None:
         """Its content hash where known without loading it or running code; None otherwise."""
