@@ -8,11 +8,8 @@ import os
 import tempfile
 import warnings
 
+from flows.quiet import quiet_prefect
+
 warnings.filterwarnings("ignore")
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="sage-bench-prefect-"))
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("TQDM_DISABLE", "1")
-os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # local clusters' start and stop chatter
+quiet_prefect(api_logs=False)

@@ -15,6 +15,7 @@ failed and the rest of the run completes. The flow only wires tasks; what failed
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Any
 
 from prefect import flow
@@ -42,10 +43,6 @@ from tasks.plan import check_inputs, plan_scoring, sae_works
 from tasks.score import resolve_sae, score_sae, section_references
 from tasks.units import JobOutcome, SAEOutcome, SAEWork, TaskInputs
 from tasks.watch import record_evaluations
-
-TASKS = (resolve_sae, plan_scoring, ct.prepare_capture, section_references, score_sae,
-         rt.judge_ground_truth, rt.write_run_files, rt.write_run_report, rt.publish_run, record_evaluations,
-         corpus_tasks.prepare_corpus)
 
 
 def flow_run_name() -> str:
@@ -96,14 +93,14 @@ def evaluate(cfg: EvaluateConfig = EvaluateConfig(), home: str | None = None, ru
     loads_before = eng.loads()
     zcfg = cfg.model_zoo()
     root, name, tasks = str(h.root), zcfg.model.name, list(cfg.tasks or zcfg.tasks)
-    t = {task.name: in_home(task, h) for task in TASKS}
+    at_home = partial(in_home, home=h)  # each task with its cache records in this data root
     one = eng.unit_devices(cfg.device, 1)[0]
     if cfg.pretrained:
         zoo = eng.flow(prepare_pretrained)(pretrained=cfg.pretrained, cfg=zcfg, home=root)
     else:
         zoo = zoo_if_whole(zcfg, h) or eng.flow(build_zoo)(cfg=zcfg, home=root)
     # the core metrics' text (`--corpus`), before the long stages: text that cannot be read fails the run now
-    corpus = t["prepare-corpus"](cfg.core_corpus(), cfg.corpus_tokens, cfg.corpus_context, zoo.model, zoo.corpus,
+    corpus = at_home(corpus_tasks.prepare_corpus)(cfg.core_corpus(), cfg.corpus_tokens, cfg.corpus_context, zoo.model, zoo.corpus,
                                  cfg.core_sequences, root)
     posed = _task_statuses(h, zoo, tasks, cfg, cfg.pretrained or name)
     tasks = [s.task for s in posed if s.runs]  # the others get no ground truth; every SAE still gets core metrics
@@ -118,14 +115,14 @@ def evaluate(cfg: EvaluateConfig = EvaluateConfig(), home: str | None = None, ru
     # one worker per share of the specs, sorted (one hook's SAEs together): it resolves them, keeps them, scores them
     worker_of = eng.assign(specs)
     with eng.per_sae_runner() as runner:
-        resolving = [_submit(runner, t["resolve-sae"], spec=spec, model=zoo.model, model_name=name, home=root,
+        resolving = [_submit(runner, at_home(resolve_sae), spec=spec, model=zoo.model, model_name=name, home=root,
                              worker=worker_of[spec]) for spec in specs]
         saes = _kept(specs, resolving, "load", failures)
-    plan = t["plan-units"].submit(saes, gt, tasks, zoo.model, cfg, root).result()
+    plan = at_home(plan_scoring).submit(saes, gt, tasks, zoo.model, cfg, root).result()
     failures += [{"sae": "*", "stage": "fit", "error": f"task {e}: no cross-section was kept"} for e in plan.empty]
 
-    stores = _captured(t, plan, zoo, root, one, failures)
-    referencing = {tp.task: t["section-references"].submit(zoo.model, zoo.dataset(tp.task), stores[tp.task],
+    stores = _captured(at_home, plan, zoo, root, one, failures)
+    referencing = {tp.task: at_home(section_references).submit(zoo.model, zoo.dataset(tp.task), stores[tp.task],
                                                            list(tp.parts), cfg.score.max_test, corpus.ref,
                                                            corpus.n_sequences, root, device=one)
                    for tp in plan.tasks if tp.task in stores}
@@ -137,23 +134,23 @@ def evaluate(cfg: EvaluateConfig = EvaluateConfig(), home: str | None = None, ru
         else:  # a task's references are its inputs' (store, ground truth): no SAE is to blame
             failures.append({"sae": "*", "stage": f"references {task_name}", "error": one_line(_error(state))})
     works = [w.model_copy(update={"jobs": tuple(j for j in w.jobs if j.task in inputs)}) for w in sae_works(plan, saes)]
-    parts, statuses, core, scoring = _scored(t, eng, works, worker_of, zoo.model, inputs, name, cfg, corpus,
+    parts, statuses, core, scoring = _scored(at_home, eng, works, worker_of, zoo.model, inputs, name, cfg, corpus,
                                                        root, failures)
     loads = _log_loads(eng, loads_before, len(saes))
 
-    verdicts = t["verdicts"](gt, tasks, root)
-    run_ref = t["leaderboard"](run, zoo.model, cfg.pretrained or name, gt, tasks, len(specs), parts, statuses, core,
+    verdicts = at_home(rt.judge_ground_truth)(gt, tasks, root)
+    run_ref = at_home(rt.write_run_files)(run, zoo.model, cfg.pretrained or name, gt, tasks, len(specs), parts, statuses, core,
                                failures, root, corpus=corpus.about, task_status=[s.model_dump() for s in posed])
-    report = t["report"](run_ref, verdicts, list(plan.unreached), root)
-    result = t["publish"](run_ref, report, verdicts, list(plan.unreached), root)
+    report = at_home(rt.write_run_report)(run_ref, verdicts, list(plan.unreached), root)
+    result = at_home(rt.publish_run)(run_ref, report, verdicts, list(plan.unreached), root)
     for line in result:  # the run's results in its log (task runs log warnings only: progress is in the artifacts)
         log().info(line)
-    recorded = t["record-evaluations"](run_ref, model_label(cfg.pretrained) if cfg.pretrained else name, saes, root)
+    recorded = at_home(record_evaluations)(run_ref, model_label(cfg.pretrained) if cfg.pretrained else name, saes, root)
     return _outputs(h, cfg, tasks, zoo, gt, run_ref, report, verdicts, plan, failures, loads, recorded, posed,
                     scoring, result)
 
 
-def _scored(t: dict, eng, works: list[SAEWork], worker_of: dict, model, inputs: dict[str, TaskInputs], name: str,
+def _scored(at_home, eng, works: list[SAEWork], worker_of: dict, model, inputs: dict[str, TaskInputs], name: str,
             cfg: EvaluateConfig, corpus, root: str, failures: list[dict[str, str]]):
     """One `score-sae` task run per SAE (and one for the controls), each sent to the worker that resolved its SAE;
     then per unit and task a status row, and the parts and core metrics that completed."""
@@ -164,7 +161,7 @@ def _scored(t: dict, eng, works: list[SAEWork], worker_of: dict, model, inputs: 
     # the largest first (the controls score on every task): the last to finish is a short one, no slot idles long
     works = sorted(works, key=lambda w: -len(w.jobs))
     with eng.per_sae_runner() as runner:
-        futures = [_submit(runner, t["score-sae"], work=w, model=model, inputs=inputs, model_name=name,
+        futures = [_submit(runner, at_home(score_sae), work=w, model=model, inputs=inputs, model_name=name,
                            cfg=cfg.score, corpus=corpus.ref, n_sequences=corpus.n_sequences, home=root,
                            worker=worker_of.get(w.group), device=dev) for w, dev in zip(works, devices, strict=True)]
         states = _settle(futures)
@@ -211,19 +208,19 @@ def _task_statuses(h: SageHome, zoo, tasks: list[str], cfg: EvaluateConfig, mode
     return statuses
 
 
-def _captured(t: dict, plan, zoo, root: str, device: str, failures: list[dict[str, str]]) -> dict:
+def _captured(at_home, plan, zoo, root: str, device: str, failures: list[dict[str, str]]) -> dict:
     """Per task: one role-position capture of every hook its plan needs, sealed (task -> store). A damaged store is
     the store's fault: no SAE is scored on it, none is blamed."""
     tps = list(plan.tasks)
-    preps = [t["prepare-capture"].submit(zoo.model, zoo.dataset(tp.task), tp.request, root) for tp in tps]
+    preps = [at_home(ct.prepare_capture).submit(zoo.model, zoo.dataset(tp.task), tp.request, root) for tp in tps]
     preps = [p.result() for p in preps]
     progress.begin("capture", sum(p.n_chunks for p in preps))
     try:
         sealed = []
         for tp, prep in zip(tps, preps, strict=True):
             ds = zoo.dataset(tp.task)
-            shard = ct.capture_shard.submit(prep, zoo.model, ds, tp.request, 0, 1, root, device=device)
-            sealed.append(ct.finalize_capture.submit(prep, ds, [shard], root))
+            shard = at_home(ct.capture_shard).submit(prep, zoo.model, ds, tp.request, 0, 1, root, device=device)
+            sealed.append(at_home(ct.finalize_capture).submit(prep, ds, [shard], root))
         states = _settle(sealed)
     finally:
         progress.end("capture")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from functools import partial
 from typing import Any
 
 from prefect import flow
@@ -30,9 +31,6 @@ from sage_core.watch.sources import FoundSAE, parse_source
 from storage.home import SageHome
 from tasks import watch as wt
 from tasks.common import ManifestSerializer, in_home, log, one_line
-
-TASKS = (wt.list_sae_source, wt.claim_new, wt.check_model, wt.check_hub, wt.settle, wt.release_claims,
-         wt.publish_watch)
 
 
 def watch_run_name() -> str:
@@ -62,8 +60,8 @@ def watch(sources: list[str] | None = None, cfg: WatchConfig = WatchConfig(), dr
     if not dry_run:
         h.ensure_writable()
     root = str(h.root)
-    t = {task.name: in_home(task, h) for task in TASKS}
-    listings = [t["list-source"].submit(text, root, dry_run) for text in texts]
+    at_home = partial(in_home, home=h)  # each task with its cache records in this data root
+    listings = [at_home(wt.list_sae_source).submit(text, root, dry_run) for text in texts]
     found: list[FoundSAE] = []
     unreadable, source_errors = [], []
     for text, future in zip(texts, listings, strict=True):
@@ -75,28 +73,28 @@ def watch(sources: list[str] | None = None, cfg: WatchConfig = WatchConfig(), dr
         else:  # one source down (a network share, a hub) does not stop the others
             source_errors.append({"source": text, "error": one_line(future.state.result(raise_on_failure=False))})
     owner = _owner()
-    decisions = t["claim-new"](found, owner, cfg, dry_run, root)
+    decisions = at_home(wt.claim_new)(found, owner, cfg, dry_run, root)
     new = [d.found for d in decisions if d.action == "evaluate"]
     log().info(f"watch: {len(found)} SAE(s) listed, {len(new)} new" + (" (dry run: nothing evaluated)" if dry_run
                                                                           else ""))
     outcomes: list[Outcome] = []
     if not dry_run:
         zoo_model = cfg.evaluate.zoo.model.name
-        checked = {m: t["check-model"](m, zoo_model, root) for m in dict.fromkeys(f.model for f in new)}
+        checked = {m: at_home(wt.check_model)(m, zoo_model, root) for m in dict.fromkeys(f.model for f in new)}
         try:
             for label, group in by_model(new, {m: c[0] for m, c in checked.items()}).items():
-                outcomes += _evaluate_group(t, label, checked[group[0].model][1], group, cfg, root)
+                outcomes += _evaluate_group(at_home, label, checked[group[0].model][1], group, cfg, root)
         except BaseException:
-            t["settle"](owner, outcomes, root)  # what is done stays done; the rest is the next run's
-            t["release-claims"](owner, root)
+            at_home(wt.settle)(owner, outcomes, root)  # what is done stays done; the rest is the next run's
+            at_home(wt.release_claims)(owner, root)
             raise
-        t["settle"](owner, outcomes, root)
+        at_home(wt.settle)(owner, outcomes, root)
     summary = summarize(texts, decisions, outcomes, unreadable, source_errors, dry_run)
-    summary["artifact"] = t["publish-watch"](summary, root)
+    summary["artifact"] = at_home(wt.publish_watch)(summary, root)
     return summary
 
 
-def _evaluate_group(t: dict, model: str, why: str | None, group: list[FoundSAE], cfg: WatchConfig,
+def _evaluate_group(at_home, model: str, why: str | None, group: list[FoundSAE], cfg: WatchConfig,
                     root: str) -> list[Outcome]:
     """The `evaluate` subflow on a model's new SAEs (several where two share a name); each SAE's outcome from its
     results. A model that cannot be loaded here (`why`), or hub SAEs whose weights are neither cached nor reachable,
@@ -106,7 +104,7 @@ def _evaluate_group(t: dict, model: str, why: str | None, group: list[FoundSAE],
         return [Outcome(found=f, status="skipped", reason=why, model=model) for f in group]
     outcomes = []
     uncached = [f for f in group if f.release and f.content_hash is None]  # registry / YAML SAEs not in the cache
-    hub_down = t["check-hub"]() if uncached else None
+    hub_down = at_home(wt.check_hub)() if uncached else None
     if hub_down is not None:
         outcomes += [Outcome(found=f, status="skipped", model=model, reason=hub_down) for f in uncached]
         group = [f for f in group if f not in uncached]

@@ -5,11 +5,10 @@ from __future__ import annotations
 import os
 import tempfile
 
+from flows.quiet import quiet_prefect
+
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="sage-prefect-home-"))
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
-os.environ.setdefault("TQDM_DISABLE", "1")
+quiet_prefect(api_logs=False)
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 import pytest  # noqa: E402

@@ -12,6 +12,7 @@ import sys
 from types import SimpleNamespace
 
 from flows.cli.options import console, refused
+from flows.quiet import quiet_prefect
 from tasks import progress
 
 
@@ -20,20 +21,7 @@ def environment(verbose: bool) -> None:
     import warnings
 
     warnings.filterwarnings("ignore", message="HookedTransformer is deprecated")
-    env = os.environ.setdefault
-    env("PREFECT_LOGGING_LEVEL", "INFO")  # flow and task run logs reach the API handler (the UI) ...
-    env("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "INFO" if verbose else "WARNING")  # ... the console only with -v
-    # a task run's INFO lines ("Finished in state Completed()", two per progress hook) are most of a run's log and say
-    # nothing: progress lives in the progress artifacts, results in the flow's own lines; warnings and errors stay
-    env("PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL", "INFO" if verbose else "WARNING")
-    # the temporary server logs its own shutdown races (events still in flight) as errors, and at INFO one access line
-    # per API call (every log record sent): neither is the run's
-    env("PREFECT_SERVER_LOGGING_LEVEL", "WARNING" if verbose else "CRITICAL")
-    env("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    env("TQDM_DISABLE", "1")  # SAELens' per-SAE bars interleave badly across parallel tasks
-    # the temporary local server can take >20 s to start on a busy 2-core machine
-    env("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-
+    quiet_prefect(verbose)
 
 def ready(verbose: bool) -> None:
     """Before the first flow: tracebacks off the console, the temporary server started and tied to this process; the
