@@ -2,17 +2,14 @@
 once and checked against its run's marker, and the ground truth each run scored each task against (from its marker
 and the fit flow's ground-truth records), combined by `sage_core.scoring.across`.
 
-Reads only, never writes (the ledger too: `read_evaluations`), so it works on a read-only data root. A run directory that is missing or damaged is left out and named in a warning line: the
-SAEs it scored fall back to their previous result where there is one; a failed evaluation needs no files and stays.
+Reads only, never writes (the ledger too: `ledger_evaluations`), so it works on a read-only data root. A run directory
+that is missing or damaged is left out and named in a warning line: the SAEs it scored fall back to their previous
+result where there is one; a failed evaluation needs no files and stays.
 """
 
 from __future__ import annotations
 
 import difflib
-import shutil
-import sqlite3
-import tempfile
-from pathlib import Path
 from typing import NamedTuple
 
 import polars as pl
@@ -21,6 +18,7 @@ from sage_core.scoring import across
 from storage.atomic import StoreError, read_marker
 from storage.home import SageHome
 from storage.integrity import read_parquet, read_record_json
+from storage.ledger import Ledger
 
 # scores/<run>/'s files, as `storage.scores.RUN_FILES` names them (importing that module loads TransformerLens, ten
 # seconds: too slow for a command that only reads three tables; a test holds the two equal)
@@ -146,99 +144,14 @@ def ground_truth_keys(home: SageHome, tables: dict[str, RunTables]) -> tuple[pl.
 
 
 def ledger_evaluations(home: SageHome) -> pl.DataFrame | None:
-    """Every evaluation the ledger of `home` records (what `storage.ledger.Ledger.evaluations` gives), read only
-    (`read_evaluations`); None when `home` has no ledger yet (none is created: looking never writes one)."""
+    """Every evaluation the ledger of `home` records, read through a read-only `storage.ledger.Ledger` (it writes
+    nothing under the data root, so `sage leaderboard` works on a read-only one, and a damaged ledger is a one-line
+    LedgerError, never "nothing evaluated"); None when `home` has no ledger yet (none is created: looking never writes
+    one)."""
     path = home.ledger_path()
     if not path.is_file():
         return None
-    return read_evaluations(path)
-
-
-def read_evaluations(path: Path) -> pl.DataFrame:
-    """`Ledger.evaluations()` without writing anything under the ledger's directory, so `sage leaderboard` works on a
-    read-only data root: the ledger is opened read-only and immutable (no journal, no shared memory, no lock file);
-    where a writer's log (`ledger.sqlite-wal`) holds rows not yet in the file, a copy of both in a temporary directory
-    elsewhere is read instead. The ledger's own checks stand: an empty file or no SQLite database, or one that
-    SQLite's integrity check finds damaged, is a one-line LedgerError, never read as "nothing evaluated". A
-    writer that changed the files while they were read (a checkpoint) makes it read them again."""
-    for attempt in range(3):
-        before = _signature(path)
-        try:
-            out = _read_evaluations_once(path)
-        except StoreError:
-            if attempt < 2 and _signature(path) != before:
-                continue
-            raise
-        if attempt == 2 or _signature(path) == before:
-            return out
-    raise AssertionError("unreachable")
-
-
-def _signature(path: Path) -> tuple:
-    """What a writer changes: the ledger's and its log's size, time and inode (None for one that is not there)."""
-    out = []
-    for p in (path, Path(f"{path}-wal")):
-        try:
-            st = p.stat()
-            out.append((st.st_size, st.st_mtime_ns, st.st_ino))
-        except OSError:
-            out.append(None)
-    return tuple(out)
-
-
-def _read_evaluations_once(path: Path) -> pl.DataFrame:
-    from sage_core.scoring.across import EVALUATION_SCHEMA
-    from storage.ledger import DAMAGED_FIX, SCHEMA_VERSION, SQLITE_HEADER, LedgerError
-
-    def damaged(what: str) -> LedgerError:
-        return LedgerError(f"the ledger {path} is damaged ({what}); {DAMAGED_FIX}")
-
-    path = Path(path)
-    wal = Path(f"{path}-wal")
-    try:
-        with open(path, "rb") as f:
-            head = f.read(len(SQLITE_HEADER))
-        logged = wal.is_file() and wal.stat().st_size > 0
-    except OSError as e:
-        raise LedgerError(f"cannot read the ledger {path} ({e.strerror or e}); check SAGE_HOME") from e
-    if not head and not logged:
-        raise damaged("it is empty, 0 bytes: every evaluation it recorded is gone")
-    if head and head != SQLITE_HEADER:
-        raise damaged("not a SQLite database")
-    cols = ", ".join(EVALUATION_SCHEMA)
-    with tempfile.TemporaryDirectory(prefix="sage-ledger-") as tmp:
-        if logged:  # the newest rows are in the log: read a copy of both (recovered there, outside the data root)
-            copy = Path(tmp) / path.name
-            try:
-                shutil.copyfile(path, copy)
-                shutil.copyfile(wal, f"{copy}-wal")
-            except OSError as e:
-                raise LedgerError(f"cannot read the ledger {path} ({e.strerror or e}); check SAGE_HOME") from e
-            uri = f"{copy.as_uri()}?mode=rw"
-        else:
-            uri = f"{path.absolute().as_uri()}?mode=ro&immutable=1"
-        try:
-            db = sqlite3.connect(uri, uri=True)
-        except sqlite3.Error as e:
-            raise LedgerError(f"cannot open the ledger {path} ({e}); check SAGE_HOME") from e
-        try:
-            problems = [r[0] for r in db.execute("PRAGMA integrity_check(20)").fetchall()]
-            if problems != ["ok"]:
-                more = f"; and {len(problems) - 1} more problem(s)" if len(problems) > 1 else ""
-                raise damaged(f"integrity_check: {' '.join(str(problems[0]).split())}{more}")
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise LedgerError(f"the ledger {path} has schema version {version}, newer than this SAGE's "
-                                  f"{SCHEMA_VERSION}; upgrade SAGE")
-            rows = db.execute(f"SELECT {cols} FROM evaluations ORDER BY evaluated_at, id").fetchall()
-        except sqlite3.DatabaseError as e:
-            text = " ".join(str(e).split())
-            if "not a database" in text or "malformed" in text or "no such table" in text:
-                raise damaged(text) from e
-            raise LedgerError(f"the ledger {path} could not be read ({type(e).__name__}: {text}); retry") from e
-        finally:
-            db.close()
-    return pl.DataFrame(rows, schema=EVALUATION_SCHEMA, orient="row")
+    return Ledger(path, read_only=True).evaluations()
 
 
 def _exists(home: SageHome, run: str) -> bool:

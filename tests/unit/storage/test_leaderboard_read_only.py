@@ -5,8 +5,6 @@ data root needs: nothing under it changes, and no file under it is opened for wr
 
 from __future__ import annotations
 
-import builtins
-import io
 import os
 import sqlite3
 from pathlib import Path
@@ -15,6 +13,7 @@ import pytest
 
 from tests.acceptance.cli import run_in_process
 from tests.acceptance.test_cli_leaderboard import home  # noqa: F401  (the leaderboard's data root fixture)
+from tests.unit.storage.ledger_helpers import write_opens
 
 
 def _tree(root: Path) -> dict[str, tuple]:
@@ -31,38 +30,8 @@ def _tree(root: Path) -> dict[str, tuple]:
 
 @pytest.fixture
 def writes(monkeypatch, home):  # noqa: F811
-    """Every file under the data root opened for writing: by Python (open, os.open) and by SQLite (its URI's mode:
-    anything but a read-only open may write the database, its journal or its shared memory)."""
-    root = str(Path(home.root).resolve())
-    seen: list[str] = []
-    under = lambda p: str(Path(os.fsdecode(p)).resolve()).startswith(root)  # noqa: E731
-    real_open, real_os_open, real_connect = builtins.open, os.open, sqlite3.connect
-
-    def py_open(file, mode="r", *a, **kw):
-        if isinstance(file, str | bytes | os.PathLike) and under(file) and set(mode) & set("wax+"):
-            seen.append(f"open({file}, {mode})")
-        return real_open(file, mode, *a, **kw)
-
-    def os_open(path, flags, *a, **kw):
-        if under(path) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND):
-            seen.append(f"os.open({path}, {flags:#o})")
-        return real_os_open(path, flags, *a, **kw)
-
-    def connect(database, *a, **kw):
-        text = os.fsdecode(database) if not isinstance(database, str) else database
-        path = text.removeprefix("file:").split("?")[0]
-        from urllib.parse import unquote
-
-        path = unquote(path.removeprefix("//"))
-        if under(path) and not ("mode=ro" in text and kw.get("uri")):
-            seen.append(f"sqlite3.connect({text})")
-        return real_connect(database, *a, **kw)
-
-    monkeypatch.setattr(builtins, "open", py_open)
-    monkeypatch.setattr(io, "open", py_open)
-    monkeypatch.setattr(os, "open", os_open)
-    monkeypatch.setattr(sqlite3, "connect", connect)
-    return seen
+    """Every file under the data root opened for writing (SQLite's included)."""
+    return write_opens(monkeypatch, home.root)
 
 
 def test_sage_leaderboard_changes_nothing_and_opens_nothing_for_writing(home, writes):  # noqa: F811
@@ -97,23 +66,34 @@ def test_a_ledger_being_written_is_read_with_its_write_ahead_log(home, writes): 
 
 
 def test_a_ledger_changed_by_a_writer_while_it_was_read_is_read_again(home, monkeypatch):  # noqa: F811
-    """A checkpoint that rewrites the file under the read-only reader is not reported as damage."""
+    """A checkpoint that rewrites the file under the read-only reader is not reported as damage. The leaderboard reads
+    through the ledger's one read-only reader (`Ledger._read_once`, each attempt of `Ledger._read`)."""
     from storage import boards
-    from storage.ledger import LedgerError
+    from storage.ledger import Ledger, LedgerError
 
-    real, calls = boards._read_evaluations_once, []
+    real, calls = Ledger._read_once, []
 
-    def once(path):
-        calls.append(path)
+    def counted(led, fn, check):
+        calls.append(led.path)
+        return real(led, fn, check)
+
+    monkeypatch.setattr(Ledger, "_read_once", counted)
+    assert boards.ledger_evaluations(home).height == 4
+    reads = len(calls)  # what an undisturbed read takes (the open's check, then the evaluations)
+    assert reads >= 1 and calls[0] == home.ledger_path()
+
+    def torn(led, fn, check):
+        calls.append(led.path)
         if len(calls) == 1:  # a writer checkpoints meanwhile: the file changes, the torn read looks damaged
-            os.utime(path, ns=(1, 1))
-            raise LedgerError(f"the ledger {path} is damaged (database disk image is malformed)")
-        return real(path)
+            os.utime(led.path, ns=(1, 1))
+            raise LedgerError(f"the ledger {led.path} is damaged (database disk image is malformed)")
+        return real(led, fn, check)
 
-    monkeypatch.setattr(boards, "_read_evaluations_once", once)
-    assert boards.ledger_evaluations(home).height == 4 and len(calls) == 2
     calls.clear()
-    monkeypatch.setattr(boards, "_read_evaluations_once", lambda p: (calls.append(p), real(p))[1])
+    monkeypatch.setattr(Ledger, "_read_once", torn)
+    assert boards.ledger_evaluations(home).height == 4 and len(calls) == reads + 1  # that one read again, once
+    calls.clear()
+    monkeypatch.setattr(Ledger, "_read_once", counted)
     with pytest.raises(LedgerError, match="0 bytes"):  # damage that stays is still damage, at once
         home.ledger_path().write_bytes(b"")
         boards.ledger_evaluations(home)
