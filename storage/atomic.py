@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psutil
 import xxhash
 
 MARKER = "_COMPLETE.json"
@@ -178,13 +179,13 @@ def _owner() -> str:
 
 
 def _pid_alive(pid: int) -> bool:
+    """`pid` runs (another user's too); a zombie has exited: its writes are over."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:  # another user's live process
+    except psutil.Error:  # another user's process we may not look at: it runs
         return True
-    return True
 
 
 def _abandoned(p: Path, tag: str) -> bool:
