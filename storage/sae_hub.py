@@ -4,7 +4,7 @@ through `SAE.from_pretrained`, either a registry `release/sae_id` or a repo and 
 (`hf:<repo_id>:<folder>`, a lab's own release; sae_lens treats a release it does not know as a repo id).
 
 A hub that cannot be reached gives one line, fast, instead of a minute of retries: the load then reads the local
-cache only (huggingface_hub's offline mode).
+cache only (`_from_pretrained`: per call where SAELens lets it, else huggingface_hub's offline mode for the call).
 """
 
 from __future__ import annotations
@@ -204,16 +204,39 @@ def _hub_unreachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> str | None:
     return result[0] if result else f"no answer from {endpoint} within {timeout:g} s"
 
 
+def _cached_sae_lens_loader(repo_id: str, folder_name: str, device: str = "cpu", force_download: bool = False,
+                            cfg_overrides: dict[str, Any] | None = None):
+    """sae_lens' own loader (`sae_lens_huggingface_loader`) on the local cache only: each file through
+    `hf_hub_download(local_files_only=True)`, so no request is made and no process-wide switch is flipped. The
+    sparsity file is not read: `SAE.from_pretrained` drops it."""
+    from huggingface_hub import hf_hub_download
+    from sae_lens.loading import pretrained_sae_loaders as loaders
+
+    del force_download  # a cache-only read downloads nothing
+    cfg_path = hf_hub_download(repo_id, f"{folder_name}/{SAE_CFG}", local_files_only=True)
+    weights_path = hf_hub_download(repo_id, f"{folder_name}/{SAE_WEIGHTS}", local_files_only=True)
+    cfg = loaders.get_sae_lens_config_from_disk(Path(cfg_path).parent, device, cfg_overrides)
+    cfg, state = loaders.read_sae_components_from_disk(cfg_dict=cfg, weight_path=weights_path, device=device)
+    return cfg, state, None
+
+
 _OFFLINE_LOCK = threading.Lock()
 
 
 def _from_pretrained(release: str, sae_id: str, online: bool):
-    """SAE.from_pretrained; offline, huggingface_hub's offline mode makes it read the local cache without retries."""
+    """SAE.from_pretrained; offline it reads the local cache only, without retries. SAE.from_pretrained takes no
+    `local_files_only`: an SAE in SAELens' own layout (every `hf:` spec, a release without a conversion function)
+    goes through `_cached_sae_lens_loader` as its converter, per call; a release SAELens converts from other files
+    runs a loader that calls `hf_hub_download` itself, reachable only through huggingface_hub's process-wide offline
+    switch, set here for the call (tests/unit/storage/test_sae_hub_offline.py checks what both rely on)."""
     from huggingface_hub import constants
     from sae_lens import SAE
+    from sae_lens.loading.pretrained_sae_loaders import get_conversion_loader_name
 
     if online:
         return SAE.from_pretrained(release, sae_id, device="cpu")
+    if get_conversion_loader_name(release) == "sae_lens":
+        return SAE.from_pretrained(release, sae_id, device="cpu", converter=_cached_sae_lens_loader)
     with _OFFLINE_LOCK:
         before = constants.HF_HUB_OFFLINE
         constants.HF_HUB_OFFLINE = True
