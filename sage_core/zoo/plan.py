@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from functools import lru_cache
+
+from pydantic import BaseModel, ConfigDict
 
 from sage_core.config import ZooConfig
 from sage_core.model.tokenizer import build_tokenizer
@@ -14,15 +16,21 @@ from sage_core.zoo.train import SAESpec, default_zoo, validate_specs
 
 
 class ZooPlan(BaseModel):
-    specs: list[SAESpec]
+    model_config = ConfigDict(frozen=True)  # shared between callers (`plan_zoo` keeps it)
+
+    specs: tuple[SAESpec, ...]
 
     @property
     def hooks(self) -> list[str]:
         return sorted({s.hook for s in self.specs})
 
 
+@lru_cache(maxsize=8)
 def plan_zoo(cfg: ZooConfig) -> ZooPlan:
-    """Raise a one-line error for an unknown task, prompts longer than n_ctx, or an SAE at a hook the model lacks."""
+    """Raise a one-line error for an unknown task, prompts longer than n_ctx, or an SAE at a hook the model lacks.
+
+    Kept per config (about a second: a tokenizer, every task's prompts, a skeleton model), so a command that checks
+    its input, builds the zoo and plans its scoring plans once; a config that fails raises again each time."""
     tasks = [get_task(t) for t in cfg.tasks]
     words = background_vocabulary()
     for t in tasks:
@@ -35,4 +43,4 @@ def plan_zoo(cfg: ZooConfig) -> ZooPlan:
     specs = default_zoo(skeleton, cfg.saes.widths, cfg.saes.include_sublayer)
     specs = [s.model_copy(update={"epochs": cfg.saes.epochs}) for s in specs] + list(cfg.saes.extra)
     validate_specs(skeleton, specs)
-    return ZooPlan(specs=specs)
+    return ZooPlan(specs=tuple(specs))
