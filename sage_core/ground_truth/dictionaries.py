@@ -1,6 +1,6 @@
 """Supervised feature dictionaries (the ground truth) at one cross-section, from activations and attribute labels.
 
-Methods (DESIGN.md §2), for activations a (n, d) with mean ā and attributes i with values v_i(x):
+Methods (docs/METHOD.md §3), for activations a (n, d) with mean ā and attributes i with values v_i(x):
 - mean:     u_{i,v} = mean(a | attr_i = v) - ā
 - mse:      U = argmin Σ_x ||a(x) - ā - Σ_i u_{i,v_i(x)}||²  (least squares over the one-hot attribute design)
 - weighted: â(x) = ā + Σ_i w_i u_{i,v_i(x)} with the mean vectors and per-attribute weights w fit by least squares.

@@ -1,4 +1,4 @@
-"""Mapping an SAE onto a cross-section (DESIGN.md §2): native, projection, or plain difference.
+"""Mapping an SAE onto a cross-section (docs/METHOD.md §5): native, projection, or plain difference.
 
 Every mapping yields the same object, a `SectionCodes`: per-prompt codes f (n, m), mapped feature directions D (m, d)
 and a bias b (d,) in the cross-section's own space, so the reconstruction is f @ D + b and every metric treats native

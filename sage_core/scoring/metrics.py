@@ -1,4 +1,4 @@
-"""Scoring an SAE at a cross-section (DESIGN.md §2, "Scoring an SAE"): pure tensor maths, no I/O.
+"""Scoring an SAE at a cross-section (docs/METHOD.md §6): pure tensor maths, no I/O.
 
 - reconstruction: explained variance, mean L0;
 - interpretability: feature active (f > 0) vs indicator [attr = v] -> precision, recall, F1; best feature per value;

@@ -1,10 +1,10 @@
-"""Scoring an SAE at one cross-section against the ground truth there (DESIGN.md §2), and the two controls.
+"""Scoring an SAE at one cross-section against the ground truth there (docs/METHOD.md §6), and the two controls.
 
 Everything happens in the cross-section's space through a `SectionCodes` (codes f, directions D, bias b; see
 `sage_core.scoring.mapping`), so native, projected and control SAEs are scored by the same code:
 - reconstruction: explained variance and L0 on the clean test prompts;
 - sufficiency / necessity with the SAE's reconstruction in place of â: `a <- recon`, and `a <- ā + (e - E[e])` with
-  the SAE's error e = a - recon centred over the test prompts. For the ground truth E[e] ≈ 0 and this is DESIGN's
+  the SAE's error e = a - recon centred over the test prompts. For the ground truth E[e] ≈ 0 and this is the design's
   `ā + (a - â)`; for an SAE whose reconstruction is not centred on the task mean (a bias fit on other text), the
   literal `ā + e` would also shift the activation by the constant E[e], and credit any SAE, even one whose codes are
   all zero, with the damage that shift alone does;

@@ -271,7 +271,8 @@ def test_known_release_with_unreachable_hub_says_so(monkeypatch):
     def offline_from_pretrained(cls, release, sae_id, **kw):
         from huggingface_hub import constants
 
-        assert constants.HF_HUB_OFFLINE  # offline mode: the cache only, no retries
+        # the cache only, no retries: a cache-only converter (`local_files_only` per file), or offline mode
+        assert kw.get("converter") is not None or constants.HF_HUB_OFFLINE
         raise OSError("cannot find the requested files in the local cache")
 
     monkeypatch.setattr(SAE, "from_pretrained", classmethod(offline_from_pretrained))
