@@ -1,9 +1,10 @@
 """Planning an evaluation: which inputs are acceptable, and which scoring units run on which task.
 
-`check_inputs` refuses a bad evaluation before any work. `plan_units` (a plain function: its tests need no Prefect)
-says which units a set of resolved SAEs makes; the `plan-units` task applies it to the ground truth's kept
-cross-sections, per task: the units that reach one of them, the hooks its capture must hold, and the SAEs that reach
-none (reported, not failed).
+`check_inputs` refuses a bad evaluation before any work. Which units a set of resolved SAEs makes, what each task
+gets of them and how they are dispatched is `sage_core.scoring.plan` (pure); here its results are typed
+(`tasks.units`). The `plan-units` task reads what the plan needs (the ground truth's kept cross-sections, whether a
+bracket's projector is the identity, from the model's weights) and plans, per task: the units that reach one of its
+cross-sections, the hooks its capture must hold, and the SAEs that reach none (reported, not failed).
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from pydantic import BaseModel, ConfigDict
 from sage_core.config import EvaluateConfig
 from sage_core.ground_truth.sections import CrossSection
 from sage_core.model.capture import CaptureRequest
-from sage_core.model.hooks import short_hook
 from sage_core.scoring import mapping as mp
+from sage_core.scoring import plan as sp
+from sage_core.scoring.plan import CONTROLS, sae_family, sublayer_brackets  # noqa: F401  (re-exported)
 from sage_core.zoo.plan import plan_zoo
 from storage.home import SageHome, check_run_name
 from storage.refs import GroundTruthPartRef, GroundTruthRef, ModelRef, SAERef
@@ -43,46 +45,11 @@ def check_inputs(cfg: EvaluateConfig, home: SageHome, run: str | None) -> None:
         distinct_specs(list(cfg.saes), home, name)
 
 
-def sae_family(s: SAERef) -> str:
-    """SAEs of one family share everything but their hook: the zoo's `<hook>--<arch>-<width>`, a registry release,
-    or architecture-width."""
-    if "--" in s.name:
-        return s.name.split("--", 1)[1]
-    if s.source == "registry":
-        return s.spec.replace(":", "/").split("/", 1)[0]
-    return f"{s.arch}-{s.d_sae}"
-
-
 def plan_units(saes: list[SAERef], sections: list[CrossSection], cfg: EvaluateConfig,
                same_as_difference: frozenset[tuple[str, str]] = frozenset()) -> list[ScoringUnit]:
-    """Native units, projection / difference units for every residual family bracketing a sub-layer cross-section,
-    and the two controls. A bracket in `same_as_difference` (P_c is the identity there) gets no `difference` unit: it
-    would repeat the projection's figures row for row."""
-    units = [ScoringUnit(name=s.name, kind="trained", mapping="native", saes=(s,)) for s in saes]
-    if cfg.projections:
-        by_family: dict[str, dict[str, SAERef]] = {}
-        for s in saes:
-            hook = mp.canonical_hook(s.hook)
-            if "resid" in hook:
-                by_family.setdefault(sae_family(s), {})[hook] = s
-        for fam, members in sorted(by_family.items()):
-            for before, after in sublayer_brackets(sections):
-                if before in members and after in members:
-                    for mapping in ("projection", "difference"):
-                        if mapping == "difference" and (before, after) in same_as_difference:
-                            continue
-                        name = f"{fam}:{mapping}[{short_hook(before)}->{short_hook(after)}]"
-                        units.append(ScoringUnit(name=name, kind="trained", mapping=mapping,
-                                                 saes=(members[before], members[after]), bracket=(before, after)))
-    if cfg.controls:
-        units += [ScoringUnit(name="control:oracle", kind="oracle", mapping="control"),
-                  ScoringUnit(name="control:random", kind="random", mapping="control")]
-    return units
-
-
-def sublayer_brackets(sections: list[CrossSection]) -> list[tuple[str, str]]:
-    """The (before, after) residual hooks around every sub-layer cross-section."""
-    return sorted({mp.bracket(c.hook) for c in sections if mp.is_sublayer(c.hook)})
+    """`sage_core.scoring.plan.plan_units` under the evaluation's settings, as typed units."""
+    return [ScoringUnit(name=u.name, kind=u.kind, mapping=u.mapping, saes=u.saes, bracket=u.bracket)
+            for u in sp.plan_units(saes, sections, cfg.projections, cfg.controls, same_as_difference)]
 
 
 class TaskPlan(BaseModel):
@@ -118,7 +85,7 @@ def plan_scoring(saes: list[SAERef], ground_truth: GroundTruthRef | None, tasks:
     Not cached: it is cheap, and its inputs (the resolved SAEs) come from an uncached step."""
     parts_of = ground_truth.of_task if ground_truth else (lambda _t: [])  # no task ran: core metrics only
     sections = [p.section for p in (ground_truth.parts if ground_truth else ()) if p.task in tasks]
-    brackets = sublayer_brackets(sections) if cfg.projections else []
+    brackets = sp.sublayer_brackets(sections) if cfg.projections else []
     if brackets:
         weights = loaded.shared_model(SageHome(home), model)
         same = frozenset(b for b in brackets if mp.projection_is_difference(weights, *b))
@@ -131,27 +98,22 @@ def plan_scoring(saes: list[SAERef], ground_truth: GroundTruthRef | None, tasks:
         if not parts:
             empty.append(t)
             continue
-        reaching = tuple(u for u in units if any(u.reaches(p.section) for p in parts))
-        hooks = {p.section.hook for p in parts} | {s.hook for u in reaching for s in u.saes}
+        reaching, hooks = sp.task_share(units, [p.section for p in parts])
         plans.append(TaskPlan(task=t, parts=tuple(parts), units=reaching,
-                              request=CaptureRequest(hooks=tuple(sorted(hooks)), positions="roles")))
-        unreached += [{"sae": u.name, "task": t, "hook": u.saes[0].hook} for u in units
-                      if u.kind == "trained" and u.mapping == "native" and u not in reaching]
+                              request=CaptureRequest(hooks=hooks, positions="roles")))
+        unreached += [{"sae": u.name, "task": t, "hook": u.saes[0].hook} for u in sp.unreached(units, reaching)]
     return ScoringPlan(units=tuple(units), tasks=tuple(plans), empty=tuple(empty), unreached=tuple(unreached))
 
 
 def sae_works(plan: ScoringPlan, saes: list[SAERef]) -> list[SAEWork]:
     """The dispatched units: per SAE, its native units and the projected pairs it closes (the pair's later SAE) on
     every task, and its core metrics; then the controls on every task, as one more."""
-    jobs: dict[str, list[UnitJob]] = {s.name: [] for s in saes}
-    for tp in plan.tasks:
-        for u in tp.units:
-            owner = u.saes[-1].name if u.saes else CONTROLS
-            jobs.setdefault(owner, []).append(UnitJob(unit=u, task=tp.task))
-    out = [SAEWork(name=s.name, sae=s, jobs=tuple(jobs[s.name]), group=s.spec) for s in saes]
+    jobs = sp.dispatch(((u, tp.task) for tp in plan.tasks for u in tp.units), [s.name for s in saes])
+
+    def typed(name: str) -> tuple[UnitJob, ...]:
+        return tuple(UnitJob(unit=u, task=t) for u, t in jobs[name])
+
+    out = [SAEWork(name=s.name, sae=s, jobs=typed(s.name), group=s.spec) for s in saes]
     if jobs.get(CONTROLS):
-        out.append(SAEWork(name=CONTROLS, jobs=tuple(jobs[CONTROLS]), group=CONTROLS))
+        out.append(SAEWork(name=CONTROLS, jobs=typed(CONTROLS), group=CONTROLS))
     return out
-
-
-CONTROLS = "controls"

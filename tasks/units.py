@@ -1,6 +1,7 @@
 """The units of scoring, typed: what one leaderboard row scores (`ScoringUnit`), what scoring on one task reads
 (`TaskInputs`), the unit of work that is dispatched (`SAEWork`: one SAE's units on every task and its core metrics,
-or the controls) and what it gives back (`SAEOutcome`). `tasks.plan` makes them, `tasks.score` scores them."""
+or the controls) and what it gives back (`SAEOutcome`). `tasks.plan` makes them from `sage_core.scoring.plan`'s
+units, `tasks.score` scores them."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ from pydantic import BaseModel, ConfigDict
 
 from sage_core.ground_truth.sections import CrossSection
 from sage_core.model.hooks import short_hook
-from sage_core.scoring import mapping as mp
+from sage_core.scoring import plan
 from sage_core.scoring.rows import Kind, MappingName
 from storage.refs import CoreRef, DatasetRef, ReferencesRef, SAERef, ScorePartRef, StoreRef
 
 
 class ScoringUnit(BaseModel):
-    """What one leaderboard row scores (see the module's docstring); a `SAEWork` dispatches several."""
+    """What one leaderboard row scores: `sage_core.scoring.plan.Unit` with typed SAE references; a `SAEWork`
+    dispatches several."""
 
     model_config = ConfigDict(frozen=True)
     name: str
@@ -24,7 +26,7 @@ class ScoringUnit(BaseModel):
     bracket: tuple[str, str] | None = None
 
     def reaches(self, section: CrossSection) -> bool:
-        return mp.reaches(self.kind, self.mapping, self.saes[0].hook if self.saes else None, self.bracket, section)
+        return plan.reaches(self, section)
 
     @property
     def label(self) -> str:
