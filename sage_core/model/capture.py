@@ -1,6 +1,9 @@
-"""Activation capture, the pure part: which hooks, which positions, what shapes; one forward pass per batch.
+"""Activation capture, the pure part: which hooks, which positions, what shapes and chunk size a store gets
+(`capture_layout`); one forward pass per batch (`capture_batch`), and a chunk of prompts into host buffers
+(`capture_chunk`, `chunk_buffer`).
 
-The store (storage/activations.py) decides where the numbers go; this module only computes them.
+The store (storage/activations.py, storage/capture.py) decides where the numbers go, and the engine that streams
+chunks into it (tasks/capture.py) when; this module only computes them.
 """
 
 from __future__ import annotations
@@ -134,3 +137,56 @@ def chunk_prompts(bytes_per_prompt: int, chunk_mb: float, batch_size: int = 1) -
     more per token (GPT-2-small shape, 192 prompts: chunks of 68 at batch 64 ran 5 passes where 3 would do)."""
     n = max(1, int(chunk_mb * 2**20 // max(1, bytes_per_prompt)))
     return n - n % batch_size if n >= batch_size else n
+
+
+class CaptureLayout(BaseModel):
+    """What a store for one request on one prompt table holds per prompt: each hook's trailing shape and its dimension
+    names, and how many prompts one chunk holds."""
+
+    model_config = ConfigDict(frozen=True)
+    hook_shapes: dict[str, tuple[tuple[int, ...], tuple[str, ...]]]
+    chunk_prompts: int
+
+
+def capture_layout(model: HookedTransformer, request: CaptureRequest, width: int, n_roles: int) -> CaptureLayout:
+    """Check the request against the model and the prompts (padded to `width` tokens, with `n_roles` role
+    positions), then lay out its store: the hooks' shapes (one one-token forward pass) and chunks of about
+    `request.chunk_mb` MB uncompressed at the widest hook, in whole forward batches."""
+    check_hooks(model, request.hooks)
+    if request.positions == "roles" and not n_roles:
+        raise ValueError("positions='roles' needs a prompt table with pos_<role> columns; use positions='all'")
+    if width > model.cfg.n_ctx:
+        raise ValueError(f"prompts of {width} tokens exceed the model's n_ctx={model.cfg.n_ctx}")
+    shapes = hook_trailing_shapes(model, request.hooks)
+    n_pos = n_roles if request.positions == "roles" else width
+    itemsize = 4 if request.dtype == "float32" else 2
+    per_prompt = max(n_pos * int(np.prod(s)) * itemsize for s in shapes.values())
+    return CaptureLayout(hook_shapes={h: (s, dim_names(s)) for h, s in shapes.items()},
+                         chunk_prompts=chunk_prompts(per_prompt, request.chunk_mb, request.batch_size))
+
+
+def capture_chunk(model: HookedTransformer, tokens: np.ndarray, lengths: np.ndarray, role_pos: np.ndarray | None,
+                  out: dict[str, np.ndarray], batch_size: int) -> None:
+    """Fill `out` (a float32 buffer per hook, one row per prompt) with the activations of one chunk's prompts
+    (`tokens` padded, their `lengths`; with `role_pos`, only those positions), in forward batches of `batch_size`.
+    Without role positions, positions past a prompt's length are zeroed: deterministic, and it compresses to
+    nothing."""
+    tok = torch.as_tensor(tokens, dtype=torch.long)
+    pos = torch.as_tensor(role_pos, dtype=torch.long) if role_pos is not None else None
+    hooks = list(out)
+    for b in range(0, tok.shape[0], batch_size):
+        sl = slice(b, b + batch_size)
+        capture_batch(model, tok[sl], hooks, pos[sl] if pos is not None else None,
+                      out={h: a[sl] for h, a in out.items()})
+    if pos is None:
+        pad = np.arange(tok.shape[1])[None, :] >= lengths[:, None]
+        for a in out.values():
+            a[pad] = 0
+
+
+def chunk_buffer(shape: tuple[int, ...], model: HookedTransformer) -> np.ndarray:
+    """A float32 host buffer for one chunk of one hook; page-locked when the model runs on a CUDA GPU, where copies
+    from the device into pageable memory go through a staging buffer at a fraction of the link's speed."""
+    if torch.device(model.cfg.device or "cpu").type == "cuda":
+        return torch.empty(shape, dtype=torch.float32, pin_memory=True).numpy()
+    return np.empty(shape, np.float32)

@@ -36,7 +36,8 @@ IDENT = {"model_hash": "child", "dataset_hash": "child", "request_hash": "child"
 
 def run(path: str, sleep: float) -> None:
     from sage_core.model.capture import CaptureRequest
-    from storage.capture import capture_chunks, open_or_create_store
+    from storage.capture import open_or_create_store
+    from tasks.capture import capture_chunks
 
     model, df = build()
     req = CaptureRequest(hooks=HOOKS, chunk_mb=0.02, batch_size=8)

@@ -17,8 +17,9 @@ from sage_core.prompts.library import get_task
 from sage_core.prompts.task import DatasetConfig, generate_prompts
 from storage.activations import ActivationStore
 from storage.atomic import StoreError
-from storage.capture import capture_chunks, open_or_create_store
+from storage.capture import open_or_create_store
 from storage.chunk_io import from_storage, to_storage
+from tasks.capture import capture_chunks
 
 HOOKS = ("blocks.0.hook_resid_post", "blocks.1.attn.hook_z", "blocks.0.hook_mlp_out")
 
