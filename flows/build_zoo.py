@@ -11,7 +11,7 @@ from prefect import flow, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import engine
-from flows.settings import results_in
+from flows.settings import running_in
 from sage_core.config import ZooConfig
 from sage_core.zoo.plan import plan_zoo
 from storage.hashing import source_version
@@ -80,5 +80,5 @@ def run_build_zoo(cfg: ZooConfig = ZooConfig(), home: str | None = None, refresh
     names (`flows.engine`) with Prefect's result store inside SAGE_HOME, so the cache lives (and dies) with the
     data."""
     plan_zoo(cfg)
-    with results_in(SageHome(home)), engine.open_engine(cluster, cfg.device) as eng:
+    with running_in(SageHome(home), cluster, cfg.device) as eng:
         return eng.flow(build_zoo)(cfg=cfg, home=home, refresh=refresh)

@@ -26,7 +26,7 @@ from flows import engine
 from flows.build_zoo import build_zoo, zoo_if_whole
 from flows.fit import fit_ground_truth, ground_truth_if_whole
 from flows.pretrained import prepare_pretrained
-from flows.settings import results_in
+from flows.settings import running_in
 from sage_core.config import EvaluateConfig
 from sage_core.prompts.task_status import TaskStatus, task_statuses
 from storage import scores as sc_store
@@ -272,7 +272,7 @@ def run_evaluate(cfg: EvaluateConfig = EvaluateConfig(), home: str | None = None
     """Run the flow on the engine `cluster` names (`flows.engine`) with Prefect's result store inside SAGE_HOME;
     returns its outputs (`n_failed` counts what failed: the flow run itself then ends Failed; `loads`: what was read
     from disk). An error before any result (bad input, an unreachable scheduler) is raised."""
-    with results_in(SageHome(home)), engine.open_engine(cluster, cfg.device) as eng:
+    with running_in(SageHome(home), cluster, cfg.device) as eng:
         state = eng.flow(evaluate)(cfg=cfg, home=home, run=run, return_state=True)
     out = state.result(raise_on_failure=False)
     if isinstance(out, BaseException):

@@ -24,7 +24,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import engine
 from flows.evaluate import evaluate
-from flows.settings import results_in
+from flows.settings import running_in
 from sage_core.config import WatchConfig
 from sage_core.watch.plan import Outcome, by_model, name_batches, outcomes_of, summarize
 from sage_core.watch.sources import FoundSAE, parse_source
@@ -160,7 +160,7 @@ def run_watch(sources: list[str], cfg: WatchConfig = WatchConfig(), dry_run: boo
     raised."""
     if dry_run:
         return dry_run_watch(sources, cfg, home)
-    with results_in(SageHome(home)), engine.open_engine(cluster, cfg.evaluate.device) as eng:
+    with running_in(SageHome(home), cluster, cfg.evaluate.device) as eng:
         state = eng.flow(watch)(sources=sources, cfg=cfg, dry_run=dry_run, home=home, return_state=True)
     out = state.result(raise_on_failure=False)
     if isinstance(out, BaseException):

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from flows.cli import prefect_env, view
+from flows.cli import prefect_env
 from flows.cli.options import (
     Cluster,
     Home,
@@ -64,8 +64,7 @@ def capture_cmd(
     check_tasks(task_list)
     check_choices(positions, dtype)
     h = writable_home(home)
-    prefect_env.environment(verbose)
-    with view.start_up("libraries, the zoo model's hooks, Prefect's server"):
+    with prefect_env.flow_command(verbose, "libraries, the zoo model's hooks, Prefect's server") as start:
         from sage_core.config import ZooConfig
         from sage_core.model.capture import CaptureRequest, check_hooks, default_hooks
         from sage_core.model.devices import resolve_devices
@@ -79,17 +78,14 @@ def capture_cmd(
             hook_list = comma_list(hooks) or default_hooks(cfg.model.n_layers)
             request = CaptureRequest(hooks=hook_list, positions=positions, dtype=dtype)
             devices = resolve_devices(device)
-            from flows.engine import check_cluster, open_engine
-
-            check_cluster(cluster, device)
             n_shards = shards or (len(devices) if devices != ("cpu",) else 2)
             # the flow's tasks reuse this read of the model (tasks.loaded): it is loaded once
             check_hooks(loaded.shared_model(h, find_model(h, cfg.model.name)), hook_list)
         from flows.capture import capture
-        from flows.settings import results_in
+        from flows.settings import running_in
 
-        prefect_env.ready(verbose)
-        with refused(), results_in(h), open_engine(cluster, device, threads=n_shards) as eng:
+        start(cluster, device)
+        with refused(), running_in(h, cluster, device, threads=n_shards) as eng:
             stores = eng.flow(capture)(request=request, cfg=cfg, home=str(h.root), n_shards=n_shards, devices=devices)
     t = Table(title="activation stores")
     for col in ("task", "chunks", "path"):

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from flows.cli import prefect_env, render, view
+from flows.cli import prefect_env, render
 from flows.cli.options import (
     EXIT_SOME_FAILED,
     Cluster,
@@ -78,16 +78,12 @@ def evaluate_cmd(
     task_list, spec_list = comma_list(tasks), comma_list(saes) or ()
     check_tasks(task_list)
     h = writable_home(home)
-    prefect_env.environment(verbose)
-    with view.start_up("libraries, the input checks, Prefect's server"):
+    with prefect_env.flow_command(verbose, "libraries, the input checks, Prefect's server") as start:
         cfg = _config(h, tiny, model, spec_list, task_list, per_group, projections, trust_remote_code, device,
                       corpus, corpus_tokens, min_task_accuracy)
-        from flows.engine import check_cluster
         from flows.evaluate import run_evaluate
 
-        with refused():
-            check_cluster(cluster, device)
-        prefect_env.ready(verbose)
+        start(cluster, device)
         t0 = time.perf_counter()
         with refused():
             out = run_evaluate(cfg=cfg, home=str(h.root), run=run, cluster=cluster)

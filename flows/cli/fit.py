@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from flows.cli import prefect_env, render, view
+from flows.cli import prefect_env, render
 from flows.cli.options import (
     Cluster,
     Device,
@@ -39,8 +39,7 @@ def fit_cmd(
     task_list, method_list = comma_list(tasks), comma_list(methods) or ()
     check_tasks(task_list)
     h = writable_home(home)
-    prefect_env.environment(verbose)
-    with view.start_up("libraries, the dictionary methods, Prefect's server"):
+    with prefect_env.flow_command(verbose, "libraries, the dictionary methods, Prefect's server") as start:
         from sage_core.config import ZooConfig
         from sage_core.ground_truth.dictionaries import METHODS
 
@@ -49,14 +48,11 @@ def fit_cmd(
             if bad or not method_list:
                 raise ValueError(f"unknown dictionary methods {sorted(bad)}; use {', '.join(METHODS)}")
             cfg = (ZooConfig.tiny() if tiny else ZooConfig()).model_copy(update={"device": device})
-            from flows.engine import check_cluster, open_engine
-
-            check_cluster(cluster, device)
         from flows.fit import fit_ground_truth
-        from flows.settings import results_in
+        from flows.settings import running_in
 
-        prefect_env.ready(verbose)
-        with refused(), results_in(h), open_engine(cluster, device) as eng:
+        start(cluster, device)
+        with refused(), running_in(h, cluster, device) as eng:
             gt = eng.flow(fit_ground_truth)(cfg=cfg, home=str(h.root), per_group=per_group, methods=method_list,
                                   tasks=list(task_list) if task_list else None)
     _print_quality(h.at(gt))

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from flows.cli import prefect_env, view
+from flows.cli import prefect_env
 from flows.cli.options import (
     Cluster,
     Device,
@@ -46,8 +46,7 @@ def locate_cmd(
     task_list, attrs, kind_list = comma_list(tasks), comma_list(attributes), comma_list(kinds)
     check_tasks(task_list)
     h = writable_home(home)
-    prefect_env.environment(verbose)
-    with view.start_up("libraries, the location settings, Prefect's server"):
+    with prefect_env.flow_command(verbose, "libraries, the location settings, Prefect's server") as start:
         from sage_core.config import ZooConfig
         from sage_core.locate.attribution import RESID_KINDS, SUBLAYER_KINDS, LocateConfig, LocateError
 
@@ -57,14 +56,11 @@ def locate_cmd(
             bad = set(lcfg.kinds) - set(SUBLAYER_KINDS + RESID_KINDS)
             if bad:
                 raise LocateError(f"component filter {sorted(bad)} matches nothing; use {SUBLAYER_KINDS + RESID_KINDS}")
-            from flows.engine import check_cluster, open_engine
-
-            check_cluster(cluster, device)
         from flows.locate import locate
-        from flows.settings import results_in
+        from flows.settings import running_in
 
-        prefect_env.ready(verbose)
-        with refused(), results_in(h), open_engine(cluster, device) as eng:
+        start(cluster, device)
+        with refused(), running_in(h, cluster, device) as eng:
             out = eng.flow(locate)(cfg=cfg, locate_cfg=lcfg, home=str(h.root), attributes=list(attrs) if attrs else None,
                          tasks=list(task_list) if task_list else None)
     _print_locations(h.at(out), top)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import SimpleNamespace
 
 from flows.cli.options import console, refused
@@ -22,6 +24,27 @@ def environment(verbose: bool) -> None:
 
     warnings.filterwarnings("ignore", message="HookedTransformer is deprecated")
     quiet_prefect(verbose)
+
+@contextmanager
+def flow_command(verbose: bool, what: str) -> Iterator[Callable[[str, str], None]]:
+    """Every flow-running command's prelude: Prefect's environment (before anything imports Prefect), then the
+    start-up stage in the progress view (`what` it loads). Yields `start(cluster, device)`: the cluster's checks in one
+    line, then Prefect's server; the command calls it when its own input checks have passed. A command that ends
+    before it (a dry run) starts no server."""
+    from flows.cli import view
+
+    environment(verbose)
+    with view.start_up(what):
+
+        def start(cluster: str, device: str) -> None:
+            from flows.engine import check_cluster
+
+            with refused():
+                check_cluster(cluster, device)
+            ready(verbose)
+
+        yield start
+
 
 def ready(verbose: bool) -> None:
     """Before the first flow: tracebacks off the console, the temporary server started and tied to this process; the

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from flows.cli import prefect_env, view
+from flows.cli import prefect_env
 from flows.cli.options import (
     EXIT_SOME_FAILED,
     Cluster,
@@ -67,8 +67,7 @@ def watch_cmd(
     if not dry_run:
         with refused():
             h.ensure_writable()
-    prefect_env.environment(verbose)
-    with view.start_up("libraries, the sources, Prefect's server"):
+    with prefect_env.flow_command(verbose, "libraries, the sources, Prefect's server") as start:
         from sage_core.config import EvaluateConfig, WatchConfig, ZooConfig
         from sage_core.prompts.corpus_spec import CorpusSpec
         from sage_core.prompts.task_status import MIN_ACCURACY
@@ -88,7 +87,7 @@ def watch_cmd(
 
             check_cluster(cluster, device)
         if not dry_run:  # a dry run starts no server and writes nothing to Prefect's API
-            prefect_env.ready(verbose)
+            start(cluster, device)
         t0 = time.perf_counter()
         with refused():
             out = run_watch(list(source), cfg=cfg, dry_run=dry_run, home=str(h.root), cluster=cluster)

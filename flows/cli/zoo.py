@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from flows.cli import prefect_env, render, view
+from flows.cli import prefect_env, render
 from flows.cli.options import (
     Cluster,
     Device,
@@ -43,8 +43,7 @@ def zoo_build(
     task_list = comma_list(tasks)
     check_tasks(task_list)
     h = writable_home(home)
-    prefect_env.environment(verbose)
-    with view.start_up("libraries, the zoo plan, Prefect's server"):
+    with prefect_env.flow_command(verbose, "libraries, the zoo plan, Prefect's server") as start:
         from sage_core.config import ZooConfig
         from sage_core.zoo.plan import plan_zoo
 
@@ -55,13 +54,10 @@ def zoo_build(
                 cfg = cfg.model_copy(update={"tasks": task_list})
             cfg = cfg.model_copy(update={"device": device})
             plan_zoo(cfg)  # bad input fails here, before Prefect starts
-            from flows.engine import check_cluster
-
-            check_cluster(cluster, device)
         console.print(f"building zoo [bold]{cfg.model.name}[/] under {h.root} ...")
         from flows.build_zoo import run_build_zoo
 
-        prefect_env.ready(verbose)
+        start(cluster, device)
         t0 = time.perf_counter()
         with refused():
             zoo = run_build_zoo(cfg=cfg, home=str(h.root), refresh=refresh, cluster=cluster)
