@@ -15,12 +15,14 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from flows import service
@@ -39,12 +41,8 @@ def _free_port() -> int:
 
 
 def _alive(pid: int, start: str | None) -> bool:
-    """That very process (same kernel start time) runs and is no zombie."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return False
-    return fields[0] not in ("Z", "X") and fields[19] == start
+    """That very process (same kernel start time, as the pid records hold it) runs and is no zombie."""
+    return start is not None and service._start_time(pid) == start
 
 
 @pytest.fixture
@@ -54,6 +52,31 @@ def home():
     d.chmod(0o711)
     yield d
     shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def runnable_by_service_user():
+    """As root the worker runs as the service user, which must be able to run this environment's Python: a directory
+    on its way that is closed to other users (root's home, holding pyenv's Python, on the test machine) is opened to
+    them (o+x: enter, not list) for the test and closed again."""
+    from flows.service.files import closed_dir
+
+    opened: dict[Path, int] = {}
+    if os.geteuid() == 0:
+        for p in (Path(sys.executable), Path(sys.executable).resolve(), Path(sys.prefix), Path(sys.base_prefix), ROOT):
+            while (closed := closed_dir(p)) is not None and closed not in opened:
+                opened[closed] = stat.S_IMODE(closed.stat().st_mode)
+                closed.chmod(opened[closed] | 0o001)
+    yield
+    for p, mode in opened.items():
+        p.chmod(mode)
+
+
+def _worker_uid(svc: service.Service) -> int:
+    """Whom the worker runs as: the service user when we are root, else us."""
+    import pwd
+
+    return pwd.getpwnam(svc.service_user).pw_uid if os.geteuid() == 0 else os.getuid()
 
 
 def _svc(home: Path) -> service.Service:
@@ -69,7 +92,7 @@ def test_stop_ends_the_recorded_process_and_what_it_started_and_is_safe_twice(ho
     time.sleep(0.5)  # the shell has started its first sleep
     kids = service._descendants(pid)
     assert len(kids) >= 1
-    starts = {p: Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[19] for p in [pid, *kids]}
+    starts = {p: service._start_time(p) for p in [pid, *kids]}
     assert service.status(svc) == {"worker": pid, "server": None, "postgres": None}
 
     assert service.stop(svc) == ["worker"]
@@ -182,7 +205,7 @@ def _completed_watch_runs_in_postgres(svc: service.Service) -> int:
 
 
 @pytest.mark.slow
-def test_make_serve_runs_watch_nightly_on_postgres_end_to_end(home, tiny_zoo, tmp_path, capsys):
+def test_make_serve_runs_watch_nightly_on_postgres_end_to_end(home, tiny_zoo, runnable_by_service_user, capsys):
     from sage_core.config import EvaluateConfig, WatchConfig
     from sage_core.locate.attribution import LocateConfig
     from storage.ledger import Ledger
@@ -213,6 +236,15 @@ def test_make_serve_runs_watch_nightly_on_postgres_end_to_end(home, tiny_zoo, tm
         took[step] = time.perf_counter() - t0
         return out
 
+    # a watched folder the worker may read (as root it runs as the service user: pytest's tmp_path is closed to it)
+    inbox = home / "lab-inbox"
+    inbox.mkdir()
+    dropped = _drop_changed_sae(zoo_home, zoo_cfg.model.name, inbox)
+    # the tiny zoo the session built, copied in before `make serve` hands the data root to the service user (the flow
+    # checks it whole, by content, and reuses it), and one task with a short location search: the run's cost is the
+    # service's, not the zoo build's
+    for part in ("zoo", "datasets"):
+        shutil.copytree(zoo_home / part, home / part)
     pids: dict[str, tuple[int, str]] = {}
     try:
         # only the deployment this test runs: `prefect deploy` imports each one's flow (every one is checked to load
@@ -232,13 +264,6 @@ def test_make_serve_runs_watch_nightly_on_postgres_end_to_end(home, tiny_zoo, tm
         assert dep["parameters"]["sources"][0] == f"dir:{home}/inbox" and (home / "inbox").is_dir()
         assert dep["work_pool_name"] == "sage-process"
 
-        inbox = tmp_path / "inbox"
-        inbox.mkdir()
-        dropped = _drop_changed_sae(zoo_home, zoo_cfg.model.name, inbox)
-        # the tiny zoo the session built, copied in (the flow checks it whole, by content, and reuses it), and one task
-        # with a short location search: the run's cost is the service's, not the zoo build's
-        for part in ("zoo", "datasets"):
-            shutil.copytree(zoo_home / part, home / part)
         cfg = WatchConfig(evaluate=EvaluateConfig(zoo=zoo_cfg, tasks=("ioi",), per_group=1, core_sequences=32,
                                                   min_task_accuracy=0.0,
                                                   locate=LocateConfig(n_pairs=8, n_validate_top=2,
@@ -264,6 +289,10 @@ def test_make_serve_runs_watch_nightly_on_postgres_end_to_end(home, tiny_zoo, tm
         assert (again["status"], again["run"]) == ("evaluated", row["run"])
 
         assert _completed_watch_runs_in_postgres(svc) == 2
+        # the worker and what its runs wrote are the service user's where root started it (ours otherwise)
+        uid = _worker_uid(svc)
+        assert psutil.Process(pids["worker"][0]).uids().real == uid
+        assert SageHome(home).ledger_path().stat().st_uid == uid
         logs = {p.name: p.read_text(errors="replace") for p in svc.dir.glob("*.log")}
         assert {"postgres.log", "server.log", "worker.log"} <= set(logs)
         assert not [n for n, text in logs.items() if "database is locked" in text]
@@ -432,12 +461,13 @@ def _final_state(url: str, auth: str | None, run_id: str, timeout: float = 300) 
 
 
 @pytest.mark.slow
-def test_a_local_user_cannot_run_code_as_the_worker(home, monkeypatch, tmp_path_factory):
+def test_a_local_user_cannot_run_code_as_the_worker(home, monkeypatch, runnable_by_service_user):
     """The attack of issue 27 item 1: a flow run of `evaluate` with job_variables.env = {SAGE_ALLOW_PY_SPECS: 1,
     PYTHONPATH: <attacker's folder>} and a `py:` spec whose package writes a file when imported. As `nobody` (no
     password: the secrets are 0600) every API call is refused (401); as the owner, the server refuses those job
     variables (422); a flow run that carries them anyway (POST /flow_runs/ skips the server's check) runs with the
-    worker's environment: the spec is refused and nothing of the attacker's is imported."""
+    worker's environment: the spec is refused and nothing of the attacker's is imported. Started by root, the worker
+    runs as the unprivileged service user (whose environment, holding the password, `nobody` cannot read either)."""
     try:
         service.pg_bin()
     except service.ServiceError as exc:
@@ -459,6 +489,7 @@ def test_a_local_user_cannot_run_code_as_the_worker(home, monkeypatch, tmp_path_
         auth = _auth_of(svc)
         url = svc.api_url
         _, dep = _call(f"{url}/deployments/name/evaluate/evaluate", auth=auth)
+        worker = service.recorded(svc, "worker")
 
         def attack() -> dict:
             def readable(p: Path) -> bool:
@@ -468,7 +499,8 @@ def test_a_local_user_cannot_run_code_as_the_worker(home, monkeypatch, tmp_path_
                 except OSError:
                     return False
             return {"read": sorted(p.name for p in (svc.dir / "api.secret", svc.dir / "postgres.secret",
-                                                    svc.dir / "prefect" / "profiles.toml") if readable(p)),
+                                                    svc.dir / "prefect" / "profiles.toml",
+                                                    Path(f"/proc/{worker}/environ")) if readable(p)),
                     "read deployment": _call(f"{url}/deployments/name/evaluate/evaluate")[0],
                     "create run": _call(f"{url}/deployments/{dep['id']}/create_flow_run",
                                         {"parameters": params, "job_variables": hostile})[0],
@@ -486,11 +518,12 @@ def test_a_local_user_cannot_run_code_as_the_worker(home, monkeypatch, tmp_path_
         assert code == 201, code
         state = _final_state(url, auth, run["id"])
         log = flow_log_with(url, auth, run["id"], waiting_for="imports and runs Python code")
-        observed = {"nobody": seen, "owner, job variables": owner_create, "run that carries them": state,
+        observed = {"worker's uid": psutil.Process(worker).uids().real, "nobody": seen,
+                    "owner, job variables": owner_create, "run that carries them": state,
                     "imported the attacker's code": marker.exists(),
                     "py: spec refused": "imports and runs Python code" in log,
                     "the UI's build under SAGE_HOME": (svc.dir / "ui" / "v1" / "index.html").is_file()}
-        expected = {"nobody": {"uid": 65534 if os.geteuid() == 0 else os.getuid(), "read": [],
+        expected = {"worker's uid": _worker_uid(svc), "nobody": {"uid": 65534 if os.geteuid() == 0 else os.getuid(), "read": [],
                                "read deployment": 401, "create run": 401, "create run directly": 401},
                     "owner, job variables": 422, "run that carries them": "FAILED",
                     "imported the attacker's code": False, "py: spec refused": True,
@@ -525,8 +558,8 @@ def _state(url: str, auth: str | None, run_id: str) -> str:
 
 
 @pytest.mark.slow
-def test_a_killed_postgres_is_reported_dead_and_make_serve_restarts_it_alone_and_ends_its_runs_crashed(home,
-                                                                                                     monkeypatch):
+def test_a_killed_postgres_is_reported_dead_and_make_serve_restarts_it_alone_and_ends_its_runs_crashed(
+        home, monkeypatch, runnable_by_service_user):
     """Issue 27 item 11: PostgreSQL killed (SIGKILL) under a flow run that Prefect shows as Running and whose process
     died with it. `make serve-status` says PostgreSQL is dead (exit 1); `make serve` restarts PostgreSQL alone (the
     server and the worker keep their pids) and ends that run Crashed; then every part is up again."""
