@@ -114,3 +114,35 @@ def test_one_dispatched_unit_per_sae_holds_its_units_on_every_task_and_the_pairs
     # an SAE that reaches no task still gets its core metrics
     alone = sae_works(ScoringPlan(units=units, tasks=()), SAES[:1])
     assert [(w.name, w.jobs) for w in alone] == [(SAES[0].name, ())]
+
+
+def test_the_plan_task_gives_each_task_the_units_that_reach_it(monkeypatch, tmp_path):
+    """ioi keeps layer 0's attn_out, whose projector is made the identity here (no difference unit), sva keeps
+    resid_pre, gender kept nothing."""
+    from storage.refs import GroundTruthPartRef, GroundTruthRef, ModelRef
+    from tasks import plan
+
+    asked = []
+    monkeypatch.setattr(plan.loaded, "shared_model", lambda home, model: "weights")
+    monkeypatch.setattr(plan.mp, "projection_is_difference",
+                        lambda weights, *bracket: asked.append((weights, bracket)) or True)
+    attn, resid = SECTIONS[0], CrossSection(hook="blocks.0.hook_resid_pre", role="END")
+    parts = {t: GroundTruthPartRef(path=f"ground_truth/{t}", hash=t, task=t, section=c)
+             for t, c in (("ioi", attn), ("sva", resid))}
+    gt = GroundTruthRef(path="ground_truth/x", hash="x", parts=tuple(parts.values()))
+    got = plan.plan_scoring.fn(SAES, gt, ["ioi", "sva", "gender"], ModelRef(path="models/m", hash="m"),
+                               EvaluateConfig(), str(tmp_path))
+    pre, mid = SAES[0].name, SAES[1].name
+    pair = "topk-512:projection[L0.resid_pre->L0.resid_mid]"
+    assert asked == [("weights", ("blocks.0.hook_resid_pre", "blocks.0.hook_resid_mid"))]
+    assert [u.name for u in got.units] == [pre, mid, pair, "control:oracle", "control:random"]
+    by = {tp.task: tp for tp in got.tasks}
+    assert list(by) == ["ioi", "sva"] and got.empty == ("gender",)
+    assert [u.name for u in by["ioi"].units] == [pair, "control:oracle", "control:random"]
+    assert by["ioi"].request.hooks == ("blocks.0.hook_attn_out", "blocks.0.hook_resid_mid", "blocks.0.hook_resid_pre")
+    assert by["ioi"].parts == (parts["ioi"],) and by["ioi"].request.positions == "roles"
+    assert [u.name for u in by["sva"].units] == [pre, "control:oracle", "control:random"]
+    assert by["sva"].request.hooks == ("blocks.0.hook_resid_pre",)
+    assert list(got.unreached) == [{"sae": pre, "task": "ioi", "hook": SAES[0].hook},
+                                   {"sae": mid, "task": "ioi", "hook": SAES[1].hook},
+                                   {"sae": mid, "task": "sva", "hook": SAES[1].hook}]
