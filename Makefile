@@ -24,7 +24,7 @@ PREFECT_PORT ?= 4200
 PG_PORT ?= 5433
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo -n)
 
-.PHONY: run test install lint bench clean-data ui postgresql serve serve-stop serve-status
+.PHONY: run test install lint bench clean-data ui ui-shots postgresql serve serve-stop serve-status
 
 # the install is a stage of `make run` like the others: one line when it starts, one with its duration when it ends
 STAGE_LINE = echo "[sage $$(date +%H:%M:%S)] install:"
@@ -64,6 +64,7 @@ lint: install
 # every test but the end-to-end runs at GPT-2 small's real shape (marker real_shape: minutes on a CPU), which
 # `make bench` runs
 test: install lint postgresql
+	@command -v chromium >/dev/null || $(SUDO) apt-get install -y chromium
 	$(PY) -m pytest -q tests -m "not real_shape"
 
 bench: install postgresql
@@ -81,6 +82,14 @@ bench: install postgresql
 # run with PREFECT_API_URL=http://127.0.0.1:4200/api reports to it, otherwise each command starts its own temporary server
 ui: install
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(VENV)/bin/prefect server start --host 127.0.0.1
+
+# the Prefect UI as a person sees it, in headless Chromium at 1600 px after an evaluation and a watch run: the
+# leaderboard, summary, plots and watch artifacts and the flow run page, asserted on and saved to results/ui/*.png
+# (the emoji font: the report marks the controls' verdict with one, a box without it)
+ui-shots: install
+	@command -v chromium >/dev/null || $(SUDO) apt-get install -y chromium
+	@fc-list 2>/dev/null | grep -qi emoji || $(SUDO) apt-get install -y fonts-noto-color-emoji
+	SAGE_UI_SHOTS=results/ui $(PY) -m pytest -q tests/acceptance/test_ui_browser.py
 
 # PostgreSQL, Prefect's database for the standing service (its test too): the Debian package where it is missing
 postgresql:
