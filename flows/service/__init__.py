@@ -37,7 +37,13 @@ from flows.service.postgres import pg_bin, start_postgres
 from flows.service.processes import _check_port, _descendants, _spawn, _start_time, recorded, status, stop
 from flows.service.rest import api
 from flows.service.server import create_pool, deploy, ensure_auth, pool_template, prefect_cli, start_server
-from flows.service.service_user import check_runnable, hand_over, service_account, worker_env
+from flows.service.service_user import (
+                                  check_runnable,
+                                  hand_over,
+                                  service_account,
+                                  stop_a_worker_of_another_user,
+                                  worker_env,
+)
 from flows.service.state import Health, health
 from flows.service.worker import ACTIVE_STATES, crash_orphaned_runs, start_worker
 
@@ -45,5 +51,5 @@ __all__ = ["ACTIVE_STATES", "API_PORT", "API_USER", "DB_NAME", "DB_USER", "HOST"
            "REPO", "SERVICE_USER", "SERVICE_USER_ENV", "STOP_ORDER", "Health", "Service", "ServiceError", "_check_port",
            "_descendants", "_spawn", "_start_time", "api", "check_runnable", "crash_orphaned_runs", "create_pool",
            "deploy", "ensure_auth", "hand_over", "health", "pg_bin", "pool_template", "prefect_cli", "recorded",
-           "service_account", "start", "start_postgres", "start_server", "start_worker", "status", "stop",
+           "service_account", "start", "stop_a_worker_of_another_user", "start_postgres", "start_server", "start_worker", "status", "stop",
            "worker_env"]

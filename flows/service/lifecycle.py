@@ -9,7 +9,7 @@ from flows.service.config import STOP_ORDER, Service
 from flows.service.postgres import start_postgres
 from flows.service.processes import _stop_one, status
 from flows.service.server import create_pool, deploy, ensure_auth, start_server
-from flows.service.service_user import check_runnable, hand_over, service_account
+from flows.service.service_user import check_runnable, hand_over, service_account, stop_a_worker_of_another_user
 from flows.service.worker import crash_orphaned_runs, start_worker
 
 
@@ -20,6 +20,8 @@ def start(svc: Service) -> dict[str, float]:
     svc.dir.mkdir(mode=0o711, parents=True, exist_ok=True)  # postgres may pass through to its data, not list it
     svc.inbox.mkdir(exist_ok=True)  # the nightly run's default source: present from the start, not a source error
     ensure_auth(svc)
+    if (pw := service_account(svc)) is not None:  # root: the worker runs as the service user
+        stop_a_worker_of_another_user(svc, pw)
     before = {n for n, pid in status(svc).items() if pid is not None}
     steps: dict[str, float] = {}
 
@@ -31,7 +33,7 @@ def start(svc: Service) -> dict[str, float]:
         svc.say(f"  {name}: {steps[name]:.1f} s")
         return value
 
-    if (pw := service_account(svc)) is not None:  # root: the worker runs as the service user
+    if pw is not None:
         if "worker" not in before:  # before anything starts: a closed venv is one line, not a half-started service
             step("service user", lambda: check_runnable(svc, pw))
         # on every start: what root wrote into the data root since is the worker's to write again

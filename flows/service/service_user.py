@@ -15,9 +15,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
+
 from flows.service.config import REPO, SERVICE_USER_ENV, Service, ServiceError
 from flows.service.files import closed_dir
-from flows.service.processes import _last_line
+from flows.service.processes import _last_line, _stop_one, recorded
 
 USER_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 _OTHERS = f"set {SERVICE_USER_ENV} to an unprivileged user, or run `make serve` as an ordinary user"
@@ -65,6 +67,20 @@ def worker_env(svc: Service, pw: pwd.struct_passwd) -> dict[str, str]:
         env.pop(name, None)  # root's
     return env | {"HOME": str(svc.worker_home), "USER": pw.pw_name, "LOGNAME": pw.pw_name,
                   "PREFECT_HOME": str(svc.worker_home / "prefect")}
+
+
+def stop_a_worker_of_another_user(svc: Service, pw: pwd.struct_passwd) -> bool:
+    """A worker an older `make serve` started as root (or as another user) is stopped, so this start runs it as the
+    service user; True if one was."""
+    pid = recorded(svc, "worker")
+    try:
+        uid = None if pid is None else psutil.Process(pid).uids().real
+    except psutil.Error:
+        return False
+    if uid is None or uid == pw.pw_uid:
+        return False
+    svc.say(f"  the worker (pid {pid}) runs as uid {uid}, not as the service user {pw.pw_name}: restarting it")
+    return _stop_one(svc, "worker")
 
 
 def check_runnable(svc: Service, pw: pwd.struct_passwd, python: str = sys.executable) -> None:

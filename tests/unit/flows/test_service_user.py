@@ -132,3 +132,20 @@ def test_a_python_the_service_user_cannot_run_is_one_line_naming_the_closed_dire
         assert msg.startswith(f"the service user {pw.pw_name} cannot run {closed / 'python'}")
     finally:
         shutil.rmtree(closed)
+
+
+def test_a_worker_an_older_make_serve_started_as_root_is_stopped_to_run_as_the_service_user(home):
+    """Upgrading: `make serve` finds the worker running as root; it stops it (start then runs it as the service user)
+    and leaves one that already runs as that user alone."""
+    svc = _svc(home)
+    pw = service.service_account(svc)
+    svc.dir.mkdir(mode=0o711)
+    as_root = service._spawn(svc, "worker", ["sleep", "300"])
+    assert service.stop_a_worker_of_another_user(svc, pw) is True
+    assert service.recorded(svc, "worker") is None and service._start_time(as_root) is None
+    as_user = service._spawn(svc, "worker", ["sleep", "300"], user=pw.pw_uid, group=pw.pw_gid, extra_groups=[])
+    try:
+        assert service.stop_a_worker_of_another_user(svc, pw) is False
+        assert service.recorded(svc, "worker") == as_user
+    finally:
+        service.stop(svc)
