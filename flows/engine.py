@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.cluster_spec import ClusterError, ClusterSpec, parse_cluster, probe, unreachable
+from flows.prefect_internals import pickled_by_reference, temporary_server_url
 from sage_core.model.devices import resolve_devices
 from tasks import loaded, progress, remote
 
@@ -62,32 +63,6 @@ def _peak_rss_mib() -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def pickled_by_reference(prefix: tuple[str, ...] = ("flows.", "tasks.")) -> int:
-    """Let cloudpickle send SAGE's flow and task functions by reference (module + name), not by value.
-
-    A Dask submission pickles the task and the flow run's context, which holds the flow. cloudpickle sends a function
-    by reference only when its module attribute of that name is the function itself; `@flow` and `@task` replace it
-    with the Flow or Task object, so every function (and every function it refers to) travelled by value, each costing
-    a scan of sys.modules: about 0.7 s per submission in a process that has torch imported. Naming each function by
-    the path that finds it (`evaluate.fn`) makes it a reference; Prefect fixed its own keys at decoration time and
-    is unaffected. Returns how many functions were renamed."""
-    import sys
-
-    from prefect import Flow, Task
-
-    n = 0
-    for module_name, module in list(sys.modules.items()):
-        if not module_name.startswith(prefix) or module is None:
-            continue
-        for name, obj in list(vars(module).items()):
-            fn = getattr(obj, "fn", None)
-            if (isinstance(obj, Flow | Task) and getattr(fn, "__module__", None) == module_name
-                    and fn.__qualname__ == fn.__name__ == name):
-                fn.__qualname__ = f"{name}.fn"
-                n += 1
-    return n
 
 
 def _forward_progress(dask_worker) -> None:
@@ -232,15 +207,7 @@ def prefect_api_url(start: bool) -> str | None:
 
     if url := PREFECT_API_URL.value():
         return url
-    from prefect.server.api.server import SubprocessASGIServer
-
-    server = SubprocessASGIServer()  # Prefect's one instance for this process
-    if not server.running and start:
-        from prefect.client.orchestration import get_client
-
-        with get_client(sync_client=True):  # starts it, as the first flow run would
-            pass
-    return server.api_url if server.running else None
+    return temporary_server_url(start)
 
 
 def _this_host() -> set[str]:

@@ -7,13 +7,11 @@ the server and ends the start-up stage, just before the first flow runs.
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from types import SimpleNamespace
 
 from flows.cli.options import console, refused
+from flows.prefect_internals import server_dies_with_this_process
 from flows.quiet import quiet_prefect
 from tasks import progress
 
@@ -52,7 +50,7 @@ def ready(verbose: bool) -> None:
     _console_without_tracebacks(verbose)
     with refused():  # a server that cannot start: one line
         try:
-            _server_dies_with_cli()
+            server_dies_with_this_process()
         except (AttributeError, TypeError, ImportError) as exc:
             # it leans on Prefect internals; where they differ, Prefect starts (and at exit stops) its server itself
             console.print(f"[yellow]note:[/] the temporary Prefect server is not tied to this process ({exc}); a "
@@ -95,49 +93,3 @@ def _console_without_tracebacks(verbose: bool) -> None:
         for handler in logging.getLogger(name).handlers:
             if isinstance(handler, PrefectConsoleHandler) and not isinstance(handler.formatter, _NoTracebackFormatter):
                 handler.setFormatter(_NoTracebackFormatter(handler.formatter))
-
-
-# The temporary Prefect server (uvicorn) is a child of this process; started as Prefect starts it, it outlives a
-# `kill -9` of the CLI. This launcher asks Linux to SIGTERM it when its parent dies, then runs uvicorn as `-m` would.
-_DEATHSIG_LAUNCHER = (
-    "import ctypes, os, runpy, signal, sys\n"
-    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG\n"
-    "if os.getppid() != int(sys.argv[1]):\n"
-    "    sys.exit(0)  # the parent died before prctl took effect\n"
-    "sys.argv = ['uvicorn', *sys.argv[2:]]\n"
-    "runpy.run_module('uvicorn', run_name='__main__', alter_sys=True)\n"
-)
-
-
-def _server_dies_with_cli() -> None:
-    """Start Prefect's temporary server now, from the main thread (the thread PR_SET_PDEATHSIG watches), through the
-    launcher above; Prefect reuses this one instance for the whole run. Nothing to do when PREFECT_API_URL names a
-    server, or off Linux (the server then stops only through Prefect's atexit hook)."""
-    if not sys.platform.startswith("linux"):
-        return
-    from prefect.server.api import server as srv
-    from prefect.settings import PREFECT_API_URL
-
-    if PREFECT_API_URL.value():
-        return
-    instance = srv.SubprocessASGIServer()
-    if instance.running:
-        return
-    plain = instance._run_uvicorn_command
-    real_popen = srv.subprocess.Popen
-
-    def popen(args, **kw):
-        if list(args[:3]) == [sys.executable, "-m", "uvicorn"]:
-            args = [sys.executable, "-c", _DEATHSIG_LAUNCHER, str(os.getpid()), *args[3:]]
-        return real_popen(args, **kw)
-
-    def run_uvicorn():
-        saved = srv.subprocess
-        srv.subprocess = SimpleNamespace(Popen=popen)  # only server.py's name, only for this call
-        try:
-            return plain()
-        finally:
-            srv.subprocess = saved
-
-    instance._run_uvicorn_command = run_uvicorn
-    instance.start()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 
-import cloudpickle
 import pytest
 
 from flows import engine
@@ -83,21 +82,6 @@ def test_assignment_gives_each_worker_an_even_share_with_one_hooks_specs_togethe
 def test_torch_threads_share_the_cores_between_units_run_at_once(monkeypatch):
     monkeypatch.setattr(engine.os, "cpu_count", lambda: 8)
     assert (engine.cpu_share(2), engine.cpu_share(3), engine.cpu_share(16), engine.cpu_share(0)) == (4, 2, 1, 8)
-
-
-def test_flow_and_task_functions_travel_by_reference():
-    import flows.evaluate  # noqa: F401  (its flow and tasks are among those renamed)
-    from flows.evaluate import evaluate
-    from tasks.score import score_sae
-
-    engine.pickled_by_reference()
-    assert evaluate.fn.__qualname__ == "evaluate.fn" and score_sae.fn.__qualname__ == "score_sae.fn"
-    assert engine.pickled_by_reference() == 0  # idempotent
-    # by reference: a few hundred bytes naming the module and path, not the function's code and globals
-    for fn in (evaluate.fn, score_sae.fn):
-        blob = cloudpickle.dumps(fn)
-        assert len(blob) < 300, len(blob)
-        assert cloudpickle.loads(blob) is fn
 
 
 def test_unreachable_scheduler_fails_in_one_line_before_any_work(monkeypatch):
