@@ -35,21 +35,16 @@ warnings.filterwarnings("ignore")
 
 import torch  # noqa: E402
 
-from sage_core.model.capture import CaptureRequest, default_hooks  # noqa: E402
+import benchmarks.quiet  # noqa: E402, F401  (tasks.capture imports Prefect: its environment first)
+from sage_core.model.capture import CaptureRequest, chunk_buffer, default_hooks  # noqa: E402
 from sage_core.model.tokenizer import build_tokenizer  # noqa: E402
 from sage_core.model.transformer import ModelConfig, build_model  # noqa: E402
 from sage_core.prompts.corpus import background_vocabulary  # noqa: E402
 from sage_core.prompts.library import TASKS, get_task  # noqa: E402
 from sage_core.prompts.task import DatasetConfig, generate_prompts  # noqa: E402
 from storage.activations import ActivationStore  # noqa: E402
-from storage.capture import (  # noqa: E402
-    capture_chunks,
-    chunk_buffer,
-    compute_chunk,
-    open_or_create_store,
-    prompt_arrays,
-    write_schedule,
-)
+from storage.capture import open_or_create_store, prompt_arrays  # noqa: E402
+from tasks.capture import capture_chunks, compute_chunk, write_schedule  # noqa: E402
 
 _TOKENIZER_DIR = tempfile.TemporaryDirectory()
 IDENT = {"model_hash": "bench", "dataset_hash": "bench", "request_hash": "bench"}

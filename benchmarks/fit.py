@@ -21,7 +21,8 @@ from sage_core.model.capture import CaptureRequest  # noqa: E402
 from sage_core.prompts.library import get_task  # noqa: E402
 from sage_core.prompts.task import DatasetConfig, generate_prompts  # noqa: E402
 from storage.activations import ActivationStore  # noqa: E402
-from storage.capture import capture_chunks, open_or_create_store  # noqa: E402
+from storage.capture import open_or_create_store  # noqa: E402
+from tasks.capture import capture_chunks  # noqa: E402
 
 
 def main() -> None:

@@ -184,7 +184,7 @@ def _store_once(path: Path, n: int, data: dict[str, np.ndarray], chunk: int, com
     written chunk by chunk as a capture writes it (`write_chunk` is exactly these two halves)."""
     from sage_core.model.capture import dim_names
     from storage.activations import ActivationStore
-    from storage.capture import file_writers
+    from tasks.capture import file_writers
 
     n_pos, d = next(iter(data.values())).shape[1:]
     store = ActivationStore.create_or_resume(

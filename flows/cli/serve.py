@@ -1,4 +1,4 @@
-"""`sage serve start | stop | status`: the standing service (`make serve`, `make serve-stop`), see flows/service.py."""
+"""`sage serve start | stop | status`: the standing service (`make serve`, `make serve-stop`), see flows/service/."""
 
 from __future__ import annotations
 
