@@ -10,6 +10,8 @@ of report.controls (and of sage_core.scoring.leaderboard), so no stage's code ve
 from __future__ import annotations
 
 import math
+import os
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -37,6 +39,37 @@ PROJECTION_NOTE = ("`projection` rows map a pair of residual SAEs onto a sub-lay
                    "Where P_c is the identity (the sub-layer's stacked W_O or W_out has full rank, so it writes the "
                    "whole residual stream) `difference` is the same map: such a pair is scored once, as "
                    "`projection`, which also reaches the attention heads.")
+
+
+TABLES_LABEL = "**Tables** (parquet):"
+_PLOT_LINE = re.compile(r"!\[[^\]\n]*\]\(plots/[^)\s]+\.png\)")
+_LINK = re.compile(r"\[([^\]\n]+)\]\(([^)\s]+)\)")
+
+
+def tables_lines(tables: dict[str, str] | None) -> list[str]:
+    """The run's tables (name -> path relative to the report), linked where they are: written once, never copied."""
+    if not tables:
+        return []
+    return [TABLES_LABEL + " " + ", ".join(f"[{what}]({rel})" for what, rel in tables.items()) + ".", ""]
+
+
+def artifact_summary(readme: str, where: str) -> str:
+    """The report's README.md as the Prefect summary artifact, so the markdown is built once: without the plots (the
+    plots artifact embeds them; a relative image shows nothing in the UI) and with the tables' full paths under the
+    report directory `where` (a relative link leads nowhere there)."""
+    lines, out, i = readme.split("\n"), [], 0
+    while i < len(lines):
+        if _PLOT_LINE.fullmatch(lines[i]):  # a task's plots: its block of images and the blank line closing it
+            while i < len(lines) and _PLOT_LINE.fullmatch(lines[i]):
+                i += 1
+            i += i < len(lines) and lines[i] == ""
+            continue
+        line = lines[i]
+        if line.startswith(TABLES_LABEL):
+            line = _LINK.sub(lambda m: f"{m[1]} `{os.path.normpath(os.path.join(where, m[2]))}`", line)
+        out.append(line)
+        i += 1
+    return "\n".join(out)
 
 
 def corpus_line(about: dict[str, Any]) -> str:
@@ -92,7 +125,8 @@ def task_status_lines(rows: list[dict[str, Any]] | None, model: str | None) -> l
     return [*lines, ""]
 
 
-def _meta_lines(leaderboard: pl.DataFrame, meta: dict, tasks: list[str]) -> list[str]:
+def _meta_lines(leaderboard: pl.DataFrame, meta: dict, tasks: list[str],
+                tables: dict[str, str] | None = None) -> list[str]:
     n_saes = meta.get("n_saes", leaderboard.get_column("sae").n_unique() if "sae" in leaderboard.columns else 0)
     meta_tasks = meta.get("tasks", tasks)
     if isinstance(meta_tasks, list | tuple):
@@ -100,7 +134,8 @@ def _meta_lines(leaderboard: pl.DataFrame, meta: dict, tasks: list[str]) -> list
     parts = [f"**Model:** {meta.get('model', MISSING)}", f"**Tasks:** {meta_tasks or MISSING}",
              f"**SAEs:** {n_saes}", f"**Created:** {meta.get('created', MISSING)}"]
     corpus = [f"**Core metrics on:** {md_escape(corpus_line(meta['corpus']))}.", ""] if meta.get("corpus") else []
-    lines = [". ".join(parts) + ".", "", *corpus, *task_status_lines(meta.get("task_status"), meta.get("model")),
+    lines = [". ".join(parts) + ".", "", *tables_lines(tables), *corpus,
+             *task_status_lines(meta.get("task_status"), meta.get("model")),
              "Per task, the ranking (the summary and its parts), then the other metrics of the same SAEs in the same "
              "order. Figures are means over each SAE's cross-sections (CE rec.: on background text); n = the task's "
              f"cross-sections the SAE reaches; `{MISSING}` = not measured. Trained SAEs are ranked by summary; the "
@@ -129,16 +164,17 @@ def _task_lines(leaderboard: pl.DataFrame, task: str, plots: list[str], verdicts
 def summary_markdown(leaderboard: pl.DataFrame, failures: pl.DataFrame, meta: dict,
                      plots: dict[str, list[str]] | None = None, verdicts: pl.DataFrame | None = None,
                      unreached: Iterable[dict[str, Any]] | None = None,
-                     kept: dict[str, list[str]] | None = None) -> str:
+                     kept: dict[str, list[str]] | None = None, tables: dict[str, str] | None = None) -> str:
     """The run's markdown report.
 
     `plots` maps a task to relative image paths to embed under its table (the writer knows where they are).
     `verdicts`: rows of `report.verdicts.ground_truth_verdicts`. `unreached`: {"sae", "task", "hook"} of the SAEs
     whose hook holds none of a task's kept cross-sections; `kept`: task -> the hooks of its kept cross-sections
-    (`report.notes.kept_hooks(scores)`), named beside them.
+    (`report.notes.kept_hooks(scores)`), named beside them. `tables`: the run's parquet tables, name -> path
+    relative to the report, linked under the run's description.
     """
     tasks = task_names(leaderboard)
-    lines = [f"# SAGE report: {meta.get('run', 'run')}", "", *_meta_lines(leaderboard, meta, tasks)]
+    lines = [f"# SAGE report: {meta.get('run', 'run')}", "", *_meta_lines(leaderboard, meta, tasks, tables)]
     for task in tasks:
         lines += _task_lines(leaderboard, task, (plots or {}).get(task, []), verdicts)
     if not tasks:

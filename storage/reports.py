@@ -1,4 +1,9 @@
-"""Evaluation reports: <out_dir>/{README.md, scores.parquet, leaderboard.parquet, failures.parquet?, plots/*.png}.
+"""Evaluation reports: <out_dir>/{README.md, plots/*.png}; the tables stay where the run wrote them.
+
+A run's report (`tables`: its scores/<run>/) holds no copy of the run's parquet tables: its README links them by
+relative path (`../../scores/<run>/leaderboard.parquet`), its marker records that path, and reading the report reads
+them there, checked against the run's own marker and its identity. A report with no run directory (`tables` None)
+holds its own scores.parquet, leaderboard.parquet and failures.parquet (if any), as reports written before did.
 
 Plots per task: `<task>-metrics.png` (one bar panel per metric) and `<task>-f1-heatmap.png` (with `-p2`, ... where
 its attribute values are cut into several); figures are pyplot-free
@@ -10,6 +15,7 @@ against the marker's checksums.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -20,9 +26,18 @@ from report.notes import kept_hooks
 from report.summary import summary_markdown
 from report.tables import ranked_saes
 from sage_core.scoring import definitions as defs
-from storage.atomic import MARKER, StoreError, is_complete, read_marker, verify_file, write_once
+from storage.atomic import (
+    MARKER,
+    StoreError,
+    cached_marker,
+    is_complete,
+    read_marker,
+    verify_dir,
+    verify_file,
+    write_once,
+)
 from storage.integrity import read_parquet
-from storage.scores import frames_digest, rebuild_hint, refuse_other_run
+from storage.scores import RUN_FILES, frames_digest, read_run_table, rebuild_hint, refuse_other_run, same_run
 from storage.tables import write_parquet
 
 PLOT_METRICS = defs.names(plotted=True)  # the metrics defined to be plotted, in their order
@@ -58,18 +73,23 @@ def _tasks(scores: pl.DataFrame, leaderboard: pl.DataFrame) -> list[str]:
 
 
 def write_report(out_dir: Path, scores: pl.DataFrame, leaderboard: pl.DataFrame, failures: pl.DataFrame,
-                 meta: dict, verdicts: pl.DataFrame | None = None, unreached: list[dict] | None = None) -> Path:
+                 meta: dict, verdicts: pl.DataFrame | None = None, unreached: list[dict] | None = None,
+                 tables: Path | None = None) -> Path:
     """Write the report directory once; if `out_dir` is already complete with the same run (`meta["run_key"]`, else
     the same tables) it is left as it is, and with another run it is refused (StoreError naming another --run).
     `verdicts`: the ground truth's verdict per attribute, listed under each task. `unreached`: {"sae", "task",
     "hook"} of SAEs whose hook holds none of a task's kept cross-sections (the report names them and the kept hooks,
-    read off `scores`)."""
+    read off `scores`). `tables`: the run's directory (`storage.scores.write_run`, holding these very tables) that
+    the report links instead of copying; None: the report holds its own copies."""
     out_dir = Path(out_dir)
     identity = {"run_key": meta.get("run_key"), "content": frames_digest(scores, leaderboard, failures)}
+    if tables is not None:
+        _check_run_dir(Path(tables), identity, out_dir)
     if refuse_other_run(out_dir, identity):
         return out_dir
     tasks = _tasks(scores, leaderboard)
-    with write_once(out_dir, {"kind": "report", **meta, **identity}) as tmp:
+    link = {} if tables is None else {"tables": os.path.relpath(tables, out_dir)}
+    with write_once(out_dir, {"kind": "report", **meta, **identity, **link}) as tmp:
         (tmp / "plots").mkdir()
         embedded: dict[str, list[str]] = {}
         for task in tasks:
@@ -91,25 +111,72 @@ def write_report(out_dir: Path, scores: pl.DataFrame, leaderboard: pl.DataFrame,
                         parts) > 1 else ""
                     _save(f1_heatmap(scores, task, order[page], columns=cols or None, part=of), tmp / name)
                     embedded[task].append(name)
-        write_parquet(scores, tmp / "scores.parquet")
-        write_parquet(leaderboard, tmp / "leaderboard.parquet")
-        if failures is not None and failures.height:
-            write_parquet(failures, tmp / "failures.parquet")
+        if tables is None:
+            write_parquet(scores, tmp / "scores.parquet")
+            write_parquet(leaderboard, tmp / "leaderboard.parquet")
+            if failures is not None and failures.height:
+                write_parquet(failures, tmp / "failures.parquet")
+            links = {what: name for what, name in RUN_FILES.items() if (tmp / name).is_file()}
+        else:  # relative, so a data root that is copied or moved still finds its run's tables
+            links = {what: f"{link['tables']}/{name}" for what, name in RUN_FILES.items()
+                     if (Path(tables) / name).is_file()}
         md = summary_markdown(leaderboard, failures, meta, plots=embedded, verdicts=verdicts, unreached=unreached,
-                              kept=kept_hooks(scores))
+                              kept=kept_hooks(scores), tables=links)
         (tmp / "README.md").write_text(md)
     return out_dir
 
 
-def read_report(out_dir: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(scores, leaderboard) of a complete report, checked against its marker (a damaged file is named)."""
+def _check_run_dir(run_dir: Path, identity: dict[str, str], out_dir: Path) -> None:
+    """`run_dir` is a whole run of this identity: a report never links tables of another evaluation."""
+    old = cached_marker(run_dir) if run_dir.is_dir() else None
+    if old is None:
+        raise StoreError(f"the report {out_dir} links its tables at {run_dir}, which is missing; rerun the `sage "
+                         f"evaluate` (or watch run) that wrote run {run_dir.name}, with the same options: it rebuilds it")
+    try:
+        verify_dir(run_dir)  # names a damaged table
+    except StoreError as exc:
+        raise rebuild_hint(exc, run_dir.name) from exc
+    if not same_run(old, identity):
+        raise StoreError(f"{run_dir} holds another evaluation than the report {out_dir} was written for; delete "
+                         f"{out_dir} and rerun the `sage evaluate` that wrote run {run_dir.name} to report it")
+
+
+def linked_run(out_dir: Path) -> Path | None:
+    """The run directory whose tables a complete report links (checked: whole and the same run), None for a report
+    that holds its own tables."""
+    out_dir = Path(out_dir)
+    marker = read_marker(out_dir)
+    if marker.get("tables") is None:
+        return None
+    run_dir = Path(os.path.normpath(out_dir / marker["tables"]))
+    _check_run_dir(run_dir, {"run_key": marker.get("run_key"), "content": marker.get("content")}, out_dir)
+    return run_dir
+
+
+def _complete(out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     if not (out_dir / MARKER).is_file():
         raise StoreError(f"no complete report at {out_dir}; run `sage evaluate` first")
+    return out_dir
+
+
+def read_report(out_dir: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(scores, leaderboard) of a complete report, from the run it links (or its own copies), each file checked
+    against its directory's marker (a damaged one is named)."""
+    out_dir = _complete(out_dir)
     try:
+        run_dir = linked_run(out_dir)
+        if run_dir is not None:
+            return read_run_table(run_dir, "scores"), read_run_table(run_dir, "leaderboard")
         return read_parquet(out_dir / "scores.parquet", out_dir), read_parquet(out_dir / "leaderboard.parquet", out_dir)
     except StoreError as exc:
         raise rebuild_hint(exc, out_dir.name) from exc
+
+
+def read_readme(report_dir: Path) -> str:
+    """The report's README.md, checked against its marker."""
+    report_dir = _complete(report_dir)
+    return verify_file(report_dir / "README.md", report_dir).read_text()
 
 
 def report_plots(report_dir: Path) -> dict[str, bytes]:
@@ -133,10 +200,13 @@ def report_plots(report_dir: Path) -> dict[str, bytes]:
 
 
 def read_failures(out_dir: Path) -> pl.DataFrame:
-    """The failures table of a complete report (empty when nothing failed)."""
+    """The failures table of a complete report, from the run it links (or its own copy; empty when nothing failed)."""
     out_dir = Path(out_dir)
     if not is_complete(out_dir):
         raise StoreError(f"no complete report at {out_dir}; run `sage evaluate` first")
+    run_dir = linked_run(out_dir)
+    if run_dir is not None:
+        return read_run_table(run_dir, "failures")
     p = out_dir / "failures.parquet"
     return read_parquet(p, out_dir) if p.is_file() else pl.DataFrame(schema={"sae": pl.String, "error": pl.String})
 

@@ -97,7 +97,7 @@ def frames_digest(*frames: pl.DataFrame | None) -> str:
     return stable_hash([None if f is None else [str(f.schema), f.to_dict(as_series=False)] for f in frames])
 
 
-def _same_run(old: dict[str, Any], identity: dict[str, str]) -> bool:
+def same_run(old: dict[str, Any], identity: dict[str, str]) -> bool:
     return (old.get("run_key") == identity["run_key"] if old.get("run_key") and identity.get("run_key")
             else old.get("content") == identity["content"])
 
@@ -120,7 +120,7 @@ def refuse_other_run(d: Path, identity: dict[str, str]) -> bool:
         _move_aside(d)
         return False
     whole = is_complete(d)
-    if not _same_run(old, identity):
+    if not same_run(old, identity):
         state = "already holds" if whole else "holds a damaged copy of"
         raise StoreError(f"{d.parent.name}/{d.name} ({d}) {state} another evaluation; pass another --run (e.g. "
                          f"--run {d.name}-2), or delete that directory to replace it")
@@ -176,14 +176,21 @@ def write_run(d: Path, scores: pl.DataFrame, board: pl.DataFrame, failures: pl.D
     return d
 
 
-def read_run(d: Path) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """(scores, leaderboard, failures) of a complete scores/<run>/."""
-    if not is_complete(d):
+def read_run_table(d: Path, what: str) -> pl.DataFrame:
+    """One table of scores/<run>/ (`what`: a key of RUN_FILES), checked against the run's marker. A run whose marker
+    is there but a file is damaged names that file and the evaluation whose rerun rebuilds it."""
+    d = Path(d)
+    if not (d / MARKER).is_file():
         raise StoreError(f"no complete run at {d}; run `sage evaluate` first")
     try:
-        return tuple(read_parquet(Path(d) / f, Path(d)) for f in RUN_FILES.values())
+        return read_parquet(d / RUN_FILES[what], d)
     except StoreError as exc:
-        raise rebuild_hint(exc, Path(d).name) from exc
+        raise rebuild_hint(exc, d.name) from exc
+
+
+def read_run(d: Path) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """(scores, leaderboard, failures) of a complete scores/<run>/."""
+    return tuple(read_run_table(d, what) for what in RUN_FILES)
 
 
 def read_run_meta(d: Path) -> dict[str, Any]:

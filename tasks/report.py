@@ -17,8 +17,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from report.artifacts import artifact_key, latest_key, leaderboard_rows, plots_markdown
-from report.notes import kept_hooks
-from report.summary import summary_markdown, task_result_line
+from report.summary import artifact_summary, task_result_line
 from report.tables import task_names
 from report.verdicts import VERDICT_SCHEMA, ground_truth_verdicts, verdict_line
 from sage_core.scoring.leaderboard import leaderboard
@@ -28,7 +27,7 @@ from storage.ground_truth import read_quality
 from storage.home import SageHome
 from storage.records import dir_ref
 from storage.refs import CoreRef, GroundTruthRef, ModelRef, ReportRef, RunRef, ScorePartRef
-from storage.reports import report_plots, write_report
+from storage.reports import read_readme, report_plots, write_report
 from tasks.common import UNCACHED, log, output_key, stage_options
 
 UNIT_SCHEMA = {"sae": pl.String, "task": pl.String, "kind": pl.String, "mapping": pl.String, "status": pl.String}
@@ -109,23 +108,24 @@ def _verdict_frame(verdicts: list[dict[str, Any]]) -> pl.DataFrame:
 @task(name="report", task_run_name="report {run.run}", **stage_options())
 def write_run_report(run: RunRef, verdicts: list[dict[str, Any]], unreached: list[dict[str, str]],
                      home: str) -> ReportRef:
-    """reports/<run>/: README.md (tables, controls, ground-truth verdicts, failed and unreached SAEs) and plots."""
+    """reports/<run>/: README.md (tables, controls, ground-truth verdicts, failed and unreached SAEs) and plots; the
+    run's parquet tables stay in scores/<run>/, which the README links."""
     h = SageHome(home)
     scores, board, failures = sc_store.read_run(h.at(run))
     d = write_report(h.report_dir(run.run), scores, board, failures, sc_store.read_run_meta(h.at(run)),
-                     _verdict_frame(verdicts), unreached=unreached)
+                     _verdict_frame(verdicts), unreached=unreached, tables=h.at(run))
     return dir_ref(h, ReportRef, d, run=run.run)
 
 
 @task(name="publish", task_run_name="publish {run.run}", **UNCACHED)
-def publish_run(run: RunRef, report: ReportRef, verdicts: list[dict[str, Any]], unreached: list[dict[str, str]],
-                home: str) -> list[str]:
+def publish_run(run: RunRef, report: ReportRef, verdicts: list[dict[str, Any]],
+                unreached: list[dict[str, str]], home: str) -> list[str]:  # noqa: ARG001  (the README names them)
     """The run in the Prefect UI: the leaderboard table (per task ranked: rank, n, the summary and its parts), the summary and the
-    plots, each under this run's key and under a stable "latest" key; the flow run is named after the run."""
+    plots, each under this run's key and under a stable "latest" key; the flow run is named after the run. The summary
+    is the report's README as written (`verdicts` and `unreached` were its inputs), never built a second time."""
     h = SageHome(home)
-    scores, board, failures = sc_store.read_run(h.at(run))
-    summary = summary_markdown(board, failures, sc_store.read_run_meta(h.at(run)), verdicts=_verdict_frame(verdicts),
-                               unreached=unreached, kept=kept_hooks(scores))
+    board = sc_store.read_run_table(h.at(run), "leaderboard")
+    summary = artifact_summary(read_readme(h.at(report)), where=str(h.at(report)))
     plots = plots_markdown(report_plots(h.at(report)), where=str(h.at(report)))
     keys = []
     for what in ("leaderboard", "summary", "plots"):
