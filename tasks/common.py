@@ -183,7 +183,7 @@ class SageRecords(LocalFileSystem):
 
     def _only_ours(self, path: str, content: bytes) -> bytes:
         if serializer_of(content) != SERIALIZER:
-            raise ValueError(f"cache record {self._resolve_path(path)} is not a SAGE JSON record; refusing to load it")
+            raise ValueError(f"cache record {record_path(self, path)} is not a SAGE JSON record; refusing to load it")
         return content
 
     async def aread_path(self, path: str) -> bytes:
@@ -191,6 +191,13 @@ class SageRecords(LocalFileSystem):
 
     def read_path(self, path: str, **_kwargs: Any) -> bytes:
         return self._only_ours(path, LocalFileSystem.read_path(self, path, _sync=True))
+
+
+def record_path(storage: Any, key: str) -> Path | None:
+    """Where a local record store keeps the record `key` (its public `basepath`); None for any other store."""
+    if not isinstance(storage, LocalFileSystem):
+        return None
+    return Path(storage.basepath or ".").expanduser().resolve() / key
 
 
 def in_home(task, home: SageHome):
@@ -243,11 +250,8 @@ class StageCache(CachePolicy):
                     flow_parameters: dict[str, Any], **kwargs: Any) -> str | None:  # noqa: ARG002
         key = task_key(task_ctx.task, inputs)
         store = task_ctx.result_store
-        resolve = getattr(getattr(store, "result_storage", None), "_resolve_path", None)
-        if resolve is None:  # not a local result directory: nothing to look at
-            return key
-        path = Path(resolve(key))
-        if not path.is_file():
+        path = record_path(getattr(store, "result_storage", None), key)
+        if path is None or not path.is_file():  # not a local result directory, or no record yet
             return key
         try:
             problem = self._record_problem(path, inputs, key)

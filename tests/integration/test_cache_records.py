@@ -9,7 +9,6 @@ pytestmark = [pytest.mark.integration]
 
 
 def test_a_pickle_swapped_in_after_the_key_check_is_never_loaded(prefect_harness, tmp_path, monkeypatch):
-    from pathlib import Path
 
     from prefect import flow
     from prefect.results import ResultRecord, ResultRecordMetadata
@@ -29,7 +28,7 @@ def test_a_pickle_swapped_in_after_the_key_check_is_never_loaded(prefect_harness
 
     def check_then_swap(self, task_ctx, inputs, flow_parameters, **kw):
         key = real(self, task_ctx, inputs, flow_parameters, **kw)  # it looked: nothing (or ours) there
-        path = Path(task_ctx.result_store.result_storage._resolve_path(key))
+        path = common.record_path(task_ctx.result_store.result_storage, key)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(planted)
         return key

@@ -277,15 +277,14 @@ def _record_ctx(tmp_path):
 
 @pytest.mark.parametrize("result", ['"{}"', '"[1, 2]"', "3", '"not json"'])
 def test_a_tampered_record_is_dropped_in_one_line(tmp_path, caplog, result):
-    from pathlib import Path
 
     from sage_core.config import ZooConfig
-    from tasks.common import StageCache
+    from tasks.common import StageCache, record_path
 
     ctx = _record_ctx(tmp_path)
     inputs = {"cfg": ZooConfig.tiny(), "home": str(tmp_path / "home")}
     key = StageCache().compute_key(ctx, inputs, {})
-    path = Path(ctx.result_store.result_storage._resolve_path(key))
+    path = record_path(ctx.result_store.result_storage, key)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"metadata": {"serializer": {"type": "sage-json"}, "storage_key": "k"}})[:-1]
                     + f', "result": {result}}}')
