@@ -145,7 +145,10 @@ def linked_run(out_dir: Path) -> Path | None:
     """The run directory whose tables a complete report links (checked: whole and the same run), None for a report
     that holds its own tables."""
     out_dir = Path(out_dir)
-    marker = read_marker(out_dir)
+    try:
+        marker = read_marker(out_dir)
+    except StoreError as exc:
+        raise rebuild_hint(exc, out_dir.name) from exc
     if marker.get("tables") is None:
         return None
     run_dir = Path(os.path.normpath(out_dir / marker["tables"]))
@@ -164,10 +167,10 @@ def read_report(out_dir: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(scores, leaderboard) of a complete report, from the run it links (or its own copies), each file checked
     against its directory's marker (a damaged one is named)."""
     out_dir = _complete(out_dir)
+    run_dir = linked_run(out_dir)  # its errors say what to do
+    if run_dir is not None:
+        return read_run_table(run_dir, "scores"), read_run_table(run_dir, "leaderboard")
     try:
-        run_dir = linked_run(out_dir)
-        if run_dir is not None:
-            return read_run_table(run_dir, "scores"), read_run_table(run_dir, "leaderboard")
         return read_parquet(out_dir / "scores.parquet", out_dir), read_parquet(out_dir / "leaderboard.parquet", out_dir)
     except StoreError as exc:
         raise rebuild_hint(exc, out_dir.name) from exc
