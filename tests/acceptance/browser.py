@@ -111,7 +111,7 @@ class Browser:
             height = min(max_height, max(self.height, int(self.eval(
                 "Math.max(...[...document.querySelectorAll('*')].map(e => e.scrollHeight))"))))
             self.resize(height)
-            time.sleep(0.5)  # let the layout settle at the new height
+            time.sleep(2.0)  # the layout, and the flow run page's timeline canvas, redraw at the new height
         try:
             data = self.call("Page.captureScreenshot", format="png")["data"]
         finally:
