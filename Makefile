@@ -24,7 +24,7 @@ PREFECT_PORT ?= 4200
 PG_PORT ?= 5433
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo -n)
 
-.PHONY: run test install lint bench clean-data ui ui-shots postgresql serve serve-stop serve-status
+.PHONY: run test install lint bench clean-data ui ui-shots chromium postgresql serve serve-stop serve-status
 
 # the install is a stage of `make run` like the others: one line when it starts, one with its duration when it ends
 STAGE_LINE = echo "[sage $$(date +%H:%M:%S)] install:"
@@ -63,8 +63,7 @@ lint: install
 
 # every test but the end-to-end runs at GPT-2 small's real shape (marker real_shape: minutes on a CPU), which
 # `make bench` runs
-test: install lint postgresql
-	@command -v chromium >/dev/null || $(SUDO) apt-get install -y chromium
+test: install lint postgresql chromium
 	$(PY) -m pytest -q tests -m "not real_shape"
 
 bench: install postgresql
@@ -86,10 +85,18 @@ ui: install
 # the Prefect UI as a person sees it, in headless Chromium at 1600 px after an evaluation and a watch run: the
 # leaderboard, summary, plots and watch artifacts and the flow run page, asserted on and saved to results/ui/*.png
 # (the emoji font: the report marks the controls' verdict with one, a box without it)
-ui-shots: install
-	@command -v chromium >/dev/null || $(SUDO) apt-get install -y chromium
+ui-shots: install chromium
 	@fc-list 2>/dev/null | grep -qi emoji || $(SUDO) apt-get install -y fonts-noto-color-emoji
 	SAGE_UI_SHOTS=results/ui $(PY) -m pytest -q tests/acceptance/test_ui_browser.py
+
+# headless Chromium for the Prefect UI's browser test (tests/acceptance/test_ui_browser.py): the Debian package
+chromium:
+	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then :; \
+	elif command -v apt-get >/dev/null; then echo "installing Chromium (apt-get install chromium) ..."; \
+	  $(SUDO) apt-get update -qq >/dev/null && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1 || \
+	  { echo "could not install Chromium: run 'apt-get install chromium' as root, then make again"; exit 1; }; \
+	else echo "Chromium not found: install it (the Prefect UI's browser test drives it headless)"; exit 1; fi
 
 # PostgreSQL, Prefect's database for the standing service (its test too): the Debian package where it is missing
 postgresql:
