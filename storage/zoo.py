@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from storage.atomic import MARKER, StoreError, file_digest, is_complete, is_whole, read_marker, verify_dir, write_once
-from storage.hashing import dir_hash, file_hash
+from storage.hashing import content_file_hash, dir_hash, file_hash
 from storage.home import SageHome
 from storage.records import read_record, write_record
 from storage.refs import ModelRef, TableRef, TokenizerRef, ZooActivationsRef, ZooRef, ZooSAERef
@@ -116,7 +116,9 @@ def model_hash(path: Path) -> str:
     with _hash_lock:
         known = _model_hashes.get(signature)
     if known is None:
-        known = "-".join([file_hash(path / "config.json")[:8], file_hash(path / "model.safetensors")[:8],
+        # canonical content (issue 27 item 5): a config's keys or the weights' metadata in another order keep it
+        known = "-".join([content_file_hash(path / "config.json")[:8],
+                          content_file_hash(path / "model.safetensors")[:8],
                           dir_hash(path / "tokenizer")[:8]])
         with _hash_lock:
             _model_hashes[signature] = known

@@ -115,3 +115,24 @@ def test_files_that_are_not_json_or_safetensors_hash_as_their_bytes(tmp_path):
             (tmp_path / name).read_bytes()).hexdigest()[:16]
     assert safetensors_content_hash(tmp_path / "bad.safetensors") == hashlib.sha256(b"\xff" * 20).hexdigest()[:16]
     assert dir_hash(tmp_path)  # and a directory of them still hashes
+
+
+def test_the_zoo_model_with_its_config_keys_or_weights_metadata_in_another_order_keeps_its_hash(tmp_path):
+    from storage.zoo import model_hash
+
+    def model(d, cfg, weights: bytes):
+        (d / "tokenizer").mkdir(parents=True)
+        (d / "tokenizer" / "tokenizer.json").write_text('{"model": {"vocab": {"a": 0}}}')
+        (d / "config.json").write_text(json.dumps(cfg))
+        (d / "model.safetensors").write_bytes(weights)
+        return d
+
+    cfg = {"n_layers": 2, "d_model": 8, "act_fn": "gelu", "nested": {"x": 1, "y": [1, 2]}}
+    meta = {"sage": "model", "config": json.dumps(cfg), "step": "1200"}
+    data = save({"embed.W_E": torch.arange(8.0), "blocks.0.W_in": torch.ones(4)}, metadata=meta)
+    a = model(tmp_path / "a", cfg, data)
+    b = model(tmp_path / "b", _reordered(cfg), _with_metadata_order(data, list(reversed(list(meta)))))
+    assert (a / "model.safetensors").read_bytes() != (b / "model.safetensors").read_bytes()
+    assert model_hash(a) == model_hash(b)
+    c = model(tmp_path / "c", {**cfg, "d_model": 16}, data)
+    assert model_hash(c) != model_hash(a)
