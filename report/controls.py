@@ -11,7 +11,7 @@ from typing import Any
 
 import polars as pl
 
-from report.tables import fmt, num
+from report.tables import fmt, num, short_sae
 from sage_core.scoring import definitions as defs
 from sage_core.scoring.leaderboard import CORE_METRICS, LEADERBOARD_METRICS
 
@@ -61,11 +61,14 @@ def _matched_verdict(rows: list[dict[str, Any]]) -> tuple[bool | None, str]:
                and not math.isnan(num(r.get("oracle_same"))) and not math.isnan(num(r.get("random_same")))]
     if not trained:
         return None, "not checked: no trained SAE with a summary and matched controls"
-    above = [f"{r['sae']} ({num(r['summary']):.3f} vs oracle {num(r['oracle_same']):.3f})" for r in trained
-             if num(r["summary"]) >= num(r["oracle_same"])]
-    below = [f"{r['sae']} ({num(r['summary']):.3f} vs random {num(r['random_same']):.3f})" for r in trained
-             if num(r["summary"]) <= num(r["random_same"])]
-    n_ok = len(trained) - len({s.split(" (")[0] for s in above + below})
+    over = [r for r in trained if num(r["summary"]) >= num(r["oracle_same"])]
+    under = [r for r in trained if num(r["summary"]) <= num(r["random_same"])]
+    # named as the tables name them (`short_sae`)
+    above = [f"{short_sae(str(r['sae']))} ({num(r['summary']):.3f} vs oracle {num(r['oracle_same']):.3f})"
+             for r in over]
+    below = [f"{short_sae(str(r['sae']))} ({num(r['summary']):.3f} vs random {num(r['random_same']):.3f})"
+             for r in under]
+    n_ok = len(trained) - len({id(r) for r in over + under})
     if above or below:
         parts = ([f"at or above the oracle: {', '.join(above)}"] if above else []) + \
                 ([f"at or below random: {', '.join(below)}"] if below else [])
@@ -88,7 +91,8 @@ def controls_verdict(leaderboard: pl.DataFrame, task: str) -> tuple[bool | None,
         return _matched_verdict(rows)
     by_kind: dict[str, list[tuple[str, float]]] = {}
     for r in rows:
-        by_kind.setdefault(str(r.get("kind")), []).append((str(r["sae"]), num(r.get("summary"))))
+        # named as the tables name them (`short_sae`)
+        by_kind.setdefault(str(r.get("kind")), []).append((short_sae(str(r["sae"])), num(r.get("summary"))))
     oracles = [(s, v) for s, v in by_kind.get("oracle", []) if not math.isnan(v)]
     randoms = [(s, v) for s, v in by_kind.get("random", []) if not math.isnan(v)]
     trained = [(s, v) for s, v in by_kind.get("trained", []) if not math.isnan(v)]
