@@ -19,11 +19,13 @@ import polars as pl
 from report.tables import RANK_COLUMNS, rounded, short_sae, task_names, task_rows
 
 # the table artifact's columns, in order (leaderboard column -> artifact column): per task its ranking, as the report's
-# first table (the summary and its parts; the other metrics are in the summary artifact and the run's parquet)
+# first table (the summary and its parts, under the report's headers; the other metrics are in the summary artifact
+# and the run's parquet). Narrow enough for the Prefect UI's table box at 1600 px (1044 px, checked in Chromium by
+# tests/acceptance/test_ui_browser.py): no `kind` (a control is named `control:...`, has no rank and the mapping
+# `control`), and the status as ok / failed (the error is in the summary artifact's failures).
 ARTIFACT_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("task", "task"), ("rank", "rank"), ("sae", "sae"), ("kind", "kind"), ("mapping", "mapping"),
-    *((c, "n" if c == "n_sections" else c) for c, _ in RANK_COLUMNS), ("status", "status"))
-TEXT_COLUMNS = ("task", "kind", "mapping", "status")
+    ("task", "task"), ("rank", "rank"), ("sae", "sae"), ("mapping", "mapping"), *RANK_COLUMNS, ("status", "status"))
+TEXT_COLUMNS = ("task", "mapping")
 # artifact -> its stable key, which always holds the latest run's; a run's own key is `<stable>-run-<run>`
 LATEST_KEYS = {"leaderboard": "sae-leaderboard", "summary": "sae-evaluation-summary", "plots": "sae-evaluation-plots"}
 MAX_RUN_SLUG = 48  # longer run names are cut (and hashed, so two runs never share a key)
@@ -54,6 +56,8 @@ def leaderboard_rows(board: pl.DataFrame) -> list[dict[str, Any]]:
                     out[name] = short_sae(str(v))
                 elif col in TEXT_COLUMNS:
                     out[name] = None if v is None else str(v)
+                elif col == "status":
+                    out[name] = None if v is None else "ok" if str(v) == "ok" else "failed"
                 elif col == "n_sections":
                     out[name] = None if rounded(v) is None else int(v)
                 else:

@@ -9,6 +9,7 @@ The leaderboard (`sage_core.scoring.leaderboard`) has one row per (sae, task) wi
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import polars as pl
@@ -34,10 +35,17 @@ DETAIL_HEADERS = ("rank", "SAE") + tuple(h for _, h in DETAIL_COLUMNS)
 CONTROL_RANK = "ctrl"  # the controls' rank cell: they are listed after the ranked SAEs, not among them
 
 
+_UNIT = re.compile(r"^(?P<family>[^:\[]+):(?P<mapping>[a-z]+)\[(?P<before>[^\]]+?)->(?P<after>[^\]]+)\]$")
+
+
 def short_sae(name: str) -> str:
-    """blocks.0.hook_resid_pre--topk-512 -> L0.resid_pre topk-512 (zoo names); other names unchanged."""
+    """blocks.0.hook_resid_pre--topk-512 -> L0.resid_pre topk-512 (zoo names); a projected pair's unit
+    topk-64:projection[L0.resid_mid->L0.resid_post] -> L0.resid_mid→L0.resid_post topk-64 (its mapping is a column of
+    every table that shows it); other names unchanged."""
     from sage_core.model.hooks import short_hook
 
+    if m := _UNIT.match(name):
+        return f"{m['before']}→{m['after']} {m['family']}"
     if "--" in name:
         hook, rest = name.split("--", 1)
         return f"{short_hook(hook)} {rest}"

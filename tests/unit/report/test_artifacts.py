@@ -21,8 +21,8 @@ from report.artifacts import (
 
 PNG = b"\x89PNG\r\n\x1a\n"
 KEY = re.compile(r"^[a-z0-9-]+$")  # prefect.types.names: lowercase letters, numbers and dashes only
-COLUMNS = ["task", "rank", "sae", "kind", "mapping", "n", "summary", "faithfulness", "necessity", "edit_gain_k4",
-           "f1_mean", "mcc", "status"]
+# the report's ranked table's headers; no `kind` (a control is named control:..., unranked, mapping `control`)
+COLUMNS = ["task", "rank", "sae", "mapping", "n", "summary", "faith.", "nec.", "gain@4", "F1", "MCC", "status"]
 
 
 def _board() -> pl.DataFrame:
@@ -43,10 +43,11 @@ def test_leaderboard_rows_are_rounded_complete_and_in_order():
     assert [list(r) for r in rows] == [COLUMNS, COLUMNS]  # kl, oracle_same, EV: in the report, not this table
     a, b = rows
     assert a["rank"] == 1 and a["sae"] == "L0.resid_pre topk-64"  # short names
-    assert a["summary"] == 0.871 and a["faithfulness"] == 1.0 and a["f1_mean"] == 0.667 and a["mcc"] == 0.1
+    assert a["summary"] == 0.871 and a["faith."] == 1.0 and a["F1"] == 0.667 and a["MCC"] == 0.1
     assert a["n"] == 3 and isinstance(a["n"], int)
-    assert a["necessity"] is None and a["edit_gain_k4"] is None  # NaN and missing: an empty cell, never NaN
-    assert b["status"] == "failed: ValueError: boom" and b["summary"] is None and b["n"] == 0 and b["rank"] == 2
+    assert a["nec."] is None and a["gain@4"] is None  # NaN and missing: an empty cell, never NaN
+    # the status says whether it failed (its error is in the summary artifact's failures: a narrow column)
+    assert a["status"] == "ok" and b["status"] == "failed" and b["summary"] is None and b["n"] == 0 and b["rank"] == 2
     for v in (x for r in rows for x in r.values() if isinstance(x, float)):
         assert len(repr(v).split(".")[-1]) <= 3, v  # never 0.8707809924535784
     json.dumps(rows, allow_nan=False)  # a table artifact is JSON
@@ -67,13 +68,13 @@ def test_leaderboard_rows_agree_with_the_markdown_report():
 
     board = _board()
     row = leaderboard_rows(board)[0]
-    for col in ("summary", "faithfulness", "f1_mean", "mcc"):
-        assert fmt(board[col][0]) == f"{row[col]:.3f}", col
+    for col, head in (("summary", "summary"), ("faithfulness", "faith."), ("f1_mean", "F1"), ("mcc", "MCC")):
+        assert fmt(board[col][0]) == f"{row[head]:.3f}", col
 
 
 def test_leaderboard_rows_without_a_metric_column_and_without_sae():
     rows = leaderboard_rows(_board().drop("faithfulness"))
-    assert all(r["faithfulness"] is None for r in rows)
+    assert all(r["faith."] is None for r in rows)
     with pytest.raises(ValueError, match="lacks sae") as e:
         leaderboard_rows(_board().drop("sae"))
     assert "\n" not in str(e.value)
@@ -139,3 +140,13 @@ def test_plots_markdown_lists_what_exceeds_the_budget_and_refuses_non_png():
         plots_markdown({"plots/x.svg": b"<svg/>"})
     odd = plots_markdown({"plots/a](evil).png": _png()})
     assert "![a_(evil)](data:" in odd  # the name cannot close the image's alt text
+
+
+def test_short_names_of_zoo_saes_and_projected_units():
+    from report.tables import short_sae
+
+    assert short_sae("blocks.0.hook_resid_pre--topk-64") == "L0.resid_pre topk-64"
+    assert short_sae("topk-64:projection[L0.resid_mid->L0.resid_post]") == "L0.resid_mid→L0.resid_post topk-64"
+    assert short_sae("jumprelu-256:difference[L1.resid_pre->L1.resid_mid]") == "L1.resid_pre→L1.resid_mid jumprelu-256"
+    for name in ("control:oracle", "gpt2-small-res-jb/blocks.8.hook_resid_pre", "a:b[c]"):
+        assert short_sae(name) == name
