@@ -21,6 +21,7 @@ import polars as pl
 from report.verdicts import ground_truth_verdicts, verdict_line
 from storage.atomic import MARKER, is_complete
 from storage.home import SageHome
+from storage.reports import read_report
 
 MODEL = "sage-tiny"
 
@@ -130,7 +131,7 @@ def main() -> None:
 
     h = SageHome(args.home)
     report = latest_dir(h.reports_root(), args.run)
-    board = pl.read_parquet(report / "leaderboard.parquet")
+    _, board = read_report(report)  # the tables of the run it links, checked
     meta = {k: v for k, v in __import__("json").loads((report / MARKER).read_text()).items()}
     tasks = list(meta.get("tasks") or board["task"].unique().to_list())
     gt = Path(meta["ground_truth"])

@@ -142,7 +142,7 @@ def evaluate(cfg: EvaluateConfig = EvaluateConfig(), home: str | None = None, ru
     run_ref = at_home(rt.write_run_files)(run, zoo.model, cfg.pretrained or name, gt, tasks, len(specs), parts, statuses, core,
                                failures, root, corpus=corpus.about, task_status=[s.model_dump() for s in posed])
     report = at_home(rt.write_run_report)(run_ref, verdicts, list(plan.unreached), root)
-    result = at_home(rt.publish_run)(run_ref, report, verdicts, list(plan.unreached), root)
+    result = at_home(rt.publish_run)(run_ref, report, verdicts, root)
     for line in result:  # the run's results in its log (task runs log warnings only: progress is in the artifacts)
         log().info(line)
     recorded = at_home(record_evaluations)(run_ref, model_label(cfg.pretrained) if cfg.pretrained else name, saes, root)

@@ -174,7 +174,7 @@ class RunRef(Ref):
 
 
 class ReportRef(Ref):
-    """A run's report: reports/<run>/ (README.md, tables, plots)."""
+    """A run's report: reports/<run>/ (README.md linking scores/<run>/'s tables, plots)."""
 
     ref: Literal["report"] = "report"
     run: str

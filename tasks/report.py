@@ -118,8 +118,7 @@ def write_run_report(run: RunRef, verdicts: list[dict[str, Any]], unreached: lis
 
 
 @task(name="publish", task_run_name="publish {run.run}", **UNCACHED)
-def publish_run(run: RunRef, report: ReportRef, verdicts: list[dict[str, Any]],
-                unreached: list[dict[str, str]], home: str) -> list[str]:  # noqa: ARG001  (the README names them)
+def publish_run(run: RunRef, report: ReportRef, verdicts: list[dict[str, Any]], home: str) -> list[str]:
     """The run in the Prefect UI: the leaderboard table (per task ranked: rank, n, the summary and its parts), the summary and the
     plots, each under this run's key and under a stable "latest" key; the flow run is named after the run. The summary
     is the report's README as written (`verdicts` and `unreached` were its inputs), never built a second time."""

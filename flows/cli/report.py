@@ -32,7 +32,7 @@ def report_cmd(
 
     try:
         meta = read_run_meta(h.scores_dir(where.name))
-    except StoreError:  # the run's files are gone: the report still has its leaderboard
+    except StoreError:  # a report written before reports linked their run holds its own leaderboard
         meta = {}
     render.run_header(where.name, meta, board)
     render.leaderboard(board, None, top)

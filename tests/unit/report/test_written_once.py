@@ -167,7 +167,7 @@ def test_one_runs_report_and_publish_build_the_summary_once(tmp_path, monkeypatc
     run = dir_ref(h, RunRef, _run(h), run="r")
     verdicts = []
     report = rt.write_run_report.fn(run, verdicts, [], str(h.root))
-    lines = rt.publish_run.fn(run, report, verdicts, [], str(h.root))
+    lines = rt.publish_run.fn(run, report, verdicts, str(h.root))
     assert len(calls) == 1
     readme = (h.at(report) / "README.md").read_text()
     assert published["sae-evaluation-summary"] == summary_mod.artifact_summary(readme, str(h.at(report)))
