@@ -398,7 +398,7 @@ def test_wide_f1_heatmaps_are_cut_into_legible_parts():
     assert {a for a, _ in parts[2]} == {"S", "Pos"}
     assert sorted(c for p in parts for c in p) == sorted(f1_matrix(scores, "ioi")[1])
     fig = f1_heatmap(scores, "ioi", columns=parts[0], part=" (1 of 3)")
-    assert fig.get_size_inches()[0] < 16 and fig.axes[0].get_title().endswith("(1 of 3)")
+    assert fig.get_size_inches()[0] < 16 and fig.get_suptitle().endswith("(1 of 3)")
     assert len(fig.axes[0].get_xticklabels()) == 20
     plt.close("all")
 
