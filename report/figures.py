@@ -239,7 +239,8 @@ def f1_heatmap(scores: pl.DataFrame, task: str, saes: list[str] | None = None,
     measure = _Measure()
     names = [short_sae(s) for s in rows]
     name_pt = 8 if len(rows) <= 30 else 7
-    col_in = HEATMAP_COLUMN_IN
+    # cells written out need room for "0.00"; without, a narrower column keeps IOI's 27 values within ~1050 px
+    col_in = HEATMAP_COLUMN_IN if mat.size < ANNOTATE_MAX_CELLS else 0.24
     # values across while each fits its column, else upright: rotated ones never overlap, slanted ones' boxes do
     value_in = max((measure.width(v, 7) for _, v in columns), default=0.0)
     upright = value_in > col_in - 0.06

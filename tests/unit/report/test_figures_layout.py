@@ -117,3 +117,18 @@ def test_the_metrics_figure_is_about_1000_px_wide_with_short_names_and_nothing_c
     _assert_legible(fig, inside)
     assert len({t.get_text().split("\n")[0] for ax in fig.axes if (t := ax.title).get_text()}) == len(
         [m for m in PLOT_METRICS if m in board.columns])
+
+
+def test_an_unannotated_heatmap_of_ioi_s_size_fits_the_ui_s_box():
+    """13 SAEs by IOI's 27 name values was 1446 px wide, shown at 0.72x in the UI's ~1046 px box: cells without
+    numbers in them need no room for the numbers."""
+    saes = [f"blocks.{i}.hook_resid_post--topk-64" for i in range(11)] + ["control:oracle", "control:random"]
+    names = {"IO": [f"Name{i}" for i in range(13)], "S": [f"Name{i}" for i in range(12)], "Pos": ["ABB", "BAB"]}
+    rows = [dict(sae=s, task="ioi", hook="h", head=None, role="END", mapping="native", metric=f"f1:{a}={v}",
+                 value=0.5) for s in saes for a, vs in names.items() for v in vs]
+    fig = f1_heatmap(pl.DataFrame(rows), "ioi")
+    assert not any(t.get_text() == "0.50" for t in fig.axes[0].texts)  # too many cells to write out
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=PLOT_DPI)
+    assert Image.open(io.BytesIO(buf.getvalue())).width <= 1100
+    _assert_legible(fig, _data_texts(fig))
