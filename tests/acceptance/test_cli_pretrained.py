@@ -11,6 +11,7 @@ import polars as pl
 import pytest
 
 from sage_core.prompts.tasks.vocab import FEMALE_NAMES
+from storage.reports import read_failures, read_report
 from tests.acceptance.cli import one_line_error, run
 from tests.acceptance.hf_cache import write_fake_gpt2
 
@@ -61,7 +62,7 @@ def test_evaluate_a_from_pretrained_model(pretrained_run):
     assert meta["pretrained"] == "gpt2" and (model_dir / "_MODEL_COMPLETE.json").is_file()
     assert not (home / "zoo" / "sage-test").exists()  # the built-in zoo is neither built nor touched
     report = Path(r.stdout.split("report:")[-1].split()[0])
-    board = pl.read_parquet(report.parent / "leaderboard.parquet")
+    board = read_report(report.parent)[1]
     assert set(board["sae"]) >= {"control:oracle", "control:random"}
     assert "gpt2" in (report.parent / "README.md").read_text()
     assert "ioi: ran on gpt2 (accuracy " in r.stdout  # whether the model can do the task at all
@@ -78,9 +79,9 @@ def test_evaluate_a_from_pretrained_model(pretrained_run):
 def test_saes_at_the_kept_residual_cross_sections_are_scored(pretrained_run):
     home, root, _, r = pretrained_run
     report = Path(r.stdout.split("report:")[-1].split()[0])
-    scores = pl.read_parquet(report.parent / "scores.parquet")
-    failures = report.parent / "failures.parquet"
-    assert not failures.exists() or pl.read_parquet(failures).height == 0, pl.read_parquet(failures)
+    scores = read_report(report.parent)[0]
+    failures = read_failures(report.parent)
+    assert failures.height == 0, failures
     trained = scores.filter(pl.col("mapping") == "native")
     assert trained.height and set(trained["sae"]) <= {f"sae-{h}" for h in HOOKS}
     assert trained.filter(pl.col("metric") == "summary")["value"].is_not_nan().any()
@@ -109,7 +110,7 @@ def test_the_core_metrics_are_computed_on_the_given_text_and_the_report_names_it
     assert {x[0] for x in real[0]["tokens"].to_list()} == {tok.bos_token_id}
     want = tok(text.read_text(), add_special_tokens=False)["input_ids"][:63]
     assert real[0]["tokens"][0].to_list()[1:] == want
-    board = pl.read_parquet(Path(r.stdout.split("report:")[-1].split()[0]).parent / "leaderboard.parquet")
+    board = read_report(Path(r.stdout.split("report:")[-1].split()[0]).parent)[1]
     assert board.filter(pl.col("kind") == "trained")["ce_loss_recovered"].is_not_null().any()
 
 
@@ -140,7 +141,7 @@ def test_a_task_the_tokenizer_cannot_pose_is_skipped_and_the_others_run(pretrain
     report = Path(r.stdout.split("report:")[-1].split()[0])
     text = " ".join(report.read_text().split())
     assert "**Tasks on this model:**" in text and "sva: not posed on gpt2" in text
-    scores = pl.read_parquet(report.parent / "scores.parquet")
+    scores = read_report(report.parent)[0]
     assert set(scores["task"]) == {"ioi"}  # no ground truth, no scores for the task that was not posed
     prompts = pl.read_parquet(next((home / "datasets" / "ioi").glob("*/prompts.parquet")))
     assert not set(prompts["attr_IO"]) & set(FEMALE_NAMES)

@@ -12,9 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import polars as pl
 import pytest
 
+from storage.reports import read_report
 from tests.acceptance import cli
 from tests.acceptance.hf_cache import write_sae_release
 from tests.acceptance.test_cli_pretrained import write_text
@@ -70,7 +70,7 @@ def test_random_gpt2_small_does_no_task_and_its_saes_get_core_metrics(gpt2_relea
     assert "SAEs against the ground truth" not in out  # no task ran: no leaderboard, the core metrics instead
     assert "core metrics on: text:" in out and "1024 tokens in 8 sequences of 128 tokens" in out, out
     report = _report(r)
-    assert pl.read_parquet(report.parent / "scores.parquet").height == 0
+    assert read_report(report.parent)[0].height == 0
     text = report.read_text()
     assert "**Tasks on this model:**" in text and "ioi: not done by gpt2" in text
     core = [ln for ln in text.split("## Core metrics")[1].splitlines() if ln.startswith(f"| {RELEASE}/")]
@@ -91,6 +91,6 @@ def test_with_the_bar_lowered_every_stage_runs_at_gpt2_small_shape(gpt2_release,
     out = " ".join(r.stdout.split())
     assert "ioi: ran on gpt2" in out, out
     report = _report(r)
-    scores = pl.read_parquet(report.parent / "scores.parquet")
+    scores = read_report(report.parent)[0]
     assert set(scores["task"]) == {"ioi"} and {"control:oracle", "control:random"} <= set(scores["sae"])
     print(r.stdout[-4000:])

@@ -148,6 +148,14 @@ def test_one_build_reads_the_model_once_and_hashes_its_weights_once(prefect_harn
     for name, module in list(sys.modules.items()):  # every module that took file_hash by name
         if name.split(".")[0] in hashing.PROJECT_PACKAGES and getattr(module, "file_hash", None) is real:
             monkeypatch.setattr(module, "file_hash", counting)
+    real_content = hashing.safetensors_content_hash  # a safetensors file's canonical content hash reads it whole too
+
+    def counting_content(path, *args, **kwargs):
+        if Path(path).name == "model.safetensors":
+            hashed.append(str(path))
+        return real_content(path, *args, **kwargs)
+
+    monkeypatch.setattr(hashing, "safetensors_content_hash", counting_content)
     loaded.clear()
     cfg = ZooConfig.tiny()
     with results_in(SageHome(tmp_path)):

@@ -279,7 +279,7 @@ def test_the_run_reads_in_the_prefect_ui(full_run):
     by_key = {a.key: a for a in arts if a.flow_run_id == flow_run.id}
     assert {k for pair in keys.values() for k in pair} <= set(by_key), sorted(by_key)
     rows = json.loads(by_key[keys["leaderboard"][0]].data)
-    assert rows and {"rank", "n", "faithfulness", "summary"} <= set(rows[0]), rows[0]
+    assert rows and {"rank", "n", "faith.", "summary"} <= set(rows[0]), rows[0]
     floats = [v for r in rows for v in r.values() if isinstance(v, float)]
     assert floats and all(round(v, 3) == v for v in floats)
     assert "data:image/png;base64," in by_key[keys["plots"][0]].data

@@ -197,8 +197,8 @@ def test_the_model_hash_is_computed_once_while_its_files_are_unchanged(tmp_path,
     (model_dir / "config.json").write_text("{}")
     (model_dir / "model.safetensors").write_bytes(b"weights")
     reads: list[str] = []
-    real = zoo.file_hash
-    monkeypatch.setattr(zoo, "file_hash", lambda p: reads.append(p.name) or real(p))
+    real = zoo.content_file_hash  # the model's files hash by their canonical content
+    monkeypatch.setattr(zoo, "content_file_hash", lambda p: reads.append(p.name) or real(p))
     first = zoo.model_hash(model_dir)
     assert zoo.model_hash(model_dir) == first and reads.count("model.safetensors") == 1
     (model_dir / "model.safetensors").write_bytes(b"other weights")
