@@ -64,7 +64,7 @@ lint: install
 # every test but the end-to-end runs at GPT-2 small's real shape (marker real_shape: minutes on a CPU), which
 # `make bench` runs
 # two pytest workers, each test file on one (its module fixtures built once): most of a test's wall is waiting on a
-# CLI, a server or a killed process, so two share the 2 cores well (13:54 against about 17:30 in one process)
+# CLI, a server or a killed process, so two share the 2 cores well
 test: install lint postgresql chromium
 	$(PY) -m pytest -q tests -m "not real_shape" -n 2 --dist loadfile
 
