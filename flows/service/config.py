@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from flows.quiet import quiet_prefect
 from storage.home import SageHome
 
 HOST = "127.0.0.1"
@@ -102,8 +103,8 @@ class Service:
             env[PY_SPECS_ENV] = "1"
         if (auth := self.auth()) is not None:
             env["PREFECT_API_AUTH_STRING"] = auth
-        env.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")  # errors still reach server.log, access lines not
-        # a task run's INFO lines (state changes, progress hooks) are most of a run's log and say nothing: the flow's
-        # own lines carry its stages and results, the progress artifacts its progress
-        env.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL", "WARNING")
-        return env
+        # the worker's console is worker.log: each flow run's own lines stay in it
+        env.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "INFO")
+        # the project's one quiet environment: task runs' INFO chatter held back (progress lives in the progress
+        # artifacts); the server's errors still reach server.log, its access lines not
+        return dict(quiet_prefect(server_level="WARNING", env=env))

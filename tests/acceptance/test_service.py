@@ -26,6 +26,7 @@ import psutil
 import pytest
 
 from flows import service
+from flows.quiet import quiet_prefect
 from storage.home import SageHome
 
 pytestmark = [pytest.mark.acceptance]
@@ -139,6 +140,20 @@ def test_the_service_environment_is_its_own(home):
     assert env["PREFECT_API_URL"] == "http://127.0.0.1:4999/api"
     assert env["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false" and env["DO_NOT_TRACK"] == "1"
     assert env["SAGE_HOME"] == str(home) and env["SAGE_REPO"] == str(ROOT)
+
+
+def test_the_service_runs_with_the_projects_quiet_prefect_environment(home, monkeypatch):
+    for name in [*quiet_prefect(env={}), "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"]:
+        monkeypatch.delenv(name, raising=False)
+    env = service.Service(home=SageHome(home), api_port=4999).env()
+    assert env["PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL"] == "WARNING"  # no task-run chatter in the UI
+    assert env["PREFECT_LOGGING_LEVEL"] == "INFO"  # the flows' own lines reach the API
+    assert env["PREFECT_SERVER_LOGGING_LEVEL"] == "WARNING"  # the server's errors reach server.log
+    assert env["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] == "INFO"  # worker.log keeps each run's lines
+    assert {k: env[k] for k in quiet_prefect(env={}) if k not in (
+        "PREFECT_SERVER_LOGGING_LEVEL", "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL")} == {
+        k: v for k, v in quiet_prefect(env={}).items() if k not in (
+            "PREFECT_SERVER_LOGGING_LEVEL", "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL")}
 
 
 # ---- the service, end to end ----------------------------------------------------------------------------------------
