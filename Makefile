@@ -88,17 +88,20 @@ ui: install
 # leaderboard, summary, plots and watch artifacts and the flow run page, asserted on and saved to results/ui/*.png
 # (the emoji font: the report marks the controls' verdict with one, a box without it)
 ui-shots: install chromium
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  { echo "Chromium not found: run 'apt-get install chromium' as root, then make ui-shots again"; exit 1; }
 	@fc-list 2>/dev/null | grep -qi emoji || $(SUDO) apt-get install -y fonts-noto-color-emoji
 	SAGE_UI_SHOTS=results/ui $(PY) -m pytest -q tests/acceptance/test_ui_browser.py
 
-# headless Chromium for the Prefect UI's browser test (tests/acceptance/test_ui_browser.py): the Debian package
+# headless Chromium for the Prefect UI's browser test (tests/acceptance/test_ui_browser.py): the Debian package. Where
+# it cannot be installed (no root, no apt) `make test` goes on and that test skips, saying so; `make ui-shots` stops.
 chromium:
 	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then :; \
-	elif command -v apt-get >/dev/null; then echo "installing Chromium (apt-get install chromium) ..."; \
-	  $(SUDO) apt-get update -qq >/dev/null && \
-	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1 || \
-	  { echo "could not install Chromium: run 'apt-get install chromium' as root, then make again"; exit 1; }; \
-	else echo "Chromium not found: install it (the Prefect UI's browser test drives it headless)"; exit 1; fi
+	elif command -v apt-get >/dev/null && { $(SUDO) apt-get update -qq >/dev/null 2>&1 && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1; }; then \
+	  echo "installed Chromium (apt-get install chromium)"; \
+	else echo "note: Chromium could not be installed (run 'apt-get install chromium' as root): the Prefect UI's" \
+	  "browser test skips"; fi
 
 # PostgreSQL, Prefect's database for the standing service (its test too): the Debian package where it is missing
 postgresql:
