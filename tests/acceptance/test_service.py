@@ -28,6 +28,7 @@ import pytest
 from flows import service
 from flows.quiet import quiet_prefect
 from storage.home import SageHome
+from tests.as_user import as_user
 
 pytestmark = [pytest.mark.acceptance]
 
@@ -433,29 +434,10 @@ def _call(url: str, body=None, auth: str | None = None, method: str | None = Non
 
 def _as_nobody(fn) -> dict:
     """fn() run in a child process as `nobody` (when we are root; otherwise as ourselves, without the password): its
-    JSON-able answer."""
+    JSON-able answer, with the child's uid."""
     import pwd
 
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: drop every privilege, then attack
-        try:
-            os.close(r)
-            if os.geteuid() == 0:
-                pw = pwd.getpwnam("nobody")
-                os.setgroups([])
-                os.setgid(pw.pw_gid)
-                os.setuid(pw.pw_uid)
-            out = {"uid": os.getuid(), **fn()}
-        except BaseException as exc:  # noqa: BLE001 - reported to the parent
-            out = {"error": repr(exc)}
-        os.write(w, json.dumps(out).encode())
-        os._exit(0)
-    os.close(w)
-    with os.fdopen(r) as f:
-        text = f.read()
-    os.waitpid(pid, 0)
-    return json.loads(text)
+    return as_user(pwd.getpwnam("nobody") if os.geteuid() == 0 else None, lambda: {"uid": os.getuid(), **fn()})
 
 
 def _service_env(monkeypatch) -> None:

@@ -4,7 +4,6 @@ at), and the one line when it cannot run this environment's Python. Root only: n
 
 from __future__ import annotations
 
-import json
 import os
 import pwd
 import shutil
@@ -18,6 +17,7 @@ import pytest
 from flows import service
 from flows.service.files import write_private
 from storage.home import SageHome
+from tests.as_user import as_user
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the service user is root's: not root, the worker is us")
 
@@ -37,24 +37,7 @@ def _svc(home: Path, user: str = service.SERVICE_USER) -> service.Service:
 
 def _as(pw: pwd.struct_passwd, fn) -> dict:
     """fn() in a child process as `pw` (its group only): its JSON-able answer."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(r)
-            os.setgroups([])
-            os.setgid(pw.pw_gid)
-            os.setuid(pw.pw_uid)
-            out = fn()
-        except BaseException as exc:  # noqa: BLE001 - reported to the parent
-            out = {"error": repr(exc)}
-        os.write(w, json.dumps(out).encode())
-        os._exit(0)
-    os.close(w)
-    with os.fdopen(r) as f:
-        text = f.read()
-    os.waitpid(pid, 0)
-    return json.loads(text)
+    return as_user(pw, fn)
 
 
 def test_the_service_user_is_made_once_and_is_never_root(home, monkeypatch):
