@@ -29,9 +29,8 @@ import asyncio
 import json
 import logging
 import os
-import threading
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,7 +41,7 @@ import zarr
 from zarr.core.sync import sync
 
 from storage import chunk_io
-from storage.atomic import DIGEST, MARKER, StoreError, file_digest
+from storage.atomic import DIGEST, MARKER, StoreError
 from storage.chunk_io import CHECKSUM, from_storage, quiet_zarr, to_storage
 from storage.hashing import stable_hash
 from storage.store_checks import StoreChecks
@@ -99,8 +98,9 @@ class ActivationStore(StoreChecks):
         return i * self.chunk_prompts, min((i + 1) * self.chunk_prompts, self.n_prompts)
 
     @property
-    def checksum(self) -> Callable[[bytes], str]:
-        return chunk_io.DIGESTS[self.attrs.get("checksum", "sha256")]
+    def checksum_algorithm(self) -> str:
+        """The chunk files' checksum (`xxh3_128`; stores from before format 2 have no attribute: `sha256`)."""
+        return self.attrs.get("checksum", "sha256")
 
     # -- writing ---------------------------------------------------------------------------------------------------
     @classmethod
@@ -202,40 +202,59 @@ class ActivationStore(StoreChecks):
         """The per-chunk prompt-derived arrays a chunk's pass writes (everything of `prompt_chunk` but `length`)."""
         return {k: v for k, v in self.prompt_chunk(i).items() if k != "length"}
 
-    def write_chunk(self, i: int, arrays: dict[str, np.ndarray], writers: int = 1) -> None:
-        """Write chunk `i` of every hook (float32 in, stored dtype on disk), then record it as done."""
-        encoded = self.encode_chunk(i, arrays)
-        if encoded is not None:
-            self.write_encoded(i, encoded, writers)
-            return
-        # a codec chain we do not encode ourselves: zarr's own pipeline
-        start, stop = self.chunk_range(i)
-        jobs = [(self._array(h).async_array, to_storage(arrays[h], self.attrs["dtype"])) for h in self.hooks]
-        jobs += [(self._array(name).async_array, a) for name, a in self._prompt_files(i).items()]
+    def write_chunk(self, i: int, arrays: dict[str, np.ndarray], writers: int = 1, via_zarr: bool = False) -> None:
+        """Write chunk `i` of every hook (float32 in, stored dtype on disk), then record it as done. Each file is
+        encoded, hashed and written by one task, on as many threads as cores (at least 2, at least `writers`): Blosc,
+        the hash and the write release the GIL, so one file's encoding overlaps another's write. Uncompressed files are
+        written from `arrays` themselves: do not refill them before this returns. `via_zarr`: through zarr's own codec
+        pipeline instead (what `benchmarks.scale_device.store_vs_dd` compares, and what codec chains SAGE does not
+        encode itself take)."""
+        data = self._chunk_data(i, arrays)
+        encoders = {name: chunk_io.chunk_encoder(self._array(name)) for name in data}
+        if via_zarr or not all(encoders.values()):
+            start, stop = self.chunk_range(i)
 
-        async def write_all() -> None:
-            await asyncio.gather(*[arr.setitem(slice(start, stop), data) for arr, data in jobs])
+            async def write_all() -> None:
+                await asyncio.gather(*[self._array(n).async_array.setitem(slice(start, stop), a) for n, a in data.items()])
+
+            with self._write_errors(i):
+                sync(write_all())
+                self._record(i)
+            return
+        files, algorithm = self._chunk_files(i), self.checksum_algorithm
+
+        def write_one(name: str) -> tuple[str, str]:
+            payload = encoders[name](chunk_io.pad_chunk(data[name], self._array(name).chunks))
+            checksum = chunk_io.DIGESTS[algorithm](payload)
+            chunk_io.write_file(self.path / files[name], payload, (algorithm, checksum))
+            return name, checksum
 
         with self._write_errors(i):
-            sync(write_all())
-            self._record(i)
+            with ThreadPoolExecutor(max_workers=min(len(data), max(2, writers, os.cpu_count() or 1))) as pool:
+                checksums = dict(pool.map(write_one, data))
+            self._record(i, checksums)
 
-    def encode_chunk(self, i: int, arrays: dict[str, np.ndarray]) -> EncodedChunk | None:
-        """The CPU half of writing chunk `i`: each hook's chunk as the bytes zarr stores, with their checksums.
-        None when a hook's codec chain is not one SAGE encodes itself (`write_chunk` then uses zarr's pipeline)."""
+    def _chunk_data(self, i: int, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Every array's rows of chunk `i` in the stored dtype: the hooks' from `arrays`, the prompt files'."""
         start, stop = self.chunk_range(i)
-        dtype = self.attrs["dtype"]
         for hook in self.hooks:
             if arrays[hook].shape[0] != stop - start:
                 raise StoreError(f"chunk {i} of {hook}: got {arrays[hook].shape[0]} prompts, expected {stop - start}")
-        data = {**{h: to_storage(arrays[h], dtype) for h in self.hooks}, **self._prompt_files(i)}
+        dtype = self.attrs["dtype"]
+        return {**{h: to_storage(arrays[h], dtype) for h in self.hooks}, **self._prompt_files(i)}
+
+    def encode_chunk(self, i: int, arrays: dict[str, np.ndarray]) -> EncodedChunk | None:
+        """The CPU half of writing chunk `i`: each file's bytes (never a view of `arrays`, which the caller refills
+        while they are written) with their checksums. None when a codec chain is not one SAGE encodes itself
+        (`write_chunk` then uses zarr's pipeline)."""
+        data = self._chunk_data(i, arrays)
         encoders = {name: chunk_io.chunk_encoder(self._array(name)) for name in data}
         if not all(encoders.values()):
             return None
-        digest = self.checksum
+        digest = chunk_io.DIGESTS[self.checksum_algorithm]
 
         def encode_one(name: str) -> tuple[str, tuple[bytes, str]]:
-            payload = encoders[name](chunk_io.pad_chunk(data[name], self._array(name).chunks))
+            payload = bytes(encoders[name](chunk_io.pad_chunk(data[name], self._array(name).chunks)))
             return name, (payload, digest(payload))
 
         # every array at once: Blosc and the hash release the GIL
@@ -245,14 +264,18 @@ class ActivationStore(StoreChecks):
     def write_encoded(self, i: int, encoded: EncodedChunk, writers: int = 1) -> None:
         """The I/O half: write the files of `encode_chunk(i, ...)` (on `writers` threads), then record chunk `i` as
         done."""
-        files = self._chunk_files(i)
+        files, algorithm = self._chunk_files(i), self.checksum_algorithm
+
+        def write_one(h: str) -> None:
+            chunk_io.write_file(self.path / files[h], encoded[h][0], (algorithm, encoded[h][1]))
+
         with self._write_errors(i):
             if writers > 1:
                 with ThreadPoolExecutor(max_workers=writers) as pool:
-                    list(pool.map(lambda h: chunk_io.write_file(self.path / files[h], encoded[h][0]), encoded))
+                    list(pool.map(write_one, encoded))
             else:
-                for h, (payload, _) in encoded.items():
-                    chunk_io.write_file(self.path / files[h], payload)
+                for h in encoded:
+                    write_one(h)
             self._record(i, {h: checksum for h, (_, checksum) in encoded.items()})
 
     @contextmanager
@@ -275,20 +298,12 @@ class ActivationStore(StoreChecks):
     def _record(self, i: int, known: dict[str, str] | None = None) -> None:
         """Record chunk `i` as done with the checksum of each of its files, every one written by this chunk's pass
         (`known`: checksums of the bytes just written; without it, zarr just wrote them and they are read back)."""
-        digest = self.checksum
         files = self._chunk_files(i)
         if known is not None and set(known) != set(files):
             raise StoreError(f"chunk {i} of {self.path}: wrote {sorted(known)}, not every file {sorted(files)}")
-        hashes = {name: known[name] if known is not None else chunk_io.digest_of(self.path / rel, digest)
-                  for name, rel in files.items()}
-        d = self.path / "_progress"
-        d.mkdir(exist_ok=True)
-        tmp = d / f".{i:06d}.json.tmp-{os.getpid()}-{threading.get_ident()}"
-        try:
-            tmp.write_text(json.dumps(hashes, sort_keys=True))
-            os.replace(tmp, d / f"{i:06d}.json")
-        finally:
-            tmp.unlink(missing_ok=True)
+        hashes = {name: known[name] if known is not None else
+                  chunk_io.digest_written(self.path / rel, self.checksum_algorithm) for name, rel in files.items()}
+        chunk_io.write_file(self.path / "_progress" / f"{i:06d}.json", json.dumps(hashes, sort_keys=True).encode())
 
     def finalize(self) -> str:
         """Check every chunk is recorded, consolidate metadata, write the marker last (with the size and digest of
@@ -300,31 +315,12 @@ class ActivationStore(StoreChecks):
         with quiet_zarr():
             zarr.consolidate_metadata(str(self.path))
         content = self.content_hash()
+        files = self._file_records()
+        chunk_io.flush([self.path / rel for rel in files], {(self.path / rel).parent for rel in files})
         marker = {"content_hash": content, **self.attrs, "kind": "activations", "digest_algorithm": DIGEST,
-                  "files": self._file_records()}
-        tmp = self.path / f".{MARKER}.tmp-{os.getpid()}"
-        try:
-            tmp.write_text(json.dumps(marker, indent=1, default=str))
-            os.replace(tmp, self.path / MARKER)
-        finally:
-            tmp.unlink(missing_ok=True)
+                  "files": files}
+        chunk_io.write_file(self.path / MARKER, json.dumps(marker, indent=1, default=str).encode(), durable=True)
         return content
-
-    def _file_records(self) -> dict[str, dict[str, Any]]:
-        """Size and xxh3 digest of every file of the store (chunk digests come from their records when those are
-        xxh3, so finalizing does not read the store again)."""
-        known: dict[str, str] = {}
-        if self.attrs.get("checksum", "sha256") == DIGEST:
-            for i in range(self.n_chunks):
-                rec = self._chunk_record(i)
-                known.update({rel: rec[name] for name, rel in self._chunk_files(i).items()})
-        out = {}
-        for p in sorted(self.path.rglob("*")):
-            rel = p.relative_to(self.path).as_posix()
-            if p.is_file() and rel != MARKER and not p.name.startswith("."):
-                st = p.stat()
-                out[rel] = {"size": st.st_size, "digest": known.get(rel) or file_digest(p, st)}
-        return out
 
     def content_hash(self) -> str:
         d = self.path / "_progress"

@@ -77,6 +77,22 @@ class StoreChecks:
                 raise StoreError(f"{self.path} is corrupt ({str(exc).split('; ')[0]}); delete the store and rerun "
                                  f"the capture") from exc
 
+    def _file_records(self) -> dict[str, dict[str, Any]]:
+        """Size and xxh3 digest of every file of the store (chunk digests come from their records when those are
+        xxh3, so finalizing does not read the store again)."""
+        known: dict[str, str] = {}
+        if self.checksum_algorithm == DIGEST:
+            for i in range(self.n_chunks):
+                rec = self._chunk_record(i)
+                known.update({rel: rec[name] for name, rel in self._chunk_files(i).items()})
+        out = {}
+        for p in sorted(self.path.rglob("*")):
+            rel = p.relative_to(self.path).as_posix()
+            if p.is_file() and rel != MARKER and not p.name.startswith("."):
+                st = p.stat()
+                out[rel] = {"size": st.st_size, "digest": known.get(rel) or file_digest(p, st)}
+        return out
+
     def _chunk_record(self, i: int) -> dict[str, str]:
         rec = self.path / "_progress" / f"{i:06d}.json"
         try:
@@ -91,7 +107,7 @@ class StoreChecks:
         except StoreError as exc:
             return no_record(i, self.path / "_progress" / f"{i:06d}.json", exc.__cause__)
         sizes = self._marker().get("files")
-        digest = self.checksum
+        algorithm = self.checksum_algorithm
         for name, rel in self._chunk_files(i).items():
             if names is not None and name not in names:
                 continue
@@ -103,7 +119,8 @@ class StoreChecks:
             if isinstance(sizes, dict) and rel in sizes and sizes[rel].get("size") != st.st_size:
                 return f"chunk {i} of {name} was truncated or modified ({rel}: {st.st_size} bytes, not " \
                        f"{sizes[rel].get('size')})"
-            got = file_digest(p, st) if digest is chunk_io.DIGESTS[DIGEST] else chunk_io.digest_of(p, digest)
+            got = chunk_io.known_digest(p, st, algorithm) or (
+                file_digest(p, st) if algorithm == DIGEST else chunk_io.digest_of(p, chunk_io.DIGESTS[algorithm]))
             if got != want.get(name):
                 return f"chunk {i} of {name} was truncated or modified ({rel}: checksum mismatch)"
         return None
