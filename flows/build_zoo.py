@@ -32,6 +32,8 @@ def build_zoo(cfg: ZooConfig = ZooConfig(), home: str | None = None, refresh: bo
     h = SageHome(home)
     h.ensure_writable()
     plan = plan_zoo(cfg)  # bad input fails here, before any training
+    if not refresh and (done := zoo_if_whole(cfg, h)) is not None:
+        return done  # this build is whole on disk: no task run, not even a cache lookup
     root = str(h.root)
 
     def at_home(task):
@@ -69,8 +71,8 @@ def zoo_key(cfg: ZooConfig) -> str:
 
 
 def zoo_if_whole(cfg: ZooConfig, home: SageHome) -> ZooRef | None:
-    """The last build's references when that build is for this config and code and all of it is still on disk: a
-    cheap check that saves the zoo flow's ~45 cache lookups on every later evaluation."""
+    """The last build's references when that build is for this config and code and all of it is still on disk: the
+    flow's own check at its start, which saves its ~45 cache lookups on every later evaluation."""
     return read_zoo_record(home, cfg.model.name, zoo_key(cfg), [s.name for s in plan_zoo(cfg).specs])
 
 

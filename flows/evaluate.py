@@ -23,8 +23,8 @@ from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import engine
-from flows.build_zoo import build_zoo, zoo_if_whole
-from flows.fit import fit_ground_truth, ground_truth_if_whole
+from flows.build_zoo import build_zoo
+from flows.fit import fit_ground_truth
 from flows.pretrained import prepare_pretrained
 from flows.settings import running_in
 from sage_core.config import EvaluateConfig
@@ -98,15 +98,14 @@ def evaluate(cfg: EvaluateConfig = EvaluateConfig(), home: str | None = None, ru
     if cfg.pretrained:
         zoo = eng.flow(prepare_pretrained)(pretrained=cfg.pretrained, cfg=zcfg, home=root)
     else:
-        zoo = zoo_if_whole(zcfg, h) or eng.flow(build_zoo)(cfg=zcfg, home=root)
+        zoo = eng.flow(build_zoo)(cfg=zcfg, home=root)
     # the core metrics' text (`--corpus`), before the long stages: text that cannot be read fails the run now
     corpus = at_home(corpus_tasks.prepare_corpus)(cfg.core_corpus(), cfg.corpus_tokens, cfg.corpus_context, zoo.model, zoo.corpus,
                                  cfg.core_sequences, root)
     posed = _task_statuses(h, zoo, tasks, cfg, cfg.pretrained or name)
     tasks = [s.task for s in posed if s.runs]  # the others get no ground truth; every SAE still gets core metrics
     gt = None if not tasks else (
-        ground_truth_if_whole(zcfg, cfg.locate, h, cfg.per_group, tasks=tasks)
-        or eng.flow(fit_ground_truth)(cfg=zcfg, locate_cfg=cfg.locate, home=root, per_group=cfg.per_group,
+        eng.flow(fit_ground_truth)(cfg=zcfg, locate_cfg=cfg.locate, home=root, per_group=cfg.per_group,
                                       tasks=tasks))
     failures: list[dict[str, str]] = []
 

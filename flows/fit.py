@@ -43,6 +43,8 @@ def fit_ground_truth(cfg: ZooConfig = ZooConfig(), locate_cfg: LocateConfig = Lo
     h.ensure_writable()
     root = str(h.root)
     task_names = list(tasks or cfg.tasks)
+    if (done := ground_truth_if_whole(cfg, locate_cfg, h, per_group, methods, task_names)) is not None:
+        return done  # this fit is whole on disk: no task run, not even a cache lookup
     locations = engine.current().flow(locate)(cfg=cfg, locate_cfg=locate_cfg, home=root, tasks=task_names)
     model, tok = find_model_task(cfg.model.name, root)
     datasets = in_home(make_dataset, h).map(task_names, unmapped(cfg), unmapped(tok), unmapped(root)).result()
@@ -87,8 +89,8 @@ def fit_key(model: ModelRef, tok: TokenizerRef, cfg: ZooConfig, locate_cfg: Loca
 
 def ground_truth_if_whole(cfg: ZooConfig, locate_cfg: LocateConfig, home: SageHome, per_group: int,
                           methods: tuple[str, ...] = METHODS, tasks: list[str] | None = None) -> GroundTruthRef | None:
-    """The fit flow's last output for exactly these inputs when all of it is still on disk: a cheap check that saves
-    the subflow's cached lookups (location search, datasets, captures, one per cross-section) on a re-evaluation."""
+    """The fit flow's last output for exactly these inputs when all of it is still on disk: the flow's own check at
+    its start, which saves its cached lookups (location search, datasets, captures, one per cross-section) on a re-evaluation."""
     name = cfg.model.name
     if model_problem(home.model_dir(name)):
         return None

@@ -30,10 +30,12 @@ from storage.atomic import StoreError
 from storage.hashing import stable_hash, stage_code_version
 from storage.home import SageHome
 
-# reference fields that say where an output lies, not what it is (its content hash says that), and the device a
-# stage runs on (every device gives the same result within float tolerance: a GPU run reuses a CPU run's outputs)
-PATH_FIELDS = frozenset({"path", "prompts_path"})
-NOT_IDENTITY = PATH_FIELDS | {"device"}
+# The only inputs left out of keys (tests/unit/tasks/test_cache_keys.py holds every cached task to this list): the
+# data root (`home`: a moved root keeps its keys), the device a stage runs on (every device gives the same result
+# within float tolerance: a GPU run reuses a CPU run's outputs), and the fields of a reference that say where an
+# output lies, not what it is (its content hash says that)
+UNKEYED_PARAMS = frozenset({"home", "device"})
+UNKEYED_FIELDS = frozenset({"path", "prompts_path", "device"})
 SERIALIZER = "sage-json"
 
 
@@ -42,16 +44,16 @@ def identity(value: Any) -> Any:
     if isinstance(value, BaseModel):
         return {"__type__": type(value).__name__, **identity(value.model_dump(mode="json"))}
     if isinstance(value, dict):
-        return {str(k): identity(v) for k, v in value.items() if k not in NOT_IDENTITY}
+        return {str(k): identity(v) for k, v in value.items() if k not in UNKEYED_FIELDS}
     if isinstance(value, list | tuple):
         return [identity(v) for v in value]
     return value
 
 
 def output_key(stage: str, inputs: dict[str, Any], modules: tuple[str, ...]) -> str:
-    """The key of a stage's output: its name, its inputs (never `home`: a moved data root keeps its keys; never
-    `device`) and the code version of `modules` and every project module they import."""
-    return stable_hash(stage, {k: identity(v) for k, v in inputs.items() if k not in ("home", "device")},
+    """The key of a stage's output: its name, its inputs but `UNKEYED_PARAMS` (their references without
+    `UNKEYED_FIELDS`) and the code version of `modules` and every project module they import."""
+    return stable_hash(stage, {k: identity(v) for k, v in inputs.items() if k not in UNKEYED_PARAMS},
                        stage_code_version(*modules))
 
 

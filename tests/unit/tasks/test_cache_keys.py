@@ -120,6 +120,48 @@ def test_keys_ignore_the_data_root_and_paths_but_not_content():
     assert key != score.part_key(unit, model, changed, "m", score.ScoreConfig())
 
 
+def _cached_tasks() -> list:
+    import importlib
+    import pkgutil
+
+    from prefect import Task
+
+    import tasks
+    from tasks.common import StageCache
+
+    found = {}
+    for m in pkgutil.iter_modules(tasks.__path__):
+        for t in vars(importlib.import_module(f"tasks.{m.name}")).values():
+            if isinstance(t, Task) and isinstance(t.cache_policy, StageCache):
+                found[t.name] = t
+    return list(found.values())
+
+
+def test_every_cached_task_keys_every_parameter_but_the_one_unkeyed_list():
+    """A parameter is left out of a key only by name, on one explicit list (`UNKEYED_PARAMS`: the data root and the
+    device); every other parameter of every cached task moves its key."""
+    import inspect
+
+    from sage_core.config import ZooConfig
+    from tasks.common import UNKEYED_PARAMS, task_key
+
+    cached = _cached_tasks()
+    assert len(cached) >= 12, [t.name for t in cached]  # every stage_options task of the package
+    assert {"home", "device"} == UNKEYED_PARAMS  # noqa: SIM300 (the list, as the README states it)
+    seen = set()
+    for t in cached:
+        params = list(inspect.signature(t.fn).parameters)
+        selects = t.cache_policy.key_inputs is not None  # keys on parts of `cfg` (tested apart below)
+        base = {p: ZooConfig.tiny() if p == "cfg" and selects else 0 for p in params}
+        for p in params:
+            if p == "cfg" and selects:
+                continue
+            moved = task_key(t, {**base, p: 1}) != task_key(t, base)
+            assert moved == (p not in UNKEYED_PARAMS), f"{t.name}: parameter {p!r}"
+            seen.add(p)
+    assert {"home", "device"} <= seen  # the list is not idle: cached tasks do take both
+
+
 def test_closure_follows_from_imports_and_skips_type_checking_ones():
     closure = hashing.module_closure("tasks.zoo")
     assert "sage_core.zoo.train" in closure and "storage.atomic" in closure
