@@ -170,7 +170,9 @@ def gpt2_engines(home: Path, done: dict, clusters: list[str], rounds: int, n: in
 
 
 def _dd(path: Path, mib: int, flag: str) -> float:
-    """MiB/s of dd writing `mib` MiB of zeros to `path` with `flag` (oflag=direct or conv=fdatasync)."""
+    """MiB/s of dd writing `mib` MiB of zeros to `path` with `flag` (oflag=direct or conv=fdatasync). Zeros are not
+    special to this disk: dd from a random file in /dev/shm wrote within its run-to-run spread."""
+    os.sync()  # start from a clean page cache: what earlier writes left dirty is not timed here
     t = time.perf_counter()
     subprocess.run(["dd", "if=/dev/zero", f"of={path}", "bs=1M", f"count={mib}", flag], check=True,
                    capture_output=True)
@@ -179,86 +181,110 @@ def _dd(path: Path, mib: int, flag: str) -> float:
     return rate
 
 
-def _store_once(path: Path, n: int, data: dict[str, np.ndarray], chunk: int, compression: str) -> tuple[float, ...]:
-    """(seconds encoding, seconds writing the files and syncing them, seconds sealing, bytes on disk) of one store
-    written chunk by chunk as a capture writes it (`write_chunk` is exactly these two halves)."""
+STORE_WAYS = (("lz4", False), ("lz4", True), ("none", False), ("none", True))  # (compression, through zarr's pipeline)
+
+
+def _store_once(path: Path, n: int, data: dict[str, np.ndarray], chunk: int, compression: str,
+                via_zarr: bool) -> dict[str, float]:
+    """One store written as a capture on a GPU writes it (`write_chunk`, with the writer threads it passes), from
+    creating it to its seal (which waits until every file is on the disk): the wall time, its three parts, the bytes on
+    disk. `via_zarr`: the chunks through zarr's own codec pipeline instead of SAGE's encoder."""
     from sage_core.model.capture import dim_names
     from storage.activations import ActivationStore
     from tasks.capture import file_writers
 
     n_pos, d = next(iter(data.values())).shape[1:]
+    os.sync()
+    t0 = time.perf_counter()
     store = ActivationStore.create_or_resume(
         path, attrs={"model_hash": "bench", "dataset_hash": "bench", "request_hash": "bench"},
         hook_shapes={h: ((d,), dim_names((d,))) for h in data}, tokens=np.zeros((n, n_pos), np.int32),
         lengths=np.full(n, n_pos, np.int32), prompt_ids=[str(i) for i in range(n)], chunk_prompts=chunk,
         dtype="float32", compression=compression)
     writers = file_writers("background")  # what a capture on a GPU writes with
-    encode = write = 0.0
+    t1 = time.perf_counter()
     for i in range(store.n_chunks):
         start, stop = store.chunk_range(i)
-        t = time.perf_counter()
-        encoded = store.encode_chunk(i, {h: a[: stop - start] for h, a in data.items()})
-        encode += time.perf_counter() - t
-        t = time.perf_counter()
-        store.write_encoded(i, encoded, writers)
-        write += time.perf_counter() - t
-    t = time.perf_counter()
-    os.sync()  # one flush to the disk, as dd's conv=fdatasync (the store itself leaves it to the kernel)
-    write += time.perf_counter() - t
-    t = time.perf_counter()
+        store.write_chunk(i, {h: a[: stop - start] for h, a in data.items()}, writers, via_zarr=via_zarr)
+    t2 = time.perf_counter()
     store.finalize()
-    os.sync()
-    return encode, write, time.perf_counter() - t, store.nbytes_on_disk()
+    t3 = time.perf_counter()
+    return {"wall": t3 - t0, "create": t1 - t0, "chunks": t2 - t1, "seal": t3 - t2, "bytes": store.nbytes_on_disk()}
+
+
+def _encode_alone(path: Path, data: dict[str, np.ndarray], chunk: int, compression: str) -> float:
+    """MiB/s of SAGE's encoder alone (Blosc and checksums of one chunk of every hook, nothing written), from a store
+    made to hold one chunk: with it, whether the encoding or the disk bounds a compressed store on this machine."""
+    from sage_core.model.capture import dim_names
+    from storage.activations import ActivationStore
+
+    n_pos, d = next(iter(data.values())).shape[1:]
+    store = ActivationStore.create_or_resume(
+        path, attrs={"model_hash": "bench", "dataset_hash": "bench", "request_hash": "bench"},
+        hook_shapes={h: ((d,), dim_names((d,))) for h in data}, tokens=np.zeros((chunk, n_pos), np.int32),
+        lengths=np.full(chunk, n_pos, np.int32), prompt_ids=[str(i) for i in range(chunk)], chunk_prompts=chunk,
+        dtype="float32", compression=compression)
+    t = time.perf_counter()
+    for _ in range(5):
+        store.encode_chunk(0, data)
+    seconds = time.perf_counter() - t
+    shutil.rmtree(path)
+    return 5 * sum(a.nbytes for a in data.values()) / 2**20 / seconds
 
 
 def store_vs_dd(tmp: Path, mib: int, rounds: int) -> None:
     """The activation store writing `mib` MiB of float32 activations (8 residual hooks of GPT-2 small's width, 32
-    positions, chunk by chunk with the writer threads a GPU capture uses, flushed to the disk at the end), Blosc-LZ4
-    (the default) and uncompressed, against dd writing as much, in paired rounds on the same filesystem. No forward
-    pass: on a GPU the forward pass is not the limit, the writes are. Encoding (Blosc, checksums) and writing are
-    timed apart, so the figures say which of the two bounds the store on this machine."""
+    positions, chunk by chunk with the writer threads a GPU capture uses, sealed: on the disk at the end) against dd
+    writing as much, in paired rounds on the same filesystem: Blosc-LZ4 (the default) and uncompressed, each through
+    SAGE's own encoder (the store's write path) and through zarr's own codec pipeline. No forward pass: on a GPU the
+    forward pass is not the limit, the writes are. The rate is the store's wall time, from creating it to its seal."""
     from sage_core.model.capture import CaptureRequest, chunk_prompts
 
     hooks = [f"blocks.{i}.hook_resid_post" for i in range(8)]
     n_pos, d = 32, GPT2.d_model
     per_hook = n_pos * d * 4
-    n = max(1, mib * 2**20 // (per_hook * len(hooks)))
     request = CaptureRequest(hooks=tuple(hooks))
     chunk = chunk_prompts(per_hook, request.chunk_mb, request.batch_size)
+    n = max(1, mib * 2**20 // (per_hook * len(hooks) * chunk)) * chunk  # whole chunks: no padding in the bytes
     rng = np.random.default_rng(0)
     data = {h: rng.standard_normal((chunk, n_pos, d), dtype=np.float32) for h in hooks}
     logical = n * per_hook * len(hooks) / 2**20
     dd: list[tuple[float, float]] = []
-    got: dict[str, list[tuple[float, ...]]] = {"lz4": [], "none": []}
+    got: dict[tuple[str, bool], list[dict[str, float]]] = {way: [] for way in STORE_WAYS}
+    encode = {c: [_encode_alone(tmp / f"enc-{c}.zarr", data, chunk, c) for _ in range(rounds)] for c in ("lz4", "none")}
     for r in range(rounds):
         dd.append((_dd(tmp / "dd.bin", mib, "conv=fdatasync"), _dd(tmp / "dd.bin", mib, "oflag=direct")))
-        for compression, runs in got.items():
-            path = tmp / f"store-{compression}-{r}.zarr"
-            runs.append(_store_once(path, n, data, chunk, compression))
+        for way in STORE_WAYS if r % 2 == 0 else STORE_WAYS[::-1]:  # neither pipeline always goes first
+            path = tmp / f"store-{way[0]}-{way[1]}-{r}.zarr"
+            got[way].append(_store_once(path, n, data, chunk, *way))
             shutil.rmtree(path)
     sync, direct = (statistics.median(x[k] for x in dd) for k in range(2))
     print(f"activation store write vs the disk's raw sequential write ({logical:.0f} MiB of float32 activations in "
           f"chunks of {chunk} prompts x {len(hooks)} hooks, under {tmp}, {os.cpu_count()} CPU cores; medians of "
-          f"{rounds} paired rounds):")
+          f"{rounds} paired rounds; the store's rate is its wall time from creating it to its seal, files on disk):")
     print(f"  dd conv=fdatasync {sync:,.0f} MiB/s; dd oflag=direct {direct:,.0f} MiB/s")
-    for compression, runs in got.items():
-        rates = [_rates(x, y, logical) for x, y in zip(runs, dd, strict=True)]
-        m = {k: statistics.median(r[k] for r in rates) for k in rates[0]}
-        print(f"  store, {'Blosc-LZ4' if compression == 'lz4' else 'uncompressed'}: {m['store']:,.0f} MiB/s of "
-              f"activations = {m['disk']:,.0f} MiB/s on disk ({m['kept']:.2f} of the bytes); encoding alone "
-              f"{m['encode']:,.0f} MiB/s, writing + syncing alone {m['write']:,.0f} MiB/s on disk; sealing "
-              f"afterwards {m['seal']:.2f} s")
-        print(f"    on-disk rate / dd conv=fdatasync: {m['ratio']:.2f} (goal >= 0.8); writing alone / dd "
-              f"conv=fdatasync: {m['write_ratio']:.2f}")
+    for (compression, via_zarr), runs in got.items():
+        m = _rates(runs, dd, logical)
+        name = "Blosc-LZ4" if compression == "lz4" else "uncompressed"
+        print(f"  {name}, {'zarr codec pipeline' if via_zarr else 'SAGE encoder (kept)'}: {m['logical']:,.0f} MiB/s "
+              f"of activations, {m['disk']:,.0f} MiB/s on disk ({m['kept']:.2f} of the bytes); on-disk rate / dd "
+              f"conv=fdatasync {m['ratio']:.2f} (goal >= 0.8; rounds {', '.join(f'{x:.2f}' for x in m['ratios'])}); "
+              f"create {m['create']:.2f} s, chunks {m['chunks']:.2f} s, seal {m['seal']:.2f} s")
+        if via_zarr:
+            ours = [a["wall"] / b["wall"] for a, b in zip(got[(compression, False)], runs, strict=True)]
+            print(f"    {name}: SAGE encoder's wall / zarr pipeline's wall, paired: median {statistics.median(ours):.2f}"
+                  f" (rounds {', '.join(f'{x:.2f}' for x in ours)}; < 1: SAGE's is faster); SAGE's encoder alone (no "
+                  f"file written) {statistics.median(encode[compression]):,.0f} MiB/s of activations")
 
 
-def _rates(store: tuple[float, ...], dd: tuple[float, float], logical: float) -> dict[str, float]:
-    """One round's figures from `_store_once`'s timings and the round's dd rates (MiB/s)."""
-    encode, write, seal, disk_bytes = store
-    disk = disk_bytes / 2**20
-    return {"store": logical / (encode + write), "disk": disk / (encode + write), "kept": disk / logical,
-            "encode": logical / encode, "write": disk / write, "seal": seal,
-            "ratio": disk / (encode + write) / dd[0], "write_ratio": disk / write / dd[0]}
+def _rates(runs: list[dict[str, float]], dd: list[tuple[float, float]], logical: float) -> dict:
+    """Medians over rounds of one way's figures (MiB/s, seconds) and its ratio to each round's dd conv=fdatasync."""
+    disk = [x["bytes"] / 2**20 / x["wall"] for x in runs]
+    ratios = [rate / d[0] for rate, d in zip(disk, dd, strict=True)]
+    med = statistics.median
+    return {"logical": med(logical / x["wall"] for x in runs), "disk": med(disk), "ratio": med(ratios),
+            "ratios": ratios, "kept": med(x["bytes"] / 2**20 / logical for x in runs),
+            **{k: med(x[k] for x in runs) for k in ("create", "chunks", "seal")}}
 
 
 def projections(figs: dict, clusters: list[str], per_sae: dict | None, device: str) -> None:

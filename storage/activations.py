@@ -61,6 +61,7 @@ class ActivationStore(StoreChecks):
         self._arrays: dict[str, zarr.Array] = {}
         self._ndims: dict[str, int] | None = None
         self._prompts: dict[str, np.ndarray] | None = None
+        self._n_prompts: int | None = None
 
     # -- layout ----------------------------------------------------------------------------------------------------
     @property
@@ -84,7 +85,9 @@ class ActivationStore(StoreChecks):
 
     @property
     def n_prompts(self) -> int:
-        return int(self.group["length"].shape[0])
+        if self._n_prompts is None:  # asked for every chunk: zarr opens the array each time
+            self._n_prompts = int(self.group["length"].shape[0])
+        return self._n_prompts
 
     @property
     def chunk_prompts(self) -> int:
@@ -149,10 +152,10 @@ class ActivationStore(StoreChecks):
                         store.group["role"][:] = np.asarray(roles, dtype=object)
             return store
         n, width = tokens.shape
-        group = zarr.open_group(str(path), mode="w", zarr_format=3)
-        group.attrs.update({**attrs, "hooks": list(hook_shapes), "dtype": dtype, "chunk_prompts": chunk_prompts,
-                            "compression": compression, "format_version": FORMAT_VERSION, "checksum": CHECKSUM,
-                            "positions_kind": "roles" if roles else "all"})
+        group = zarr.open_group(str(path), mode="w", zarr_format=3, attributes={  # one write, not one per key
+            **attrs, "hooks": list(hook_shapes), "dtype": dtype, "chunk_prompts": chunk_prompts, "compression":
+            compression, "format_version": FORMAT_VERSION, "checksum": CHECKSUM,
+            "positions_kind": "roles" if roles else "all"})
         comp = chunk_io.compressors(compression)
         small = {"compressors": comp, "config": {"write_empty_chunks": True}}
         group.create_array("tokens", shape=(n, width), chunks=(chunk_prompts, width), dtype="int32",

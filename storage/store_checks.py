@@ -6,6 +6,7 @@ was written, and forgetting damaged chunks so a resumed capture rewrites exactly
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -85,10 +86,13 @@ class StoreChecks:
             for i in range(self.n_chunks):
                 rec = self._chunk_record(i)
                 known.update({rel: rec[name] for name, rel in self._chunk_files(i).items()})
+        found = []  # os.walk: pathlib's rglob took a tenth of a 256 MiB store's seal
+        for root, _, names in os.walk(self.path):
+            found += [Path(root, name) for name in names if not name.startswith(".")]
         out = {}
-        for p in sorted(self.path.rglob("*")):
+        for p in sorted(found):
             rel = p.relative_to(self.path).as_posix()
-            if p.is_file() and rel != MARKER and not p.name.startswith("."):
+            if rel != MARKER and p.is_file():
                 st = p.stat()
                 out[rel] = {"size": st.st_size, "digest": known.get(rel) or file_digest(p, st)}
         return out
