@@ -249,22 +249,26 @@ def store_vs_dd(tmp: Path, mib: int, rounds: int) -> None:
     rng = np.random.default_rng(0)
     data = {h: rng.standard_normal((chunk, n_pos, d), dtype=np.float32) for h in hooks}
     logical = n * per_hook * len(hooks) / 2**20
-    dd: list[tuple[float, float]] = []
+    direct: list[float] = []
     got: dict[tuple[str, bool], list[dict[str, float]]] = {way: [] for way in STORE_WAYS}
-    encode = {c: [_encode_alone(tmp / f"enc-{c}.zarr", data, chunk, c) for _ in range(rounds)] for c in ("lz4", "none")}
+    encode: dict[str, list[float]] = {"lz4": [], "none": []}
     for r in range(rounds):
-        dd.append((_dd(tmp / "dd.bin", mib, "conv=fdatasync"), _dd(tmp / "dd.bin", mib, "oflag=direct")))
+        direct.append(_dd(tmp / "dd.bin", mib, "oflag=direct"))
+        for c, rates in encode.items():
+            rates.append(_encode_alone(tmp / f"enc-{c}.zarr", data, chunk, c))
         for way in STORE_WAYS if r % 2 == 0 else STORE_WAYS[::-1]:  # neither pipeline always goes first
             path = tmp / f"store-{way[0]}-{way[1]}-{r}.zarr"
-            got[way].append(_store_once(path, n, data, chunk, *way))
+            dd = _dd(tmp / "dd.bin", mib, "conv=fdatasync")  # just before: this machine's load drifts
+            got[way].append({**_store_once(path, n, data, chunk, *way), "dd": dd})
             shutil.rmtree(path)
-    sync, direct = (statistics.median(x[k] for x in dd) for k in range(2))
+    dd_sync = [x["dd"] for runs in got.values() for x in runs]
     print(f"activation store write vs the disk's raw sequential write ({logical:.0f} MiB of float32 activations in "
           f"chunks of {chunk} prompts x {len(hooks)} hooks, under {tmp}, {os.cpu_count()} CPU cores; medians of "
           f"{rounds} paired rounds; the store's rate is its wall time from creating it to its seal, files on disk):")
-    print(f"  dd conv=fdatasync {sync:,.0f} MiB/s; dd oflag=direct {direct:,.0f} MiB/s")
+    print(f"  dd conv=fdatasync {statistics.median(dd_sync):,.0f} MiB/s (run just before each store; range "
+          f"{min(dd_sync):,.0f}-{max(dd_sync):,.0f}); dd oflag=direct {statistics.median(direct):,.0f} MiB/s")
     for (compression, via_zarr), runs in got.items():
-        m = _rates(runs, dd, logical)
+        m = _rates(runs, logical)
         name = "Blosc-LZ4" if compression == "lz4" else "uncompressed"
         print(f"  {name}, {'zarr codec pipeline' if via_zarr else 'SAGE encoder (kept)'}: {m['logical']:,.0f} MiB/s "
               f"of activations, {m['disk']:,.0f} MiB/s on disk ({m['kept']:.2f} of the bytes); on-disk rate / dd "
@@ -277,10 +281,11 @@ def store_vs_dd(tmp: Path, mib: int, rounds: int) -> None:
                   f"file written) {statistics.median(encode[compression]):,.0f} MiB/s of activations")
 
 
-def _rates(runs: list[dict[str, float]], dd: list[tuple[float, float]], logical: float) -> dict:
-    """Medians over rounds of one way's figures (MiB/s, seconds) and its ratio to each round's dd conv=fdatasync."""
+def _rates(runs: list[dict[str, float]], logical: float) -> dict:
+    """Medians over rounds of one way's figures (MiB/s, seconds) and of its ratio to the dd conv=fdatasync run just
+    before each store."""
     disk = [x["bytes"] / 2**20 / x["wall"] for x in runs]
-    ratios = [rate / d[0] for rate, d in zip(disk, dd, strict=True)]
+    ratios = [rate / x["dd"] for rate, x in zip(disk, runs, strict=True)]
     med = statistics.median
     return {"logical": med(logical / x["wall"] for x in runs), "disk": med(disk), "ratio": med(ratios),
             "ratios": ratios, "kept": med(x["bytes"] / 2**20 / logical for x in runs),
