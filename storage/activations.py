@@ -59,7 +59,7 @@ class ActivationStore(StoreChecks):
         self.path = Path(path)
         self._group: zarr.Group | None = None
         self._arrays: dict[str, zarr.Array] = {}
-        self._ndims: dict[str, int] | None = None
+        self._meta: dict[str, Any] | None = None  # array name -> its zarr metadata
         self._prompts: dict[str, np.ndarray] | None = None
         self._n_prompts: int | None = None
 
@@ -292,11 +292,12 @@ class ActivationStore(StoreChecks):
             ) from exc
 
     def _chunk_files(self, i: int) -> dict[str, str]:
-        """Relative paths of every file holding chunk `i` (of each hook and of the per-chunk metadata arrays)."""
-        if self._ndims is None:
+        """Relative paths of every file holding chunk `i` (of each hook and of the per-chunk metadata arrays), as each
+        array's own metadata names its chunks."""
+        if self._meta is None:
             names = [*self.hooks, "tokens", *(["role_pos"] if "role_pos" in self.group else [])]
-            self._ndims = {name: len(self.group[name].shape) for name in names}
-        return {name: "/".join([name, "c", str(i), *["0"] * (ndim - 1)]) for name, ndim in self._ndims.items()}
+            self._meta = {name: self.group[name].metadata for name in names}
+        return {name: f"{name}/{m.encode_chunk_key((i, *[0] * (len(m.shape) - 1)))}" for name, m in self._meta.items()}
 
     def _record(self, i: int, known: dict[str, str] | None = None) -> None:
         """Record chunk `i` as done with the checksum of each of its files, every one written by this chunk's pass
