@@ -10,7 +10,7 @@ from flows import engine
 from flows.locate import locate
 from sage_core.config import ZooConfig
 from sage_core.ground_truth.dictionaries import METHODS
-from sage_core.locate.attribution import LocateConfig
+from sage_core.locate.config import LocateConfig
 from sage_core.prompts.library import get_task
 from storage import ground_truth as gt_store
 from storage.hashing import source_version

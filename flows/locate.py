@@ -8,7 +8,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import engine
 from sage_core.config import ZooConfig
-from sage_core.locate.attribution import LocateConfig
+from sage_core.locate.config import LocateConfig
 from sage_core.prompts.library import get_task
 from storage.home import SageHome
 from storage.refs import LocationsRef

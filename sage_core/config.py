@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from sage_core.locate.attribution import LocateConfig
+from sage_core.locate.config import LocateConfig
 from sage_core.model.transformer import ModelConfig, TrainConfig
 from sage_core.prompts.corpus import CorpusConfig
 from sage_core.prompts.corpus_spec import (
@@ -17,7 +17,7 @@ from sage_core.prompts.corpus_spec import (
 )
 from sage_core.prompts.task_status import MIN_ACCURACY
 from sage_core.scoring.score import ScoreConfig
-from sage_core.zoo.train import SAESpec
+from sage_core.zoo.spec import SAESpec
 
 DEVICE_HELP = ("where models, SAEs and dictionaries run: cpu, cuda (every GPU), cuda:N[,cuda:M...] or auto (every "
                "visible GPU, else the CPU); never part of a result's key")

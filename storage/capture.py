@@ -9,11 +9,10 @@ the store in `tasks.capture`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
-from transformer_lens import HookedTransformer
 
 from sage_core.model.capture import CaptureRequest, capture_layout
 from sage_core.model.transformer import pad_sequences
@@ -23,6 +22,9 @@ from storage.datasets import read_prompts
 from storage.hashing import file_hash, stable_hash, stage_code_version
 from storage.home import SageHome
 from storage.refs import DatasetRef, ModelRef, StoreRef
+
+if TYPE_CHECKING:  # annotations only: TransformerLens costs ~8 s to import
+    from transformer_lens import HookedTransformer
 
 
 def prompt_arrays(df: pl.DataFrame, pad_id: int) -> dict[str, Any]:

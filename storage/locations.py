@@ -6,7 +6,7 @@ from pathlib import Path
 
 import polars as pl
 
-from sage_core.ground_truth.sections import CrossSection
+from sage_core.ground_truth.cross_section import CrossSection
 from storage.atomic import is_whole, verify_file, write_once
 from storage.home import SageHome
 from storage.integrity import read_parquet

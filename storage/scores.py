@@ -18,7 +18,7 @@ from typing import Any
 import polars as pl
 from safetensors.torch import save_file
 
-from sage_core.ground_truth.sections import CrossSection
+from sage_core.ground_truth.cross_section import CrossSection
 from sage_core.scoring.rows import score_frame
 from sage_core.scoring.score import SectionReference
 from storage import ground_truth as gt_store

@@ -8,18 +8,20 @@ import json
 import os
 import threading
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 import torch
 from safetensors.torch import load_file, save_file
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from storage.atomic import MARKER, StoreError, file_digest, is_complete, is_whole, read_marker, verify_dir, write_once
 from storage.hashing import content_file_hash, dir_hash, file_hash
 from storage.home import SageHome
 from storage.records import read_record, write_record
 from storage.refs import ModelRef, TableRef, TokenizerRef, ZooActivationsRef, ZooRef, ZooSAERef
+
+if TYPE_CHECKING:  # imported where a model is loaded: TransformerLens costs ~8 s to import
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 
 def save_tokenizer(path: Path, tokenizer: Any, key: str | None = None) -> None:
@@ -131,6 +133,8 @@ def load_model(path: Path, device: str = "cpu") -> HookedTransformer:
     if problem := model_problem(path):
         raise StoreError(f"{problem}; run `sage zoo build` (or the evaluation again) to rebuild it")
     d = json.loads((path / "config.json").read_text())
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
     d["dtype"] = getattr(torch, d["dtype"])
     cfg = HookedTransformerConfig(**d)
     model = HookedTransformer(cfg, tokenizer=load_tokenizer(path / "tokenizer"), move_to_device=False)
@@ -142,6 +146,8 @@ def load_model(path: Path, device: str = "cpu") -> HookedTransformer:
 def instance_like(model: HookedTransformer, device: str = "cpu") -> HookedTransformer:
     """Another instance of a loaded model, built from its config and weights in memory: no hooks come with it (a
     deep copy would take the hooks attached to `model` at that moment), no file is read again."""
+    from transformer_lens import HookedTransformer
+
     other = HookedTransformer(model.cfg, tokenizer=model.tokenizer, move_to_device=False)
     other.load_state_dict(model.state_dict())
     other.eval()

@@ -13,12 +13,11 @@ import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
 from prefect import task
-from transformer_lens import HookedTransformer
 
 from sage_core.model.capture import CaptureRequest, capture_chunk, chunk_buffer
 from storage import capture as cap
@@ -27,6 +26,9 @@ from storage.home import SageHome
 from storage.refs import DatasetRef, ModelRef, StoreRef
 from tasks import loaded, progress
 from tasks.common import UNCACHED, log, stage_options, task_key
+
+if TYPE_CHECKING:  # annotations only: TransformerLens costs ~8 s to import
+    from transformer_lens import HookedTransformer
 
 
 def store_whole(ref: StoreRef, home: SageHome, _key: str) -> str | None:

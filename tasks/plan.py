@@ -13,7 +13,7 @@ from prefect import task
 from pydantic import BaseModel, ConfigDict
 
 from sage_core.config import EvaluateConfig
-from sage_core.ground_truth.sections import CrossSection
+from sage_core.ground_truth.cross_section import CrossSection
 from sage_core.model.capture import CaptureRequest
 from sage_core.scoring import mapping as mp
 from sage_core.scoring import plan as sp

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
-from sage_core.ground_truth.sections import CrossSection
+from sage_core.ground_truth.cross_section import CrossSection
 from sage_core.model.hooks import short_hook
 from sage_core.scoring import plan
 from sage_core.scoring.rows import Kind, MappingName

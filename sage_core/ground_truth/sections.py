@@ -13,31 +13,21 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from jaxtyping import Float, Int
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
+from sage_core.ground_truth.cross_section import CrossSection
 from sage_core.ground_truth.dictionaries import Dictionary
 from sage_core.model.devices import model_device
 from sage_core.model.transformer import final_norm, pad_sequences, start_block, unembed
 
-
-class CrossSection(BaseModel):
-    """A place a dictionary lives: a hook, optionally one head of it, at one role position."""
-
-    model_config = ConfigDict(frozen=True)
-    hook: str
-    head: int | None = None
-    role: str
-
-    @property
-    def label(self) -> str:
-        head = f".H{self.head}" if self.head is not None else ""
-        return f"{self.hook}{head}@{self.role}"
+if TYPE_CHECKING:  # annotations only: TransformerLens costs ~8 s to import
+    from transformer_lens import HookedTransformer
 
 
 class Intervention(BaseModel):

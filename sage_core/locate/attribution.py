@@ -13,19 +13,20 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from jaxtyping import Float
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
+from sage_core.locate.config import RESID_KINDS, SUBLAYER_KINDS, LocateConfig
 from sage_core.model.devices import model_device
 from sage_core.model.transformer import pad_sequences
 
-SUBLAYER_KINDS = ("head", "attn_out", "mlp_out")
-RESID_KINDS = ("resid_pre", "resid_post")
+if TYPE_CHECKING:  # annotations only: TransformerLens costs ~8 s to import
+    from transformer_lens import HookedTransformer
 
 
 class LocateError(ValueError):
@@ -294,22 +295,6 @@ def pairs_for(df, attribute: str, split: str | None = None, limit: int | None = 
         batch.positions.append([r[f"pos_{x}"] for x in roles])
         batch.cf_positions.append([r[f"cf_pos_{x}"] for x in roles])
     return batch, roles
-
-
-class LocateConfig(BaseModel):
-    """How to search for an attribute's cross-sections."""
-
-    model_config = ConfigDict(frozen=True)
-    split: str = Field("train", description="prompts the search uses (ground truth is judged on test prompts later)")
-    n_pairs: int = Field(128, ge=2, description="counterfactual pairs per attribute")
-    share: float = Field(0.8, gt=0, le=1, description="keep the smallest set covering this share of total |AtP|")
-    cap: int = Field(8, ge=1, description="at most this many kept components per group (residual / sub-layer)")
-    ig_steps: int = Field(4, ge=1, description="1 = plain AtP (2 forward + 1 backward per batch); more = AtP-IG")
-    kinds: tuple[str, ...] = (*SUBLAYER_KINDS, *RESID_KINDS)
-    n_validate_top: int = Field(12, ge=0, description="real patching of the top-N by |AtP| per group")
-    n_validate_random: int = Field(12, ge=0, description="... and of this many random others per group")
-    batch_size: int = 64
-    seed: int = 0
 
 
 def locate_attribute(

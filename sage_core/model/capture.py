@@ -9,16 +9,18 @@ chunks into it (tasks/capture.py) when; this module only computes them.
 from __future__ import annotations
 
 import difflib
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
 from jaxtyping import Int
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 from sage_core.model.devices import model_device
+
+if TYPE_CHECKING:  # annotations only: TransformerLens costs ~8 s to import
+    from transformer_lens import HookedTransformer
 
 Dtype = Literal["float32", "float16", "bfloat16"]
 

@@ -5,15 +5,18 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from sage_core.model.devices import model_device
+
+if TYPE_CHECKING:  # imported where a model is built: TransformerLens costs ~8 s, and configs are read everywhere
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 
 class ModelConfig(BaseModel):
@@ -31,6 +34,8 @@ class ModelConfig(BaseModel):
     seed: int = 0
 
     def hooked_config(self, d_vocab: int) -> HookedTransformerConfig:
+        from transformer_lens import HookedTransformerConfig
+
         return HookedTransformerConfig(
             model_name=self.name, d_model=self.d_model, n_layers=self.n_layers, n_heads=self.n_heads,
             d_head=self.d_head, d_mlp=self.d_mlp, n_ctx=self.n_ctx, d_vocab=d_vocab, act_fn=self.act_fn,
@@ -52,6 +57,8 @@ class TrainConfig(BaseModel):
 def build_model(cfg: ModelConfig, d_vocab: int, tokenizer=None, device: str = "cpu") -> HookedTransformer:
     """A freshly initialised model on `device`. The weights are drawn on the CPU and then moved, so a seed gives the
     same model on every device (a GPU's random stream differs from the CPU's)."""
+    from transformer_lens import HookedTransformer
+
     torch.manual_seed(cfg.seed)
     model = HookedTransformer(cfg.hooked_config(d_vocab), tokenizer=tokenizer, move_to_device=False)
     return model if device == "cpu" else model.to(device, print_details=False)

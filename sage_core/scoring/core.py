@@ -18,15 +18,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 from sage_core.model.devices import model_device
 from sage_core.model.transformer import final_norm, real_mask, start_block, trim_padding, unembed
 from sage_core.zoo.train import ce_recovered
+
+if TYPE_CHECKING:  # annotations only: TransformerLens costs ~8 s to import
+    from transformer_lens import HookedTransformer
 
 
 @dataclass

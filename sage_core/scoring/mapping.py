@@ -20,17 +20,19 @@ and a `SectionCodes` keeps its tensors where they were given.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
 from jaxtyping import Bool, Float
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
-from sage_core.ground_truth.sections import CrossSection
+from sage_core.ground_truth.cross_section import CrossSection
 from sage_core.model.devices import sae_device
+
+if TYPE_CHECKING:  # annotations only: TransformerLens costs ~8 s to import
+    from transformer_lens import HookedTransformer
 
 Mapping = Literal["native", "projection", "difference"]
 _HOOK = re.compile(r"^blocks\.(\d+)\.(hook_resid_pre|hook_resid_mid|hook_resid_post|hook_attn_out|hook_mlp_out|attn\.hook_z)$")

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
-from sage_core.ground_truth.sections import CrossSection
+from sage_core.ground_truth.cross_section import CrossSection
 from sage_core.model.hooks import short_hook
 from sage_core.scoring import mapping as mp
 from sage_core.scoring.rows import Kind, MappingName

@@ -33,13 +33,14 @@ written to disk).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import polars as pl
 import torch
 from jaxtyping import Float
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 from sage_core.ground_truth.dictionaries import Dictionary
 from sage_core.ground_truth.sections import (
@@ -66,6 +67,9 @@ from sage_core.scoring.metrics import (
     summarise_f1,
 )
 from sage_core.scoring.rows import sufficiency_closeness
+
+if TYPE_CHECKING:  # annotations only: TransformerLens costs ~8 s to import
+    from transformer_lens import HookedTransformer
 
 FLOOR_ROOM = 0.9  # an attribute whose patch changes < 10% of predictions says nothing about editing
 ABLATION_ROOM = 0.1  # a cross-section whose mean ablation moves LD by < 10% says nothing about faithfulness

@@ -11,12 +11,14 @@ import copy
 import difflib
 import hashlib
 import types
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor
-from transformer_lens import HookedTransformer
+
+if TYPE_CHECKING:  # annotations only: TransformerLens costs ~8 s to import
+    from transformer_lens import HookedTransformer
 
 HASH_LEN = 16
 

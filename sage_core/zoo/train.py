@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import Literal
+from typing import TYPE_CHECKING
 
 import torch
 from jaxtyping import Float, Int
-from pydantic import BaseModel, ConfigDict, Field
 from sae_lens import (
     SAE,
     JumpReLUTrainingSAE,
@@ -28,44 +27,13 @@ from sae_lens import (
 from sae_lens.config import SAETrainerConfig
 from sae_lens.saes.sae import SAEMetadata
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 from sage_core.model.devices import model_device, sae_device
 from sage_core.model.transformer import real_mask, trim_padding
+from sage_core.zoo.spec import SAESpec, ZooError
 
-Architecture = Literal["standard", "topk", "jumprelu"]
-
-
-class ZooError(ValueError):
-    """An SAE spec does not fit the model; the message says what to fix."""
-
-
-class SAESpec(BaseModel):
-    """One SAE of the zoo. Sparsity knobs not used by the architecture are ignored (but still hashed)."""
-
-    model_config = ConfigDict(frozen=True)
-    hook: str
-    architecture: Architecture = "topk"
-    d_sae: int = Field(512, ge=1)
-    k: int = Field(16, ge=1, description="TopK: active latents per token")
-    # defaults tuned on the built-in model's activations (normalised to E||x|| = sqrt(d_in))
-    l1_coefficient: float = Field(1.0, description="standard: L1 penalty")
-    l0_coefficient: float = Field(1.0, description="JumpReLU: L0 penalty")
-    jumprelu_init_threshold: float = 0.3
-    # 3e-3 because the zoo's schedule is short (~300 steps): at 1e-3 every architecture was still far from converged,
-    # a standard SAE most (L0 at IOI's END position 66 -> 25 -> 10 over 2/6/20 epochs, explained variance there 0.05),
-    # TopK too (background EV 0.91 -> 0.98 at L0.resid_pre, END EV 0.65 -> 0.77 at L0.mlp_out); a JumpReLU threshold
-    # moves ~lr per step. With L1 1.0 standard SAEs sit at background L0 8-33, beside TopK's 16 and JumpReLU's 22-34,
-    # so the architectures are compared at similar sparsity
-    lr: float = Field(3e-3, gt=0)
-    epochs: float = Field(2.0, gt=0)
-    batch_size: int = 1024
-    seed: int = 0
-
-    @property
-    def name(self) -> str:
-        return f"{self.hook}--{self.architecture}-{self.d_sae}"
-
+if TYPE_CHECKING:  # annotations only: TransformerLens costs ~8 s to import
+    from transformer_lens import HookedTransformer
 
 def hook_d_in(model: HookedTransformer, hook: str) -> int:
     """Width of the activation an SAE at `hook` reads (hook_z is flattened over heads, as SAELens does)."""
