@@ -14,6 +14,7 @@ import storage.chunk_io as chunk_io
 import storage.store_checks as store_checks
 from storage.activations import ActivationStore
 from storage.atomic import MARKER, StoreError
+from storage.chunk_io import from_storage, to_storage
 
 IDENT = {"model_hash": "m", "dataset_hash": "d", "request_hash": "r"}
 SHAPES = {"blocks.0.hook_resid_post": ((8,), ("d_model",)), "blocks.1.hook_resid_post": ((8,), ("d_model",))}
@@ -121,3 +122,40 @@ def test_uncompressed_chunks_are_written_from_the_arrays_unchanged(tmp_path):
         np.testing.assert_array_equal(got.read(h), a)
     edge = store.path / store._chunk_files(2)["blocks.0.hook_resid_post"]
     assert edge.stat().st_size == CHUNK * WIDTH * 8 * 4
+
+
+@pytest.mark.parametrize("dtype,compression", [("float32", "lz4"), ("float16", "zstd"), ("bfloat16", "lz4"),
+                                               ("float32", "none")])
+def test_direct_chunk_writes_equal_zarrs_own_bytes(tmp_path, monkeypatch, dtype, compression):
+    """write_chunk encodes chunks itself (why: `chunk_io.chunk_encoder`); the files must be the very bytes zarr's own
+    pipeline writes, edge chunk (padded) included, and read back through zarr and xarray."""
+    rng = np.random.default_rng(0)
+    n, width, chunk = 10, 6, 4  # chunks of 4, 4, 2 prompts
+    shapes = {"blocks.0.hook_resid_post": ((8,), ("d_model",)), "blocks.0.attn.hook_z": ((2, 3), ("head", "d_head"))}
+    data = {h: rng.standard_normal((n, width, *t)).astype(np.float32) for h, (t, _) in shapes.items()}
+
+    def build(path, via_zarr=False):
+        store = ActivationStore.create_or_resume(
+            path, attrs=IDENT, hook_shapes=shapes, tokens=np.zeros((n, width), np.int32),
+            lengths=np.full(n, width, np.int32), prompt_ids=[f"p{i}" for i in range(n)], chunk_prompts=chunk,
+            dtype=dtype, compression=compression)
+        for i in range(store.n_chunks):
+            lo, hi = store.chunk_range(i)
+            store.write_chunk(i, {h: a[lo:hi] for h, a in data.items()}, via_zarr=via_zarr)
+        store.finalize()
+        return store
+
+    fast = build(tmp_path / "fast.zarr")
+    slows = [build(tmp_path / "via.zarr", via_zarr=True)]  # zarr's own pipeline, asked for
+    monkeypatch.setattr(chunk_io, "chunk_encoder", lambda arr: None)  # and for a codec chain SAGE does not encode
+    slows.append(build(tmp_path / "zarr.zarr"))
+    for slow in slows:
+        for i in range(fast.n_chunks):
+            for rel in fast._chunk_files(i).values():
+                assert (fast.path / rel).read_bytes() == (slow.path / rel).read_bytes(), rel
+        assert fast.content_hash() == slow.content_hash()
+        ActivationStore.open(slow.path)
+    reopened = ActivationStore.open(fast.path)
+    for h, a in data.items():
+        np.testing.assert_array_equal(reopened.read(h), from_storage(to_storage(a, dtype), dtype))
+    assert not list(fast.path.rglob(".*.tmp-*"))
