@@ -17,6 +17,17 @@ ROOT = Path(__file__).resolve().parents[2]
 API_URL: str | None = None
 
 
+def seed_zoo(tiny_zoo, home: Path) -> Path:
+    """`home` holding a copy of the session's tiny zoo (its model, SAEs, datasets and corpus): a CLI run there finds
+    the zoo whole by content and reuses it, so a test costs its own command, not a zoo build. `tests/acceptance/
+    test_cli.py` builds one through the CLI itself."""
+    import shutil
+
+    for part in ("zoo", "datasets"):
+        shutil.copytree(tiny_zoo[0] / part, home / part)
+    return home
+
+
 def run(args, home, timeout=900, env=None):
     env = {**os.environ, **({"PREFECT_API_URL": API_URL} if API_URL else {}), **(env or {}), "SAGE_HOME": str(home)}
     return subprocess.run(SAGE + args, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)

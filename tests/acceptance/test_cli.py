@@ -12,12 +12,32 @@ pytestmark = [pytest.mark.acceptance, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def tiny_home(tmp_path_factory):
+def built(tmp_path_factory):
+    """`sage zoo build --tiny` from nothing, through the CLI: (its data root, the run)."""
     home = tmp_path_factory.mktemp("cli-home")
     r = run(["zoo", "build", "--tiny"], home)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "task performance" in r.stdout and "SAE zoo" in r.stdout and "expl. var" in r.stdout
-    return home
+    return home, r
+
+
+@pytest.fixture(scope="module")
+def tiny_home(built):
+    return built[0]
+
+
+def test_the_zoo_builds_stages_are_one_line_as_they_start_and_end(built):
+    """Issue #16 item 5, the zoo's part: through a pipe each stage is one plain line when it starts (with its size)
+    and one when it ends (with its duration)."""
+    import re
+
+    _, r = built
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("[sage ")]
+    assert lines and lines[0].split("] ", 1)[1].startswith("start-up: "), r.stderr[:2000]
+    for stage in ("start-up", "zoo: model training", "zoo: SAEs trained"):
+        starts = [ln for ln in lines if re.fullmatch(rf"\[sage \d\d:\d\d:\d\d\] {stage}: (?!done).+", ln)]
+        ends = [ln for ln in lines if re.fullmatch(rf"\[sage \d\d:\d\d:\d\d\] {stage}: done(, .+)? in \d+\.\d s", ln)]
+        assert len(starts) == len(ends) == 1, (stage, lines)
 
 
 def test_zoo_info(tiny_home):

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.acceptance.browser import INSTALL_HINT, Browser, chromium_path
-from tests.acceptance.cli import run
+from tests.acceptance.cli import run, seed_zoo
 
 pytestmark = [pytest.mark.acceptance, pytest.mark.slow, pytest.mark.skipif(chromium_path() is None,
                                                                           reason=INSTALL_HINT)]
@@ -55,12 +55,12 @@ def _run_name(stdout: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def evaluated(tmp_path_factory):
+def evaluated(tmp_path_factory, tiny_zoo):
     """`sage evaluate --tiny`: every task of the tiny zoo with the watch's settings, so the watch run ranks its SAE
     among these against the same ground truth. Not test_cli_evaluate's evaluation: that one is module-scoped, scores
     one task, and runs with the session's log level, which keeps INFO logs from the API (item 4 counts what a user's
     run sends)."""
-    home = tmp_path_factory.mktemp("ui-eval-home")
+    home = seed_zoo(tiny_zoo, tmp_path_factory.mktemp("ui-eval-home"))
     r = run(["evaluate", "--tiny"], home, env=USER_LOGGING)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return home, r
