@@ -9,7 +9,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows import engine
 from sage_core.config import ZooConfig
 from sage_core.locate.config import LocateConfig
-from sage_core.prompts.library import get_task
+from sage_core.prompts.library import task_attributes
 from storage.home import SageHome
 from storage.refs import LocationsRef
 from tasks import progress
@@ -34,11 +34,7 @@ def locate(cfg: ZooConfig = ZooConfig(), locate_cfg: LocateConfig = LocateConfig
     root = str(h.root)
     task_names = list(tasks or cfg.tasks)
     cfg.check_tasks(task_names)
-    wanted = [(t, a) for t in task_names for a in get_task(t).attribute_names()
-              if attributes is None or a in attributes]
-    if not wanted:
-        raise ValueError(f"no attribute matches {attributes}; the tasks have "
-                         f"{sorted({a for t in task_names for a in get_task(t).attribute_names()})}")
+    wanted = task_attributes(task_names, attributes)
     model, tok = find_model(cfg.model.name, root)
     datasets = dict(zip(task_names, in_home(make_dataset, h).map(task_names, unmapped(cfg), unmapped(tok),
                                                                  unmapped(root)), strict=True))

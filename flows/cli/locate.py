@@ -45,6 +45,12 @@ def locate_cmd(
     check_top(top)
     task_list, attrs, kind_list = comma_list(tasks), comma_list(attributes), comma_list(kinds)
     check_tasks(task_list)
+    if attrs:  # an attribute filter that matches nothing: refused before Prefect or torch start
+        from sage_core.config import ZooConfig
+        from sage_core.prompts.library import task_attributes
+
+        with refused():
+            task_attributes(list(task_list or (ZooConfig.tiny() if tiny else ZooConfig()).tasks), list(attrs))
     h = writable_home(home)
     with prefect_env.flow_command(verbose, "libraries, the location settings, Prefect's server") as start:
         from sage_core.config import ZooConfig

@@ -45,3 +45,13 @@ def _import_builtin_tasks() -> None:
 
 
 _import_builtin_tasks()
+
+
+def task_attributes(tasks: list[str], attributes: list[str] | None = None) -> list[tuple[str, str]]:
+    """The (task, attribute) pairs of `tasks` whose attribute is in `attributes` (all when None); a filter that
+    matches none is refused in one line naming the attributes there are."""
+    every = [(t, a) for t in tasks for a in get_task(t).attribute_names()]
+    wanted = [(t, a) for t, a in every if attributes is None or a in attributes]
+    if not wanted:
+        raise TaskError(f"no attribute matches {attributes}; the tasks have {sorted({a for _, a in every})}")
+    return wanted

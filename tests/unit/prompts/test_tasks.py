@@ -139,3 +139,12 @@ def test_word_unknown_to_the_tokenizer_is_refused(tokenizer):
     task = get_task("ioi", names=["Mary", "John", "Zebedee"])
     with pytest.raises(TaskError, match="does not know 'Zebedee'"):
         generate_prompts(task, DatasetConfig(task="ioi", n_train=30, n_test=10), tokenizer)
+
+
+def test_an_attribute_filter_keeps_the_named_attributes_and_refuses_one_matching_nothing():
+    from sage_core.prompts.library import task_attributes
+
+    assert task_attributes(["ioi"]) == [("ioi", "IO"), ("ioi", "S"), ("ioi", "Pos")]  # the task's own order
+    assert task_attributes(["ioi", "sva"], ["IO"]) == [("ioi", "IO")]
+    with pytest.raises(ValueError, match=r"no attribute matches \['colour'\]; the tasks have \['IO', 'Pos', 'S'\]"):
+        task_attributes(["ioi"], ["colour"])
