@@ -61,6 +61,12 @@ def file_digest(path: str | Path, st: os.stat_result | None = None) -> str:
     return _digests[k]
 
 
+def remember_digest(path: str | Path, st: os.stat_result, digest: str) -> None:
+    """`file_digest` of a file its writer hashed in memory (`digest`, xxh3-128 of the bytes it wrote): later checks
+    in this process take it from here instead of reading the file back, while its stat signature is `st`'s."""
+    _digests[_key(Path(path), st)] = digest
+
+
 def json_digest(value: Any) -> str:
     """xxh3-128 hex digest of a JSON value's canonical form (sorted keys, no whitespace): what a JSON record (a flow
     record, `storage.records`) was when written, whatever its indentation on disk."""

@@ -22,10 +22,12 @@ from numcodecs import Blosc
 from zarr.codecs import BloscCodec, BytesCodec
 from zarr.codecs.bytes import Endian
 
+from storage.atomic import DIGEST, remember_digest
+
 # Per-file checksums: xxh3-128 hashes at ~9 GB/s here against sha256's 1.5 GB/s, which was a fifth of a chunk's write
 # time. They guard against truncation and accidental change, not forgery. Stores written before format 2 (no
 # `checksum` attribute) keep their sha256 records.
-CHECKSUM = "xxh3_128"
+CHECKSUM = DIGEST  # the marker's own digest, so a chunk hashed once serves both
 DIGESTS: dict[str, Callable[[bytes], str]] = {
     "xxh3_128": xxhash.xxh3_128_hexdigest,
     "sha256": lambda b: hashlib.sha256(b).hexdigest()[:32],
@@ -148,25 +150,11 @@ def write_file(path: Path, payload: Payload, checksum: tuple[str, str] | None = 
         _remember(path, os.stat(path), *checksum)
 
 
-# Checksums of the chunk files this process wrote, per version of the file (its stat signature): `storage.atomic`'s
-# digest cache does the same for files it hashed itself, with the same caveat (a change within one tick of the file
-# clock that keeps the size is not seen).
-_written: dict[tuple, str] = {}
-
-
-def _signature(path: Path, st: os.stat_result, algorithm: str) -> tuple:
-    return str(path), algorithm, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
-
-
 def _remember(path: Path, st: os.stat_result, algorithm: str, digest: str) -> None:
-    if len(_written) > 1_000_000:  # a long-lived process: forget rather than grow without bound
-        _written.clear()
-    _written[_signature(path, st, algorithm)] = digest
-
-
-def known_digest(path: Path, st: os.stat_result, algorithm: str) -> str | None:
-    """The checksum this process wrote `path` with, if the file is still that version."""
-    return _written.get(_signature(path, st, algorithm))
+    """The checksum a chunk file was written with, in `storage.atomic`'s digest cache (xxh3, what stores of format 2
+    use; a store of format 1 is hashed with sha256 and read back when checked)."""
+    if algorithm == CHECKSUM:
+        remember_digest(path, st, digest)
 
 
 def digest_written(path: Path, algorithm: str) -> str | None:
