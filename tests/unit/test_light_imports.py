@@ -4,6 +4,7 @@ so does every CLI run of the tests. Checked in a fresh interpreter, where nothin
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -14,10 +15,11 @@ HEAVY = ("transformer_lens", "sae_lens")
 
 def _imported(modules: tuple[str, ...], watched: tuple[str, ...]) -> list[str]:
     """Which of `watched` a fresh interpreter holds after importing `modules`."""
-    code = f"import sys\nfor m in {modules!r}: __import__(m)\nprint(sorted(w for w in {watched!r} if w in sys.modules))"
+    code = (f"import json, sys\nfor m in {modules!r}: __import__(m)\n"
+            f"print(json.dumps(sorted(w for w in {watched!r} if w in sys.modules)))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    return eval(r.stdout.strip())  # noqa: S307 (our own printed list)
+    return json.loads(r.stdout)
 
 
 def test_configs_references_and_readers_import_no_model_library():
