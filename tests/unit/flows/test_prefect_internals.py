@@ -47,3 +47,18 @@ def test_the_temporary_server_instance_says_whether_it_runs_and_where():
     instance = SubprocessASGIServer(port=2)
     assert instance.running is False
     assert instance.api_url.startswith("http://127.0.0.1:2"), instance.api_url
+
+
+def test_a_named_server_costs_no_import_of_prefects_server():
+    """With PREFECT_API_URL set (the service's flow runs, a CLI pointed at `make ui`), nothing starts a temporary
+    server, so Prefect's server package (FastAPI, SQLAlchemy: ~5 s of CPU) is never imported."""
+    import json
+    import os
+    import subprocess
+
+    code = ("import json, sys; from flows.prefect_internals import server_dies_with_this_process as s; s(); "
+            "print(json.dumps(sorted(m for m in sys.modules if m.startswith('prefect.server'))))")
+    env = {**os.environ, "PREFECT_API_URL": "http://127.0.0.1:9/api"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.splitlines()[-1]) == []
