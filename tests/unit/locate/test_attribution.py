@@ -38,36 +38,43 @@ def _rows(pairs):
     return list(zip(pairs.clean, pairs.cf, pairs.answer, pairs.target, pairs.positions, cf_pos, strict=True))
 
 
-def _hand_atp(model, rows, comp: Component, role: int) -> float:
-    """Per pair: autograd gradient of LD(x) w.r.t. the activation at the role's position in x, inner product with
-    a(x') at the role's position in x' minus a(x), then the mean over pairs."""
-    vals = []
-    for x, xc, ans, tgt, pos, pos_cf in rows:
+def _hand_atp(model, rows, comps: list[Component], n_roles: int) -> np.ndarray:
+    """[component, role]: per pair, the autograd gradient of LD(x) w.r.t. the component's activation at the role's
+    position in x, inner product with a(x') at the role's position in x' minus a(x), then the mean over pairs. One
+    forward and backward per pair serves every component and role (the gradient at a hook does not depend on which
+    role is read from it)."""
+    hooks = sorted({c.hook for c in comps})
+    vals = np.zeros((len(rows), len(comps), n_roles))
+    for i, (x, xc, ans, tgt, pos, pos_cf) in enumerate(rows):
         x, xc = torch.tensor([x]), torch.tensor([xc])
         _, cache_cf = model.run_with_cache(xc)
         store = {}
 
         def grab(a, hook, store=store):
-            store["a"] = a
+            store[hook.name] = a
             return a
 
-        logits = model.run_with_hooks(x, fwd_hooks=[(comp.hook, grab)])
+        logits = model.run_with_hooks(x, fwd_hooks=[(h, grab) for h in hooks])
         ld = logit_diff(logits, torch.tensor([x.shape[1] - 1]), torch.tensor([ans]), torch.tensor([tgt]))
-        (g,) = torch.autograd.grad(ld.sum(), store["a"])
-        a, g, a_cf = store["a"].detach()[0, pos[role]], g[0, pos[role]], cache_cf[comp.hook][0, pos_cf[role]]
-        if comp.head is not None:
-            a, a_cf, g = a[comp.head], a_cf[comp.head], g[comp.head]
-        vals.append(float(((a_cf - a) * g).sum()))
-    return float(np.mean(vals))
+        grads = dict(zip(hooks, torch.autograd.grad(ld.sum(), [store[h] for h in hooks]), strict=True))
+        for j, comp in enumerate(comps):
+            for role in range(n_roles):
+                a, g = store[comp.hook].detach()[0, pos[role]], grads[comp.hook][0, pos[role]]
+                a_cf = cache_cf[comp.hook][0, pos_cf[role]]
+                if comp.head is not None:
+                    a, a_cf, g = a[comp.head], a_cf[comp.head], g[comp.head]
+                vals[i, j, role] = float(((a_cf - a) * g).sum())
+    return vals.mean(axis=0)
 
 
 def test_sweep_equals_hand_computed_gradient_inner_product(setup):
     model, _, pairs, roles, pad = setup
     comps = [Component("head", 1, 1), Component("mlp_out", 0), Component("resid_post", 1), Component("resid_pre", 0)]
     scores, _ = atp_sweep(model, pairs, comps, pad, batch_size=5)  # batching and padding must not matter
-    for j, c in enumerate(comps):
+    hand = _hand_atp(model, _rows(pairs), comps, len(roles))
+    for j, _c in enumerate(comps):
         for r in range(len(roles)):
-            assert scores[j, r].item() == pytest.approx(_hand_atp(model, _rows(pairs), c, r), rel=1e-4, abs=1e-5)
+            assert scores[j, r].item() == pytest.approx(hand[j, r], rel=1e-4, abs=1e-5)
 
 
 def test_atp_is_the_first_order_term_of_the_real_effect(setup):
@@ -191,20 +198,26 @@ def pos_setup(setup):
     table = _table_pairs(df, "Pos")
     moved = [r for r in roles if any(p[4][roles.index(r)] != p[5][roles.index(r)] for p in table)]
     assert set(moved) == {"IO", "S1"}  # the case under test: role positions differ between x and x'
-    return model, pairs, roles, pad, table
+    # per pair, what every patch of it shares: a(x') everywhere and the unpatched LD(x) (read only)
+    shared = []
+    for x, xc, ans, tgt, *_ in table:
+        x = torch.tensor([x])
+        _, cache_cf = model.run_with_cache(torch.tensor([xc]))
+        args = (torch.tensor([x.shape[1] - 1]), torch.tensor([ans]), torch.tensor([tgt]))
+        shared.append((cache_cf, args, logit_diff(model(x), *args)))
+    return model, pairs, roles, pad, table, shared
 
 
 @pytest.mark.parametrize("comp", [Component("head", 0, 1), Component("resid_post", 0), Component("mlp_out", 1)])
 def test_patch_effect_is_role_aligned_like_the_ground_truth(pos_setup, comp):
     """Brute force: x with a_c at role r's position in x replaced by a_c(x') at role r's position IN x' (the ground
     truth's patch, sage_core.ground_truth.sections), for every pair and every role."""
-    model, pairs, roles, pad, table = pos_setup
+    model, pairs, roles, pad, table, shared = pos_setup
     for role in ("IO", "S1", "END"):
         r = roles.index(role)
         deltas = []
-        for x, xc, ans, tgt, pos, pos_cf in table:
-            x, xc = torch.tensor([x]), torch.tensor([xc])
-            _, cache_cf = model.run_with_cache(xc)
+        for (x, _xc, _ans, _tgt, pos, pos_cf), (cache_cf, args, base) in zip(table, shared, strict=True):
+            x = torch.tensor([x])
 
             def put(a, hook, p=pos[r], q=pos_cf[r], cache_cf=cache_cf):
                 a = a.clone()
@@ -215,23 +228,21 @@ def test_patch_effect_is_role_aligned_like_the_ground_truth(pos_setup, comp):
                     a[0, p, comp.head] = src[comp.head]
                 return a
 
-            args = (torch.tensor([x.shape[1] - 1]), torch.tensor([ans]), torch.tensor([tgt]))
-            deltas.append((logit_diff(model.run_with_hooks(x, fwd_hooks=[(comp.hook, put)]), *args)
-                           - logit_diff(model(x), *args)).item())
+            deltas.append((logit_diff(model.run_with_hooks(x, fwd_hooks=[(comp.hook, put)]), *args) - base).item())
         got = patch_effect(model, pairs, [(comp, r)], pad, batch_size=5)
         assert got == pytest.approx(np.mean(deltas), rel=1e-4, abs=1e-5), role
 
 
 def test_atp_is_role_aligned_like_the_ground_truth(pos_setup):
     """Per pair: <a_c(x') at role r's position in x' - a_c(x) at its position in x, dLD(x)/da_c at that position>."""
-    model, pairs, roles, pad, table = pos_setup
+    model, pairs, roles, pad, table, _ = pos_setup
     comps = [Component("head", 1, 0), Component("resid_pre", 1), Component("attn_out", 0)]
     scores, _ = atp_sweep(model, pairs, comps, pad, batch_size=5)
+    hand = _hand_atp(model, table, comps, len(roles))
     for j, comp in enumerate(comps):
         for role in ("IO", "S1", "END"):
             r = roles.index(role)
-            assert scores[j, r].item() == pytest.approx(_hand_atp(model, table, comp, r), rel=1e-4, abs=1e-5), \
-                (comp, role)
+            assert scores[j, r].item() == pytest.approx(hand[j, r], rel=1e-4, abs=1e-5), (comp, role)
 
 
 def test_search_pairs_do_not_depend_on_the_table_order(setup):

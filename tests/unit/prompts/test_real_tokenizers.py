@@ -26,15 +26,29 @@ def tokenizers(tokenizer):
             "sentencepiece-400": sentencepiece_tokenizer(lines, vocab_size=400), "builtin": tokenizer}
 
 
+@pytest.fixture(scope="module")
+def adapted(tokenizers):
+    """`adapted(family, task)`: `adapt_task` of the task on that tokenizer, computed once per module (each call tokenizes
+    thousands of probe prompts); the Task and Adaptation it returns are frozen, so sharing them cannot leak."""
+    done = {}
+
+    def get(family: str, name: str):
+        if (family, name) not in done:
+            done[family, name] = adapt_task(get_task(name), tokenizers[family])
+        return done[family, name]
+
+    return get
+
+
 def _word(tok, token_id: int) -> str:
     return tok.decode([token_id]).strip().lstrip("▁")
 
 
 @pytest.mark.parametrize("family", ["gpt2", "sentencepiece", "sentencepiece-400", "builtin"])
 @pytest.mark.parametrize("name", sorted(TASKS))
-def test_every_role_is_the_token_spelling_its_word(tokenizers, family, name):
+def test_every_role_is_the_token_spelling_its_word(tokenizers, adapted, family, name):
     tok = tokenizers[family]
-    task, report = adapt_task(get_task(name), tok)
+    task, report = adapted(family, name)
     if task is None:  # a task the tokenizer cannot pose says why in one line
         assert report.skipped and "\n" not in report.skipped
         pytest.skip(f"{family}: {report.summary()}")
@@ -56,17 +70,17 @@ def test_every_role_is_the_token_spelling_its_word(tokenizers, family, name):
             assert len(t) == len(clean[r["pair_of"]]["tokens"])
 
 
-def test_a_small_sentencepiece_vocabulary_drops_split_words_and_skips_sva(tokenizers):
+def test_a_small_sentencepiece_vocabulary_drops_split_words_and_skips_sva(tokenizers, adapted):
     tok = tokenizers["sentencepiece-400"]
-    reports = {n: adapt_task(get_task(n), tok)[1] for n in TASKS}
+    reports = {n: adapted("sentencepiece-400", n)[1] for n in TASKS}
     assert reports["ioi"].skipped is None and reports["ioi"].removed["names"] > 0
     assert all(len(tok(" " + w, add_special_tokens=False)["input_ids"]) > 1 for w in reports["ioi"].dropped["names"])
     assert "nouns" in reports["sva"].skipped and "\n" not in reports["sva"].skipped
 
 
-def test_gpt2_poses_every_task_and_says_what_it_dropped(tokenizers):
+def test_gpt2_poses_every_task_and_says_what_it_dropped(tokenizers, adapted):
     tok = tokenizers["gpt2"]
-    reports = {n: adapt_task(get_task(n), tok)[1] for n in TASKS}
+    reports = {n: adapted("gpt2", n)[1] for n in TASKS}
     assert all(r.skipped is None for r in reports.values()), {n: r.skipped for n, r in reports.items()}
     # every IOI and SVA word is one GPT-2 token with its leading space; some years split after some centuries, and
     # some names at the start of a sentence

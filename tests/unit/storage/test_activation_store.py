@@ -1,10 +1,10 @@
 """Activation stores and the capture engine that fills them: values, layout, xarray view, content addressing, resume,
-write schedules, tamper detection, bad input."""
+write schedules, tamper detection, bad input. Damaged stores and their repair: test_activation_store_damage.py."""
 
 from __future__ import annotations
 
 import json
-import time
+import shutil
 
 import numpy as np
 import polars as pl
@@ -40,6 +40,7 @@ def prompts(tokenizer):
 
 
 IDENT = {"model_hash": "m1", "dataset_hash": "d1", "request_hash": "r1"}
+FEW = 48  # prompts for a test that captures its own store: six chunks of every position (eight prompts each)
 
 
 def make(path, model, prompts, **kw):
@@ -50,8 +51,30 @@ def make(path, model, prompts, **kw):
     return ActivationStore.open(path)
 
 
-def test_values_equal_run_with_cache(tmp_path, model, prompts):
-    store = make(tmp_path / "s.zarr", model, prompts)
+@pytest.fixture(scope="module")
+def sealed(tmp_path_factory, model, prompts):
+    """`sealed(**request)`: a finished store of the prompts, captured once per module for each request and never
+    changed; a test that damages, resumes or reseals a store works on `copy_of` it (a capture is most of a test's
+    time)."""
+    made = {}
+
+    def get(**kw):
+        key = tuple(sorted(kw.items()))
+        if key not in made:
+            made[key] = make(tmp_path_factory.mktemp("sealed") / "s.zarr", model, prompts, **kw)
+        return made[key]
+
+    return get
+
+
+def copy_of(store, path):
+    """A copy of a sealed store at `path`, opened (and so checked) as `make` returns it: every file the same bytes."""
+    shutil.copytree(store.path, path)
+    return ActivationStore.open(path)
+
+
+def test_values_equal_run_with_cache(model, prompts, sealed):
+    store = sealed()
     assert store.n_chunks > 2, "the test must span several chunks"
     toks = prompts["tokens"].to_list()
     for i in (0, 37, len(toks) - 1):
@@ -63,9 +86,9 @@ def test_values_equal_run_with_cache(tmp_path, model, prompts):
 
 
 @pytest.mark.parametrize("dtype, tol", [("float16", 2e-3), ("bfloat16", 1e-2)])
-def test_reduced_precision_within_tolerance(tmp_path, model, prompts, dtype, tol):
+def test_reduced_precision_within_tolerance(tmp_path, model, prompts, sealed, dtype, tol):
     store = make(tmp_path / "s.zarr", model, prompts, dtype=dtype)
-    full = make(tmp_path / "f.zarr", model, prompts)
+    full = sealed()
     a, b = store.read(HOOKS[0]), full.read(HOOKS[0])
     assert np.abs(a - b).max() <= tol * np.abs(b).max()
 
@@ -83,8 +106,8 @@ def test_bfloat16_round_trip_matches_torch():
     np.testing.assert_array_equal(ours, ref)  # NaN where NaN (assert_array_equal treats NaNs as equal)
 
 
-def test_role_positions_only(tmp_path, model, prompts):
-    store = make(tmp_path / "r.zarr", model, prompts, positions="roles")
+def test_role_positions_only(model, prompts, sealed):
+    store = sealed(positions="roles")
     ds = store.to_xarray()
     assert list(ds["role"].values) == ["IO", "S1", "S2", "END"]
     row = prompts.row(5, named=True)
@@ -94,8 +117,8 @@ def test_role_positions_only(tmp_path, model, prompts):
                                    rtol=1e-5, atol=1e-5)
 
 
-def test_xarray_view_has_named_dims_and_coordinates(tmp_path, model, prompts):
-    ds = make(tmp_path / "s.zarr", model, prompts).to_xarray()
+def test_xarray_view_has_named_dims_and_coordinates(prompts, sealed):
+    ds = sealed().to_xarray()
     assert ds[HOOKS[0]].dims == ("prompt", "position", "d")
     assert ds[HOOKS[1]].dims == ("prompt", "position", "head", "d_head")
     assert list(ds["prompt_id"].values) == prompts["prompt_id"].to_list()
@@ -106,8 +129,8 @@ def test_xarray_view_has_named_dims_and_coordinates(tmp_path, model, prompts):
     assert set(ds.attrs["hooks"]) == set(HOOKS)
 
 
-def test_streams_chunk_by_chunk(tmp_path, model, prompts):
-    store = make(tmp_path / "s.zarr", model, prompts)
+def test_streams_chunk_by_chunk(prompts, sealed):
+    store = sealed()
     seen = 0
     for start, stop, arr in store.iter_chunks(HOOKS[0]):
         assert arr.shape[0] == stop - start <= store.chunk_prompts
@@ -115,8 +138,8 @@ def test_streams_chunk_by_chunk(tmp_path, model, prompts):
     assert seen == len(prompts)
 
 
-def test_resume_is_bitwise_identical(tmp_path, model, prompts):
-    full = make(tmp_path / "full.zarr", model, prompts)
+def test_resume_is_bitwise_identical(tmp_path, model, prompts, sealed):
+    full = sealed()
     req = CaptureRequest(hooks=HOOKS, chunk_mb=0.02, batch_size=16)
     part = open_or_create_store(tmp_path / "part.zarr", model, prompts, req, IDENT)
     capture_chunks(part, model, 16, chunks=[0, 2])
@@ -137,9 +160,10 @@ def test_every_write_schedule_gives_the_same_store(tmp_path, model, prompts, pos
     everything in turn) store the same bytes: in the background a chunk's buffer must not be refilled before its write
     is done, and in the io schedule the encoded bytes must not alias the buffer."""
     req = CaptureRequest(hooks=HOOKS, chunk_mb=0.02, batch_size=16, positions=positions)
+    df = prompts.head(FEW) if positions == "all" else prompts  # role positions only: five prompts fill a chunk less
     hashes = []
     for schedule in ("background", "io", "in_turn"):
-        store = open_or_create_store(tmp_path / f"{schedule}.zarr", model, prompts, req, IDENT)
+        store = open_or_create_store(tmp_path / f"{schedule}.zarr", model, df, req, IDENT)
         done = []
         assert capture_chunks(store, model, 16, schedule=schedule, on_chunk=done.append) == store.n_chunks > 2
         assert sorted(done) == list(range(store.n_chunks))
@@ -147,8 +171,8 @@ def test_every_write_schedule_gives_the_same_store(tmp_path, model, prompts, pos
     assert hashes[0] == hashes[1] == hashes[2]
 
 
-def test_tampered_or_truncated_store_is_detected(tmp_path, model, prompts):
-    store = make(tmp_path / "s.zarr", model, prompts)
+def test_tampered_or_truncated_store_is_detected(tmp_path, sealed):
+    store = copy_of(sealed(), tmp_path / "s.zarr")
     chunk = tmp_path / "s.zarr" / HOOKS[0] / "c" / "1" / "0" / "0"
     data = chunk.read_bytes()
     chunk.write_bytes(data[: len(data) // 2])
@@ -161,10 +185,10 @@ def test_a_store_written_before_format_2_keeps_its_sha256_checksums(tmp_path, mo
     catch a modified chunk."""
     import hashlib
 
-    req = CaptureRequest(hooks=HOOKS, chunk_mb=0.02, batch_size=16)
-    store = open_or_create_store(tmp_path / "old.zarr", model, prompts, req, IDENT)
+    req, df = CaptureRequest(hooks=HOOKS, chunk_mb=0.02, batch_size=16), prompts.head(FEW)
+    store = open_or_create_store(tmp_path / "old.zarr", model, df, req, IDENT)
     del store.group.attrs["checksum"]
-    store = open_or_create_store(store.path, model, prompts, req, IDENT)  # resumed: attributes read afresh
+    store = open_or_create_store(store.path, model, df, req, IDENT)  # resumed: attributes read afresh
     capture_chunks(store, model, 16)
     store.finalize()
     chunk = store.path / HOOKS[1] / "c" / "0" / "0" / "0" / "0"
@@ -178,8 +202,8 @@ def test_a_store_written_before_format_2_keeps_its_sha256_checksums(tmp_path, mo
         ActivationStore.open(store.path)
 
 
-def test_store_from_another_model_or_dataset_is_refused(tmp_path, model, prompts):
-    make(tmp_path / "s.zarr", model, prompts)
+def test_store_from_another_model_or_dataset_is_refused(tmp_path, model, prompts, sealed):
+    copy_of(sealed(), tmp_path / "s.zarr")
     with pytest.raises(StoreError, match="captured with model_hash='m1', not 'other'"):
         ActivationStore.open(tmp_path / "s.zarr", expect={"model_hash": "other"})
     req = CaptureRequest(hooks=HOOKS, chunk_mb=0.02)
@@ -188,8 +212,8 @@ def test_store_from_another_model_or_dataset_is_refused(tmp_path, model, prompts
 
 
 def test_write_error_is_clear_and_store_stays_resumable(tmp_path, model, prompts, monkeypatch):
-    req = CaptureRequest(hooks=HOOKS, chunk_mb=0.02, batch_size=16)
-    store = open_or_create_store(tmp_path / "s.zarr", model, prompts, req, IDENT)
+    req, df = CaptureRequest(hooks=HOOKS, chunk_mb=0.02, batch_size=16), prompts.head(FEW)
+    store = open_or_create_store(tmp_path / "s.zarr", model, df, req, IDENT)
     capture_chunks(store, model, 16, chunks=[0])
     import storage.chunk_io as acts_mod
 
@@ -202,7 +226,7 @@ def test_write_error_is_clear_and_store_stays_resumable(tmp_path, model, prompts
     with pytest.raises(StoreError, match="No space left on device.*rerun the same command"):
         capture_chunks(store, model, 16)
     monkeypatch.setattr(acts_mod, "write_file", real)
-    store = open_or_create_store(tmp_path / "s.zarr", model, prompts, req, IDENT)
+    store = open_or_create_store(tmp_path / "s.zarr", model, df, req, IDENT)
     assert store.done_chunks() == {0}
     capture_chunks(store, model, 16)
     store.finalize()
@@ -263,183 +287,3 @@ def test_capture_on_a_gpu_matches_the_cpu_and_its_schedules_agree(tmp_path, mode
     for h in HOOKS:
         assert isinstance(direct[h], np.ndarray)
         np.testing.assert_allclose(direct[h], on_cpu[h], rtol=1e-4, atol=1e-5)
-
-
-# -- damaged stores (issue #15 item 12): named in one line before zarr decodes anything, and repaired by resuming ---
-def _flip3(path):
-    b = bytearray(path.read_bytes())
-    for k in range(3):
-        b[len(b) // 2 + k] ^= 0xFF
-    path.write_bytes(bytes(b))
-
-
-@pytest.mark.parametrize("damage", ["flip", "truncate"])
-def test_a_damaged_chunk_is_named_in_one_line_at_open_and_at_read(tmp_path, model, prompts, monkeypatch, damage):
-    import time
-
-    store = make(tmp_path / "s.zarr", model, prompts)
-    chunk = store.path / HOOKS[0] / "c" / "1" / "0" / "0"
-
-    def hurt():
-        if damage == "flip":
-            _flip3(chunk)
-        else:
-            chunk.write_bytes(chunk.read_bytes()[:-7])
-
-    time.sleep(0.05)  # file times are coarse: the damage must not share the checked version's timestamps
-    hurt()
-    with pytest.raises(StoreError) as e:
-        ActivationStore.open(store.path, verify=False)  # verify=False no longer skips the check
-    msg = str(e.value)
-    assert "\n" not in msg and str(store.path) in msg and f"chunk 1 of {HOOKS[0]}" in msg and "rerun the capture" in msg
-    # a store opened before the damage: reading the damaged chunk is refused before zarr decodes it
-    fresh = make(tmp_path / "t.zarr", model, prompts)
-    fresh.read(HOOKS[0])
-    chunk = fresh.path / HOOKS[0] / "c" / "1" / "0" / "0"
-    time.sleep(0.05)
-    hurt()
-    chunks = fresh.iter_chunks(HOOKS[0])
-    assert next(chunks)[0] == 0  # chunk 0 is whole
-    import zarr
-
-    monkeypatch.setattr(zarr.Array, "__getitem__", lambda *a: pytest.fail("zarr decoded a damaged chunk"))
-    with pytest.raises(StoreError, match=f"chunk 1 of {HOOKS[0]}"):
-        next(chunks)
-    with pytest.raises(StoreError, match=f"chunk 1 of {HOOKS[0]}"):
-        fresh.read(HOOKS[0], slice(0, fresh.n_prompts))
-    with pytest.raises(StoreError, match=f"chunk 1 of {HOOKS[0]}"):
-        fresh.read(HOOKS[0], np.arange(fresh.chunk_prompts, fresh.chunk_prompts + 2))
-    assert not fresh.is_whole()
-
-
-def test_reads_of_undamaged_chunks_still_work_and_resuming_repairs_the_damaged_one(tmp_path, model, prompts):
-    from storage.atomic import is_whole
-
-    store = make(tmp_path / "s.zarr", model, prompts)
-    good = store.content_hash()
-    assert is_whole(store.path) and store.is_whole()
-    before = store.read(HOOKS[0])
-    _flip3(store.path / HOOKS[0] / "c" / "1" / "0" / "0")
-    assert not ActivationStore(store.path).is_complete()  # so the capture stage resumes it rather than keeping it
-    np.testing.assert_array_equal(store.read(HOOKS[0], slice(0, store.chunk_prompts)), before[: store.chunk_prompts])
-    assert not is_whole(store.path)
-    req = CaptureRequest(hooks=HOOKS, chunk_mb=0.02, batch_size=16)
-    again = open_or_create_store(store.path, model, prompts, req, IDENT)  # what rerunning the capture does
-    assert again.done_chunks() == set(range(again.n_chunks)) - {1} and not again.is_complete()
-    assert capture_chunks(again, model, 16) == 1
-    assert again.finalize() == good
-    np.testing.assert_array_equal(ActivationStore.open(store.path).read(HOOKS[0]), before)
-    assert is_whole(store.path)
-
-
-@pytest.mark.parametrize("positions,array,compression", [("all", "tokens", "none"), ("all", "tokens", "lz4"),
-                                                         ("roles", "role_pos", "none")])
-def test_resuming_rewrites_damaged_prompt_chunks_from_the_prompt_table(tmp_path, model, prompts, caplog, positions,
-                                                                       array, compression):
-    """Damaged tokens (or role positions) of a chunk: the resumed capture computes from the prompt table and writes
-    that chunk's prompt files again, so neither wrong activations nor the damaged file's digest are ever recorded."""
-    store = make(tmp_path / "s.zarr", model, prompts, positions=positions, compression=compression)
-    good, before = store.content_hash(), store.read(HOOKS[0])
-    rel = store._chunk_files(1)[array]
-    raw = np.frombuffer((store.path / rel).read_bytes(), np.uint8).copy()
-    if compression == "none":  # wrong values that still decode: the silent case
-        raw.view("<i4")[: raw.size // 8] += 1
-    else:
-        raw[raw.size // 2: raw.size // 2 + 3] ^= 0xFF
-    time.sleep(0.05)
-    (store.path / rel).write_bytes(raw.tobytes())
-    req = CaptureRequest(hooks=HOOKS, chunk_mb=0.02, batch_size=16, positions=positions, compression=compression)
-    with caplog.at_level("WARNING", logger="storage.activations"):
-        again = open_or_create_store(store.path, model, prompts, req, IDENT)
-    assert capture_chunks(again, model, 16) == 1
-    assert again.finalize() == good
-    np.testing.assert_array_equal(ActivationStore.open(store.path).read(HOOKS[0]), before)
-    assert [r.getMessage() for r in caplog.records if rel in r.getMessage()], "the damaged file is named"
-    assert all("\n" not in r.getMessage() for r in caplog.records)
-
-
-def test_a_chunk_pass_records_only_files_it_wrote(tmp_path, model, prompts):
-    """The prompt files of a chunk come from the attached prompt table in that chunk's pass; a store without one
-    cannot be filled (it would record files it did not write)."""
-    req = CaptureRequest(hooks=HOOKS, chunk_mb=0.02, batch_size=16)
-    store = open_or_create_store(tmp_path / "s.zarr", model, prompts, req, IDENT)
-    tokens = store.path / store._chunk_files(0)["tokens"]
-    tokens.write_bytes(b"not a chunk")
-    assert capture_chunks(store, model, 16, chunks=[0]) == 1
-    assert store._chunk_problem(0) is None and tokens.read_bytes() != b"not a chunk"
-    with pytest.raises(StoreError, match="needs the prompt table"):
-        capture_chunks(ActivationStore(store.path), model, 16, chunks=[1])
-
-
-def test_an_unreadable_chunk_record_keeps_its_cause(tmp_path, model, prompts):
-    store = make(tmp_path / "s.zarr", model, prompts)
-    rec = store.path / "_progress" / "000001.json"
-    rec.write_text("{not json")
-    with pytest.raises(StoreError) as e:
-        store._chunk_record(1)
-    assert isinstance(e.value.__cause__, ValueError) and "Expecting property name" in str(e.value)
-    rec.unlink()
-    rec.mkdir()
-    with pytest.raises(StoreError) as e:
-        ActivationStore.open(store.path)
-    assert "\n" not in str(e.value) and "000001.json" in str(e.value) and "Is a directory" in str(e.value)
-
-
-def test_the_capture_stage_cache_hit_needs_a_whole_store(tmp_path, model, prompts):
-    """A damaged store is no cache hit for `prepare-capture` (the rerun resumes it); the reason names the file."""
-    from storage.home import SageHome
-    from storage.refs import StoreRef
-    from tasks.capture import store_whole
-
-    store = make(tmp_path / "s.zarr", model, prompts)
-    m = StoreRef(path="s.zarr", hash="", n_chunks=store.n_chunks, model_hash="m1", dataset_hash="d1")
-    assert store_whole(m, SageHome(tmp_path), "k") is None
-    _flip3(store.path / HOOKS[0] / "c" / "2" / "0" / "0")
-    problem = store_whole(m, SageHome(tmp_path), "k")
-    assert problem and "\n" not in problem and f"{HOOKS[0]}/c/2/0/0" in problem
-
-
-def test_a_marker_without_a_file_list_is_finished_again(tmp_path, model, prompts):
-    """Stores sealed before the marker listed their files are re-checked and resealed, not recaptured."""
-    from storage.atomic import MARKER, is_whole
-
-    store = make(tmp_path / "s.zarr", model, prompts)
-    good = store.content_hash()
-    marker = json.loads((store.path / MARKER).read_text())
-    (store.path / MARKER).write_text(json.dumps({k: v for k, v in marker.items() if k not in ("files", "kind")}))
-    ActivationStore.open(store.path)  # still readable, checked chunk by chunk against its records
-    assert not store.is_complete() and not is_whole(store.path)
-    assert store.finalize() == good and store.is_complete() and is_whole(store.path)
-
-
-def test_a_damaged_metadata_file_is_named(tmp_path, model, prompts):
-    store = make(tmp_path / "s.zarr", model, prompts)
-    meta = store.path / HOOKS[0] / "zarr.json"
-    meta.write_text(meta.read_text().replace('"prompt"', '"prompT"'))
-    with pytest.raises(StoreError, match="zarr.json.*delete the store and rerun the capture"):
-        ActivationStore.open(store.path)
-    assert not store.is_complete()
-    req = CaptureRequest(hooks=HOOKS, chunk_mb=0.02, batch_size=16)
-    with pytest.raises(StoreError, match="zarr.json.*delete the store"):  # resuming cannot rewrite it: never resealed
-        open_or_create_store(store.path, model, prompts, req, IDENT)
-
-
-@pytest.mark.parametrize("schedule", ["background", "io"])
-def test_a_failed_chunk_write_leaves_no_temporary_file(tmp_path, model, prompts, monkeypatch, schedule):
-    """Half a chunk file on disk then a full disk: no temporary file is left, no chunk is recorded."""
-    import storage.chunk_io as chunk_io
-
-    req = CaptureRequest(hooks=HOOKS, chunk_mb=0.02, batch_size=16)
-    store = open_or_create_store(tmp_path / "s.zarr", model, prompts, req, IDENT)
-    real = chunk_io._write_all
-
-    def half_then_full(fd, data):
-        real(fd, memoryview(data).cast("B")[: len(memoryview(data).cast("B")) // 2])
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(chunk_io, "_write_all", half_then_full)
-    with pytest.raises(StoreError, match="No space left on device"):
-        capture_chunks(store, model, 16, schedule=schedule)
-    monkeypatch.undo()
-    assert not [p for p in store.path.rglob(".*") if p.is_file()], "temporary chunk files were left behind"
-    assert store.done_chunks() == set()
