@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -56,11 +57,11 @@ def home():
     shutil.rmtree(d, ignore_errors=True)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def runnable_by_service_user():
     """As root the worker runs as the service user, which must be able to run this environment's Python: a directory
     on its way that is closed to other users (root's home, holding pyenv's Python, on the test machine) is opened to
-    them (o+x: enter, not list) for the test and closed again."""
+    them (o+x: enter, not list) while this module's service runs, and closed again."""
     from flows.service.files import closed_dir
 
     opened: dict[Path, int] = {}
@@ -220,31 +221,88 @@ def _completed_watch_runs_in_postgres(svc: service.Service) -> int:
     return asyncio.run(count())
 
 
-@pytest.mark.slow
-def test_make_serve_runs_watch_nightly_on_postgres_end_to_end(home, tiny_zoo, runnable_by_service_user, capsys):
-    from sage_core.config import EvaluateConfig, WatchConfig
-    from sage_core.locate.attribution import LocateConfig
-    from storage.ledger import Ledger
-    from storage.sae_sources import _dir_weights_hash
-    from storage.scores import read_run
+SERVE_ARGS = "--deployment watch-nightly --deployment evaluate"  # the ones these tests run (prefect deploy imports each)
 
+
+@dataclass
+class Served:
+    """The module's one running service, as `make serve` started it: the end-to-end tests share it (each start from
+    nothing costs initdb, a server, `prefect deploy` and a worker); each brings it up first if it is not."""
+    svc: service.Service
+    env: dict  # no Prefect setting of this session; the server logs errors, the worker polls every second
+    up: subprocess.CompletedProcess  # the first `make serve`
+    up_s: float
+    dropped: Path  # a changed zoo SAE in the watched folder SAGE_HOME/lab-inbox, there before `make serve`
+
+    @property
+    def home(self) -> Path:
+        return self.svc.home.root
+
+    def make(self, target: str) -> subprocess.CompletedProcess:
+        return _make(target, self.home, self.env, PREFECT_PORT=self.svc.api_port, PG_PORT=self.svc.pg_port,
+                     SERVE_ARGS=SERVE_ARGS)
+
+    def ensure_up(self) -> None:
+        """Not fully up (the `make serve-stop` test, or a failed test, ran before): `make serve` restarts what is
+        not running."""
+        if not all(p.ok for p in service.health(self.svc)):
+            again = self.make("serve")
+            assert again.returncode == 0, again.stdout + again.stderr
+
+
+@pytest.fixture(scope="module")
+def served(tiny_zoo, runnable_by_service_user):
     if shutil.which("make") is None:
         pytest.fail("`make` is needed to run `make serve`")
     try:
         service.pg_bin()
     except service.ServiceError as exc:
         pytest.fail(f"{exc} (`make test` installs PostgreSQL before the tests)")
+    home = Path(tempfile.mkdtemp(prefix="sage-serve-"))  # the `postgres` user may enter it (tmp_path: closed)
+    home.chmod(0o711)
     zoo_home, zoo_cfg = tiny_zoo[0], tiny_zoo[1]
     port, pg_port = _free_port(), _free_port()
     while pg_port == port:
         pg_port = _free_port()
-    svc = service.Service(home=SageHome(home), api_port=port, pg_port=pg_port)
+    svc = service.Service(home=SageHome(home), api_port=port, pg_port=pg_port,
+                          deployments=tuple(SERVE_ARGS.split()[1::2]), say=lambda s: None)
     # none of this session's Prefect settings (its test server, quiet log levels) reach the service; the server logs
     # errors (a `database is locked` would show), the flow runs send their INFO logs; the worker polls every second
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env |= {"PREFECT_SERVER_LOGGING_LEVEL": "WARNING", "PREFECT_WORKER_QUERY_SECONDS": "1"}
-    client_env = env | {"PREFECT_API_URL": svc.api_url, "PREFECT_HOME": str(svc.dir / "prefect")}
-    took: dict[str, float] = {}
+    # a watched folder and the session's tiny zoo, there before `make serve` hands the data root to the service user
+    # (the flow checks the zoo whole, by content, and reuses it: a run's cost is the service's, not the zoo build's)
+    (home / "lab-inbox").mkdir()
+    dropped = _drop_changed_sae(zoo_home, zoo_cfg.model.name, home / "lab-inbox")
+    for part in ("zoo", "datasets"):
+        shutil.copytree(zoo_home / part, home / part)
+    try:
+        t0 = time.perf_counter()
+        up = _make("serve", home, env, PREFECT_PORT=port, PG_PORT=pg_port, SERVE_ARGS=SERVE_ARGS)
+        if up.returncode != 0:
+            pytest.fail(f"`make serve` failed:\n{up.stdout}{up.stderr}")
+        yield Served(svc, env, up, time.perf_counter() - t0, dropped)
+    finally:
+        service.stop(svc)  # by the recorded pids
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _pids(svc: service.Service) -> dict[str, tuple[int, str]]:
+    recs = {name: json.loads((svc.dir / f"{name}.pid").read_text()) for name in service.STOP_ORDER}
+    return {name: (rec["pid"], rec["start"]) for name, rec in recs.items()}
+
+
+@pytest.mark.slow
+def test_make_serve_runs_watch_nightly_on_postgres_end_to_end(served, tiny_zoo, capsys):
+    from sage_core.config import EvaluateConfig, WatchConfig
+    from sage_core.locate.attribution import LocateConfig
+    from storage.ledger import Ledger
+    from storage.sae_sources import _dir_weights_hash
+    from storage.scores import read_run
+
+    svc, home, dropped, zoo_cfg = served.svc, served.home, served.dropped, tiny_zoo[1]
+    client_env = served.env | {"PREFECT_API_URL": svc.api_url, "PREFECT_HOME": str(svc.dir / "prefect")}
+    took: dict[str, float] = {"make serve": served.up_s}
 
     def timed(step, fn):
         t0 = time.perf_counter()
@@ -252,26 +310,13 @@ def test_make_serve_runs_watch_nightly_on_postgres_end_to_end(home, tiny_zoo, ru
         took[step] = time.perf_counter() - t0
         return out
 
-    # a watched folder the worker may read (as root it runs as the service user: pytest's tmp_path is closed to it)
-    inbox = home / "lab-inbox"
-    inbox.mkdir()
-    dropped = _drop_changed_sae(zoo_home, zoo_cfg.model.name, inbox)
-    # the tiny zoo the session built, copied in before `make serve` hands the data root to the service user (the flow
-    # checks it whole, by content, and reuses it), and one task with a short location search: the run's cost is the
-    # service's, not the zoo build's
-    for part in ("zoo", "datasets"):
-        shutil.copytree(zoo_home / part, home / part)
-    pids: dict[str, tuple[int, str]] = {}
     try:
-        # only the deployment this test runs: `prefect deploy` imports each one's flow (every one is checked to load
-        # and take its parameters in tests/unit/flows/test_deployments.py)
-        up = timed("make serve", lambda: _make("serve", home, env, PREFECT_PORT=port, PG_PORT=pg_port,
-                                               SERVE_ARGS="--deployment watch-nightly"))
+        up = served.up
         assert up.returncode == 0, up.stdout + up.stderr
-        assert f"Prefect UI:  http://127.0.0.1:{port}" in up.stdout and "make serve-stop" in up.stdout
+        assert f"Prefect UI:  http://127.0.0.1:{svc.api_port}" in up.stdout and "make serve-stop" in up.stdout
+        served.ensure_up()
+        pids = _pids(svc)
         for name in service.STOP_ORDER:
-            rec = json.loads((svc.dir / f"{name}.pid").read_text())
-            pids[name] = (rec["pid"], rec["start"])
             assert _alive(*pids[name]), name
 
         # what was served: the nightly schedule is active, its default sources use this SAGE_HOME
@@ -280,15 +325,17 @@ def test_make_serve_runs_watch_nightly_on_postgres_end_to_end(home, tiny_zoo, ru
         assert dep["parameters"]["sources"][0] == f"dir:{home}/inbox" and (home / "inbox").is_dir()
         assert dep["work_pool_name"] == "sage-process"
 
+        # one task with a short location search: the run's cost is the service's
         cfg = WatchConfig(evaluate=EvaluateConfig(zoo=zoo_cfg, tasks=("ioi",), per_group=1, core_sequences=32,
                                                   min_task_accuracy=0.0,
                                                   locate=LocateConfig(n_pairs=8, n_validate_top=2,
                                                                       n_validate_random=1, ig_steps=2)))
-        params = {"sources": [f"dir:{inbox}"], "cfg": cfg.model_dump(mode="json")}
+        params = {"sources": [f"dir:{dropped.parent}"], "cfg": cfg.model_dump(mode="json")}
 
         first, state = timed("watch run 1", lambda: _run_deployment(svc, client_env, params))
         assert state == "COMPLETED", flow_log(svc, first)
         assert "1 SAE(s) listed, 1 new" in flow_log(svc, first)
+        # only watch runs write the ledger (the other tests run `evaluate`): its counts are this test's
         ledger = Ledger.of(SageHome(home))
         [row] = ledger.saes().to_dicts()
         assert (row["sae_id"], row["status"]) == (str(dropped), "evaluated") and row["run"]
@@ -304,7 +351,7 @@ def test_make_serve_runs_watch_nightly_on_postgres_end_to_end(home, tiny_zoo, ru
         [again] = ledger.saes().to_dicts()
         assert (again["status"], again["run"]) == ("evaluated", row["run"])
 
-        assert _completed_watch_runs_in_postgres(svc) == 2
+        assert _completed_watch_runs_in_postgres(svc) == 2  # no other test runs watch-nightly
         # the worker and what its runs wrote are the service user's where root started it (ours otherwise)
         uid = _worker_uid(svc)
         assert psutil.Process(pids["worker"][0]).uids().real == uid
@@ -315,16 +362,8 @@ def test_make_serve_runs_watch_nightly_on_postgres_end_to_end(home, tiny_zoo, ru
         for secret in ((svc.dir / "postgres.secret").read_text().strip(), _auth_of(svc).split(":", 1)[1]):
             assert not [n for n, text in logs.items() if secret in text]
     finally:
-        down = timed("make serve-stop", lambda: _make("serve-stop", home, env))
-        leftover = {n: pid for n, (pid, start) in pids.items() if _alive(pid, start)}
-        for pid in leftover.values():  # never leave a server running after a failed test
-            os.kill(pid, signal.SIGKILL)
         with capsys.disabled():
             print("\n[service e2e] " + ", ".join(f"{k}: {v:.1f} s" for k, v in took.items()))
-    assert down.returncode == 0 and "stopped: worker, server, postgres" in down.stdout, down.stdout + down.stderr
-    assert not leftover
-    again = _make("serve-stop", home, env)
-    assert again.returncode == 0 and "nothing of the service was running" in again.stdout
 
 
 # ---- issue 27: nobody but the service's owner runs code through it (item 1); a part that died is reported and
@@ -440,14 +479,6 @@ def _as_nobody(fn) -> dict:
     return as_user(pwd.getpwnam("nobody") if os.geteuid() == 0 else None, lambda: {"uid": os.getuid(), **fn()})
 
 
-def _service_env(monkeypatch) -> None:
-    """None of this session's Prefect settings reach the service; its worker polls every second."""
-    for k in [k for k in os.environ if k.startswith("PREFECT_")]:
-        monkeypatch.delenv(k)
-    monkeypatch.setenv("PREFECT_WORKER_QUERY_SECONDS", "1")
-    monkeypatch.setenv("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
-
-
 def _final_state(url: str, auth: str | None, run_id: str, timeout: float = 300) -> str:
     deadline = time.monotonic() + timeout
     while True:
@@ -458,18 +489,13 @@ def _final_state(url: str, auth: str | None, run_id: str, timeout: float = 300) 
 
 
 @pytest.mark.slow
-def test_a_local_user_cannot_run_code_as_the_worker(home, monkeypatch, runnable_by_service_user):
+def test_a_local_user_cannot_run_code_as_the_worker(served):
     """The attack of issue 27 item 1: a flow run of `evaluate` with job_variables.env = {SAGE_ALLOW_PY_SPECS: 1,
     PYTHONPATH: <attacker's folder>} and a `py:` spec whose package writes a file when imported. As `nobody` (no
     password: the secrets are 0600) every API call is refused (401); as the owner, the server refuses those job
     variables (422); a flow run that carries them anyway (POST /flow_runs/ skips the server's check) runs with the
     worker's environment: the spec is refused and nothing of the attacker's is imported. Started by root, the worker
     runs as the unprivileged service user (whose environment, holding the password, `nobody` cannot read either)."""
-    try:
-        service.pg_bin()
-    except service.ServiceError as exc:
-        pytest.fail(f"{exc} (`make test` installs PostgreSQL before the tests)")
-    _service_env(monkeypatch)
     attacker = Path(tempfile.mkdtemp(prefix="sage-attacker-"))
     attacker.chmod(0o777)
     (attacker / "evilpkg").mkdir()
@@ -478,11 +504,9 @@ def test_a_local_user_cannot_run_code_as_the_worker(home, monkeypatch, runnable_
     (attacker / "evilpkg" / "mod.py").write_text("def make():\n    raise SystemExit\n")
     hostile = {"env": {"SAGE_ALLOW_PY_SPECS": "1", "PYTHONPATH": str(attacker)}}
     params = {"cfg": {"saes": ["py:evilpkg.mod:make"]}}
-    port, pg_port = _free_port(), _free_port()
-    svc = service.Service(home=SageHome(home), api_port=port, pg_port=pg_port if pg_port != port else port + 1,
-                          deployments=("evaluate",), say=lambda s: None)
+    svc = served.svc
     try:
-        service.start(svc)
+        served.ensure_up()
         auth = _auth_of(svc)
         url = svc.api_url
         _, dep = _call(f"{url}/deployments/name/evaluate/evaluate", auth=auth)
@@ -530,7 +554,6 @@ def test_a_local_user_cannot_run_code_as_the_worker(home, monkeypatch, runnable_
             expected["nobody"].pop("read")
         assert observed == expected, log[-3000:]
     finally:
-        service.stop(svc)
         shutil.rmtree(attacker, ignore_errors=True)
 
 
@@ -556,57 +579,61 @@ def _state(url: str, auth: str | None, run_id: str) -> str:
 
 @pytest.mark.slow
 def test_a_killed_postgres_is_reported_dead_and_make_serve_restarts_it_alone_and_ends_its_runs_crashed(
-        home, monkeypatch, runnable_by_service_user):
+        served):
     """Issue 27 item 11: PostgreSQL killed (SIGKILL) under a flow run that Prefect shows as Running and whose process
     died with it. `make serve-status` says PostgreSQL is dead (exit 1); `make serve` restarts PostgreSQL alone (the
     server and the worker keep their pids) and ends that run Crashed; then every part is up again."""
-    try:
-        service.pg_bin()
-    except service.ServiceError as exc:
-        pytest.fail(f"{exc} (`make test` installs PostgreSQL before the tests)")
-    _service_env(monkeypatch)
-    port, pg_port = _free_port(), _free_port()
-    pg_port = pg_port if pg_port != port else port + 1
-    svc = service.Service(home=SageHome(home), api_port=port, pg_port=pg_port, deployments=("evaluate",),
-                          say=lambda s: None)
-    env = dict(os.environ)
+    svc = served.svc
 
     def pids() -> dict[str, int]:
-        return {n: json.loads((svc.dir / f"{n}.pid").read_text())["pid"] for n in service.STOP_ORDER}
+        return {n: pid for n, (pid, _) in _pids(svc).items()}
 
-    try:
-        service.start(svc)
-        auth, url = _auth_of(svc), svc.api_url
-        _, dep = _call(f"{url}/deployments/name/evaluate/evaluate", auth=auth)
-        code, run = _call(f"{url}/deployments/{dep['id']}/create_flow_run",
-                          {"state": {"type": "RUNNING", "name": "Running"}}, auth=auth)
-        assert code == 201 and run["state_type"] == "RUNNING", (code, run)
-        its_process = subprocess.Popen(["sleep", "300"])  # the run's process, as the worker records it
-        assert _call(f"{url}/flow_runs/{run['id']}", {"infrastructure_pid": str(its_process.pid)}, auth=auth,
-                     method="PATCH")[0] == 204
-        before = pids()
-        for pid in (before["postgres"], its_process.pid):  # both die: the run can no longer say how it ended
-            os.kill(pid, signal.SIGKILL)
-        its_process.wait()
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(before["postgres"], 0)  # started by this process: reaped here
+    served.ensure_up()
+    auth, url = _auth_of(svc), svc.api_url
+    _, dep = _call(f"{url}/deployments/name/evaluate/evaluate", auth=auth)
+    code, run = _call(f"{url}/deployments/{dep['id']}/create_flow_run",
+                      {"state": {"type": "RUNNING", "name": "Running"}}, auth=auth)
+    assert code == 201 and run["state_type"] == "RUNNING", (code, run)
+    its_process = subprocess.Popen(["sleep", "300"])  # the run's process, as the worker records it
+    assert _call(f"{url}/flow_runs/{run['id']}", {"infrastructure_pid": str(its_process.pid)}, auth=auth,
+                 method="PATCH")[0] == 204
+    before = pids()
+    for pid in (before["postgres"], its_process.pid):  # both die: the run can no longer say how it ended
+        os.kill(pid, signal.SIGKILL)
+    its_process.wait()
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(before["postgres"], 0)  # reaped here if this process started it
 
-        status = _make("serve-status", home, env, PREFECT_PORT=port, PG_PORT=pg_port)
-        up = _make("serve", home, env, PREFECT_PORT=port, PG_PORT=pg_port, SERVE_ARGS="--deployment evaluate")
-        after = pids() if up.returncode == 0 else {}
-        status_after = _make("serve-status", home, env, PREFECT_PORT=port, PG_PORT=pg_port)
-        observed = {
-            "status says postgres dead": re.search(r"postgres\s+dead", status.stdout) is not None,
-            "status fails": status.returncode != 0,  # sage exits 1, make then 2
-            "make serve exit": up.returncode,
-            "restarted": sorted(n for n in service.STOP_ORDER if after.get(n) != before[n]),
-            "run": _state(url, auth, run["id"]),
-            "status after": (status_after.returncode,
-                             sorted(re.findall(r"(postgres|server|worker)\s+up\b", status_after.stdout))),
-        }
-        assert observed == {"status says postgres dead": True, "status fails": True, "make serve exit": 0,
-                            "restarted": ["postgres"], "run": "CRASHED",
-                            "status after": (0, ["postgres", "server", "worker"])}, \
-            "\n".join((status.stdout, status.stderr, up.stdout, up.stderr, status_after.stdout))
-    finally:
-        service.stop(svc)
+    status = served.make("serve-status")
+    up = served.make("serve")
+    after = pids() if up.returncode == 0 else {}
+    status_after = served.make("serve-status")
+    observed = {
+        "status says postgres dead": re.search(r"postgres\s+dead", status.stdout) is not None,
+        "status fails": status.returncode != 0,  # sage exits 1, make then 2
+        "make serve exit": up.returncode,
+        "restarted": sorted(n for n in service.STOP_ORDER if after.get(n) != before[n]),
+        "run": _state(url, auth, run["id"]),
+        "status after": (status_after.returncode,
+                         sorted(re.findall(r"(postgres|server|worker)\s+up\b", status_after.stdout))),
+    }
+    assert observed == {"status says postgres dead": True, "status fails": True, "make serve exit": 0,
+                        "restarted": ["postgres"], "run": "CRASHED",
+                        "status after": (0, ["postgres", "server", "worker"])}, \
+        "\n".join((status.stdout, status.stderr, up.stdout, up.stderr, status_after.stdout))
+
+
+@pytest.mark.slow
+def test_make_serve_stop_stops_every_part_and_is_safe_twice(served):
+    """Last in this file: run in file order, nothing starts the service again; in any other order the next test's
+    ensure_up brings it back (`make serve`, from its data under SAGE_HOME)."""
+    served.ensure_up()
+    pids = _pids(served.svc)
+    down = served.make("serve-stop")
+    leftover = {n: pid for n, (pid, start) in pids.items() if _alive(pid, start)}
+    for pid in leftover.values():  # never leave a server running after a failed test
+        os.kill(pid, signal.SIGKILL)
+    assert down.returncode == 0 and "stopped: worker, server, postgres" in down.stdout, down.stdout + down.stderr
+    assert not leftover
+    again = served.make("serve-stop")
+    assert again.returncode == 0 and "nothing of the service was running" in again.stdout
