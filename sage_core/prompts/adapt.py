@@ -27,6 +27,7 @@ from sage_core.prompts.task import (
     TaskError,
     generate_prompts,
     prompt_schema,
+    render_spans,
     token_faults,
 )
 
@@ -75,9 +76,42 @@ def item_words(value: Any) -> set[str]:
     return set()
 
 
-def _slot_items(task: Task, a: Assignment) -> list[Item]:
-    return [(f, a.slots[s]) for s, fields in task.slot_fields.items() if s in a.slots for f in fields
-            if a.slots[s] in _field_words(task, f)]
+class _Encodings:
+    """The tokenizer as `token_faults` calls it, each distinct text encoded once per `adapt_task` (a probe's text and
+    its answers recur across the probes): ids and offsets are the tokenizer's own, so faults are found as before."""
+
+    _KW = {"add_special_tokens": False, "return_offsets_mapping": True}  # how task._encode calls the tokenizer
+
+    def __init__(self, tokenizer: Any):
+        self._tokenizer, self._done = tokenizer, {}
+
+    def __getattr__(self, name: str) -> Any:  # is_fast, bos_token_id, unk_token_id: the tokenizer's, read once
+        value = getattr(self._tokenizer, name)
+        setattr(self, name, value)
+        return value
+
+    def __call__(self, text: str, **kw: Any) -> Any:
+        if kw != self._KW:
+            return self._tokenizer(text, **kw)
+        if text not in self._done:
+            enc = self._tokenizer(text, **kw)
+            self._done[text] = {"input_ids": enc["input_ids"], "offset_mapping": enc["offset_mapping"]}
+        return self._done[text]
+
+    def prefill(self, texts: list[str]) -> None:
+        """Encode `texts` in one batch call (the Rust tokenizer does them together, far cheaper than one by one)."""
+        todo = list(dict.fromkeys(t for t in texts if t not in self._done))
+        if not todo or not getattr(self._tokenizer, "is_fast", False):
+            return  # a slow tokenizer fails in `token_faults`, in order, with its own message
+        try:
+            # ids and offsets only: HF builds every other field it returns, text by text, in Python
+            enc = self._tokenizer(todo, **self._KW, return_attention_mask=False, return_token_type_ids=False)
+            ids, offsets = enc["input_ids"], enc["offset_mapping"]
+        except Exception:  # noqa: BLE001 - no batch API: each text is encoded on its own when asked for
+            return
+        if len(ids) == len(offsets) == len(todo):
+            for t, i, o in zip(todo, ids, offsets, strict=True):
+                self._done[t] = {"input_ids": i, "offset_mapping": o}
 
 
 def _field_words(task: Task, field: str) -> set[str]:
@@ -85,16 +119,44 @@ def _field_words(task: Task, field: str) -> set[str]:
     return set(value.values()) if isinstance(value, dict) else item_words(value)
 
 
-def _implicated(task: Task, a: Assignment, tokenizer: Any) -> tuple[list[Item], set[Item]]:
+def _key(a: Assignment) -> tuple:
+    # the whole assignment: every task method is a function of it, so equal keys give equal probes
+    return a.template, tuple(a.slots.items()), tuple(a.attrs.items()), tuple(a.roles.items())
+
+
+def _texts(task: Task, a: Assignment) -> list[str]:
+    """The texts `token_faults` encodes for `a`: the prompt, and the prompt followed by each answer."""
+    text = render_spans(task.templates[a.template], a.slots)[0]
+    return [text, *(text + task.answer_prefix + w for w in task.answers(a))]
+
+
+def _answer_items(task: Task) -> Any:
+    """`task.answer_items`, remembered per word where the task keeps `Task`'s own (which reads only the word)."""
+    if type(task).answer_items is not Task.answer_items:
+        return task.answer_items
+    done: dict[str, set[Item]] = {}
+
+    def items(a: Assignment, word: str) -> set[Item]:
+        if word not in done:
+            done[word] = task.answer_items(a, word)
+        return set(done[word])  # a copy: the caller may change it
+
+    return items
+
+
+def _implicated(task: Task, a: Assignment, tokenizer: Any, words: dict[str, set[str]], answer_items: Any,
+                ) -> tuple[list[Item], set[Item]]:
     """Every item the probe `a` uses, and those of them that are not one token there (every failing slot, not only
-    the first: a year split together with its century implicates both)."""
-    used = _slot_items(task, a) + [x for w in task.answers(a) for x in task.answer_items(a, w)]
+    the first: a year split together with its century implicates both). `words`: each field's words."""
+    used = [(f, a.slots[s]) for s, fields in task.slot_fields.items() if s in a.slots for f in fields
+            if a.slots[s] in words[f]]
+    used += [x for w in task.answers(a) for x in answer_items(a, w)]
     bad: set[Item] = set()
     for fault in token_faults(task, a, tokenizer):
         if fault.slot is None:
-            bad |= set(task.answer_items(a, fault.word))
+            bad |= set(answer_items(a, fault.word))
         else:
-            bad |= {(f, fault.word) for f in task.slot_fields.get(fault.slot, ()) if fault.word in _field_words(task, f)}
+            bad |= {(f, fault.word) for f in task.slot_fields.get(fault.slot, ()) if fault.word in words[f]}
     return used, bad
 
 
@@ -112,27 +174,61 @@ def _drop_order(probes: list[tuple[list[Item], set[Item]]]) -> list[Item]:
     return dropped
 
 
+def _field_sets(task: Task) -> dict[str, set[str]]:
+    """Each vocabulary field's words (every field a slot or the answer draws from): once per task, not per probe."""
+    fields = {f for fs in task.slot_fields.values() for f in fs} | {task.answer_field} - {None}
+    return {f: _field_words(task, f) for f in fields}
+
+
+def _probes(task: Task, tokenizer: Any, n_probes: int, seed: int) -> list[tuple[list[Item], set[Item]]]:
+    """`_implicated` of every probe, in draw order: each prompt with one counterfactual per attribute."""
+    rng = random.Random(f"adapt:{task.name}:{seed}")
+    draws: list[Assignment] = []
+    failed: Exception | None = None
+    try:  # sampling reads only `rng`, so all draws come first; a failed draw is raised where it stood, below
+        for _ in range(n_probes):
+            a = task.sample(rng)
+            draws.append(a)
+            for spec in task.attributes:
+                draws.append(task.counterfactual(a, spec.name, rng))
+    except Exception as e:  # noqa: BLE001 - re-raised after the probes drawn before it, as when interleaved
+        failed = e
+    words, tok, answer_items = _field_sets(task), _Encodings(tokenizer), _answer_items(task)
+    texts: list[str] = []
+    for a in {_key(a): a for a in draws}.values():
+        try:
+            texts += _texts(task, a)
+        except Exception:  # noqa: BLE001 - that probe raises below, in its turn
+            break
+    tok.prefill(texts)
+    seen: dict[tuple, tuple[list[Item], set[Item]]] = {}
+    probes = []
+    for a in draws:  # in draw order: a tokenizer that fails, fails on the same probe as one by one
+        k = _key(a)
+        if k not in seen:
+            seen[k] = _implicated(task, a, tok, words, answer_items)
+        probes.append(seen[k])
+    if failed is not None:
+        raise failed
+    return probes
+
+
 def adapt_task(task: Task, tokenizer: Any, n_probes: int = N_PROBES, seed: int = 0) -> tuple[Task | None, Adaptation]:
     """The task with only the words `tokenizer` spells as one token in context (None when it cannot be posed), and
     what was kept and dropped."""
-    rng = random.Random(f"adapt:{task.name}:{seed}")
-    probes = []
-    for _ in range(n_probes):
-        a = task.sample(rng)
-        probes.append(_implicated(task, a, tokenizer))
-        for spec in task.attributes:
-            probes.append(_implicated(task, task.counterfactual(a, spec.name, rng), tokenizer))
+    probes = _probes(task, tokenizer, n_probes, seed)
+    words = _field_sets(task)
     dropped: dict[str, set[str]] = {}
     for field, word in _drop_order(probes):
         # a word that fails in a slot fails in every field that slot draws from (a name both male and female)
         for fields in task.slot_fields.values():
             if field in fields:
                 for f in fields:
-                    if word in _field_words(task, f):
+                    if word in words[f]:
                         dropped.setdefault(f, set()).add(word)
         dropped.setdefault(field, set()).add(word)
     update, kept, removed, skipped = {}, {}, {}, None
-    for field in sorted({f for fs in task.slot_fields.values() for f in fs} | {task.answer_field} - {None}):
+    for field in sorted(words):
         value, gone = getattr(task, field), dropped.get(field, set())
         if isinstance(value, dict):  # answer words the task cannot do without
             kept[field] = len(value) - len(gone)
