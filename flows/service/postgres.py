@@ -8,6 +8,7 @@ import pwd
 import secrets
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 from flows.service.config import DB_NAME, DB_USER, HOST, Service, ServiceError
@@ -83,6 +84,7 @@ def start_postgres(svc: Service) -> str:
     if recorded(svc, "postgres") is not None:
         return url
     _check_port(svc.pg_port, "PostgreSQL", "PG_PORT")
+    await_reaped(data)
     _spawn(svc, "postgres", [str(bindir / "postgres"), "-D", str(data), "-p", str(svc.pg_port),
                              "-c", f"listen_addresses={HOST}", "-c", "unix_socket_directories="], cwd=data,
            **_pg_user())
@@ -90,6 +92,27 @@ def start_postgres(svc: Service) -> str:
     _await(svc, "postgres", lambda: subprocess.run(ready).returncode == 0, 60)
     _create_db(svc)
     return url
+
+
+def await_reaped(data: Path, timeout: float = 20) -> None:
+    """A postmaster that died (SIGKILL) stays a zombie until its parent reaps it: `make serve` started it and exited,
+    so that is init, which in a container may take seconds. PostgreSQL refuses to start while its lock file names a
+    process that exists, zombie or not: wait for that one to be gone. A live postmaster is left to PostgreSQL's own
+    refusal."""
+    import psutil
+
+    try:
+        pid = int((data / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                return
+        except psutil.NoSuchProcess:
+            return
+        time.sleep(0.1)
 
 
 def _create_db(svc: Service) -> None:

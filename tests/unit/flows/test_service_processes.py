@@ -35,3 +35,37 @@ def test_a_record_in_the_kernels_start_ticks_names_its_running_process_and_not_a
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_postgres_starts_only_once_the_killed_postmaster_named_by_its_lock_file_is_reaped(tmp_path):
+    """A killed postmaster is a zombie until its parent (init, after `make serve` exited) reaps it, and PostgreSQL
+    refuses to start while postmaster.pid names a process that exists: `make serve` waits for the reaping (the
+    restart of a killed PostgreSQL failed with "Is another postmaster (PID n) running" before)."""
+    import threading
+
+    from flows.service.postgres import await_reaped
+
+    proc = subprocess.Popen(["sleep", "60"])
+    proc.kill()
+    deadline = time.monotonic() + 30
+    while psutil.Process(proc.pid).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (tmp_path / "postmaster.pid").write_text(f"{proc.pid}\n{tmp_path}\n")
+    reaper = threading.Timer(0.5, proc.wait)
+    t0 = time.monotonic()
+    reaper.start()
+    await_reaped(tmp_path)
+    waited = time.monotonic() - t0
+    reaper.join()
+    assert waited >= 0.4 and not psutil.pid_exists(proc.pid), waited
+
+    live = subprocess.Popen(["sleep", "60"])  # a live process: PostgreSQL's own refusal, no wait
+    try:
+        (tmp_path / "postmaster.pid").write_text(f"{live.pid}\n")
+        t0 = time.monotonic()
+        await_reaped(tmp_path)
+        assert time.monotonic() - t0 < 0.3
+    finally:
+        live.kill()
+        live.wait()
+    await_reaped(tmp_path / "nothing-here")  # no lock file: nothing to wait for
