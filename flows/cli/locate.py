@@ -45,19 +45,20 @@ def locate_cmd(
     check_top(top)
     task_list, attrs, kind_list = comma_list(tasks), comma_list(attributes), comma_list(kinds)
     check_tasks(task_list)
+    from sage_core.config import ZooConfig  # pure: no Prefect, no torch model
+
+    zoo = ZooConfig.tiny() if tiny else ZooConfig()
     if attrs:  # an attribute filter that matches nothing: refused before Prefect or torch start
-        from sage_core.config import ZooConfig
         from sage_core.prompts.library import task_attributes
 
         with refused():
-            task_attributes(list(task_list or (ZooConfig.tiny() if tiny else ZooConfig()).tasks), list(attrs))
+            task_attributes(list(task_list or zoo.tasks), list(attrs))
     h = writable_home(home)
     with prefect_env.flow_command(verbose, "libraries, the location settings, Prefect's server") as start:
-        from sage_core.config import ZooConfig
         from sage_core.locate.attribution import RESID_KINDS, SUBLAYER_KINDS, LocateConfig, LocateError
 
         with refused():  # the tasks and attributes: the flow's own checks answer (in one line too)
-            cfg = (ZooConfig.tiny() if tiny else ZooConfig()).model_copy(update={"device": device})
+            cfg = zoo.model_copy(update={"device": device})
             lcfg = LocateConfig(share=share, cap=cap, ig_steps=ig_steps, **({"kinds": kind_list} if kind_list else {}))
             bad = set(lcfg.kinds) - set(SUBLAYER_KINDS + RESID_KINDS)
             if bad:
